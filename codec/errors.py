@@ -1,0 +1,42 @@
+"""Exceptions every latentwire layer raises.
+
+One hierarchy so callers (CLI, server, client) can map failures to an exit code or a gRPC status
+without string matching: input problems are the caller's to fix, bundle and bitstream problems
+point at a file or a stream.
+"""
+
+
+class LatentwireError(Exception):
+    """Base class: every error the codec raises on purpose."""
+
+
+class InputError(LatentwireError, ValueError):
+    """A sample array does not match the model's input spec (shape, dtype, NaN/Inf, range)."""
+
+
+class BundleError(LatentwireError):
+    """A codec bundle is missing a file, is malformed, or does not hash to its model id."""
+
+
+class BitstreamError(LatentwireError, ValueError):
+    """A coded frame cannot be decoded. Subclasses say why."""
+
+
+class TruncatedFrame(BitstreamError):
+    """The frame ends before its header or payload does."""
+
+
+class BadMagic(BitstreamError):
+    """The bytes do not start with the latentwire magic number."""
+
+
+class UnsupportedVersion(BitstreamError):
+    """The frame's format version is newer (or older) than this decoder understands."""
+
+
+class ChecksumMismatch(BitstreamError):
+    """The CRC32 over the frame does not match: the bytes were altered in transit or storage."""
+
+
+class ModelMismatch(BitstreamError):
+    """The frame was coded by another model than the one asked to decode it."""
