@@ -72,4 +72,4 @@ def psnr_db(reference: np.ndarray, decoded: np.ndarray, peak: float) -> float:
     mse = float(np.mean(err * err))
     if mse == 0.0:
         return float("inf")
-    return 10.0 * np.log10(peak * peak / mse)
+    return float(10.0 * np.log10(peak * peak / mse))
