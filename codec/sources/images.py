@@ -1,0 +1,108 @@
+"""A folder of photos (PNG/JPEG/...) as training crops or whole evaluation images.
+
+Photos come in different sizes, so training takes fixed-size random crops (a batchable
+SampleSet) while evaluation takes each image whole (a list, one (C,H,W) array per file).
+The file list is recursive and sorted by relative path, so a seed gives the same crops on
+every machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..normalization import Normalization
+from .sampleset import SampleSet
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"})
+PIXEL_NORMALIZATION = Normalization(offset=0.0, scale=255.0, raw_dtype="uint8", raw_min=0.0, raw_max=255.0)
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files under folder, recursively, sorted by relative POSIX path (hidden files skipped)."""
+    folder = Path(folder)
+    found = [
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    ]
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
+    """One image as uint8 (C,H,W): C=3 for RGB, 1 for L. EXIF rotation is applied."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            arr = np.asarray(im.convert(mode), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as e:
+        raise InputError(f"{path}: cannot read the image ({e})") from e
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+class ImageFolder:
+    """The images under one folder. mode: "RGB" (3 channels) or "L" (grey, 1 channel)."""
+
+    def __init__(self, path: str | Path, mode: str = "RGB") -> None:
+        if mode not in ("RGB", "L"):
+            raise InputError(f"image mode must be 'RGB' or 'L', got {mode!r}")
+        self.root = Path(path)
+        if not self.root.is_dir():
+            raise InputError(f"image folder not found: {self.root}")
+        self.mode = mode
+        self.paths: list[Path] = list_images(self.root)
+        if not self.paths:
+            raise InputError(
+                f"{self.root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found, searched recursively"
+            )
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.mode == "RGB" else 1
+
+    @property
+    def normalization(self) -> Normalization:
+        return PIXEL_NORMALIZATION
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def images(self, limit: int | None = None) -> list[np.ndarray]:
+        """Whole images, uint8 (C,H,W) each, in path order (sizes may differ)."""
+        return [read_image(p, self.mode) for p in self.paths[:limit]]
+
+    def crops(
+        self, size: tuple[int, int] = (64, 64), per_image: int = 8, seed: int = 0, limit: int | None = None
+    ) -> SampleSet:
+        """per_image random (h,w) crops from each image, uint8 (N,C,h,w); groups = image index,
+        so a split never puts crops of one photo on both sides."""
+        h, w = int(size[0]), int(size[1])
+        if h <= 0 or w <= 0 or per_image <= 0:
+            raise InputError(f"crop size and per_image must be positive, got size={size}, per_image={per_image}")
+        rng = np.random.default_rng(seed)
+        paths = self.paths[:limit]
+        out = np.empty((len(paths) * per_image, self.channels, h, w), dtype=np.uint8)
+        groups = np.repeat(np.arange(len(paths), dtype=np.int64), per_image)
+        for i, p in enumerate(paths):
+            img = read_image(p, self.mode)
+            H, W = img.shape[1:]
+            if H < h or W < w:
+                raise InputError(f"{p}: image is {H}x{W}, smaller than the requested {h}x{w} crop; pick a smaller size")
+            tops = rng.integers(0, H - h + 1, size=per_image)
+            lefts = rng.integers(0, W - w + 1, size=per_image)
+            for k in range(per_image):
+                out[i * per_image + k] = img[:, tops[k] : tops[k] + h, lefts[k] : lefts[k] + w]
+        return SampleSet(
+            samples=out,
+            normalization=PIXEL_NORMALIZATION,
+            groups=groups,
+            name=f"{self.root.name}-crops{h}x{w}",
+            meta={"source": "images", "folder": str(self.root), "mode": self.mode, "size": [h, w],
+                  "per_image": per_image, "seed": seed, "files": [p.relative_to(self.root).as_posix() for p in paths]},
+        )
