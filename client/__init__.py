@@ -1,0 +1,25 @@
+"""latentwire client: `Client` (models, bundles, publish, subscribe) and the send/receive daemons."""
+
+from .client import (
+    ChannelInfo,
+    Client,
+    Frame,
+    ModelInfo,
+    Packet,
+    PublishAck,
+    PublishError,
+    PublishResult,
+    QualityInfo,
+)
+
+__all__ = [
+    "ChannelInfo",
+    "Client",
+    "Frame",
+    "ModelInfo",
+    "Packet",
+    "PublishAck",
+    "PublishError",
+    "PublishResult",
+    "QualityInfo",
+]

@@ -434,7 +434,10 @@ class PublishOpen(_message.Message):
     producer_id: _builtins.str
     """Idempotent producer: when set, each data message carries producer_offset (the producer's
     index of its first frame) and the server drops frames it already committed for this id, so
-    a producer that resends after a crash or reconnect creates no duplicates.
+    a producer that resends after a crash or reconnect creates no duplicates. Offsets count
+    FRAMES for both RAW and PACKETS (a packet of n frames advances the offset by n); a packet
+    is dropped only when all its frames were already committed. Ids are kept in the channel's
+    log with the packets (same transaction), so deduplication survives a server restart.
     """
     def __init__(
         self,

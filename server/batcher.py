@@ -1,0 +1,283 @@
+"""Dynamic batcher of one channel: the single writer between publishers and the retention log.
+
+Why one thread per channel: sequence numbers must be assigned in commit order, and jointly
+coding many frames in one packet is what makes the codec cheap per frame. RAW frames from all
+publishers are gathered until `max_frames` are waiting or the oldest has waited `max_delay_ms`
+(Triton's dynamic batcher policy), encoded with the channel's Codec and committed as packets of
+at most max_frames frames. Edge-coded packets go through the same queue so they keep their place
+in the order. The queue is bounded (Limits.queue_frames): a publisher that would overflow it is
+told RESOURCE_EXHAUSTED in-band and may retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .retention import PendingPacket, RetentionLog, StoredPacket
+
+log = logging.getLogger("latentwire.server.batcher")
+
+
+class QueueFull(Exception):
+    pass
+
+
+class Stopped(Exception):
+    pass
+
+
+@dataclass
+class Commit:
+    """What happened to one work item: accepted frames have seqs first_seq .. first_seq+accepted-1."""
+
+    accepted: int
+    duplicates: int
+    first_seq: int
+
+
+@dataclass
+class RawItem:
+    frames: np.ndarray  # (n_valid, *sample_shape) raw samples that passed validation
+    index: np.ndarray  # index of each valid frame inside its message (for producer offsets)
+    n_total: int  # frames in the message, rejected ones included
+    quality: int | None
+    producer_id: str = ""
+    producer_offset: int = 0
+    future: Future = field(default_factory=Future)
+    t_enqueue: float = field(default_factory=time.monotonic)
+
+    @property
+    def n(self) -> int:
+        return int(self.frames.shape[0])
+
+
+@dataclass
+class PacketItem:
+    packets: list[tuple[bytes, int, int, int]]  # (packet bytes, frame count, quality, frame offset in message)
+    n_total: int  # frames in the message, rejected packets included (producer offsets count frames)
+    producer_id: str = ""
+    producer_offset: int = 0
+    future: Future = field(default_factory=Future)
+    t_enqueue: float = field(default_factory=time.monotonic)
+
+    @property
+    def n(self) -> int:
+        return sum(c for _, c, _, _ in self.packets)
+
+
+Encode = Callable[[np.ndarray, "int | None"], bytes]
+
+
+class Batcher:
+    def __init__(
+        self,
+        name: str,
+        log_: RetentionLog,
+        encode: Encode,
+        model_id: str,
+        default_quality: int,
+        on_commit: Callable[[list[StoredPacket]], None],
+        max_frames: int = 512,
+        max_delay_ms: float = 5.0,
+        queue_frames: int = 65536,
+        metrics=None,
+        trim_every_s: float = 1.0,
+    ):
+        self.name = name
+        self.log = log_
+        self.encode = encode
+        self.model_id = model_id
+        self.default_quality = default_quality
+        self.on_commit = on_commit
+        self.max_frames = max(1, max_frames)
+        self.max_delay = max_delay_ms / 1000.0
+        self.queue_frames = queue_frames
+        self.metrics = metrics
+        self.trim_every_s = trim_every_s
+        self._items: deque[RawItem | PacketItem] = deque()
+        self._depth = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._last_trim = 0.0
+        self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    def submit(self, item: RawItem | PacketItem) -> Future:
+        with self._cond:
+            if self._stopping:
+                raise Stopped(f"channel {self.name!r} is shutting down: reconnect to the restarted server")
+            if item.n and self._depth + item.n > self.queue_frames:
+                raise QueueFull(
+                    f"channel {self.name!r} queue is full ({self._depth} of {self.queue_frames} frames waiting): "
+                    "retry later, send fewer frames per message, or raise limits.queue_frames"
+                )
+            self._items.append(item)
+            self._depth += item.n
+            self._set_depth()
+            self._cond.notify()
+        return item.future
+
+    def _set_depth(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.labels(self.name).set(self._depth)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Flush everything queued, then stop the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ worker
+
+    def _take_batch(self) -> list[RawItem | PacketItem] | None:
+        with self._cond:
+            while not self._items:
+                if self._stopping:
+                    return None
+                self._cond.wait(timeout=self.trim_every_s)
+                if not self._items:
+                    self._maybe_trim()
+            first = self._items[0]
+            if isinstance(first, PacketItem):
+                self._items.popleft()
+                self._depth -= first.n
+                return [first]
+            # RAW: wait until enough frames or the oldest frame's deadline
+            deadline = first.t_enqueue + self.max_delay
+            while not self._stopping:
+                waiting, blocked = 0, False
+                for it in self._items:
+                    if isinstance(it, PacketItem) or it.quality != first.quality:
+                        blocked = True
+                        break
+                    waiting += it.n
+                if waiting >= self.max_frames or blocked:
+                    break  # enough frames, or a packet/other quality is queued behind them
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(timeout=left)
+            batch: list[RawItem | PacketItem] = []
+            frames = 0
+            while self._items:
+                it = self._items[0]
+                if isinstance(it, PacketItem) or it.quality != first.quality:
+                    break
+                if batch and frames + it.n > self.max_frames:
+                    break
+                batch.append(self._items.popleft())
+                frames += it.n
+                self._depth -= it.n
+            self._set_depth()
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            try:
+                if isinstance(batch[0], PacketItem):
+                    self._commit_packets(batch[0])  # type: ignore[arg-type]
+                else:
+                    self._commit_raw(batch)  # type: ignore[arg-type]
+            except Exception as e:  # noqa: BLE001 - every failure goes back to the publishers
+                log.exception("channel %s: commit failed", self.name)
+                for it in batch:
+                    if not it.future.done():
+                        it.future.set_exception(e)
+            self._maybe_trim()
+
+    def _maybe_trim(self) -> None:
+        now = time.monotonic()
+        if now - self._last_trim < self.trim_every_s:
+            return
+        self._last_trim = now
+        for r in self.log.trim():
+            if self.metrics is not None:
+                self.metrics.trimmed_frames.labels(self.name, r.reason.split()[0]).inc(r.frames)
+
+    def _dedup(self, producer_id: str, offset: int, hwm: dict[str, int]) -> int:
+        if producer_id not in hwm:
+            hwm[producer_id] = self.log.producer_next_offset(producer_id)
+        return hwm[producer_id]
+
+    def _commit_raw(self, batch: list[RawItem]) -> None:
+        hwm: dict[str, int] = {}
+        keep: list[np.ndarray] = []
+        per_item: list[tuple[int, int]] = []  # (accepted, duplicates)
+        for it in batch:
+            frames = it.frames
+            dups = 0
+            if it.producer_id:
+                mark = self._dedup(it.producer_id, it.producer_offset, hwm)
+                fresh = (it.producer_offset + it.index) >= mark
+                dups = int(np.count_nonzero(~fresh))
+                frames = frames[fresh]
+                hwm[it.producer_id] = max(mark, it.producer_offset + it.n_total)
+            keep.append(frames)
+            per_item.append((int(frames.shape[0]), dups))
+        total = sum(a for a, _ in per_item)
+        stored: list[StoredPacket] = []
+        if total:
+            raw = np.concatenate([k for k in keep if k.shape[0]], axis=0)
+            pending = []
+            t0 = time.perf_counter()
+            for s in range(0, total, self.max_frames):
+                chunk = raw[s : s + self.max_frames]
+                pkt = self.encode(chunk, batch[0].quality)
+                pending.append(PendingPacket(int(chunk.shape[0]), self.model_id, self._quality(batch[0].quality), pkt))
+            dt = time.perf_counter() - t0
+            if self.metrics is not None:
+                self.metrics.encode_seconds.labels(self.name).observe(dt)
+                self.metrics.batch_frames.labels(self.name).observe(total)
+                self.metrics.raw_bytes_in.labels(self.name).inc(raw.nbytes)
+            stored = self.log.append(pending, hwm)
+        elif hwm:
+            self.log.append([], hwm)
+        seq = stored[0].first_seq if stored else self.log.next_seq
+        for it, (acc, dups) in zip(batch, per_item):
+            it.future.set_result(Commit(acc, dups, seq))
+            seq += acc
+        self._after_commit(stored, "raw")
+
+    def _quality(self, q: int | None) -> int:
+        return self.default_quality if q is None else int(q)
+
+    def _commit_packets(self, it: PacketItem) -> None:
+        hwm: dict[str, int] = {}
+        pending = []
+        dups = 0
+        mark = self._dedup(it.producer_id, it.producer_offset, hwm) if it.producer_id else 0
+        for data, count, quality, pos in it.packets:
+            if it.producer_id and it.producer_offset + pos + count <= mark:
+                dups += count
+            else:
+                pending.append(PendingPacket(count, self.model_id, quality, data))
+        if it.producer_id:
+            hwm[it.producer_id] = max(mark, it.producer_offset + it.n_total)
+        stored = self.log.append(pending, hwm) if (pending or hwm) else []
+        acc = sum(p.count for p in pending)
+        it.future.set_result(Commit(acc, dups, stored[0].first_seq if stored else self.log.next_seq))
+        self._after_commit(stored, "packet")
+
+    def _after_commit(self, stored: list[StoredPacket], kind: str) -> None:
+        if not stored:
+            return
+        if self.metrics is not None:
+            self.metrics.frames_in.labels(self.name, kind).inc(sum(s.count for s in stored))
+            self.metrics.wire_bytes_in.labels(self.name).inc(sum(len(s.payload) for s in stored))
+        self.on_commit(stored)

@@ -1,0 +1,124 @@
+"""Channels: a name bound to a codec bundle, a retention log, a batcher and its subscribers.
+
+Fan-out policy: subscribers never get a per-subscriber queue. Each one reads packets from its
+own position: from a small in-memory tail of the newest packets (`tail_packets`, shared by all)
+when its position is still in it, otherwise from the SQLite log on disk. A new commit only bumps
+`next_seq` and wakes waiters on a Condition. A slow subscriber therefore blocks no one and costs
+O(1) memory: it just falls behind and catches up from disk (gRPC flow control stops the server
+from reading ahead more than one response per stream). If it falls behind the retention window
+it gets the oldest retained packet and `trimmed_frames` tells it how many frames it lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .retention import RetentionLog, StoredPacket
+
+log = logging.getLogger("latentwire.server.channels")
+
+
+@dataclass(frozen=True)
+class BundleFileInfo:
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class ModelEntry:
+    """A loaded bundle: its Codec plus what GetModel/DownloadBundle report."""
+
+    model_id: str
+    path: Path
+    manifest: dict[str, Any]
+    codec: Any  # latentwire.codec.codec.Codec
+    files: list[BundleFileInfo]
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @classmethod
+    def from_codec(cls, codec: Any) -> "ModelEntry":
+        bundle = codec.bundle
+        path = Path(bundle.path)
+        manifest = getattr(bundle.manifest, "raw", bundle.manifest)  # Manifest dataclass or plain dict
+        names = ["manifest.json"] + sorted(manifest.get("files", {}))
+        ent = (manifest.get("entropy") or {}).get("file")
+        if ent and ent not in names:
+            names.append(ent)
+        files = []
+        for n in names:
+            p = path / n
+            if p.is_file():
+                files.append(BundleFileInfo(n, p.stat().st_size, _sha256(p)))
+        return cls(codec.model_id, path, manifest, codec, files)
+
+
+def _sha256(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Channel:
+    def __init__(self, name: str, model: ModelEntry, log_: RetentionLog, quality: int | None, tail_packets: int = 256):
+        self.name = name
+        self.model = model
+        self.log = log_
+        self.quality = quality
+        self.batcher = None  # set by the server once the batcher is built
+        self._tail: deque[StoredPacket] = deque(maxlen=tail_packets)
+        self._cond = threading.Condition()
+        self._closed = False
+        self.subscribers = 0
+
+    @property
+    def next_seq(self) -> int:
+        return self.log.next_seq
+
+    def on_commit(self, stored: list[StoredPacket]) -> None:
+        with self._cond:
+            self._tail.extend(stored)
+            self._cond.notify_all()
+
+    def read_from(self, seq: int, limit: int) -> list[StoredPacket]:
+        """Packets holding frames >= seq, oldest first: from the memory tail when it covers seq."""
+        with self._cond:
+            if self._tail and self._tail[0].first_seq <= seq:
+                out = []
+                for p in self._tail:
+                    if p.end_seq > seq:
+                        out.append(p)
+                        if len(out) >= limit:
+                            break
+                return out
+        return self.log.read_from(seq, limit)
+
+    def wait_for(self, seq: int, timeout: float) -> bool:
+        """Block until a frame with seq >= `seq` exists (True) or timeout/close (False)."""
+        with self._cond:
+            if self.log.next_seq > seq:
+                return True
+            if self._closed:
+                return False
+            self._cond.wait(timeout)
+            return self.log.next_seq > seq
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()

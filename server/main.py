@@ -1,0 +1,254 @@
+"""`latentwire serve`: assemble channels, logs, batchers, auth, health, reflection and metrics.
+
+Shutdown (SIGTERM/SIGINT): health flips to NOT_SERVING first (load balancers and clients that
+watch health stop sending), the server keeps answering for `health_drain_s`, then stops
+accepting new calls, batchers flush every queued frame into the log, Subscribe streams end
+(clients resume from their last seq on the restarted server), logs are checkpointed, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent import futures
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from latentwire.v1 import latentwire_pb2_grpc as pb_grpc
+
+from .auth import TokenStore
+from .batcher import Batcher
+from .channels import Channel, ModelEntry
+from .config import BatchPolicy, ChannelSpec, ConfigError, Limits, ServerConfig
+from .metrics import Metrics
+from .retention import RetentionLog, RetentionPolicy
+from .service import SERVICE_NAME, LatentwireService, default_quality
+
+log = logging.getLogger("latentwire.server")
+
+
+def _load_codec(bundle: str, provider: str, threads: int | None) -> Any:
+    from latentwire.codec.codec import Codec
+
+    return Codec.load(bundle, provider=provider, threads=threads)
+
+
+class LatentwireServer:
+    """One running server. `start()` returns the bound port; `stop()` is the graceful shutdown."""
+
+    def __init__(self, config: ServerConfig, codec_loader=_load_codec):
+        self.config = config.check()
+        self.metrics = Metrics()
+        self.auth = TokenStore.load(config.tokens_file) if config.tokens_file else TokenStore.open()
+        self.models: dict[str, ModelEntry] = {}
+        by_path: dict[str, ModelEntry] = {}
+        self.channels: dict[str, Channel] = {}
+        data = Path(config.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        for spec in config.channels:
+            key = str(Path(spec.bundle).resolve())
+            if key not in by_path:
+                codec = codec_loader(spec.bundle, config.provider, config.threads)
+                entry = self.models.get(codec.model_id) or ModelEntry.from_codec(codec)
+                self.models[entry.model_id] = by_path[key] = entry
+            model = by_path[key]
+            n_q = len(getattr(model.codec, "qualities", []) or [])
+            if spec.quality is not None and n_q and not 0 <= spec.quality < n_q:
+                raise ConfigError(f"channel {spec.name!r}: quality {spec.quality} out of range 0..{n_q - 1} "
+                                  f"for bundle {spec.bundle}")
+            rlog = RetentionLog(data / f"{spec.name}.sqlite3", config.retention, config.fsync)
+            ch = Channel(spec.name, model, rlog, spec.quality)
+            codec = model.codec
+            ch.batcher = Batcher(
+                spec.name, rlog, _encoder(codec), model.model_id,
+                default_quality(codec) if spec.quality is None else spec.quality,
+                ch.on_commit, config.batch.max_frames, config.batch.max_delay_ms, config.limits.queue_frames,
+                self.metrics,
+            )
+            self.channels[spec.name] = ch
+            log.info("channel %s: model %s (%s), quality %s, resuming at seq %d (%d bytes retained)",
+                     spec.name, model.model_id[:12], model.manifest.get("name", "?"),
+                     "default" if spec.quality is None else spec.quality, rlog.next_seq, rlog.size_bytes)
+        self.service = LatentwireService(config, self.channels, self.models, self.auth, self.metrics)
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        workers = config.workers or (config.limits.max_subscribers + config.limits.max_publishers + 8)
+        opts = [
+            ("grpc.max_receive_message_length", config.limits.max_message_bytes),
+            ("grpc.max_send_message_length", config.limits.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
+                                  options=opts)
+        pb_grpc.add_LatentwireServicer_to_server(self.service, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
+        self.port = 0
+        self._stopped = threading.Event()
+
+    def start(self) -> int:
+        c = self.config
+        if c.tls_cert:
+            creds = grpc.ssl_server_credentials([(Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes())])
+            self.port = self.server.add_secure_port(c.listen, creds)
+        else:
+            self.port = self.server.add_insecure_port(c.listen)
+        if not self.port:
+            raise ConfigError(f"cannot listen on {c.listen}: the address is in use or invalid (pick another --listen)")
+        self.server.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if c.metrics_port is not None:
+            self.metrics.serve(c.metrics_port)
+            log.info("metrics on http://127.0.0.1:%d/metrics", c.metrics_port)
+        host = c.listen.rsplit(":", 1)[0]
+        log.info("latentwire serving %d channel(s) on %s:%d (%s, auth %s)", len(self.channels), host, self.port,
+                 "TLS" if c.tls_cert else "plaintext", "on" if self.auth.enabled else "off")
+        return self.port
+
+    def stop(self, grace: float | None = None) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        grace = self.config.shutdown_grace_s if grace is None else grace
+        log.info("shutting down: health NOT_SERVING, draining for %.1fs", self.config.health_drain_s)
+        self.health.enter_graceful_shutdown()
+        time.sleep(self.config.health_drain_s)
+        self.service.stopping.set()
+        for ch in self.channels.values():
+            ch.close()
+        done = self.server.stop(grace)
+        for ch in self.channels.values():
+            ch.batcher.stop()
+        done.wait(grace + 1)
+        for ch in self.channels.values():
+            ch.log.close()
+        log.info("shutdown complete")
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def _encoder(codec: Any):
+    def encode(raw, quality):
+        return codec.encode(raw) if quality is None else codec.encode(raw, quality=quality)
+
+    return encode
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("serve", help="run the gRPC streaming server",
+                              description="Serve channels of codec-compressed frames over gRPC.")
+    configure_parser(p)
+    return p
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="JSON config file (flags given on the command line override it)")
+    p.add_argument("--channel", action="append", default=[], metavar="NAME=BUNDLE_DIR[:quality]",
+                   help="bind a channel to a bundle (repeatable)")
+    p.add_argument("--listen", help="host:port (default 127.0.0.1:50051; port 0 picks a free one)")
+    p.add_argument("--data-dir", help="where the retention logs live (default ./latentwire-data)")
+    p.add_argument("--tokens", dest="tokens_file", help="token file (JSON) enabling bearer-token auth")
+    p.add_argument("--tls-cert", help="server certificate (PEM) to serve TLS")
+    p.add_argument("--tls-key", help="server private key (PEM)")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument("--fsync", choices=["normal", "full"], help="retention-log durability (see server/retention.py)")
+    p.add_argument("--provider", help="onnxruntime provider: cpu | cuda | auto (default cpu)")
+    p.add_argument("--threads", type=int, help="onnxruntime threads per codec")
+    p.add_argument("--retention-bytes", type=int, help="max bytes kept per channel log (0: unbounded)")
+    p.add_argument("--retention-age", type=float, help="max age in seconds of kept packets (0: unbounded)")
+    p.add_argument("--batch-frames", type=int, help="max frames per encoded batch")
+    p.add_argument("--batch-delay-ms", type=float, help="max wait of the oldest frame before a batch is encoded")
+    p.add_argument("--max-message-bytes", type=int)
+    p.add_argument("--max-frames-per-message", type=int)
+    p.add_argument("--max-subscribers", type=int)
+    p.add_argument("--queue-frames", type=int, help="max RAW frames waiting per channel")
+    p.add_argument("--port-file", help="write the bound port here once serving (for scripts and tests)")
+    p.add_argument("--log-level", default="INFO")
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    cfg = ServerConfig.from_json(args.config) if args.config else ServerConfig()
+    kw: dict[str, Any] = {}
+    for k in ("listen", "data_dir", "tokens_file", "tls_cert", "tls_key", "metrics_port", "fsync", "provider",
+              "threads"):
+        v = getattr(args, k, None)
+        if v is not None:
+            kw[k] = v
+    if args.channel:
+        kw["channels"] = tuple(ChannelSpec.parse(c) for c in args.channel)
+    cfg = replace(cfg, **kw)
+    r = {k: v for k, v in (("max_bytes", args.retention_bytes), ("max_age_s", args.retention_age)) if v is not None}
+    b = {k: v for k, v in (("max_frames", args.batch_frames), ("max_delay_ms", args.batch_delay_ms)) if v is not None}
+    lim = {k: v for k, v in (("max_message_bytes", args.max_message_bytes),
+                             ("max_frames_per_message", args.max_frames_per_message),
+                             ("max_subscribers", args.max_subscribers),
+                             ("queue_frames", args.queue_frames)) if v is not None}
+    return replace(
+        cfg,
+        retention=replace(cfg.retention, **r) if r else cfg.retention,
+        batch=replace(cfg.batch, **b) if b else cfg.batch,
+        limits=replace(cfg.limits, **lim) if lim else cfg.limits,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        server = LatentwireServer(config_from_args(args))
+        port = server.start()
+    except (ConfigError, OSError) as e:
+        print(f"latentwire serve: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # BundleError & co: say what and exit non-zero
+        from latentwire.codec.errors import LatentwireError
+
+        if isinstance(e, LatentwireError):
+            print(f"latentwire serve: {e}", file=sys.stderr)
+            return 2
+        raise
+    if args.port_file:
+        tmp = Path(args.port_file + ".tmp")
+        tmp.write_text(str(port))
+        os.replace(tmp, args.port_file)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stop.wait(0.5):
+        pass
+    server.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="latentwire serve", description="Serve codec-compressed channels over gRPC.")
+    configure_parser(parser)
+    return run(parser.parse_args(argv))
+
+
+__all__ = ["BatchPolicy", "Limits", "LatentwireServer", "RetentionPolicy", "add_parser", "main", "run"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

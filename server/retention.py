@@ -1,0 +1,249 @@
+"""The per-channel retention log: every committed packet, on local disk, in seq order.
+
+Why SQLite in WAL mode: one writer and many readers without blocking each other, crash-safe
+commits, and a single file per channel that a restarted server reopens to continue the
+sequence numbers exactly where it stopped.
+
+Durability (fsync policy):
+- synchronous=NORMAL (default, `--fsync normal`): a commit writes the WAL to the OS page cache;
+  SQLite fsyncs only at checkpoints. A `kill -9` of the server loses NOTHING that was committed
+  (the kernel still holds the pages); a power loss or kernel crash can lose the last commits.
+- synchronous=FULL (`--fsync full`): the WAL is fsynced on every commit; a power loss loses
+  nothing acknowledged. Costs one fsync per packet (the batcher amortizes it over a batch).
+Publishers are acknowledged only AFTER the commit, so whatever a crash loses was never acked and
+an idempotent producer (producer_id) resends it without creating duplicates: the producers table
+is updated in the same transaction as the packet rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("latentwire.server.retention")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS packets (
+    first_seq INTEGER PRIMARY KEY,
+    count     INTEGER NOT NULL,
+    ts        REAL    NOT NULL,
+    model_id  TEXT    NOT NULL,
+    quality   INTEGER NOT NULL,
+    payload   BLOB    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS producers (producer_id TEXT PRIMARY KEY, next_offset INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class StoredPacket:
+    """One row of the log: `count` frames with seqs first_seq .. first_seq+count-1."""
+
+    first_seq: int
+    count: int
+    ts: float
+    model_id: str
+    quality: int
+    payload: bytes
+
+    @property
+    def end_seq(self) -> int:
+        """One past the last seq in the packet."""
+        return self.first_seq + self.count
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """Bounds on one channel's log. 0 means unbounded."""
+
+    max_bytes: int = 1 << 30
+    max_age_s: float = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class TrimReport:
+    packets: int
+    frames: int
+    bytes: int
+    first_seq: int  # first seq still retained after the trim
+    reason: str
+
+
+@dataclass(frozen=True)
+class PendingPacket:
+    """A packet about to be committed plus the producer offsets it advances."""
+
+    count: int
+    model_id: str
+    quality: int
+    payload: bytes
+
+
+class RetentionLog:
+    """Append-only packet log of one channel. `append` is called from one writer thread;
+    `read_from` may be called from any thread (each reader thread gets its own connection)."""
+
+    def __init__(self, path: str | Path, policy: RetentionPolicy = RetentionPolicy(), fsync: str = "normal"):
+        if fsync not in ("normal", "full"):
+            raise ValueError(f"fsync must be 'normal' or 'full', got {fsync!r}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.policy = policy
+        self._sync = fsync.upper()
+        self._local = threading.local()
+        self._lock = threading.Lock()  # guards the writer connection
+        self._w = self._connect()
+        with self._w:
+            self._w.executescript(_SCHEMA)
+        row = self._w.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
+        last = self._w.execute("SELECT MAX(first_seq + count) FROM packets").fetchone()[0]
+        self._next_seq = max(int(row[0]) if row else 0, int(last or 0))
+        first = self._w.execute("SELECT MIN(first_seq) FROM packets").fetchone()[0]
+        self._first_seq = int(first) if first is not None else self._next_seq
+        self._bytes = int(self._w.execute("SELECT COALESCE(SUM(length(payload)), 0) FROM packets").fetchone()[0])
+        self._producers: dict[str, int] = dict(self._w.execute("SELECT producer_id, next_offset FROM producers"))
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._sync}")
+        return conn
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    @property
+    def first_seq(self) -> int:
+        """Oldest retained seq (== next_seq when the log is empty)."""
+        return self._first_seq
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def producer_next_offset(self, producer_id: str) -> int:
+        return self._producers.get(producer_id, 0)
+
+    # ------------------------------------------------------------------ writes
+
+    def append(
+        self, packets: list[PendingPacket], producer_offsets: dict[str, int] | None = None, ts: float | None = None
+    ) -> list[StoredPacket]:
+        """Commit packets (consecutive seqs) and producer high-water marks in ONE transaction."""
+        ts = time.time() if ts is None else ts
+        stored: list[StoredPacket] = []
+        with self._lock:
+            seq = self._next_seq
+            rows = []
+            for p in packets:
+                if p.count <= 0:
+                    raise ValueError("a packet must hold at least one frame")
+                stored.append(StoredPacket(seq, p.count, ts, p.model_id, p.quality, p.payload))
+                rows.append((seq, p.count, ts, p.model_id, p.quality, sqlite3.Binary(p.payload)))
+                seq += p.count
+            producers = {k: v for k, v in (producer_offsets or {}).items() if v > self._producers.get(k, 0)}
+            self._w.execute("BEGIN IMMEDIATE")
+            try:
+                self._w.executemany(
+                    "INSERT INTO packets(first_seq, count, ts, model_id, quality, payload) VALUES (?,?,?,?,?,?)", rows
+                )
+                self._w.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('next_seq', ?)", (str(seq),))
+                if producers:
+                    self._w.executemany(
+                        "INSERT OR REPLACE INTO producers(producer_id, next_offset) VALUES (?, ?)", producers.items()
+                    )
+                self._w.execute("COMMIT")
+            except BaseException:
+                self._w.execute("ROLLBACK")
+                raise
+            if self._first_seq == self._next_seq and stored:
+                self._first_seq = stored[0].first_seq
+            self._next_seq = seq
+            self._bytes += sum(len(p.payload) for p in packets)
+            self._producers.update(producers)
+        return stored
+
+    def trim(self, now: float | None = None) -> list[TrimReport]:
+        """Drop the oldest packets beyond the age and size bounds; the reports say what went."""
+        now = time.time() if now is None else now
+        reports: list[TrimReport] = []
+        with self._lock:
+            if self.policy.max_age_s > 0:
+                cutoff = now - self.policy.max_age_s
+                r = self._delete("ts < ?", (cutoff,), "age > %.0fs" % self.policy.max_age_s)
+                if r:
+                    reports.append(r)
+            if self.policy.max_bytes > 0 and self._bytes > self.policy.max_bytes:
+                excess = self._bytes - self.policy.max_bytes
+                # the smallest prefix of rows whose payload sum covers the excess
+                acc, cut = 0, None
+                for first_seq, n in self._w.execute("SELECT first_seq, length(payload) FROM packets ORDER BY first_seq"):
+                    acc += n
+                    cut = first_seq
+                    if acc >= excess:
+                        break
+                if cut is not None:
+                    r = self._delete("first_seq <= ?", (cut,), "size > %d bytes" % self.policy.max_bytes)
+                    if r:
+                        reports.append(r)
+        for r in reports:
+            log.info(
+                "retention %s: trimmed %d packets (%d frames, %d bytes) from %s; oldest retained seq is now %d",
+                r.reason, r.packets, r.frames, r.bytes, self.path.name, r.first_seq,
+            )
+        return reports
+
+    def _delete(self, where: str, params: tuple, reason: str) -> TrimReport | None:
+        n, frames, nbytes = self._w.execute(
+            f"SELECT COUNT(*), COALESCE(SUM(count),0), COALESCE(SUM(length(payload)),0) FROM packets WHERE {where}", params
+        ).fetchone()
+        if not n:
+            return None
+        self._w.execute("BEGIN IMMEDIATE")
+        self._w.execute(f"DELETE FROM packets WHERE {where}", params)
+        self._w.execute("COMMIT")
+        first = self._w.execute("SELECT MIN(first_seq) FROM packets").fetchone()[0]
+        self._first_seq = int(first) if first is not None else self._next_seq
+        self._bytes -= int(nbytes)
+        return TrimReport(int(n), int(frames), int(nbytes), self._first_seq, reason)
+
+    # ------------------------------------------------------------------ reads
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    def read_from(self, seq: int, limit: int = 64) -> list[StoredPacket]:
+        """Packets holding seq or later frames, oldest first (the first one may start before seq)."""
+        rows = self._reader().execute(
+            "SELECT first_seq, count, ts, model_id, quality, payload FROM packets "
+            "WHERE first_seq + count > ? ORDER BY first_seq LIMIT ?",
+            (seq, limit),
+        ).fetchall()
+        return [StoredPacket(int(a), int(b), float(c), str(d), int(e), bytes(f)) for a, b, c, d, e, f in rows]
+
+    def close_reader(self) -> None:
+        """Close this thread's reader connection (call when a subscriber thread ends)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._w.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+            self._w.close()
