@@ -1,0 +1,322 @@
+"""The versioned, checksummed packet: the only thing latentwire writes to a wire or a file.
+
+A packet carries 1..N frames of one model, one quality and one sample shape whose symbols are
+entropy-coded jointly in one payload (the transport batches frames; one frame per packet is the
+compact per-frame mode). The layout is specified in codec/FORMAT.md; this module is its only
+implementation. Reading never trusts a length field before checking it against the bytes that
+exist and against sane limits, so any byte string yields a header or a BitstreamError subclass.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+from .errors import (
+    BadMagic,
+    BitstreamError,
+    ChecksumMismatch,
+    InputError,
+    ModelMismatch,
+    TruncatedFrame,
+    UnsupportedVersion,
+)
+
+MAGIC = b"LW"
+VERSION = 1
+FLAG_RESIDUAL = 0x01  # the payload continues with the residual layer
+FLAG_RECON_CRC = 0x02  # a CRC32 of the sender's reconstruction follows the frame count
+KNOWN_FLAGS = FLAG_RESIDUAL | FLAG_RECON_CRC
+CUSTOM_QUALITY = 0xFF  # quality byte meaning "custom max_error, varint follows"
+MODEL_PREFIX_BYTES = 8
+
+MAX_DIMS = 8
+MAX_DIM = 2**31 - 1
+MAX_SAMPLE_ELEMENTS = 2**31 - 1
+MAX_MAX_ERROR = 2**30
+DEFAULT_MAX_COUNT = 65536
+DEFAULT_MAX_PAYLOAD = 1 << 30
+_MAX_VARINT_BYTES = 9  # values < 2**63
+
+
+@dataclass(frozen=True)
+class PacketHeader:
+    """Everything before the payload. ``max_error`` is set only for a custom quality (0xFF);
+    ladder levels resolve through the bundle manifest's quality_levels."""
+
+    version: int
+    flags: int
+    model_id_prefix: bytes
+    quality: int
+    max_error: int | None
+    sample_shape: tuple[int, ...]
+    count: int
+    payload_length: int
+    recon_crc: int | None = None
+    header_length: int = 0
+
+    @property
+    def has_residual(self) -> bool:
+        return bool(self.flags & FLAG_RESIDUAL)
+
+    @property
+    def packet_length(self) -> int:
+        return self.header_length + self.payload_length + 4
+
+
+# --------------------------------------------------------------------------------------------
+# varints (unsigned LEB128, canonical)
+
+
+def write_uvarint(value: int) -> bytes:
+    v = int(value)
+    if v < 0 or v >= 1 << 63:
+        raise InputError(f"varint value out of range: {value}")
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if v:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def read_uvarint(buf: memoryview, pos: int, what: str) -> tuple[int, int]:
+    """(value, new position). Truncation -> TruncatedFrame; over-long or non-canonical -> BitstreamError."""
+    value = 0
+    for i in range(_MAX_VARINT_BYTES):
+        if pos + i >= len(buf):
+            raise TruncatedFrame(
+                f"packet ends inside the {what} field (byte {pos + i}): the packet was cut short; "
+                "check that the transport delivers whole packets"
+            )
+        b = buf[pos + i]
+        value |= (b & 0x7F) << (7 * i)
+        if not b & 0x80:
+            if i and b == 0:
+                raise BitstreamError(f"non-canonical varint in the {what} field at byte {pos}: corrupt packet")
+            return value, pos + i + 1
+    raise BitstreamError(f"varint in the {what} field at byte {pos} is longer than 9 bytes: corrupt packet")
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+
+def model_id_prefix(model_id: str | bytes) -> bytes:
+    """The first 8 bytes of a model id given as its hex string (as in manifest.json) or raw bytes."""
+    if isinstance(model_id, (bytes, bytearray, memoryview)):
+        raw = bytes(model_id)
+    else:
+        try:
+            raw = bytes.fromhex(str(model_id))
+        except ValueError as exc:
+            raise InputError(f"model id {model_id!r} is not a hex SHA-256 string") from exc
+    if len(raw) < MODEL_PREFIX_BYTES:
+        raise InputError(f"model id must have at least {MODEL_PREFIX_BYTES} bytes, got {len(raw)}")
+    return raw[:MODEL_PREFIX_BYTES]
+
+
+def write_packet(
+    *,
+    model_id: str | bytes,
+    quality: int,
+    sample_shape: tuple[int, ...],
+    count: int,
+    payload: bytes,
+    max_error: int | None = None,
+    residual: bool = False,
+    recon_crc: int | None = None,
+) -> bytes:
+    """Assemble one packet. ``quality`` is a ladder index 0..254, or CUSTOM_QUALITY with max_error."""
+    prefix = model_id_prefix(model_id)
+    q = int(quality)
+    if q == CUSTOM_QUALITY:
+        if max_error is None or not 0 <= int(max_error) <= MAX_MAX_ERROR:
+            raise InputError(f"custom quality needs max_error in 0..{MAX_MAX_ERROR}, got {max_error!r}")
+        if not residual:
+            raise InputError("a custom max_error is a residual-layer setting: pass residual=True")
+    elif not 0 <= q < CUSTOM_QUALITY:
+        raise InputError(f"quality must be a ladder index 0..254 or CUSTOM_QUALITY (255), got {quality}")
+    elif max_error is not None:
+        raise InputError("max_error is only written for CUSTOM_QUALITY; ladder levels live in the manifest")
+    shape = tuple(int(d) for d in sample_shape)
+    if not 1 <= len(shape) <= MAX_DIMS or any(not 1 <= d <= MAX_DIM for d in shape):
+        raise InputError(f"sample_shape must have 1..{MAX_DIMS} positive dims, got {sample_shape}")
+    elements = 1
+    for d in shape:
+        elements *= d
+    if elements > MAX_SAMPLE_ELEMENTS:
+        raise InputError(f"sample_shape {shape} has more than {MAX_SAMPLE_ELEMENTS} elements")
+    if int(count) < 1:
+        raise InputError(f"count must be >= 1, got {count}")
+    flags = (FLAG_RESIDUAL if residual else 0) | (FLAG_RECON_CRC if recon_crc is not None else 0)
+    body = bytearray(MAGIC)
+    body += bytes([VERSION, flags])
+    body += prefix
+    body.append(q)
+    if q == CUSTOM_QUALITY:
+        body += write_uvarint(int(max_error))  # type: ignore[arg-type]
+    body += write_uvarint(len(shape))
+    for d in shape:
+        body += write_uvarint(d)
+    body += write_uvarint(int(count))
+    if recon_crc is not None:
+        body += struct.pack("<I", int(recon_crc) & 0xFFFFFFFF)
+    payload = bytes(payload)
+    body += write_uvarint(len(payload))
+    body += payload
+    body += struct.pack("<I", zlib.crc32(body) & 0xFFFFFFFF)
+    return bytes(body)
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def _need(buf: memoryview, pos: int, n: int, what: str) -> None:
+    if pos + n > len(buf):
+        raise TruncatedFrame(
+            f"packet ends inside the {what} (needs {pos + n} bytes, has {len(buf)}): the packet was cut "
+            "short; check that the transport delivers whole packets"
+        )
+
+
+def read_packet(
+    data: bytes | bytearray | memoryview,
+    expected_model_id: str | bytes | None = None,
+    *,
+    max_count: int = DEFAULT_MAX_COUNT,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+) -> tuple[PacketHeader, memoryview]:
+    """Validate one whole packet and return (header, payload view).
+
+    Raises BadMagic, UnsupportedVersion, TruncatedFrame, ChecksumMismatch, ModelMismatch, or
+    BitstreamError for impossible field values; nothing else for any input bytes.
+    """
+    expected = None if expected_model_id is None else model_id_prefix(expected_model_id)
+    try:
+        buf = memoryview(data).cast("B")
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"a packet must be bytes-like, got {type(data).__name__}") from exc
+    n = len(buf)
+    if n < len(MAGIC):
+        if bytes(buf) == MAGIC[:n]:
+            raise TruncatedFrame(f"packet of {n} bytes ends before its magic number: empty or cut short")
+        raise BadMagic(f"bytes start with {bytes(buf)!r}, not the latentwire magic {MAGIC!r}: not a latentwire packet")
+    if bytes(buf[:2]) != MAGIC:
+        raise BadMagic(
+            f"bytes start with {bytes(buf[:2])!r}, not the latentwire magic {MAGIC!r}: not a latentwire packet "
+            "(wrong stream, an extra framing layer, or text/base64 encoding in transit)"
+        )
+    pos = 2
+    _need(buf, pos, 1, "version byte")
+    version = buf[pos]
+    pos += 1
+    if version != VERSION:
+        raise UnsupportedVersion(
+            f"packet format version {version}; this decoder reads version {VERSION}: install the latentwire "
+            "version that wrote it, or have the sender encode with a matching one"
+        )
+    _need(buf, pos, 1, "flags byte")
+    flags = buf[pos]
+    pos += 1
+    if flags & ~KNOWN_FLAGS:
+        raise UnsupportedVersion(
+            f"packet uses flags 0x{flags:02x}, unknown to this decoder (known 0x{KNOWN_FLAGS:02x}): "
+            "upgrade latentwire on the receiver, or the packet is corrupt"
+        )
+    _need(buf, pos, MODEL_PREFIX_BYTES, "model id")
+    prefix = bytes(buf[pos : pos + MODEL_PREFIX_BYTES])
+    pos += MODEL_PREFIX_BYTES
+    _need(buf, pos, 1, "quality byte")
+    quality = buf[pos]
+    pos += 1
+    max_error = None
+    if quality == CUSTOM_QUALITY:
+        max_error, pos = read_uvarint(buf, pos, "max_error")
+        if max_error > MAX_MAX_ERROR:
+            raise BitstreamError(f"custom max_error {max_error} exceeds {MAX_MAX_ERROR}: corrupt packet")
+        if not flags & FLAG_RESIDUAL:
+            raise BitstreamError("custom max_error without the residual flag: corrupt packet")
+    ndim, pos = read_uvarint(buf, pos, "ndim")
+    if not 1 <= ndim <= MAX_DIMS:
+        raise BitstreamError(f"sample shape has {ndim} dims (allowed 1..{MAX_DIMS}): corrupt packet")
+    dims = []
+    elements = 1
+    for i in range(ndim):
+        d, pos = read_uvarint(buf, pos, f"dim {i}")
+        if not 1 <= d <= MAX_DIM:
+            raise BitstreamError(f"sample dim {i} is {d} (allowed 1..{MAX_DIM}): corrupt packet")
+        elements *= d
+        dims.append(d)
+    if elements > MAX_SAMPLE_ELEMENTS:
+        raise BitstreamError(f"sample shape {tuple(dims)} has {elements} elements: absurd, corrupt packet")
+    count, pos = read_uvarint(buf, pos, "count")
+    if not 1 <= count <= max_count:
+        raise BitstreamError(
+            f"packet claims {count} frames (allowed 1..{max_count}): corrupt packet, or raise max_count "
+            "if the sender really batches that many"
+        )
+    recon_crc = None
+    if flags & FLAG_RECON_CRC:
+        _need(buf, pos, 4, "reconstruction CRC")
+        (recon_crc,) = struct.unpack_from("<I", buf, pos)
+        pos += 4
+    payload_length, pos = read_uvarint(buf, pos, "payload length")
+    if payload_length > max_payload:
+        raise BitstreamError(
+            f"payload length {payload_length} exceeds the limit {max_payload}: corrupt packet, or raise max_payload"
+        )
+    header_length = pos
+    end = pos + payload_length + 4
+    if n < end:
+        raise TruncatedFrame(
+            f"packet is {n} bytes but its header announces {end} (payload {payload_length} + CRC): the packet "
+            "was cut short; check that the transport delivers whole packets"
+        )
+    if n > end:
+        raise BitstreamError(
+            f"{n - end} bytes follow the packet's CRC: packets were concatenated or framing is broken; "
+            "pass exactly one packet"
+        )
+    (stored,) = struct.unpack_from("<I", buf, end - 4)
+    actual = zlib.crc32(buf[: end - 4]) & 0xFFFFFFFF
+    if stored != actual:
+        raise ChecksumMismatch(
+            f"CRC32 mismatch (stored 0x{stored:08x}, computed 0x{actual:08x}): the packet was altered in "
+            "transit or storage; drop it and ask the sender to resend"
+        )
+    if expected is not None and prefix != expected:
+        raise ModelMismatch(
+            f"packet was coded by model {prefix.hex()}..., but this decoder holds model {expected.hex()}...: "
+            "fetch the sender's bundle (latentwire bundle download) or route the stream to the right decoder"
+        )
+    header = PacketHeader(
+        version=version,
+        flags=flags,
+        model_id_prefix=prefix,
+        quality=quality,
+        max_error=max_error,
+        sample_shape=tuple(dims),
+        count=count,
+        payload_length=payload_length,
+        recon_crc=recon_crc,
+        header_length=header_length,
+    )
+    return header, buf[pos : pos + payload_length]
+
+
+def peek_header(
+    data: bytes | bytearray | memoryview,
+    expected_model_id: str | bytes | None = None,
+    *,
+    max_count: int = DEFAULT_MAX_COUNT,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+) -> PacketHeader:
+    """Validate a packet (magic, version, lengths, CRC, model) without decoding its payload: what a
+    relay/server needs before fanning a packet out."""
+    return read_packet(data, expected_model_id, max_count=max_count, max_payload=max_payload)[0]

@@ -1,0 +1,116 @@
+"""The coding tables of a bundle (entropy.json) and the layout of one packet's joint payload.
+
+One payload holds, in this order, all frames' latent symbols (frame-major, C order, channel c
+coded with latent table c), then - when the packet has the residual layer - every frame's
+bucket-grid shift and every frame's quantized residuals (see residual.py). Everything shares one
+range-coder stream, so a packet of N frames pays the coder's ~1 byte of flush once, not N times.
+The receiver must run decoder.onnx between the two parts: ``PayloadReader`` reads them in turn.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .entropy import StreamDecoder, StreamEncoder, TableSet
+from .errors import BundleError, InputError
+from .quantize import channel_index
+from .residual import ResidualEncoding, ResidualModel
+
+ENTROPY_FORMAT = "latentwire-entropy"
+ENTROPY_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CodingTables:
+    """Everything entropy.json holds: latent tables (one per channel) and the residual model
+    (None when the raw data is not integer, where only latent-only quality exists)."""
+
+    latent: TableSet
+    residual: ResidualModel | None = None
+
+    def to_json_obj(self) -> dict[str, Any]:
+        return {
+            "format": ENTROPY_FORMAT,
+            "version": ENTROPY_VERSION,
+            "precision": self.latent.precision,
+            "latent": self.latent.to_json_obj(),
+            "residual": None if self.residual is None else self.residual.to_json_obj(),
+        }
+
+    def dumps(self) -> bytes:
+        """Canonical bytes (sorted keys, compact): the same tables always hash the same."""
+        return json.dumps(self.to_json_obj(), sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def loads(cls, data: bytes | str, where: str = "entropy.json") -> "CodingTables":
+        try:
+            obj = json.loads(data)
+        except ValueError as exc:
+            raise BundleError(f"{where} is not valid JSON ({exc}); re-run calibration") from exc
+        if not isinstance(obj, dict) or obj.get("format") != ENTROPY_FORMAT:
+            raise BundleError(f"{where} is not a latentwire entropy file; re-run calibration")
+        if obj.get("version") != ENTROPY_VERSION:
+            raise BundleError(
+                f"{where} has entropy format version {obj.get('version')!r}; this latentwire reads "
+                f"{ENTROPY_VERSION}: upgrade latentwire or re-calibrate the bundle"
+            )
+        latent = TableSet.from_json_obj(obj.get("latent"))
+        res = obj.get("residual")
+        return cls(latent=latent, residual=None if res is None else ResidualModel.from_json_obj(res))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CodingTables":
+        p = Path(path)
+        if p.is_dir():
+            p = p / "entropy.json"
+        if not p.is_file():
+            raise BundleError(f"{p} is missing: the bundle is not calibrated (run `latentwire calibrate`)")
+        return cls.loads(p.read_bytes(), str(p))
+
+
+def encode_payload(
+    tables: CodingTables,
+    symbols: np.ndarray,
+    channel_axis: int,
+    *,
+    x_raw: np.ndarray | None = None,
+    raw_float: np.ndarray | None = None,
+    max_error: int | None = None,
+) -> tuple[bytes, ResidualEncoding | None]:
+    """symbols: int32 (N, *latent_shape). With max_error, also the residual of x_raw against the
+    decoder output raw_float (both (N, *sample_shape)). Returns (payload, residual info or None)."""
+    s = np.asarray(symbols)
+    if s.ndim < 2:
+        raise InputError(f"symbols must be (N, *latent_shape), got shape {s.shape}")
+    enc = StreamEncoder()
+    enc.encode(s.reshape(-1), channel_index(s.shape[1:], channel_axis, s.shape[0]), tables.latent)
+    info = None
+    if max_error is not None:
+        if tables.residual is None:
+            raise InputError("this bundle has no residual model (non-integer raw data): only latent-only quality")
+        if x_raw is None or raw_float is None:
+            raise InputError("the residual layer needs x_raw and the decoder output raw_float")
+        info = tables.residual.write(enc, x_raw, raw_float, max_error)
+    return enc.finish(), info
+
+
+class PayloadReader:
+    """Receiver side: ``latents`` first, run decoder.onnx, then ``residual``."""
+
+    def __init__(self, payload: bytes | memoryview, tables: CodingTables) -> None:
+        self._dec = StreamDecoder(payload)
+        self._tables = tables
+
+    def latents(self, count: int, latent_shape: tuple[int, ...], channel_axis: int) -> np.ndarray:
+        ids = channel_index(latent_shape, channel_axis, count)
+        return self._dec.decode(ids, self._tables.latent).reshape((count, *latent_shape))
+
+    def residual(self, raw_float: np.ndarray, max_error: int) -> np.ndarray:
+        if self._tables.residual is None:
+            raise BundleError("packet has a residual layer but the bundle has no residual model")
+        return self._tables.residual.read(self._dec, raw_float, max_error)
