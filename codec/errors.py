@@ -40,3 +40,7 @@ class ChecksumMismatch(BitstreamError):
 
 class ModelMismatch(BitstreamError):
     """The frame was coded by another model than the one asked to decode it."""
+
+
+class ExportError(LatentwireError):
+    """A trained model could not be turned into a trustworthy bundle (e.g. ONNX parity failed)."""

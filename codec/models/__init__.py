@@ -1,0 +1,7 @@
+"""Autoencoder families (torch; training and export only, never on the runtime path)."""
+
+from .base import Autoencoder, AutoencoderOutput, ModelConfig
+from .density import FactorizedDensity
+from .registry import MODELS, build_model
+
+__all__ = ["MODELS", "Autoencoder", "AutoencoderOutput", "FactorizedDensity", "ModelConfig", "build_model"]

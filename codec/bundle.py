@@ -1,0 +1,208 @@
+"""A codec bundle on disk: manifest.json, encoder.onnx, decoder.onnx, entropy.json.
+
+The model id is a SHA-256 over everything a receiver needs to decode (decoder graph, entropy
+tables, the decoding fields of the manifest), so sender and receiver can tell from one hash
+whether they would turn the same bitstream into the same samples; a tampered or half-copied
+bundle is refused at load time instead of silently decoding garbage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import BundleError
+from .normalization import Normalization
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ENCODER = "encoder.onnx"
+DECODER = "decoder.onnx"
+ENTROPY = "entropy.json"
+DECODING_FIELDS = ("format_version", "family", "input", "latent", "quality_levels")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
+    path = Path(bundle_dir) / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{path} is missing: not a codec bundle (re-run `latentwire export` to create one)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path} is not readable JSON ({e}); restore the bundle from its source or re-export") from e
+    if not isinstance(raw, dict):
+        raise BundleError(f"{path} must hold a JSON object, found {type(raw).__name__}")
+    return raw
+
+
+def write_manifest(bundle_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    path = Path(bundle_dir) / MANIFEST
+    path.write_text(json.dumps(manifest, sort_keys=True, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _model_id(bundle_dir: Path, manifest: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    decoder = bundle_dir / DECODER
+    if not decoder.is_file():
+        raise BundleError(f"{decoder} is missing; copy the whole bundle directory or re-export it")
+    h.update(decoder.read_bytes())
+    entropy = bundle_dir / ENTROPY
+    if entropy.is_file():
+        h.update(entropy.read_bytes())
+    h.update(canonical_json({k: manifest.get(k) for k in DECODING_FIELDS}))
+    return h.hexdigest()
+
+
+def compute_model_id(bundle_dir: str | Path) -> str:
+    """SHA-256 of decoder.onnx + entropy.json (if present) + canonical decoding fields."""
+    d = Path(bundle_dir)
+    return _model_id(d, read_manifest(d))
+
+
+def finalize(bundle_dir: str | Path) -> str:
+    """Re-hash the files and rewrite manifest["files"], ["entropy"]["sha256"] and ["model_id"].
+
+    Call after any change to the graphs, tables or decoding fields (export, calibrate).
+    """
+    d = Path(bundle_dir)
+    manifest = read_manifest(d)
+    files: dict[str, str] = {}
+    for name in (ENCODER, DECODER):
+        if not (d / name).is_file():
+            raise BundleError(f"{d / name} is missing; cannot finalize an incomplete bundle")
+        files[name] = sha256_file(d / name)
+    if (d / ENTROPY).is_file():
+        digest = sha256_file(d / ENTROPY)
+        files[ENTROPY] = digest
+        manifest["entropy"] = {**manifest.get("entropy", {}), "file": ENTROPY, "sha256": digest}
+    manifest["files"] = files
+    manifest["model_id"] = _model_id(d, manifest)
+    write_manifest(d, manifest)
+    return manifest["model_id"]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Typed view of manifest.json; `raw` keeps every field (training, metrics, entropy...)."""
+
+    name: str
+    family: str
+    config: dict[str, Any]
+    sample_shape: tuple[int | None, ...]
+    normalization: Normalization
+    latent_shape: tuple[int | None, ...]
+    latent_stride: int
+    latent_channels: int
+    channel_axis: int
+    quality_levels: tuple[dict[str, Any], ...]
+    model_id: str
+    raw: dict[str, Any]
+
+    @property
+    def spatial_dims(self) -> int:
+        """Number of size-varying axes the decoder needs in out_size (0 for dense)."""
+        return 0 if self.family == "dense" else len(self.sample_shape) - 1
+
+    @property
+    def pmf(self) -> tuple[list[int], list[list[float]]]:
+        p = self.raw["latent"]["pmf"]
+        return list(p["offsets"]), list(p["probs"])
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = MANIFEST) -> "Manifest":
+        version = raw.get("format_version")
+        if version != FORMAT_VERSION:
+            raise BundleError(
+                f"{where}: format_version {version!r} is not supported (this latentwire reads {FORMAT_VERSION}); "
+                "upgrade latentwire or re-export the bundle"
+            )
+        try:
+            inp, lat = raw["input"], raw["latent"]
+            return cls(
+                name=str(raw.get("name", "")),
+                family=str(raw["family"]),
+                config=dict(raw["config"]),
+                sample_shape=tuple(inp["sample_shape"]),
+                normalization=Normalization.from_dict(inp["normalization"]),
+                latent_shape=tuple(lat["shape"]),
+                latent_stride=int(lat["stride"]),
+                latent_channels=int(lat["channels"]),
+                channel_axis=int(lat["channel_axis"]),
+                quality_levels=tuple(raw.get("quality_levels", [])),
+                model_id=str(raw.get("model_id", "")),
+                raw=raw,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"{where} lacks or mangles a required field ({e!r}); re-export the bundle") from e
+
+
+class Bundle:
+    """A loaded (and by default verified) bundle directory."""
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.path = path
+        self.manifest = manifest
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest.model_id
+
+    def file(self, name: str) -> Path:
+        p = self.path / name
+        if not p.is_file():
+            raise BundleError(f"{p} is missing from the bundle; copy the whole directory or re-export it")
+        return p
+
+    @classmethod
+    def load(cls, path: str | Path, verify: bool = True) -> "Bundle":
+        d = Path(path)
+        if not d.is_dir():
+            raise BundleError(f"{d} is not a directory; a bundle is the folder `latentwire export --out` wrote")
+        raw = read_manifest(d)
+        manifest = Manifest.from_dict(raw, str(d / MANIFEST))
+        bundle = cls(d, manifest)
+        if verify:
+            bundle.verify()
+        return bundle
+
+    def verify(self) -> None:
+        """Files exist, hash to what the manifest says, and the model id matches the content."""
+        raw = self.manifest.raw
+        files = raw.get("files")
+        if not isinstance(files, dict) or ENCODER not in files or DECODER not in files:
+            raise BundleError(f"{self.path / MANIFEST} has no file hashes; run bundle.finalize on it (export does)")
+        for name, expected in sorted(files.items()):
+            actual = sha256_file(self.file(name))
+            if actual != expected:
+                raise BundleError(
+                    f"{self.path / name} does not match its hash in the manifest (sha256 {actual[:12]}..., "
+                    f"expected {str(expected)[:12]}...): the file was modified or truncated; restore it or re-export"
+                )
+        entropy = raw.get("entropy")
+        if entropy:
+            name = entropy.get("file", ENTROPY)
+            if sha256_file(self.file(name)) != entropy.get("sha256"):
+                raise BundleError(f"{self.path / name} does not match manifest entropy.sha256; re-run calibration")
+        actual_id = _model_id(self.path, raw)
+        if actual_id != self.manifest.model_id:
+            raise BundleError(
+                f"{self.path / MANIFEST}: model_id {self.manifest.model_id[:12]}... does not match the bundle's content "
+                f"({actual_id[:12]}...): the manifest's decoding fields were edited; re-export, or run finalize if the "
+                "edit was intended"
+            )

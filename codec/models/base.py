@@ -1,0 +1,165 @@
+"""What every autoencoder family shares: the config that rebuilds it, and the quantize/rate step.
+
+A family only supplies an encoder (x -> continuous latent y) and a decoder (integer-valued latent
+-> x_hat, at the padded size); this base adds the factorized density and the training-time
+quantization proxy, so train.py and export.py treat every family alike.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import nn
+
+from .density import FactorizedDensity
+
+ACTIVATIONS = ("relu", "gelu", "leaky_relu", "tanh")
+LOSSES = ("mse", "bce")
+OUTPUT_ACTIVATIONS = ("auto", "sigmoid", "none")
+QUANTIZE_MODES = ("noise", "round", "none")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model exactly (stored in checkpoints and the manifest).
+
+    sample_shape is channel-first with None for dynamic dims (conv families: spatial dims).
+    code_size: dense -> latent dimensions; conv -> latent channels. layers: dense -> nodes per
+    encoder layer (Hinton's 784-1000-500-250-30 is layers [1000, 500, 250], code_size 30);
+    conv -> channels per stride-2 stage.
+    """
+
+    family: str
+    sample_shape: list[int | None]
+    code_size: int
+    layers: list[int] = field(default_factory=list)
+    activation: str = "relu"
+    loss: str = "mse"
+    kernel_size: int = 5
+    output_activation: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.sample_shape = [None if d is None else int(d) for d in self.sample_shape]
+        self.layers = [int(n) for n in self.layers]
+        self.code_size = int(self.code_size)
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} is not one of {ACTIVATIONS}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss {self.loss!r} is not one of {LOSSES}")
+        if self.output_activation not in OUTPUT_ACTIVATIONS:
+            raise ValueError(f"output_activation {self.output_activation!r} is not one of {OUTPUT_ACTIVATIONS}")
+        if self.loss == "bce" and self.output_activation == "none":
+            raise ValueError("loss 'bce' needs outputs in [0, 1]: use output_activation 'sigmoid' or 'auto'")
+        if self.code_size < 1 or any(n < 1 for n in self.layers):
+            raise ValueError(f"code_size and layers must be positive, got {self.code_size} and {self.layers}")
+
+    @property
+    def resolved_output_activation(self) -> str:
+        if self.output_activation == "auto":
+            return "sigmoid" if self.loss == "bce" else "none"
+        return self.output_activation
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in d.items()})
+
+
+class AutoencoderOutput(NamedTuple):
+    x_hat: torch.Tensor  # (N, *sample_shape), cropped to the input size
+    y: torch.Tensor  # continuous latent (N, *latent_shape)
+    bits: torch.Tensor  # (N,) code length of the quantized latent under the density
+
+
+def make_activation(name: str) -> nn.Module:
+    return {"relu": nn.ReLU, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh}[name]()
+
+
+def make_output_activation(name: str) -> nn.Module:
+    return nn.Sigmoid() if name == "sigmoid" else nn.Identity()
+
+
+class Autoencoder(nn.Module):
+    """encoder + decoder + per-channel factorized density.
+
+    Quantization proxy (Ballé et al.): "noise" adds U(-0.5, 0.5) (training with a rate term),
+    "round" rounds with a straight-through gradient (evaluation: exactly what the codec does),
+    "none" feeds y unchanged (plain autoencoder); in that mode the density is still fitted, on
+    detached noisy latents, so the bundle always gets pmfs.
+    """
+
+    family: ClassVar[str] = ""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.density = FactorizedDensity(config.code_size)
+
+    # -- supplied by families -------------------------------------------------------------
+    @property
+    def stride(self) -> int:
+        return 1
+
+    def latent_shape(self) -> list[int | None]:
+        """Latent shape without the batch axis, None where it follows a dynamic input dim."""
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode_padded(self, y_hat: torch.Tensor) -> torch.Tensor:
+        """Decoder output before cropping (conv: spatial size = latent size * stride)."""
+        raise NotImplementedError
+
+    # -- shared -----------------------------------------------------------------------------
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.config.sample_shape) - 1 if self.family != "dense" else 0
+
+    def decode(self, y_hat: torch.Tensor, out_size: tuple[int, ...] | None = None) -> torch.Tensor:
+        x_hat = self.decode_padded(y_hat)
+        if out_size is None or self.spatial_dims == 0:
+            return x_hat
+        index = (slice(None), slice(None)) + tuple(slice(0, int(n)) for n in out_size)
+        return x_hat[index]
+
+    def density_parameters(self) -> list[nn.Parameter]:
+        return list(self.density.parameters())
+
+    def network_parameters(self) -> list[nn.Parameter]:
+        ids = {id(p) for p in self.density.parameters()}
+        return [p for p in self.parameters() if id(p) not in ids]
+
+    def quantize(self, y: torch.Tensor, mode: str) -> torch.Tensor:
+        if mode == "noise":
+            return y + torch.empty_like(y).uniform_(-0.5, 0.5)
+        if mode == "round":
+            return y + (torch.round(y) - y).detach()
+        if mode == "none":
+            return y
+        raise ValueError(f"quantize mode {mode!r} is not one of {QUANTIZE_MODES}")
+
+    def forward(self, x: torch.Tensor, quantize: str | None = None) -> AutoencoderOutput:
+        mode = quantize or ("noise" if self.training else "round")
+        y = self.encode(x)
+        y_tilde = self.quantize(y, mode)
+        x_hat = self.decode(y_tilde, tuple(x.shape[2:]) if self.spatial_dims else None)
+        if mode == "none":
+            bits = self.density.bits(self.quantize(y.detach(), "noise" if self.training else "round"))
+        else:
+            bits = self.density.bits(y_tilde)
+        return AutoencoderOutput(x_hat, y, bits)
+
+
+def latent_extent(n: int | None, stride: int) -> int | None:
+    return None if n is None else math.ceil(n / stride)

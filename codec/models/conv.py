@@ -1,0 +1,67 @@
+"""Fully convolutional autoencoder shared by the 1-D and 2-D families.
+
+Stride-2 conv stages (conv + activation, no GDN so the ONNX export stays plain) shrink the input
+by s = 2**stages; any size is accepted because the encoder pads to a multiple of s (edge
+replication, so the border carries no artificial step) and the decoder's output is cropped back.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Autoencoder, ModelConfig, latent_extent, make_activation, make_output_activation
+
+
+class ConvAutoencoder(Autoencoder):
+    ndim: int = 2
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        if len(config.sample_shape) != self.ndim + 1 or config.sample_shape[0] is None:
+            raise ValueError(
+                f"{self.family} samples are (channels, {', '.join('L' if self.ndim == 1 else 'HW'[i] for i in range(self.ndim))})"
+                f" with a fixed channel count, got sample_shape {config.sample_shape}"
+            )
+        if not config.layers:
+            raise ValueError(f"{self.family} needs at least one stage in layers (channels per stride-2 stage)")
+        k = config.kernel_size
+        if k < 1 or k % 2 == 0:
+            raise ValueError(f"kernel_size must be odd so stride-2 stages halve sizes exactly, got {k}")
+        conv = nn.Conv1d if self.ndim == 1 else nn.Conv2d
+        convt = nn.ConvTranspose1d if self.ndim == 1 else nn.ConvTranspose2d
+        c_in = int(config.sample_shape[0])
+        act = config.activation
+        enc: list[nn.Module] = []
+        prev = c_in
+        for ch in config.layers:
+            enc += [conv(prev, ch, k, stride=2, padding=k // 2), make_activation(act)]
+            prev = ch
+        enc.append(conv(prev, config.code_size, k, stride=1, padding=k // 2))
+        self.encoder = nn.Sequential(*enc)
+        dec: list[nn.Module] = [conv(config.code_size, config.layers[-1], k, stride=1, padding=k // 2), make_activation(act)]
+        outs = [*reversed(config.layers[:-1]), c_in]
+        prev = config.layers[-1]
+        for i, ch in enumerate(outs):
+            dec.append(convt(prev, ch, k, stride=2, padding=k // 2, output_padding=1))
+            dec.append(make_activation(act) if i < len(outs) - 1 else make_output_activation(config.resolved_output_activation))
+            prev = ch
+        self.decoder = nn.Sequential(*dec)
+
+    @property
+    def stride(self) -> int:
+        return 2 ** len(self.config.layers)
+
+    def latent_shape(self) -> list[int | None]:
+        return [self.config.code_size, *(latent_extent(n, self.stride) for n in self.config.sample_shape[1:])]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stride
+        pads: list[int] = []
+        for n in reversed(x.shape[2:]):
+            pads += [0, (-n) % s]
+        return self.encoder(F.pad(x, pads, mode="replicate"))
+
+    def decode_padded(self, y_hat: torch.Tensor) -> torch.Tensor:
+        return self.decoder(y_hat)
