@@ -396,8 +396,9 @@ class StreamEncoder:
                 self._enc.encode(
                     chunks[mask].astype(np.int32), _UNIFORM_FAMILY, (1 << bits[mask]).astype(np.int32)
                 )
-        self._calls.append((s.astype(np.int32), np.asarray(table_ids), tables))
         self._n += s.size
+        if self._n <= TRIM_TRIAL_MAX_SYMBOLS:  # kept only for the small-stream tail trimming
+            self._calls.append((s.astype(np.int32), np.asarray(table_ids), tables))
 
     def finish(self) -> bytes:
         """The payload bytes: big-endian words, trailing zeros dropped, small streams tail-trimmed."""

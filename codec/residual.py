@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -73,9 +74,18 @@ class ContextSpec:
 
     def context(self, pred: np.ndarray, shift: np.ndarray | int = 0) -> np.ndarray:
         """Bucket of each prediction; ``shift`` broadcasts against pred (per-frame shifts: (N, 1..))."""
+        p = np.asarray(pred)
+        if self.raw_max - self.raw_min < 1 << 16:  # one gather from a (n_shifts, range) table
+            return self._context_lut[np.asarray(shift, dtype=np.intp), p - self.raw_min]
         off = self.shift_offset(shift)
-        c = (np.asarray(pred, dtype=np.int64) - self.raw_min + off) // self.width
-        return np.clip(c, 0, self.n_contexts - 1)
+        c = (p.astype(np.int64) - self.raw_min + off) // self.width
+        return np.clip(c, 0, self.n_contexts - 1).astype(np.uint8)
+
+    @cached_property
+    def _context_lut(self) -> np.ndarray:
+        v = np.arange(self.raw_max - self.raw_min + 1, dtype=np.int64)
+        off = (np.arange(self.n_shifts, dtype=np.int64) * self.width // self.n_shifts)[:, None]
+        return np.clip((v[None, :] + off) // self.width, 0, self.n_contexts - 1).astype(np.uint8)
 
     def to_json_obj(self) -> dict[str, Any]:
         return {
@@ -120,8 +130,13 @@ def quantize_residual(x_raw: np.ndarray, pred_raw: np.ndarray, max_error: int) -
     """q = sign(r) * floor((|r| + D) / (2D+1)) with r = x - p."""
     d = check_max_error(max_error)
     r = np.asarray(x_raw).astype(np.int32) - np.asarray(pred_raw).astype(np.int32)
-    if d == 0:
+    if d == 0 or r.size == 0:
         return r
+    lo, hi = int(r.min()), int(r.max())
+    if hi - lo < 1 << 17:  # a gather from a table of the present residual range beats integer division
+        k = np.arange(lo, hi + 1, dtype=np.int64)
+        lut = (np.sign(k) * ((np.abs(k) + d) // (2 * d + 1))).astype(np.int32)
+        return lut[r - lo]
     q = (np.abs(r) + d) // (2 * d + 1)
     return np.where(r < 0, -q, q)
 
@@ -145,8 +160,7 @@ def choose_shifts(spec: ContextSpec, raw_float: np.ndarray) -> tuple[np.ndarray,
     f = np.asarray(raw_float, dtype=np.float32)
     n = f.shape[0]
     f = np.clip(f.reshape(n, -1), np.float32(spec.raw_min), np.float32(spec.raw_max))
-    frac = f - np.floor(f)
-    near = np.abs(frac - np.float32(0.5)) < np.float32(spec.guard)
+    near = np.abs(f - np.rint(f)) > np.float32(0.5 - spec.guard)
     frames, cols = np.nonzero(near)
     lo_v = np.floor(f[frames, cols]).astype(np.int64)
     keep = lo_v + 1 <= spec.raw_max
@@ -180,7 +194,7 @@ def residual_histograms(
     shifts, _ = choose_shifts(spec, f)
     ctx = spec.context(p, shifts[:, None])
     r = np.clip(x.reshape(n, -1).astype(np.int64) - p, -radius, radius) + radius
-    flat = ctx * (2 * radius + 1) + r
+    flat = ctx.astype(np.int64) * (2 * radius + 1) + r
     return np.bincount(flat.ravel(), minlength=spec.n_contexts * (2 * radius + 1)).reshape(
         spec.n_contexts, 2 * radius + 1
     ).astype(np.int64)
