@@ -44,3 +44,8 @@ class ModelMismatch(BitstreamError):
 
 class ExportError(LatentwireError):
     """A trained model could not be turned into a trustworthy bundle (e.g. ONNX parity failed)."""
+
+
+class ReconstructionMismatch(BitstreamError):
+    """The receiver's reconstruction differs from the sender's: its decoder output drifted
+    (another execution provider or precision), detected by the packet's reconstruction CRC."""

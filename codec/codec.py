@@ -1,0 +1,221 @@
+"""`Codec`: raw samples in, packets out, and back — the one object users, the server and the
+client hold.
+
+It strings the stages together in the one direction data flows (normalize -> encoder.onnx ->
+quantize -> entropy code -> packet) and back, and owns the rule that the residual layer is taken
+against the very reconstruction the receiver will compute (the sender runs decoder.onnx too).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import bitstream
+from .bundle import Bundle
+from .errors import BitstreamError, InputError, ReconstructionMismatch
+from .payload import CodingTables, PayloadReader, encode_payload
+from .quantize import dequantize, quantize
+from .residual import check_max_error, reconstruction_crc
+from .runtime import Decoder, Encoder
+
+CUSTOM_QUALITY = 0xFF
+DEFAULT_BUNDLE = "default"
+
+
+@dataclass(frozen=True)
+class QualityLevel:
+    """A named operating point: latent only (max_error None) or latent + residual bounded by max_error."""
+
+    index: int
+    name: str
+    max_error: int | None
+
+
+def default_bundle_path() -> Path:
+    """The pretrained MNIST bundle shipped inside the package."""
+    return Path(str(resources.files("latentwire.codec.assets") / "mnist-dense"))
+
+
+def resolve_bundle(bundle: str | Path | Bundle) -> Bundle:
+    if isinstance(bundle, Bundle):
+        return bundle
+    path = default_bundle_path() if str(bundle) == DEFAULT_BUNDLE else Path(bundle)
+    return Bundle.load(path, verify=True)
+
+
+class Codec:
+    """Encodes batches of raw samples into packets and decodes packets back to raw samples."""
+
+    def __init__(self, bundle: Bundle, provider: str = "auto", threads: int | None = None) -> None:
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.model_id = bundle.model_id
+        self.normalization = self.manifest.normalization
+        self.raw_dtype = np.dtype(self.normalization.raw_dtype)
+        self.sample_shape = tuple(self.manifest.sample_shape)
+        self._provider = provider
+        self._threads = threads
+        self.tables = CodingTables.load(bundle.file("entropy.json"))
+        self.qualities = [
+            QualityLevel(i, str(q.get("name", f"q{i}")), q.get("max_error"))
+            for i, q in enumerate(self.manifest.quality_levels)
+        ]
+        if not self.qualities:
+            raise InputError(f"bundle {bundle.path} has no quality levels: run `latentwire calibrate` on it")
+
+    @classmethod
+    def load(cls, bundle: str | Path | Bundle = DEFAULT_BUNDLE, provider: str = "auto", threads: int | None = None) -> "Codec":
+        return cls(resolve_bundle(bundle), provider=provider, threads=threads)
+
+    # Sessions are built on first use: a receiver never pays for the encoder graph.
+    @cached_property
+    def encoder(self) -> Encoder:
+        return Encoder(self.bundle, provider=self._provider, threads=self._threads)
+
+    @cached_property
+    def decoder(self) -> Decoder:
+        return Decoder(self.bundle, provider=self._provider, threads=self._threads)
+
+    @property
+    def default_quality(self) -> int:
+        """The manifest's choice, else the first level with a residual layer (else 0)."""
+        chosen = self.manifest.raw.get("default_quality")
+        if isinstance(chosen, int) and 0 <= chosen < len(self.qualities):
+            return chosen
+        return next((q.index for q in self.qualities if q.max_error is not None), 0)
+
+    # ---------------------------------------------------------------- validation
+    def validate(self, raw: np.ndarray) -> None:
+        """Refuse what the model cannot take, saying what to change (shape, dtype, values)."""
+        if not isinstance(raw, np.ndarray):
+            raise InputError(f"expected a numpy array of raw samples, got {type(raw).__name__}")
+        expected = self.sample_shape
+        if raw.ndim != len(expected) + 1:
+            raise InputError(
+                f"expected a batch of shape (N, {', '.join('*' if d is None else str(d) for d in expected)}), "
+                f"got {raw.shape}; add the batch axis with x[None] for a single sample"
+            )
+        for axis, (got, want) in enumerate(zip(raw.shape[1:], expected), start=1):
+            if want is not None and got != want:
+                raise InputError(f"sample axis {axis} has size {got}, this model takes {want} (samples are {expected})")
+        if raw.shape[0] == 0:
+            raise InputError("empty batch: pass at least one sample")
+        norm = self.normalization
+        if norm.is_integer:
+            if raw.dtype.kind not in "iu":
+                raise InputError(
+                    f"expected integer raw samples ({self.raw_dtype}), got {raw.dtype}; this model codes "
+                    f"values on the {self.raw_dtype} grid (round and cast with .astype({self.raw_dtype.name}))"
+                )
+        elif raw.dtype.kind != "f":
+            raise InputError(f"expected floating-point raw samples, got {raw.dtype}")
+        elif not np.all(np.isfinite(raw)):
+            bad = np.argwhere(~np.isfinite(raw))[0]
+            raise InputError(f"raw samples contain NaN/Inf (first at index {tuple(int(i) for i in bad)})")
+        lo, hi = raw.min(), raw.max()
+        if lo < norm.raw_min or hi > norm.raw_max:
+            raise InputError(
+                f"raw values span [{lo}, {hi}], outside this model's range [{norm.raw_min:g}, {norm.raw_max:g}]"
+            )
+
+    def _level(self, quality: int | None, max_error: int | None) -> tuple[int, int | None]:
+        if max_error is not None:
+            if self.tables.residual is None:
+                raise InputError("this bundle has no residual model, so max_error is not available")
+            return CUSTOM_QUALITY, check_max_error(int(max_error))
+        q = self.default_quality if quality is None else int(quality)
+        if not 0 <= q < len(self.qualities):
+            raise InputError(f"quality {q} does not exist: this bundle has levels 0..{len(self.qualities) - 1}")
+        return q, self.qualities[q].max_error
+
+    def _latent_shape(self, sample_shape: Sequence[int]) -> tuple[int, ...]:
+        m = self.manifest
+        if not m.spatial_dims:
+            return tuple(int(d) for d in m.latent_shape)  # type: ignore[arg-type]
+        spatial = tuple(math.ceil(int(n) / m.latent_stride) for n in sample_shape[1:])
+        return (m.latent_channels, *spatial)
+
+    def _out_size(self, sample_shape: Sequence[int]) -> tuple[int, ...] | None:
+        return tuple(int(n) for n in sample_shape[1:]) if self.manifest.spatial_dims else None
+
+    # ---------------------------------------------------------------- encode / decode
+    def encode(
+        self, raw: np.ndarray, quality: int | None = None, max_error: int | None = None, recon_crc: bool = True
+    ) -> bytes:
+        """N raw samples -> ONE packet, all frames coded jointly (a packet of one is the compact mode).
+
+        With a residual level the packet carries, by default, a CRC of the reconstruction so a
+        receiver whose decoder drifted (another provider) detects it instead of returning wrong data.
+        """
+        self.validate(raw)
+        q, bound = self._level(quality, max_error)
+        symbols = quantize(self.encoder.encode(self.normalization.to_model(raw)))
+        if bound is None:
+            payload, info = encode_payload(self.tables, symbols, self.manifest.channel_axis)
+        else:
+            raw_float = self._decode_symbols(symbols, raw.shape[1:])
+            payload, info = encode_payload(
+                self.tables, symbols, self.manifest.channel_axis, x_raw=raw, raw_float=raw_float, max_error=bound
+            )
+        return bitstream.write_packet(
+            model_id=self.model_id,
+            quality=q,
+            sample_shape=tuple(int(d) for d in raw.shape[1:]),
+            count=int(raw.shape[0]),
+            payload=payload,
+            max_error=bound if q == CUSTOM_QUALITY else None,
+            residual=bound is not None,
+            recon_crc=info.crc if (info is not None and recon_crc) else None,
+        )
+
+    def encode_frames(self, raw: np.ndarray, quality: int | None = None, max_error: int | None = None) -> list[bytes]:
+        """One packet per sample (compact per-frame mode): each frame decodable on its own."""
+        return [self.encode(raw[i : i + 1], quality, max_error) for i in range(raw.shape[0])]
+
+    def header(self, packet: bytes | memoryview) -> bitstream.PacketHeader:
+        """Validate a packet (magic, version, CRC, model id) without decoding it."""
+        return bitstream.peek_header(packet, expected_model_id=self.model_id)
+
+    def _decode_symbols(self, symbols: np.ndarray, sample_shape: Sequence[int]) -> np.ndarray:
+        x_hat = self.decoder.decode(dequantize(symbols), out_size=self._out_size(sample_shape))
+        return self.normalization.to_raw_float(x_hat)
+
+    def _round_raw(self, raw_float: np.ndarray) -> np.ndarray:
+        if self.normalization.is_integer:
+            raw_float = np.rint(raw_float)
+        return raw_float.astype(self.raw_dtype)
+
+    def decode(self, packet: bytes | memoryview) -> np.ndarray:
+        """A packet -> (count, *sample_shape) raw samples of the bundle's raw dtype."""
+        header, payload = bitstream.read_packet(packet, expected_model_id=self.model_id)
+        if header.quality == CUSTOM_QUALITY:
+            bound = header.max_error
+        elif header.quality < len(self.qualities):
+            bound = self.qualities[header.quality].max_error
+        else:
+            raise BitstreamError(
+                f"packet names quality {header.quality}, this bundle has 0..{len(self.qualities) - 1}: "
+                "it was coded with a different bundle version"
+            )
+        if header.has_residual != (bound is not None):
+            raise BitstreamError("packet's residual flag disagrees with its quality level: corrupt or foreign packet")
+        reader = PayloadReader(payload, self.tables)
+        symbols = reader.latents(header.count, self._latent_shape(header.sample_shape), self.manifest.channel_axis)
+        raw_float = self._decode_symbols(symbols, header.sample_shape)
+        if bound is None:
+            return self._round_raw(raw_float)
+        recon = reader.residual(raw_float, bound)
+        if header.recon_crc is not None and reconstruction_crc(recon) != header.recon_crc:
+            raise ReconstructionMismatch(
+                "the decoded samples differ from what the sender reconstructed (CRC mismatch): this "
+                "receiver's decoder output drifted from the sender's (e.g. another execution provider); "
+                "decode on the provider the sender used (provider='cpu')"
+            )
+        return recon.astype(self.raw_dtype)
