@@ -192,8 +192,7 @@ class Codec:
             raw_float = np.rint(raw_float)
         return raw_float.astype(self.raw_dtype)
 
-    def decode(self, packet: bytes | memoryview) -> np.ndarray:
-        """A packet -> (count, *sample_shape) raw samples of the bundle's raw dtype."""
+    def _parse(self, packet: bytes | memoryview) -> tuple[bitstream.PacketHeader, memoryview, int | None]:
         header, payload = bitstream.read_packet(packet, expected_model_id=self.model_id)
         if header.quality == CUSTOM_QUALITY:
             bound = header.max_error
@@ -206,9 +205,39 @@ class Codec:
             )
         if header.has_residual != (bound is not None):
             raise BitstreamError("packet's residual flag disagrees with its quality level: corrupt or foreign packet")
-        reader = PayloadReader(payload, self.tables)
-        symbols = reader.latents(header.count, self._latent_shape(header.sample_shape), self.manifest.channel_axis)
-        raw_float = self._decode_symbols(symbols, header.sample_shape)
+        return header, payload, bound
+
+    def decode(self, packet: bytes | memoryview) -> np.ndarray:
+        """A packet -> (count, *sample_shape) raw samples of the bundle's raw dtype."""
+        return self.decode_many([packet])[0]
+
+    def decode_many(self, packets: Sequence[bytes | memoryview]) -> list[np.ndarray]:
+        """Several packets -> one array each, running decoder.onnx once per group of equal sample
+        shape: Python and onnxruntime pay per call, so a receiver handed many small packets
+        batches them. The output equals decoding each packet alone."""
+        parsed = [self._parse(p) for p in packets]
+        readers = [PayloadReader(payload, self.tables) for _, payload, _ in parsed]
+        symbols = [
+            r.latents(h.count, self._latent_shape(h.sample_shape), self.manifest.channel_axis)
+            for r, (h, _, _) in zip(readers, parsed)
+        ]
+        out: list[np.ndarray | None] = [None] * len(parsed)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (h, _, _) in enumerate(parsed):
+            groups.setdefault(h.sample_shape, []).append(i)
+        for shape, idx in groups.items():
+            raw_float = self._decode_symbols(np.concatenate([symbols[i] for i in idx]), shape)
+            start = 0
+            for i in idx:
+                header, _, bound = parsed[i]
+                part = raw_float[start : start + header.count]
+                start += header.count
+                out[i] = self._finish(readers[i], header, bound, part)
+        return out  # type: ignore[return-value]
+
+    def _finish(
+        self, reader: PayloadReader, header: bitstream.PacketHeader, bound: int | None, raw_float: np.ndarray
+    ) -> np.ndarray:
         if bound is None:
             return self._round_raw(raw_float)
         recon = reader.residual(raw_float, bound)
