@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import Iterator
 from dataclasses import dataclass
 
 from .errors import (
@@ -191,8 +192,12 @@ def read_packet(
     *,
     max_count: int = DEFAULT_MAX_COUNT,
     max_payload: int = DEFAULT_MAX_PAYLOAD,
+    allow_trailing: bool = False,
 ) -> tuple[PacketHeader, memoryview]:
     """Validate one whole packet and return (header, payload view).
+
+    allow_trailing: bytes after the packet's CRC are left alone instead of refused (a file or
+    buffer of packets back to back; see ``iter_packets``).
 
     Raises BadMagic, UnsupportedVersion, TruncatedFrame, ChecksumMismatch, ModelMismatch, or
     BitstreamError for impossible field values; nothing else for any input bytes.
@@ -278,7 +283,7 @@ def read_packet(
             f"packet is {n} bytes but its header announces {end} (payload {payload_length} + CRC): the packet "
             "was cut short; check that the transport delivers whole packets"
         )
-    if n > end:
+    if n > end and not allow_trailing:
         raise BitstreamError(
             f"{n - end} bytes follow the packet's CRC: packets were concatenated or framing is broken; "
             "pass exactly one packet"
@@ -320,3 +325,19 @@ def peek_header(
     """Validate a packet (magic, version, lengths, CRC, model) without decoding its payload: what a
     relay/server needs before fanning a packet out."""
     return read_packet(data, expected_model_id, max_count=max_count, max_payload=max_payload)[0]
+
+
+def iter_packets(
+    data: bytes | bytearray | memoryview, expected_model_id: str | bytes | None = None
+) -> Iterator[tuple[PacketHeader, memoryview]]:
+    """Packets stored back to back (a .lw file): each is self-delimiting, so no extra framing.
+
+    Yields (header, the whole packet's bytes); a damaged packet raises its error at its position.
+    """
+    buf = memoryview(data).cast("B")
+    pos = 0
+    while pos < len(buf):
+        header, _ = read_packet(buf[pos:], expected_model_id, allow_trailing=True)
+        end = pos + header.packet_length
+        yield header, buf[pos:end]
+        pos = end

@@ -8,10 +8,12 @@ manifest metrics.calibration, and re-finalizes the bundle (the model id covers t
 
 from __future__ import annotations
 
+import argparse
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -179,3 +181,35 @@ def calibrate(
     return CalibrationReport(
         model_id=model_id, n_samples=int(raw.shape[0]), levels=tuple(reports), seconds=time.perf_counter() - t0
     )
+
+
+def _ladder(text: str) -> list[int | None]:
+    """"none,96,48,16,0" -> [None, 96, 48, 16, 0]."""
+    return [None if v.strip().lower() in ("none", "") else int(v) for v in text.split(",")]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("calibrate", help="build a bundle's integer entropy tables and quality levels")
+    p.add_argument("bundle", type=Path, help="an exported bundle directory (changed in place; its model id changes)")
+    p.add_argument("--data", required=True, help="raw samples like the training data (any source latentwire reads)")
+    p.add_argument("--source-option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--levels", type=_ladder, default=list(DEFAULT_QUALITY_LADDER),
+                   help="max-error ladder in raw units, first 'none' (latent only), e.g. none,96,48,16,0")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many samples")
+    p.add_argument("--threads", type=int, default=None)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from .sources import load_source
+
+    options = {k: int(v) if v.isdigit() else v for k, v in (o.split("=", 1) for o in args.source_option)}
+    samples = load_source(args.data, **options).samples[: args.limit]
+    report = calibrate(args.bundle, samples, args.levels, threads=args.threads)
+    print(json.dumps({
+        "bundle": str(args.bundle), "model_id": report.model_id, "n_samples": report.n_samples,
+        "seconds": round(report.seconds, 2),
+        "levels": [{"name": lv.name, "max_error": lv.max_error, "payload_bytes_per_sample": round(lv.bytes_per_sample, 3),
+                    "psnr_db": None if not np.isfinite(lv.psnr_db) else round(lv.psnr_db, 3)} for lv in report.levels],
+    }, indent=2))
+    return 0
