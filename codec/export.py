@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import logging
 import os
 import sys
 import warnings
@@ -55,13 +56,17 @@ class _DecoderGraph(torch.nn.Module):
 
 def _export_graph(module: torch.nn.Module, example: torch.Tensor, in_name: str, out_name: str,
                   dynamic: dict[int, Any], path: Path) -> None:
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # exporter chatter
+    quiet = logging.getLogger("torch.onnx")  # "torchvision is not installed" and similar chatter
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             module, (example,), input_names=[in_name], output_names=[out_name],
             dynamic_shapes={"x" if in_name == "x" else "y_hat": dynamic}, dynamo=True,
             external_data=False, verbose=False,
         )
+    quiet.setLevel(level)
     assert program is not None
     program.save(str(path), external_data=False)
     # Weights must live inside the .onnx (a bundle is hashed file by file): re-embed if needed.

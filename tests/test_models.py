@@ -123,19 +123,19 @@ def test_train_checkpoint_and_resume(tmp_path) -> None:
     data = _mnist(600)
     tr, va = data.split(0.2, seed=0)
     config = ModelConfig("dense", [1, 28, 28], 8, [64])
-    opts = TrainOptions(epochs=2, batch_size=64, progress=False, out=str(tmp_path), command="pytest")
+    opts = TrainOptions(epochs=2, batch_size=64, progress=False, threads=1, out=str(tmp_path), command="pytest")
     first = train(config, tr, va, opts)
     assert first.epochs_run == 2 and len(first.history) == 2
     ckpt = load_checkpoint(tmp_path)
     assert ckpt["epoch"] == 1 and ckpt["config"] == config.to_dict() and ckpt["command"] == "pytest"
     assert ckpt["data"]["n_train"] == len(tr) and ckpt["normalization"]["scale"] == 255.0
     assert {"optimizer", "scheduler", "model", "best_model", "best_val_loss"} <= set(ckpt)
-    resumed = train(config, tr, va, TrainOptions(epochs=4, batch_size=64, progress=False, out=str(tmp_path), resume=True))
+    resumed = train(config, tr, va, TrainOptions(epochs=4, batch_size=64, progress=False, threads=1, out=str(tmp_path), resume=True))
     assert resumed.epochs_run == 4 and [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
     assert resumed.best_val_loss <= first.best_val_loss
     with pytest.raises(ValueError, match="trained with"):
         train(ModelConfig("dense", [1, 28, 28], 9, [64]), tr, va,
-              TrainOptions(epochs=5, progress=False, out=str(tmp_path), resume=True))
+              TrainOptions(epochs=5, progress=False, threads=1, out=str(tmp_path), resume=True))
 
 
 def test_plain_autoencoder_still_fits_a_density() -> None:
@@ -143,7 +143,7 @@ def test_plain_autoencoder_still_fits_a_density() -> None:
     tr, va = data.split(0.25, seed=1)
     config = ModelConfig("dense", [1, 28, 28], 4, [32])
     before = build_model(config).density.pmf_tables()
-    result = train(config, tr, va, TrainOptions(epochs=2, batch_size=50, rate_weight=0.0, progress=False))
+    result = train(config, tr, va, TrainOptions(epochs=2, batch_size=50, rate_weight=0.0, progress=False, threads=1))
     after = result.model.density.pmf_tables()
     assert before[0] != after[0] or any(len(a) != len(b) or not np.allclose(a, b) for a, b in zip(before[1], after[1]))
     assert np.isfinite(result.val_bytes_per_sample) and np.isfinite(result.val_psnr_db)
@@ -155,4 +155,25 @@ def test_bce_rejects_data_outside_unit_range() -> None:
     ecg = load_ecg_windows(sample_data_root() / "mitdb", limit_per_record=4)
     tr, va = ecg.split(0.25)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        train(ModelConfig("conv1d", [2, None], 4, [8], loss="bce"), tr, va, TrainOptions(epochs=1, progress=False))
+        train(ModelConfig("conv1d", [2, None], 4, [8], loss="bce"), tr, va, TrainOptions(epochs=1, progress=False, threads=1))
+
+
+def test_cuda_device_is_refused_without_a_gpu() -> None:
+    from latentwire.codec.train import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")
+        assert resolve_device("auto").type == "cpu"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_trains_on_cuda() -> None:
+    data = _mnist(400)
+    tr, va = data.split(0.25)
+    result = train(ModelConfig("conv2d", [1, None, None], 4, [8, 8]), tr, va,
+                   TrainOptions(epochs=1, device="cuda", progress=False, threads=1))
+    assert result.device == "cuda" and next(result.model.parameters()).device.type == "cpu"
+    assert len(result.model.density.pmf_tables()[0]) == 4

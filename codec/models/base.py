@@ -19,7 +19,7 @@ from .density import FactorizedDensity
 ACTIVATIONS = ("relu", "gelu", "leaky_relu", "tanh")
 LOSSES = ("mse", "bce")
 OUTPUT_ACTIVATIONS = ("auto", "sigmoid", "none")
-QUANTIZE_MODES = ("noise", "round", "none")
+QUANTIZE_MODES = ("noise", "mixed", "round", "none")
 
 
 @dataclass
@@ -92,8 +92,10 @@ def make_output_activation(name: str) -> nn.Module:
 class Autoencoder(nn.Module):
     """encoder + decoder + per-channel factorized density.
 
-    Quantization proxy (Ballé et al.): "noise" adds U(-0.5, 0.5) (training with a rate term),
-    "round" rounds with a straight-through gradient (evaluation: exactly what the codec does),
+    Quantization proxy: "noise" adds U(-0.5, 0.5) everywhere (Ballé et al.); "mixed" (the
+    training default) decodes round(y) with a straight-through gradient but measures the rate on
+    y + noise (Minnen & Singh 2020), so the decoder trains on exactly the integer latents the
+    codec sends; "round" rounds with a straight-through gradient (evaluation, what the codec does),
     "none" feeds y unchanged (plain autoencoder); in that mode the density is still fitted, on
     detached noisy latents, so the bundle always gets pmfs.
     """
@@ -150,10 +152,14 @@ class Autoencoder(nn.Module):
         raise ValueError(f"quantize mode {mode!r} is not one of {QUANTIZE_MODES}")
 
     def forward(self, x: torch.Tensor, quantize: str | None = None) -> AutoencoderOutput:
-        mode = quantize or ("noise" if self.training else "round")
+        mode = quantize or ("mixed" if self.training else "round")
         y = self.encode(x)
+        size = tuple(x.shape[2:]) if self.spatial_dims else None
+        if mode == "mixed":
+            x_hat = self.decode(self.quantize(y, "round"), size)
+            return AutoencoderOutput(x_hat, y, self.density.bits(self.quantize(y, "noise")))
         y_tilde = self.quantize(y, mode)
-        x_hat = self.decode(y_tilde, tuple(x.shape[2:]) if self.spatial_dims else None)
+        x_hat = self.decode(y_tilde, size)
         if mode == "none":
             bits = self.density.bits(self.quantize(y.detach(), "noise" if self.training else "round"))
         else:
