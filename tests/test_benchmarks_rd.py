@@ -1,0 +1,161 @@
+"""The rate-distortion benchmark: Bjøntegaard math on curves with known answers, the PCA baseline's
+packets, and the rd script end to end on the shipped sample with a really trained tiny bundle."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import bdrate, rd
+from benchmarks.pca import PcaBasis, PcaCodec
+from latentwire.codec import bitstream
+from latentwire.codec.errors import InputError
+from latentwire.codec.sources import load_mnist, sample_data_root
+
+PSNR = np.array([20.0, 23.0, 26.5, 30.0, 33.0, 37.0])
+RATE = 5.0 * 10 ** (PSNR / 12.0) * (1 + 0.05 * np.sin(PSNR))  # any monotone curve
+
+
+# ------------------------------------------------------------------------------ BD-rate
+
+
+def test_half_the_bytes_at_every_psnr_is_minus_50_percent() -> None:
+    res = bdrate.bd_rate(RATE, PSNR, RATE / 2, PSNR)
+    assert res.value == pytest.approx(-50.0, abs=1e-9)
+    assert (res.lo, res.hi, res.clipped) == (20.0, 37.0, False)
+    assert bdrate.bd_rate(RATE / 2, PSNR, RATE, PSNR).value == pytest.approx(100.0, abs=1e-9)
+
+
+def test_bd_rate_matches_closed_form_when_log_rate_gap_is_linear_in_psnr() -> None:
+    """Both log-rates linear in PSNR (PCHIP reproduces lines exactly), their gap -0.01 (p - 20):
+    the mean gap over [22, 35] is -0.01 * 8.5."""
+    ref = 10 ** (PSNR / 12.0)
+    test = ref * 10 ** (-0.01 * (PSNR - 20.0))
+    res = bdrate.bd_rate(ref, PSNR, test, PSNR, 22.0, 35.0)
+    assert res.value == pytest.approx((10 ** (-0.085) - 1) * 100, abs=1e-9)
+    assert (res.lo, res.hi) == (22.0, 35.0)
+
+
+def test_bd_rate_uses_the_interval_and_clips_to_the_overlap() -> None:
+    # test saves 50 % below 28 dB and nothing above: the interval decides the answer
+    p = np.array([20.0, 21.0, 22.0, 23.0, 24.0, 32.0, 33.0, 34.0])
+    r = 10 ** (p / 10)
+    t = np.where(p < 28, r / 2, r)
+    # (pieces whose knot slopes only see one regime are exact)
+    assert bdrate.bd_rate(r, p, t, p, 20.0, 23.0).value == pytest.approx(-50.0, abs=1e-9)
+    assert bdrate.bd_rate(r, p, t, p, 33.0, 34.0).value == pytest.approx(0.0, abs=1e-9)
+    assert -50.0 < bdrate.bd_rate(r, p, t, p).value < 0.0
+    wide = bdrate.bd_rate(RATE, PSNR, RATE / 3, PSNR, 10.0, 50.0)
+    assert wide.clipped and (wide.lo, wide.hi) == (20.0, 37.0)
+    with pytest.raises(InputError, match="do not overlap"):
+        bdrate.bd_rate(RATE, PSNR, RATE, PSNR + 30.0)
+
+
+def test_bd_psnr_of_a_constant_gain_is_that_gain() -> None:
+    assert bdrate.bd_psnr(RATE, PSNR, RATE, PSNR + 1.5).value == pytest.approx(1.5, abs=1e-9)
+
+
+def test_pareto_front_drops_dominated_and_lossless_points() -> None:
+    r, p = bdrate.pareto_front([10, 20, 15, 30, 40, 40, 50], [20, 25, 19, 24, 30, 31, math.inf])
+    assert r.tolist() == [10, 20, 40] and p.tolist() == [20, 25, 31]
+
+
+def test_pchip_is_exact_on_lines_and_monotone_on_monotone_data() -> None:
+    x = np.array([0.0, 1.0, 3.0, 4.0, 7.0])
+    line = bdrate.Pchip.fit(x, 2 * x + 1)
+    t = np.linspace(0, 7, 50)
+    assert np.allclose(line(t), 2 * t + 1)
+    assert line.integral(0.5, 6.0) == pytest.approx((6.0**2 + 6.0) - (0.5**2 + 0.5))
+    steps = bdrate.Pchip.fit(x, np.array([0.0, 0.0, 1.0, 5.0, 5.1]))
+    assert np.all(np.diff(steps(np.linspace(0, 7, 500))) >= -1e-12)  # no overshoot between knots
+
+
+# ------------------------------------------------------------------------------ PCA baseline
+
+
+def test_pca_packets_round_trip_and_trade_bytes_for_psnr() -> None:
+    folder = sample_data_root() / "mnist"
+    train = load_mnist(folder, split="train").samples
+    test = load_mnist(folder, split="test", limit=200).samples
+    basis = PcaBasis.fit(train, 64, 0, 255)
+    coef = basis.project(train, 64)
+    fine, coarse = PcaCodec(basis, 64, 8.0, coef), PcaCodec(basis, 64, 64.0, coef)
+    pf, pc = fine.encode(test), coarse.encode(test)
+    header, _ = bitstream.read_packet(pf, expected_model_id=fine.model_id)
+    assert header.count == 200 and header.sample_shape == (1, 28, 28)
+    df, dc = fine.decode(pf, test.dtype), coarse.decode(pc, test.dtype)
+    assert df.dtype == np.uint8 and df.shape == test.shape
+    mse = lambda d: float(np.mean((d.astype(float) - test) ** 2))  # noqa: E731
+    assert len(pc) < len(pf) and mse(df) < mse(dc)
+    # decoding equals quantize -> dequantize -> reconstruct (the entropy coder is lossless)
+    sym = np.rint(basis.project(test, 64) / 8.0)
+    assert np.array_equal(df, basis.reconstruct(sym * 8.0, (1, 28, 28), np.uint8))
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+def test_rd_script_end_to_end_on_the_shipped_sample(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rd-mnist.json"
+    assert rd.main([
+        "--dataset", "mnist", "--bundle", str(tiny_bundle), "--data-root", str(sample_data_root()),
+        "--limit", "150", "--batch", "64", "--max-errors", "24,4", "--compact-levels", "2", "--compact-limit", "40",
+        "--webp-step", "50", "--jpeg-qualities", "20,80", "--pca-ks", "16,64", "--pca-steps", "16,64",
+        "--no-progress", "--out", str(out),
+    ]) == 0
+    doc = json.loads(out.read_text())  # strict JSON: no NaN/Infinity
+    meta, points = doc["meta"], doc["points"]
+    assert meta["machine"]["cpu_count"] >= 1 and meta["versions"]["numpy"] == np.__version__
+    assert meta["command"].startswith("python -m benchmarks.rd --dataset mnist")
+    assert meta["data"]["n_samples"] == 150
+    lw = [p for p in points if p["codec"] == "latentwire"]
+    batch = [p for p in lw if p["mode"] == "packet64"]
+    frame = [p for p in lw if p["mode"] == "frame"]
+    assert len(batch) == 6 + 2 and len(frame) == 2
+    # bytes as sent: a one-frame packet pays the whole header, so it costs more per frame
+    for f in frame:
+        b = next(p for p in batch if p["setting"] == f["setting"])
+        assert f["bytes_per_sample"] > b["bytes_per_sample"] + 15
+    # the residual levels honour their bound on what the receiver decoded; lossless is lossless
+    for p in batch:
+        if p.get("max_error") is not None:
+            assert p["max_abs_error"] <= p["max_error"]
+    assert any(p.get("lossless") and p["max_error"] == 0 for p in batch)
+    codecs = {p["codec"] for p in points}
+    assert {"webp", "jpeg", "png", "zstd", "raw", "pca"} <= codecs
+    assert sum(1 for p in points if p["codec"] == "pca") == 4 and any(p["pareto"] for p in points if p["codec"] == "pca")
+    assert {t["target"] for t in doc["summary"]["targets"]} >= {"fewer bytes than WebP at every PSNR"}
+    assert isinstance(doc["summary"]["bd_rate_percent_vs"]["webp"], dict)
+    png = out.with_suffix(".png")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not png.exists()
+    else:
+        assert png.stat().st_size > 1000
+
+
+def test_ecg_held_out_records_come_from_the_manifest() -> None:
+    avail = [str(r) for r in range(100, 125)]
+    assert rd.heldout_records({"training": {"data": {"test_records": [117, 119]}}}, avail)[0] == ["117", "119"]
+    recs, _ = rd.heldout_records({"training": {"data": {"records": [str(r) for r in range(100, 120)]}}}, avail)
+    assert recs == [str(r) for r in range(120, 125)]
+    cmd = "latentwire train --data mitdb --source-option records=100,101,102 --family conv1d"
+    recs, why = rd.heldout_records({"training": {"command": cmd, "data": {}}}, ["100", "101", "102", "103"])
+    assert recs == ["103"] and "command" in why
+    recs, why = rd.heldout_records({"training": {"data": {}}}, avail)
+    assert recs == list(rd.DEFAULT_ECG_HELD_OUT) and "default" in why
+
+
+def test_ecg_scorer_prd_and_cr() -> None:
+    x = np.full((2, 1, 100), 1024, dtype=np.int16)
+    x[:, 0, ::2] += 100  # zero-mean-ish signal of rms ~70.7 around the ADC zero
+    y = x.copy()
+    y[:, 0, 0] += 10
+    s = rd.Scorer(peak=2047.0, prd_baseline=1024.0, bits_per_value=11.0).score(x, y, total_bytes=2 * 50)
+    assert s["prd_percent"] == pytest.approx(100 * math.sqrt(2 * 100 / (2 * 50 * 100**2)))
+    assert s["cr"] == pytest.approx(100 * 11 / (8 * 50))
