@@ -48,6 +48,9 @@ _ESC_CHUNK = 16
 # Streams up to this many symbols get the trial-decode tail trimming (1-3 bytes saved, costs up to
 # three extra decodes, which only matters for big packets where 3 bytes do not).
 TRIM_TRIAL_MAX_SYMBOLS = 1 << 16
+# Below this many symbols per group on average, the coder checks ranges and escapes for all
+# groups at once (per-group numpy calls cost more than the data at batch 1)
+SMALL_GROUP_SYMBOLS = 2048
 
 _RangeEncoder = constriction.stream.queue.RangeEncoder
 _RangeDecoder = constriction.stream.queue.RangeDecoder
@@ -223,6 +226,14 @@ def table_from_pmf(
     return table_from_counts(units, offset, precision, escape_count=escape)
 
 
+@dataclass(frozen=True, eq=False)
+class _CodingMeta:
+    lo: np.ndarray
+    hi: np.ndarray
+    escape: np.ndarray
+    models: tuple[Any, ...]
+
+
 @dataclass(frozen=True)
 class TableSet:
     """An ordered list of tables sharing one precision; ``table_ids`` index into it."""
@@ -241,6 +252,17 @@ class TableSet:
 
     def __len__(self) -> int:
         return len(self.tables)
+
+    @cached_property
+    def coding_meta(self) -> "_CodingMeta":
+        """Per-table lo / hi / escape index as arrays and the constriction models, built once:
+        the coder touches them per group, and attribute lookups per group add up at batch 1."""
+        return _CodingMeta(
+            lo=np.array([t.lo for t in self.tables], dtype=np.int64),
+            hi=np.array([t.hi for t in self.tables], dtype=np.int64),
+            escape=np.array([t.escape_index for t in self.tables], dtype=np.int64),
+            models=tuple(t.model for t in self.tables),
+        )
 
     def __getitem__(self, i: int) -> FreqTable:
         return self.tables[i]
@@ -309,17 +331,26 @@ def _check_ids(table_ids: np.ndarray, n: int, n_tables: int) -> np.ndarray:
 
 
 def _groups(tid: np.ndarray, n_tables: int) -> tuple[np.ndarray | None, list[tuple[int, int, int]]]:
-    """(order or None if one table, [(table, start, stop) in sorted order])."""
+    """(order or None if one table, [(table, start, stop) in sorted order]).
+
+    The stable radix argsort is the one O(n) pass that cannot be avoided for data-dependent ids;
+    group bounds come from the sorted ids by binary search (cheaper than a bincount, which
+    widens small ids to intp first)."""
     first = int(tid[0])
     if tid.size and (tid == first).all():
         return None, [(first, 0, int(tid.size))]
-    counts = np.bincount(tid, minlength=n_tables)
     order = np.argsort(tid, kind="stable")
-    stops = np.cumsum(counts)
-    out = []
-    for t in np.flatnonzero(counts):
-        out.append((int(t), int(stops[t] - counts[t]), int(stops[t])))
-    return order, out
+    bounds = np.searchsorted(tid[order], np.arange(n_tables + 1), side="left")
+    return order, [(t, int(bounds[t]), int(bounds[t + 1])) for t in range(n_tables) if bounds[t + 1] > bounds[t]]
+
+
+def _as_int32(s: np.ndarray) -> np.ndarray:
+    """Symbols as int32 (no copy when they already are); wider types are range-checked first."""
+    if s.dtype == np.int32:
+        return s
+    if s.dtype.itemsize >= 4 and (int(s.min()) < INT32_MIN or int(s.max()) > INT32_MAX):
+        raise InputError("symbols must fit in int32")
+    return s.astype(np.int32)
 
 
 def _fold_escape(v: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -340,17 +371,33 @@ def _chunk_layout(nb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return bits > 0, bits
 
 
+def _check_grouped_tables(table_order: Sequence[int], n_tables: int) -> None:
+    last = -1
+    for t in table_order:
+        if not last < t < n_tables:
+            raise InputError(
+                f"grouped coding needs strictly ascending table ids below {n_tables} (the stream order), got {list(table_order)}"
+            )
+        last = t
+
+
 # --------------------------------------------------------------------------------------------
 # coder
 
 
 class StreamEncoder:
     """One range-coded stream, filled by one or more ``encode`` calls (e.g. latents, then residual
-    contexts, then residuals); the decoder repeats the same calls with the same table_ids."""
+    contexts, then residuals); the decoder repeats the same calls with the same table_ids.
+
+    ``encode_grouped`` writes exactly what ``encode`` writes when the caller already holds the
+    symbols grouped by table (the latent layout is a transpose away from grouped): it skips the
+    argsort, which was the largest single cost of coding."""
 
     def __init__(self) -> None:
         self._enc = _RangeEncoder()
-        self._calls: list[tuple[np.ndarray, np.ndarray, TableSet]] = []
+        # per call, for the small-stream tail trimming: (table, count) groups, the symbols in
+        # stream (grouped) order, tables
+        self._calls: list[tuple[list[tuple[int, int]], np.ndarray, TableSet]] = []
         self._n = 0
 
     @property
@@ -367,23 +414,63 @@ class StreamEncoder:
         tid = _check_ids(table_ids, s.size, len(tables))
         if s.size == 0:
             return
-        s64 = s.astype(np.int64, copy=False)
-        if int(s64.min()) < INT32_MIN or int(s64.max()) > INT32_MAX:
-            raise InputError("symbols must fit in int32")
-        order, groups = _groups(tid, len(tables))
-        ss = s64 if order is None else s64[order]
+        s32 = _as_int32(s)
+        order, spans = _groups(tid, len(tables))
+        self._code(s32 if order is None else s32[order], spans, tables)
+
+    def encode_grouped(
+        self, groups: Sequence[tuple[int, np.ndarray]], tables: TableSet | Sequence[FreqTable]
+    ) -> None:
+        """groups: (table id, 1-D integer symbols in stream order), table ids strictly ascending.
+        Empty groups are allowed (and code nothing)."""
+        tables = as_table_set(tables)
+        _check_grouped_tables([t for t, _ in groups], len(tables))
+        parts, spans, pos = [], [], 0
+        for t, v in groups:
+            a = np.asarray(v)
+            if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
+                raise InputError(f"group symbols must be 1-D integers, got shape {a.shape} dtype {a.dtype}")
+            if a.size:
+                parts.append(_as_int32(a))
+                spans.append((int(t), pos, pos + a.size))
+                pos += a.size
+        if parts:
+            self._code(np.concatenate(parts) if len(parts) > 1 else np.ascontiguousarray(parts[0]), spans, tables)
+
+    def _code(self, ss: np.ndarray, spans: list[tuple[int, int, int]], tables: TableSet) -> None:
+        """ss: int32 symbols already in stream order; spans: (table, start, stop), ascending tables."""
+        meta = tables.coding_meta
         esc_v, esc_lo, esc_hi = [], [], []
-        for t, a, b in groups:
-            tab = tables[t]
-            idx = ss[a:b] - tab.offset
-            out = (idx < 0) | (idx >= tab.n_symbols)
+        if len(spans) > 1 and ss.size < SMALL_GROUP_SYMBOLS * len(spans):
+            # many small groups (latents of a few frames): one vectorised range check for all,
+            # then one constriction call per group
+            t_ids = np.array([t for t, _, _ in spans], dtype=np.intp)
+            counts = np.array([b - a for _, a, b in spans], dtype=np.intp)
+            lo, hi = np.repeat(meta.lo[t_ids], counts), np.repeat(meta.hi[t_ids], counts)
+            idx = ss - lo
+            out = (ss < lo) | (ss > hi)
             if out.any():
-                v = ss[a:b][out]
-                esc_v.append(v)
-                esc_lo.append(np.full(v.size, tab.lo, dtype=np.int64))
-                esc_hi.append(np.full(v.size, tab.hi, dtype=np.int64))
-                idx = np.where(out, tab.escape_index, idx)
-            self._enc.encode(idx.astype(np.int32), tab.model)
+                esc_v.append(ss[out].astype(np.int64))
+                esc_lo.append(lo[out])
+                esc_hi.append(hi[out])
+                idx[out] = np.repeat(meta.escape[t_ids], counts)[out]
+            idx = idx.astype(np.int32)
+            for t, a, b in spans:
+                self._enc.encode(idx[a:b], meta.models[t])
+        else:
+            for t, a, b in spans:
+                v = ss[a:b]
+                lo, hi = int(meta.lo[t]), int(meta.hi[t])
+                if int(v.min()) >= lo and int(v.max()) <= hi:  # the common case: two SIMD reductions
+                    idx = v if lo == 0 else v - np.int32(lo)
+                else:
+                    out = (v < lo) | (v > hi)
+                    ev = v[out].astype(np.int64)
+                    esc_v.append(ev)
+                    esc_lo.append(np.full(ev.size, lo, dtype=np.int64))
+                    esc_hi.append(np.full(ev.size, hi, dtype=np.int64))
+                    idx = np.where(out, int(meta.escape[t]), v.astype(np.int64) - lo).astype(np.int32)
+                self._enc.encode(idx, meta.models[t])
         if esc_v:
             u = _fold_escape(np.concatenate(esc_v), np.concatenate(esc_lo), np.concatenate(esc_hi))
             nb = _bit_length(u)
@@ -396,9 +483,9 @@ class StreamEncoder:
                 self._enc.encode(
                     chunks[mask].astype(np.int32), _UNIFORM_FAMILY, (1 << bits[mask]).astype(np.int32)
                 )
-        self._n += s.size
+        self._n += ss.size
         if self._n <= TRIM_TRIAL_MAX_SYMBOLS:  # kept only for the small-stream tail trimming
-            self._calls.append((s.astype(np.int32), np.asarray(table_ids), tables))
+            self._calls.append(([(t, b - a) for t, a, b in spans], ss.copy(), tables))
 
     def finish(self) -> bytes:
         """The payload bytes: big-endian words, trailing zeros dropped, small streams tail-trimmed."""
@@ -408,10 +495,12 @@ class StreamEncoder:
         return data
 
     def _decodes_same(self, data: bytes) -> bool:
+        """Decode every call in grouped order and compare there (a bijection of the original
+        order, so equality is the same test without the scatter)."""
         try:
             dec = StreamDecoder(data)
-            for s, tid, tables in self._calls:
-                if not np.array_equal(dec.decode(tid, tables), s):
+            for groups, grouped, tables in self._calls:
+                if not np.array_equal(dec.decode_grouped(groups, tables), grouped):
                     return False
         except BitstreamError:
             return False
@@ -445,7 +534,8 @@ def _bytes_to_words(data: bytes | memoryview) -> np.ndarray:
 
 
 class StreamDecoder:
-    """Reads a payload written by StreamEncoder; call ``decode`` with the encoder's table_ids."""
+    """Reads a payload written by StreamEncoder; call ``decode`` with the encoder's table_ids
+    (or ``decode_grouped`` where the encoder used ``encode_grouped``)."""
 
     def __init__(self, data: bytes | memoryview) -> None:
         self._dec = _RangeDecoder(_bytes_to_words(data))
@@ -457,23 +547,69 @@ class StreamDecoder:
         tid = _check_ids(tid_in, n, len(tables))
         if n == 0:
             return np.zeros(0, dtype=np.int32)
-        order, groups = _groups(tid, len(tables))
-        vals = np.empty(n, dtype=np.int64)
+        order, spans = _groups(tid, len(tables))
+        vals = self._decode([(t, b - a) for t, a, b in spans], tables)
+        if order is None:
+            return vals
+        out = np.empty(n, dtype=np.int32)
+        out[order] = vals
+        return out
+
+    def decode_grouped(
+        self, groups: Sequence[tuple[int, int]], tables: TableSet | Sequence[FreqTable]
+    ) -> np.ndarray:
+        """groups: (table id, count), table ids strictly ascending -> int32 symbols of all groups,
+        concatenated in group order."""
+        tables = as_table_set(tables)
+        _check_grouped_tables([t for t, _ in groups], len(tables))
+        clean = [(int(t), int(k)) for t, k in groups if int(k) > 0]
+        if any(int(k) < 0 for _, k in groups):
+            raise InputError("group counts must be >= 0")
+        if not clean:
+            return np.zeros(0, dtype=np.int32)
+        return self._decode(clean, tables)
+
+    def _decode(self, groups: list[tuple[int, int]], tables: TableSet) -> np.ndarray:
+        meta = tables.coding_meta
+        total = sum(k for _, k in groups)
         esc_pos, esc_lo, esc_hi = [], [], []
         try:
-            for t, a, b in groups:
-                tab = tables[t]
-                idx = np.asarray(self._dec.decode(tab.model, b - a), dtype=np.int64)
-                vals[a:b] = idx + tab.offset
-                hit = np.flatnonzero(idx == tab.escape_index)
+            if len(groups) > 1 and total < SMALL_GROUP_SYMBOLS * len(groups):
+                # many small groups: decode each, then offsets and escapes in one vectorised pass
+                t_ids = np.array([t for t, _ in groups], dtype=np.intp)
+                counts = np.array([k for _, k in groups], dtype=np.intp)
+                idx = np.concatenate([self._dec.decode(meta.models[t], k) for t, k in groups]).astype(np.int64)
+                lo = np.repeat(meta.lo[t_ids], counts)
+                vals = (idx + lo).astype(np.int32)
+                hit = np.flatnonzero(idx == np.repeat(meta.escape[t_ids], counts))
                 if hit.size:
-                    esc_pos.append(hit + a)
-                    esc_lo.append(np.full(hit.size, tab.lo, dtype=np.int64))
-                    esc_hi.append(np.full(hit.size, tab.hi, dtype=np.int64))
+                    esc_pos.append(hit)
+                    esc_lo.append(lo[hit])
+                    esc_hi.append(np.repeat(meta.hi[t_ids], counts)[hit])
+            else:
+                vals = np.empty(total, dtype=np.int32)
+                pos = 0
+                for t, k in groups:
+                    idx = np.asarray(self._dec.decode(meta.models[t], k), dtype=np.int32)
+                    seg = vals[pos : pos + k]
+                    lo = int(meta.lo[t])
+                    if lo:
+                        # int32 wraps only for the escape marker of a table ending at INT32_MAX,
+                        # and escape positions are overwritten below
+                        np.add(idx, np.int32(lo), out=seg)
+                    else:
+                        seg[...] = idx
+                    esc = int(meta.escape[t])
+                    if int(idx.max()) == esc:
+                        hit = np.flatnonzero(idx == esc)
+                        esc_pos.append(hit + pos)
+                        esc_lo.append(np.full(hit.size, lo, dtype=np.int64))
+                        esc_hi.append(np.full(hit.size, int(meta.hi[t]), dtype=np.int64))
+                    pos += k
             if esc_pos:
-                pos = np.concatenate(esc_pos)
+                where = np.concatenate(esc_pos)
                 lo, hi = np.concatenate(esc_lo), np.concatenate(esc_hi)
-                nb = np.asarray(self._dec.decode(_ESC_NBITS_MODEL, pos.size), dtype=np.int64)
+                nb = np.asarray(self._dec.decode(_ESC_NBITS_MODEL, where.size), dtype=np.int64)
                 mask, bits = _chunk_layout(nb)
                 u = np.where(nb > 0, np.left_shift(1, np.maximum(nb - 1, 0)), 0).astype(np.int64)
                 if mask.any():
@@ -491,16 +627,12 @@ class StreamDecoder:
                         "payload decodes to an escaped symbol outside int32: the payload is corrupt "
                         "or was coded with other tables (check the model id)"
                     )
-                vals[pos] = v
+                vals[where] = v
         except BitstreamError:
             raise
         except Exception as exc:  # constriction reports malformed input as ValueError/RuntimeError
             raise BitstreamError(f"entropy decoder failed ({exc}); the payload is corrupt") from exc
-        if order is None:
-            return vals.astype(np.int32)
-        out = np.empty(n, dtype=np.int32)
-        out[order] = vals
-        return out
+        return vals
 
 
 def encode(symbols: np.ndarray, table_ids: np.ndarray, tables: TableSet | Sequence[FreqTable]) -> bytes:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .entropy import StreamDecoder, StreamEncoder, TableSet
+from .entropy import StreamDecoder, StreamEncoder, TableSet, _as_int32
 from .errors import BundleError, InputError
 from .quantize import channel_index
 from .residual import ResidualEncoding, ResidualModel
@@ -73,6 +73,25 @@ class CodingTables:
         return cls.loads(p.read_bytes(), str(p))
 
 
+def _channel_axis(latent_shape: tuple[int, ...], channel_axis: int) -> int:
+    channel_index(latent_shape, channel_axis, 0)  # validates the shape and the axis
+    return channel_axis % len(latent_shape)
+
+
+def _by_channel(symbols: np.ndarray, channel_axis: int) -> np.ndarray:
+    """(C, N * rest) int32: row c is every symbol of latent table c in stream order.
+
+    The stream codes the latents grouped by table, stably; with one table per channel that order
+    is just the channel axis moved to the front (frame-major, C order within), so a transpose
+    replaces the argsort a generic ``encode`` needs."""
+    axis = _channel_axis(tuple(symbols.shape[1:]), channel_axis)
+    if symbols.size and symbols.dtype.kind not in "iu":
+        raise InputError(f"symbols must be integers, got dtype {symbols.dtype}")
+    symbols = _as_int32(symbols)
+    moved = np.moveaxis(symbols, 1 + axis, 0)
+    return np.ascontiguousarray(moved.reshape(moved.shape[0], -1), dtype=np.int32)
+
+
 def encode_payload(
     tables: CodingTables,
     symbols: np.ndarray,
@@ -88,7 +107,7 @@ def encode_payload(
     if s.ndim < 2:
         raise InputError(f"symbols must be (N, *latent_shape), got shape {s.shape}")
     enc = StreamEncoder()
-    enc.encode(s.reshape(-1), channel_index(s.shape[1:], channel_axis, s.shape[0]), tables.latent)
+    enc.encode_grouped(list(enumerate(_by_channel(s, channel_axis))), tables.latent)
     info = None
     if max_error is not None:
         if tables.residual is None:
@@ -107,8 +126,16 @@ class PayloadReader:
         self._tables = tables
 
     def latents(self, count: int, latent_shape: tuple[int, ...], channel_axis: int) -> np.ndarray:
-        ids = channel_index(latent_shape, channel_axis, count)
-        return self._dec.decode(ids, self._tables.latent).reshape((count, *latent_shape))
+        shape = tuple(int(d) for d in latent_shape)
+        axis = _channel_axis(shape, channel_axis)
+        if count < 1:
+            raise InputError(f"count must be >= 1, got {count}")
+        n_channels = shape[axis]
+        per = count * (int(np.prod(shape)) // n_channels)
+        flat = self._dec.decode_grouped([(c, per) for c in range(n_channels)], self._tables.latent)
+        # undo _by_channel: (C, N, *rest without C) -> (N, *latent_shape)
+        rest = shape[:axis] + shape[axis + 1 :]
+        return np.ascontiguousarray(np.moveaxis(flat.reshape((n_channels, count, *rest)), 0, 1 + axis))
 
     def residual(self, raw_float: np.ndarray, max_error: int) -> np.ndarray:
         if self._tables.residual is None:

@@ -22,18 +22,25 @@ def quantize(y: np.ndarray) -> np.ndarray:
     y = np.asarray(y)
     if y.dtype.kind not in "fiu":
         raise InputError(f"latents must be numeric, got dtype {y.dtype}")
+    if y.size == 0:
+        return y.astype(np.int32)
+    # two reductions instead of full-size temporaries: NaN and Inf both surface in min / max, and
+    # rint is monotone, so the range check on rint(min) / rint(max) covers every element
+    lo, hi = y.min(), y.max()
     if y.dtype.kind == "f":
-        if not np.all(np.isfinite(y)):
+        if not (np.isfinite(lo) and np.isfinite(hi)):
             raise InputError("latents contain NaN or Inf: the encoder output is broken (check the input domain)")
-        r = np.rint(y.astype(np.float64, copy=False))
-    else:
-        r = y.astype(np.int64, copy=False)
-    if r.size and (r.min() < INT32_MIN or r.max() > INT32_MAX):
+        lo, hi = np.rint(lo), np.rint(hi)
+    if float(lo) < INT32_MIN or float(hi) > INT32_MAX:
         raise InputError(
-            f"latents out of the int32 symbol range (min {r.min()}, max {r.max()}): "
+            f"latents out of the int32 symbol range (min {lo}, max {hi}): "
             "the encoder output is not a sane latent (check normalization of the input)"
         )
-    return r.astype(np.int32)
+    if y.dtype.kind == "f":
+        # rint in the input's own precision: every float32 rint is an exact integer, so this is
+        # the value float64 rounding gave, without the float64 copy
+        return np.rint(y).astype(np.int32)
+    return y.astype(np.int32)
 
 
 def dequantize(symbols: np.ndarray) -> np.ndarray:

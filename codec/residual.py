@@ -35,7 +35,9 @@ import numpy as np
 from .entropy import DEFAULT_PRECISION, FreqTable, StreamDecoder, StreamEncoder, TableSet, table_from_counts
 from .errors import BitstreamError, BundleError, InputError
 
-MAX_RADIUS = 4095  # histogram half-width cap; residuals beyond it are coded through the escape
+INT32_LIMIT = 1 << 30  # |values| below this leave int32 headroom for one addition
+MAX_RADIUS = 4095
+PAIR_LUT_MAX_RANGE = 1024  # raw ranges up to 10 bits get (p, x) lookup tables (1M entries at most)  # histogram half-width cap; residuals beyond it are coded through the escape
 
 
 @dataclass(frozen=True)
@@ -76,10 +78,27 @@ class ContextSpec:
         """Bucket of each prediction; ``shift`` broadcasts against pred (per-frame shifts: (N, 1..))."""
         p = np.asarray(pred)
         if self.raw_max - self.raw_min < 1 << 16:  # one gather from a (n_shifts, range) table
-            return self._context_lut[np.asarray(shift, dtype=np.intp), p - self.raw_min]
+            sh = np.asarray(shift, dtype=np.intp)
+            v = p if self.raw_min == 0 else p - self.raw_min
+            if sh.size and int(sh.min()) == int(sh.max()) and 0 <= int(sh.min()) < self.n_shifts:
+                # one grid for all (the usual case: shift 0): a 1-D take, no broadcast index
+                out = self._context_lut[int(sh.min())].take(v)
+                shape = np.broadcast_shapes(p.shape, sh.shape)
+                return out if out.shape == shape else np.broadcast_to(out, shape).copy()
+            if sh.size and (int(sh.min()) < 0 or int(sh.max()) >= self.n_shifts):
+                return self._context_lut[sh, v]  # let numpy raise its IndexError, as before
+            # per-frame grids: one flat index (shift * range + v) and a 1-D take
+            flat = sh * self._context_lut.shape[1] + v
+            return self._context_lut.ravel().take(flat)
         off = self.shift_offset(shift)
         c = (p.astype(np.int64) - self.raw_min + off) // self.width
         return np.clip(c, 0, self.n_contexts - 1).astype(np.uint8)
+
+    @cached_property
+    def _edge_lut(self) -> np.ndarray:
+        """(n_shifts, range - 1) bool: v and v + 1 fall in different buckets on grid s."""
+        lut = self._context_lut
+        return lut[:, 1:] != lut[:, :-1]
 
     @cached_property
     def _context_lut(self) -> np.ndarray:
@@ -111,6 +130,10 @@ class ContextSpec:
 # the arithmetic of the bound
 
 
+def _uniform(a: np.ndarray) -> bool:
+    return bool(a.size) and int(a.min()) == int(a.max())
+
+
 def check_max_error(max_error: int) -> int:
     d = int(max_error)
     if d != max_error or d < 0 or d > 1 << 30:
@@ -118,18 +141,26 @@ def check_max_error(max_error: int) -> int:
     return d
 
 
+def _clip_round(raw_float: np.ndarray, raw_min: int, raw_max: int) -> tuple[np.ndarray, np.ndarray]:
+    """(clip(raw_float), rint(clip(raw_float))) in float32: the one pass both the prediction and
+    the guard-band shift choice start from. Finiteness is checked with two reductions (NaN and
+    Inf both surface in min/max) instead of a full-size boolean array."""
+    f = np.asarray(raw_float, dtype=np.float32)
+    if f.size and not (np.isfinite(f.min()) and np.isfinite(f.max())):
+        raise InputError("decoder output contains NaN/Inf; cannot predict raw samples")
+    fc = np.clip(f, np.float32(raw_min), np.float32(raw_max))
+    return fc, np.rint(fc)
+
+
 def prediction(raw_float: np.ndarray, raw_min: int, raw_max: int) -> np.ndarray:
     """The receiver's integer prediction: rint(clip(raw_float)) (round half to even)."""
-    f = np.asarray(raw_float, dtype=np.float32)
-    if not np.all(np.isfinite(f)):
-        raise InputError("decoder output contains NaN/Inf; cannot predict raw samples")
-    return np.rint(np.clip(f, np.float32(raw_min), np.float32(raw_max))).astype(np.int32)
+    return _clip_round(raw_float, raw_min, raw_max)[1].astype(np.int32)
 
 
 def quantize_residual(x_raw: np.ndarray, pred_raw: np.ndarray, max_error: int) -> np.ndarray:
     """q = sign(r) * floor((|r| + D) / (2D+1)) with r = x - p."""
     d = check_max_error(max_error)
-    r = np.asarray(x_raw).astype(np.int32) - np.asarray(pred_raw).astype(np.int32)
+    r = np.subtract(np.asarray(x_raw), np.asarray(pred_raw), dtype=np.int32)
     if d == 0 or r.size == 0:
         return r
     lo, hi = int(r.min()), int(r.max())
@@ -144,7 +175,17 @@ def quantize_residual(x_raw: np.ndarray, pred_raw: np.ndarray, max_error: int) -
 def reconstruct(pred_raw: np.ndarray, q: np.ndarray, max_error: int, raw_min: int, raw_max: int) -> np.ndarray:
     """clip(p + q*(2D+1)): within D of x whenever p is the sender's prediction (int64)."""
     d = check_max_error(max_error)
-    rec = np.asarray(pred_raw, dtype=np.int64) + np.asarray(q, dtype=np.int64) * (2 * d + 1)
+    step = 2 * d + 1
+    p = np.asarray(pred_raw)
+    qa = np.asarray(q)
+    if qa.size and p.dtype.kind in "iu" and p.dtype.itemsize <= 4 and qa.dtype.kind in "iu" and qa.dtype.itemsize <= 4:
+        # int32 arithmetic when no intermediate can overflow it (always, for real packets)
+        bound = max(abs(int(qa.min())), abs(int(qa.max()))) * step + max(abs(raw_min), abs(raw_max)) + 1
+        if bound < INT32_LIMIT and int(p.min()) >= -INT32_LIMIT and int(p.max()) <= INT32_LIMIT:
+            rec = np.multiply(qa, np.int32(step), dtype=np.int32)
+            rec += p
+            return np.clip(rec, np.int32(raw_min), np.int32(raw_max), out=rec)
+    rec = p.astype(np.int64) + qa.astype(np.int64) * step
     return np.clip(rec, raw_min, raw_max).astype(np.int32)
 
 
@@ -158,18 +199,29 @@ def choose_shifts(spec: ContextSpec, raw_float: np.ndarray) -> tuple[np.ndarray,
     best shift leaves samples at risk. At risk = within ``guard`` of a .5 rounding boundary whose
     two sides fall in different buckets (a drift there would switch the table)."""
     f = np.asarray(raw_float, dtype=np.float32)
-    n = f.shape[0]
-    f = np.clip(f.reshape(n, -1), np.float32(spec.raw_min), np.float32(spec.raw_max))
-    near = np.abs(f - np.rint(f)) > np.float32(0.5 - spec.guard)
-    frames, cols = np.nonzero(near)
-    lo_v = np.floor(f[frames, cols]).astype(np.int64)
+    fc, pf = _clip_round(f, spec.raw_min, spec.raw_max)
+    return _choose_shifts(spec, fc.reshape(f.shape[0], -1), pf.reshape(f.shape[0], -1))
+
+
+def _choose_shifts(spec: ContextSpec, fc: np.ndarray, pf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """choose_shifts on (N, P) clipped values and their rint (shared with the prediction)."""
+    n = fc.shape[0]
+    dist = np.subtract(fc, pf)
+    np.abs(dist, out=dist)
+    frames, cols = np.nonzero(dist > np.float32(0.5 - spec.guard))
+    lo_v = np.floor(fc[frames, cols]).astype(np.int64)
     keep = lo_v + 1 <= spec.raw_max
     frames, lo_v = frames[keep], lo_v[keep]
     risky = np.zeros((spec.n_shifts, n), dtype=np.int64)
-    for s in range(spec.n_shifts):
-        if frames.size:
-            diff = spec.context(lo_v, s) != spec.context(lo_v + 1, s)
-            risky[s] = np.bincount(frames[diff], minlength=n)
+    if frames.size:
+        if spec.raw_max - spec.raw_min < 1 << 16:
+            edges = spec._edge_lut[:, lo_v - spec.raw_min]  # (n_shifts, k): sides in different buckets
+            for s in range(spec.n_shifts):
+                risky[s] = np.bincount(frames[edges[s]], minlength=n)
+        else:
+            for s in range(spec.n_shifts):
+                diff = spec.context(lo_v, s) != spec.context(lo_v + 1, s)
+                risky[s] = np.bincount(frames[diff], minlength=n)
     safe = risky == 0
     any_safe = safe.any(axis=0)
     shifts = np.where(any_safe, np.argmax(safe, axis=0), np.argmin(risky, axis=0)).astype(np.int64)
@@ -296,6 +348,24 @@ class ResidualModel:
         self._cache[d] = ts
         return ts
 
+    def _pair_luts(self, max_error: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(q, recon) int32 tables indexed by (p - raw_min) * range + (x - raw_min), built with
+        quantize_residual / reconstruct themselves (so they cannot disagree); None when the raw
+        range is too wide for a range**2 table (11-bit ECG: 4M entries; the arithmetic path)."""
+        span = self.spec.raw_max - self.spec.raw_min + 1
+        if span > PAIR_LUT_MAX_RANGE:
+            return None
+        key = ("pair", max_error)
+        cached = self._cache.get(key)
+        if cached is None:
+            vals = np.arange(self.spec.raw_min, self.spec.raw_max + 1, dtype=np.int32)
+            p, x = np.meshgrid(vals, vals, indexing="ij")
+            q = quantize_residual(x, p, max_error).astype(np.int32)
+            rec = reconstruct(p, q, max_error, self.spec.raw_min, self.spec.raw_max).astype(np.int32)
+            cached = (q.ravel(), rec.ravel())
+            self._cache[key] = cached
+        return cached
+
     # ---- coding
 
     def encode_residual(
@@ -312,27 +382,48 @@ class ResidualModel:
                 x = x.astype(np.int64)
             else:
                 raise InputError(f"raw samples must be integers for the residual layer, got {x.dtype}")
-        if x.size and (x.min() < self.spec.raw_min or x.max() > self.spec.raw_max):
+        if x.size and (int(x.min()) < self.spec.raw_min or int(x.max()) > self.spec.raw_max):
             raise InputError(
                 f"raw samples span [{x.min()}, {x.max()}], outside the model's raw range "
                 f"[{self.spec.raw_min}, {self.spec.raw_max}]"
             )
         d = check_max_error(max_error)
         n = x.shape[0]
-        p = prediction(f, self.spec.raw_min, self.spec.raw_max).reshape(n, -1)
-        shifts, at_risk = choose_shifts(self.spec, f)
-        ctx = self.spec.context(p, shifts[:, None])
-        q = quantize_residual(x.reshape(n, -1), p, d)
-        recon = reconstruct(p, q, d, self.spec.raw_min, self.spec.raw_max).reshape(x.shape)
+        fc, pf = _clip_round(f, self.spec.raw_min, self.spec.raw_max)
+        fc, pf = fc.reshape(n, -1), pf.reshape(n, -1)
+        shifts, at_risk = _choose_shifts(self.spec, fc, pf)
+        luts = self._pair_luts(d)
+        if luts is not None:
+            # small raw range: q and recon are functions of the pair (p, x); one index, two gathers
+            q_lut, rec_lut = luts
+            v = pf.astype(np.intp)
+            if self.spec.raw_min:
+                v -= self.spec.raw_min
+            lut = self.spec._context_lut
+            if _uniform(shifts):
+                ctx = lut[shifts[0]].take(v)
+            else:
+                ctx = lut.ravel().take(v + (shifts * lut.shape[1])[:, None])
+            k = v * (self.spec.raw_max - self.spec.raw_min + 1)
+            k += x.reshape(n, -1)
+            if self.spec.raw_min:
+                k -= self.spec.raw_min
+            q = q_lut.take(k)
+            recon = rec_lut.take(k).reshape(x.shape)
+        else:
+            p = pf.astype(np.int32)
+            ctx = self.spec.context(p, shifts[:, None])
+            q = quantize_residual(x.reshape(n, -1), p, d)
+            recon = reconstruct(p, q, d, self.spec.raw_min, self.spec.raw_max).reshape(x.shape)
         info = ResidualEncoding(recon=recon, shifts=shifts, at_risk=at_risk)
-        return q.ravel().astype(np.int32), ctx.ravel(), info
+        return q.ravel().astype(np.int32, copy=False), ctx.ravel(), info
 
     def write(self, enc: StreamEncoder, x_raw: np.ndarray, raw_float: np.ndarray, max_error: int) -> ResidualEncoding:
         """Code the frames' shifts then their residuals into ``enc``; returns the reconstruction."""
         symbols, ids, info = self.encode_residual(x_raw, raw_float, max_error)
         tables = self.tables(max_error)
         if self.spec.n_shifts > 1:
-            enc.encode(info.shifts.astype(np.int32), np.full(info.shifts.size, self.spec.n_contexts), tables)
+            enc.encode_grouped([(self.spec.n_contexts, info.shifts)], tables)
         enc.encode(symbols, ids, tables)
         return info
 
@@ -343,7 +434,7 @@ class ResidualModel:
         tables = self.tables(max_error)
         p = prediction(f, self.spec.raw_min, self.spec.raw_max).reshape(n, -1)
         if self.spec.n_shifts > 1:
-            shifts = dec.decode(np.full(n, self.spec.n_contexts), tables).astype(np.int64)
+            shifts = dec.decode_grouped([(self.spec.n_contexts, n)], tables).astype(np.int64)
             if shifts.size and (shifts.min() < 0 or shifts.max() >= self.spec.n_shifts):
                 raise BitstreamError("residual payload names a bucket-grid shift that does not exist: corrupt payload")
         else:

@@ -20,7 +20,7 @@ from latentwire.codec import entropy
 from latentwire.codec.codec import Codec
 from latentwire.codec.payload import CodingTables, PayloadReader, encode_payload
 from latentwire.codec.quantize import channel_index, quantize
-from latentwire.codec.residual import ResidualModel
+from latentwire.codec.residual import choose_shifts
 
 FIXTURE_DIR = Path(__file__).resolve().parent / "data" / "throughput"
 
@@ -51,12 +51,27 @@ def test_fixture_covers_the_paths_it_claims() -> None:
     assert ((esc < lo) | (esc > hi)).sum() > 100
     assert esc.min() == -(2**31) and esc.max() == 2**31 - 1
     assert 96 * DATA["x_raw"][0].size > entropy.TRIM_TRIAL_MAX_SYMBOLS
+    # frames on the default bucket grid only (n <= 3) and frames on several grids (n = 24)
+    shifts = choose_shifts(TABLES.residual.spec, DATA["raw_float"])[0]
+    assert not shifts[:3].any() and len(set(shifts.tolist())) > 2
     sizes = {name: DATA[f"{name}/payload"].size for name, *_ in CASES}
     assert sizes["digits-n24-d0"] > sizes["digits-n24-d3"] > sizes["digits-n24-d16"] > sizes["digits-n24-dNone"]
 
 
+# the coder has a vectorised path for many small groups and a per-group path for big ones; force
+# each in turn so both must reproduce every pinned payload (escapes included)
+PATHS = {"auto": None, "per-group": 0, "vectorised": 1 << 40}
+
+
+@pytest.fixture(params=list(PATHS), ids=list(PATHS))
+def coder_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if PATHS[request.param] is not None:
+        monkeypatch.setattr(entropy, "SMALL_GROUP_SYMBOLS", PATHS[request.param])
+    return request.param
+
+
 @pytest.mark.parametrize("name,which,n,d", CASES, ids=[c[0] for c in CASES])
-def test_payload_bytes_are_pinned(name: str, which: str, n: int, d: int | None) -> None:
+def test_payload_bytes_are_pinned(name: str, which: str, n: int, d: int | None, coder_path: str) -> None:
     s, x, f = MAKE.inputs(DATA, which, n)
     payload, info = encode_payload(
         TABLES, s, AXIS, x_raw=x if d is not None else None, raw_float=f if d is not None else None, max_error=d
@@ -67,7 +82,7 @@ def test_payload_bytes_are_pinned(name: str, which: str, n: int, d: int | None) 
 
 
 @pytest.mark.parametrize("name,which,n,d", CASES, ids=[c[0] for c in CASES])
-def test_pinned_payloads_decode_identically(name: str, which: str, n: int, d: int | None) -> None:
+def test_pinned_payloads_decode_identically(name: str, which: str, n: int, d: int | None, coder_path: str) -> None:
     s, x, f = MAKE.inputs(DATA, which, n)
     reader = PayloadReader(DATA[f"{name}/payload"].tobytes(), TABLES)
     got = reader.latents(n, s.shape[1:], AXIS)
@@ -94,7 +109,7 @@ def _scattered(tables: entropy.TableSet, n: int) -> tuple[np.ndarray, np.ndarray
 PINNED_SCATTERED = "7a817236397fa05ff0ad7d01f0d095a87d343c8cbdaf6677ab4c8549e956f2c3"
 
 
-def test_scattered_table_ids_are_pinned() -> None:
+def test_scattered_table_ids_are_pinned(coder_path: str) -> None:
     import hashlib
 
     tables = TABLES.residual.tables(2)
@@ -141,3 +156,31 @@ def test_codec_round_trip_on_tiny_bundle(tiny_bundle: Path, quality: int) -> Non
     bound = codec.qualities[q].max_error
     if bound is not None:
         assert int(np.abs(out.astype(np.int64) - raw).max()) <= bound
+
+
+@pytest.mark.parametrize("latent_shape,axis", [((16,), 0), ((4, 3, 5), 0), ((3, 7), -1), ((2, 3, 4), 1)])
+def test_grouped_latent_path_equals_generic_coding(latent_shape: tuple[int, ...], axis: int) -> None:
+    """encode_payload / PayloadReader.latents group by channel with a transpose; that must be the
+    very stream the generic per-symbol-id coder writes for FORMAT.md's channel layout."""
+    n_ch = latent_shape[axis % len(latent_shape)]
+    tables = entropy.TableSet(tuple(TABLES.latent[i] for i in range(n_ch)), precision=TABLES.latent.precision)
+    coding = CodingTables(latent=tables)
+    n = 5
+    i = np.arange(n * int(np.prod(latent_shape)), dtype=np.int64)
+    syms = ((i * 2654435761) % 9 - 4).reshape((n, *latent_shape))
+    syms.flat[::17] = 1000 + i[::17]  # escapes
+    payload, _ = encode_payload(coding, syms, axis)
+    generic = entropy.encode(syms.reshape(-1), channel_index(latent_shape, axis, n), tables)
+    assert payload == generic
+    got = PayloadReader(payload, coding).latents(n, latent_shape, axis)
+    assert got.dtype == np.int32 and np.array_equal(got, syms)
+
+
+def test_grouped_coding_refuses_what_generic_refuses() -> None:
+    with pytest.raises(entropy.InputError):
+        encode_payload(TABLES, np.full((1, 16), 2**31, dtype=np.int64), AXIS)
+    with pytest.raises(entropy.InputError):
+        encode_payload(TABLES, np.zeros((1, 16), dtype=np.float32), AXIS)
+    enc = entropy.StreamEncoder()
+    with pytest.raises(entropy.InputError):
+        enc.encode_grouped([(2, np.zeros(3, np.int32)), (1, np.zeros(3, np.int32))], TABLES.latent)
