@@ -66,8 +66,8 @@ def _idx(path: Path, labels_path: str | Path | None = None, limit: int | None = 
 
 
 def _images(path: Path, size: tuple[int, int] = (64, 64), per_image: int = 8, seed: int = 0,
-            mode: str = "RGB", limit: int | None = None) -> SampleSet:
-    return ImageFolder(path, mode=mode).crops(size=tuple(size), per_image=per_image, seed=seed, limit=limit)  # type: ignore[arg-type]
+            mode: str = "RGB", limit: int | None = None, subdirs: Any = None) -> SampleSet:
+    return ImageFolder(path, mode=mode, subdirs=subdirs).crops(size=tuple(size), per_image=per_image, seed=seed, limit=limit)  # type: ignore[arg-type]
 
 
 def _ecg(path: Path, records: Any = None, window: int = 1024, stride: int | None = None,
@@ -79,7 +79,7 @@ KINDS: dict[str, Callable[..., SampleSet]] = {
     "mnist": _mnist,  # folder with train-/t10k-images-idx3-ubyte[.gz]; options: split, limit
     "idx": _idx,  # one IDX file; options: labels_path, limit
     "arrays": load_array,  # .npy/.npz; options: key, labels_key, groups_key, normalization, add_channel_axis, limit
-    "images": _images,  # folder of photos -> random crops; options: size, per_image, seed, mode, limit
+    "images": _images,  # folder of photos -> random crops; options: size, per_image, seed, mode, limit, subdirs
     "ecg": _ecg,  # folder (or .hea) of WFDB records; options: records, window, stride, limit_per_record
 }
 

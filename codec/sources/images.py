@@ -9,6 +9,7 @@ every machine.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -47,16 +48,29 @@ def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
 
 
 class ImageFolder:
-    """The images under one folder. mode: "RGB" (3 channels) or "L" (grey, 1 channel)."""
+    """The images under one folder. mode: "RGB" (3 channels) or "L" (grey, 1 channel).
 
-    def __init__(self, path: str | Path, mode: str = "RGB") -> None:
+    subdirs: only these sub-folders of path (e.g. ["train", "val"] of a data set whose test/
+    folder must stay unseen); paths stay relative to path, so crops and file lists do not change
+    meaning when a folder is added.
+    """
+
+    def __init__(self, path: str | Path, mode: str = "RGB", subdirs: Sequence[str] | str | None = None) -> None:
         if mode not in ("RGB", "L"):
             raise InputError(f"image mode must be 'RGB' or 'L', got {mode!r}")
         self.root = Path(path)
         if not self.root.is_dir():
             raise InputError(f"image folder not found: {self.root}")
         self.mode = mode
-        self.paths: list[Path] = list_images(self.root)
+        self.subdirs = [subdirs] if isinstance(subdirs, str) else (list(subdirs) if subdirs is not None else None)
+        if self.subdirs is None:
+            self.paths: list[Path] = list_images(self.root)
+        else:
+            missing = [d for d in self.subdirs if not (self.root / d).is_dir()]
+            if missing:
+                raise InputError(f"{self.root}: sub-folders {missing} not found (subdirs={self.subdirs})")
+            found = {p for d in self.subdirs for p in list_images(self.root / d)}
+            self.paths = sorted(found, key=lambda p: p.relative_to(self.root).as_posix())
         if not self.paths:
             raise InputError(
                 f"{self.root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found, searched recursively"
@@ -103,6 +117,6 @@ class ImageFolder:
             normalization=PIXEL_NORMALIZATION,
             groups=groups,
             name=f"{self.root.name}-crops{h}x{w}",
-            meta={"source": "images", "folder": str(self.root), "mode": self.mode, "size": [h, w],
+            meta={"source": "images", "folder": str(self.root), "subdirs": self.subdirs, "mode": self.mode, "size": [h, w],
                   "per_image": per_image, "seed": seed, "files": [p.relative_to(self.root).as_posix() for p in paths]},
         )
