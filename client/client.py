@@ -194,9 +194,12 @@ class Client:
         *,
         max_message_bytes: int = 16 << 20,
         cache_dir: str | Path | None = None,
+        timeout: float = 30.0,
     ):
         """target: host:port. token: bearer token sent as `authorization` metadata. tls: True for
-        the system roots, or a path to a root certificate (PEM); None/False: plaintext."""
+        the system roots, or a path to a root certificate (PEM); None/False: plaintext.
+        timeout: how long unary calls (models, channels) wait for the server to be reachable."""
+        self.timeout = timeout
         self.target = target
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -206,6 +209,9 @@ class Client:
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2000),
+            # a private subchannel pool: another Client's connection backoff (after a server
+            # restart) must not make this one's first calls fail fast
+            ("grpc.use_local_subchannel_pool", 1),
         ]
         if tls:
             root = None if tls is True else Path(tls).read_bytes()
@@ -228,13 +234,17 @@ class Client:
     # ------------------------------------------------------------------ metadata
 
     def models(self) -> list[ModelInfo]:
-        return [_model_info(m) for m in self.stub.ListModels(pb.ListModelsRequest(), metadata=self._metadata).models]
+        resp = self.stub.ListModels(pb.ListModelsRequest(), **self._unary())
+        return [_model_info(m) for m in resp.models]
 
     def model(self, model_id: str) -> ModelInfo:
-        return _model_info(self.stub.GetModel(pb.GetModelRequest(model_id=model_id), metadata=self._metadata))
+        return _model_info(self.stub.GetModel(pb.GetModelRequest(model_id=model_id), **self._unary()))
+
+    def _unary(self) -> dict[str, Any]:
+        return {"metadata": self._metadata, "timeout": self.timeout, "wait_for_ready": True}
 
     def channels(self) -> list[ChannelInfo]:
-        resp = self.stub.ListChannels(pb.ListChannelsRequest(), metadata=self._metadata)
+        resp = self.stub.ListChannels(pb.ListChannelsRequest(), **self._unary())
         return [_channel_info(c) for c in resp.channels]
 
     def channel(self, name: str) -> ChannelInfo:
@@ -339,12 +349,17 @@ class Client:
         yielded. from_seq: None (oldest retained), an int, or "latest" (resolved to the
         channel's next seq now, so a reconnect before the first frame loses nothing).
         idle_timeout: stop iterating after this many seconds without data (None: never).
-        stop: an Event that ends the iteration promptly when set (signal handlers)."""
+        stop: an Event that ends the iteration promptly when set (signal handlers).
+        "latest" is resolved when this is called, not at the first next()."""
         if from_seq == "latest":
             from_seq = self.channel(channel).next_seq
         elif from_seq is not None and not isinstance(from_seq, int):
             raise ValueError(f"from_seq must be None, an int or 'latest', got {from_seq!r}")
-        next_seq: int | None = from_seq  # type: ignore[assignment]
+        return self._packets(channel, from_seq, idle_timeout, max_backoff, max_retries, stop)  # type: ignore[arg-type]
+
+    def _packets(self, channel: str, from_seq: int | None, idle_timeout: float | None, max_backoff: float,
+                 max_retries: int | None, stop: threading.Event | None) -> Iterator[Packet]:
+        next_seq = from_seq
         attempt = 0
         while stop is None or not stop.is_set():
             req = pb.SubscribeRequest(channel=channel)
@@ -397,9 +412,12 @@ class Client:
         """Decoded frames of a channel, each exactly once and in seq order (see subscribe_packets)."""
         if from_seq == "latest":
             from_seq = self.channel(channel).next_seq
-        want = from_seq if isinstance(from_seq, int) else None
-        for p in self.subscribe_packets(channel, from_seq, idle_timeout=idle_timeout, max_backoff=max_backoff,
-                                        max_retries=max_retries):
+        packets = self.subscribe_packets(channel, from_seq, idle_timeout=idle_timeout, max_backoff=max_backoff,
+                                         max_retries=max_retries)
+        return self._frames(packets, from_seq if isinstance(from_seq, int) else None, cache_dir)
+
+    def _frames(self, packets: Iterator[Packet], want: int | None, cache_dir: str | Path | None) -> Iterator[Frame]:
+        for p in packets:
             data = self.codec(p.model_id, cache_dir).decode(p.payload)
             for i in range(p.count):
                 seq = p.first_seq + i

@@ -239,7 +239,8 @@ class Batcher:
             for s in range(0, total, self.max_frames):
                 chunk = raw[s : s + self.max_frames]
                 pkt = self.encode(chunk, batch[0].quality)
-                pending.append(PendingPacket(int(chunk.shape[0]), self.model_id, self._quality(batch[0].quality), pkt))
+                pending.append(PendingPacket(int(chunk.shape[0]), self.model_id, _packet_quality(pkt, batch[0].quality,
+                                                                                               self.default_quality), pkt))
             dt = time.perf_counter() - t0
             if self.metrics is not None:
                 self.metrics.encode_seconds.labels(self.name).observe(dt)
@@ -253,9 +254,6 @@ class Batcher:
             it.future.set_result(Commit(acc, dups, seq))
             seq += acc
         self._after_commit(stored, "raw")
-
-    def _quality(self, q: int | None) -> int:
-        return self.default_quality if q is None else int(q)
 
     def _commit_packets(self, it: PacketItem) -> None:
         hwm: dict[str, int] = {}
@@ -281,3 +279,13 @@ class Batcher:
             self.metrics.frames_in.labels(self.name, kind).inc(sum(s.count for s in stored))
             self.metrics.wire_bytes_in.labels(self.name).inc(sum(len(s.payload) for s in stored))
         self.on_commit(stored)
+
+
+def _packet_quality(packet: bytes, asked: int | None, default: int) -> int:
+    """The quality the packet header records (what the encoder really used)."""
+    try:
+        from latentwire.codec.bitstream import peek_header
+
+        return int(peek_header(packet).quality)
+    except Exception:  # noqa: BLE001 - a codec without the packet format: trust the request
+        return default if asked is None else int(asked)

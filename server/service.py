@@ -387,7 +387,7 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                              f"packet {i}: sample shape {list(shape)} does not match the channel's {list(want)}",
                              index=i)
                 continue
-            if n_q and not 0 <= header.quality < n_q:
+            if n_q and header.quality != bitstream.CUSTOM_QUALITY and not 0 <= header.quality < n_q:
                 self._reject(resp, ch, header.count, bad,
                              f"packet {i}: quality {header.quality} is not one of the model's 0..{n_q - 1}", index=i)
                 continue

@@ -589,7 +589,7 @@ class PublishResponse(_message.Message):
     accepted: _builtins.int
     """frames committed to the log by this message"""
     rejected: _builtins.int
-    """frames refused (see errors)"""
+    """frames refused (see errors); a packet whose header is unreadable counts 1"""
     duplicates: _builtins.int
     """frames skipped because the producer already committed them"""
     first_seq: _builtins.int
