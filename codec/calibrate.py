@@ -32,6 +32,38 @@ DEFAULT_QUALITY_LADDER: tuple[int | None, ...] = (None, 32, 16, 8, 3, 0)
 
 
 @dataclass(frozen=True)
+class LevelSpec:
+    """One rung of the quality ladder: the latent's quantization step (1.0: the trained integer
+    grid; coarser steps are the cheap levels) and the residual layer's max error (None: none)."""
+
+    max_error: int | None = None
+    latent_step: float = 1.0
+
+    @classmethod
+    def parse(cls, value: "int | str | None | LevelSpec") -> "LevelSpec":
+        """None / "none" -> latent only; 24 / "24" -> max error 24; "s2" -> latent only at step 2;
+        "s2+24" -> step 2 with max error 24."""
+        if isinstance(value, LevelSpec):
+            return value
+        if value is None or isinstance(value, (int, np.integer)):
+            return cls(None if value is None else int(value))
+        text = str(value).strip().lower()
+        step = 1.0
+        if text.startswith("s"):
+            head, _, text = text[1:].partition("+")
+            step = float(head)
+            if not step > 0:
+                raise InputError(f"latent step must be > 0, got {head!r}")
+        return cls(None if text in ("", "none") else int(text), step)
+
+    def to_manifest(self, index: int) -> dict[str, Any]:
+        entry: dict[str, Any] = {"name": f"q{index}", "max_error": self.max_error}
+        if self.latent_step != 1.0:  # omitted at 1.0 so ladders without steps keep their bytes
+            entry["latent_step"] = self.latent_step
+        return entry
+
+
+@dataclass(frozen=True)
 class LevelReport:
     name: str
     max_error: int | None
@@ -58,6 +90,28 @@ def latent_tables(pmf_offsets: Sequence[int], pmf_probs: Sequence[Sequence[float
     )
 
 
+def step_tables(
+    pmf_offsets: Sequence[int], pmf_probs: Sequence[Sequence[float]], step: float, precision: int
+) -> TableSet:
+    """Tables for symbols round(y / step), integrated from the learned density.
+
+    The manifest holds p_c(j) = P(y in [j-0.5, j+0.5)); within a unit bin the density is taken as
+    flat, so P(round(y/step) = k) is the piecewise-linear CDF's mass over [(k-0.5)step, (k+0.5)step).
+    Computed once here and stored as integers, so receivers never redo this float arithmetic.
+    """
+    tables = []
+    for o, p in zip(pmf_offsets, pmf_probs):
+        p = np.asarray(p, dtype=np.float64)
+        edges = int(o) - 0.5 + np.arange(p.size + 1)
+        cdf = np.concatenate([[0.0], np.cumsum(p)])
+        k_lo = int(np.floor(edges[0] / step + 0.5))
+        k_hi = int(np.ceil(edges[-1] / step - 0.5))
+        ks = np.arange(k_lo, k_hi + 1)
+        mass = np.interp((ks + 0.5) * step, edges, cdf) - np.interp((ks - 0.5) * step, edges, cdf)
+        tables.append(table_from_pmf(np.maximum(mass, 0.0) / max(mass.sum(), 1e-300), k_lo, precision))
+    return TableSet(tuple(tables), precision=precision)
+
+
 def _forward(enc: Encoder, dec: Decoder, bundle: Bundle, raw: np.ndarray, batch_size: int):
     """(symbols, raw_float) for raw samples, in batches, exactly as a sender computes them."""
     m = bundle.manifest
@@ -76,7 +130,7 @@ def _forward(enc: Encoder, dec: Decoder, bundle: Bundle, raw: np.ndarray, batch_
 def calibrate(
     bundle_dir: str | Path,
     raw_samples: np.ndarray,
-    quality_max_errors: Sequence[int | None] = DEFAULT_QUALITY_LADDER,
+    quality_max_errors: Sequence["int | str | None | LevelSpec"] = DEFAULT_QUALITY_LADDER,
     *,
     n_contexts: int = 16,
     n_shifts: int = 8,
@@ -96,9 +150,10 @@ def calibrate(
     raw = np.asarray(getattr(raw_samples, "samples", raw_samples))  # a SampleSet or an array
     if raw.ndim < 2 or raw.shape[0] < 1:
         raise InputError(f"calibration needs raw samples shaped (N, *sample_shape), got {raw.shape}")
-    levels = list(quality_max_errors)
+    specs = [LevelSpec.parse(v) for v in quality_max_errors]
+    levels = [sp.max_error for sp in specs]
     if not levels or levels[0] is not None:
-        raise InputError("the quality ladder must start with None (q0 = latent only)")
+        raise InputError("the quality ladder must start with a latent-only level (q0: None)")
     if len(levels) > 255:
         raise InputError("at most 255 quality levels fit the packet's quality byte")
     wants_residual = any(e is not None for e in levels)
@@ -127,26 +182,37 @@ def calibrate(
         for i in range(0, raw.shape[0], batch_size):
             hist += residual_histograms(spec, raw[i : i + batch_size], raw_float[i : i + batch_size], radius)
         residual = ResidualModel(spec, radius, hist, precision)
-    tables = CodingTables(latent=latent, residual=residual)
+    steps = sorted({sp.latent_step for sp in specs if sp.latent_step != 1.0})
+    tables = CodingTables(
+        latent=latent,
+        residual=residual,
+        latent_steps=tuple((st, step_tables(offsets, probs, st, precision)) for st in steps),
+    )
 
     (d / ENTROPY).write_bytes(tables.dumps())
     manifest = read_manifest(d)
-    manifest["quality_levels"] = [{"name": f"q{i}", "max_error": e} for i, e in enumerate(levels)]
+    manifest["quality_levels"] = [sp.to_manifest(i) for i, sp in enumerate(specs)]
     manifest["entropy"] = {"file": ENTROPY, "sha256": sha256_file(d / ENTROPY)}
 
     # in-sample figures per level, one joint payload per level over up to measure_samples frames
     k = min(measure_samples, raw.shape[0])
     reports = []
-    for i, e in enumerate(levels):
+    for i, (e, sp) in enumerate(zip(levels, specs)):
+        sym_k, float_k = symbols[:k], raw_float[:k]
+        if sp.latent_step != 1.0:
+            out_size = tuple(raw.shape[2:]) if m.spatial_dims else None
+            sym_k = quantize(enc.encode(norm.to_model(raw[:k])) / np.float32(sp.latent_step))
+            float_k = norm.to_raw_float(dec.decode(sym_k.astype(np.float32) * np.float32(sp.latent_step), out_size))
         if e is None:
-            payload, _ = encode_payload(tables, symbols[:k], m.channel_axis)
+            payload, _ = encode_payload(tables, sym_k, m.channel_axis, latent_step=sp.latent_step)
             if norm.is_integer:
-                rec = prediction(raw_float[:k], int(norm.raw_min), int(norm.raw_max))
+                rec = prediction(float_k, int(norm.raw_min), int(norm.raw_max))
             else:
-                rec = raw_float[:k]
+                rec = float_k
         else:
             payload, info = encode_payload(
-                tables, symbols[:k], m.channel_axis, x_raw=raw[:k], raw_float=raw_float[:k], max_error=e
+                tables, sym_k, m.channel_axis, x_raw=raw[:k], raw_float=float_k, max_error=e,
+                latent_step=sp.latent_step,
             )
             rec = info.recon
         err = np.abs(rec.astype(np.float64) - raw[:k].astype(np.float64))
@@ -169,11 +235,12 @@ def calibrate(
             {
                 "name": r.name,
                 "max_error": r.max_error,
+                "latent_step": sp.latent_step,
                 "payload_bytes_per_sample": round(r.bytes_per_sample, 3),
                 "psnr_db": None if not np.isfinite(r.psnr_db) else round(r.psnr_db, 3),
                 "max_abs_error": r.max_abs_error,
             }
-            for r in reports
+            for r, sp in zip(reports, specs)
         ],
     }
     write_manifest(d, manifest)
@@ -183,9 +250,12 @@ def calibrate(
     )
 
 
-def _ladder(text: str) -> list[int | None]:
-    """"none,96,48,16,0" -> [None, 96, 48, 16, 0]."""
-    return [None if v.strip().lower() in ("none", "") else int(v) for v in text.split(",")]
+def _ladder(text: str) -> list[LevelSpec]:
+    """"s4,s2,none,96,48,16,0" -> latent-only at steps 4 and 2, then latent only, then max errors."""
+    try:
+        return [LevelSpec.parse(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad --levels {text!r}: {exc}") from exc
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -194,7 +264,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="raw samples like the training data (any source latentwire reads)")
     p.add_argument("--source-option", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--levels", type=_ladder, default=list(DEFAULT_QUALITY_LADDER),
-                   help="max-error ladder in raw units, first 'none' (latent only), e.g. none,96,48,16,0")
+                   help="quality ladder: 'sX' = latent only at quantization step X, 'none' = latent only, "
+                        "N = residual with max error N (raw units), 'sX+N' both; e.g. s4,s2,none,96,48,16,0")
     p.add_argument("--limit", type=int, default=None, help="use at most this many samples")
     p.add_argument("--threads", type=int, default=None)
     return p

@@ -31,11 +31,13 @@ DEFAULT_BUNDLE = "default"
 
 @dataclass(frozen=True)
 class QualityLevel:
-    """A named operating point: latent only (max_error None) or latent + residual bounded by max_error."""
+    """A named operating point: the latent quantized with latent_step (coarser = fewer bytes), alone
+    (max_error None) or with the residual layer bounding every sample's error by max_error."""
 
     index: int
     name: str
     max_error: int | None
+    latent_step: float = 1.0
 
 
 def default_bundle_path() -> Path:
@@ -64,7 +66,7 @@ class Codec:
         self._threads = threads
         self.tables = CodingTables.load(bundle.file("entropy.json"))
         self.qualities = [
-            QualityLevel(i, str(q.get("name", f"q{i}")), q.get("max_error"))
+            QualityLevel(i, str(q.get("name", f"q{i}")), q.get("max_error"), float(q.get("latent_step", 1.0)))
             for i, q in enumerate(self.manifest.quality_levels)
         ]
         if not self.qualities:
@@ -125,15 +127,15 @@ class Codec:
                 f"raw values span [{lo}, {hi}], outside this model's range [{norm.raw_min:g}, {norm.raw_max:g}]"
             )
 
-    def _level(self, quality: int | None, max_error: int | None) -> tuple[int, int | None]:
+    def _level(self, quality: int | None, max_error: int | None) -> tuple[int, int | None, float]:
         if max_error is not None:
             if self.tables.residual is None:
                 raise InputError("this bundle has no residual model, so max_error is not available")
-            return CUSTOM_QUALITY, check_max_error(int(max_error))
+            return CUSTOM_QUALITY, check_max_error(int(max_error)), 1.0
         q = self.default_quality if quality is None else int(quality)
         if not 0 <= q < len(self.qualities):
             raise InputError(f"quality {q} does not exist: this bundle has levels 0..{len(self.qualities) - 1}")
-        return q, self.qualities[q].max_error
+        return q, self.qualities[q].max_error, self.qualities[q].latent_step
 
     def _latent_shape(self, sample_shape: Sequence[int]) -> tuple[int, ...]:
         m = self.manifest
@@ -155,14 +157,16 @@ class Codec:
         receiver whose decoder drifted (another provider) detects it instead of returning wrong data.
         """
         self.validate(raw)
-        q, bound = self._level(quality, max_error)
-        symbols = quantize(self.encoder.encode(self.normalization.to_model(raw)))
+        q, bound, step = self._level(quality, max_error)
+        y = self.encoder.encode(self.normalization.to_model(raw))
+        symbols = quantize(y if step == 1.0 else y / np.float32(step))
         if bound is None:
-            payload, info = encode_payload(self.tables, symbols, self.manifest.channel_axis)
+            payload, info = encode_payload(self.tables, symbols, self.manifest.channel_axis, latent_step=step)
         else:
-            raw_float = self._decode_symbols(symbols, raw.shape[1:])
+            raw_float = self._decode_symbols(self._latent_values(symbols, step), raw.shape[1:])
             payload, info = encode_payload(
-                self.tables, symbols, self.manifest.channel_axis, x_raw=raw, raw_float=raw_float, max_error=bound
+                self.tables, symbols, self.manifest.channel_axis, x_raw=raw, raw_float=raw_float, max_error=bound,
+                latent_step=step,
             )
         return bitstream.write_packet(
             model_id=self.model_id,
@@ -183,8 +187,14 @@ class Codec:
         """Validate a packet (magic, version, CRC, model id) without decoding it."""
         return bitstream.peek_header(packet, expected_model_id=self.model_id)
 
-    def _decode_symbols(self, symbols: np.ndarray, sample_shape: Sequence[int]) -> np.ndarray:
-        x_hat = self.decoder.decode(dequantize(symbols), out_size=self._out_size(sample_shape))
+    @staticmethod
+    def _latent_values(symbols: np.ndarray, step: float) -> np.ndarray:
+        """Integer symbols -> the latent values decoder.onnx consumes (symbols * step)."""
+        values = dequantize(symbols)
+        return values if step == 1.0 else values * np.float32(step)
+
+    def _decode_symbols(self, y_hat: np.ndarray, sample_shape: Sequence[int]) -> np.ndarray:
+        x_hat = self.decoder.decode(y_hat, out_size=self._out_size(sample_shape))
         return self.normalization.to_raw_float(x_hat)
 
     def _round_raw(self, raw_float: np.ndarray) -> np.ndarray:
@@ -192,12 +202,14 @@ class Codec:
             raw_float = np.rint(raw_float)
         return raw_float.astype(self.raw_dtype)
 
-    def _parse(self, packet: bytes | memoryview) -> tuple[bitstream.PacketHeader, memoryview, int | None]:
+    def _parse(self, packet: bytes | memoryview) -> tuple[bitstream.PacketHeader, memoryview, int | None, float]:
         header, payload = bitstream.read_packet(packet, expected_model_id=self.model_id)
+        step = 1.0
         if header.quality == CUSTOM_QUALITY:
             bound = header.max_error
         elif header.quality < len(self.qualities):
             bound = self.qualities[header.quality].max_error
+            step = self.qualities[header.quality].latent_step
         else:
             raise BitstreamError(
                 f"packet names quality {header.quality}, this bundle has 0..{len(self.qualities) - 1}: "
@@ -205,7 +217,7 @@ class Codec:
             )
         if header.has_residual != (bound is not None):
             raise BitstreamError("packet's residual flag disagrees with its quality level: corrupt or foreign packet")
-        return header, payload, bound
+        return header, payload, bound, step
 
     def decode(self, packet: bytes | memoryview) -> np.ndarray:
         """A packet -> (count, *sample_shape) raw samples of the bundle's raw dtype."""
@@ -216,20 +228,20 @@ class Codec:
         shape: Python and onnxruntime pay per call, so a receiver handed many small packets
         batches them. The output equals decoding each packet alone."""
         parsed = [self._parse(p) for p in packets]
-        readers = [PayloadReader(payload, self.tables) for _, payload, _ in parsed]
-        symbols = [
-            r.latents(h.count, self._latent_shape(h.sample_shape), self.manifest.channel_axis)
-            for r, (h, _, _) in zip(readers, parsed)
+        readers = [PayloadReader(payload, self.tables) for _, payload, _, _ in parsed]
+        latents = [
+            self._latent_values(r.latents(h.count, self._latent_shape(h.sample_shape), self.manifest.channel_axis, st), st)
+            for r, (h, _, _, st) in zip(readers, parsed)
         ]
         out: list[np.ndarray | None] = [None] * len(parsed)
         groups: dict[tuple[int, ...], list[int]] = {}
-        for i, (h, _, _) in enumerate(parsed):
+        for i, (h, _, _, _) in enumerate(parsed):
             groups.setdefault(h.sample_shape, []).append(i)
         for shape, idx in groups.items():
-            raw_float = self._decode_symbols(np.concatenate([symbols[i] for i in idx]), shape)
+            raw_float = self._decode_symbols(np.concatenate([latents[i] for i in idx]), shape)
             start = 0
             for i in idx:
-                header, _, bound = parsed[i]
+                header, _, bound, _ = parsed[i]
                 part = raw_float[start : start + header.count]
                 start += header.count
                 out[i] = self._finish(readers[i], header, bound, part)

@@ -32,15 +32,32 @@ class CodingTables:
 
     latent: TableSet
     residual: ResidualModel | None = None
+    # Tables for latents quantized with a coarser step (cheap quality levels): ((step, tables), ...).
+    latent_steps: tuple[tuple[float, TableSet], ...] = ()
+
+    def latent_for(self, step: float) -> TableSet:
+        """The latent tables of quantization step ``step`` (1.0: the trained integer grid)."""
+        if step == 1.0:
+            return self.latent
+        for s, tables in self.latent_steps:
+            if s == step:
+                return tables
+        raise BundleError(
+            f"entropy.json has no latent tables for step {step}; known steps: "
+            f"{[1.0] + [s for s, _ in self.latent_steps]} (re-run calibration with that level)"
+        )
 
     def to_json_obj(self) -> dict[str, Any]:
-        return {
+        obj = {
             "format": ENTROPY_FORMAT,
             "version": ENTROPY_VERSION,
             "precision": self.latent.precision,
             "latent": self.latent.to_json_obj(),
             "residual": None if self.residual is None else self.residual.to_json_obj(),
         }
+        if self.latent_steps:  # absent when unused, so older tables keep their exact bytes
+            obj["latent_steps"] = [{"step": s, "tables": t.to_json_obj()} for s, t in self.latent_steps]
+        return obj
 
     def dumps(self) -> bytes:
         """Canonical bytes (sorted keys, compact): the same tables always hash the same."""
@@ -61,7 +78,17 @@ class CodingTables:
             )
         latent = TableSet.from_json_obj(obj.get("latent"))
         res = obj.get("residual")
-        return cls(latent=latent, residual=None if res is None else ResidualModel.from_json_obj(res))
+        try:
+            steps = tuple(
+                (float(e["step"]), TableSet.from_json_obj(e["tables"])) for e in obj.get("latent_steps", [])
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{where}: malformed latent_steps ({exc}); re-run calibration") from exc
+        return cls(
+            latent=latent,
+            residual=None if res is None else ResidualModel.from_json_obj(res),
+            latent_steps=steps,
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> "CodingTables":
@@ -100,6 +127,7 @@ def encode_payload(
     x_raw: np.ndarray | None = None,
     raw_float: np.ndarray | None = None,
     max_error: int | None = None,
+    latent_step: float = 1.0,
 ) -> tuple[bytes, ResidualEncoding | None]:
     """symbols: int32 (N, *latent_shape). With max_error, also the residual of x_raw against the
     decoder output raw_float (both (N, *sample_shape)). Returns (payload, residual info or None)."""
@@ -107,7 +135,7 @@ def encode_payload(
     if s.ndim < 2:
         raise InputError(f"symbols must be (N, *latent_shape), got shape {s.shape}")
     enc = StreamEncoder()
-    enc.encode_grouped(list(enumerate(_by_channel(s, channel_axis))), tables.latent)
+    enc.encode_grouped(list(enumerate(_by_channel(s, channel_axis))), tables.latent_for(latent_step))
     info = None
     if max_error is not None:
         if tables.residual is None:
@@ -125,14 +153,16 @@ class PayloadReader:
         self._dec = StreamDecoder(payload)
         self._tables = tables
 
-    def latents(self, count: int, latent_shape: tuple[int, ...], channel_axis: int) -> np.ndarray:
+    def latents(
+        self, count: int, latent_shape: tuple[int, ...], channel_axis: int, latent_step: float = 1.0
+    ) -> np.ndarray:
         shape = tuple(int(d) for d in latent_shape)
         axis = _channel_axis(shape, channel_axis)
         if count < 1:
             raise InputError(f"count must be >= 1, got {count}")
         n_channels = shape[axis]
         per = count * (int(np.prod(shape)) // n_channels)
-        flat = self._dec.decode_grouped([(c, per) for c in range(n_channels)], self._tables.latent)
+        flat = self._dec.decode_grouped([(c, per) for c in range(n_channels)], self._tables.latent_for(latent_step))
         # undo _by_channel: (C, N, *rest without C) -> (N, *latent_shape)
         rest = shape[:axis] + shape[axis + 1 :]
         return np.ascontiguousarray(np.moveaxis(flat.reshape((n_channels, count, *rest)), 0, 1 + axis))

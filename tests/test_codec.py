@@ -122,3 +122,24 @@ def test_bad_quality_and_bad_packets(codec: Codec, digits: np.ndarray) -> None:
 def test_manifest_records_quality_ladder(codec: Codec) -> None:
     manifest = json.loads((codec.bundle.path / "manifest.json").read_text())
     assert [q["max_error"] for q in manifest["quality_levels"]] == [q.max_error for q in codec.qualities]
+
+
+def test_coarser_latent_steps_give_cheaper_levels(tiny_bundle: Path, tmp_path: Path, digits: np.ndarray) -> None:
+    import shutil
+
+    from latentwire.codec.calibrate import calibrate
+
+    bundle = tmp_path / "stepped"
+    shutil.copytree(tiny_bundle, bundle)
+    calibrate(bundle, load_mnist(sample_data_root() / "mnist", split="train").samples, ["s3", "s1.5", None, 16], threads=1)
+    codec = Codec.load(bundle, provider="cpu", threads=1)
+    assert [q.latent_step for q in codec.qualities] == [3.0, 1.5, 1.0, 1.0]
+    sizes, psnrs = [], []
+    for q in codec.qualities:
+        packets = codec.encode_frames(digits[:32], quality=q.index)
+        out = np.concatenate(codec.decode_many(packets))
+        assert np.array_equal(out, codec.decode(codec.encode(digits[:32], quality=q.index)))
+        sizes.append(len(codec.encode(digits, quality=q.index)))
+        psnrs.append(psnr_db(digits, codec.decode(codec.encode(digits, quality=q.index)), 255.0))
+    assert sizes == sorted(sizes) and sizes[0] < 0.8 * sizes[2], sizes
+    assert psnrs[0] < psnrs[2] < psnrs[3], psnrs
