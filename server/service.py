@@ -233,10 +233,22 @@ class LatentwireService(pb_grpc.LatentwireServicer):
             )
             pending: queue.Queue = queue.Queue(maxsize=256)
 
+            stop_with: list[tuple[grpc.StatusCode, str]] = []
+
             def reader() -> None:
                 try:
                     for req in request_iterator:
                         pending.put(self._accept(ch, req, quality, producer))
+                except (QueueFull, Stopped) as e:
+                    # Order matters (producer offsets): nothing after this message may be taken, so
+                    # the stream ends with a status and the client resends from this message on.
+                    full = isinstance(e, QueueFull)
+                    if full:
+                        self.metrics.limit_hits.labels("queue_frames").inc()
+                        log.warning("limit queue_frames hit on %s: ending a publish stream with RESOURCE_EXHAUSTED",
+                                    ch.name)
+                    stop_with.append((grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.UNAVAILABLE,
+                                      str(e)))
                 except Exception as e:  # noqa: BLE001 - the client went away or sent garbage
                     if not isinstance(e, grpc.RpcError):
                         log.exception("publish reader on %s failed", ch.name)
@@ -266,6 +278,8 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                         if commit.duplicates:
                             self.metrics.frames_duplicate.labels(ch.name).inc(commit.duplicates)
                 yield resp
+            if stop_with:
+                context.abort(*stop_with[0])
         finally:
             with self._lock:
                 self._publishers -= 1
@@ -283,34 +297,23 @@ class LatentwireService(pb_grpc.LatentwireServicer):
         kind = req.WhichOneof("kind")
         limits = self.config.limits
         bad = grpc.StatusCode.INVALID_ARGUMENT
-        try:
-            if kind == "raw":
-                item = self._raw_item(ch, req, quality, producer, resp)
-            elif kind == "packets":
-                item = self._packet_item(ch, req, producer, resp)
-            else:
-                return self._reject(resp, ch, 0, bad, f"message {req.message_index}: expected `raw` or `packets` "
-                                    f"after open, got {kind or 'nothing'}"), None
-            if item is None:
-                return resp, None
-            if item.n > limits.max_frames_per_message:
-                self.metrics.limit_hits.labels("frames_per_message").inc()
-                return self._reject(
-                    resp, ch, item.n, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"message has {item.n} frames; limits.max_frames_per_message is {limits.max_frames_per_message}: "
-                    "split it into smaller messages", reason="limit"), None
-            resp.accepted = item.n  # provisional: replaced by the commit
-            return resp, ch.batcher.submit(item)
-        except QueueFull as e:
-            self.metrics.limit_hits.labels("queue_frames").inc()
-            log.warning("limit queue_frames hit on %s", ch.name)
-            n = resp.accepted
-            resp.accepted = 0
-            return self._reject(resp, ch, n, grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), reason="queue_full"), None
-        except Stopped as e:
-            n = resp.accepted
-            resp.accepted = 0
-            return self._reject(resp, ch, n, grpc.StatusCode.UNAVAILABLE, str(e), reason="stopping"), None
+        if kind == "raw":
+            item = self._raw_item(ch, req, quality, producer, resp)
+        elif kind == "packets":
+            item = self._packet_item(ch, req, producer, resp)
+        else:
+            return self._reject(resp, ch, 0, bad, f"message {req.message_index}: expected `raw` or `packets` "
+                                f"after open, got {kind or 'nothing'}"), None
+        if item is None:
+            return resp, None
+        if item.n > limits.max_frames_per_message:
+            self.metrics.limit_hits.labels("frames_per_message").inc()
+            return self._reject(
+                resp, ch, item.n, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"message has {item.n} frames; limits.max_frames_per_message is {limits.max_frames_per_message}: "
+                "split it into smaller messages", reason="limit"), None
+        resp.accepted = item.n  # provisional: replaced by the commit
+        return resp, ch.batcher.submit(item)  # QueueFull / Stopped end the stream (see Publish)
 
     def _raw_item(self, ch: Channel, req: pb.PublishRequest, quality: int | None, producer: str,
                   resp: pb.PublishResponse) -> RawItem | None:

@@ -114,3 +114,18 @@ def test_batches_rechunks_iterables() -> None:
     sizes = [b.shape[0] for b in _batches(iter(frames), 3, 4)]
     assert sizes == [4, 4, 4]
     assert [b.shape[0] for b in _batches(np.zeros((10, 1, 2, 2)), 3, 4)] == [4, 4, 2]
+
+
+def test_full_queue_ends_stream_and_client_resends_in_order(tiny_bundle: Path, tmp_path: Path) -> None:
+    from latentwire.server.config import BatchPolicy, Limits
+
+    x = digits(600)
+    # the batcher holds frames up to 1.5 s waiting for a full batch, so a 250-frame queue overflows
+    with running_server(tiny_bundle, tmp_path / "data", limits=Limits(queue_frames=250),
+                        batch=BatchPolicy(max_frames=4096, max_delay_ms=1500)) as server:
+        with Client(f"127.0.0.1:{server.port}") as c:
+            r = c.publish("digits", x, frames_per_message=100, max_backoff=0.5)
+        assert server.metrics.value("latentwire_limit_hits_total", limit="queue_frames") >= 1
+        assert r.reconnects >= 1, "RESOURCE_EXHAUSTED ends the stream; the client resends"
+        assert r.accepted == 600 and r.rejected == 0 and not r.errors
+        assert server.channels["digits"].log.next_seq == 600, "resent frames are not committed twice"

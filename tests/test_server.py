@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import shutil
+import subprocess
 import threading
 import time
 import urllib.request
@@ -254,3 +255,38 @@ def test_health_reflection_and_metrics_endpoint(tiny_bundle: Path, tmp_path: Pat
         assert 'latentwire_frames_in_total{channel="digits",kind="raw"} 10.0' in text
         assert "latentwire_encode_seconds_bucket" in text
         ch.close()
+
+
+def test_tls(tiny_bundle: Path, tmp_path: Path) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl CLI not installed: cannot make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    with running_server(tiny_bundle, tmp_path / "data", tls_cert=str(cert), tls_key=str(key)) as server:
+        with Client(f"localhost:{server.port}", tls=cert, cache_dir=tmp_path / "cache") as c:
+            assert c.publish("digits", digits(5)).accepted == 5
+            assert [f.seq for f in c.subscribe("digits", 0, idle_timeout=1)] == list(range(5))
+        with Client(f"localhost:{server.port}", timeout=2) as plain:  # plaintext against TLS fails
+            with pytest.raises(grpc.RpcError):
+                plain.channels()
+
+
+def test_message_limits_and_stalled_subscriber(tiny_bundle: Path, tmp_path: Path) -> None:
+    with running_server(tiny_bundle, tmp_path / "data", limits=Limits(max_frames_per_message=100)) as server:
+        target = f"127.0.0.1:{server.port}"
+        stalled = pb_grpc.LatentwireStub(grpc.insecure_channel(target)).Subscribe(
+            pb.SubscribeRequest(channel="digits", from_seq=0, max_packets_per_response=1))
+        with Client(target) as c:
+            r = c.publish("digits", digits(250), frames_per_message=150)
+            assert r.accepted == 100 and r.rejected == 150  # 150 + 100: the first message is over the limit
+            assert r.errors[0].code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_frames_per_message" in r.errors[0].message
+            assert server.metrics.value("latentwire_limit_hits_total", limit="frames_per_message") == 1
+            # a subscriber that never reads does not hold back the others
+            c.publish("digits", digits(2000), frames_per_message=100)
+            got = sum(p.count for p in c.subscribe_packets("digits", 0, idle_timeout=1))
+            assert got == 2100
+        stalled.cancel()
