@@ -402,6 +402,16 @@ class LatentwireService(pb_grpc.LatentwireServicer):
 
     # ------------------------------------------------------------------ subscribe
 
+    @staticmethod
+    def _packet_shape(ch: Channel, payload: bytes) -> list[int]:
+        """The sample shape of a packet: the model's, or the header's when the model has dynamic axes."""
+        shape = tuple(getattr(ch.model.codec, "sample_shape", ()))
+        if all(d is not None for d in shape):
+            return _dims(shape)
+        from latentwire.codec.bitstream import peek_header
+
+        return [int(d) for d in peek_header(payload).sample_shape]
+
     def Subscribe(self, request: pb.SubscribeRequest, context: grpc.ServicerContext):
         self._check(context)
         ch = self._channel(context, request.channel)
@@ -451,7 +461,7 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                         break
                     resp.packets.append(pb.PacketRecord(
                         first_seq=p.first_seq, count=p.count, timestamp=p.ts, model_id=p.model_id,
-                        quality=p.quality, sample_shape=_dims(getattr(ch.model.codec, "sample_shape", ())),
+                        quality=p.quality, sample_shape=self._packet_shape(ch, p.payload),
                         payload=p.payload,
                     ))
                     size += len(p.payload)

@@ -100,7 +100,10 @@ class LatentwireServicer:
     def Publish(self, request_iterator, context):
         """Bidirectional so per-message errors come back in-band and the stream keeps going:
         the first request carries `open`; every later request carries `raw` or `packets` and gets
-        exactly one PublishResponse echoing its message_index, in request order.
+        exactly one PublishResponse echoing its message_index, in request order. Invalid frames are
+        refused in-band (PublishResponse.errors) and the stream goes on. A full channel queue ends
+        the stream with RESOURCE_EXHAUSTED (shutdown: UNAVAILABLE) after answering every message
+        taken before it, so the client resends from the first unanswered message, in order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
