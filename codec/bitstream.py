@@ -28,7 +28,8 @@ MAGIC = b"LW"
 VERSION = 1
 FLAG_RESIDUAL = 0x01  # the payload continues with the residual layer
 FLAG_RECON_CRC = 0x02  # a CRC32 of the sender's reconstruction follows the frame count
-KNOWN_FLAGS = FLAG_RESIDUAL | FLAG_RECON_CRC
+FLAG_LOSSLESS = 0x04  # lossless fallback: the payload is zstd of the raw frames, no latents (codec/fallback.py)
+KNOWN_FLAGS = FLAG_RESIDUAL | FLAG_RECON_CRC | FLAG_LOSSLESS
 CUSTOM_QUALITY = 0xFF  # quality byte meaning "custom max_error, varint follows"
 MODEL_PREFIX_BYTES = 8
 
@@ -60,6 +61,11 @@ class PacketHeader:
     @property
     def has_residual(self) -> bool:
         return bool(self.flags & FLAG_RESIDUAL)
+
+    @property
+    def is_lossless(self) -> bool:
+        """A lossless-fallback packet: raw frames (zstd), decoded without the model."""
+        return bool(self.flags & FLAG_LOSSLESS)
 
     @property
     def packet_length(self) -> int:
@@ -131,10 +137,16 @@ def write_packet(
     max_error: int | None = None,
     residual: bool = False,
     recon_crc: int | None = None,
+    lossless: bool = False,
 ) -> bytes:
-    """Assemble one packet. ``quality`` is a ladder index 0..254, or CUSTOM_QUALITY with max_error."""
+    """Assemble one packet. ``quality`` is a ladder index 0..254, or CUSTOM_QUALITY with max_error.
+
+    lossless: a fallback packet (FLAG_LOSSLESS); quality must be 0, no residual, no recon CRC.
+    """
     prefix = model_id_prefix(model_id)
     q = int(quality)
+    if lossless and (q != 0 or residual or recon_crc is not None or max_error is not None):
+        raise InputError("a lossless fallback packet has quality 0 and no residual layer or reconstruction CRC")
     if q == CUSTOM_QUALITY:
         if max_error is None or not 0 <= int(max_error) <= MAX_MAX_ERROR:
             raise InputError(f"custom quality needs max_error in 0..{MAX_MAX_ERROR}, got {max_error!r}")
@@ -154,7 +166,10 @@ def write_packet(
         raise InputError(f"sample_shape {shape} has more than {MAX_SAMPLE_ELEMENTS} elements")
     if int(count) < 1:
         raise InputError(f"count must be >= 1, got {count}")
-    flags = (FLAG_RESIDUAL if residual else 0) | (FLAG_RECON_CRC if recon_crc is not None else 0)
+    flags = (
+        (FLAG_RESIDUAL if residual else 0) | (FLAG_RECON_CRC if recon_crc is not None else 0)
+        | (FLAG_LOSSLESS if lossless else 0)
+    )
     body = bytearray(MAGIC)
     body += bytes([VERSION, flags])
     body += prefix
@@ -234,6 +249,10 @@ def read_packet(
             f"packet uses flags 0x{flags:02x}, unknown to this decoder (known 0x{KNOWN_FLAGS:02x}): "
             "upgrade latentwire on the receiver, or the packet is corrupt"
         )
+    if flags & FLAG_LOSSLESS and flags & (FLAG_RESIDUAL | FLAG_RECON_CRC):
+        raise BitstreamError(
+            f"flags 0x{flags:02x} combine the lossless fallback with the residual layer or recon CRC: corrupt packet"
+        )
     _need(buf, pos, MODEL_PREFIX_BYTES, "model id")
     prefix = bytes(buf[pos : pos + MODEL_PREFIX_BYTES])
     pos += MODEL_PREFIX_BYTES
@@ -241,6 +260,8 @@ def read_packet(
     quality = buf[pos]
     pos += 1
     max_error = None
+    if flags & FLAG_LOSSLESS and quality != 0:
+        raise BitstreamError(f"lossless fallback packet with quality {quality} (must be 0): corrupt packet")
     if quality == CUSTOM_QUALITY:
         max_error, pos = read_uvarint(buf, pos, "max_error")
         if max_error > MAX_MAX_ERROR:

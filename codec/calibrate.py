@@ -20,6 +20,7 @@ import numpy as np
 from .bundle import ENTROPY, Bundle, finalize, read_manifest, sha256_file, write_manifest
 from .entropy import DEFAULT_PRECISION, TableSet, table_from_pmf
 from .errors import InputError
+from .fallback import DEFAULT_ANOMALY_QUANTILE, AnomalyCalibration, frame_scores
 from .normalization import psnr_db
 from .payload import CodingTables, encode_payload
 from .quantize import quantize
@@ -140,6 +141,7 @@ def calibrate(
     provider: str = "cpu",
     threads: int | None = None,
     measure_samples: int = 2000,
+    anomaly_quantile: float = DEFAULT_ANOMALY_QUANTILE,
 ) -> CalibrationReport:
     """Calibrate ``bundle_dir`` in place on raw samples (N, *sample_shape) in the raw dtype."""
     t0 = time.perf_counter()
@@ -193,6 +195,13 @@ def calibrate(
     manifest = read_manifest(d)
     manifest["quality_levels"] = [sp.to_manifest(i) for i, sp in enumerate(specs)]
     manifest["entropy"] = {"file": ENTROPY, "sha256": sha256_file(d / ENTROPY)}
+    # Anomaly threshold: quantiles of the latent-only reconstruction error on these (training)
+    # samples; the sender's lossless fallback compares each frame's score with it. Not a decoding
+    # field: receivers only see the packet's flag, so the model id does not cover it.
+    latent_only = prediction(raw_float, int(norm.raw_min), int(norm.raw_max)) if norm.is_integer else raw_float
+    manifest["anomaly"] = AnomalyCalibration.fit(
+        frame_scores(raw, latent_only), threshold_quantile=anomaly_quantile
+    ).to_dict()
 
     # in-sample figures per level, one joint payload per level over up to measure_samples frames
     k = min(measure_samples, raw.shape[0])

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "encode": ("latentwire.codec.files", "encode arrays, images or records into a .lw file"),
     "decode": ("latentwire.codec.files", "decode a .lw file into arrays or PNG images"),
     "eval": ("latentwire.codec.evaluate", "measure bytes per sample and PSNR of a bundle (JSON)"),
+    "embed": ("latentwire.codec.embed", "write a bundle's latent codes for a data set (features, .npy)"),
     "serve": ("latentwire.server.main", "run the gRPC streaming server"),
     "send": ("latentwire.client.send", "publish frames from files, arrays or a dataset to a channel"),
     "receive": ("latentwire.client.receive", "subscribe to a channel and write decoded frames"),

@@ -20,6 +20,7 @@ import numpy as np
 from . import bitstream
 from .bundle import Bundle
 from .errors import BitstreamError, InputError, ReconstructionMismatch
+from .fallback import AnomalyCalibration, compress_raw, decompress_raw, frame_scores
 from .payload import CodingTables, PayloadReader, encode_payload
 from .quantize import dequantize, quantize
 from .residual import check_max_error, reconstruction_crc
@@ -27,6 +28,26 @@ from .runtime import Decoder, Encoder
 
 CUSTOM_QUALITY = 0xFF
 DEFAULT_BUNDLE = "default"
+
+
+# Which path a packet's frames took (Codec.path): latent only, latent + residual, lossless fallback.
+PATH_LATENT = "latent"
+PATH_RESIDUAL = "residual"
+PATH_LOSSLESS = "lossless"
+
+
+@dataclass(frozen=True)
+class ScoredEncoding:
+    """encode_scored's result: packets in frame order, and per frame its score and path.
+
+    frames[i] is the (start, stop) slice of the input batch that packets[i] carries.
+    """
+
+    packets: list[bytes]
+    frames: list[tuple[int, int]]
+    scores: np.ndarray  # (N,) float64 anomaly score per frame (codec/fallback.py)
+    lossless: np.ndarray  # (N,) bool: the frame went out through the lossless fallback
+    threshold: float | None
 
 
 @dataclass(frozen=True)
@@ -159,6 +180,10 @@ class Codec:
         self.validate(raw)
         q, bound, step = self._level(quality, max_error)
         y = self.encoder.encode(self.normalization.to_model(raw))
+        return self._packet(raw, y, q, bound, step, recon_crc)
+
+    def _packet(self, raw: np.ndarray, y: np.ndarray, q: int, bound: int | None, step: float, recon_crc: bool) -> bytes:
+        """Validated raw frames and their continuous latents -> one packet at level (q, bound, step)."""
         symbols = quantize(y if step == 1.0 else y / np.float32(step))
         if bound is None:
             payload, info = encode_payload(self.tables, symbols, self.manifest.channel_axis, latent_step=step)
@@ -183,6 +208,90 @@ class Codec:
         """One packet per sample (compact per-frame mode): each frame decodable on its own."""
         return [self.encode(raw[i : i + 1], quality, max_error) for i in range(raw.shape[0])]
 
+    # ---------------------------------------------------------------- anomaly score, fallback, features
+    def _latent_only(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(continuous latents, latent-only reconstruction at latent step 1 in raw units, on the
+        integer grid if integer): the model's own reconstruction, whatever quality is sent."""
+        self.validate(raw)
+        y = self.encoder.encode(self.normalization.to_model(raw))
+        return y, self._round_raw(self._decode_symbols(dequantize(quantize(y)), raw.shape[1:]))
+
+    def scores(self, raw: np.ndarray) -> np.ndarray:
+        """Per-frame anomaly score (N,): MSE in raw units of the latent-only reconstruction.
+
+        Inputs unlike the training data reconstruct badly; compare with anomaly_threshold()."""
+        return frame_scores(raw, self._latent_only(raw)[1])
+
+    def denoise(self, raw: np.ndarray) -> np.ndarray:
+        """The model's latent-only reconstruction of (noisy) frames, raw dtype: with a denoising
+        variant, the clean sample it believes is behind a corrupted one. A receiver runs this on
+        frames that came through a residual or lossless packet (it needs encoder.onnx too)."""
+        return self._latent_only(raw)[1]
+
+    def embed(self, raw: np.ndarray) -> np.ndarray:
+        """Latent codes (N, *latent_shape) float32 before quantization: features for other models
+        (a VAE gives its posterior mean)."""
+        self.validate(raw)
+        return np.asarray(self.encoder.encode(self.normalization.to_model(raw)), dtype=np.float32)
+
+    @property
+    def anomaly(self) -> AnomalyCalibration | None:
+        """The manifest's anomaly calibration (None before `latentwire calibrate`)."""
+        block = self.manifest.raw.get("anomaly")
+        return AnomalyCalibration.from_dict(block) if block else None
+
+    def anomaly_threshold(self, quantile: float | None = None) -> float:
+        """Score threshold from the calibration data's error quantile (default: the bundle's choice)."""
+        if self.anomaly is None:
+            raise InputError(
+                f"bundle {self.bundle.path} has no anomaly calibration: run `latentwire calibrate` on it, "
+                "or pass threshold= explicitly"
+            )
+        return self.anomaly.threshold_at(quantile)
+
+    def encode_lossless(self, raw: np.ndarray) -> bytes:
+        """N raw frames -> one lossless fallback packet (zstd of the raw frames, FLAG_LOSSLESS)."""
+        self.validate(raw)
+        return bitstream.write_packet(
+            model_id=self.model_id, quality=0, sample_shape=tuple(int(d) for d in raw.shape[1:]),
+            count=int(raw.shape[0]), payload=compress_raw(raw, self.raw_dtype), lossless=True,
+        )
+
+    def encode_scored(
+        self, raw: np.ndarray, quality: int | None = None, max_error: int | None = None, *,
+        threshold: float | None = None, fallback: bool = True, per_frame: bool = False,
+    ) -> ScoredEncoding:
+        """Encode N frames and score each; with fallback, frames scoring above threshold (default:
+        the bundle's calibrated one) go out losslessly instead. Frame order is kept: consecutive
+        frames of one path share a packet (or one packet per frame with per_frame)."""
+        level = self._level(quality, max_error)
+        y, recon = self._latent_only(raw)
+        scores = frame_scores(raw, recon)
+        limit = (self.anomaly_threshold() if threshold is None else float(threshold)) if fallback else None
+        lossless = scores > limit if limit is not None else np.zeros(raw.shape[0], dtype=bool)
+        runs: list[tuple[int, int]] = []
+        start = 0
+        for i in range(1, raw.shape[0] + 1):
+            if per_frame or i == raw.shape[0] or lossless[i] != lossless[start]:
+                runs.append((start, i))
+                start = i
+        packets = [
+            self.encode_lossless(raw[a:b]) if lossless[a] else self._packet(raw[a:b], y[a:b], *level, True)
+            for a, b in runs
+        ]
+        return ScoredEncoding(packets, runs, scores, lossless, limit)
+
+    def encode_with_fallback(
+        self, raw: np.ndarray, quality: int | None = None, max_error: int | None = None, threshold: float | None = None,
+    ) -> list[bytes]:
+        """encode_scored(...).packets: anomalous frames arrive intact instead of silently destroyed."""
+        return self.encode_scored(raw, quality, max_error, threshold=threshold).packets
+
+    def path(self, packet: bytes | memoryview) -> str:
+        """Which path the packet's frames took: "latent", "residual" or "lossless"."""
+        h = self.header(packet)
+        return PATH_LOSSLESS if h.is_lossless else PATH_RESIDUAL if h.has_residual else PATH_LATENT
+
     def header(self, packet: bytes | memoryview) -> bitstream.PacketHeader:
         """Validate a packet (magic, version, CRC, model id) without decoding it."""
         return bitstream.peek_header(packet, expected_model_id=self.model_id)
@@ -205,6 +314,8 @@ class Codec:
     def _parse(self, packet: bytes | memoryview) -> tuple[bitstream.PacketHeader, memoryview, int | None, float]:
         header, payload = bitstream.read_packet(packet, expected_model_id=self.model_id)
         step = 1.0
+        if header.is_lossless:
+            return header, payload, None, step
         if header.quality == CUSTOM_QUALITY:
             bound = header.max_error
         elif header.quality < len(self.qualities):
@@ -228,14 +339,18 @@ class Codec:
         shape: Python and onnxruntime pay per call, so a receiver handed many small packets
         batches them. The output equals decoding each packet alone."""
         parsed = [self._parse(p) for p in packets]
-        readers = [PayloadReader(payload, self.tables) for _, payload, _, _ in parsed]
-        latents = [
-            self._latent_values(r.latents(h.count, self._latent_shape(h.sample_shape), self.manifest.channel_axis, st), st)
-            for r, (h, _, _, st) in zip(readers, parsed)
-        ]
         out: list[np.ndarray | None] = [None] * len(parsed)
+        readers: list[PayloadReader | None] = [None] * len(parsed)
+        latents: list[np.ndarray | None] = [None] * len(parsed)
         groups: dict[tuple[int, ...], list[int]] = {}
-        for i, (h, _, _, _) in enumerate(parsed):
+        for i, (h, payload, _, st) in enumerate(parsed):
+            if h.is_lossless:  # lossless fallback: the raw frames themselves, no model involved
+                out[i] = decompress_raw(payload, self.raw_dtype, h.count, h.sample_shape)
+                continue
+            readers[i] = r = PayloadReader(payload, self.tables)
+            latents[i] = self._latent_values(
+                r.latents(h.count, self._latent_shape(h.sample_shape), self.manifest.channel_axis, st), st
+            )
             groups.setdefault(h.sample_shape, []).append(i)
         for shape, idx in groups.items():
             raw_float = self._decode_symbols(np.concatenate([latents[i] for i in idx]), shape)
@@ -244,7 +359,7 @@ class Codec:
                 header, _, bound, _ = parsed[i]
                 part = raw_float[start : start + header.count]
                 start += header.count
-                out[i] = self._finish(readers[i], header, bound, part)
+                out[i] = self._finish(readers[i], header, bound, part)  # type: ignore[arg-type]
         return out  # type: ignore[return-value]
 
     def _finish(

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .models import Autoencoder, ModelConfig, build_model
+from .models.variants import VARIANTS, Corruption, training_loss, warn_if_unregularized
 from .normalization import Normalization, psnr_db
 from .sources import SampleSet
 
@@ -108,6 +109,12 @@ def distortion(x_hat: torch.Tensor, x: torch.Tensor, loss: str) -> torch.Tensor:
     return per.flatten(1).sum(dim=1)
 
 
+def _batch_loss(model: Autoencoder, xb: torch.Tensor, rate_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """(mean distortion, mean bits, loss to minimise, mean variant penalty) for one batch."""
+    terms = training_loss(model, xb, rate_weight, distortion)
+    return terms.distortion, terms.bits, terms.loss, float(terms.penalty)
+
+
 def _check_data(config: ModelConfig, train_set: SampleSet, val_set: SampleSet) -> None:
     for name, s in (("train", train_set), ("validation", val_set)):
         if len(s) == 0:
@@ -127,16 +134,24 @@ def _check_data(config: ModelConfig, train_set: SampleSet, val_set: SampleSet) -
 @torch.no_grad()
 def evaluate(
     model: Autoencoder, x: np.ndarray, normalization: Normalization, loss: str, rate_weight: float,
-    device: torch.device, batch_size: int = 256,
+    device: torch.device, batch_size: int = 256, corruption: str = "",
 ) -> dict[str, float]:
-    """Codec-faithful validation: rounded latents; PSNR in the raw domain (normalization peak)."""
+    """Codec-faithful validation: rounded latents; PSNR in the raw domain (normalization peak).
+
+    A denoising model is selected on what it is for: val_loss then scores the reconstruction of
+    CORRUPTED validation samples (fixed seed) against the clean ones; PSNR and bytes stay clean.
+    """
     model.eval()
     tot_loss = tot_bits = tot_se = 0.0
     n = x.shape[0]
+    corrupt = Corruption.parse(corruption) if corruption else None
+    gen = torch.Generator().manual_seed(0)
     for i in range(0, n, batch_size):
         xb = torch.from_numpy(x[i : i + batch_size]).to(device)
         out = model(xb, quantize="round")
         d = distortion(out.x_hat, xb, loss)
+        if corrupt is not None:
+            d = distortion(model(corrupt.apply(xb, gen), quantize="round").x_hat, xb, loss)
         tot_loss += float((d + rate_weight * out.bits).sum())
         tot_bits += float(out.bits.sum())
         raw_ref = normalization.to_raw_float(xb.cpu().numpy())
@@ -230,7 +245,7 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
     gen = torch.Generator().manual_seed(options.seed)
     if not options.resume:
         torch.manual_seed(options.seed)
-    mode = "mixed" if options.rate_weight > 0 else "none"
+    warn_if_unregularized(model, options.rate_weight)
     t0 = time.perf_counter()
     epoch = start_epoch - 1
     for epoch in range(start_epoch, options.epochs):
@@ -244,19 +259,19 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
         run_loss = 0.0
         for k, i in enumerate(bar):
             xb = torch.from_numpy(x_train[order[i : i + options.batch_size]]).to(device)
-            out = model(xb, quantize=mode)
-            d = distortion(out.x_hat, xb, config.loss).mean()
-            bits = out.bits.mean()
-            loss = d + (options.rate_weight * bits if options.rate_weight > 0 else bits)
-            # rate_weight 0: `bits` only reaches the density (latents detached in forward).
+            # the variant (plain, denoising, sparse, contractive, vae) decides the loss; for plain
+            # models it is distortion + rate_weight * bits, and with rate_weight 0 `bits` only
+            # reaches the density (latents detached in forward).
+            d, bits, loss, penalty = _batch_loss(model, xb, options.rate_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            step_loss = float(d.detach() + options.rate_weight * bits.detach())
+            step_loss = float(d.detach() + options.rate_weight * bits.detach() + penalty)
             run_loss = 0.9 * run_loss + 0.1 * step_loss if k else step_loss
             if k % 10 == 0:
                 bar.set_postfix(loss=f"{run_loss:.3f}", B=f"{float(bits.detach()) / 8:.1f}")
-        metrics = evaluate(model, x_val, normalization, config.loss, options.rate_weight, device)
+        metrics = evaluate(model, x_val, normalization, config.loss, options.rate_weight, device,
+                           corruption=config.corruption)
         bar.set_postfix(loss=f"{run_loss:.3f}", val_psnr=f"{metrics['val_psnr_db']:.2f}dB",
                         B_per_sample=f"{metrics['val_bytes_per_sample']:.1f}")
         bar.close()
@@ -348,7 +363,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--layers", type=_int_list, default=None,
                    help="dense: nodes per encoder layer (default 512,256); conv: channels per stride-2 stage (default 32,64)")
     p.add_argument("--code-size", type=int, default=32, help="dense: latent dims; conv: latent channels")
-    p.add_argument("--activation", default="relu", choices=["relu", "gelu", "leaky_relu", "tanh"])
+    p.add_argument("--activation", default="relu", choices=["relu", "gelu", "leaky_relu", "tanh", "linear"])
+    v = p.add_argument_group("autoencoder variant (codec/models/variants.py; weights add to the per-sample summed distortion)")
+    v.add_argument("--variant", default=None, choices=list(VARIANTS),
+                   help="plain (default), denoising, sparse, contractive or vae; implied by the options below")
+    v.add_argument("--linear", action="store_true",
+                   help="no nonlinearity anywhere (activation and output 'linear'): the autoencoder PCA solves")
+    v.add_argument("--corruption", default=None, metavar="mask:P|gaussian:SIGMA",
+                   help="denoising: zero a fraction P of inputs, or add model-domain noise of std SIGMA (default mask:0.3)")
+    v.add_argument("--sparsity", default=None, metavar="l1:W|kl:RHO[:W]",
+                   help="sparse: W * sum|code|, or W * KL(RHO || mean activity) with activity = code symbol != 0 (default kl:0.05)")
+    v.add_argument("--contractive-weight", type=float, default=None,
+                   help="contractive: weight of the encoder Jacobian's squared Frobenius norm (default 0.1)")
+    v.add_argument("--beta", type=float, default=None, help="vae: weight of the KL term in nats (default 1)")
     p.add_argument("--loss", default="mse", choices=["mse", "bce"])
     p.add_argument("--kernel-size", type=int, default=5)
     p.add_argument("--output-activation", default="auto", choices=["auto", "sigmoid", "none"])
@@ -377,11 +404,12 @@ def run(args: argparse.Namespace) -> int:
     sample_shape: list[int | None] = list(source.sample_shape)
     if args.family != "dense":
         sample_shape = [sample_shape[0]] + [None] * (len(sample_shape) - 1)  # fully convolutional: any size
-    layers = args.layers or ([512, 256] if args.family == "dense" else [32, 64])
+    layers = args.layers if args.layers is not None else ([512, 256] if args.family == "dense" else [32, 64])
     config = ModelConfig(
         family=args.family, sample_shape=sample_shape, code_size=args.code_size, layers=layers,
-        activation=args.activation, loss=args.loss, kernel_size=args.kernel_size,
-        output_activation=args.output_activation, seed=args.seed,
+        activation="linear" if args.linear else args.activation, loss=args.loss, kernel_size=args.kernel_size,
+        output_activation="none" if args.linear else args.output_activation, seed=args.seed,
+        **variant_fields(args),
     )
     options = TrainOptions(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
@@ -396,6 +424,23 @@ def run(args: argparse.Namespace) -> int:
         f"checkpoint {result.checkpoint}"
     )
     return 0
+
+
+def variant_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """ModelConfig's variant fields from the CLI: --variant, or the variant its option implies."""
+    given = {
+        "denoising": ("corruption", args.corruption), "sparse": ("sparsity", args.sparsity),
+        "contractive": ("contractive_weight", args.contractive_weight), "vae": ("beta", args.beta),
+    }
+    implied = [name for name, (_, value) in given.items() if value is not None]
+    variant = args.variant or (implied[0] if len(implied) == 1 else "plain")
+    if len(implied) > 1 or (implied and implied != [variant]):
+        options = ", ".join(f"--{given[n][0].replace('_', '-')}" for n in implied)
+        raise ValueError(f"{options} do(es) not belong to --variant {variant}; one variant per model")
+    fields: dict[str, Any] = {"variant": variant}
+    if variant in given and given[variant][1] is not None:
+        fields[given[variant][0]] = given[variant][1]
+    return fields
 
 
 def _command_line() -> str:

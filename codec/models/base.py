@@ -16,7 +16,7 @@ from torch import nn
 
 from .density import FactorizedDensity
 
-ACTIVATIONS = ("relu", "gelu", "leaky_relu", "tanh")
+ACTIVATIONS = ("relu", "gelu", "leaky_relu", "tanh", "linear")
 LOSSES = ("mse", "bce")
 OUTPUT_ACTIVATIONS = ("auto", "sigmoid", "none")
 QUANTIZE_MODES = ("noise", "mixed", "round", "none")
@@ -41,6 +41,13 @@ class ModelConfig:
     kernel_size: int = 5
     output_activation: str = "auto"
     seed: int = 0
+    # The autoencoder variant and its parameters (codec/models/variants.py): recorded here so a
+    # checkpoint, the manifest's "config" and build_model all keep them.
+    variant: str = "plain"
+    corruption: str = ""  # denoising: "mask:P" or "gaussian:SIGMA"
+    sparsity: str = ""  # sparse: "l1:WEIGHT" or "kl:TARGET[:WEIGHT]"
+    contractive_weight: float = 0.0  # contractive: weight of ||d code / d input||_F^2
+    beta: float = 1.0  # vae: weight of KL(q(z|x) || N(0, I)) in nats
 
     def __post_init__(self) -> None:
         self.sample_shape = [None if d is None else int(d) for d in self.sample_shape]
@@ -56,6 +63,11 @@ class ModelConfig:
             raise ValueError("loss 'bce' needs outputs in [0, 1]: use output_activation 'sigmoid' or 'auto'")
         if self.code_size < 1 or any(n < 1 for n in self.layers):
             raise ValueError(f"code_size and layers must be positive, got {self.code_size} and {self.layers}")
+        if self.activation == "linear" and self.resolved_output_activation != "none":
+            raise ValueError("a linear autoencoder needs output_activation 'none' (and loss 'mse')")
+        from .variants import check_variant  # variants imports nothing from here at module level
+
+        check_variant(self)
 
     @property
     def resolved_output_activation(self) -> str:
@@ -82,7 +94,7 @@ class AutoencoderOutput(NamedTuple):
 
 
 def make_activation(name: str) -> nn.Module:
-    return {"relu": nn.ReLU, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh}[name]()
+    return {"relu": nn.ReLU, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh, "linear": nn.Identity}[name]()
 
 
 def make_output_activation(name: str) -> nn.Module:
@@ -116,7 +128,8 @@ class Autoencoder(nn.Module):
         """Latent shape without the batch axis, None where it follows a dynamic input dim."""
         raise NotImplementedError
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode_params(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder network's output: encoder_channels channels on axis 1 (VAE: mean, log-variance)."""
         raise NotImplementedError
 
     def decode_padded(self, y_hat: torch.Tensor) -> torch.Tensor:
@@ -124,6 +137,24 @@ class Autoencoder(nn.Module):
         raise NotImplementedError
 
     # -- shared -----------------------------------------------------------------------------
+    @property
+    def encoder_channels(self) -> int:
+        """Channels the encoder network emits: a VAE also emits a log-variance per code channel."""
+        return self.config.code_size * (2 if self.config.variant == "vae" else 1)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x -> the code the codec quantizes and sends (a VAE's posterior mean: encoder.onnx)."""
+        params = self.encode_params(x)
+        return params[:, : self.config.code_size] if self.config.variant == "vae" else params
+
+    def encode_distribution(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """VAE only: (mean, log-variance) of q(z|x), each shaped like the code."""
+        if self.config.variant != "vae":
+            raise ValueError(f"encode_distribution needs variant 'vae', this model is {self.config.variant!r}")
+        params = self.encode_params(x)
+        c = self.config.code_size
+        return params[:, :c], params[:, c:].clamp(-30.0, 20.0)
+
     @property
     def spatial_dims(self) -> int:
         return len(self.config.sample_shape) - 1 if self.family != "dense" else 0

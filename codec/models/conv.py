@@ -38,7 +38,7 @@ class ConvAutoencoder(Autoencoder):
         for ch in config.layers:
             enc += [conv(prev, ch, k, stride=2, padding=k // 2), make_activation(act)]
             prev = ch
-        enc.append(conv(prev, config.code_size, k, stride=1, padding=k // 2))
+        enc.append(conv(prev, self.encoder_channels, k, stride=1, padding=k // 2))
         self.encoder = nn.Sequential(*enc)
         dec: list[nn.Module] = [conv(config.code_size, config.layers[-1], k, stride=1, padding=k // 2), make_activation(act)]
         outs = [*reversed(config.layers[:-1]), c_in]
@@ -56,7 +56,7 @@ class ConvAutoencoder(Autoencoder):
     def latent_shape(self) -> list[int | None]:
         return [self.config.code_size, *(latent_extent(n, self.stride) for n in self.config.sample_shape[1:])]
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode_params(self, x: torch.Tensor) -> torch.Tensor:
         s = self.stride
         pads: list[int] = []
         for n in reversed(x.shape[2:]):

@@ -28,7 +28,7 @@ class DenseAutoencoder(Autoencoder):
         enc: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):
             enc += [nn.Linear(a, b), make_activation(config.activation)]
-        enc.append(nn.Linear(widths[-1], config.code_size))
+        enc.append(nn.Linear(widths[-1], self.encoder_channels))
         self.encoder = nn.Sequential(*enc)
         back = [config.code_size, *reversed(config.layers)]
         dec: list[nn.Module] = []
@@ -40,7 +40,7 @@ class DenseAutoencoder(Autoencoder):
     def latent_shape(self) -> list[int | None]:
         return [self.config.code_size]
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode_params(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x.flatten(1))
 
     def decode_padded(self, y_hat: torch.Tensor) -> torch.Tensor:
