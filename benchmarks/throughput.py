@@ -47,7 +47,7 @@ import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
-from latentwire.codec.bundle import ENCODER, Bundle
+from latentwire.codec.bundle import DECODER, ENCODER, Bundle
 from latentwire.codec.codec import Codec, default_bundle_path
 from latentwire.codec.errors import InputError
 from latentwire.codec.quantize import quantize
@@ -122,13 +122,13 @@ def time_call(fn: Callable[[], Any], min_time: float) -> float:
             return elapsed / calls
 
 
-def raw_session(bundle: Bundle, threads: int | None, spinning: bool) -> ort.InferenceSession:
+def raw_session(bundle: Bundle, threads: int | None, spinning: bool, graph: str = ENCODER) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     if threads is not None:
         opts.intra_op_num_threads = int(threads)
     opts.log_severity_level = 3
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    return ort.InferenceSession(str(bundle.file(ENCODER)), sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(bundle.file(graph)), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 @dataclass
@@ -274,6 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--min-time", type=float, default=0.25, help="seconds each timed op repeats for, per repeat")
     p.add_argument("--quality", type=int, default=None, help="residual level (default: the bundle's default residual level)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: onnxruntime's choice)")
+    p.add_argument("--ort-spinning", choices=["off", "on"], default="off",
+                   help="'on' swaps the codec's sessions for spin-waiting ones (onnxruntime's default) "
+                        "to measure the full paths as they were before runtime.py turned spinning off")
     p.add_argument("--no-spin-compare", action="store_true", help="skip the raw spin / no-spin session rows")
     p.add_argument("--out", default=str(DEFAULT_OUT))
     args = p.parse_args(argv)
@@ -286,6 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         bundle_dir = fallback_bundle()
     codec = Codec.load(bundle_dir, provider="cpu", threads=args.threads)
+    if args.ort_spinning == "on":
+        codec.encoder.session = raw_session(codec.bundle, args.threads, True)
+        codec.decoder.session = raw_session(codec.bundle, args.threads, True, DECODER)
     quality = codec.default_quality if args.quality is None else int(args.quality)
     if codec.qualities[quality].max_error is None:
         raise InputError(f"quality {quality} has no residual layer; pick one of "
@@ -311,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "sample_shape": list(codec.sample_shape), "latent_shape": list(codec.manifest.latent_shape)},
         "quality_residual": {"index": quality, "max_error": codec.qualities[quality].max_error},
         "provider": codec.encoder.provider,
+        "ort_spinning_in_codec_sessions": args.ort_spinning,
         "session": {"threads_arg": args.threads, "encoder": session_settings(codec.encoder.session),
                     "decoder": session_settings(codec.decoder.session),
                     "spin_compare": {k: session_settings(v) for k, v in spin.items()}},

@@ -40,10 +40,12 @@ def _session(path: Path, provider: str, threads: int | None) -> tuple[ort.Infere
     if threads is not None:
         opts.intra_op_num_threads = int(threads)
     opts.log_severity_level = 3
-    # onnxruntime's pool threads spin-wait for work by default. A codec shares its cores (with the
-    # other graph, the entropy coder, a server, other processes), and spinning threads then steal
-    # the very CPU the next call needs: benchmarks/throughput.py measured the bare encoder
-    # faster without spinning on a busy machine (BENCHMARKS.md, "Codec throughput").
+    # onnxruntime's pool threads spin-wait for work by default. A codec holds two sessions (two
+    # pools) and runs the entropy coder between graph calls, on cores it shares with a server and
+    # other processes, so spinning threads steal the CPU the next step needs: on a busy 2-core
+    # host every path ran 1.5-3x faster with spinning off (benchmarks/throughput.py
+    # --ort-spinning on|off; BENCHMARKS.md, "Codec throughput"). One session timed alone gains
+    # ~5-20 % from spinning; a codec never runs alone.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     name = resolve_provider(provider)
