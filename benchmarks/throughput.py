@@ -13,11 +13,13 @@ between runs; the interleaved ratios hold still.
 
 Rows per batch size:
   * enc_bare   Encoder.encode on model-domain float32 (what onnxruntime alone costs)
-  * enc_q0     Codec.encode(raw, quality=0): validate + normalize + encoder + quantize + code + packet
+  * enc_q0     Codec.encode(raw, quality=L) at the latent-only level L on the trained integer grid
+               (latent_step 1; the first latent-only level otherwise): validate + normalize +
+               encoder + quantize + code + packet. Named q0 for "no residual", whatever L's index
   * enc_res    Codec.encode(raw, quality=Q) with a residual level: also runs decoder.onnx (the
                sender must compute the receiver's prediction) and codes ~one symbol per raw value
   * dec_bare   Decoder.decode on the integer latents
-  * dec_q0     Codec.decode of the q0 packet
+  * dec_q0     Codec.decode of that latent-only packet
   * dec_res    Codec.decode of the residual packet
   * ort_spin / ort_nospin  encoder.onnx on two raw sessions (no validation), one spin-waiting
                (onnxruntime's default), one with ``session.intra_op.allow_spinning = 0`` as
@@ -155,18 +157,27 @@ RATIOS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+def latent_only_level(codec: Codec) -> int:
+    """The latent-only level on the trained grid (what every bundle has), else the first latent-only one."""
+    levels = codec.manifest.quality_levels
+    plain = [i for i, q in enumerate(levels) if q.get("max_error") is None]
+    if not plain:
+        raise InputError("this bundle has no latent-only quality level")
+    return next((i for i in plain if float(levels[i].get("latent_step", 1.0)) == 1.0), plain[0])
+
+
 def bench_batch(codec: Codec, spin: dict[str, ort.InferenceSession], batch: int, quality: int, repeat: int,
-                min_time: float, bar: tqdm) -> BatchResult:
+                min_time: float, bar: tqdm, latent: int = 0) -> BatchResult:
     raw = raw_batch(codec, batch)
     x = codec.normalization.to_model(raw)
     y_hat = quantize(codec.encoder.encode(x)).astype(np.float32)
     out_size = codec._out_size(raw.shape)
-    p0 = codec.encode(raw, quality=0)
+    p0 = codec.encode(raw, quality=latent)
     pres = codec.encode(raw, quality=quality)
     assert np.array_equal(codec.decode(p0).shape, raw.shape)
     ops: dict[str, Callable[[], Any]] = {
         "enc_bare": lambda: codec.encoder.encode(x),
-        "enc_q0": lambda: codec.encode(raw, quality=0),
+        "enc_q0": lambda: codec.encode(raw, quality=latent),
         "enc_res": lambda: codec.encode(raw, quality=quality),
         "dec_bare": lambda: codec.decoder.decode(y_hat, out_size=out_size),
         "dec_q0": lambda: codec.decode(p0),
@@ -177,7 +188,7 @@ def bench_batch(codec: Codec, spin: dict[str, ort.InferenceSession], batch: int,
     res = BatchResult(
         batch=batch,
         raw_bytes_per_sample=int(raw[0].nbytes),
-        packet_bytes_per_sample={"q0": len(p0) / batch, f"q{quality}": len(pres) / batch},
+        packet_bytes_per_sample={f"q{latent}": len(p0) / batch, f"q{quality}": len(pres) / batch},
         seconds={k: [] for k in ops},
     )
     for fn in ops.values():  # warm-up: first runs allocate arenas and caches
@@ -273,6 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=5, help="interleaved repeats per op (median reported)")
     p.add_argument("--min-time", type=float, default=0.25, help="seconds each timed op repeats for, per repeat")
     p.add_argument("--quality", type=int, default=None, help="residual level (default: the bundle's default residual level)")
+    p.add_argument("--latent-quality", type=int, default=None,
+                   help="latent-only level for the q0 rows (default: the one on the trained grid, latent_step 1)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: onnxruntime's choice)")
     p.add_argument("--ort-spinning", choices=["off", "on"], default="off",
                    help="'on' swaps the codec's sessions for spin-waiting ones (onnxruntime's default) "
@@ -296,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if codec.qualities[quality].max_error is None:
         raise InputError(f"quality {quality} has no residual layer; pick one of "
                          f"{[q.index for q in codec.qualities if q.max_error is not None]}")
+    latent = latent_only_level(codec) if args.latent_quality is None else int(args.latent_quality)
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
     spin = {} if args.no_spin_compare else {
         f"ort_{'' if on else 'no'}spin": raw_session(codec.bundle, args.threads, on) for on in (True, False)
@@ -305,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tqdm(total=len(batches) * args.repeat, desc="throughput", unit="repeat") as bar:
         for b in batches:
             bar.set_postfix(batch=b)
-            results.append(bench_batch(codec, spin, b, quality, args.repeat, args.min_time, bar))
+            results.append(bench_batch(codec, spin, b, quality, args.repeat, args.min_time, bar, latent))
     machine["loadavg_1m_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     report = {
@@ -316,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bundle": {"path": str(bundle_dir), "model_id": codec.model_id, "family": codec.manifest.family,
                    "sample_shape": list(codec.sample_shape), "latent_shape": list(codec.manifest.latent_shape)},
         "quality_residual": {"index": quality, "max_error": codec.qualities[quality].max_error},
+        "quality_latent_only": {"index": latent, **codec.manifest.quality_levels[latent]},
         "provider": codec.encoder.provider,
         "ort_spinning_in_codec_sessions": args.ort_spinning,
         "session": {"threads_arg": args.threads, "encoder": session_settings(codec.encoder.session),

@@ -43,9 +43,9 @@ def _session(path: Path, provider: str, threads: int | None) -> tuple[ort.Infere
     # onnxruntime's pool threads spin-wait for work by default. A codec holds two sessions (two
     # pools) and runs the entropy coder between graph calls, on cores it shares with a server and
     # other processes, so spinning threads steal the CPU the next step needs: on a busy 2-core
-    # host every path ran 1.5-3x faster with spinning off (benchmarks/throughput.py
+    # host every path ran 1.1-3.8x faster (median ~2x) with spinning off (benchmarks/throughput.py
     # --ort-spinning on|off; BENCHMARKS.md, "Codec throughput"). One session timed alone gains
-    # ~5-20 % from spinning; a codec never runs alone.
+    # 2-25 % from spinning; a codec never runs alone.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     name = resolve_provider(provider)
