@@ -83,6 +83,9 @@ class ServerConfig:
     shutdown_grace_s: float = 5.0
     health_drain_s: float = 0.5  # NOT_SERVING is announced this long before the port closes
     workers: int = 0  # gRPC thread pool size; 0: max_subscribers + max_publishers + 8
+    # decode every edge-coded packet before committing it, so an undecodable (poison) packet is
+    # refused in-band instead of breaking every subscriber (server/README.md, "Bad input")
+    verify_packets: bool = True
 
     def check(self) -> "ServerConfig":
         if not self.channels:

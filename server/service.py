@@ -10,6 +10,7 @@ malformed open) end the call with a status code.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 from typing import Any, Iterator
@@ -31,6 +32,7 @@ log = logging.getLogger("latentwire.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Latentwire"].full_name
 CHUNK_BYTES = 1 << 20
+_U32 = 2**32 - 1
 _END = object()
 
 
@@ -171,11 +173,14 @@ class LatentwireService(pb_grpc.LatentwireServicer):
     def DownloadBundle(self, request: pb.DownloadBundleRequest, context: grpc.ServicerContext) -> Iterator[pb.BundleChunk]:
         self._check(context)
         m = self._model(context, request.model_id)
+        # a chunk plus its fields must fit the configured message limit (1 MiB chunks failed with
+        # RESOURCE_EXHAUSTED under max_message_bytes <= 1 MiB)
+        chunk_bytes = max(1024, min(CHUNK_BYTES, self.config.limits.max_message_bytes // 2))
         for f in m.files:
             with open(m.path / f.name, "rb") as fh:
                 offset = 0
                 while True:
-                    data = fh.read(CHUNK_BYTES)
+                    data = fh.read(chunk_bytes)
                     if not data and offset > 0:
                         break
                     yield pb.BundleChunk(
@@ -286,6 +291,7 @@ class LatentwireService(pb_grpc.LatentwireServicer):
 
     def _reject(self, resp: pb.PublishResponse, ch: Channel, n: int, code: grpc.StatusCode, message: str,
                 index: int = 0, reason: str = "invalid") -> pb.PublishResponse:
+        n = min(max(int(n), 0), _U32 - resp.rejected)  # an absurd announced N must not overflow uint32
         resp.rejected += n
         resp.errors.append(pb.FrameError(index=index, code=code.value[0], message=message))
         self.metrics.frames_rejected.labels(ch.name, reason).inc(n)
@@ -297,11 +303,20 @@ class LatentwireService(pb_grpc.LatentwireServicer):
         kind = req.WhichOneof("kind")
         limits = self.config.limits
         bad = grpc.StatusCode.INVALID_ARGUMENT
-        if kind == "raw":
-            item = self._raw_item(ch, req, quality, producer, resp)
-        elif kind == "packets":
-            item = self._packet_item(ch, req, producer, resp)
-        else:
+        try:
+            if kind == "raw":
+                item = self._raw_item(ch, req, quality, producer, resp)
+            elif kind == "packets":
+                item = self._packet_item(ch, req, producer, resp)
+            else:
+                item = None
+        except Exception as e:  # noqa: BLE001 - one message's surprise must not end the stream
+            log.exception("publish on %s: message %d could not be validated", ch.name, req.message_index)
+            resp = pb.PublishResponse(message_index=req.message_index)
+            return self._reject(resp, ch, 0, grpc.StatusCode.INTERNAL,
+                                f"message {req.message_index} could not be validated ({type(e).__name__}); "
+                                "it was not stored", reason="internal"), None
+        if kind not in ("raw", "packets"):
             return self._reject(resp, ch, 0, bad, f"message {req.message_index}: expected `raw` or `packets` "
                                 f"after open, got {kind or 'nothing'}"), None
         if item is None:
@@ -324,7 +339,9 @@ class LatentwireService(pb_grpc.LatentwireServicer):
         n = shape[0] if shape else 0
         try:
             dtype = np.dtype(raw.dtype)
-        except TypeError:
+        except (TypeError, ValueError, SyntaxError):
+            dtype = None
+        if dtype is None or dtype.kind not in "biuf" or dtype.itemsize == 0 or dtype.fields or dtype.subdtype:
             self._reject(resp, ch, n, bad, f"unknown dtype {raw.dtype!r}: send a numpy dtype string such as "
                          f"{str(np.dtype(codec.raw_dtype))!r}")
             return None
@@ -332,7 +349,14 @@ class LatentwireService(pb_grpc.LatentwireServicer):
             self._reject(resp, ch, n, bad, f"shape {list(shape)} must be (N, *sample_shape) with N >= 1, e.g. "
                          f"[N, {', '.join(str(d) for d in _dims(codec.sample_shape))}]")
             return None
-        expected = int(np.prod(shape)) * dtype.itemsize
+        limit = self.config.limits.max_frames_per_message
+        if n > limit:  # before any size arithmetic: N may be absurd
+            self.metrics.limit_hits.labels("frames_per_message").inc()
+            self._reject(resp, ch, n, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"message has {n} frames; limits.max_frames_per_message is {limit}: "
+                         "split it into smaller messages", reason="limit")
+            return None
+        expected = math.prod(shape) * dtype.itemsize  # Python ints: no 64-bit wrap-around
         if len(raw.data) != expected:
             self._reject(resp, ch, n, bad, f"data has {len(raw.data)} bytes but shape {list(shape)} of {dtype} needs "
                          f"{expected}: send arr.tobytes() of a C-contiguous array")
@@ -394,11 +418,36 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                 self._reject(resp, ch, header.count, bad,
                              f"packet {i}: quality {header.quality} is not one of the model's 0..{n_q - 1}", index=i)
                 continue
+            valid = sum(c for _, c, _, _ in ok) + int(header.count)
+            if self.config.verify_packets and valid <= self.config.limits.max_frames_per_message:
+                # (a message over the frame limit is refused whole by _accept: no need to decode it)
+                problem = self._undecodable(codec, data, header)
+                if problem:
+                    self._reject(resp, ch, header.count, bad, f"packet {i}: {problem}", index=i)
+                    continue
             ok.append((bytes(data), int(header.count), int(header.quality), at))
         if not ok:
             return None
         return PacketItem(packets=ok, n_total=pos, producer_id=producer,
                           producer_offset=req.producer_offset)
+
+    def _undecodable(self, codec: Any, data: bytes, header: Any) -> str | None:
+        """Why an edge-coded packet cannot be decoded, or None. A packet with a valid header and CRC
+        but a payload that does not decode (a buggy or hostile encoder) would otherwise be stored
+        and fail in every subscriber that decodes it, at every retry: a poison packet."""
+        elements = int(header.count) * math.prod(int(d) for d in header.sample_shape)
+        itemsize = np.dtype(getattr(codec, "raw_dtype", "uint8")).itemsize
+        if elements * itemsize > 64 * self.config.limits.max_message_bytes:
+            return (f"decodes to {elements * itemsize} bytes, more than 64 x limits.max_message_bytes: "
+                    "send fewer frames per packet")
+        try:
+            out = codec.decode(data)
+        except Exception as e:  # noqa: BLE001 - whatever the payload does, it is the sender's fault
+            return (f"does not decode ({type(e).__name__}: {e}); it was not stored: check the sender's "
+                    "bundle and encoder")
+        if out.shape[0] != header.count:
+            return f"does not decode: {out.shape[0]} frames for a header of {header.count}"
+        return None
 
     # ------------------------------------------------------------------ subscribe
 
@@ -442,7 +491,9 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                         "(limits.max_subscribers): retry later or raise the limit")
         self.metrics.subscribers.labels(ch.name).inc()
         log.info("subscriber %s on %s from seq %d", who, ch.name, seq)
-        limit = request.max_packets_per_response or self.config.subscribe_packets_per_response
+        # a client may ask for fewer packets per response, never more (2^32-1 would read the whole log)
+        limit = min(request.max_packets_per_response or self.config.subscribe_packets_per_response,
+                    self.config.subscribe_packets_per_response)
         max_bytes = self.config.limits.max_message_bytes // 2
         trimmed = 0
         first_resp = True
