@@ -71,13 +71,16 @@ def _sha256(p: Path) -> str:
 
 
 class Channel:
-    def __init__(self, name: str, model: ModelEntry, log_: RetentionLog, quality: int | None, tail_packets: int = 256):
+    def __init__(self, name: str, model: ModelEntry, log_: RetentionLog, quality: int | None, tail_packets: int = 256,
+                 tail_bytes: int = 32 << 20):
         self.name = name
         self.model = model
         self.log = log_
         self.quality = quality
         self.batcher = None  # set by the server once the batcher is built
-        self._tail: deque[StoredPacket] = deque(maxlen=tail_packets)
+        # bounded by count AND bytes: 256 packets of up to max_message_bytes each would be GiBs
+        self._tail: deque[StoredPacket] = deque()
+        self._tail_packets, self._tail_cap, self._tail_bytes = tail_packets, tail_bytes, 0
         self._cond = threading.Condition()
         self._closed = False
         self.subscribers = 0
@@ -88,7 +91,11 @@ class Channel:
 
     def on_commit(self, stored: list[StoredPacket]) -> None:
         with self._cond:
-            self._tail.extend(stored)
+            for p in stored:
+                self._tail.append(p)
+                self._tail_bytes += len(p.payload)
+            while self._tail and (len(self._tail) > self._tail_packets or self._tail_bytes > self._tail_cap):
+                self._tail_bytes -= len(self._tail.popleft().payload)
             self._cond.notify_all()
 
     def read_from(self, seq: int, limit: int) -> list[StoredPacket]:
@@ -103,6 +110,11 @@ class Channel:
                             break
                 return out
         return self.log.read_from(seq, limit)
+
+    @property
+    def tail_bytes(self) -> int:
+        """Bytes held by the shared in-memory tail (<= tail_bytes, see __init__)."""
+        return self._tail_bytes
 
     def wait_for(self, seq: int, timeout: float) -> bool:
         """Block until a frame with seq >= `seq` exists (True) or timeout/close (False)."""
