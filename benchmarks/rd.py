@@ -11,7 +11,8 @@ the PCA baseline uses the project's own quantizer, entropy coder and packet fram
 
 Metrics: PSNR over the whole set in raw units (peak = raw range: 255 for pixels, 2047 for 11-bit
 ECG). ECG adds PRD = 100 * sqrt(sum (x - x_hat)^2 / sum (x - 1024)^2) (the record's ADC zero,
-i.e. the literature's PRD on the zero-mean signal) and CR = samples * 11 bits / (bytes * 8).
+i.e. the literature's PRD on the zero-mean signal), PRDN (the same against each window's own
+mean per lead) and CR = samples * 11 bits / (bytes * 8).
 Images (bsds) are whole photos, one packet each: bits per pixel and mean per-image PSNR.
 """
 
@@ -37,7 +38,7 @@ import numpy as np
 import zstandard
 from tqdm import tqdm
 
-from latentwire.codec import baselines
+from latentwire.codec import baselines, bitstream
 from latentwire.codec.codec import Codec
 from latentwire.codec.errors import InputError
 from latentwire.codec.normalization import psnr_db
@@ -50,7 +51,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DATASETS = ("mnist", "ecg", "bsds")
 DEFAULT_ECG_HELD_OUT = ("117", "119", "121", "122", "123", "124")
 # custom max-error points between the ladder levels, raw units, per dataset
-DEFAULT_MAX_ERRORS = {"mnist": (128, 80, 48, 32, 12, 5, 2, 1), "ecg": (1, 2, 3, 4, 6, 8, 12, 16, 24, 32), "bsds": ()}
+DEFAULT_MAX_ERRORS = {"mnist": (128, 80, 48, 32, 12, 5, 2, 1), "ecg": (1, 2, 4, 5, 8, 12, 20, 32, 64), "bsds": ()}
 DEFAULT_INTERVAL = {"mnist": (22.0, 35.0)}
 # PCA: k beyond what the data needs costs ~nothing (coefficients under the step round to 0), so
 # the step drives the trade-off; k = all components with a step sweep is close to PCA's best front.
@@ -69,11 +70,13 @@ class Point:
     setting: str
     bytes_per_sample: float
     psnr_db: float
+    payload_bytes_per_sample: float | None = None  # latentwire: range-coded payload only (no framing)
     mode: str | None = None  # latentwire/pca: "packet<N>" (N frames per packet) or "frame" (1 per packet)
     quality: int | None = None
     max_error: int | None = None
     max_abs_error: float | None = None
     prd_percent: float | None = None
+    prdn_percent: float | None = None
     cr: float | None = None
     bpp: float | None = None
     k: int | None = None
@@ -85,6 +88,13 @@ class Point:
     @property
     def lossless(self) -> bool:
         return math.isinf(self.psnr_db)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Point":
+        d = dict(d)
+        if d.pop("lossless", False):
+            d["psnr_db"] = math.inf
+        return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if v is not None}
@@ -114,6 +124,9 @@ class Scorer:
             x = raw.astype(np.float64)
             err = float(np.sum((x - decoded.astype(np.float64)) ** 2))
             out["prd_percent"] = 100.0 * math.sqrt(err / float(np.sum((x - self.prd_baseline) ** 2)))
+            # PRDN: against each window's own mean, so a DC offset of the record cannot flatter it
+            centred = x - x.mean(axis=-1, keepdims=True)
+            out["prdn_percent"] = 100.0 * math.sqrt(err / float(np.sum(centred**2)))
         if self.bits_per_value is not None:
             out["cr"] = raw[0].size * self.bits_per_value / (8.0 * total_bytes / n)
         return out
@@ -126,6 +139,16 @@ def _chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def level_name(level: Any) -> str:
+    """q3 (max_error=8), q0 (latent_step=4): what the level does, next to its index."""
+    parts = []
+    if getattr(level, "latent_step", 1.0) != 1.0:
+        parts.append(f"latent_step={level.latent_step:g}")
+    if level.max_error is not None:
+        parts.append(f"max_error={level.max_error}")
+    return level.name + (f" ({', '.join(parts)})" if parts else "")
+
+
 def latentwire_point(
     codec: Codec, raw: np.ndarray, scorer: Scorer, *, quality: int | None = None, max_error: int | None = None,
     packet_frames: int = 256,
@@ -133,20 +156,22 @@ def latentwire_point(
     """Encode in packets of packet_frames, decode every packet, score what the receiver got."""
     t0 = time.perf_counter()
     decoded = np.empty_like(raw)
-    total = 0
+    total = payload = 0
     for sl in _chunks(len(raw), packet_frames):
         packet = codec.encode(raw[sl], quality=quality, max_error=max_error)
         total += len(packet)
+        payload += len(bitstream.read_packet(packet)[1])
         decoded[sl] = codec.decode(packet)
     if max_error is not None:
         setting = f"max_error={max_error}"
     else:
         level = codec.qualities[int(quality or 0)]
-        setting = f"{level.name}" + ("" if level.max_error is None else f" (max_error={level.max_error})")
+        setting = level_name(level)
         max_error = level.max_error
     mode = "frame" if packet_frames == 1 else f"packet{packet_frames}"
     return Point("latentwire", setting, mode=mode, quality=quality, max_error=max_error,
-                 seconds=time.perf_counter() - t0, **scorer.score(raw, decoded, total))
+                 payload_bytes_per_sample=payload / len(raw), seconds=time.perf_counter() - t0,
+                 **scorer.score(raw, decoded, total))
 
 
 # ------------------------------------------------------------------------------ classical codecs
@@ -415,7 +440,7 @@ def bsds_jobs(args: argparse.Namespace, codec: Codec, meta: dict[str, Any]) -> l
 
     jobs = []
     for q in codec.qualities:
-        name = q.name + ("" if q.max_error is None else f" (max_error={q.max_error})")
+        name = level_name(q)
         jobs.append(Job(f"latentwire {q.name}", lambda q=q, name=name: [_image_point(
             "latentwire", name, images, lw(q.index, None), mode="frame", quality=q.index, max_error=q.max_error)], 3))
     if codec.tables.residual is not None:
@@ -566,7 +591,7 @@ def format_table(points: list[Point]) -> str:
     ecg = any(p.prd_percent is not None for p in points)
     img = any(p.bpp is not None for p in points)
     head = f"{'codec':<11} {'setting':<24} {'mode':<10} {'B/sample':>10} {'PSNR dB':>8}"
-    head += f" {'PRD %':>7} {'CR':>7}" if ecg else ""
+    head += f" {'PRD %':>7} {'PRDN %':>7} {'CR':>7}" if ecg else ""
     head += f" {'bpp':>7}" if img else ""
     lines = [head, "-" * len(head)]
     order = {id(p): i for i, p in enumerate(points)}
@@ -577,7 +602,8 @@ def format_table(points: list[Point]) -> str:
         psnr = "inf" if p.lossless else f"{p.psnr_db:.2f}"
         line = f"{p.codec:<11} {p.setting:<24} {p.mode or '':<10} {p.bytes_per_sample:>10.2f} {psnr:>8}"
         if ecg:
-            line += f" {p.prd_percent if p.prd_percent is not None else float('nan'):>7.2f} {p.cr or float('nan'):>7.2f}"
+            prd = [float("nan") if v is None else v for v in (p.prd_percent, p.prdn_percent, p.cr)]
+            line += f" {prd[0]:>7.2f} {prd[1]:>7.2f} {prd[2]:>7.2f}"
         if img:
             line += f" {p.bpp if p.bpp is not None else float('nan'):>7.3f}"
         lines.append(line)
@@ -626,6 +652,18 @@ def plot(points: list[Point], path: Path, title: str) -> Path | None:
     return path
 
 
+def reuse_baselines(path: Path, meta: dict[str, Any]) -> list[Point]:
+    """The classical codecs' points of an earlier run on the same samples (they do not depend on
+    the bundle), so re-measuring a new bundle does not spend CPU minutes on WebP again."""
+    doc = json.loads(path.read_text())
+    old = doc["meta"]
+    if old["dataset"] != meta["dataset"] or old.get("data") != meta.get("data"):
+        raise InputError(f"{path} was measured on other samples ({old.get('data')}); run the baselines again")
+    meta["baselines_from"] = {"file": str(path), "date": old["date"], "command": old["command"],
+                              "git_commit": old.get("git_commit")}
+    return [Point.from_dict(p) for p in doc["points"] if p["codec"] != "latentwire"]
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.rd", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -650,6 +688,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--interval", type=lambda s: tuple(float(v) for v in s.split(",")),
                    help="BD-rate PSNR interval lo,hi (default mnist 22,35; else the overlap)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    p.add_argument("--reuse-baselines", metavar="JSON",
+                   help="take the classical codecs' points from an earlier results file on the same samples")
     p.add_argument("--no-plot", dest="plot", action="store_false")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
@@ -669,8 +709,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = run_metadata(args, codec, argv)
     builders = {"mnist": mnist_jobs, "ecg": ecg_jobs, "bsds": bsds_jobs}
     jobs = builders[args.dataset](args, codec, meta)
+    reused: list[Point] = []
+    if args.reuse_baselines:
+        reused = reuse_baselines(Path(args.reuse_baselines), meta)
+        jobs = [j for j in jobs if j.label.startswith("latentwire")]
     t0 = time.perf_counter()
-    points = run_jobs(jobs, show=args.progress)
+    points = run_jobs(jobs, show=args.progress) + reused
     meta["seconds"] = round(time.perf_counter() - t0, 1)
     interval = args.interval or DEFAULT_INTERVAL.get(args.dataset)
     lw_mode = None if args.dataset == "bsds" else f"packet{args.batch}"

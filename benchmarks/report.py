@@ -23,7 +23,7 @@ def points_table(doc: dict[str, Any], max_baseline_rows: int = 8) -> str:
     ecg = any("prd_percent" in p for p in pts)
     img = any("bpp" in p for p in pts)
     cols = ["codec", "setting", "mode", "bytes/sample"] + (["bpp"] if img else []) + ["PSNR dB"]
-    cols += ["PRD %", "CR"] if ecg else []
+    cols += ["PRD %", "PRDN %", "CR"] if ecg else []
     rows = []
     by_codec: dict[str, list[dict[str, Any]]] = {}
     for p in pts:
@@ -36,12 +36,12 @@ def points_table(doc: dict[str, Any], max_baseline_rows: int = 8) -> str:
         if codec != "latentwire" and len(group) > max_baseline_rows:
             group = sorted(group, key=lambda p: p["bytes_per_sample"])
             keep = {round(i * (len(group) - 1) / (max_baseline_rows - 1)) for i in range(max_baseline_rows)}
-            group = [p for i, p in enumerate(group) if i in keep]
+            group = [p for i, p in enumerate(group) if i in keep or p.get("lossless")]
         for p in group:
             row = [codec, p["setting"], p.get("mode", ""), f"{p['bytes_per_sample']:.2f}"]
             row += [f"{p['bpp']:.3f}"] if img else []
             row += [_psnr(p)]
-            row += [f"{p.get('prd_percent', 0.0):.2f}", f"{p.get('cr', 0.0):.1f}"] if ecg else []
+            row += [f"{p.get('prd_percent', 0.0):.2f}", f"{p.get('prdn_percent', 0.0):.2f}", f"{p.get('cr', 0.0):.1f}"] if ecg else []
             rows.append(row)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]

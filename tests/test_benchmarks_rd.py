@@ -115,7 +115,8 @@ def test_rd_script_end_to_end_on_the_shipped_sample(tiny_bundle: Path, tmp_path:
     lw = [p for p in points if p["codec"] == "latentwire"]
     batch = [p for p in lw if p["mode"] == "packet64"]
     frame = [p for p in lw if p["mode"] == "frame"]
-    assert len(batch) == 6 + 2 and len(frame) == 2
+    n_levels = len(json.loads((tiny_bundle / "manifest.json").read_text())["quality_levels"])
+    assert len(batch) == n_levels + 2 and len(frame) == 2
     # bytes as sent: a one-frame packet pays the whole header, so it costs more per frame
     for f in frame:
         b = next(p for p in batch if p["setting"] == f["setting"])
@@ -130,6 +131,17 @@ def test_rd_script_end_to_end_on_the_shipped_sample(tiny_bundle: Path, tmp_path:
     assert sum(1 for p in points if p["codec"] == "pca") == 4 and any(p["pareto"] for p in points if p["codec"] == "pca")
     assert {t["target"] for t in doc["summary"]["targets"]} >= {"fewer bytes than WebP at every PSNR"}
     assert isinstance(doc["summary"]["bd_rate_percent_vs"]["webp"], dict)
+    # a new bundle re-measured against the same samples reuses the classical codecs' points verbatim
+    again = tmp_path / "again.json"
+    assert rd.main([
+        "--dataset", "mnist", "--bundle", str(tiny_bundle), "--data-root", str(sample_data_root()),
+        "--limit", "150", "--batch", "64", "--max-errors", "", "--compact-levels", "0", "--no-pca",
+        "--reuse-baselines", str(out), "--no-progress", "--no-plot", "--out", str(again),
+    ]) == 0
+    doc2 = json.loads(again.read_text())
+    assert doc2["meta"]["baselines_from"]["file"] == str(out)
+    assert [p for p in doc2["points"] if p["codec"] != "latentwire"] == [p for p in points if p["codec"] != "latentwire"]
+    assert len([p for p in doc2["points"] if p["codec"] == "latentwire"]) == n_levels
     png = out.with_suffix(".png")
     try:
         import matplotlib  # noqa: F401
@@ -153,9 +165,12 @@ def test_ecg_held_out_records_come_from_the_manifest() -> None:
 
 def test_ecg_scorer_prd_and_cr() -> None:
     x = np.full((2, 1, 100), 1024, dtype=np.int16)
-    x[:, 0, ::2] += 100  # zero-mean-ish signal of rms ~70.7 around the ADC zero
+    x[:, 0, ::2] += 100  # 0 / 100 adu above the ADC zero, alternating
     y = x.copy()
     y[:, 0, 0] += 10
     s = rd.Scorer(peak=2047.0, prd_baseline=1024.0, bits_per_value=11.0).score(x, y, total_bytes=2 * 50)
     assert s["prd_percent"] == pytest.approx(100 * math.sqrt(2 * 100 / (2 * 50 * 100**2)))
     assert s["cr"] == pytest.approx(100 * 11 / (8 * 50))
+    # against its own mean (1074) the signal swings +-50 instead of 0/100: half the energy
+    assert s["prdn_percent"] == pytest.approx(s["prd_percent"] * math.sqrt(2))
+
