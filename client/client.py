@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import random
 import shutil
 import threading
@@ -72,6 +73,26 @@ class Packet:
     quality: int
     sample_shape: tuple[int, ...]
     payload: bytes
+
+
+@dataclass(frozen=True)
+class FrameBatch:
+    """The decoded frames of one Subscribe response: seqs first_seq .. first_seq+len(frames)-1.
+
+    Why per response and not per frame: Python pays per call (gRPC message, onnxruntime run,
+    Frame object), so a receiver that keeps up decodes all packets of a response in one
+    Codec.decode_many call and touches each frame only as a row of one array."""
+
+    first_seq: int
+    frames: np.ndarray  # (n, *sample_shape) raw dtype, in seq order
+    timestamps: np.ndarray  # (n,) float64 server commit time (unix seconds) of each frame's packet
+    packets: int  # packets decoded for this batch
+    payload_bytes: int  # sum of the packets' sizes (header + payload + CRC)
+    wire_bytes: int  # protobuf size of the Subscribe response that carried them
+
+    @property
+    def end_seq(self) -> int:
+        return self.first_seq + int(self.frames.shape[0])
 
 
 @dataclass(frozen=True)
@@ -221,6 +242,12 @@ class Client:
         self.stub = pb_grpc.LatentwireStub(self._channel)
         self._codecs: dict[str, Any] = {}
         self._lock = threading.Lock()
+        # subscribe: responses read ahead on a helper thread (bounded: a slow consumer still pushes
+        # back on the server through gRPC flow control), and the most frames decoded in one call
+        self.prefetch_responses = 16
+        # (1024: decode_many is already near the bare graph's speed there, and onnxruntime's arena
+        # grows to the largest batch it has seen, so a larger cap only costs receiver memory)
+        self.max_batch_frames = 1024
 
     def close(self) -> None:
         self._channel.close()
@@ -359,6 +386,18 @@ class Client:
 
     def _packets(self, channel: str, from_seq: int | None, idle_timeout: float | None, max_backoff: float,
                  max_retries: int | None, stop: threading.Event | None) -> Iterator[Packet]:
+        for packets, _ in self._responses(channel, from_seq, idle_timeout, max_backoff, max_retries, stop):
+            yield from packets
+
+    def _responses(self, channel: str, from_seq: int | None, idle_timeout: float | None, max_backoff: float,
+                   max_retries: int | None, stop: threading.Event | None) -> Iterator[tuple[list[Packet], int]]:
+        """(new packets, protobuf size of the responses that carried them), resuming after the last
+        packet of the last list handed out (callers consume a whole list before the next).
+
+        Why a list of every response already received: a receiver that fell behind then decodes the
+        backlog in one decode_many call instead of one call per response. Under a steady stream of
+        small responses (the server sends each commit at once; gRPC flow control only pushes back
+        after ~64 KiB) per-call overhead would otherwise keep a behind receiver behind for good."""
         next_seq = from_seq
         attempt = 0
         while stop is None or not stop.is_set():
@@ -367,19 +406,26 @@ class Client:
                 req.from_seq = next_seq
             call = self.stub.Subscribe(req, metadata=self._metadata)
             idle = _IdleWatch(call, idle_timeout, stop)
+            ahead = _Prefetch(call, depth=self.prefetch_responses)
             try:
-                for resp in call:
+                for group in ahead.groups(self.max_batch_frames):
                     idle.touch()
                     attempt = 0
-                    if resp.trimmed_frames:
-                        log.warning("channel %s: %d frames from seq %s were trimmed by retention before delivery",
-                                    channel, resp.trimmed_frames, next_seq)
-                    for p in resp.packets:
-                        if next_seq is not None and p.first_seq + p.count <= next_seq:
-                            continue  # already delivered
-                        next_seq = p.first_seq + p.count
-                        yield Packet(p.first_seq, p.count, p.timestamp, p.model_id, p.quality,
-                                     tuple(p.sample_shape), p.payload)
+                    out = []
+                    wire = 0
+                    for resp in group:
+                        if resp.trimmed_frames:
+                            log.warning("channel %s: %d frames from seq %s were trimmed by retention before delivery",
+                                        channel, resp.trimmed_frames, next_seq)
+                        wire += resp.ByteSize()
+                        for p in resp.packets:
+                            if next_seq is not None and p.first_seq + p.count <= next_seq:
+                                continue  # already delivered
+                            next_seq = p.first_seq + p.count
+                            out.append(Packet(p.first_seq, p.count, p.timestamp, p.model_id, p.quality,
+                                              tuple(p.sample_shape), p.payload))
+                    if out:
+                        yield out, wire
                         idle.touch()
                 log.info("channel %s: server ended the stream (shutdown); resuming from seq %s", channel, next_seq)
             except grpc.RpcError as e:
@@ -390,6 +436,7 @@ class Client:
                 log.info("channel %s: %s (%s); reconnecting from seq %s", channel, e.code().name, e.details(),
                          next_seq)
             finally:
+                ahead.close()
                 idle.cancel()
                 call.cancel()
             delay = min(max_backoff, 0.05 * (2 ** attempt)) * (0.5 + random.random() / 2)
@@ -398,6 +445,52 @@ class Client:
                 stop.wait(delay)
             else:
                 time.sleep(delay)
+
+    def subscribe_batches(
+        self,
+        channel: str,
+        from_seq: int | str | None = None,
+        *,
+        idle_timeout: float | None = None,
+        max_backoff: float = 5.0,
+        max_retries: int | None = None,
+        stop: threading.Event | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> Iterator[FrameBatch]:
+        """Decoded frames, one FrameBatch per Subscribe response (each frame exactly once, in seq
+        order, same resume rules as subscribe_packets): the fast path for receivers that keep up."""
+        if from_seq == "latest":
+            from_seq = self.channel(channel).next_seq
+        elif from_seq is not None and not isinstance(from_seq, int):
+            raise ValueError(f"from_seq must be None, an int or 'latest', got {from_seq!r}")
+        responses = self._responses(channel, from_seq, idle_timeout, max_backoff, max_retries, stop)  # type: ignore[arg-type]
+        want = from_seq if isinstance(from_seq, int) else None
+        for packets, arrays, wire in self._decoded(responses, cache_dir):
+            frames = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+            stamps = np.repeat(np.array([p.timestamp for p in packets]), [p.count for p in packets])
+            first = packets[0].first_seq
+            if want is not None and first < want:  # the first packet started before the resume point
+                frames, stamps, first = frames[want - first :], stamps[want - first :], want
+            want = packets[-1].first_seq + packets[-1].count
+            yield FrameBatch(first, frames, stamps, len(packets), sum(len(p.payload) for p in packets), wire)
+
+    def _decoded(self, responses: Iterator[tuple[list[Packet], int]],
+                 cache_dir: str | Path | None) -> Iterator[tuple[list[Packet], list[np.ndarray], int]]:
+        """Each response's packets with their decoded arrays: one decode_many per model per response."""
+        for packets, wire in responses:
+            if len(packets) == 1:
+                p = packets[0]
+                yield packets, [self.codec(p.model_id, cache_dir).decode(p.payload)], wire
+                continue
+            arrays: list[Any] = [None] * len(packets)
+            by_model: dict[str, list[int]] = {}
+            for i, p in enumerate(packets):
+                by_model.setdefault(p.model_id, []).append(i)
+            for model_id, idx in by_model.items():
+                decoded = self.codec(model_id, cache_dir).decode_many([packets[i].payload for i in idx])
+                for i, a in zip(idx, decoded):
+                    arrays[i] = a
+            yield packets, arrays, wire
 
     def subscribe(
         self,
@@ -412,19 +505,21 @@ class Client:
         """Decoded frames of a channel, each exactly once and in seq order (see subscribe_packets)."""
         if from_seq == "latest":
             from_seq = self.channel(channel).next_seq
-        packets = self.subscribe_packets(channel, from_seq, idle_timeout=idle_timeout, max_backoff=max_backoff,
-                                         max_retries=max_retries)
-        return self._frames(packets, from_seq if isinstance(from_seq, int) else None, cache_dir)
+        elif from_seq is not None and not isinstance(from_seq, int):
+            raise ValueError(f"from_seq must be None, an int or 'latest', got {from_seq!r}")
+        responses = self._responses(channel, from_seq, idle_timeout, max_backoff, max_retries, None)  # type: ignore[arg-type]
+        return self._frames(responses, from_seq if isinstance(from_seq, int) else None, cache_dir)
 
-    def _frames(self, packets: Iterator[Packet], want: int | None, cache_dir: str | Path | None) -> Iterator[Frame]:
-        for p in packets:
-            data = self.codec(p.model_id, cache_dir).decode(p.payload)
-            for i in range(p.count):
-                seq = p.first_seq + i
-                if want is not None and seq < want:
-                    continue  # the packet started before the resume point
-                yield Frame(seq, p.timestamp, p.model_id, p.quality, data[i])
-            want = p.first_seq + p.count
+    def _frames(self, responses: Iterator[tuple[list[Packet], int]], want: int | None,
+                cache_dir: str | Path | None) -> Iterator[Frame]:
+        for packets, arrays, _ in self._decoded(responses, cache_dir):  # one decode_many per response
+            for p, data in zip(packets, arrays):
+                for i in range(p.count):
+                    seq = p.first_seq + i
+                    if want is not None and seq < want:
+                        continue  # the packet started before the resume point
+                    yield Frame(seq, p.timestamp, p.model_id, p.quality, data[i])
+                want = p.first_seq + p.count
 
     # ------------------------------------------------------------------ publish
 
@@ -456,6 +551,51 @@ class Client:
         q = info.quality if quality is None else quality
         result = PublishResult()
         source = self._messages(frames, info, frames_per_message, codec, q, start_offset, result)
+        return self._run_publish(channel, quality, producer, source, result, window, max_retries, max_backoff, on_ack)
+
+    def publish_packets(
+        self,
+        channel: str,
+        packets: Iterable[bytes],
+        *,
+        packets_per_message: int = 1,
+        producer_id: str | None = None,
+        start_offset: int = 0,
+        window: int = 16,
+        max_retries: int = 8,
+        max_backoff: float = 5.0,
+        on_ack: Callable[[PublishAck], None] | None = None,
+    ) -> PublishResult:
+        """Send packets that were coded elsewhere (Codec.encode, a .lw file): the server only
+        validates and relays them. Same ordering, pipelining, resend and producer-offset rules as
+        publish(); offsets count frames (each packet's header count). The iterable is consumed
+        lazily, so a generator can pace or encode as it goes. raw_bytes stays 0 (unknown here)."""
+        from latentwire.codec.bitstream import peek_header
+
+        result = PublishResult()
+
+        def messages() -> Iterator[_Msg]:
+            index, first, offset = 0, 0, start_offset
+            group: list[bytes] = []
+            frames = 0
+            for pkt in packets:
+                group.append(pkt)
+                frames += int(peek_header(pkt).count)
+                if len(group) >= packets_per_message:
+                    yield _Msg(index, first, frames, pb.PublishRequest(
+                        message_index=index, producer_offset=offset, packets=pb.Packets(packets=group)))
+                    index, first, offset = index + 1, first + frames, offset + frames
+                    group, frames = [], 0
+            if group:
+                yield _Msg(index, first, frames, pb.PublishRequest(
+                    message_index=index, producer_offset=offset, packets=pb.Packets(packets=group)))
+
+        return self._run_publish(channel, None, producer_id or uuid.uuid4().hex, messages(), result, window,
+                                 max_retries, max_backoff, on_ack)
+
+    def _run_publish(self, channel: str, quality: int | None, producer: str, source: Iterator[_Msg],
+                     result: PublishResult, window: int, max_retries: int, max_backoff: float,
+                     on_ack: Callable[[PublishAck], None] | None) -> PublishResult:
         unacked: "OrderedDict[int, _Msg]" = OrderedDict()
         attempt = 0
         state = {"exhausted": False}
@@ -597,6 +737,63 @@ def _batches(frames: Any, ndim: int, per_msg: int) -> Iterator[np.ndarray]:
                 buf, n = [], 0
     if n:
         yield np.concatenate(buf) if len(buf) > 1 else buf[0]
+
+
+_EOS = object()
+
+
+class _Prefetch:
+    """Reads a server-streaming call on its own thread into a bounded queue, so the consumer can
+    take every response that has already arrived in one go (see Client._responses)."""
+
+    def __init__(self, call: Any, depth: int = 16):
+        self._q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._closed = threading.Event()
+        threading.Thread(target=self._pump, args=(call,), name="latentwire-subscribe", daemon=True).start()
+
+    def _pump(self, call: Any) -> None:
+        try:
+            for resp in call:
+                if not self._put(resp):
+                    return
+            self._put(_EOS)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put(e)
+
+    def _put(self, item: Any) -> bool:
+        while not self._closed.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def groups(self, max_frames: int) -> Iterator[list[Any]]:
+        """Lists of responses: blocks for one, then adds those already queued (up to max_frames)."""
+        while True:
+            item = self._q.get()
+            group: list[Any] = []
+            frames = 0
+            while True:
+                if item is _EOS or isinstance(item, BaseException):
+                    if group:
+                        yield group
+                    if item is _EOS:
+                        return
+                    raise item
+                group.append(item)
+                frames += sum(p.count for p in item.packets)
+                if frames >= max_frames:
+                    break
+                try:
+                    item = self._q.get_nowait()
+                except queue.Empty:
+                    break
+            yield group
+
+    def close(self) -> None:
+        self._closed.set()
 
 
 class _IdleWatch:
