@@ -42,12 +42,24 @@ def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise BundleError(f"{path} is missing: not a codec bundle (re-run `latentwire export` to create one)")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raw = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
         raise BundleError(f"{path} is not readable JSON ({e}); restore the bundle from its source or re-export") from e
     if not isinstance(raw, dict):
         raise BundleError(f"{path} must hold a JSON object, found {type(raw).__name__}")
     return raw
+
+
+def _reject_constant(name: str) -> Any:
+    """Manifests hold only finite numbers: NaN/Infinity can only come from corruption or tampering."""
+    raise ValueError(f"non-finite number {name} in the manifest")
+
+
+def _dims(value: Any, what: str) -> tuple[int | None, ...]:
+    """A shape: a list of non-negative ints, None for a dynamic axis."""
+    if not isinstance(value, list) or not all(d is None or (type(d) is int and d >= 0) for d in value):
+        raise TypeError(f"{what} must be a list of non-negative integers or null, got {value!r}")
+    return tuple(value)
 
 
 def write_manifest(bundle_dir: str | Path, manifest: dict[str, Any]) -> Path:
@@ -138,9 +150,9 @@ class Manifest:
                 name=str(raw.get("name", "")),
                 family=str(raw["family"]),
                 config=dict(raw["config"]),
-                sample_shape=tuple(inp["sample_shape"]),
+                sample_shape=_dims(inp["sample_shape"], "input.sample_shape"),
                 normalization=Normalization.from_dict(inp["normalization"]),
-                latent_shape=tuple(lat["shape"]),
+                latent_shape=_dims(lat["shape"], "latent.shape"),
                 latent_stride=int(lat["stride"]),
                 latent_channels=int(lat["channels"]),
                 channel_axis=int(lat["channel_axis"]),
@@ -148,7 +160,7 @@ class Manifest:
                 model_id=str(raw.get("model_id", "")),
                 raw=raw,
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise BundleError(f"{where} lacks or mangles a required field ({e!r}); re-export the bundle") from e
 
 

@@ -259,11 +259,18 @@ def test_tables_of_the_shipped_bundle_are_parsed(codec: Codec) -> None:
     assert Path(codec.bundle.path).is_dir()
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="known gap (codec/bundle.py, not owned here): JSON Infinity in an integer field "
-                          "escapes Manifest.from_dict as OverflowError instead of BundleError")
-def test_manifest_infinity_in_an_integer_field(real_manifest: dict) -> None:
+def test_manifest_infinity_in_an_integer_field(real_manifest: dict, tmp_path: Path) -> None:
     m = json.loads(json.dumps(real_manifest))
     m["latent"]["stride"] = float("inf")  # json.loads accepts `Infinity`
     with pytest.raises(BundleError):
+        Manifest.from_dict(m)
+    (tmp_path / "manifest.json").write_text(json.dumps(m))  # writes the non-standard token Infinity
+    with pytest.raises(BundleError, match="non-finite"):
+        read_manifest(tmp_path)
+
+
+def test_manifest_shape_of_the_wrong_type(real_manifest: dict) -> None:
+    m = json.loads(json.dumps(real_manifest))
+    m["input"]["sample_shape"] = ["28", 28]
+    with pytest.raises(BundleError, match="sample_shape"):
         Manifest.from_dict(m)
