@@ -13,8 +13,9 @@ reads train_records / val_records / heldout_records) never score a bundle on wha
 Splits:
 - ECG (MIT-BIH, records 100-124 of the 100 series): trained on 100-116 BY RECORD (two of those,
   picked by the group split with seed 0, were the validation set), held out 117-124 entirely.
-- BSDS500: random 48x48 RGB crops of train/ + val/ (300 photos); evaluated on the 200 whole
-  test/ photos (481x321 and 321x481): the conv graphs take any size.
+- BSDS500: random 48x48 RGB crops of train/ + val/ (300 photos); evaluated on whole test/
+  photos (all 200, 481x321 and 321x481; --limit N for the first N): the
+  conv graphs take any size.
 """
 
 from __future__ import annotations
@@ -56,15 +57,15 @@ BUNDLES: dict[str, dict[str, Any]] = {
         "ladder": (None, 40, 24, 16, 10, 6, 3, 0),
     },
     "bsds": {
-        "run": "runs/bsds-conv2d",
+        "run": "runs/bsds-conv2d-k3",
         "asset": "bsds-conv2d",
-        "name": "bsds500-rgb-conv2d-32",
+        "name": "bsds500-rgb-conv2d-k3-32",
         "train": [
             "--data", "../shared/data/bsds500", "--source-option", "subdirs=train,val",
             "--source-option", "size=48,48", "--source-option", "per_image=48", "--source-option", "seed=0",
-            "--family", "conv2d", "--layers", "48,96,128", "--code-size", "32", "--activation", "gelu",
-            "--rate-weight", "0.004", "--epochs", "6", "--batch-size", "16", "--lr", "5e-4", "--patience", "3",
-            "--threads", "1", "--seed", "0", "--out", "runs/bsds-conv2d",
+            "--family", "conv2d", "--layers", "48,96,128", "--code-size", "32", "--kernel-size", "3",
+            "--activation", "gelu", "--rate-weight", "0.004", "--epochs", "8", "--batch-size", "16", "--lr", "5e-4", "--patience", "3",
+            "--threads", "1", "--seed", "0", "--out", "runs/bsds-conv2d-k3",
         ],
         # 8-bit pixel units
         "ladder": (None, 12, 6, 3, 1, 0),
@@ -202,7 +203,8 @@ def _interp(points: list[tuple[float, float]], bpp: float) -> float | None:
 
 
 def eval_bsds(limit: int | None = None) -> dict[str, Any]:
-    """Whole test photos, one packet per photo; PSNR per photo, averaged; JPEG/WebP per photo too."""
+    """Whole test photos (all 200, or the first `limit` by name), one packet per photo; PSNR per
+    photo, averaged; JPEG and WebP on the same photos, interpolated to each level's bpp."""
     from latentwire.codec.baselines import image_roundtrip
     from latentwire.codec.normalization import psnr_db
     from latentwire.codec.sources import ImageFolder
@@ -226,7 +228,7 @@ def eval_bsds(limit: int | None = None) -> dict[str, Any]:
         if i % 20 == 0:
             print(f"  image {i}/{len(images)} {time.perf_counter() - t0:.0f}s", flush=True)
     sweeps: dict[str, list[tuple[float, float]]] = {}
-    for fmt, qs in (("jpeg", (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)), ("webp", (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95))):
+    for fmt, qs in (("jpeg", (5, 10, 20, 30, 50, 70, 85, 95, 100)), ("webp", (0, 10, 20, 30, 50, 70, 85, 95, 100))):
         pts = []
         for qual in qs:
             b, p = [], []
@@ -252,7 +254,7 @@ def cmd_eval(keys: Sequence[str], limit: int | None) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     for key in keys:
         print(f"{key}: held-out evaluation", flush=True)
-        result = eval_ecg() if key == "ecg" else eval_bsds(limit)
+        result = eval_ecg() if key == "ecg" else eval_bsds(limit or None)
         path = RESULTS / f"heldout-{BUNDLES[key]['asset']}.json"
         path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
         print(f"wrote {path}")
@@ -275,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=["train", "ship", "eval", "sample"])
     p.add_argument("which", nargs="*", help="ecg and/or bsds (default: both)")
-    p.add_argument("--limit", type=int, default=None, help="eval bsds: first N test photos only")
+    p.add_argument("--limit", type=int, default=0, help="eval bsds: first N test photos only (0: all 200)")
     args = p.parse_args(argv)
     keys = args.which or ["ecg", "bsds"]
     unknown = [k for k in keys if k not in BUNDLES]
