@@ -11,13 +11,14 @@ it gets the oldest retained packet and `trimmed_frames` tells it how many frames
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from latentwire.codec.bundle import sha256_file
 
 from .retention import RetentionLog, StoredPacket
 
@@ -58,16 +59,8 @@ class ModelEntry:
         for n in names:
             p = path / n
             if p.is_file():
-                files.append(BundleFileInfo(n, p.stat().st_size, _sha256(p)))
+                files.append(BundleFileInfo(n, p.stat().st_size, sha256_file(p)))
         return cls(codec.model_id, path, manifest, codec, files)
-
-
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Channel:
