@@ -11,6 +11,7 @@ from .client import (
     PublishError,
     PublishResult,
     QualityInfo,
+    packet_path,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "PublishError",
     "PublishResult",
     "QualityInfo",
+    "packet_path",
 ]

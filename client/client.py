@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Iterator
 import grpc
 import numpy as np
 
+from latentwire.codec.bitstream import FLAG_LOSSLESS, FLAG_RESIDUAL
 from latentwire.codec.errors import BundleError
 from latentwire.v1 import latentwire_pb2 as pb
 from latentwire.v1 import latentwire_pb2_grpc as pb_grpc
@@ -53,6 +54,17 @@ RETRYABLE = frozenset({
 # ---------------------------------------------------------------------- value types
 
 
+PATH_LATENT, PATH_RESIDUAL, PATH_LOSSLESS = "latent", "residual", "lossless"  # as Codec.path names them
+
+
+def packet_path(payload: bytes) -> str:
+    """Which path a packet's frames took: "latent" (the model alone), "residual" (model + bounded
+    correction) or "lossless" (zstd of the raw frames: the sender found them anomalous). Read
+    from the header's flags byte; decoding the packet checks the rest (codec/FORMAT.md)."""
+    flags = payload[3] if len(payload) > 3 else 0
+    return PATH_LOSSLESS if flags & FLAG_LOSSLESS else PATH_RESIDUAL if flags & FLAG_RESIDUAL else PATH_LATENT
+
+
 @dataclass(frozen=True)
 class Frame:
     seq: int
@@ -60,6 +72,10 @@ class Frame:
     model_id: str
     quality: int
     data: np.ndarray  # one raw sample, shape sample_shape, the bundle's raw dtype
+    path: str = PATH_LATENT  # "latent" | "residual" | "lossless" (packet_path)
+    # the server's anomaly score (raw-unit MSE of the model's reconstruction; compare with
+    # ChannelInfo.anomaly_threshold); None for frames coded at the edge (not scored)
+    anomaly_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,11 @@ class Packet:
     quality: int
     sample_shape: tuple[int, ...]
     payload: bytes
+    anomaly_scores: tuple[float, ...] = ()  # one per frame when the server scored them, else empty
+
+    @property
+    def path(self) -> str:
+        return packet_path(self.payload)
 
 
 @dataclass(frozen=True)
@@ -89,6 +110,8 @@ class FrameBatch:
     packets: int  # packets decoded for this batch
     payload_bytes: int  # sum of the packets' sizes (header + payload + CRC)
     wire_bytes: int  # protobuf size of the Subscribe response that carried them
+    paths: np.ndarray | None = None  # (n,) str: each frame's path (packet_path)
+    anomaly_scores: np.ndarray | None = None  # (n,) float32 server scores, NaN where not scored
 
     @property
     def end_seq(self) -> int:
@@ -127,6 +150,8 @@ class ChannelInfo:
     subscribers: int
     sample_shape: tuple[int | None, ...]
     raw_dtype: str
+    fallback: bool = False  # RAW frames above anomaly_threshold arrive through lossless packets
+    anomaly_threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -184,7 +209,8 @@ def _model_info(m: pb.ModelInfo) -> ModelInfo:
 
 def _channel_info(c: pb.ChannelInfo) -> ChannelInfo:
     return ChannelInfo(c.name, c.model_id, c.quality, c.next_seq, c.first_retained_seq, c.subscribers,
-                       _shape(c.sample_shape), c.raw_dtype)
+                       _shape(c.sample_shape), c.raw_dtype, c.fallback,
+                       c.anomaly_threshold if c.HasField("anomaly_threshold") else None)
 
 
 def default_cache_dir() -> Path:
@@ -423,7 +449,7 @@ class Client:
                                 continue  # already delivered
                             next_seq = p.first_seq + p.count
                             out.append(Packet(p.first_seq, p.count, p.timestamp, p.model_id, p.quality,
-                                              tuple(p.sample_shape), p.payload))
+                                              tuple(p.sample_shape), p.payload, tuple(p.anomaly_scores)))
                     if out:
                         yield out, wire
                         idle.touch()
@@ -456,29 +482,37 @@ class Client:
         max_retries: int | None = None,
         stop: threading.Event | None = None,
         cache_dir: str | Path | None = None,
+        denoise: bool = False,
     ) -> Iterator[FrameBatch]:
         """Decoded frames, one FrameBatch per Subscribe response (each frame exactly once, in seq
-        order, same resume rules as subscribe_packets): the fast path for receivers that keep up."""
+        order, same resume rules as subscribe_packets): the fast path for receivers that keep up.
+        denoise: as in subscribe()."""
         if from_seq == "latest":
             from_seq = self.channel(channel).next_seq
         elif from_seq is not None and not isinstance(from_seq, int):
             raise ValueError(f"from_seq must be None, an int or 'latest', got {from_seq!r}")
         responses = self._responses(channel, from_seq, idle_timeout, max_backoff, max_retries, stop)  # type: ignore[arg-type]
         want = from_seq if isinstance(from_seq, int) else None
-        for packets, arrays, wire in self._decoded(responses, cache_dir):
+        for packets, arrays, wire in self._decoded(responses, cache_dir, denoise):
             frames = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-            stamps = np.repeat(np.array([p.timestamp for p in packets]), [p.count for p in packets])
+            counts = [p.count for p in packets]
+            stamps = np.repeat(np.array([p.timestamp for p in packets]), counts)
+            paths = np.repeat(np.array([p.path for p in packets]), counts)
+            scores = np.concatenate([np.asarray(p.anomaly_scores, dtype=np.float32) if p.anomaly_scores
+                                     else np.full(p.count, np.nan, dtype=np.float32) for p in packets])
             first = packets[0].first_seq
             if want is not None and first < want:  # the first packet started before the resume point
-                frames, stamps, first = frames[want - first :], stamps[want - first :], want
+                cut = want - first
+                frames, stamps, paths, scores, first = frames[cut:], stamps[cut:], paths[cut:], scores[cut:], want
             want = packets[-1].first_seq + packets[-1].count
-            yield FrameBatch(first, frames, stamps, len(packets), sum(len(p.payload) for p in packets), wire)
+            yield FrameBatch(first, frames, stamps, len(packets), sum(len(p.payload) for p in packets), wire,
+                             paths, scores)
 
-    def _decoded(self, responses: Iterator[tuple[list[Packet], int]],
-                 cache_dir: str | Path | None) -> Iterator[tuple[list[Packet], list[np.ndarray], int]]:
+    def _decoded(self, responses: Iterator[tuple[list[Packet], int]], cache_dir: str | Path | None,
+                 denoise: bool = False) -> Iterator[tuple[list[Packet], list[np.ndarray], int]]:
         """Each response's packets with their decoded arrays: one decode_many per model per response."""
         for packets, wire in responses:
-            if len(packets) == 1:
+            if len(packets) == 1 and not denoise:
                 p = packets[0]
                 yield packets, [self.codec(p.model_id, cache_dir).decode(p.payload)], wire
                 continue
@@ -487,10 +521,32 @@ class Client:
             for i, p in enumerate(packets):
                 by_model.setdefault(p.model_id, []).append(i)
             for model_id, idx in by_model.items():
-                decoded = self.codec(model_id, cache_dir).decode_many([packets[i].payload for i in idx])
+                codec = self.codec(model_id, cache_dir)
+                decoded = codec.decode_many([packets[i].payload for i in idx])
                 for i, a in zip(idx, decoded):
                     arrays[i] = a
+                if denoise:
+                    self._denoise(codec, [packets[i] for i in idx], [arrays[i] for i in idx], idx, arrays)
             yield packets, arrays, wire
+
+    @staticmethod
+    def _denoise(codec: Any, packets: list[Packet], decoded: list[np.ndarray], idx: list[int],
+                 arrays: list[Any]) -> None:
+        """Replace the frames of residual and lossless packets by the model's latent-only
+        reconstruction (Codec.denoise), in one encoder + decoder run. Latent packets already
+        decode to the model's reconstruction of the sender's frame: re-encoding it would only add
+        a second round of error, so they stay as decoded."""
+        todo = [k for k, p in enumerate(packets) if p.path != PATH_LATENT]
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for k in todo:
+            by_shape.setdefault(tuple(decoded[k].shape[1:]), []).append(k)
+        for ks in by_shape.values():
+            clean = codec.denoise(np.concatenate([decoded[k] for k in ks]))
+            start = 0
+            for k in ks:
+                n = decoded[k].shape[0]
+                arrays[idx[k]] = clean[start : start + n]
+                start += n
 
     def subscribe(
         self,
@@ -501,25 +557,54 @@ class Client:
         max_backoff: float = 5.0,
         max_retries: int | None = None,
         cache_dir: str | Path | None = None,
+        denoise: bool = False,
     ) -> Iterator[Frame]:
-        """Decoded frames of a channel, each exactly once and in seq order (see subscribe_packets)."""
+        """Decoded frames of a channel, each exactly once and in seq order (see subscribe_packets).
+
+        Each Frame says which path it took (latent, residual, lossless fallback) and carries the
+        server's anomaly score when the server coded it. denoise=True: frames that came through a
+        residual or lossless packet are replaced by the model's latent-only reconstruction
+        (Codec.denoise; with a denoising variant, the clean sample behind a noisy one); latent
+        frames already are that reconstruction. It runs the bundle's encoder.onnx here, which
+        fetch_decoder downloads with the rest of the bundle. path and anomaly_score still
+        describe the frame as it was sent."""
         if from_seq == "latest":
             from_seq = self.channel(channel).next_seq
         elif from_seq is not None and not isinstance(from_seq, int):
             raise ValueError(f"from_seq must be None, an int or 'latest', got {from_seq!r}")
         responses = self._responses(channel, from_seq, idle_timeout, max_backoff, max_retries, None)  # type: ignore[arg-type]
-        return self._frames(responses, from_seq if isinstance(from_seq, int) else None, cache_dir)
+        return self._frames(responses, from_seq if isinstance(from_seq, int) else None, cache_dir, denoise)
 
     def _frames(self, responses: Iterator[tuple[list[Packet], int]], want: int | None,
-                cache_dir: str | Path | None) -> Iterator[Frame]:
-        for packets, arrays, _ in self._decoded(responses, cache_dir):  # one decode_many per response
+                cache_dir: str | Path | None, denoise: bool = False) -> Iterator[Frame]:
+        for packets, arrays, _ in self._decoded(responses, cache_dir, denoise):  # one decode_many per response
             for p, data in zip(packets, arrays):
+                path = p.path
+                scores = p.anomaly_scores
                 for i in range(p.count):
                     seq = p.first_seq + i
                     if want is not None and seq < want:
                         continue  # the packet started before the resume point
-                    yield Frame(seq, p.timestamp, p.model_id, p.quality, data[i])
+                    yield Frame(seq, p.timestamp, p.model_id, p.quality, data[i], path,
+                                float(scores[i]) if scores else None)
                 want = p.first_seq + p.count
+
+    # ------------------------------------------------------------------ features
+
+    def embed(self, model_id: str, frames: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Latent codes (N, *latent_shape) float32 of raw frames (N, *sample_shape): the model's
+        features before quantization (Codec.embed; a VAE gives its posterior mean), computed here
+        with the bundle's encoder.onnx (fetched and verified once, like the decoder). model_id:
+        the full id or a unique prefix of >= 8 hex digits (ChannelInfo.model_id)."""
+        from latentwire.codec.embed import embed_samples
+
+        if len(model_id) != 64:
+            model_id = self.model(model_id).model_id
+        arr = np.asarray(frames)
+        codec = self.codec(model_id)
+        if arr.ndim == len(codec.sample_shape):
+            arr = arr[None]
+        return embed_samples(codec, arr, batch_size)
 
     # ------------------------------------------------------------------ publish
 

@@ -6,6 +6,10 @@ another). The state file holds the next seq to write and is rewritten atomically
 packet's frames are written; on restart the daemon resubscribes from there. Folder sinks are
 exactly-once: a frame written just before a kill is rewritten under the same name. The stdout
 sink is at-least-once across a kill -9 (a pipe cannot take back bytes).
+
+The log says which path frames took: every packet that arrived through the lossless fallback
+(frames the server found anomalous) gets a line with its seqs and anomaly scores, and the
+progress lines count frames per path (latent / residual / lossless).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class Receiver:
         self.state = load_state(state_path)
         self.stop = threading.Event()
         self.written = 0
+        self.paths: dict[str, int] = {}  # frames written this run, per path
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -80,22 +85,32 @@ class Receiver:
                         continue
                     self._write(seq, frames[i])
                     self.written += 1
+                    self.paths[p.path] = self.paths.get(p.path, 0) + 1
+                if p.path == "lossless":
+                    scores = ", ".join(f"{s:.4g}" for s in p.anomaly_scores[:8]) or "not scored"
+                    more = ", ..." if len(p.anomaly_scores) > 8 else ""
+                    log.info("seq %d-%d: lossless fallback (anomaly scores %s%s)", p.first_seq,
+                             p.first_seq + p.count - 1, scores, more)
                 want = p.first_seq + p.count
                 self.state["next_seq"] = want
                 save_state(self.state_path, self.state)
                 now = time.monotonic()
                 if now - last_log > 2.0:
                     last_log = now
-                    log.info("%d frames written (next seq %d, %.0f frames/s)", self.written, want,
-                             self.written / (now - t0))
+                    log.info("%d frames written (next seq %d, %.0f frames/s; %s)", self.written, want,
+                             self.written / (now - t0), self._path_counts())
                 if self.stop.is_set() or (self.until_seq is not None and want >= self.until_seq):
                     break
         finally:
             packets.close()
             if self.stdout:
                 sys.stdout.buffer.flush()
-        log.info("stopped: %d frames written this run, next seq %s", self.written, self.state.get("next_seq"))
+        log.info("stopped: %d frames written this run (%s), next seq %s", self.written, self._path_counts(),
+                 self.state.get("next_seq"))
         return 0
+
+    def _path_counts(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(self.paths.items())) or "no frames"
 
     def _write(self, seq: int, frame: np.ndarray) -> None:
         if self.stdout:

@@ -4,7 +4,9 @@ Why one thread per channel: sequence numbers must be assigned in commit order, a
 coding many frames in one packet is what makes the codec cheap per frame. RAW frames from all
 publishers are gathered until `max_frames` are waiting or the oldest has waited `max_delay_ms`
 (Triton's dynamic batcher policy), encoded with the channel's Codec and committed as packets of
-at most max_frames frames. Edge-coded packets go through the same queue so they keep their place
+at most max_frames frames. The channel's encode may score each frame and split a batch into
+several packets (frames above the anomaly threshold go out as lossless packets, in place); the
+scores are stored with their packets. Edge-coded packets go through the same queue so they keep their place
 in the order. The queue is bounded (Limits.queue_frames): a publisher that would overflow it is
 told RESOURCE_EXHAUSTED in-band and may retry.
 """
@@ -73,7 +75,17 @@ class PacketItem:
         return sum(c for _, c, _, _ in self.packets)
 
 
-Encode = Callable[[np.ndarray, "int | None"], bytes]
+@dataclass(frozen=True)
+class Encoded:
+    """One packet an Encode call produced for consecutive frames of its batch."""
+
+    packet: bytes
+    count: int
+    anomaly_scores: tuple[float, ...] | None = None  # one per frame, when the encoder scored them
+
+
+# frames, quality -> one packet of all frames, or packets covering the frames in order
+Encode = Callable[[np.ndarray, "int | None"], "bytes | list[Encoded]"]
 
 
 class Batcher:
@@ -238,9 +250,15 @@ class Batcher:
             t0 = time.perf_counter()
             for s in range(0, total, self.max_frames):
                 chunk = raw[s : s + self.max_frames]
-                pkt = self.encode(chunk, batch[0].quality)
-                pending.append(PendingPacket(int(chunk.shape[0]), self.model_id, _packet_quality(pkt, batch[0].quality,
-                                                                                               self.default_quality), pkt))
+                out = self.encode(chunk, batch[0].quality)
+                parts = [Encoded(out, int(chunk.shape[0]))] if isinstance(out, (bytes, bytearray)) else out
+                if sum(e.count for e in parts) != chunk.shape[0]:
+                    raise RuntimeError(f"the encoder returned packets for {sum(e.count for e in parts)} frames "
+                                       f"of a batch of {chunk.shape[0]}")
+                for e in parts:
+                    pending.append(PendingPacket(e.count, self.model_id,
+                                                 _packet_quality(e.packet, batch[0].quality, self.default_quality),
+                                                 bytes(e.packet), e.anomaly_scores))
             dt = time.perf_counter() - t0
             if self.metrics is not None:
                 self.metrics.encode_seconds.labels(self.name).observe(dt)
@@ -278,7 +296,23 @@ class Batcher:
         if self.metrics is not None:
             self.metrics.frames_in.labels(self.name, kind).inc(sum(s.count for s in stored))
             self.metrics.wire_bytes_in.labels(self.name).inc(sum(len(s.payload) for s in stored))
+            paths: dict[str, int] = {}
+            for s in stored:
+                paths[packet_path(s.payload)] = paths.get(packet_path(s.payload), 0) + s.count
+            for path, n in paths.items():
+                self.metrics.frames_path.labels(self.name, path).inc(n)
         self.on_commit(stored)
+
+
+def packet_path(packet: bytes) -> str:
+    """"latent", "residual" or "lossless" from a committed packet's flags byte (Codec.path without
+    re-checking the CRC: the packet was validated before it was committed)."""
+    from latentwire.codec import bitstream
+
+    flags = packet[3] if len(packet) > 3 else 0
+    if flags & bitstream.FLAG_LOSSLESS:
+        return "lossless"
+    return "residual" if flags & bitstream.FLAG_RESIDUAL else "latent"
 
 
 def _packet_quality(packet: bytes, asked: int | None, default: int) -> int:

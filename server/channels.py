@@ -65,11 +65,13 @@ class ModelEntry:
 
 class Channel:
     def __init__(self, name: str, model: ModelEntry, log_: RetentionLog, quality: int | None, tail_packets: int = 256,
-                 tail_bytes: int = 32 << 20):
+                 tail_bytes: int = 32 << 20, *, fallback: bool = False, anomaly_threshold: float | None = None):
         self.name = name
         self.model = model
         self.log = log_
         self.quality = quality
+        self.fallback = fallback  # RAW frames above anomaly_threshold go out as lossless packets
+        self.anomaly_threshold = anomaly_threshold  # effective: configured, else the bundle's, else None
         self.batcher = None  # set by the server once the batcher is built
         # bounded by count AND bytes: 256 packets of up to max_message_bytes each would be GiBs
         self._tail: deque[StoredPacket] = deque()

@@ -8,6 +8,7 @@ a `latentwire_limit_hits_total{limit=...}` metric) rather than silently dropping
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,17 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ChannelSpec:
+    """A channel: its bundle and how RAW frames published to it are coded.
+
+    Every RAW frame is scored (its anomaly score goes out with its packet); with `fallback`,
+    frames scoring above `anomaly_threshold` (None: the bundle's calibrated threshold) are sent
+    as lossless packets instead, so data the model never learned arrives intact."""
+
     name: str
     bundle: str
     quality: int | None = None  # None: the bundle's default quality
+    fallback: bool = False
+    anomaly_threshold: float | None = None
 
     @classmethod
     def parse(cls, text: str) -> "ChannelSpec":
@@ -98,12 +107,20 @@ class ServerConfig:
             raise ConfigError("TLS needs both --tls-cert and --tls-key (or neither)")
         if self.fsync not in ("normal", "full"):
             raise ConfigError(f"--fsync must be 'normal' or 'full', got {self.fsync!r}")
+        for c in self.channels:
+            if not isinstance(c.fallback, bool):
+                raise ConfigError(f"channel {c.name!r}: fallback must be true or false, got {c.fallback!r}")
+            t = c.anomaly_threshold
+            if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)
+                                  or t < 0):
+                raise ConfigError(f"channel {c.name!r}: anomaly_threshold must be a finite number >= 0 (a raw-unit "
+                                  f"MSE, see `latentwire calibrate`) or null for the bundle's, got {t!r}")
         return self
 
     @classmethod
     def from_json(cls, path: str | Path) -> "ServerConfig":
-        """Keys mirror the dataclass: {"listen", "data_dir", "channels": [{"name","bundle","quality"}]
-        or ["NAME=DIR:q"], "tokens_file", "tls_cert", "tls_key", "metrics_port", "fsync",
+        """Keys mirror the dataclass: {"listen", "data_dir", "channels": [{"name","bundle","quality",
+        "fallback","anomaly_threshold"}] or ["NAME=DIR:q"], "tokens_file", "tls_cert", "tls_key", "metrics_port", "fsync",
         "retention": {"max_bytes","max_age_s"}, "limits": {...}, "batch": {...}}. Relative paths
         are resolved against the config file's folder."""
         path = Path(path)
@@ -124,6 +141,11 @@ class ServerConfig:
             if k == "channels":
                 chans = []
                 for c in v:
+                    if isinstance(c, dict):
+                        unknown_c = set(c) - {f.name for f in fields(ChannelSpec)}
+                        if unknown_c:
+                            raise ConfigError(f"config channels: unknown key(s) {sorted(unknown_c)}; known keys are "
+                                              f"{sorted(f.name for f in fields(ChannelSpec))}")
                     spec = ChannelSpec.parse(c) if isinstance(c, str) else ChannelSpec(**c)
                     validate_channel_name(spec.name)
                     chans.append(replace(spec, bundle=str(_resolve(spec.bundle, base))))
@@ -139,6 +161,32 @@ class ServerConfig:
             else:
                 kw[k] = v
         return cls(**kw)
+
+
+def with_channel_options(channels: tuple[ChannelSpec, ...], fallback: list[str] | tuple[str, ...] = (),
+                         thresholds: list[str] | tuple[str, ...] = ()) -> tuple[ChannelSpec, ...]:
+    """Apply `--fallback CHANNEL` and `--anomaly-threshold CHANNEL=VALUE` flags to the channels."""
+    by_name = {c.name: c for c in channels}
+
+    def known(name: str, flag: str) -> str:
+        if name not in by_name:
+            raise ConfigError(f"{flag} names channel {name!r}, which is not defined; channels are {sorted(by_name)}")
+        return name
+
+    for name in fallback:
+        name = known(name, f"--fallback {name}")
+        by_name[name] = replace(by_name[name], fallback=True)
+    for text in thresholds:
+        name, sep, value = text.partition("=")
+        try:
+            threshold = float(value) if sep else None
+        except ValueError:
+            threshold = None
+        if threshold is None:
+            raise ConfigError(f"--anomaly-threshold {text!r}: expected CHANNEL=VALUE, e.g. digits=2500.0")
+        name = known(name, f"--anomaly-threshold {text}")
+        by_name[name] = replace(by_name[name], anomaly_threshold=threshold)
+    return tuple(by_name[c.name] for c in channels)
 
 
 def _resolve(p: str, base: Path) -> Path:

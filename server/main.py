@@ -27,9 +27,9 @@ from grpc_reflection.v1alpha import reflection
 from latentwire.v1 import latentwire_pb2_grpc as pb_grpc
 
 from .auth import TokenStore
-from .batcher import Batcher
+from .batcher import Batcher, Encoded
 from .channels import Channel, ModelEntry
-from .config import BatchPolicy, ChannelSpec, ConfigError, Limits, ServerConfig
+from .config import BatchPolicy, ChannelSpec, ConfigError, Limits, ServerConfig, with_channel_options
 from .metrics import Metrics
 from .retention import RetentionLog, RetentionPolicy
 from .service import SERVICE_NAME, LatentwireService, default_quality
@@ -66,19 +66,21 @@ class LatentwireServer:
             if spec.quality is not None and n_q and not 0 <= spec.quality < n_q:
                 raise ConfigError(f"channel {spec.name!r}: quality {spec.quality} out of range 0..{n_q - 1} "
                                   f"for bundle {spec.bundle}")
-            rlog = RetentionLog(data / f"{spec.name}.sqlite3", config.retention, config.fsync)
-            ch = Channel(spec.name, model, rlog, spec.quality)
             codec = model.codec
+            threshold = _threshold(spec, codec)
+            rlog = RetentionLog(data / f"{spec.name}.sqlite3", config.retention, config.fsync)
+            ch = Channel(spec.name, model, rlog, spec.quality, fallback=spec.fallback, anomaly_threshold=threshold)
             ch.batcher = Batcher(
-                spec.name, rlog, _encoder(codec), model.model_id,
+                spec.name, rlog, _encoder(codec, spec.fallback, threshold), model.model_id,
                 default_quality(codec) if spec.quality is None else spec.quality,
                 ch.on_commit, config.batch.max_frames, config.batch.max_delay_ms, config.limits.queue_frames,
                 self.metrics,
             )
             self.channels[spec.name] = ch
-            log.info("channel %s: model %s (%s), quality %s, resuming at seq %d (%d bytes retained)",
-                     spec.name, model.model_id[:12], model.manifest.get("name", "?"),
-                     "default" if spec.quality is None else spec.quality, rlog.next_seq, rlog.size_bytes)
+            log.info("channel %s: model %s (%s), quality %s, fallback %s (anomaly threshold %s), resuming at seq %d "
+                     "(%d bytes retained)", spec.name, model.model_id[:12], model.manifest.get("name", "?"),
+                     "default" if spec.quality is None else spec.quality, "on" if spec.fallback else "off",
+                     "none" if threshold is None else f"{threshold:.6g}", rlog.next_seq, rlog.size_bytes)
         self.service = LatentwireService(config, self.channels, self.models, self.auth, self.metrics)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         workers = config.workers or (config.limits.max_subscribers + config.limits.max_publishers + 8)
@@ -141,9 +143,30 @@ class LatentwireServer:
         self.server.wait_for_termination()
 
 
-def _encoder(codec: Any):
+def _threshold(spec: ChannelSpec, codec: Any) -> float | None:
+    """The channel's anomaly threshold: the configured one, else the bundle's calibrated one."""
+    if spec.anomaly_threshold is not None:
+        return float(spec.anomaly_threshold)
+    if getattr(codec, "anomaly", None) is not None:
+        return float(codec.anomaly_threshold())
+    if spec.fallback:
+        raise ConfigError(
+            f"channel {spec.name!r}: --fallback needs an anomaly threshold, and bundle {spec.bundle} has no anomaly "
+            f"calibration: run `latentwire calibrate` on it or pass --anomaly-threshold {spec.name}=VALUE"
+        )
+    return None
+
+
+def _encoder(codec: Any, fallback: bool = False, threshold: float | None = None):
+    """The batcher's encode: every frame scored (Codec.encode_scored), anomalies sent losslessly
+    when the channel has fallback on. A codec without scoring codes one plain packet."""
+    scored = getattr(codec, "encode_scored", None)
+
     def encode(raw, quality):
-        return codec.encode(raw) if quality is None else codec.encode(raw, quality=quality)
+        if scored is None:
+            return codec.encode(raw) if quality is None else codec.encode(raw, quality=quality)
+        enc = scored(raw, quality, threshold=threshold, fallback=fallback)
+        return [Encoded(packet, b - a, tuple(enc.scores[a:b].tolist())) for packet, (a, b) in zip(enc.packets, enc.frames)]
 
     return encode
 
@@ -162,6 +185,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="JSON config file (flags given on the command line override it)")
     p.add_argument("--channel", action="append", default=[], metavar="NAME=BUNDLE_DIR[:quality]",
                    help="bind a channel to a bundle (repeatable)")
+    p.add_argument("--fallback", action="append", default=[], metavar="CHANNEL",
+                   help="send RAW frames of CHANNEL whose anomaly score (raw-unit MSE of the model's reconstruction, "
+                        "attached to every server-coded packet) exceeds the threshold as lossless zstd packets, so "
+                        "data the model never learned arrives intact (repeatable)")
+    p.add_argument("--anomaly-threshold", action="append", default=[], metavar="CHANNEL=VALUE",
+                   help="anomaly score threshold for CHANNEL (default: the bundle's calibrated one, a high quantile "
+                        "(0.999 by default) of its training data's scores; see `latentwire calibrate`) (repeatable)")
     p.add_argument("--listen", help="host:port (default 127.0.0.1:50051; port 0 picks a free one)")
     p.add_argument("--data-dir", help="where the retention logs live (default ./latentwire-data)")
     p.add_argument("--tokens", dest="tokens_file", help="token file (JSON) enabling bearer-token auth")
@@ -194,6 +224,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     if args.channel:
         kw["channels"] = tuple(ChannelSpec.parse(c) for c in args.channel)
     cfg = replace(cfg, **kw)
+    if args.fallback or args.anomaly_threshold:
+        cfg = replace(cfg, channels=with_channel_options(cfg.channels, args.fallback, args.anomaly_threshold))
     r = {k: v for k, v in (("max_bytes", args.retention_bytes), ("max_age_s", args.retention_age)) if v is not None}
     b = {k: v for k, v in (("max_frames", args.batch_frames), ("max_delay_ms", args.batch_delay_ms)) if v is not None}
     lim = {k: v for k, v in (("max_message_bytes", args.max_message_bytes),

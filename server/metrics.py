@@ -14,6 +14,10 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.frames_in = Counter("latentwire_frames_in", "Frames committed to a channel", ["channel", "kind"], registry=r)
+        self.frames_path = Counter(
+            "latentwire_frames_path", "Frames committed per coding path (latent | residual | lossless fallback)",
+            ["channel", "path"], registry=r,
+        )
         self.frames_out = Counter("latentwire_frames_out", "Frames sent to subscribers", ["channel"], registry=r)
         self.frames_rejected = Counter(
             "latentwire_frames_rejected", "Frames refused in-band", ["channel", "reason"], registry=r

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ CREATE TABLE IF NOT EXISTS packets (
     ts        REAL    NOT NULL,
     model_id  TEXT    NOT NULL,
     quality   INTEGER NOT NULL,
-    payload   BLOB    NOT NULL
+    payload   BLOB    NOT NULL,
+    anomaly_scores BLOB  -- float32 little-endian, one per frame; NULL: not scored
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS producers (producer_id TEXT PRIMARY KEY, next_offset INTEGER NOT NULL);
@@ -50,6 +52,7 @@ class StoredPacket:
     model_id: str
     quality: int
     payload: bytes
+    anomaly_scores: tuple[float, ...] | None = None  # one per frame when the server scored them
 
     @property
     def end_seq(self) -> int:
@@ -82,6 +85,19 @@ class PendingPacket:
     model_id: str
     quality: int
     payload: bytes
+    anomaly_scores: tuple[float, ...] | None = None  # one per frame, or None (not scored)
+
+
+def _pack_scores(scores: tuple[float, ...] | None, count: int) -> bytes | None:
+    if scores is None:
+        return None
+    if len(scores) != count:
+        raise ValueError(f"{len(scores)} anomaly scores for a packet of {count} frames: give one per frame")
+    return struct.pack(f"<{count}f", *scores)
+
+
+def _unpack_scores(blob: bytes | None) -> tuple[float, ...] | None:
+    return None if blob is None else struct.unpack(f"<{len(blob) // 4}f", blob)
 
 
 class RetentionLog:
@@ -100,6 +116,10 @@ class RetentionLog:
         self._w = self._connect()
         with self._w:
             self._w.executescript(_SCHEMA)
+            columns = {r[1] for r in self._w.execute("PRAGMA table_info(packets)")}
+            if "anomaly_scores" not in columns:  # a log written before the server scored frames
+                self._w.execute("ALTER TABLE packets ADD COLUMN anomaly_scores BLOB")
+                log.info("%s: added the anomaly_scores column (older packets have none)", self.path.name)
         row = self._w.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
         last = self._w.execute("SELECT MAX(first_seq + count) FROM packets").fetchone()[0]
         self._next_seq = max(int(row[0]) if row else 0, int(last or 0))
@@ -146,14 +166,17 @@ class RetentionLog:
             for p in packets:
                 if p.count <= 0:
                     raise ValueError("a packet must hold at least one frame")
-                stored.append(StoredPacket(seq, p.count, ts, p.model_id, p.quality, p.payload))
-                rows.append((seq, p.count, ts, p.model_id, p.quality, sqlite3.Binary(p.payload)))
+                blob = _pack_scores(p.anomaly_scores, p.count)
+                scores = _unpack_scores(blob)  # as read back later: float32
+                stored.append(StoredPacket(seq, p.count, ts, p.model_id, p.quality, p.payload, scores))
+                rows.append((seq, p.count, ts, p.model_id, p.quality, sqlite3.Binary(p.payload), blob))
                 seq += p.count
             producers = {k: v for k, v in (producer_offsets or {}).items() if v > self._producers.get(k, 0)}
             self._w.execute("BEGIN IMMEDIATE")
             try:
                 self._w.executemany(
-                    "INSERT INTO packets(first_seq, count, ts, model_id, quality, payload) VALUES (?,?,?,?,?,?)", rows
+                    "INSERT INTO packets(first_seq, count, ts, model_id, quality, payload, anomaly_scores) "
+                    "VALUES (?,?,?,?,?,?,?)", rows
                 )
                 self._w.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('next_seq', ?)", (str(seq),))
                 if producers:
@@ -227,11 +250,12 @@ class RetentionLog:
     def read_from(self, seq: int, limit: int = 64) -> list[StoredPacket]:
         """Packets holding seq or later frames, oldest first (the first one may start before seq)."""
         rows = self._reader().execute(
-            "SELECT first_seq, count, ts, model_id, quality, payload FROM packets "
+            "SELECT first_seq, count, ts, model_id, quality, payload, anomaly_scores FROM packets "
             "WHERE first_seq + count > ? ORDER BY first_seq LIMIT ?",
             (seq, limit),
         ).fetchall()
-        return [StoredPacket(int(a), int(b), float(c), str(d), int(e), bytes(f)) for a, b, c, d, e, f in rows]
+        return [StoredPacket(int(a), int(b), float(c), str(d), int(e), bytes(f), _unpack_scores(g))
+                for a, b, c, d, e, f, g in rows]
 
     def close_reader(self) -> None:
         """Close this thread's reader connection (call when a subscriber thread ends)."""

@@ -149,7 +149,7 @@ class LatentwireService(pb_grpc.LatentwireServicer):
     def channel_info(self, ch: Channel) -> pb.ChannelInfo:
         codec = ch.model.codec
         q = default_quality(codec) if ch.quality is None else ch.quality
-        return pb.ChannelInfo(
+        info = pb.ChannelInfo(
             name=ch.name,
             model_id=ch.model.model_id,
             quality=q,
@@ -158,7 +158,11 @@ class LatentwireService(pb_grpc.LatentwireServicer):
             subscribers=ch.subscribers,
             sample_shape=_dims(getattr(codec, "sample_shape", ())),
             raw_dtype=str(np.dtype(getattr(codec, "raw_dtype", "uint8"))),
+            fallback=ch.fallback,
         )
+        if ch.anomaly_threshold is not None:
+            info.anomaly_threshold = ch.anomaly_threshold
+        return info
 
     # ------------------------------------------------------------------ models and channels
 
@@ -513,7 +517,7 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                     resp.packets.append(pb.PacketRecord(
                         first_seq=p.first_seq, count=p.count, timestamp=p.ts, model_id=p.model_id,
                         quality=p.quality, sample_shape=self._packet_shape(ch, p.payload),
-                        payload=p.payload,
+                        payload=p.payload, anomaly_scores=p.anomaly_scores or (),
                     ))
                     size += len(p.payload)
                     seq = p.end_seq

@@ -367,6 +367,8 @@ class ChannelInfo(_message.Message):
     SUBSCRIBERS_FIELD_NUMBER: _builtins.int
     SAMPLE_SHAPE_FIELD_NUMBER: _builtins.int
     RAW_DTYPE_FIELD_NUMBER: _builtins.int
+    FALLBACK_FIELD_NUMBER: _builtins.int
+    ANOMALY_THRESHOLD_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     model_id: _builtins.str
     quality: _builtins.int
@@ -377,6 +379,12 @@ class ChannelInfo(_message.Message):
     """oldest seq still in the retention log (== next_seq when empty)"""
     subscribers: _builtins.int
     raw_dtype: _builtins.str
+    fallback: _builtins.bool
+    """RAW frames scoring above anomaly_threshold are sent as lossless packets (FLAG_LOSSLESS)."""
+    anomaly_threshold: _builtins.float
+    """The channel's anomaly threshold (raw-unit MSE, see PacketRecord.anomaly_scores): the one
+    configured, else the bundle's calibrated one; unset when neither exists.
+    """
     @_builtins.property
     def sample_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -390,12 +398,16 @@ class ChannelInfo(_message.Message):
         subscribers: _builtins.int = ...,
         sample_shape: _abc.Iterable[_builtins.int] | None = ...,
         raw_dtype: _builtins.str = ...,
+        fallback: _builtins.bool = ...,
+        anomaly_threshold: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_anomaly_threshold", b"_anomaly_threshold", "anomaly_threshold", b"anomaly_threshold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_retained_seq", b"first_retained_seq", "model_id", b"model_id", "name", b"name", "next_seq", b"next_seq", "quality", b"quality", "raw_dtype", b"raw_dtype", "sample_shape", b"sample_shape", "subscribers", b"subscribers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_anomaly_threshold", b"_anomaly_threshold", "anomaly_threshold", b"anomaly_threshold", "fallback", b"fallback", "first_retained_seq", b"first_retained_seq", "model_id", b"model_id", "name", b"name", "next_seq", b"next_seq", "quality", b"quality", "raw_dtype", b"raw_dtype", "sample_shape", b"sample_shape", "subscribers", b"subscribers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__anomaly_threshold: _TypeAlias = _typing.Literal["anomaly_threshold"]  # noqa: Y015
+    _WhichOneofArgType__anomaly_threshold: _TypeAlias = _typing.Literal["_anomaly_threshold", b"_anomaly_threshold"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__anomaly_threshold) -> _WhichOneofReturnType__anomaly_threshold | None: ...
 
 Global___ChannelInfo: _TypeAlias = ChannelInfo  # noqa: Y015
 
@@ -673,6 +685,7 @@ class PacketRecord(_message.Message):
     QUALITY_FIELD_NUMBER: _builtins.int
     SAMPLE_SHAPE_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    ANOMALY_SCORES_FIELD_NUMBER: _builtins.int
     first_seq: _builtins.int
     count: _builtins.int
     timestamp: _builtins.float
@@ -683,6 +696,15 @@ class PacketRecord(_message.Message):
     """the complete packet (header + payload + CRC), decodable by Codec.decode"""
     @_builtins.property
     def sample_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def anomaly_scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """One anomaly score per frame (MSE in raw units of the model's latent-only reconstruction,
+        Codec.scores) when the server scored them: every packet the server encoded from RAW frames.
+        Empty for packets coded at the edge (the server never sees their original frames), and for
+        packets stored before the server scored frames. Which path a frame took (latent, residual or
+        lossless fallback) is in the packet header's flags (Codec.path).
+        """
+
     def __init__(
         self,
         *,
@@ -693,10 +715,11 @@ class PacketRecord(_message.Message):
         quality: _builtins.int = ...,
         sample_shape: _abc.Iterable[_builtins.int] | None = ...,
         payload: _builtins.bytes = ...,
+        anomaly_scores: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "first_seq", b"first_seq", "model_id", b"model_id", "payload", b"payload", "quality", b"quality", "sample_shape", b"sample_shape", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly_scores", b"anomaly_scores", "count", b"count", "first_seq", b"first_seq", "model_id", b"model_id", "payload", b"payload", "quality", b"quality", "sample_shape", b"sample_shape", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
