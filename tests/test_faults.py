@@ -5,6 +5,7 @@ L0_grpc_state_cleanup), and a subscriber 100x slower than the stream."""
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 import time
@@ -33,12 +34,29 @@ def _wait(pred: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
+def _port_outside_ephemeral_range() -> int:
+    """A free port below the kernel's ephemeral range, so no outgoing connection (the proxy's own,
+    gRPC's, another test's) can be handed it while the proxy's port is closed."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for port in random.sample(range(max(1024, low - 12000), low - 1), 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    return free_port()
+
+
 class Proxy:
     """A TCP forwarder standing for the network path to the server: cut() closes the listening
     port and every connection (RST), restore() listens on the same port again."""
 
     def __init__(self, upstream: int, port: int | None = None):
-        self.upstream, self.port = upstream, port or free_port()
+        self.upstream, self.port = upstream, port or _port_outside_ephemeral_range()
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
@@ -47,7 +65,14 @@ class Proxy:
     def restore(self) -> None:
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", self.port))
+        for attempt in range(50):  # the old listener's close can take a moment to release the port
+            try:
+                s.bind(("127.0.0.1", self.port))
+                break
+            except OSError:
+                if attempt == 49:
+                    raise
+                time.sleep(0.1)
         s.listen(64)
         self._listener = s
         threading.Thread(target=self._accept, args=(s,), daemon=True).start()
