@@ -182,13 +182,22 @@ class Codec:
         y = self.encoder.encode(self.normalization.to_model(raw))
         return self._packet(raw, y, q, bound, step, recon_crc)
 
-    def _packet(self, raw: np.ndarray, y: np.ndarray, q: int, bound: int | None, step: float, recon_crc: bool) -> bytes:
-        """Validated raw frames and their continuous latents -> one packet at level (q, bound, step)."""
+    def _packet(
+        self, raw: np.ndarray, y: np.ndarray, q: int, bound: int | None, step: float, recon_crc: bool,
+        step1_raw_float: np.ndarray | None = None,
+    ) -> bytes:
+        """Validated raw frames and their continuous latents -> one packet at level (q, bound, step).
+
+        step1_raw_float: the decoder's output for round(y), when the caller already has it (scoring
+        computes it), so a residual level at step 1 does not run the decoder twice."""
         symbols = quantize(y if step == 1.0 else y / np.float32(step))
         if bound is None:
             payload, info = encode_payload(self.tables, symbols, self.manifest.channel_axis, latent_step=step)
         else:
-            raw_float = self._decode_symbols(self._latent_values(symbols, step), raw.shape[1:])
+            if step == 1.0 and step1_raw_float is not None:
+                raw_float = step1_raw_float
+            else:
+                raw_float = self._decode_symbols(self._latent_values(symbols, step), raw.shape[1:])
             payload, info = encode_payload(
                 self.tables, symbols, self.manifest.channel_axis, x_raw=raw, raw_float=raw_float, max_error=bound,
                 latent_step=step,
@@ -209,24 +218,25 @@ class Codec:
         return [self.encode(raw[i : i + 1], quality, max_error) for i in range(raw.shape[0])]
 
     # ---------------------------------------------------------------- anomaly score, fallback, features
-    def _latent_only(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(continuous latents, latent-only reconstruction at latent step 1 in raw units, on the
-        integer grid if integer): the model's own reconstruction, whatever quality is sent."""
+    def _latent_only(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(continuous latents, the decoder's raw-unit float output for round(y), that output on
+        the raw grid): the model's own reconstruction at latent step 1, whatever quality is sent."""
         self.validate(raw)
         y = self.encoder.encode(self.normalization.to_model(raw))
-        return y, self._round_raw(self._decode_symbols(dequantize(quantize(y)), raw.shape[1:]))
+        raw_float = self._decode_symbols(dequantize(quantize(y)), raw.shape[1:])
+        return y, raw_float, self._round_raw(raw_float)
 
     def scores(self, raw: np.ndarray) -> np.ndarray:
         """Per-frame anomaly score (N,): MSE in raw units of the latent-only reconstruction.
 
         Inputs unlike the training data reconstruct badly; compare with anomaly_threshold()."""
-        return frame_scores(raw, self._latent_only(raw)[1])
+        return frame_scores(raw, self._latent_only(raw)[2])
 
     def denoise(self, raw: np.ndarray) -> np.ndarray:
         """The model's latent-only reconstruction of (noisy) frames, raw dtype: with a denoising
         variant, the clean sample it believes is behind a corrupted one. A receiver runs this on
         frames that came through a residual or lossless packet (it needs encoder.onnx too)."""
-        return self._latent_only(raw)[1]
+        return self._latent_only(raw)[2]
 
     def embed(self, raw: np.ndarray) -> np.ndarray:
         """Latent codes (N, *latent_shape) float32 before quantization: features for other models
@@ -265,7 +275,7 @@ class Codec:
         the bundle's calibrated one) go out losslessly instead. Frame order is kept: consecutive
         frames of one path share a packet (or one packet per frame with per_frame)."""
         level = self._level(quality, max_error)
-        y, recon = self._latent_only(raw)
+        y, raw_float, recon = self._latent_only(raw)
         scores = frame_scores(raw, recon)
         limit = (self.anomaly_threshold() if threshold is None else float(threshold)) if fallback else None
         lossless = scores > limit if limit is not None else np.zeros(raw.shape[0], dtype=bool)
@@ -276,7 +286,8 @@ class Codec:
                 runs.append((start, i))
                 start = i
         packets = [
-            self.encode_lossless(raw[a:b]) if lossless[a] else self._packet(raw[a:b], y[a:b], *level, True)
+            self.encode_lossless(raw[a:b]) if lossless[a]
+            else self._packet(raw[a:b], y[a:b], *level, True, step1_raw_float=raw_float[a:b])
             for a, b in runs
         ]
         return ScoredEncoding(packets, runs, scores, lossless, limit)
