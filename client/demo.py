@@ -40,6 +40,7 @@ def sample_digits() -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class DemoResult:
+    unique: int  # distinct real digits in the sample; the stream repeats them `repeat` times
     frames: int
     seconds: float
     frames_per_s: float
@@ -110,6 +111,7 @@ def run_demo(quality: int | None = None, repeat: int = 10, rate: float | None = 
     psnr = psnr_db(frames[: len(got)], got, 255.0)
     webp_match = image_at_psnr(digits, "webp", psnr)
     return DemoResult(
+        unique=len(digits),
         frames=len(got),
         seconds=seconds,
         frames_per_s=len(got) / seconds,
@@ -130,7 +132,8 @@ def run_demo(quality: int | None = None, repeat: int = 10, rate: float | None = 
 
 
 def print_report(r: DemoResult) -> None:
-    print(f"\nlatentwire demo: {r.frames} real MNIST test digits, sender -> server -> receiver on 127.0.0.1")
+    print(f"\nlatentwire demo: {r.frames} frames ({r.unique} real MNIST test digits shipped in the package, "
+          f"sent {r.frames // max(r.unique, 1)}x), sender -> server -> receiver on 127.0.0.1")
     print(f"  delivered {r.frames} frames in {r.seconds:.2f} s = {r.frames_per_s:,.0f} frames/s "
           f"(lost {r.lost}, duplicated {r.duplicated})")
     print(f"  quality level {r.quality}: PSNR {r.psnr_db:.2f} dB, max abs error {r.max_abs_error} (0..255 pixels)\n")
