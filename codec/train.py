@@ -53,6 +53,7 @@ class TrainOptions:
     threads: int | None = None  # torch CPU threads (default: min(2, cpu count))
     out: str | None = None  # directory for checkpoint.pt
     resume: bool = False  # continue from out/checkpoint.pt
+    init_from: str | None = None  # warm start: weights of an earlier run's best model, fresh optimizer and schedule
     progress: bool = True
     command: str = ""  # the command line recorded in the checkpoint and manifest
 
@@ -216,6 +217,16 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
     history: list[dict[str, float]] = []
     seconds_before = 0.0
     stale = 0
+    init_info: dict[str, Any] | None = None
+    if options.init_from and not options.resume:
+        # Why: CPU time is scarce; a longer schedule over more (overlapping) windows can start where a
+        # finished run stopped instead of from scratch. The earlier run's command and seconds travel along.
+        init_ckpt = load_checkpoint(options.init_from)
+        if ModelConfig.from_dict(init_ckpt["config"]) != config:
+            raise ValueError(f"--init-from: {options.init_from} was trained with {init_ckpt['config']}, not {config.to_dict()}")
+        model.load_state_dict(init_ckpt["best_model"] or init_ckpt["model"])
+        init_info = {"path": str(options.init_from), "command": init_ckpt.get("command", ""),
+                     "seconds": round(float(init_ckpt.get("seconds", 0.0)), 2), "epochs": int(init_ckpt["epoch"]) + 1}
     if options.resume:
         if ckpt_path is None or not ckpt_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; pass the --out DIR of the earlier run")
@@ -233,6 +244,7 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
         history = list(ckpt["history"])
         seconds_before = float(ckpt.get("seconds", 0.0))
         stale = int(ckpt.get("stale_epochs", 0))
+        init_info = ckpt.get("init_from")
         torch.set_rng_state(ckpt["torch_rng"])
 
     data_summary = {
@@ -307,6 +319,7 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
                     "normalization": normalization.to_dict(),
                     "options": asdict(options),
                     "command": options.command,
+                    "init_from": init_info,
                     "val_batch": x_val[:VAL_BATCH_KEEP].copy(),
                     "torch_rng": torch.get_rng_state(),
                 },
@@ -392,6 +405,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help="directory for checkpoint.pt")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--init-from", default=None, metavar="RUN",
+                   help="warm start from an earlier run's best weights (same config; fresh optimizer and schedule)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -414,7 +429,7 @@ def run(args: argparse.Namespace) -> int:
     options = TrainOptions(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         rate_weight=args.rate_weight, schedule=args.schedule, patience=args.patience, seed=args.seed,
-        device=args.device, threads=args.threads, out=args.out, resume=args.resume,
+        device=args.device, threads=args.threads, out=args.out, resume=args.resume, init_from=args.init_from,
         progress=not args.no_progress, command=getattr(args, "command_line", None) or _command_line(),
     )
     result = train(config, train_set, val_set, options)

@@ -138,6 +138,25 @@ def test_train_checkpoint_and_resume(tmp_path) -> None:
               TrainOptions(epochs=5, progress=False, threads=1, out=str(tmp_path), resume=True))
 
 
+def test_init_from_warm_starts_with_a_fresh_schedule(tmp_path) -> None:
+    data = _mnist(600)
+    tr, va = data.split(0.2, seed=0)
+    config = ModelConfig("dense", [1, 28, 28], 8, [64])
+    first = train(config, tr, va, TrainOptions(epochs=2, batch_size=64, progress=False, threads=1,
+                                                out=str(tmp_path / "a"), command="pytest a"))
+    # lr 0: the warm-started weights must come through untouched, and the first run's provenance with them
+    warm = train(config, tr, va, TrainOptions(epochs=1, batch_size=64, lr=0.0, progress=False, threads=1,
+                                               out=str(tmp_path / "b"), init_from=str(tmp_path / "a"), command="pytest b"))
+    a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    assert all(torch.equal(a["best_model"][k], b["best_model"][k]) for k in a["best_model"])
+    assert b["init_from"]["command"] == "pytest a" and b["init_from"]["epochs"] == 2 and b["init_from"]["seconds"] > 0
+    assert b["epoch"] == 0 and b["command"] == "pytest b"  # a fresh schedule, not a resume
+    assert warm.best_val_loss == pytest.approx(first.best_val_loss, rel=1e-4)
+    with pytest.raises(ValueError, match="--init-from"):
+        train(ModelConfig("dense", [1, 28, 28], 9, [64]), tr, va,
+              TrainOptions(epochs=1, progress=False, threads=1, init_from=str(tmp_path / "a")))
+
+
 def test_plain_autoencoder_still_fits_a_density() -> None:
     data = _mnist(400)
     tr, va = data.split(0.25, seed=1)

@@ -318,6 +318,10 @@ def test_load_source_detection(tmp_path: Path) -> None:
     assert load_source(MNIST / "t10k-images-idx3-ubyte.gz", limit=3).samples.shape == (3, 1, 28, 28)
     assert load_source(BSDS, size=(24, 24), per_image=2, seed=0).samples.shape == (6, 3, 24, 24)
     assert load_source(MITDB, window=256, records=["100"]).samples.shape == (168, 2, 256)
+    # records as CLIs pass them (`--source-option records=100,101` arrives as text, `records=100` as an int)
+    both = load_source(MITDB, window=256, records=["100", "101"])
+    assert np.array_equal(load_source(MITDB, window=256, records="100,101").samples, both.samples)
+    assert load_source(MITDB, window=256, records=100).samples.shape == (168, 2, 256)
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(InputError, match="known kinds: mnist, idx, arrays, images, ecg"):
         load_source(tmp_path)

@@ -72,6 +72,11 @@ def _images(path: Path, size: tuple[int, int] = (64, 64), per_image: int = 8, se
 
 def _ecg(path: Path, records: Any = None, window: int = 1024, stride: int | None = None,
          limit_per_record: int | None = None) -> SampleSet:
+    # CLIs hand options over as text: "records=100,101" must mean two records, not seven characters
+    if isinstance(records, str):
+        records = [r.strip() for r in records.split(",") if r.strip()]
+    elif isinstance(records, int):
+        records = [records]
     return load_ecg_windows(path, records=records, window=window, stride=stride, limit_per_record=limit_per_record)
 
 
