@@ -35,7 +35,7 @@ import grpc
 import numpy as np
 
 from latentwire.codec.bitstream import FLAG_LOSSLESS, FLAG_RESIDUAL
-from latentwire.codec.errors import BundleError
+from latentwire.codec.errors import BitstreamError, BundleError
 from latentwire.v1 import latentwire_pb2 as pb
 from latentwire.v1 import latentwire_pb2_grpc as pb_grpc
 
@@ -433,6 +433,7 @@ class Client:
             call = self.stub.Subscribe(req, metadata=self._metadata)
             idle = _IdleWatch(call, idle_timeout, stop)
             ahead = _Prefetch(call, depth=self.prefetch_responses)
+            model_id = ""  # a PacketRecord names its model only when it changes within the stream
             try:
                 for group in ahead.groups(self.max_batch_frames):
                     idle.touch()
@@ -445,10 +446,14 @@ class Client:
                                         channel, resp.trimmed_frames, next_seq)
                         wire += resp.ByteSize()
                         for p in resp.packets:
+                            model_id = p.model_id or model_id
                             if next_seq is not None and p.first_seq + p.count <= next_seq:
                                 continue  # already delivered
                             next_seq = p.first_seq + p.count
-                            out.append(Packet(p.first_seq, p.count, p.timestamp, p.model_id, p.quality,
+                            if not model_id:
+                                raise BitstreamError("the server sent a packet without naming its model: "
+                                                     "server and client disagree on the Subscribe protocol")
+                            out.append(Packet(p.first_seq, p.count, p.timestamp, model_id, p.quality,
                                               tuple(p.sample_shape), p.payload, tuple(p.anomaly_scores)))
                     if out:
                         yield out, wire

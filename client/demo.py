@@ -68,7 +68,7 @@ def run_demo(quality: int | None = None, repeat: int = 10, rate: float | None = 
         port = server.start()
         target = f"127.0.0.1:{port}"
         received: dict[int, np.ndarray] = {}
-        counts = {"dup": 0, "packet_bytes": 0, "wire_bytes": 0}
+        counts = {"dup": 0, "packet_bytes": 0, "wire_bytes": 0, "packets": 0}
         done = threading.Event()
         t_end = [0.0]
 
@@ -77,10 +77,12 @@ def run_demo(quality: int | None = None, repeat: int = 10, rate: float | None = 
                 codec_rx = rx.codec(codec.model_id)  # fetched over gRPC, hash-verified, cached
                 for p in rx.subscribe_packets(CHANNEL, from_seq=0, idle_timeout=30):
                     counts["packet_bytes"] += len(p.payload)
-                    counts["wire_bytes"] += pb.PacketRecord(
-                        first_seq=p.first_seq, count=p.count, timestamp=p.timestamp, model_id=p.model_id,
+                    counts["wire_bytes"] += pb.PacketRecord(  # the model id travels once per stream
+                        first_seq=p.first_seq, count=p.count, timestamp=p.timestamp,
+                        model_id="" if counts["packets"] else p.model_id,
                         quality=p.quality, sample_shape=p.sample_shape, payload=p.payload,
                     ).ByteSize() + 2  # + the repeated-field tag and length inside the response
+                    counts["packets"] += 1
                     batch = codec_rx.decode(p.payload)
                     for i in range(p.count):
                         seq = p.first_seq + i

@@ -501,6 +501,7 @@ class LatentwireService(pb_grpc.LatentwireServicer):
         max_bytes = self.config.limits.max_message_bytes // 2
         trimmed = 0
         first_resp = True
+        last_model = ""  # PacketRecord.model_id is sent only when it changes within this stream
         try:
             while context.is_active() and not self.stopping.is_set():
                 pkts = ch.read_from(seq, limit)
@@ -515,11 +516,13 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                     if resp.packets and size + len(p.payload) > max_bytes:
                         break
                     resp.packets.append(pb.PacketRecord(
-                        first_seq=p.first_seq, count=p.count, timestamp=p.ts, model_id=p.model_id,
+                        first_seq=p.first_seq, count=p.count, timestamp=p.ts,
+                        model_id="" if p.model_id == last_model else p.model_id,
                         quality=p.quality, sample_shape=self._packet_shape(ch, p.payload),
                         payload=p.payload, anomaly_scores=p.anomaly_scores or (),
                     ))
                     size += len(p.payload)
+                    last_model = p.model_id
                     seq = p.end_seq
                 frames = sum(p.count for p in resp.packets)
                 self.metrics.frames_out.labels(ch.name).inc(frames)

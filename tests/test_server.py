@@ -290,3 +290,26 @@ def test_message_limits_and_stalled_subscriber(tiny_bundle: Path, tmp_path: Path
             got = sum(p.count for p in c.subscribe_packets("digits", 0, idle_timeout=1))
             assert got == 2100
         stalled.cancel()
+
+
+def test_model_id_travels_once_per_stream(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The 64-character model id is sent on a stream's first packet only (each packet carries an
+    8-byte prefix anyway); a client that resumes mid-stream still learns it from the new stream."""
+    codec = Codec.load(tiny_bundle, provider="cpu", threads=1)
+    x = digits(40)
+    with running_server(tiny_bundle, tmp_path / "data") as server, Client(f"127.0.0.1:{server.port}") as c:
+        for i in range(0, 40, 8):  # five commits -> five packets
+            assert c.publish("digits", x[i : i + 8], frames_per_message=8).accepted == 8
+        ch = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        call = pb_grpc.LatentwireStub(ch).Subscribe(pb.SubscribeRequest(channel="digits", from_seq=0))
+        records = []
+        for resp in call:
+            records += list(resp.packets)
+            if sum(r.count for r in records) >= 40:
+                break
+        call.cancel()
+        ch.close()
+        assert len(records) >= 2
+        assert records[0].model_id == codec.model_id and all(r.model_id == "" for r in records[1:])
+        resumed = list(c.subscribe_packets("digits", from_seq=17, idle_timeout=2))
+        assert resumed[0].first_seq <= 17 and all(p.model_id == codec.model_id for p in resumed)

@@ -691,6 +691,10 @@ class PacketRecord(_message.Message):
     timestamp: _builtins.float
     """server commit time, unix seconds"""
     model_id: _builtins.str
+    """The full model id, on the first packet of a Subscribe stream and whenever it changes; empty
+    means "the model of the previous packet in this stream" (the packet itself carries an 8-byte
+    prefix, so a 64-character id per packet would be pure overhead on small messages).
+    """
     quality: _builtins.int
     payload: _builtins.bytes
     """the complete packet (header + payload + CRC), decodable by Codec.decode"""
