@@ -24,15 +24,22 @@ class ConfigError(ValueError):
 class ChannelSpec:
     """A channel: its bundle and how RAW frames published to it are coded.
 
-    Every RAW frame is scored (its anomaly score goes out with its packet); with `fallback`,
-    frames scoring above `anomaly_threshold` (None: the bundle's calibrated threshold) are sent
-    as lossless packets instead, so data the model never learned arrives intact."""
+    With `scores`, every RAW frame is scored and its anomaly score goes out with its packet (4 bytes
+    per frame on the wire, and one more decoder run per batch: off by default, since a digit
+    costs ~8-33 bytes). With `fallback` (which implies scoring), frames scoring above
+    `anomaly_threshold` (None: the bundle's calibrated threshold) are sent as lossless packets
+    instead, so data the model never learned arrives intact."""
 
     name: str
     bundle: str
     quality: int | None = None  # None: the bundle's default quality
     fallback: bool = False
     anomaly_threshold: float | None = None
+    scores: bool = False
+
+    @property
+    def scored(self) -> bool:
+        return self.scores or self.fallback
 
     @classmethod
     def parse(cls, text: str) -> "ChannelSpec":
@@ -110,6 +117,8 @@ class ServerConfig:
         for c in self.channels:
             if not isinstance(c.fallback, bool):
                 raise ConfigError(f"channel {c.name!r}: fallback must be true or false, got {c.fallback!r}")
+            if not isinstance(c.scores, bool):
+                raise ConfigError(f"channel {c.name!r}: scores must be true or false, got {c.scores!r}")
             t = c.anomaly_threshold
             if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)
                                   or t < 0):
@@ -120,7 +129,7 @@ class ServerConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> "ServerConfig":
         """Keys mirror the dataclass: {"listen", "data_dir", "channels": [{"name","bundle","quality",
-        "fallback","anomaly_threshold"}] or ["NAME=DIR:q"], "tokens_file", "tls_cert", "tls_key", "metrics_port", "fsync",
+        "fallback","anomaly_threshold","scores"}] or ["NAME=DIR:q"], "tokens_file", "tls_cert", "tls_key", "metrics_port", "fsync",
         "retention": {"max_bytes","max_age_s"}, "limits": {...}, "batch": {...}}. Relative paths
         are resolved against the config file's folder."""
         path = Path(path)
@@ -164,8 +173,9 @@ class ServerConfig:
 
 
 def with_channel_options(channels: tuple[ChannelSpec, ...], fallback: list[str] | tuple[str, ...] = (),
-                         thresholds: list[str] | tuple[str, ...] = ()) -> tuple[ChannelSpec, ...]:
-    """Apply `--fallback CHANNEL` and `--anomaly-threshold CHANNEL=VALUE` flags to the channels."""
+                         thresholds: list[str] | tuple[str, ...] = (),
+                         scores: list[str] | tuple[str, ...] = ()) -> tuple[ChannelSpec, ...]:
+    """Apply `--fallback CHANNEL`, `--scores CHANNEL` and `--anomaly-threshold CHANNEL=VALUE` flags."""
     by_name = {c.name: c for c in channels}
 
     def known(name: str, flag: str) -> str:
@@ -176,6 +186,9 @@ def with_channel_options(channels: tuple[ChannelSpec, ...], fallback: list[str] 
     for name in fallback:
         name = known(name, f"--fallback {name}")
         by_name[name] = replace(by_name[name], fallback=True)
+    for name in scores:
+        name = known(name, f"--scores {name}")
+        by_name[name] = replace(by_name[name], scores=True)
     for text in thresholds:
         name, sep, value = text.partition("=")
         try:

@@ -71,7 +71,7 @@ class LatentwireServer:
             rlog = RetentionLog(data / f"{spec.name}.sqlite3", config.retention, config.fsync)
             ch = Channel(spec.name, model, rlog, spec.quality, fallback=spec.fallback, anomaly_threshold=threshold)
             ch.batcher = Batcher(
-                spec.name, rlog, _encoder(codec, spec.fallback, threshold), model.model_id,
+                spec.name, rlog, _encoder(codec, spec.fallback, threshold, spec.scored), model.model_id,
                 default_quality(codec) if spec.quality is None else spec.quality,
                 ch.on_commit, config.batch.max_frames, config.batch.max_delay_ms, config.limits.queue_frames,
                 self.metrics,
@@ -157,10 +157,10 @@ def _threshold(spec: ChannelSpec, codec: Any) -> float | None:
     return None
 
 
-def _encoder(codec: Any, fallback: bool = False, threshold: float | None = None):
-    """The batcher's encode: every frame scored (Codec.encode_scored), anomalies sent losslessly
-    when the channel has fallback on. A codec without scoring codes one plain packet."""
-    scored = getattr(codec, "encode_scored", None)
+def _encoder(codec: Any, fallback: bool = False, threshold: float | None = None, score: bool = True):
+    """The batcher's encode: with scoring, every frame scored (Codec.encode_scored) and anomalies
+    sent losslessly when the channel has fallback on; otherwise one plain packet per batch."""
+    scored = getattr(codec, "encode_scored", None) if (score or fallback) else None
 
     def encode(raw, quality):
         if scored is None:
@@ -187,8 +187,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="bind a channel to a bundle (repeatable)")
     p.add_argument("--fallback", action="append", default=[], metavar="CHANNEL",
                    help="send RAW frames of CHANNEL whose anomaly score (raw-unit MSE of the model's reconstruction, "
-                        "attached to every server-coded packet) exceeds the threshold as lossless zstd packets, so "
+                        "attached to its packet) exceeds the threshold as lossless zstd packets, so "
                         "data the model never learned arrives intact (repeatable)")
+    p.add_argument("--scores", action="append", default=[], metavar="CHANNEL",
+                   help="attach each RAW frame's anomaly score to its packet (4 bytes per frame on the wire and "
+                        "one more decoder run per batch; implied by --fallback) (repeatable)")
     p.add_argument("--anomaly-threshold", action="append", default=[], metavar="CHANNEL=VALUE",
                    help="anomaly score threshold for CHANNEL (default: the bundle's calibrated one, a high quantile "
                         "(0.999 by default) of its training data's scores; see `latentwire calibrate`) (repeatable)")
@@ -224,8 +227,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     if args.channel:
         kw["channels"] = tuple(ChannelSpec.parse(c) for c in args.channel)
     cfg = replace(cfg, **kw)
-    if args.fallback or args.anomaly_threshold:
-        cfg = replace(cfg, channels=with_channel_options(cfg.channels, args.fallback, args.anomaly_threshold))
+    if args.fallback or args.anomaly_threshold or args.scores:
+        cfg = replace(cfg, channels=with_channel_options(cfg.channels, args.fallback, args.anomaly_threshold,
+                                                         args.scores))
     r = {k: v for k, v in (("max_bytes", args.retention_bytes), ("max_age_s", args.retention_age)) if v is not None}
     b = {k: v for k, v in (("max_frames", args.batch_frames), ("max_delay_ms", args.batch_delay_ms)) if v is not None}
     lim = {k: v for k, v in (("max_message_bytes", args.max_message_bytes),

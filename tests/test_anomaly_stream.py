@@ -61,8 +61,10 @@ def _collect(client: Client, channel: str, n: int, **kw) -> list:
 
 
 def _channels(bundle: Path) -> tuple[ChannelSpec, ...]:
-    """mixed: the bundle's default level (a residual one) with fallback; plain: latent only, no fallback."""
-    return (ChannelSpec("mixed", str(bundle), fallback=True), ChannelSpec("plain", str(bundle), quality=0))
+    """mixed: the bundle's default level (a residual one) with fallback; plain: latent only, scored,
+    no fallback; bare: latent only, not scored (the default: no score bytes on the wire)."""
+    return (ChannelSpec("mixed", str(bundle), fallback=True), ChannelSpec("plain", str(bundle), quality=0, scores=True),
+            ChannelSpec("bare", str(bundle), quality=0))
 
 
 def test_fallback_channel_sends_anomalies_losslessly(codec: Codec, stream: np.ndarray, tiny_bundle: Path,
@@ -146,6 +148,14 @@ def test_without_fallback_anomalies_are_coded_but_scored(codec: Codec, stream: n
                 batches.append(b)
                 if b.end_seq >= n + 3:
                     break
+            # a channel without `scores` sends no score bytes: same packets, 4 bytes per frame fewer
+            assert client.publish("bare", stream, frames_per_message=32).accepted == n
+            bare = _collect(client, "bare", n)
+            plain_wire = sum(b.wire_bytes for b in batches)
+            bare_wire = sum(b.wire_bytes for b in client.subscribe_batches("bare", 0, idle_timeout=2))
+    assert [f.anomaly_score for f in bare] == [None] * n
+    assert np.array_equal(np.stack([f.data for f in bare]), np.stack([f.data for f in frames[:n]]))
+    assert bare_wire < plain_wire - 3 * n
     assert [f.seq for f in frames] == list(range(n + 3))
     assert {f.path for f in frames} == {"latent"}, "no lossless packets without fallback"
     scores = np.array([f.anomaly_score for f in frames[:n]], dtype=np.float64)
