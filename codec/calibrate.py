@@ -26,6 +26,7 @@ from .payload import CodingTables, encode_payload
 from .quantize import quantize
 from .residual import ContextSpec, ResidualModel, default_radius, prediction, residual_histograms
 from .runtime import Decoder, Encoder
+from .sources import source_option
 
 # Raw-unit max errors. On MNIST (8-bit) with a ~22 dB autoencoder this spans ~22 dB (q0, latent
 # only) -> ~27 -> ~33 -> ~39 -> ~46 dB -> lossless (measured figures land in metrics.calibration).
@@ -271,7 +272,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("calibrate", help="build a bundle's integer entropy tables and quality levels")
     p.add_argument("bundle", type=Path, help="an exported bundle directory (changed in place; its model id changes)")
     p.add_argument("--data", required=True, help="raw samples like the training data (any source latentwire reads)")
-    p.add_argument("--source-option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--source-option", action="append", type=source_option, default=[], metavar="KEY=VALUE")
     p.add_argument("--levels", type=_ladder, default=list(DEFAULT_QUALITY_LADDER),
                    help="quality ladder: 'sX' = latent only at quantization step X, 'none' = latent only, "
                         "N = residual with max error N (raw units), 'sX+N' both; e.g. s4,s2,none,96,48,16,0")
@@ -283,8 +284,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from .sources import load_source
 
-    options = {k: int(v) if v.isdigit() else v for k, v in (o.split("=", 1) for o in args.source_option)}
-    samples = load_source(args.data, **options).samples[: args.limit]
+    samples = load_source(args.data, **dict(args.source_option)).samples[: args.limit]
     report = calibrate(args.bundle, samples, args.levels, threads=args.threads)
     print(json.dumps({
         "bundle": str(args.bundle), "model_id": report.model_id, "n_samples": report.n_samples,

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .codec import DEFAULT_BUNDLE, Codec
+from .sources import source_option
 
 
 def embed_samples(codec: Codec, raw: np.ndarray, batch_size: int = 1024) -> np.ndarray:
@@ -28,7 +29,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", default=DEFAULT_BUNDLE, help="bundle directory (default: the shipped MNIST bundle)")
     p.add_argument("--data", required=True, help="data source (MNIST folder, .npy/.npz, image folder, WFDB folder)")
-    p.add_argument("--source-option", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--source-option", action="append", type=source_option, default=[], metavar="KEY=VALUE",
                    help="option for the data loader, e.g. split=test, limit=1000 (repeatable)")
     p.add_argument("--out", required=True, type=Path, help="output .npy file of codes (N, *latent_shape)")
     p.add_argument("--batch-size", type=int, default=1024)
@@ -39,7 +40,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from .sources import load_source
 
-    options = {k: int(v) if v.lstrip("-").isdigit() else v for k, v in (o.split("=", 1) for o in args.source_option)}
+    options = dict(args.source_option)
     source = load_source(args.data, **options)
     codec = Codec.load(args.bundle, provider="cpu", threads=args.threads)
     codes = embed_samples(codec, source.samples, args.batch_size)

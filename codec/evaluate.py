@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .codec import Codec
 from .errors import LatentwireError
 from .normalization import psnr_db
-from .sources import load_source
+from .sources import load_source, source_option
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("eval", help="bytes per sample, bits per value, PSNR (and PRD/CR) per quality level")
     p.add_argument("--bundle", default="default")
     p.add_argument("--data", type=Path, required=True, help="any data source latentwire reads")
-    p.add_argument("--source-option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--source-option", action="append", type=source_option, default=[], metavar="KEY=VALUE")
     p.add_argument("--quality", type=int, action="append", default=None, help="level(s) to measure (default: all)")
     p.add_argument("--max-error", type=int, action="append", default=[], help="also measure these custom bounds")
     p.add_argument("--limit", type=int, default=None)
@@ -93,9 +93,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     try:
         codec = Codec.load(args.bundle, provider=args.provider)
-        options = dict(o.split("=", 1) for o in args.source_option)
-        options = {k: int(v) if v.isdigit() else v for k, v in options.items()}
-        raw = load_source(args.data, **options).samples[: args.limit]
+        raw = load_source(args.data, **dict(args.source_option)).samples[: args.limit]
         levels = args.quality if args.quality is not None else [q.index for q in codec.qualities]
         results = [evaluate(codec, raw, quality=q, batch=args.batch, progress=True) for q in levels]
         results += [evaluate(codec, raw, max_error=e, batch=args.batch, progress=True) for e in args.max_error]

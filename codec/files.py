@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .bitstream import iter_packets
 from .codec import Codec
 from .errors import LatentwireError
-from .sources import ImageFolder, load_source, read_image
+from .sources import ImageFolder, load_source, read_image, source_option
 from .sources.images import IMAGE_SUFFIXES
 
 DEFAULT_BATCH = 256
@@ -105,13 +105,6 @@ def _write_pngs(arrays: Sequence[np.ndarray], folder: Path) -> None:
             n += 1
 
 
-def _option(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, int(value) if value.lstrip("-").isdigit() else value
-
-
 def add_parser(subparsers: Any, name: str) -> argparse.ArgumentParser:
     if name == "encode":
         p = subparsers.add_parser("encode", help="encode arrays, images or records into a .lw file")
@@ -120,7 +113,7 @@ def add_parser(subparsers: Any, name: str) -> argparse.ArgumentParser:
         p.add_argument("--quality", type=int, default=None, help="quality level index (default: the bundle's)")
         p.add_argument("--max-error", type=int, default=None, help="near-lossless: max absolute error per sample, raw units")
         p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="frames per packet (coded jointly)")
-        p.add_argument("--source-option", action="append", type=_option, default=[], metavar="KEY=VALUE")
+        p.add_argument("--source-option", action="append", type=source_option, default=[], metavar="KEY=VALUE")
     else:
         p = subparsers.add_parser("decode", help="decode a .lw file into arrays or PNG images")
         p.add_argument("input", type=Path, help="the .lw file")

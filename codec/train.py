@@ -32,7 +32,7 @@ from tqdm import tqdm
 from .models import Autoencoder, ModelConfig, build_model
 from .models.variants import VARIANTS, Corruption, training_loss, warn_if_unregularized
 from .normalization import Normalization, psnr_db
-from .sources import SampleSet
+from .sources import SampleSet, source_option
 
 CHECKPOINT = "checkpoint.pt"
 VAL_BATCH_KEEP = 8  # validation samples stored in the checkpoint for export's parity check
@@ -351,25 +351,11 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1000,500,250, got {text!r}") from None
 
 
-def _source_option(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"--source-option takes KEY=VALUE, got {text!r}")
-    for conv in (int, float):
-        try:
-            return key, conv(value)
-        except ValueError:
-            pass
-    if "," in value:
-        return key, [int(v) if v.strip().lstrip("-").isdigit() else v for v in value.split(",")]
-    return key, value
-
-
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("train", help="train an autoencoder", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="data source (MNIST folder, .npy/.npz, image folder, WFDB folder)")
-    p.add_argument("--source-option", action="append", type=_source_option, default=[], metavar="KEY=VALUE",
+    p.add_argument("--source-option", action="append", type=source_option, default=[], metavar="KEY=VALUE",
                    help="option for the data loader, e.g. limit=5000, size=64,64 (repeatable)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--family", default="dense", choices=["dense", "conv2d", "conv1d"])

@@ -123,6 +123,24 @@ def detect_kind(path: str | Path) -> str:
     )
 
 
+
+def source_option(text: str) -> tuple[str, Any]:
+    """argparse type for `--source-option KEY=VALUE`: the value as int, else float, a comma list as a
+    list (ints where they parse: size=48,48, subdirs=train,val), else text."""
+    import argparse
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--source-option takes KEY=VALUE, got {text!r}")
+    for conv in (int, float):
+        try:
+            return key, conv(value)
+        except ValueError:
+            pass
+    if "," in value:
+        return key, [int(v) if v.strip().lstrip("-").isdigit() else v for v in value.split(",")]
+    return key, value
+
 def load_source(path: str | Path, *, kind: str | None = None, **options: Any) -> SampleSet:
     """Load any supported source as a SampleSet; kind is detected when not given."""
     p = Path(path)
