@@ -179,7 +179,7 @@ class Codec:
         """
         self.validate(raw)
         q, bound, step = self._level(quality, max_error)
-        y = self.encoder.encode(self.normalization.to_model(raw))
+        y = self.encoder.encode(self.normalization.to_model(raw), validate=False)
         return self._packet(raw, y, q, bound, step, recon_crc)
 
     def _packet(
@@ -222,7 +222,7 @@ class Codec:
         """(continuous latents, the decoder's raw-unit float output for round(y), that output on
         the raw grid): the model's own reconstruction at latent step 1, whatever quality is sent."""
         self.validate(raw)
-        y = self.encoder.encode(self.normalization.to_model(raw))
+        y = self.encoder.encode(self.normalization.to_model(raw), validate=False)
         raw_float = self._decode_symbols(dequantize(quantize(y)), raw.shape[1:])
         return y, raw_float, self._round_raw(raw_float)
 
@@ -242,7 +242,7 @@ class Codec:
         """Latent codes (N, *latent_shape) float32 before quantization: features for other models
         (a VAE gives its posterior mean)."""
         self.validate(raw)
-        return np.asarray(self.encoder.encode(self.normalization.to_model(raw)), dtype=np.float32)
+        return np.asarray(self.encoder.encode(self.normalization.to_model(raw), validate=False), dtype=np.float32)
 
     @property
     def anomaly(self) -> AnomalyCalibration | None:

@@ -100,8 +100,11 @@ class Encoder:
         _check_shape(x, self.manifest.sample_shape, "encoder input", "")
         _check_finite(x, "encoder input")
 
-    def encode(self, x: np.ndarray) -> np.ndarray:
-        self.validate(x)
+    def encode(self, x: np.ndarray, *, validate: bool = True) -> np.ndarray:
+        """validate=False is for callers that already checked the raw samples this x came from
+        (Codec does), so a batch is not scanned twice on the encode path."""
+        if validate:
+            self.validate(x)
         return self.session.run(["y"], {"x": np.ascontiguousarray(x)})[0]
 
 
