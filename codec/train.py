@@ -377,6 +377,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     v.add_argument("--beta", type=float, default=None, help="vae: weight of the KL term in nats (default 1)")
     p.add_argument("--loss", default="mse", choices=["mse", "bce"])
     p.add_argument("--kernel-size", type=int, default=5)
+    p.add_argument("--blocks", type=int, default=0,
+                   help="conv: residual blocks after every stride-2 stage (encoder and decoder)")
     p.add_argument("--output-activation", default="auto", choices=["auto", "sigmoid", "none"])
     p.add_argument("--rate-weight", type=float, default=TrainOptions.rate_weight,
                    help="lambda in loss = summed squared error + lambda * bits per sample (0: plain autoencoder)")
@@ -408,7 +410,7 @@ def run(args: argparse.Namespace) -> int:
     layers = args.layers if args.layers is not None else ([512, 256] if args.family == "dense" else [32, 64])
     config = ModelConfig(
         family=args.family, sample_shape=sample_shape, code_size=args.code_size, layers=layers,
-        activation="linear" if args.linear else args.activation, loss=args.loss, kernel_size=args.kernel_size,
+        activation="linear" if args.linear else args.activation, loss=args.loss, kernel_size=args.kernel_size, blocks=args.blocks,
         output_activation="none" if args.linear else args.output_activation, seed=args.seed,
         **variant_fields(args),
     )

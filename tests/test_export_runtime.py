@@ -155,7 +155,7 @@ def test_conv2d_bundle_takes_any_image_size(tmp_path: Path) -> None:
 def test_conv1d_on_mitbih_windows_exports_with_parity(tmp_path: Path) -> None:
     ecg = load_ecg_windows(sample_data_root() / "mitdb", window=1024, limit_per_record=12)
     tr, va = ecg.split(0.25, seed=0)
-    config = ModelConfig("conv1d", [2, None], 8, [16, 16, 16], kernel_size=5)
+    config = ModelConfig("conv1d", [2, None], 8, [16, 16, 16], kernel_size=5, blocks=1)
     result = train(config, tr, va, TrainOptions(epochs=2, batch_size=16, lr=3e-3, rate_weight=0.01, progress=False, threads=1))
     out = export(result, tmp_path / "ecg")
     manifest = Bundle.load(out).manifest

@@ -27,8 +27,9 @@ def _shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
         ModelConfig("dense", [1, 28, 28], 32, [512, 256], activation="gelu"),
         ModelConfig("conv2d", [3, None, None], 8, [16, 24], kernel_size=3, loss="bce"),
         ModelConfig("conv1d", [2, None], 6, [8, 16, 16], activation="leaky_relu"),
+        ModelConfig("conv1d", [2, None], 6, [8, 16], blocks=2),
     ],
-    ids=lambda c: c.family,
+    ids=lambda c: c.family + (f"-blocks{c.blocks}" if c.blocks else ""),
 )
 def test_config_round_trip_rebuilds_identical_model(config: ModelConfig) -> None:
     import json
@@ -41,6 +42,24 @@ def test_config_round_trip_rebuilds_identical_model(config: ModelConfig) -> None
         assert torch.equal(v, b.state_dict()[k]), k  # the seed makes initial weights reproducible
     other = build_model(ModelConfig.from_dict({**config.to_dict(), "seed": 1}))
     assert not all(torch.equal(v, other.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_residual_blocks_deepen_every_stage_and_keep_shapes() -> None:
+    from latentwire.codec.models.conv import ResidualBlock
+
+    plain = build_model(ModelConfig("conv1d", [2, None], 4, [8, 16]))
+    deep = build_model(ModelConfig("conv1d", [2, None], 4, [8, 16], blocks=2))
+    # 2 stages x 2 blocks in the encoder; decoder: 2 after its input conv + 2 after the one inner stage
+    assert sum(isinstance(m, ResidualBlock) for m in deep.encoder) == 4
+    assert sum(isinstance(m, ResidualBlock) for m in deep.decoder) == 4
+    assert not any(isinstance(m, ResidualBlock) for m in plain.modules())
+    x = torch.rand(3, 2, 301)
+    a, b = plain.eval()(x), deep.eval()(x)
+    assert a.x_hat.shape == b.x_hat.shape == x.shape and a.y.shape == b.y.shape == (3, 4, 76)
+    with pytest.raises(ValueError, match="conv families only"):
+        build_model(ModelConfig("dense", [1, 28, 28], 8, [32], blocks=1))
+    with pytest.raises(ValueError, match="blocks must be >= 0"):
+        ModelConfig("conv1d", [2, None], 4, [8], blocks=-1)
 
 
 def test_hinton_784_1000_500_250_30_builds() -> None:

@@ -39,6 +39,9 @@ class ModelConfig:
     activation: str = "relu"
     loss: str = "mse"
     kernel_size: int = 5
+    # conv: residual blocks (conv, activation, conv, plus the input) after every stride-2 stage of
+    # the encoder and the decoder: depth and receptive field without shrinking the latent further
+    blocks: int = 0
     output_activation: str = "auto"
     seed: int = 0
     # The autoencoder variant and its parameters (codec/models/variants.py): recorded here so a
@@ -61,6 +64,9 @@ class ModelConfig:
             raise ValueError(f"output_activation {self.output_activation!r} is not one of {OUTPUT_ACTIVATIONS}")
         if self.loss == "bce" and self.output_activation == "none":
             raise ValueError("loss 'bce' needs outputs in [0, 1]: use output_activation 'sigmoid' or 'auto'")
+        self.blocks = int(self.blocks)
+        if self.blocks < 0:
+            raise ValueError(f"blocks must be >= 0, got {self.blocks}")
         if self.code_size < 1 or any(n < 1 for n in self.layers):
             raise ValueError(f"code_size and layers must be positive, got {self.code_size} and {self.layers}")
         if self.activation == "linear" and self.resolved_output_activation != "none":

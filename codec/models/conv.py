@@ -1,7 +1,7 @@
 """Fully convolutional autoencoder shared by the 1-D and 2-D families.
 
 Stride-2 conv stages (conv + activation, no GDN so the ONNX export stays plain) shrink the input
-by s = 2**stages; any size is accepted because the encoder pads to a multiple of s (edge
+by s = 2**stages, each optionally followed by `blocks` residual blocks at that resolution; any size is accepted because the encoder pads to a multiple of s (edge
 replication, so the border carries no artificial step) and the decoder's output is cropped back.
 """
 
@@ -12,6 +12,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Autoencoder, ModelConfig, latent_extent, make_activation, make_output_activation
+
+
+class ResidualBlock(nn.Module):
+    """x + conv(act(conv(x))): deepens a stage without moving its resolution; exports as plain ONNX."""
+
+    def __init__(self, conv: type[nn.Module], channels: int, kernel_size: int, activation: str) -> None:
+        super().__init__()
+        pad = kernel_size // 2
+        self.body = nn.Sequential(
+            conv(channels, channels, kernel_size, padding=pad), make_activation(activation),
+            conv(channels, channels, kernel_size, padding=pad),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
 
 
 class ConvAutoencoder(Autoencoder):
@@ -33,19 +48,25 @@ class ConvAutoencoder(Autoencoder):
         convt = nn.ConvTranspose1d if self.ndim == 1 else nn.ConvTranspose2d
         c_in = int(config.sample_shape[0])
         act = config.activation
+        nb = config.blocks
         enc: list[nn.Module] = []
         prev = c_in
         for ch in config.layers:
             enc += [conv(prev, ch, k, stride=2, padding=k // 2), make_activation(act)]
+            enc += [ResidualBlock(conv, ch, k, act) for _ in range(nb)]
             prev = ch
         enc.append(conv(prev, self.encoder_channels, k, stride=1, padding=k // 2))
         self.encoder = nn.Sequential(*enc)
         dec: list[nn.Module] = [conv(config.code_size, config.layers[-1], k, stride=1, padding=k // 2), make_activation(act)]
+        dec += [ResidualBlock(conv, config.layers[-1], k, act) for _ in range(nb)]
         outs = [*reversed(config.layers[:-1]), c_in]
         prev = config.layers[-1]
         for i, ch in enumerate(outs):
             dec.append(convt(prev, ch, k, stride=2, padding=k // 2, output_padding=1))
-            dec.append(make_activation(act) if i < len(outs) - 1 else make_output_activation(config.resolved_output_activation))
+            last = i == len(outs) - 1
+            dec.append(make_output_activation(config.resolved_output_activation) if last else make_activation(act))
+            if not last:
+                dec += [ResidualBlock(conv, ch, k, act) for _ in range(nb)]
             prev = ch
         self.decoder = nn.Sequential(*dec)
 
