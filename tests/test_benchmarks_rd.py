@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from benchmarks import bdrate, rd
+from benchmarks.dct import DctCodec, dct_matrix
 from benchmarks.pca import PcaBasis, PcaCodec
 from latentwire.codec import bitstream
 from latentwire.codec.errors import InputError
-from latentwire.codec.sources import load_mnist, sample_data_root
+from latentwire.codec.sources import load_ecg_windows, load_mnist, sample_data_root
 
 PSNR = np.array([20.0, 23.0, 26.5, 30.0, 33.0, 37.0])
 RATE = 5.0 * 10 ** (PSNR / 12.0) * (1 + 0.05 * np.sin(PSNR))  # any monotone curve
@@ -94,6 +95,35 @@ def test_pca_packets_round_trip_and_trade_bytes_for_psnr() -> None:
     # decoding equals quantize -> dequantize -> reconstruct (the entropy coder is lossless)
     sym = np.rint(basis.project(test, 64) / 8.0)
     assert np.array_equal(df, basis.reconstruct(sym * 8.0, (1, 28, 28), np.uint8))
+
+
+def test_dct_packets_round_trip_on_ecg_and_trade_bytes_for_prd() -> None:
+    folder = sample_data_root() / "mitdb"
+    train = load_ecg_windows(folder, records=["100", "101"], window=256).samples
+    test = load_ecg_windows(folder, records=["102"], window=256).samples
+    assert np.allclose(dct_matrix(256) @ dct_matrix(256).T, np.eye(256))  # orthonormal: energy is kept
+    fine, coarse = (DctCodec(256, s, train, 1024.0, 0.0, 2047.0) for s in (8.0, 48.0))
+    pf, pc = fine.encode(test), coarse.encode(test)
+    header, _ = bitstream.read_packet(pf, expected_model_id=fine.model_id)
+    assert header.count == len(test) and header.sample_shape == (2, 256)
+    df, dc = fine.decode(pf, test.dtype), coarse.decode(pc, test.dtype)
+    assert df.dtype == test.dtype and df.shape == test.shape
+    err = lambda d: float(np.sum((d.astype(float) - test) ** 2))  # noqa: E731
+    assert len(pc) < len(pf) < test.nbytes and err(df) < err(dc)
+    # decoding equals quantize -> dequantize -> inverse DCT (the entropy coder is lossless)
+    basis = dct_matrix(256)
+    sym = np.rint(((test - 1024.0) @ basis.T) / 8.0)
+    assert np.array_equal(df, np.rint(np.clip(sym * 8.0 @ basis + 1024.0, 0, 2047)).astype(test.dtype))
+    with pytest.raises(InputError, match="windows must be"):
+        fine.encode(test[:, :1])
+
+
+def test_ecg_training_records_are_what_the_bundle_saw() -> None:
+    data = {"train_records": [100, 101], "val_records": [102]}
+    assert rd.training_records({"training": {"data": data}}) == ["100", "101", "102"]
+    cmd = "latentwire train --data mitdb --source-option records=100,103 --family conv1d"
+    assert rd.training_records({"training": {"command": cmd, "data": {}}}) == ["100", "103"]
+    assert rd.training_records({}) == []
 
 
 # ------------------------------------------------------------------------------ end to end
