@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .bundle import ENTROPY, Bundle, finalize, read_manifest, sha256_file, write_manifest
+from .context import LatentContext
 from .entropy import DEFAULT_PRECISION, TableSet, table_from_pmf
 from .errors import InputError
 from .fallback import DEFAULT_ANOMALY_QUANTILE, AnomalyCalibration, frame_scores
@@ -143,8 +144,12 @@ def calibrate(
     threads: int | None = None,
     measure_samples: int = 2000,
     anomaly_quantile: float = DEFAULT_ANOMALY_QUANTILE,
+    latent_context: bool | None = None,
 ) -> CalibrationReport:
-    """Calibrate ``bundle_dir`` in place on raw samples (N, *sample_shape) in the raw dtype."""
+    """Calibrate ``bundle_dir`` in place on raw samples (N, *sample_shape) in the raw dtype.
+
+    latent_context: fit context-adaptive latent tables (context.py) from these samples' latents;
+    None = wherever the latents have a position axis (conv families), False = factorized only."""
     t0 = time.perf_counter()
     d = Path(bundle_dir)
     bundle = Bundle.load(d, verify=True)
@@ -177,6 +182,11 @@ def calibrate(
     dec = Decoder(bundle, provider=provider, threads=threads)
     symbols, raw_float = _forward(enc, dec, bundle, raw, batch_size)
 
+    positional = m.spatial_dims > 0 and m.channel_axis % (symbols.ndim - 1) == 0
+    if latent_context and not positional:
+        raise InputError("a latent context needs channel-first latents with a position axis (conv families)")
+    context = LatentContext.fit(symbols, latent) if (positional if latent_context is None else latent_context) else None
+
     residual = None
     if wants_residual:
         spec = ContextSpec(int(norm.raw_min), int(norm.raw_max), n_contexts=n_contexts, n_shifts=n_shifts, guard=guard)
@@ -190,6 +200,7 @@ def calibrate(
         latent=latent,
         residual=residual,
         latent_steps=tuple((st, step_tables(offsets, probs, st, precision)) for st in steps),
+        latent_context=context,
     )
 
     (d / ENTROPY).write_bytes(tables.dumps())
@@ -278,6 +289,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "N = residual with max error N (raw units), 'sX+N' both; e.g. s4,s2,none,96,48,16,0")
     p.add_argument("--limit", type=int, default=None, help="use at most this many samples")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-latent-context", dest="latent_context", action="store_const", const=False, default=None,
+                   help="code conv latents with the factorized tables only (default: context-adaptive tables "
+                        "fit on --data, codec/context.py)")
     return p
 
 
@@ -285,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
     from .sources import load_source
 
     samples = load_source(args.data, **dict(args.source_option)).samples[: args.limit]
-    report = calibrate(args.bundle, samples, args.levels, threads=args.threads)
+    report = calibrate(args.bundle, samples, args.levels, threads=args.threads, latent_context=args.latent_context)
     print(json.dumps({
         "bundle": str(args.bundle), "model_id": report.model_id, "n_samples": report.n_samples,
         "seconds": round(report.seconds, 2),

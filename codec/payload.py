@@ -1,7 +1,8 @@
 """The coding tables of a bundle (entropy.json) and the layout of one packet's joint payload.
 
 One payload holds, in this order, all frames' latent symbols (frame-major, C order, channel c
-coded with latent table c), then - when the packet has the residual layer - every frame's
+coded with latent table c; or, when the bundle has a latent context model (context.py) and the
+level uses the trained step, position by position along the last latent axis), then - when the packet has the residual layer - every frame's
 bucket-grid shift and every frame's quantized residuals (see residual.py). Everything shares one
 range-coder stream, so a packet of N frames pays the coder's ~1 byte of flush once, not N times.
 The receiver must run decoder.onnx between the two parts: ``PayloadReader`` reads them in turn.
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .context import LatentContext
 from .entropy import StreamDecoder, StreamEncoder, TableSet, _as_int32
 from .errors import BundleError, InputError
 from .quantize import channel_index
@@ -23,6 +25,10 @@ from .residual import ResidualEncoding, ResidualModel
 
 ENTROPY_FORMAT = "latentwire-entropy"
 ENTROPY_VERSION = 1
+# version 2 adds latent_context; it is written only when present, so older tables keep version 1
+# (and their bytes and model ids), and a latentwire that predates it refuses version 2 clearly
+ENTROPY_VERSION_CONTEXT = 2
+READABLE_VERSIONS = (ENTROPY_VERSION, ENTROPY_VERSION_CONTEXT)
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,12 @@ class CodingTables:
     residual: ResidualModel | None = None
     # Tables for latents quantized with a coarser step (cheap quality levels): ((step, tables), ...).
     latent_steps: tuple[tuple[float, TableSet], ...] = ()
+    # Context-adaptive tables for the trained step (conv latents only); None: factorized tables.
+    latent_context: LatentContext | None = None
+
+    def context_for(self, step: float) -> LatentContext | None:
+        """The context model coding latents of step ``step`` (only the trained step has one)."""
+        return self.latent_context if step == 1.0 else None
 
     def latent_for(self, step: float) -> TableSet:
         """The latent tables of quantization step ``step`` (1.0: the trained integer grid)."""
@@ -50,13 +62,15 @@ class CodingTables:
     def to_json_obj(self) -> dict[str, Any]:
         obj = {
             "format": ENTROPY_FORMAT,
-            "version": ENTROPY_VERSION,
+            "version": ENTROPY_VERSION if self.latent_context is None else ENTROPY_VERSION_CONTEXT,
             "precision": self.latent.precision,
             "latent": self.latent.to_json_obj(),
             "residual": None if self.residual is None else self.residual.to_json_obj(),
         }
         if self.latent_steps:  # absent when unused, so older tables keep their exact bytes
             obj["latent_steps"] = [{"step": s, "tables": t.to_json_obj()} for s, t in self.latent_steps]
+        if self.latent_context is not None:
+            obj["latent_context"] = self.latent_context.to_json_obj()
         return obj
 
     def dumps(self) -> bytes:
@@ -71,10 +85,10 @@ class CodingTables:
             raise BundleError(f"{where} is not valid JSON ({exc}); re-run calibration") from exc
         if not isinstance(obj, dict) or obj.get("format") != ENTROPY_FORMAT:
             raise BundleError(f"{where} is not a latentwire entropy file; re-run calibration")
-        if obj.get("version") != ENTROPY_VERSION:
+        if obj.get("version") not in READABLE_VERSIONS:
             raise BundleError(
                 f"{where} has entropy format version {obj.get('version')!r}; this latentwire reads "
-                f"{ENTROPY_VERSION}: upgrade latentwire or re-calibrate the bundle"
+                f"{', '.join(map(str, READABLE_VERSIONS))}: upgrade latentwire or re-calibrate the bundle"
             )
         latent = TableSet.from_json_obj(obj.get("latent"))
         res = obj.get("residual")
@@ -84,10 +98,14 @@ class CodingTables:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{where}: malformed latent_steps ({exc}); re-run calibration") from exc
+        ctx = obj.get("latent_context")
+        if ctx is not None and obj.get("version") != ENTROPY_VERSION_CONTEXT:
+            raise BundleError(f"{where} has a latent_context but entropy format version {obj.get('version')}; re-run calibration")
         return cls(
             latent=latent,
             residual=None if res is None else ResidualModel.from_json_obj(res),
             latent_steps=steps,
+            latent_context=None if ctx is None else LatentContext.from_json_obj(ctx, where),
         )
 
     @classmethod
@@ -103,6 +121,14 @@ class CodingTables:
 def _channel_axis(latent_shape: tuple[int, ...], channel_axis: int) -> int:
     channel_index(latent_shape, channel_axis, 0)  # validates the shape and the axis
     return channel_axis % len(latent_shape)
+
+
+def _check_context_axis(latent_shape: tuple[int, ...], channel_axis: int) -> None:
+    if len(latent_shape) < 2 or _channel_axis(latent_shape, channel_axis) != 0:
+        raise BundleError(
+            f"the bundle's latent context needs channel-first latents with a position axis, got latent shape "
+            f"{latent_shape} with channel axis {channel_axis}; re-calibrate with --no-latent-context"
+        )
 
 
 def _by_channel(symbols: np.ndarray, channel_axis: int) -> np.ndarray:
@@ -135,7 +161,12 @@ def encode_payload(
     if s.ndim < 2:
         raise InputError(f"symbols must be (N, *latent_shape), got shape {s.shape}")
     enc = StreamEncoder()
-    enc.encode_grouped(list(enumerate(_by_channel(s, channel_axis))), tables.latent_for(latent_step))
+    context = tables.context_for(latent_step)
+    if context is not None:
+        _check_context_axis(tuple(s.shape[1:]), channel_axis)
+        context.write(enc, s)
+    else:
+        enc.encode_grouped(list(enumerate(_by_channel(s, channel_axis))), tables.latent_for(latent_step))
     info = None
     if max_error is not None:
         if tables.residual is None:
@@ -160,6 +191,10 @@ class PayloadReader:
         axis = _channel_axis(shape, channel_axis)
         if count < 1:
             raise InputError(f"count must be >= 1, got {count}")
+        context = self._tables.context_for(latent_step)
+        if context is not None:
+            _check_context_axis(shape, channel_axis)
+            return context.read(self._dec, (count, *shape))
         n_channels = shape[axis]
         per = count * (int(np.prod(shape)) // n_channels)
         flat = self._dec.decode_grouped([(c, per) for c in range(n_channels)], self._tables.latent_for(latent_step))
