@@ -26,6 +26,7 @@ from .normalization import psnr_db
 from .payload import CodingTables, encode_payload
 from .quantize import quantize
 from .residual import ContextSpec, ResidualModel, default_radius, prediction, residual_histograms
+from .residual_context import ResidualContext
 from .runtime import Decoder, Encoder
 from .sources import source_option
 
@@ -145,11 +146,14 @@ def calibrate(
     measure_samples: int = 2000,
     anomaly_quantile: float = DEFAULT_ANOMALY_QUANTILE,
     latent_context: bool | None = None,
+    residual_context: bool | None = None,
 ) -> CalibrationReport:
     """Calibrate ``bundle_dir`` in place on raw samples (N, *sample_shape) in the raw dtype.
 
     latent_context: fit context-adaptive latent tables (context.py) from these samples' latents;
-    None = wherever the latents have a position axis (conv families), False = factorized only."""
+    None = wherever the latents have a position axis (conv families), False = factorized only.
+    residual_context: also fit residual tables that follow the previous residual (residual_context.py)
+    for the ladder's max errors; None = for conv families, like latent_context."""
     t0 = time.perf_counter()
     d = Path(bundle_dir)
     bundle = Bundle.load(d, verify=True)
@@ -195,12 +199,16 @@ def calibrate(
         for i in range(0, raw.shape[0], batch_size):
             hist += residual_histograms(spec, raw[i : i + batch_size], raw_float[i : i + batch_size], radius)
         residual = ResidualModel(spec, radius, hist, precision)
+    rctx = None
+    if residual is not None and (positional if residual_context is None else residual_context):
+        rctx = ResidualContext.fit(residual, raw, raw_float, [e for e in levels if e is not None], batch_size=batch_size)
     steps = sorted({sp.latent_step for sp in specs if sp.latent_step != 1.0})
     tables = CodingTables(
         latent=latent,
         residual=residual,
         latent_steps=tuple((st, step_tables(offsets, probs, st, precision)) for st in steps),
         latent_context=context,
+        residual_context=rctx,
     )
 
     (d / ENTROPY).write_bytes(tables.dumps())
@@ -292,6 +300,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-latent-context", dest="latent_context", action="store_const", const=False, default=None,
                    help="code conv latents with the factorized tables only (default: context-adaptive tables "
                         "fit on --data, codec/context.py)")
+    p.add_argument("--residual-context", dest="residual_context", action=argparse.BooleanOptionalAction, default=None,
+                   help="residual tables that also follow the previous residual, for the ladder's max errors "
+                        "(codec/residual_context.py; default: on for conv families)")
     return p
 
 
@@ -299,7 +310,8 @@ def run(args: argparse.Namespace) -> int:
     from .sources import load_source
 
     samples = load_source(args.data, **dict(args.source_option)).samples[: args.limit]
-    report = calibrate(args.bundle, samples, args.levels, threads=args.threads, latent_context=args.latent_context)
+    report = calibrate(args.bundle, samples, args.levels, threads=args.threads, latent_context=args.latent_context,
+                       residual_context=args.residual_context)
     print(json.dumps({
         "bundle": str(args.bundle), "model_id": report.model_id, "n_samples": report.n_samples,
         "seconds": round(report.seconds, 2),

@@ -22,6 +22,7 @@ from .entropy import StreamDecoder, StreamEncoder, TableSet, _as_int32
 from .errors import BundleError, InputError
 from .quantize import channel_index
 from .residual import ResidualEncoding, ResidualModel
+from .residual_context import ResidualContext
 
 ENTROPY_FORMAT = "latentwire-entropy"
 ENTROPY_VERSION = 1
@@ -42,6 +43,13 @@ class CodingTables:
     latent_steps: tuple[tuple[float, TableSet], ...] = ()
     # Context-adaptive tables for the trained step (conv latents only); None: factorized tables.
     latent_context: LatentContext | None = None
+    # Residual tables that also follow the previous residual, for the calibrated max errors.
+    residual_context: ResidualContext | None = None
+
+    @property
+    def version(self) -> int:
+        plain = self.latent_context is None and self.residual_context is None
+        return ENTROPY_VERSION if plain else ENTROPY_VERSION_CONTEXT
 
     def context_for(self, step: float) -> LatentContext | None:
         """The context model coding latents of step ``step`` (only the trained step has one)."""
@@ -62,7 +70,7 @@ class CodingTables:
     def to_json_obj(self) -> dict[str, Any]:
         obj = {
             "format": ENTROPY_FORMAT,
-            "version": ENTROPY_VERSION if self.latent_context is None else ENTROPY_VERSION_CONTEXT,
+            "version": self.version,
             "precision": self.latent.precision,
             "latent": self.latent.to_json_obj(),
             "residual": None if self.residual is None else self.residual.to_json_obj(),
@@ -71,6 +79,8 @@ class CodingTables:
             obj["latent_steps"] = [{"step": s, "tables": t.to_json_obj()} for s, t in self.latent_steps]
         if self.latent_context is not None:
             obj["latent_context"] = self.latent_context.to_json_obj()
+        if self.residual_context is not None:
+            obj["residual_context"] = self.residual_context.to_json_obj()
         return obj
 
     def dumps(self) -> bytes:
@@ -98,14 +108,18 @@ class CodingTables:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{where}: malformed latent_steps ({exc}); re-run calibration") from exc
-        ctx = obj.get("latent_context")
-        if ctx is not None and obj.get("version") != ENTROPY_VERSION_CONTEXT:
-            raise BundleError(f"{where} has a latent_context but entropy format version {obj.get('version')}; re-run calibration")
+        ctx, rctx = obj.get("latent_context"), obj.get("residual_context")
+        for key, val in (("latent_context", ctx), ("residual_context", rctx)):
+            if val is not None and obj.get("version") != ENTROPY_VERSION_CONTEXT:
+                raise BundleError(f"{where} has a {key} but entropy format version {obj.get('version')}; re-run calibration")
+        if rctx is not None and res is None:
+            raise BundleError(f"{where} has a residual_context but no residual model; re-run calibration")
         return cls(
             latent=latent,
             residual=None if res is None else ResidualModel.from_json_obj(res),
             latent_steps=steps,
             latent_context=None if ctx is None else LatentContext.from_json_obj(ctx, where),
+            residual_context=None if rctx is None else ResidualContext.from_json_obj(rctx, where),
         )
 
     @classmethod
@@ -173,7 +187,10 @@ def encode_payload(
             raise InputError("this bundle has no residual model (non-integer raw data): only latent-only quality")
         if x_raw is None or raw_float is None:
             raise InputError("the residual layer needs x_raw and the decoder output raw_float")
-        info = tables.residual.write(enc, x_raw, raw_float, max_error)
+        if tables.residual_context is not None and tables.residual_context.covers(max_error):
+            info = tables.residual_context.write(enc, tables.residual, x_raw, raw_float, max_error)
+        else:
+            info = tables.residual.write(enc, x_raw, raw_float, max_error)
     return enc.finish(), info
 
 
@@ -205,4 +222,7 @@ class PayloadReader:
     def residual(self, raw_float: np.ndarray, max_error: int) -> np.ndarray:
         if self._tables.residual is None:
             raise BundleError("packet has a residual layer but the bundle has no residual model")
+        rctx = self._tables.residual_context
+        if rctx is not None and rctx.covers(max_error):
+            return rctx.read(self._dec, self._tables.residual, raw_float, max_error)
         return self._tables.residual.read(self._dec, raw_float, max_error)

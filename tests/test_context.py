@@ -1,5 +1,6 @@
-"""Context-adaptive latent tables (codec/context.py): exact round trips, fewer bytes on real ECG
-latents than the factorized tables, escapes, 2-D latents, and clear refusals."""
+"""Context-adaptive tables: latents (codec/context.py) and residuals (codec/residual_context.py).
+Exact round trips, fewer bytes on real ECG than the plain tables, escapes, 2-D latents, the
+max-error bound, and clear refusals."""
 
 from __future__ import annotations
 
@@ -29,13 +30,13 @@ def _heldout() -> np.ndarray:
 @pytest.fixture(scope="module")
 def ecg_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Codec, Codec]:
     """The shipped ECG model calibrated twice on the same training-side windows (records 100-103
-    of the shipped sample): factorized tables only, and with the latent context."""
+    of the shipped sample): plain tables only, and with the latent and residual contexts."""
     cal = load_ecg_windows(sample_data_root() / "mitdb", window=1024).samples
     codecs = []
     for ctx in (False, True):
         d = tmp_path_factory.mktemp("ctx" if ctx else "fac") / "bundle"
         shutil.copytree(ASSETS / "ecg-conv1d", d)
-        calibrate(d, cal, [None, 16], threads=1, latent_context=ctx)
+        calibrate(d, cal, [None, 16], threads=1, latent_context=ctx, residual_context=ctx)
         codecs.append(Codec.load(d, provider="cpu", threads=1))
     return codecs[0], codecs[1]
 
@@ -43,12 +44,13 @@ def ecg_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Codec, Codec]:
 def test_context_tables_code_real_ecg_latents_in_fewer_bytes_and_decode_the_same(ecg_pair: tuple[Codec, Codec]) -> None:
     fac, ctx = ecg_pair
     assert fac.tables.latent_context is None and ctx.tables.latent_context is not None
+    assert fac.tables.residual_context is None and ctx.tables.residual_context.covers(16)
     assert json.loads((ctx.bundle.path / "entropy.json").read_text())["version"] == 2
     assert fac.model_id != ctx.model_id  # the tables are covered by the model id
     raw = _heldout()
     for q in (0, 1):
         pf, pc = fac.encode(raw, quality=q), ctx.encode(raw, quality=q)
-        # the same integer latents go through the same decoder: identical samples
+        # the same integer latents and residuals through the same decoder: identical samples
         assert np.array_equal(fac.decode(pf), ctx.decode(pc))
         # fit on ~200 windows of 4 records, the tables must not cost more on unseen records
         # (fit on records 100-116 they save 28 % there: BENCHMARKS.md)
@@ -56,13 +58,21 @@ def test_context_tables_code_real_ecg_latents_in_fewer_bytes_and_decode_the_same
     cal = load_ecg_windows(sample_data_root() / "mitdb", window=1024).samples
     fit_f, fit_c = len(fac.encode(cal, quality=0)), len(ctx.encode(cal, quality=0))
     assert fit_c < 0.8 * fit_f, (fit_c, fit_f)  # measured 0.65 on the windows they were fit to
+    # the residual part alone (q1 minus q0) shrinks too
+    res_f = len(fac.encode(cal, quality=1)) - fit_f
+    res_c = len(ctx.encode(cal, quality=1)) - fit_c
+    assert res_c < 0.9 * res_f, (res_c, res_f)
     # per-frame packets and one joint packet decode to the same samples
     joint = ctx.decode(ctx.encode(raw, quality=0))
     single = np.concatenate([ctx.decode(p) for p in ctx.encode_frames(raw, quality=0)])
     assert np.array_equal(joint, single)
-    # max-error guarantee unchanged at the residual level
+    # max-error guarantee unchanged at the residual level, and for a bound the calibration never
+    # saw (plain residual tables then): both decode to what the plain bundle decodes
     out = ctx.decode(ctx.encode(raw, quality=1))
     assert np.abs(out.astype(np.int64) - raw).max() <= 16
+    for bound in (5, 0):
+        a, b = ctx.decode(ctx.encode(raw, max_error=bound)), fac.decode(fac.encode(raw, max_error=bound))
+        assert np.array_equal(a, b) and np.abs(a.astype(np.int64) - raw).max() <= bound
 
 
 def test_round_trip_with_escapes_and_two_dimensional_latents() -> None:
@@ -104,6 +114,11 @@ def test_entropy_file_versions_are_checked(ecg_pair: tuple[Codec, Codec]) -> Non
     short = {**obj, "latent_context": {**obj["latent_context"], "signed_clip": 1}}
     with pytest.raises(BundleError, match="expected 8 channels"):
         CodingTables.loads(json.dumps(short))
+    bad = {**obj, "residual_context": {**obj["residual_context"], "signed_clip": 1}}
+    with pytest.raises(BundleError, match="residual context for max error 16 has"):
+        CodingTables.loads(json.dumps(bad))
+    with pytest.raises(BundleError, match="residual_context but no residual model"):
+        CodingTables.loads(json.dumps({**obj, "residual": None}))
 
 
 def test_dense_latents_refuse_a_context(tiny_bundle: Path, tmp_path: Path) -> None:
