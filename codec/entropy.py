@@ -333,15 +333,18 @@ def _check_ids(table_ids: np.ndarray, n: int, n_tables: int) -> np.ndarray:
 def _groups(tid: np.ndarray, n_tables: int) -> tuple[np.ndarray | None, list[tuple[int, int, int]]]:
     """(order or None if one table, [(table, start, stop) in sorted order]).
 
-    The stable radix argsort is the one O(n) pass that cannot be avoided for data-dependent ids;
-    group bounds come from the sorted ids by binary search (cheaper than a bincount, which
-    widens small ids to intp first)."""
+    The stable radix argsort is the one O(n) pass that cannot be avoided for data-dependent ids."""
     first = int(tid[0])
     if tid.size and (tid == first).all():
         return None, [(first, 0, int(tid.size))]
     order = np.argsort(tid, kind="stable")
-    bounds = np.searchsorted(tid[order], np.arange(n_tables + 1), side="left")
-    return order, [(t, int(bounds[t]), int(bounds[t + 1])) for t in range(n_tables) if bounds[t + 1] > bounds[t]]
+    ranked = tid[order]
+    # group bounds where the sorted id changes: O(n), not O(n_tables) (context models have
+    # hundreds of tables and code a few symbols per call)
+    cuts = np.flatnonzero(ranked[1:] != ranked[:-1]) + 1
+    starts = np.concatenate(([0], cuts)).tolist()
+    stops = np.concatenate((cuts, [ranked.size])).tolist()
+    return order, list(zip(ranked[np.asarray(starts, dtype=np.intp)].astype(np.int64).tolist(), starts, stops))
 
 
 def _as_int32(s: np.ndarray) -> np.ndarray:
