@@ -74,11 +74,13 @@ class LatentContext:
     def write(self, enc: StreamEncoder, symbols: np.ndarray) -> None:
         """symbols: int (N, C, *spatial) with >= 1 spatial axis; coded position by position."""
         s = _check_symbols(symbols, self.channels)
-        prev = np.zeros(s.shape[:-1], dtype=np.int32)
-        for t in range(s.shape[-1]):
-            cur = np.ascontiguousarray(s[..., t])
-            enc.encode(cur.ravel(), self.table_ids(prev).ravel(), self.tables)
-            prev = cur
+        # the sender knows every symbol: all contexts at once, then one call per position
+        prev = np.concatenate([np.zeros(s.shape[:-1] + (1,), dtype=s.dtype), s[..., :-1]], axis=-1)
+        length = s.shape[-1]
+        ids = np.moveaxis(self.table_ids(prev), -1, 0).reshape(length, -1)
+        steps = np.moveaxis(s, -1, 0).reshape(length, -1)
+        for t in range(length):
+            enc.encode(steps[t], ids[t], self.tables)
 
     def read(self, dec: StreamDecoder, shape: Sequence[int]) -> np.ndarray:
         """The inverse of ``write`` for symbols of shape (N, C, *spatial)."""

@@ -51,6 +51,9 @@ TRIM_TRIAL_MAX_SYMBOLS = 1 << 16
 # Below this many symbols per group on average, the coder checks ranges and escapes for all
 # groups at once (per-group numpy calls cost more than the data at batch 1)
 SMALL_GROUP_SYMBOLS = 2048
+# Calls with at most this many symbols take a plain-Python path (same stream): context coding makes
+# one call per position, a few symbols each when a packet holds one frame
+TINY_CALL_SYMBOLS = 16
 
 _RangeEncoder = constriction.stream.queue.RangeEncoder
 _RangeDecoder = constriction.stream.queue.RangeDecoder
@@ -414,7 +417,14 @@ class StreamEncoder:
             raise InputError(f"symbols must be 1-D, got shape {s.shape}")
         if s.size and s.dtype.kind not in "iu":
             raise InputError(f"symbols must be integers, got dtype {s.dtype}")
-        tid = _check_ids(table_ids, s.size, len(tables))
+        tid_in = np.asarray(table_ids)
+        if 0 < s.size <= TINY_CALL_SYMBOLS and tid_in.ndim == 1 and tid_in.size == s.size and tid_in.dtype.kind in "iu":
+            ids, values = tid_in.tolist(), s.tolist()
+            if (min(ids) >= 0 and max(ids) < len(tables)
+                    and INT32_MIN <= min(values) and max(values) <= INT32_MAX):
+                self._encode_tiny(values, ids, tables)
+                return
+        tid = _check_ids(tid_in, s.size, len(tables))
         if s.size == 0:
             return
         s32 = _as_int32(s)
@@ -475,20 +485,56 @@ class StreamEncoder:
                     idx = np.where(out, int(meta.escape[t]), v.astype(np.int64) - lo).astype(np.int32)
                 self._enc.encode(idx, meta.models[t])
         if esc_v:
-            u = _fold_escape(np.concatenate(esc_v), np.concatenate(esc_lo), np.concatenate(esc_hi))
-            nb = _bit_length(u)
-            self._enc.encode(nb.astype(np.int32), _ESC_NBITS_MODEL)
-            mask, bits = _chunk_layout(nb)
-            if mask.any():
-                mant = u - np.where(nb > 0, np.left_shift(1, np.maximum(nb - 1, 0)), 0)
-                shifts = np.arange(mask.shape[1], dtype=np.int64) * _ESC_CHUNK
-                chunks = (mant[:, None] >> shifts[None, :]) & ((1 << bits) - 1)
-                self._enc.encode(
-                    chunks[mask].astype(np.int32), _UNIFORM_FAMILY, (1 << bits[mask]).astype(np.int32)
-                )
+            self._write_escapes(np.concatenate(esc_v), np.concatenate(esc_lo), np.concatenate(esc_hi))
         self._n += ss.size
         if self._n <= TRIM_TRIAL_MAX_SYMBOLS:  # kept only for the small-stream tail trimming
             self._calls.append(([(t, b - a) for t, a, b in spans], ss.copy(), tables))
+
+    def _write_escapes(self, v: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+        """The escaped values of one call, after its groups (see FORMAT.md)."""
+        u = _fold_escape(v, lo, hi)
+        nb = _bit_length(u)
+        self._enc.encode(nb.astype(np.int32), _ESC_NBITS_MODEL)
+        mask, bits = _chunk_layout(nb)
+        if mask.any():
+            mant = u - np.where(nb > 0, np.left_shift(1, np.maximum(nb - 1, 0)), 0)
+            shifts = np.arange(mask.shape[1], dtype=np.int64) * _ESC_CHUNK
+            chunks = (mant[:, None] >> shifts[None, :]) & ((1 << bits) - 1)
+            self._enc.encode(chunks[mask].astype(np.int32), _UNIFORM_FAMILY, (1 << bits[mask]).astype(np.int32))
+
+    def _encode_tiny(self, values: list[int], ids: list[int], tables: TableSet) -> None:
+        """``encode`` for a handful of symbols in plain Python, writing the identical stream."""
+        meta = tables.coding_meta
+        n = len(values)
+        order = sorted(range(n), key=ids.__getitem__)
+        esc_v: list[int] = []
+        esc_t: list[int] = []
+        groups: list[tuple[int, int]] = []
+        i = 0
+        while i < n:
+            t = ids[order[i]]
+            j = i + 1
+            while j < n and ids[order[j]] == t:
+                j += 1
+            lo, hi, escape = int(meta.lo[t]), int(meta.hi[t]), int(meta.escape[t])
+            idx = []
+            for k in order[i:j]:
+                v = values[k]
+                if lo <= v <= hi:
+                    idx.append(v - lo)
+                else:
+                    idx.append(escape)
+                    esc_v.append(v)
+                    esc_t.append(t)
+            self._enc.encode(np.asarray(idx, dtype=np.int32), meta.models[t])
+            groups.append((t, j - i))
+            i = j
+        if esc_v:
+            t_arr = np.asarray(esc_t, dtype=np.intp)
+            self._write_escapes(np.asarray(esc_v, dtype=np.int64), meta.lo[t_arr], meta.hi[t_arr])
+        self._n += n
+        if self._n <= TRIM_TRIAL_MAX_SYMBOLS:
+            self._calls.append((groups, np.asarray([values[k] for k in order], dtype=np.int32), tables))
 
     def finish(self) -> bytes:
         """The payload bytes: big-endian words, trailing zeros dropped, small streams tail-trimmed."""
@@ -547,6 +593,10 @@ class StreamDecoder:
         tables = as_table_set(tables)
         tid_in = np.asarray(table_ids)
         n = int(tid_in.size)
+        if 0 < n <= TINY_CALL_SYMBOLS and tid_in.ndim == 1 and tid_in.dtype.kind in "iu":
+            ids = tid_in.tolist()
+            if min(ids) >= 0 and max(ids) < len(tables):
+                return self._decode_tiny(ids, tables)
         tid = _check_ids(tid_in, n, len(tables))
         if n == 0:
             return np.zeros(0, dtype=np.int32)
@@ -610,32 +660,67 @@ class StreamDecoder:
                         esc_hi.append(np.full(hit.size, int(meta.hi[t]), dtype=np.int64))
                     pos += k
             if esc_pos:
-                where = np.concatenate(esc_pos)
-                lo, hi = np.concatenate(esc_lo), np.concatenate(esc_hi)
-                nb = np.asarray(self._dec.decode(_ESC_NBITS_MODEL, where.size), dtype=np.int64)
-                mask, bits = _chunk_layout(nb)
-                u = np.where(nb > 0, np.left_shift(1, np.maximum(nb - 1, 0)), 0).astype(np.int64)
-                if mask.any():
-                    flat = np.asarray(
-                        self._dec.decode(_UNIFORM_FAMILY, (1 << bits[mask]).astype(np.int32)), dtype=np.int64
-                    )
-                    chunks = np.zeros(mask.shape, dtype=np.int64)
-                    chunks[mask] = flat
-                    shifts = np.arange(mask.shape[1], dtype=np.int64) * _ESC_CHUNK
-                    u = u + (chunks << shifts[None, :]).sum(axis=1)
-                odd = (u & 1).astype(bool)
-                v = np.where(odd, lo - 1 - (u - 1) // 2, hi + 1 + u // 2)
-                if int(v.min()) < INT32_MIN or int(v.max()) > INT32_MAX:
-                    raise BitstreamError(
-                        "payload decodes to an escaped symbol outside int32: the payload is corrupt "
-                        "or was coded with other tables (check the model id)"
-                    )
-                vals[where] = v
+                vals[np.concatenate(esc_pos)] = self._read_escapes(np.concatenate(esc_lo), np.concatenate(esc_hi))
         except BitstreamError:
             raise
         except Exception as exc:  # constriction reports malformed input as ValueError/RuntimeError
             raise BitstreamError(f"entropy decoder failed ({exc}); the payload is corrupt") from exc
         return vals
+
+    def _read_escapes(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """The escaped values of one call (their tables' lo / hi in stream order)."""
+        nb = np.asarray(self._dec.decode(_ESC_NBITS_MODEL, lo.size), dtype=np.int64)
+        mask, bits = _chunk_layout(nb)
+        u = np.where(nb > 0, np.left_shift(1, np.maximum(nb - 1, 0)), 0).astype(np.int64)
+        if mask.any():
+            flat = np.asarray(self._dec.decode(_UNIFORM_FAMILY, (1 << bits[mask]).astype(np.int32)), dtype=np.int64)
+            chunks = np.zeros(mask.shape, dtype=np.int64)
+            chunks[mask] = flat
+            shifts = np.arange(mask.shape[1], dtype=np.int64) * _ESC_CHUNK
+            u = u + (chunks << shifts[None, :]).sum(axis=1)
+        odd = (u & 1).astype(bool)
+        v = np.where(odd, lo - 1 - (u - 1) // 2, hi + 1 + u // 2)
+        if int(v.min()) < INT32_MIN or int(v.max()) > INT32_MAX:
+            raise BitstreamError(
+                "payload decodes to an escaped symbol outside int32: the payload is corrupt "
+                "or was coded with other tables (check the model id)"
+            )
+        return v
+
+    def _decode_tiny(self, ids: list[int], tables: TableSet) -> np.ndarray:
+        """``decode`` for a handful of symbols in plain Python: the same stream order (groups by
+        ascending table, stable, then the call's escapes) without numpy's per-call overhead,
+        which dominates context coding's one call per position."""
+        meta = tables.coding_meta
+        n = len(ids)
+        order = sorted(range(n), key=ids.__getitem__)
+        out = np.empty(n, dtype=np.int32)
+        esc_at: list[int] = []
+        esc_t: list[int] = []
+        try:
+            i = 0
+            while i < n:
+                t = ids[order[i]]
+                j = i + 1
+                while j < n and ids[order[j]] == t:
+                    j += 1
+                got = self._dec.decode(meta.models[t], j - i).tolist()
+                lo, escape = int(meta.lo[t]), int(meta.escape[t])
+                for m, v in enumerate(got):
+                    if v == escape:
+                        esc_at.append(order[i + m])
+                        esc_t.append(t)
+                    else:
+                        out[order[i + m]] = v + lo
+                i = j
+            if esc_at:
+                t_arr = np.asarray(esc_t, dtype=np.intp)
+                out[np.asarray(esc_at, dtype=np.intp)] = self._read_escapes(meta.lo[t_arr], meta.hi[t_arr])
+        except BitstreamError:
+            raise
+        except Exception as exc:  # constriction reports malformed input as ValueError/RuntimeError
+            raise BitstreamError(f"entropy decoder failed ({exc}); the payload is corrupt") from exc
+        return out
 
 
 def encode(symbols: np.ndarray, table_ids: np.ndarray, tables: TableSet | Sequence[FreqTable]) -> bytes:

@@ -81,11 +81,12 @@ class ResidualContext:
         shape = _steps_shape(x_raw.shape)
         q, bucket = q.reshape(shape), bucket.reshape(shape)
         tables = self._tables(max_error)
-        prev = np.zeros(shape[:-1], dtype=np.int32)
+        # the sender knows every q: all contexts at once, then one call per position (last axis first)
+        prev = np.concatenate([np.zeros(shape[:-1] + (1,), dtype=q.dtype), q[..., :-1]], axis=-1)
+        ids = np.moveaxis(self._ids(bucket, prev), -1, 0).reshape(shape[-1], -1)
+        steps = np.moveaxis(q, -1, 0).reshape(shape[-1], -1)
         for t in range(shape[-1]):
-            cur = np.ascontiguousarray(q[..., t])
-            enc.encode(cur.ravel(), self._ids(bucket[..., t], prev).ravel(), tables)
-            prev = cur
+            enc.encode(steps[t], ids[t], tables)
         return info
 
     def read(self, dec: StreamDecoder, model: ResidualModel, raw_float: np.ndarray, max_error: int) -> np.ndarray:

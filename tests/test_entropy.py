@@ -171,3 +171,35 @@ def test_throughput_report() -> None:
     enc_rate, dec_rate = total / (t1 - t0), total / (t2 - t1)
     print(f"\nentropy coder: encode {enc_rate / 1e6:.1f} M symbols/s, decode {dec_rate / 1e6:.1f} M symbols/s")
     assert enc_rate > 2e6 and dec_rate > 2e6  # loose floor: 2 shared CPU cores
+
+
+def test_tiny_calls_write_and_read_the_same_stream_as_the_vectorised_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Context coding makes one call per position with a few symbols each; those take a plain-Python
+    path. It must produce byte-identical streams (escapes included) and decode either way."""
+    rng = np.random.default_rng(3)
+    tables = E.TableSet(tuple(E.table_from_counts(rng.integers(0, 50, size=9), offset=o, escape_count=1)
+                              for o in (-4, 0, 3, -1)))
+    calls = []
+    for _ in range(300):
+        n = int(rng.integers(1, E.TINY_CALL_SYMBOLS + 1))
+        sym = rng.integers(-6, 14, size=n).astype(np.int32)
+        sym[rng.random(n) < 0.03] = rng.integers(-(2**31), 2**31 - 1, dtype=np.int64)  # escapes, extreme ones too
+        calls.append((sym, rng.integers(0, len(tables), size=n).astype(np.int32)))
+
+    def stream() -> bytes:
+        enc = E.StreamEncoder()
+        for sym, ids in calls:
+            enc.encode(sym, ids, tables)
+        return enc.finish()
+
+    def read(data: bytes) -> list[np.ndarray]:
+        dec = E.StreamDecoder(data)
+        return [dec.decode(ids, tables) for _, ids in calls]
+
+    tiny = stream()
+    monkeypatch.setattr(E, "TINY_CALL_SYMBOLS", 0)  # every call through the vectorised path
+    vectorised = stream()
+    assert tiny == vectorised
+    assert all(np.array_equal(a, s) for a, (s, _) in zip(read(tiny), calls))
+    monkeypatch.undo()
+    assert all(np.array_equal(a, s) for a, (s, _) in zip(read(tiny), calls))
