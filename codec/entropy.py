@@ -350,6 +350,22 @@ def _groups(tid: np.ndarray, n_tables: int) -> tuple[np.ndarray | None, list[tup
     return order, list(zip(ranked[np.asarray(starts, dtype=np.intp)].astype(np.int64).tolist(), starts, stops))
 
 
+def _tiny_groups(ids: list[int]) -> tuple[list[int], list[tuple[int, int, int]]]:
+    """Plain-Python ``_groups`` for a few ids: (stable order by id, [(table, start, stop)])."""
+    n = len(ids)
+    order = sorted(range(n), key=ids.__getitem__)
+    runs = []
+    i = 0
+    while i < n:
+        t = ids[order[i]]
+        j = i + 1
+        while j < n and ids[order[j]] == t:
+            j += 1
+        runs.append((t, i, j))
+        i = j
+    return order, runs
+
+
 def _as_int32(s: np.ndarray) -> np.ndarray:
     """Symbols as int32 (no copy when they already are); wider types are range-checked first."""
     if s.dtype == np.int32:
@@ -506,16 +522,11 @@ class StreamEncoder:
         """``encode`` for a handful of symbols in plain Python, writing the identical stream."""
         meta = tables.coding_meta
         n = len(values)
-        order = sorted(range(n), key=ids.__getitem__)
+        order, runs = _tiny_groups(ids)
         esc_v: list[int] = []
         esc_t: list[int] = []
         groups: list[tuple[int, int]] = []
-        i = 0
-        while i < n:
-            t = ids[order[i]]
-            j = i + 1
-            while j < n and ids[order[j]] == t:
-                j += 1
+        for t, i, j in runs:
             lo, hi, escape = int(meta.lo[t]), int(meta.hi[t]), int(meta.escape[t])
             idx = []
             for k in order[i:j]:
@@ -528,7 +539,6 @@ class StreamEncoder:
                     esc_t.append(t)
             self._enc.encode(np.asarray(idx, dtype=np.int32), meta.models[t])
             groups.append((t, j - i))
-            i = j
         if esc_v:
             t_arr = np.asarray(esc_t, dtype=np.intp)
             self._write_escapes(np.asarray(esc_v, dtype=np.int64), meta.lo[t_arr], meta.hi[t_arr])
@@ -692,18 +702,12 @@ class StreamDecoder:
         ascending table, stable, then the call's escapes) without numpy's per-call overhead,
         which dominates context coding's one call per position."""
         meta = tables.coding_meta
-        n = len(ids)
-        order = sorted(range(n), key=ids.__getitem__)
-        out = np.empty(n, dtype=np.int32)
+        order, runs = _tiny_groups(ids)
+        out = np.empty(len(ids), dtype=np.int32)
         esc_at: list[int] = []
         esc_t: list[int] = []
         try:
-            i = 0
-            while i < n:
-                t = ids[order[i]]
-                j = i + 1
-                while j < n and ids[order[j]] == t:
-                    j += 1
+            for t, i, j in runs:
                 got = self._dec.decode(meta.models[t], j - i).tolist()
                 lo, escape = int(meta.lo[t]), int(meta.escape[t])
                 for m, v in enumerate(got):
@@ -712,7 +716,6 @@ class StreamDecoder:
                         esc_t.append(t)
                     else:
                         out[order[i + m]] = v + lo
-                i = j
             if esc_at:
                 t_arr = np.asarray(esc_t, dtype=np.intp)
                 out[np.asarray(esc_at, dtype=np.intp)] = self._read_escapes(meta.lo[t_arr], meta.hi[t_arr])
