@@ -147,9 +147,9 @@ def test_ecg_bundle_reaches_diagnostic_fidelity_cheaply() -> None:
         cr = raw.size * 11 / (8 * sum(len(p) for p in packets))
         if prd <= 2.7:
             best_cr = max(best_cr, cr)
-    # a regression floor (measured on these windows, one packet each: q6 (max_error 10) PRD 2.70 %
-    # CR 10.8, q7 (max_error 8) PRD 2.46 % CR 9.7), not the CR 32 target: see BENCHMARKS.md
-    assert best_cr >= 8.5, f"best CR at PRD <= 2.7 % is {best_cr:.1f}"
+    # a regression floor (measured on these windows, one packet each: q7 (max_error 8) PRD 2.48 %
+    # CR 10.3; q6 is just above the bar at 2.73 %), not the CR 32 target: see BENCHMARKS.md
+    assert best_cr >= 9.0, f"best CR at PRD <= 2.7 % is {best_cr:.1f}"
 
 
 def test_bsds_bundle_codes_any_photo_size() -> None:
