@@ -74,13 +74,7 @@ class LatentContext:
     def write(self, enc: StreamEncoder, symbols: np.ndarray) -> None:
         """symbols: int (N, C, *spatial) with >= 1 spatial axis; coded position by position."""
         s = _check_symbols(symbols, self.channels)
-        # the sender knows every symbol: all contexts at once, then one call per position
-        prev = np.concatenate([np.zeros(s.shape[:-1] + (1,), dtype=s.dtype), s[..., :-1]], axis=-1)
-        length = s.shape[-1]
-        ids = np.moveaxis(self.table_ids(prev), -1, 0).reshape(length, -1)
-        steps = np.moveaxis(s, -1, 0).reshape(length, -1)
-        for t in range(length):
-            enc.encode(steps[t], ids[t], self.tables)
+        write_by_position(enc, s, self.table_ids(previous_along_last(s)), self.tables)
 
     def read(self, dec: StreamDecoder, shape: Sequence[int]) -> np.ndarray:
         """The inverse of ``write`` for symbols of shape (N, C, *spatial)."""
@@ -112,25 +106,16 @@ class LatentContext:
         channels = s.shape[1]
         edges = tuple(int(e) for e in activity_edges)
         n_contexts = (2 * signed_clip + 1) * (len(edges) + 1)
-        prev = np.concatenate([np.zeros(s.shape[:-1] + (1,), dtype=s.dtype), s[..., :-1]], axis=-1)
-        ids = context_ids(prev, channels, signed_clip, edges)  # the context of every symbol
-        total = 1 << factorized.precision
+        ids = context_ids(previous_along_last(s), channels, signed_clip, edges)  # the context of every symbol
         tables: list[FreqTable] = []
         for c in range(channels):
             vals = s[:, c].ravel().astype(np.int64)
             fac = factorized[c]
             # the factorized range (what the density gives mass to) plus anything seen beyond it
             lo, hi = min(int(vals.min()), fac.lo), max(int(vals.max()), fac.hi)
-            # the factorized table's integer frequencies over [lo, hi]; the rest of its mass escapes
-            idx = np.arange(lo, hi + 1) - fac.lo
-            inside = (idx >= 0) & (idx < fac.n_symbols)
-            prior = np.where(inside, fac.freqs[np.clip(idx, 0, fac.n_symbols - 1)].astype(np.int64), 0)
-            escape = max((total - int(prior.sum())) * prior_observations, 1)
             counts = np.zeros((n_contexts, hi - lo + 1), dtype=np.int64)
             np.add.at(counts, (ids[:, c].ravel().astype(np.int64) - c * n_contexts, vals - lo), 1)
-            for k in range(n_contexts):
-                weights = counts[k] * total + prior * prior_observations
-                tables.append(table_from_counts(weights, lo, factorized.precision, escape_count=escape))
+            tables += [table_with_prior(counts[k], lo, fac, prior_observations) for k in range(n_contexts)]
         return cls(channels, int(signed_clip), edges, TableSet(tuple(tables), precision=factorized.precision))
 
     def to_json_obj(self) -> dict[str, Any]:
@@ -139,14 +124,49 @@ class LatentContext:
 
     @classmethod
     def from_json_obj(cls, obj: Any, where: str = "entropy.json") -> "LatentContext":
-        if not isinstance(obj, dict) or obj.get("kind") != KIND:
-            kind = obj.get("kind") if isinstance(obj, dict) else None
-            raise BundleError(f"{where}: unknown latent context kind {kind!r} (this latentwire knows {KIND!r})")
+        check_kind(obj, KIND, "latent context", where)
         try:
             return cls(int(obj["channels"]), int(obj["signed_clip"]), tuple(int(e) for e in obj["activity_edges"]),
                        TableSet.from_json_obj(obj["tables"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{where}: malformed latent context ({exc}); re-run calibration") from exc
+
+
+# -- shared by the latent and the residual context models ---------------------------------------
+
+def previous_along_last(x: np.ndarray) -> np.ndarray:
+    """x shifted one step along its last axis, zeros first: at every position, what the decoder
+    has already decoded one step earlier (the context source)."""
+    return np.concatenate([np.zeros(x.shape[:-1] + (1,), dtype=x.dtype), x[..., :-1]], axis=-1)
+
+
+def write_by_position(enc: StreamEncoder, symbols: np.ndarray, table_ids: np.ndarray, tables: TableSet) -> None:
+    """One coder call per position of the last axis, holding every symbol at that position in C
+    order: the order a decoder that learns each context one step late must read them in. The
+    sender knows all symbols, so all table ids come in at once."""
+    length = symbols.shape[-1]
+    steps = np.moveaxis(symbols, -1, 0).reshape(length, -1)
+    ids = np.moveaxis(table_ids, -1, 0).reshape(length, -1)
+    for t in range(length):
+        enc.encode(steps[t], ids[t], tables)
+
+
+def table_with_prior(counts: np.ndarray, lo: int, prior: FreqTable, prior_observations: int) -> FreqTable:
+    """Integer counts of symbols lo.. plus ``prior_observations`` observations' worth of ``prior``'s
+    mass over the same span; the prior's mass outside the span goes to the escape. Integer only."""
+    total = 1 << prior.precision
+    idx = np.arange(lo, lo + counts.size) - prior.lo
+    inside = (idx >= 0) & (idx < prior.n_symbols)
+    mass = np.where(inside, prior.freqs[np.clip(idx, 0, prior.n_symbols - 1)].astype(np.int64), 0)
+    escape = max((total - int(mass.sum())) * prior_observations, 1)
+    return table_from_counts(counts.astype(np.int64) * total + mass * prior_observations, lo, prior.precision,
+                             escape_count=escape)
+
+
+def check_kind(obj: Any, kind: str, what: str, where: str) -> None:
+    if not isinstance(obj, dict) or obj.get("kind") != kind:
+        got = obj.get("kind") if isinstance(obj, dict) else None
+        raise BundleError(f"{where}: unknown {what} kind {got!r} (this latentwire knows {kind!r})")
 
 
 def context_ids(prev: np.ndarray, channels: int, signed_clip: int, activity_edges: Sequence[int]) -> np.ndarray:

@@ -421,26 +421,32 @@ class ResidualModel:
     def write(self, enc: StreamEncoder, x_raw: np.ndarray, raw_float: np.ndarray, max_error: int) -> ResidualEncoding:
         """Code the frames' shifts then their residuals into ``enc``; returns the reconstruction."""
         symbols, ids, info = self.encode_residual(x_raw, raw_float, max_error)
-        tables = self.tables(max_error)
-        if self.spec.n_shifts > 1:
-            enc.encode_grouped([(self.spec.n_contexts, info.shifts)], tables)
-        enc.encode(symbols, ids, tables)
+        self.write_shifts(enc, info.shifts, max_error)
+        enc.encode(symbols, ids, self.tables(max_error))
         return info
+
+    def write_shifts(self, enc: StreamEncoder, shifts: np.ndarray, max_error: int) -> None:
+        """The frames' bucket-grid shifts, coded before their residuals (nothing when n_shifts is 1)."""
+        if self.spec.n_shifts > 1:
+            enc.encode_grouped([(self.spec.n_contexts, shifts)], self.tables(max_error))
+
+    def read_shifts(self, dec: StreamDecoder, n: int, max_error: int) -> np.ndarray:
+        """Receiver side of ``write_shifts``: (n,) int64 shifts, checked."""
+        if self.spec.n_shifts <= 1:
+            return np.zeros(n, dtype=np.int64)
+        shifts = dec.decode_grouped([(self.spec.n_contexts, n)], self.tables(max_error)).astype(np.int64)
+        if shifts.size and (shifts.min() < 0 or shifts.max() >= self.spec.n_shifts):
+            raise BitstreamError("residual payload names a bucket-grid shift that does not exist: corrupt payload")
+        return shifts
 
     def read(self, dec: StreamDecoder, raw_float: np.ndarray, max_error: int) -> np.ndarray:
         """Receiver side of ``write``: the reconstruction (int64, raw_float's shape)."""
         f = np.asarray(raw_float)
         n = f.shape[0]
-        tables = self.tables(max_error)
         p = prediction(f, self.spec.raw_min, self.spec.raw_max).reshape(n, -1)
-        if self.spec.n_shifts > 1:
-            shifts = dec.decode_grouped([(self.spec.n_contexts, n)], tables).astype(np.int64)
-            if shifts.size and (shifts.min() < 0 or shifts.max() >= self.spec.n_shifts):
-                raise BitstreamError("residual payload names a bucket-grid shift that does not exist: corrupt payload")
-        else:
-            shifts = np.zeros(n, dtype=np.int64)
+        shifts = self.read_shifts(dec, n, max_error)
         ctx = self.spec.context(p, shifts[:, None])
-        q = dec.decode(ctx.ravel(), tables).reshape(p.shape)
+        q = dec.decode(ctx.ravel(), self.tables(max_error)).reshape(p.shape)
         return reconstruct(p, q, max_error, self.spec.raw_min, self.spec.raw_max).reshape(f.shape)
 
     # ---- serialisation (inside entropy.json)

@@ -24,8 +24,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .entropy import FreqTable, StreamDecoder, StreamEncoder, TableSet, table_from_counts
-from .errors import BitstreamError, BundleError, InputError
+from .context import check_kind, previous_along_last, table_with_prior, write_by_position
+from .entropy import FreqTable, StreamDecoder, StreamEncoder, TableSet
+from .errors import BundleError, InputError
 from .residual import ResidualEncoding, ResidualModel, check_max_error, prediction, reconstruct
 
 KIND = "previous-sample"
@@ -76,17 +77,10 @@ class ResidualContext:
         if x_raw.ndim < 2:
             raise InputError(f"residual context needs samples (N, ..., L), got shape {x_raw.shape}")
         q, bucket, info = model.encode_residual(x_raw, raw_float, max_error)
-        if model.spec.n_shifts > 1:
-            enc.encode_grouped([(model.spec.n_contexts, info.shifts)], model.tables(max_error))
+        model.write_shifts(enc, info.shifts, max_error)
         shape = _steps_shape(x_raw.shape)
         q, bucket = q.reshape(shape), bucket.reshape(shape)
-        tables = self._tables(max_error)
-        # the sender knows every q: all contexts at once, then one call per position (last axis first)
-        prev = np.concatenate([np.zeros(shape[:-1] + (1,), dtype=q.dtype), q[..., :-1]], axis=-1)
-        ids = np.moveaxis(self._ids(bucket, prev), -1, 0).reshape(shape[-1], -1)
-        steps = np.moveaxis(q, -1, 0).reshape(shape[-1], -1)
-        for t in range(shape[-1]):
-            enc.encode(steps[t], ids[t], tables)
+        write_by_position(enc, q, self._ids(bucket, previous_along_last(q)), self._tables(max_error))
         return info
 
     def read(self, dec: StreamDecoder, model: ResidualModel, raw_float: np.ndarray, max_error: int) -> np.ndarray:
@@ -96,12 +90,7 @@ class ResidualContext:
         n = f.shape[0]
         spec = model.spec
         p = prediction(f, spec.raw_min, spec.raw_max).reshape(n, -1)
-        if spec.n_shifts > 1:
-            shifts = dec.decode_grouped([(spec.n_contexts, n)], model.tables(max_error)).astype(np.int64)
-            if shifts.size and (shifts.min() < 0 or shifts.max() >= spec.n_shifts):
-                raise BitstreamError("residual payload names a bucket-grid shift that does not exist: corrupt payload")
-        else:
-            shifts = np.zeros(n, dtype=np.int64)
+        shifts = model.read_shifts(dec, n, max_error)
         shape = _steps_shape(f.shape)
         bucket = spec.context(p, shifts[:, None]).reshape(shape)
         tables = self._tables(max_error)
@@ -119,7 +108,6 @@ class ResidualContext:
         """Count calibration residuals per (prediction bucket, previous q) for every D in max_errors."""
         width = 2 * signed_clip + 1
         n_ctx = model.spec.n_contexts * width
-        total = 1 << model.precision
         out: list[tuple[int, TableSet]] = []
         for d in sorted({check_max_error(int(e)) for e in max_errors}):
             lo, hi = 0, 0
@@ -128,7 +116,7 @@ class ResidualContext:
                 q, bucket, _ = model.encode_residual(x_raw[i : i + batch_size], raw_float[i : i + batch_size], d)
                 shape = _steps_shape(x_raw[i : i + batch_size].shape)
                 q = q.reshape(shape).astype(np.int64)
-                prev = np.concatenate([np.zeros(shape[:-1] + (1,), dtype=np.int64), q[..., :-1]], axis=-1)
+                prev = previous_along_last(q)
                 ids = bucket.reshape(shape).astype(np.int64) * width + np.clip(prev, -signed_clip, signed_clip) + signed_clip
                 parts.append((ids.ravel().astype(np.int32), q.ravel().astype(np.int32)))
                 lo, hi = min(lo, int(q.min())), max(hi, int(q.max()))
@@ -142,15 +130,11 @@ class ResidualContext:
             tables: list[FreqTable] = []
             for k in range(n_ctx):
                 t = base[k // width]
-                idx = np.arange(lo, hi + 1) - t.lo
-                inside = (idx >= 0) & (idx < t.n_symbols)
-                prior = np.where(inside, t.freqs[np.clip(idx, 0, t.n_symbols - 1)].astype(np.int64), 0)
                 # span: what this context saw, the prior table's range, one bin either side
-                seen = np.flatnonzero(hist[k] | inside)
-                a, b = max(int(seen[0]) - 1, 0), min(int(seen[-1]) + 1, hi - lo)
-                w = hist[k, a : b + 1] * total + prior[a : b + 1] * PRIOR_OBSERVATIONS
-                escape = max((total - int(prior[a : b + 1].sum())) * PRIOR_OBSERVATIONS, 1)
-                tables.append(table_from_counts(w, lo + a, model.precision, escape_count=escape))
+                seen = np.flatnonzero(hist[k])
+                a = max(min(int(seen[0]) if seen.size else t.lo - lo, t.lo - lo) - 1, 0)
+                b = min(max(int(seen[-1]) if seen.size else t.hi - lo, t.hi - lo) + 1, hi - lo)
+                tables.append(table_with_prior(hist[k, a : b + 1], lo + a, t, PRIOR_OBSERVATIONS))
             out.append((d, TableSet(tuple(tables), precision=model.precision)))
         return cls(int(signed_clip), model.spec.n_contexts, tuple(out))
 
@@ -160,9 +144,7 @@ class ResidualContext:
 
     @classmethod
     def from_json_obj(cls, obj: Any, where: str = "entropy.json") -> "ResidualContext":
-        if not isinstance(obj, dict) or obj.get("kind") != KIND:
-            kind = obj.get("kind") if isinstance(obj, dict) else None
-            raise BundleError(f"{where}: unknown residual context kind {kind!r} (this latentwire knows {KIND!r})")
+        check_kind(obj, KIND, "residual context", where)
         try:
             return cls(int(obj["signed_clip"]), int(obj["n_contexts"]),
                        tuple((int(e["max_error"]), TableSet.from_json_obj(e["tables"])) for e in obj["levels"]))
