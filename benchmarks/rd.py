@@ -231,6 +231,17 @@ def raw_point(raw: np.ndarray, scorer: Scorer) -> Point:
 # ------------------------------------------------------------------------------ PCA
 
 
+def _packet_round_trip(codec: PcaCodec | DctCodec, raw: np.ndarray, packet_frames: int) -> tuple[np.ndarray, int]:
+    """A baseline's packets of packet_frames frames, decoded back: (decoded samples, total bytes)."""
+    decoded = np.empty_like(raw)
+    total = 0
+    for sl in _chunks(len(raw), packet_frames):
+        packet = codec.encode(raw[sl])
+        total += len(packet)
+        decoded[sl] = codec.decode(packet, raw.dtype)
+    return decoded, total
+
+
 def pca_points(basis: PcaBasis, train_raw: np.ndarray, raw: np.ndarray, scorer: Scorer, ks: Sequence[int],
                steps: Sequence[float], packet_frames: int) -> list[Point]:
     """Every (k, step) pair, packets of packet_frames, decoded back; the Pareto front is flagged."""
@@ -240,13 +251,7 @@ def pca_points(basis: PcaBasis, train_raw: np.ndarray, raw: np.ndarray, scorer: 
     for k in ks:
         for step in steps:
             t0 = time.perf_counter()
-            pc = PcaCodec(basis, k, step, train_coef)
-            decoded = np.empty_like(raw)
-            total = 0
-            for sl in _chunks(len(raw), packet_frames):
-                packet = pc.encode(raw[sl])
-                total += len(packet)
-                decoded[sl] = pc.decode(packet, raw.dtype)
+            decoded, total = _packet_round_trip(PcaCodec(basis, k, step, train_coef), raw, packet_frames)
             points.append(Point("pca", f"k={k} step={step:g}", mode=f"packet{packet_frames}", k=k, step=step,
                                 seconds=time.perf_counter() - t0, **scorer.score(raw, decoded, total)))
     fr, fp = bdrate.pareto_front([p.bytes_per_sample for p in points], [p.psnr_db for p in points])
@@ -263,12 +268,7 @@ def dct_points(train_raw: np.ndarray, raw: np.ndarray, scorer: Scorer, steps: Se
     for step in steps:
         t0 = time.perf_counter()
         dc = DctCodec(raw.shape[-1], step, train_raw, offset, raw_min, raw_max)
-        decoded = np.empty_like(raw)
-        total = 0
-        for sl in _chunks(len(raw), packet_frames):
-            packet = dc.encode(raw[sl])
-            total += len(packet)
-            decoded[sl] = dc.decode(packet, raw.dtype)
+        decoded, total = _packet_round_trip(dc, raw, packet_frames)
         points.append(Point("dct", f"step={step:g}", mode=f"packet{packet_frames}", step=step,
                             seconds=time.perf_counter() - t0, **scorer.score(raw, decoded, total)))
     return points

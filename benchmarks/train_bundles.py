@@ -14,8 +14,8 @@ reads train_records / val_records / heldout_records) never score a bundle on wha
 Splits:
 - ECG (MIT-BIH, records 100-124 of the 100 series): trained on 100-116 BY RECORD (two of those,
   picked by the group split with seed 0, were the validation set), held out 117-124 entirely.
-  One run of 30 epochs from scratch on windows overlapping by 3/4 (`stride=256`); recipes with
-  warm-started stages ("finetune", "finetune2" keys) record every stage in training.stages.
+  One run of 30 epochs from scratch on windows overlapping by 3/4 (`stride=256`). A shipped run
+  that was warm-started (`--init-from`) gets every earlier stage in its manifest's training.stages.
 - BSDS500: random 48x48 RGB crops of train/ + val/ (300 photos); evaluated on whole test/
   photos (all 200, 481x321 and 321x481; --limit N for the first N): the
   conv graphs take any size.
@@ -82,9 +82,8 @@ BUNDLES: dict[str, dict[str, Any]] = {
 
 
 def train_commands(key: str) -> list[list[str]]:
-    """The train runs of one bundle, in order (a warm-started stage reads the run before it)."""
-    stages = [BUNDLES[key]["train"], *(BUNDLES[key][k] for k in ("finetune", "finetune2") if k in BUNDLES[key])]
-    return [["nice", "-n", "10", str(REPO / ".venv" / "bin" / "latentwire"), "train", *args] for args in stages]
+    """The train run of one bundle."""
+    return [["nice", "-n", "10", str(REPO / ".venv" / "bin" / "latentwire"), "train", *BUNDLES[key]["train"]]]
 
 
 def cmd_train(keys: Sequence[str]) -> None:
@@ -140,7 +139,7 @@ def cmd_ship(keys: Sequence[str]) -> None:
     torch.set_num_threads(1)
     for key in keys:
         spec = BUNDLES[key]
-        run = REPO / spec.get("ship_run", spec["run"])
+        run = REPO / spec["run"]
         ckpt = load_checkpoint(run)
         data = {**ckpt["data"], **(_ecg_split() if key == "ecg" else _bsds_split())}
         extra: dict[str, Any] = {"data": data}

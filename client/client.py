@@ -470,7 +470,7 @@ class Client:
                 ahead.close()
                 idle.cancel()
                 call.cancel()
-            delay = min(max_backoff, 0.05 * (2 ** attempt)) * (0.5 + random.random() / 2)
+            delay = _backoff(attempt, max_backoff)
             attempt += 1
             if stop is not None:
                 stop.wait(delay)
@@ -697,7 +697,7 @@ class Client:
                 if e.code() not in RETRYABLE or attempt >= max_retries:
                     raise
                 result.reconnects += 1
-                delay = min(max_backoff, 0.05 * (2 ** attempt)) * (0.5 + random.random() / 2)
+                delay = _backoff(attempt, max_backoff)
                 attempt += 1
                 log.info("publish to %s: %s (%s); resending %d unacknowledged message(s) in %.2fs",
                          channel, e.code().name, e.details(), len(unacked), delay)
@@ -796,6 +796,12 @@ class _StreamEnded(grpc.RpcError):
 
     def details(self) -> str:
         return "the server ended the publish stream early"
+
+
+def _backoff(attempt: int, max_backoff: float) -> float:
+    """Seconds before retry number ``attempt`` (from 0): exponential from 50 ms, capped, with jitter
+    so that many clients cut off together do not reconnect together."""
+    return min(max_backoff, 0.05 * (2 ** attempt)) * (0.5 + random.random() / 2)
 
 
 def _status(code: int) -> grpc.StatusCode:
