@@ -57,6 +57,7 @@ from latentwire.codec.quantize import quantize
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = RESULTS / "throughput.json"
 MNIST_SAMPLE = Path(__file__).resolve().parents[1] / "codec" / "assets" / "mnist_test_sample.npz"
+ECG_SAMPLE = MNIST_SAMPLE.parent / "ecg_heldout_sample.npz"  # 2-lead MIT-BIH windows never trained on
 OPS = ("enc_bare", "enc_q0", "enc_res", "dec_bare", "dec_q0", "dec_res", "ort_spin", "ort_nospin")
 
 
@@ -96,11 +97,15 @@ def fallback_bundle() -> Path:
 
 
 def raw_batch(codec: Codec, n: int) -> np.ndarray:
-    """n real MNIST test digits (cycled) when the bundle takes digits, else seeded values in range."""
+    """n real samples (cycled) when the bundle takes MNIST digits or 2-lead ECG windows (the
+    shipped held-out ones), else seeded values in range."""
     shape = tuple(codec.sample_shape)
-    if shape == (1, 28, 28) and MNIST_SAMPLE.is_file() and codec.raw_dtype == np.uint8:
-        digits = np.load(MNIST_SAMPLE)["samples"]
-        return np.ascontiguousarray(np.resize(digits, (n, *digits.shape[1:])))
+    for path, fits in ((MNIST_SAMPLE, shape == (1, 28, 28) and codec.raw_dtype == np.uint8),
+                       (ECG_SAMPLE, shape == (2, None) and codec.raw_dtype == np.int16)):
+        if fits and path.is_file():
+            with np.load(path) as z:
+                real = z["samples"]
+            return np.ascontiguousarray(np.resize(real, (n, *real.shape[1:])))
     if any(d is None for d in shape):
         raise InputError(f"bundle sample shape {shape} has free dims; this benchmark needs fixed ones")
     norm = codec.normalization
@@ -171,7 +176,7 @@ def bench_batch(codec: Codec, spin: dict[str, ort.InferenceSession], batch: int,
     raw = raw_batch(codec, batch)
     x = codec.normalization.to_model(raw)
     y_hat = quantize(codec.encoder.encode(x)).astype(np.float32)
-    out_size = codec._out_size(raw.shape)
+    out_size = codec._out_size(raw.shape[1:])
     p0 = codec.encode(raw, quality=latent)
     pres = codec.encode(raw, quality=quality)
     assert np.array_equal(codec.decode(p0).shape, raw.shape)
