@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import BundleError
 from .normalization import Normalization
 
@@ -109,6 +111,27 @@ def finalize(bundle_dir: str | Path) -> str:
     return manifest["model_id"]
 
 
+@dataclass(frozen=True, eq=False)
+class LatentLevel:
+    """One learned level of a variable-rate bundle (manifest latent.levels[k]): the sender codes
+    round(y * gain) per channel, the receiver feeds symbols * inverse_gain to decoder.onnx."""
+
+    gain: np.ndarray  # float32 (C,)
+    inverse_gain: np.ndarray  # float32 (C,)
+
+    @classmethod
+    def from_dict(cls, d: Any, channels: int, where: str) -> "LatentLevel":
+        if not isinstance(d, dict):
+            raise TypeError(f"latent.levels entries must be objects, got {type(d).__name__}")
+        out = []
+        for key in ("gain", "inverse_gain"):
+            v = np.asarray(d[key], dtype=np.float64)
+            if v.shape != (channels,) or not np.all(np.isfinite(v)) or not np.all(v > 0):
+                raise ValueError(f"{where}: latent level {key} must be {channels} positive numbers")
+            out.append(v.astype(np.float32))
+        return cls(*out)
+
+
 @dataclass(frozen=True)
 class Manifest:
     """Typed view of manifest.json; `raw` keeps every field (training, metrics, entropy...)."""
@@ -125,6 +148,7 @@ class Manifest:
     quality_levels: tuple[dict[str, Any], ...]
     model_id: str
     raw: dict[str, Any]
+    latent_levels: tuple[LatentLevel, ...] = ()
 
     @property
     def spatial_dims(self) -> int:
@@ -134,6 +158,11 @@ class Manifest:
     @property
     def pmf(self) -> tuple[list[int], list[list[float]]]:
         p = self.raw["latent"]["pmf"]
+        return list(p["offsets"]), list(p["probs"])
+
+    def level_pmf(self, level: int) -> tuple[list[int], list[list[float]]]:
+        """Learned level ``level``'s density over its symbols round(y * gain) (export computes it)."""
+        p = self.raw["latent"]["levels"][level]["pmf"]
         return list(p["offsets"]), list(p["probs"])
 
     @classmethod
@@ -159,6 +188,9 @@ class Manifest:
                 quality_levels=tuple(raw.get("quality_levels", [])),
                 model_id=str(raw.get("model_id", "")),
                 raw=raw,
+                latent_levels=tuple(
+                    LatentLevel.from_dict(lv, int(lat["channels"]), where) for lv in lat.get("levels", [])
+                ),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise BundleError(f"{where} lacks or mangles a required field ({e!r}); re-export the bundle") from e

@@ -19,12 +19,13 @@ import numpy as np
 
 from .bundle import ENTROPY, Bundle, finalize, read_manifest, sha256_file, write_manifest
 from .context import LatentContext
+from .context2d import LatentContext2D
 from .entropy import DEFAULT_PRECISION, TableSet, table_from_pmf
 from .errors import InputError
 from .fallback import DEFAULT_ANOMALY_QUANTILE, AnomalyCalibration, frame_scores
 from .normalization import psnr_db
-from .payload import CodingTables, encode_payload
-from .quantize import quantize
+from .payload import CodingTables, LevelTables, encode_payload
+from .quantize import dequantize_scaled, quantize_scaled
 from .residual import ContextSpec, ResidualModel, default_radius, prediction, residual_histograms
 from .residual_context import ResidualContext
 from .runtime import Decoder, Encoder
@@ -33,6 +34,19 @@ from .sources import source_option
 # Raw-unit max errors. On MNIST (8-bit) with a ~22 dB autoencoder this spans ~22 dB (q0, latent
 # only) -> ~27 -> ~33 -> ~39 -> ~46 dB -> lossless (measured figures land in metrics.calibration).
 DEFAULT_QUALITY_LADDER: tuple[int | None, ...] = (None, 32, 16, 8, 3, 0)
+# Variable-rate bundles: every learned level latent only, then the residual layer on the finest
+# level for near-lossless and lossless (photos: max error 4 is above ~40 dB).
+VARIABLE_RATE_RESIDUALS: tuple[int, ...] = (4, 2, 0)
+
+
+def default_ladder(latent_levels: int) -> list["LevelSpec"]:
+    """The ladder calibrate uses when none is given: DEFAULT_QUALITY_LADDER, or for a bundle with
+    learned levels l0..lK latent only and then lK with each of VARIABLE_RATE_RESIDUALS."""
+    if not latent_levels:
+        return [LevelSpec.parse(v) for v in DEFAULT_QUALITY_LADDER]
+    top = latent_levels - 1
+    return ([LevelSpec(None, 1.0, k) for k in range(latent_levels)]
+            + [LevelSpec(e, 1.0, top) for e in VARIABLE_RATE_RESIDUALS])
 
 
 @dataclass(frozen=True)
@@ -42,28 +56,37 @@ class LevelSpec:
 
     max_error: int | None = None
     latent_step: float = 1.0
+    latent_level: int | None = None  # learned level of a variable-rate bundle (then step is 1)
 
     @classmethod
     def parse(cls, value: "int | str | None | LevelSpec") -> "LevelSpec":
         """None / "none" -> latent only; 24 / "24" -> max error 24; "s2" -> latent only at step 2;
-        "s2+24" -> step 2 with max error 24."""
+        "s2+24" -> step 2 with max error 24; "l3" -> learned level 3 (variable-rate bundles),
+        "l3+4" -> level 3 with max error 4."""
         if isinstance(value, LevelSpec):
             return value
         if value is None or isinstance(value, (int, np.integer)):
             return cls(None if value is None else int(value))
         text = str(value).strip().lower()
-        step = 1.0
+        step, level = 1.0, None
         if text.startswith("s"):
             head, _, text = text[1:].partition("+")
             step = float(head)
             if not step > 0:
                 raise InputError(f"latent step must be > 0, got {head!r}")
-        return cls(None if text in ("", "none") else int(text), step)
+        elif text.startswith("l"):
+            head, _, text = text[1:].partition("+")
+            level = int(head)
+            if level < 0:
+                raise InputError(f"latent level must be >= 0, got {head!r}")
+        return cls(None if text in ("", "none") else int(text), step, level)
 
     def to_manifest(self, index: int) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": f"q{index}", "max_error": self.max_error}
         if self.latent_step != 1.0:  # omitted at 1.0 so ladders without steps keep their bytes
             entry["latent_step"] = self.latent_step
+        if self.latent_level is not None:
+            entry["latent_level"] = self.latent_level
         return entry
 
 
@@ -116,16 +139,29 @@ def step_tables(
     return TableSet(tuple(tables), precision=precision)
 
 
-def _forward(enc: Encoder, dec: Decoder, bundle: Bundle, raw: np.ndarray, batch_size: int):
-    """(symbols, raw_float) for raw samples, in batches, exactly as a sender computes them."""
+def _gains(bundle: Bundle, spec: "LevelSpec") -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(gain, inverse gain) of the spec's learned level, shaped to broadcast over (N, C, ...)."""
+    if spec.latent_level is None:
+        return None, None
+    m = bundle.manifest
+    lv = m.latent_levels[spec.latent_level]
+    shape = (1, -1) + (1,) * m.spatial_dims
+    return lv.gain.reshape(shape), lv.inverse_gain.reshape(shape)
+
+
+def _forward(enc: Encoder, dec: Decoder, bundle: Bundle, raw: np.ndarray, batch_size: int,
+             spec: "LevelSpec | None" = None) -> tuple[np.ndarray, np.ndarray]:
+    """(symbols, raw_float) for raw samples at a level's latent grid (default: the trained one),
+    in batches, exactly as a sender computes them."""
     m = bundle.manifest
     norm = m.normalization
+    spec = spec or LevelSpec()
+    gain, inverse = _gains(bundle, spec)
     syms, floats = [], []
-    out_size = tuple(raw.shape[2:]) if m.spatial_dims else None
     for i in range(0, raw.shape[0], batch_size):
-        x = norm.to_model(raw[i : i + batch_size])
-        s = quantize(enc.encode(x))
-        x_hat = dec.decode(s.astype(np.float32), out_size)
+        part = raw[i : i + batch_size]
+        s = quantize_scaled(enc.encode(norm.to_model(part)), spec.latent_step, gain)
+        x_hat = dec.decode(dequantize_scaled(s, spec.latent_step, inverse), tuple(part.shape[2:]) if m.spatial_dims else None)
         syms.append(s)
         floats.append(norm.to_raw_float(x_hat))
     return np.concatenate(syms), np.concatenate(floats)
@@ -134,7 +170,7 @@ def _forward(enc: Encoder, dec: Decoder, bundle: Bundle, raw: np.ndarray, batch_
 def calibrate(
     bundle_dir: str | Path,
     raw_samples: np.ndarray,
-    quality_max_errors: Sequence["int | str | None | LevelSpec"] = DEFAULT_QUALITY_LADDER,
+    quality_max_errors: Sequence["int | str | None | LevelSpec"] | None = None,
     *,
     n_contexts: int = 16,
     n_shifts: int = 8,
@@ -153,7 +189,8 @@ def calibrate(
     latent_context: fit context-adaptive latent tables (context.py) from these samples' latents;
     None = wherever the latents have a position axis (conv families), False = factorized only.
     residual_context: also fit residual tables that follow the previous residual (residual_context.py)
-    for the ladder's max errors; None = for conv families, like latent_context."""
+    for the ladder's max errors; None = for conv families, like latent_context.
+    quality_max_errors: the ladder (LevelSpec.parse forms); None = default_ladder for the bundle."""
     t0 = time.perf_counter()
     d = Path(bundle_dir)
     bundle = Bundle.load(d, verify=True)
@@ -162,7 +199,17 @@ def calibrate(
     raw = np.asarray(getattr(raw_samples, "samples", raw_samples))  # a SampleSet or an array
     if raw.ndim < 2 or raw.shape[0] < 1:
         raise InputError(f"calibration needs raw samples shaped (N, *sample_shape), got {raw.shape}")
-    specs = [LevelSpec.parse(v) for v in quality_max_errors]
+    n_learned = len(m.latent_levels)
+    specs = default_ladder(n_learned) if quality_max_errors is None else [LevelSpec.parse(v) for v in quality_max_errors]
+    if n_learned:
+        wrong = [sp for sp in specs if sp.latent_level is None or sp.latent_level >= n_learned]
+        if wrong:
+            raise InputError(
+                f"this variable-rate bundle has learned latent levels l0..l{n_learned - 1}; every level of the "
+                f"ladder must name one (e.g. l0,l3,l{n_learned - 1}+4), got {wrong[0]}"
+            )
+    elif any(sp.latent_level is not None for sp in specs):
+        raise InputError("latent levels (lK) exist only in variable-rate bundles (trained with --rate-levels)")
     levels = [sp.max_error for sp in specs]
     if not levels or levels[0] is not None:
         raise InputError("the quality ladder must start with a latent-only level (q0: None)")
@@ -184,12 +231,22 @@ def calibrate(
     latent = latent_tables(offsets, probs, precision)
     enc = Encoder(bundle, provider=provider, threads=threads)
     dec = Decoder(bundle, provider=provider, threads=threads)
-    symbols, raw_float = _forward(enc, dec, bundle, raw, batch_size)
+    # the reference grid: the trained one, or a variable-rate bundle's finest level
+    reference = LevelSpec(None, 1.0, n_learned - 1 if n_learned else None)
+    symbols, raw_float = _forward(enc, dec, bundle, raw, batch_size, reference)
 
     positional = m.spatial_dims > 0 and m.channel_axis % (symbols.ndim - 1) == 0
     if latent_context and not positional:
         raise InputError("a latent context needs channel-first latents with a position axis (conv families)")
-    context = LatentContext.fit(symbols, latent) if (positional if latent_context is None else latent_context) else None
+    use_context = positional if latent_context is None else latent_context
+    fit_context = LatentContext2D.fit if m.spatial_dims == 2 and symbols.ndim == 4 else LatentContext.fit
+    context = fit_context(symbols, latent) if use_context and not n_learned else None
+    level_tables = []
+    for k in range(n_learned):
+        lv_offsets, lv_probs = m.level_pmf(k)
+        factorized = latent_tables(lv_offsets, lv_probs, precision)
+        lv_symbols = symbols if k == n_learned - 1 else _forward(enc, dec, bundle, raw, batch_size, LevelSpec(None, 1.0, k))[0]
+        level_tables.append(LevelTables(factorized, fit_context(lv_symbols, factorized) if use_context else None))
 
     residual = None
     if wants_residual:
@@ -209,6 +266,7 @@ def calibrate(
         latent_steps=tuple((st, step_tables(offsets, probs, st, precision)) for st in steps),
         latent_context=context,
         residual_context=rctx,
+        latent_levels=tuple(level_tables),
     )
 
     (d / ENTROPY).write_bytes(tables.dumps())
@@ -228,12 +286,11 @@ def calibrate(
     reports = []
     for i, (e, sp) in enumerate(zip(levels, specs)):
         sym_k, float_k = symbols[:k], raw_float[:k]
-        if sp.latent_step != 1.0:
-            out_size = tuple(raw.shape[2:]) if m.spatial_dims else None
-            sym_k = quantize(enc.encode(norm.to_model(raw[:k])) / np.float32(sp.latent_step))
-            float_k = norm.to_raw_float(dec.decode(sym_k.astype(np.float32) * np.float32(sp.latent_step), out_size))
+        if (sp.latent_step, sp.latent_level) != (reference.latent_step, reference.latent_level):
+            sym_k, float_k = _forward(enc, dec, bundle, raw[:k], batch_size, sp)
         if e is None:
-            payload, _ = encode_payload(tables, sym_k, m.channel_axis, latent_step=sp.latent_step)
+            payload, _ = encode_payload(tables, sym_k, m.channel_axis, latent_step=sp.latent_step,
+                                        latent_level=sp.latent_level)
             if norm.is_integer:
                 rec = prediction(float_k, int(norm.raw_min), int(norm.raw_max))
             else:
@@ -241,7 +298,7 @@ def calibrate(
         else:
             payload, info = encode_payload(
                 tables, sym_k, m.channel_axis, x_raw=raw[:k], raw_float=float_k, max_error=e,
-                latent_step=sp.latent_step,
+                latent_step=sp.latent_step, latent_level=sp.latent_level,
             )
             rec = info.recon
         err = np.abs(rec.astype(np.float64) - raw[:k].astype(np.float64))
@@ -265,6 +322,7 @@ def calibrate(
                 "name": r.name,
                 "max_error": r.max_error,
                 "latent_step": sp.latent_step,
+                **({"latent_level": sp.latent_level} if sp.latent_level is not None else {}),
                 "payload_bytes_per_sample": round(r.bytes_per_sample, 3),
                 "psnr_db": None if not np.isfinite(r.psnr_db) else round(r.psnr_db, 3),
                 "max_abs_error": r.max_abs_error,
@@ -292,9 +350,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("bundle", type=Path, help="an exported bundle directory (changed in place; its model id changes)")
     p.add_argument("--data", required=True, help="raw samples like the training data (any source latentwire reads)")
     p.add_argument("--source-option", action="append", type=source_option, default=[], metavar="KEY=VALUE")
-    p.add_argument("--levels", type=_ladder, default=list(DEFAULT_QUALITY_LADDER),
+    p.add_argument("--levels", type=_ladder, default=None,
                    help="quality ladder: 'sX' = latent only at quantization step X, 'none' = latent only, "
-                        "N = residual with max error N (raw units), 'sX+N' both; e.g. s4,s2,none,96,48,16,0")
+                        "N = residual with max error N (raw units), 'sX+N' both; e.g. s4,s2,none,96,48,16,0. "
+                        "Variable-rate bundles: 'lK' = learned level K, 'lK+N' with max error N. Default: "
+                        f"{','.join('none' if v is None else str(v) for v in DEFAULT_QUALITY_LADDER)}, or for a "
+                        f"variable-rate bundle every learned level then the finest with max errors "
+                        f"{','.join(map(str, VARIABLE_RATE_RESIDUALS))}")
     p.add_argument("--limit", type=int, default=None, help="use at most this many samples")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-latent-context", dest="latent_context", action="store_const", const=False, default=None,

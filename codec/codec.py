@@ -22,7 +22,7 @@ from .bundle import Bundle
 from .errors import BitstreamError, InputError, ReconstructionMismatch
 from .fallback import AnomalyCalibration, compress_raw, decompress_raw, frame_scores
 from .payload import CodingTables, PayloadReader, encode_payload
-from .quantize import dequantize, quantize
+from .quantize import dequantize_scaled, quantize_scaled
 from .residual import check_max_error, reconstruction_crc
 from .runtime import Decoder, Encoder
 
@@ -52,13 +52,28 @@ class ScoredEncoding:
 
 @dataclass(frozen=True)
 class QualityLevel:
-    """A named operating point: the latent quantized with latent_step (coarser = fewer bytes), alone
-    (max_error None) or with the residual layer bounding every sample's error by max_error."""
+    """A named operating point: the latent quantized with latent_step (coarser = fewer bytes) or,
+    in a variable-rate bundle, at learned level latent_level, alone (max_error None) or with the
+    residual layer bounding every sample's error by max_error."""
 
     index: int
     name: str
     max_error: int | None
     latent_step: float = 1.0
+    latent_level: int | None = None
+
+    @property
+    def grid(self) -> "LatentGrid":
+        return LatentGrid(self.latent_step, self.latent_level)
+
+
+@dataclass(frozen=True)
+class LatentGrid:
+    """How a level quantizes the latent: symbols round(y / step), or round(y * gain) for learned
+    level ``level`` of a variable-rate bundle (step is then 1)."""
+
+    step: float = 1.0
+    level: int | None = None
 
 
 def default_bundle_path() -> Path:
@@ -87,11 +102,22 @@ class Codec:
         self._threads = threads
         self.tables = CodingTables.load(bundle.file("entropy.json"))
         self.qualities = [
-            QualityLevel(i, str(q.get("name", f"q{i}")), q.get("max_error"), float(q.get("latent_step", 1.0)))
+            QualityLevel(i, str(q.get("name", f"q{i}")), q.get("max_error"), float(q.get("latent_step", 1.0)),
+                         None if q.get("latent_level") is None else int(q["latent_level"]))
             for i, q in enumerate(self.manifest.quality_levels)
         ]
         if not self.qualities:
             raise InputError(f"bundle {bundle.path} has no quality levels: run `latentwire calibrate` on it")
+        levels = self.manifest.latent_levels
+        broadcast = (1, -1) + (1,) * self.manifest.spatial_dims
+        self._gains = [lv.gain.reshape(broadcast) for lv in levels]
+        self._inverse_gains = [lv.inverse_gain.reshape(broadcast) for lv in levels]
+        bad = [q.name for q in self.qualities if q.latent_level is not None and not 0 <= q.latent_level < len(levels)]
+        if bad:
+            raise InputError(f"bundle {bundle.path}: quality levels {bad} name latent levels it does not have")
+        # The model's own reconstruction (scores, custom max errors): the trained grid, or in a
+        # variable-rate bundle its finest learned level (it was never trained at gain 1).
+        self.reference_grid = LatentGrid(1.0, len(levels) - 1 if levels else None)
 
     @classmethod
     def load(cls, bundle: str | Path | Bundle = DEFAULT_BUNDLE, provider: str = "auto", threads: int | None = None) -> "Codec":
@@ -148,15 +174,15 @@ class Codec:
                 f"raw values span [{lo}, {hi}], outside this model's range [{norm.raw_min:g}, {norm.raw_max:g}]"
             )
 
-    def _level(self, quality: int | None, max_error: int | None) -> tuple[int, int | None, float]:
+    def _level(self, quality: int | None, max_error: int | None) -> tuple[int, int | None, LatentGrid]:
         if max_error is not None:
             if self.tables.residual is None:
                 raise InputError("this bundle has no residual model, so max_error is not available")
-            return CUSTOM_QUALITY, check_max_error(int(max_error)), 1.0
+            return CUSTOM_QUALITY, check_max_error(int(max_error)), self.reference_grid
         q = self.default_quality if quality is None else int(quality)
         if not 0 <= q < len(self.qualities):
             raise InputError(f"quality {q} does not exist: this bundle has levels 0..{len(self.qualities) - 1}")
-        return q, self.qualities[q].max_error, self.qualities[q].latent_step
+        return q, self.qualities[q].max_error, self.qualities[q].grid
 
     def _latent_shape(self, sample_shape: Sequence[int]) -> tuple[int, ...]:
         m = self.manifest
@@ -178,29 +204,30 @@ class Codec:
         receiver whose decoder drifted (another provider) detects it instead of returning wrong data.
         """
         self.validate(raw)
-        q, bound, step = self._level(quality, max_error)
+        q, bound, grid = self._level(quality, max_error)
         y = self.encoder.encode(self.normalization.to_model(raw), validate=False)
-        return self._packet(raw, y, q, bound, step, recon_crc)
+        return self._packet(raw, y, q, bound, grid, recon_crc)
 
     def _packet(
-        self, raw: np.ndarray, y: np.ndarray, q: int, bound: int | None, step: float, recon_crc: bool,
-        step1_raw_float: np.ndarray | None = None,
+        self, raw: np.ndarray, y: np.ndarray, q: int, bound: int | None, grid: LatentGrid, recon_crc: bool,
+        reference_raw_float: np.ndarray | None = None,
     ) -> bytes:
-        """Validated raw frames and their continuous latents -> one packet at level (q, bound, step).
+        """Validated raw frames and their continuous latents -> one packet at level (q, bound, grid).
 
-        step1_raw_float: the decoder's output for round(y), when the caller already has it (scoring
-        computes it), so a residual level at step 1 does not run the decoder twice."""
-        symbols = quantize(y if step == 1.0 else y / np.float32(step))
+        reference_raw_float: the decoder's output on the reference grid, when the caller already
+        has it (scoring computes it), so a residual level there does not run the decoder twice."""
+        symbols = self.quantize_latents(y, grid)
         if bound is None:
-            payload, info = encode_payload(self.tables, symbols, self.manifest.channel_axis, latent_step=step)
+            payload, info = encode_payload(self.tables, symbols, self.manifest.channel_axis, latent_step=grid.step,
+                                           latent_level=grid.level)
         else:
-            if step == 1.0 and step1_raw_float is not None:
-                raw_float = step1_raw_float
+            if grid == self.reference_grid and reference_raw_float is not None:
+                raw_float = reference_raw_float
             else:
-                raw_float = self._decode_symbols(self._latent_values(symbols, step), raw.shape[1:])
+                raw_float = self._decode_symbols(self.latent_values(symbols, grid), raw.shape[1:])
             payload, info = encode_payload(
                 self.tables, symbols, self.manifest.channel_axis, x_raw=raw, raw_float=raw_float, max_error=bound,
-                latent_step=step,
+                latent_step=grid.step, latent_level=grid.level,
             )
         return bitstream.write_packet(
             model_id=self.model_id,
@@ -223,7 +250,8 @@ class Codec:
         the raw grid): the model's own reconstruction at latent step 1, whatever quality is sent."""
         self.validate(raw)
         y = self.encoder.encode(self.normalization.to_model(raw), validate=False)
-        raw_float = self._decode_symbols(dequantize(quantize(y)), raw.shape[1:])
+        grid = self.reference_grid
+        raw_float = self._decode_symbols(self.latent_values(self.quantize_latents(y, grid), grid), raw.shape[1:])
         return y, raw_float, self._round_raw(raw_float)
 
     def scores(self, raw: np.ndarray) -> np.ndarray:
@@ -287,7 +315,7 @@ class Codec:
                 start = i
         packets = [
             self.encode_lossless(raw[a:b]) if lossless[a]
-            else self._packet(raw[a:b], y[a:b], *level, True, step1_raw_float=raw_float[a:b])
+            else self._packet(raw[a:b], y[a:b], *level, True, reference_raw_float=raw_float[a:b])
             for a, b in runs
         ]
         return ScoredEncoding(packets, runs, scores, lossless, limit)
@@ -307,11 +335,13 @@ class Codec:
         """Validate a packet (magic, version, CRC, model id) without decoding it."""
         return bitstream.peek_header(packet, expected_model_id=self.model_id)
 
-    @staticmethod
-    def _latent_values(symbols: np.ndarray, step: float) -> np.ndarray:
-        """Integer symbols -> the latent values decoder.onnx consumes (symbols * step)."""
-        values = dequantize(symbols)
-        return values if step == 1.0 else values * np.float32(step)
+    def quantize_latents(self, y: np.ndarray, grid: LatentGrid) -> np.ndarray:
+        """Continuous latents -> the integer symbols a level sends: round(y / step), or round(y * gain)."""
+        return quantize_scaled(y, grid.step, None if grid.level is None else self._gains[grid.level])
+
+    def latent_values(self, symbols: np.ndarray, grid: LatentGrid) -> np.ndarray:
+        """Integer symbols -> the latent values decoder.onnx consumes (symbols * step, or * inverse gain)."""
+        return dequantize_scaled(symbols, grid.step, None if grid.level is None else self._inverse_gains[grid.level])
 
     def _decode_symbols(self, y_hat: np.ndarray, sample_shape: Sequence[int]) -> np.ndarray:
         x_hat = self.decoder.decode(y_hat, out_size=self._out_size(sample_shape))
@@ -322,16 +352,16 @@ class Codec:
             raw_float = np.rint(raw_float)
         return raw_float.astype(self.raw_dtype)
 
-    def _parse(self, packet: bytes | memoryview) -> tuple[bitstream.PacketHeader, memoryview, int | None, float]:
+    def _parse(self, packet: bytes | memoryview) -> tuple[bitstream.PacketHeader, memoryview, int | None, LatentGrid]:
         header, payload = bitstream.read_packet(packet, expected_model_id=self.model_id)
-        step = 1.0
+        grid = self.reference_grid
         if header.is_lossless:
-            return header, payload, None, step
+            return header, payload, None, grid
         if header.quality == CUSTOM_QUALITY:
             bound = header.max_error
         elif header.quality < len(self.qualities):
             bound = self.qualities[header.quality].max_error
-            step = self.qualities[header.quality].latent_step
+            grid = self.qualities[header.quality].grid
         else:
             raise BitstreamError(
                 f"packet names quality {header.quality}, this bundle has 0..{len(self.qualities) - 1}: "
@@ -339,7 +369,7 @@ class Codec:
             )
         if header.has_residual != (bound is not None):
             raise BitstreamError("packet's residual flag disagrees with its quality level: corrupt or foreign packet")
-        return header, payload, bound, step
+        return header, payload, bound, grid
 
     def decode(self, packet: bytes | memoryview) -> np.ndarray:
         """A packet -> (count, *sample_shape) raw samples of the bundle's raw dtype."""
@@ -354,14 +384,14 @@ class Codec:
         readers: list[PayloadReader | None] = [None] * len(parsed)
         latents: list[np.ndarray | None] = [None] * len(parsed)
         groups: dict[tuple[int, ...], list[int]] = {}
-        for i, (h, payload, _, st) in enumerate(parsed):
+        for i, (h, payload, _, grid) in enumerate(parsed):
             if h.is_lossless:  # lossless fallback: the raw frames themselves, no model involved
                 out[i] = decompress_raw(payload, self.raw_dtype, h.count, h.sample_shape)
                 continue
             readers[i] = r = PayloadReader(payload, self.tables)
-            latents[i] = self._latent_values(
-                r.latents(h.count, self._latent_shape(h.sample_shape), self.manifest.channel_axis, st), st
-            )
+            symbols = r.latents(h.count, self._latent_shape(h.sample_shape), self.manifest.channel_axis, grid.step,
+                                grid.level)
+            latents[i] = self.latent_values(symbols, grid)
             groups.setdefault(h.sample_shape, []).append(i)
         for shape, idx in groups.items():
             raw_float = self._decode_symbols(np.concatenate([latents[i] for i in idx]), shape)

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .entropy import FreqTable, StreamDecoder, StreamEncoder, TableSet, _as_int32, table_from_counts
+from .entropy import FreqTable, StreamDecoder, StreamEncoder, TableSet, as_int32, table_from_counts
 from .errors import BundleError, InputError
 
 KIND = "previous-position"
@@ -189,4 +189,4 @@ def _check_symbols(symbols: np.ndarray, channels: int) -> np.ndarray:
         raise InputError(f"context coding needs latents (N, {channels}, ..., L) with a position axis, got {s.shape}")
     if s.size and s.dtype.kind not in "iu":
         raise InputError(f"symbols must be integers, got dtype {s.dtype}")
-    return _as_int32(s)
+    return as_int32(s)

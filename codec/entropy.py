@@ -366,7 +366,7 @@ def _tiny_groups(ids: list[int]) -> tuple[list[int], list[tuple[int, int, int]]]
     return order, runs
 
 
-def _as_int32(s: np.ndarray) -> np.ndarray:
+def as_int32(s: np.ndarray) -> np.ndarray:
     """Symbols as int32 (no copy when they already are); wider types are range-checked first."""
     if s.dtype == np.int32:
         return s
@@ -443,7 +443,7 @@ class StreamEncoder:
         tid = _check_ids(tid_in, s.size, len(tables))
         if s.size == 0:
             return
-        s32 = _as_int32(s)
+        s32 = as_int32(s)
         order, spans = _groups(tid, len(tables))
         self._code(s32 if order is None else s32[order], spans, tables)
 
@@ -460,7 +460,7 @@ class StreamEncoder:
             if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
                 raise InputError(f"group symbols must be 1-D integers, got shape {a.shape} dtype {a.dtype}")
             if a.size:
-                parts.append(_as_int32(a))
+                parts.append(as_int32(a))
                 spans.append((int(t), pos, pos + a.size))
                 pos += a.size
         if parts:

@@ -138,9 +138,20 @@ def _second_size(x: np.ndarray) -> np.ndarray:
     return np.pad(x, pad, mode="edge")
 
 
-def _pmf(model: Autoencoder) -> dict[str, Any]:
-    offsets, probs = model.density.pmf_tables(tail_mass=PMF_TAIL_MASS)
+def _pmf(model: Autoencoder, gains: np.ndarray | None = None) -> dict[str, Any]:
+    offsets, probs = model.density.pmf_tables(tail_mass=PMF_TAIL_MASS, gains=gains)
     return {"offsets": [int(o) for o in offsets], "probs": [[float(v) for v in p] for p in probs]}
+
+
+def _levels(model: Autoencoder) -> list[dict[str, Any]]:
+    """manifest latent.levels of a variable-rate model: per level the gains the codec applies and
+    the density integrated over that level's bins (float64, so calibration needs no torch)."""
+    gains, inverse = model.level_tables()
+    return [
+        {"gain": [float(v) for v in g], "inverse_gain": [float(v) for v in ig], "pmf": _pmf(model, g),
+         "rate_weight": w}
+        for g, ig, w in zip(gains, inverse, model.config.rate_levels)
+    ]
 
 
 def export(
@@ -230,6 +241,7 @@ def export(
             "channels": config.code_size,
             "channel_axis": 0,
             "pmf": _pmf(model),
+            **({"levels": _levels(model)} if model.levels else {}),
         },
         "quality_levels": [{"name": "q0", "max_error": None}],
         "files": {},

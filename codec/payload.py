@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from .context import LatentContext
-from .entropy import StreamDecoder, StreamEncoder, TableSet, _as_int32
+from .context2d import KIND as KIND_2D
+from .context2d import LatentContext2D
+from .entropy import StreamDecoder, StreamEncoder, TableSet, as_int32
 from .errors import BundleError, InputError
 from .quantize import channel_index
 from .residual import ResidualEncoding, ResidualModel
@@ -29,7 +31,41 @@ ENTROPY_VERSION = 1
 # version 2 adds latent_context; it is written only when present, so older tables keep version 1
 # (and their bytes and model ids), and a latentwire that predates it refuses version 2 clearly
 ENTROPY_VERSION_CONTEXT = 2
-READABLE_VERSIONS = (ENTROPY_VERSION, ENTROPY_VERSION_CONTEXT)
+# version 3 adds latent_levels (variable-rate bundles: one table set, and context, per learned level)
+ENTROPY_VERSION_LEVELS = 3
+READABLE_VERSIONS = (ENTROPY_VERSION, ENTROPY_VERSION_CONTEXT, ENTROPY_VERSION_LEVELS)
+
+
+AnyLatentContext = LatentContext | LatentContext2D
+
+
+def latent_context_from_json(obj: Any, where: str) -> AnyLatentContext:
+    """A latent context model of either kind (previous-position for series, causal-2d for images)."""
+    if isinstance(obj, dict) and obj.get("kind") == KIND_2D:
+        return LatentContext2D.from_json_obj(obj, where)
+    return LatentContext.from_json_obj(obj, where)
+
+
+@dataclass(frozen=True)
+class LevelTables:
+    """The tables of one learned latent level of a variable-rate bundle: symbols round(y * gain)
+    with the level's factorized tables, or its context model when calibration fit one."""
+
+    tables: TableSet
+    context: AnyLatentContext | None = None
+
+    def to_json_obj(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {"tables": self.tables.to_json_obj()}
+        if self.context is not None:
+            obj["context"] = self.context.to_json_obj()
+        return obj
+
+    @classmethod
+    def from_json_obj(cls, obj: Any, where: str) -> "LevelTables":
+        if not isinstance(obj, dict) or "tables" not in obj:
+            raise BundleError(f"{where}: malformed latent_levels entry; re-run calibration")
+        ctx = obj.get("context")
+        return cls(TableSet.from_json_obj(obj["tables"]), None if ctx is None else latent_context_from_json(ctx, where))
 
 
 @dataclass(frozen=True)
@@ -42,21 +78,39 @@ class CodingTables:
     # Tables for latents quantized with a coarser step (cheap quality levels): ((step, tables), ...).
     latent_steps: tuple[tuple[float, TableSet], ...] = ()
     # Context-adaptive tables for the trained step (conv latents only); None: factorized tables.
-    latent_context: LatentContext | None = None
+    latent_context: AnyLatentContext | None = None
     # Residual tables that also follow the previous residual, for the calibrated max errors.
     residual_context: ResidualContext | None = None
+    # Variable-rate bundles: the tables of each learned latent level (manifest latent.levels).
+    latent_levels: tuple[LevelTables, ...] = ()
 
     @property
     def version(self) -> int:
+        if self.latent_levels:
+            return ENTROPY_VERSION_LEVELS
         plain = self.latent_context is None and self.residual_context is None
         return ENTROPY_VERSION if plain else ENTROPY_VERSION_CONTEXT
 
-    def context_for(self, step: float) -> LatentContext | None:
-        """The context model coding latents of step ``step`` (only the trained step has one)."""
+    def _level(self, level: int) -> LevelTables:
+        if not 0 <= level < len(self.latent_levels):
+            raise BundleError(
+                f"entropy.json has no tables for latent level {level} (it has {len(self.latent_levels)}); "
+                "re-run calibration"
+            )
+        return self.latent_levels[level]
+
+    def context_for(self, step: float, level: int | None = None) -> AnyLatentContext | None:
+        """The context model coding latents of step ``step`` or learned level ``level`` (only the
+        trained step and learned levels have one)."""
+        if level is not None:
+            return self._level(level).context
         return self.latent_context if step == 1.0 else None
 
-    def latent_for(self, step: float) -> TableSet:
-        """The latent tables of quantization step ``step`` (1.0: the trained integer grid)."""
+    def latent_for(self, step: float, level: int | None = None) -> TableSet:
+        """The latent tables of quantization step ``step`` (1.0: the trained integer grid), or of
+        learned level ``level`` of a variable-rate bundle."""
+        if level is not None:
+            return self._level(level).tables
         if step == 1.0:
             return self.latent
         for s, tables in self.latent_steps:
@@ -81,6 +135,8 @@ class CodingTables:
             obj["latent_context"] = self.latent_context.to_json_obj()
         if self.residual_context is not None:
             obj["residual_context"] = self.residual_context.to_json_obj()
+        if self.latent_levels:
+            obj["latent_levels"] = [lv.to_json_obj() for lv in self.latent_levels]
         return obj
 
     def dumps(self) -> bytes:
@@ -110,16 +166,20 @@ class CodingTables:
             raise BundleError(f"{where}: malformed latent_steps ({exc}); re-run calibration") from exc
         ctx, rctx = obj.get("latent_context"), obj.get("residual_context")
         for key, val in (("latent_context", ctx), ("residual_context", rctx)):
-            if val is not None and obj.get("version") != ENTROPY_VERSION_CONTEXT:
+            if val is not None and obj.get("version") not in (ENTROPY_VERSION_CONTEXT, ENTROPY_VERSION_LEVELS):
                 raise BundleError(f"{where} has a {key} but entropy format version {obj.get('version')}; re-run calibration")
+        levels = obj.get("latent_levels", [])
+        if not isinstance(levels, list) or (levels and obj.get("version") != ENTROPY_VERSION_LEVELS):
+            raise BundleError(f"{where}: latent_levels need entropy format version {ENTROPY_VERSION_LEVELS}; re-run calibration")
         if rctx is not None and res is None:
             raise BundleError(f"{where} has a residual_context but no residual model; re-run calibration")
         return cls(
             latent=latent,
             residual=None if res is None else ResidualModel.from_json_obj(res),
             latent_steps=steps,
-            latent_context=None if ctx is None else LatentContext.from_json_obj(ctx, where),
+            latent_context=None if ctx is None else latent_context_from_json(ctx, where),
             residual_context=None if rctx is None else ResidualContext.from_json_obj(rctx, where),
+            latent_levels=tuple(LevelTables.from_json_obj(lv, where) for lv in levels),
         )
 
     @classmethod
@@ -154,7 +214,7 @@ def _by_channel(symbols: np.ndarray, channel_axis: int) -> np.ndarray:
     axis = _channel_axis(tuple(symbols.shape[1:]), channel_axis)
     if symbols.size and symbols.dtype.kind not in "iu":
         raise InputError(f"symbols must be integers, got dtype {symbols.dtype}")
-    symbols = _as_int32(symbols)
+    symbols = as_int32(symbols)
     moved = np.moveaxis(symbols, 1 + axis, 0)
     return np.ascontiguousarray(moved.reshape(moved.shape[0], -1), dtype=np.int32)
 
@@ -168,19 +228,21 @@ def encode_payload(
     raw_float: np.ndarray | None = None,
     max_error: int | None = None,
     latent_step: float = 1.0,
+    latent_level: int | None = None,
 ) -> tuple[bytes, ResidualEncoding | None]:
     """symbols: int32 (N, *latent_shape). With max_error, also the residual of x_raw against the
-    decoder output raw_float (both (N, *sample_shape)). Returns (payload, residual info or None)."""
+    decoder output raw_float (both (N, *sample_shape)). Returns (payload, residual info or None).
+    latent_level: the learned level of a variable-rate bundle the symbols were quantized at."""
     s = np.asarray(symbols)
     if s.ndim < 2:
         raise InputError(f"symbols must be (N, *latent_shape), got shape {s.shape}")
     enc = StreamEncoder()
-    context = tables.context_for(latent_step)
+    context = tables.context_for(latent_step, latent_level)
     if context is not None:
         _check_context_axis(tuple(s.shape[1:]), channel_axis)
         context.write(enc, s)
     else:
-        enc.encode_grouped(list(enumerate(_by_channel(s, channel_axis))), tables.latent_for(latent_step))
+        enc.encode_grouped(list(enumerate(_by_channel(s, channel_axis))), tables.latent_for(latent_step, latent_level))
     info = None
     if max_error is not None:
         if tables.residual is None:
@@ -202,19 +264,21 @@ class PayloadReader:
         self._tables = tables
 
     def latents(
-        self, count: int, latent_shape: tuple[int, ...], channel_axis: int, latent_step: float = 1.0
+        self, count: int, latent_shape: tuple[int, ...], channel_axis: int, latent_step: float = 1.0,
+        latent_level: int | None = None,
     ) -> np.ndarray:
         shape = tuple(int(d) for d in latent_shape)
         axis = _channel_axis(shape, channel_axis)
         if count < 1:
             raise InputError(f"count must be >= 1, got {count}")
-        context = self._tables.context_for(latent_step)
+        context = self._tables.context_for(latent_step, latent_level)
         if context is not None:
             _check_context_axis(shape, channel_axis)
             return context.read(self._dec, (count, *shape))
         n_channels = shape[axis]
         per = count * (int(np.prod(shape)) // n_channels)
-        flat = self._dec.decode_grouped([(c, per) for c in range(n_channels)], self._tables.latent_for(latent_step))
+        flat = self._dec.decode_grouped([(c, per) for c in range(n_channels)],
+                                        self._tables.latent_for(latent_step, latent_level))
         # undo _by_channel: (C, N, *rest without C) -> (N, *latent_shape)
         rest = shape[:axis] + shape[axis + 1 :]
         return np.ascontiguousarray(np.moveaxis(flat.reshape((n_channels, count, *rest)), 0, 1 + axis))

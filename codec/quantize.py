@@ -48,6 +48,22 @@ def dequantize(symbols: np.ndarray) -> np.ndarray:
     return np.asarray(symbols).astype(np.float32)
 
 
+def quantize_scaled(y: np.ndarray, step: float = 1.0, gain: np.ndarray | None = None) -> np.ndarray:
+    """The symbols a quality level sends: round(y / step), or round(y * gain) for a learned level
+    of a variable-rate bundle (gain float32, broadcast over (N, C, ...))."""
+    if gain is not None:
+        return quantize(y * gain)
+    return quantize(y if step == 1.0 else y / np.float32(step))
+
+
+def dequantize_scaled(symbols: np.ndarray, step: float = 1.0, inverse_gain: np.ndarray | None = None) -> np.ndarray:
+    """The inverse map a receiver applies before decoder.onnx: symbols * step, or * inverse gain."""
+    values = dequantize(symbols)
+    if inverse_gain is not None:
+        return values * inverse_gain
+    return values if step == 1.0 else values * np.float32(step)
+
+
 def channel_index(latent_shape: tuple[int, ...], channel_axis: int = 0, batch: int = 1) -> np.ndarray:
     """Channel of every latent element of ``batch`` samples, flattened in C order (frame-major).
 

@@ -25,12 +25,19 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
+
+# torch's OpenMP workers spin while they wait; on a shared machine a busy neighbour then stalls
+# every step (measured: 2 threads beside one busy process went from 0.37 to 1.09 s per photo
+# batch; passive waiting 0.68 s). Set before torch loads; an explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from .models import Autoencoder, ModelConfig, build_model
-from .models.variants import VARIANTS, Corruption, training_loss, warn_if_unregularized
+from .models import MODELS
+from .models.variants import VARIANTS, Corruption, level_loss_weights, training_loss, warn_if_unregularized
 from .normalization import Normalization, psnr_db
 from .sources import SampleSet, source_option
 
@@ -50,7 +57,11 @@ class TrainOptions:
     patience: int = 5  # epochs without val-loss improvement before stopping (0: never stop early)
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda"
-    threads: int | None = None  # torch CPU threads (default: min(2, cpu count))
+    threads: int | None = None  # torch CPU threads (default: default_threads(), the cores other processes leave free)
+    augment: str = ""  # "flip": random horizontal and vertical flips per sample (photos)
+    val_limit: int | None = None  # validate on N samples spread evenly over the validation set (each epoch pays for it)
+    clip_grad: float = 0.0  # clip the network's gradient norm to this (0: off); GDN models train steadier with 1.0
+    checkpoint_minutes: float = 0.0  # also checkpoint mid-epoch this often (0: at epoch ends only); resumes mid-epoch
     out: str | None = None  # directory for checkpoint.pt
     resume: bool = False  # continue from out/checkpoint.pt
     init_from: str | None = None  # warm start: weights of an earlier run's best model, fresh optimizer and schedule
@@ -89,6 +100,38 @@ class TrainResult:
 
     def metrics(self) -> dict[str, float]:
         return {"val_psnr_db": self.val_psnr_db, "val_bytes_per_sample_estimate": self.val_bytes_per_sample}
+
+
+def default_threads() -> int:
+    """Cores that other processes leave free (cpu count minus the 1-minute load average), at least 1.
+
+    Why: torch's OpenMP workers spin-wait on each other; with more threads than free cores a
+    busy neighbour stalls every step (a README run went from 10 s to 5 min per epoch when one
+    other process started). One thread per free core degrades gracefully instead."""
+    cores = os.cpu_count() or 1
+    try:
+        busy = int(round(os.getloadavg()[0]))
+    except OSError:
+        busy = 0
+    return max(1, min(cores, 16) - busy)
+
+
+AUGMENTS = ("", "flip")
+
+
+def augment_batch(xb: torch.Tensor, how: str, generator: torch.Generator) -> torch.Tensor:
+    """Random flips of every sample along each spatial axis ("flip"); unchanged for ""."""
+    if how == "":
+        return xb
+    if how != "flip":
+        raise ValueError(f"augment {how!r} is not one of {AUGMENTS}")
+    for axis in range(2, xb.dim()):
+        flip = torch.rand(xb.shape[0], generator=generator) < 0.5
+        if bool(flip.any()):
+            idx = flip.nonzero().flatten().to(xb.device)
+            xb = xb.clone()
+            xb[idx] = torch.flip(xb[idx], dims=(axis,))
+    return xb
 
 
 def resolve_device(device: str) -> torch.device:
@@ -141,8 +184,13 @@ def evaluate(
 
     A denoising model is selected on what it is for: val_loss then scores the reconstruction of
     CORRUPTED validation samples (fixed seed) against the clean ones; PSNR and bytes stay clean.
+    A variable-rate model is validated at every level (val_psnr_db_qK, val_bytes_per_sample_qK);
+    its val_loss is the mean of the levels' losses in the training loss's one currency, and its
+    val_psnr_db / val_bytes_per_sample are those of the middle level.
     """
     model.eval()
+    if model.levels:
+        return _evaluate_levels(model, x, normalization, loss, device, batch_size)
     tot_loss = tot_bits = tot_se = 0.0
     n = x.shape[0]
     corrupt = Corruption.parse(corruption) if corruption else None
@@ -155,12 +203,44 @@ def evaluate(
             d = distortion(model(corrupt.apply(xb, gen), quantize="round").x_hat, xb, loss)
         tot_loss += float((d + rate_weight * out.bits).sum())
         tot_bits += float(out.bits.sum())
-        raw_ref = normalization.to_raw_float(xb.cpu().numpy())
-        raw_hat = normalization.to_raw_float(out.x_hat.cpu().numpy())
-        tot_se += float(np.sum((raw_ref.astype(np.float64) - raw_hat) ** 2))
-    mse = tot_se / x.size
-    psnr = float("inf") if mse == 0 else 10.0 * math.log10(normalization.peak**2 / mse)
-    return {"val_loss": tot_loss / n, "val_psnr_db": psnr, "val_bytes_per_sample": tot_bits / n / 8.0}
+        tot_se += _raw_squared_error(normalization, xb, out.x_hat)
+    return {"val_loss": tot_loss / n, "val_psnr_db": _psnr(normalization, tot_se, x.size),
+            "val_bytes_per_sample": tot_bits / n / 8.0}
+
+
+def _raw_squared_error(normalization: Normalization, xb: torch.Tensor, x_hat: torch.Tensor) -> float:
+    raw_ref = normalization.to_raw_float(xb.cpu().numpy())
+    raw_hat = normalization.to_raw_float(x_hat.cpu().numpy())
+    return float(np.sum((raw_ref.astype(np.float64) - raw_hat) ** 2))
+
+
+def _psnr(normalization: Normalization, squared_error: float, count: int) -> float:
+    mse = squared_error / count
+    return float("inf") if mse == 0 else 10.0 * math.log10(normalization.peak**2 / mse)
+
+
+def _evaluate_levels(model: Autoencoder, x: np.ndarray, normalization: Normalization, loss: str,
+                     device: torch.device, batch_size: int) -> dict[str, float]:
+    weights = model.config.rate_levels
+    scales = level_loss_weights(weights)
+    metrics: dict[str, float] = {}
+    losses = []
+    n = x.shape[0]
+    for lv, w in enumerate(weights):
+        tot_loss = tot_bits = tot_se = 0.0
+        for i in range(0, n, batch_size):
+            xb = torch.from_numpy(x[i : i + batch_size]).to(device)
+            out = model(xb, quantize="round", level=torch.full((xb.shape[0],), lv, dtype=torch.long, device=device))
+            d = distortion(out.x_hat, xb, loss)
+            tot_loss += float((scales[lv] * (d + w * out.bits)).sum())
+            tot_bits += float(out.bits.sum())
+            tot_se += _raw_squared_error(normalization, xb, out.x_hat)
+        losses.append(tot_loss / n)
+        metrics[f"val_psnr_db_q{lv}"] = _psnr(normalization, tot_se, x.size)
+        metrics[f"val_bytes_per_sample_q{lv}"] = tot_bits / n / 8.0
+    mid = len(weights) // 2
+    return {"val_loss": float(np.mean(losses)), "val_psnr_db": metrics[f"val_psnr_db_q{mid}"],
+            "val_bytes_per_sample": metrics[f"val_bytes_per_sample_q{mid}"], **metrics}
 
 
 def _make_optimizer(model: Autoencoder, options: TrainOptions) -> torch.optim.Optimizer:
@@ -201,12 +281,17 @@ def model_from_checkpoint(ckpt: dict[str, Any], which: str = "best_model") -> Au
 def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options: TrainOptions) -> TrainResult:
     """Train (or resume) and return the best-on-validation model; checkpoints every epoch if out is set."""
     _check_data(config, train_set, val_set)
+    if options.augment not in AUGMENTS:
+        raise ValueError(f"augment {options.augment!r} is not one of {AUGMENTS}")
     if options.threads or not torch.cuda.is_available():
-        torch.set_num_threads(options.threads or max(1, min(2, os.cpu_count() or 1)))
+        torch.set_num_threads(options.threads or default_threads())
     device = resolve_device(options.device)
     normalization = train_set.normalization
     x_train = train_set.model_domain()
     x_val = val_set.model_domain()
+    if options.val_limit is not None and options.val_limit < x_val.shape[0]:
+        # evenly spread, so a limit still sees every validation photo or record, not just the first
+        x_val = x_val[np.linspace(0, x_val.shape[0] - 1, options.val_limit).round().astype(np.int64)]
     out_dir = Path(options.out) if options.out else None
     ckpt_path = out_dir / CHECKPOINT if out_dir else None
 
@@ -247,6 +332,11 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
         init_info = ckpt.get("init_from")
         torch.set_rng_state(ckpt["torch_rng"])
 
+    next_batch = 0
+    if options.resume:
+        next_batch = int(ckpt.get("next_batch", 0))  # mid-epoch checkpoints resume at the batch they stopped
+        if next_batch:
+            start_epoch -= 1
     data_summary = {
         "source": train_set.meta.get("source") or train_set.name,
         "name": train_set.name,
@@ -255,38 +345,77 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
         "sample_shape": list(train_set.sample_shape),
     }
     gen = torch.Generator().manual_seed(options.seed)
-    if not options.resume:
+    aug_gen = torch.Generator().manual_seed(options.seed + 1)
+    if options.resume:
+        if ckpt.get("augment_rng") is not None:
+            aug_gen.set_state(ckpt["augment_rng"])
+    else:
         torch.manual_seed(options.seed)
     warn_if_unregularized(model, options.rate_weight)
     t0 = time.perf_counter()
+    last_save = time.monotonic()
+
+    def save(epoch_done: int, next_batch: int, run_loss: float = 0.0) -> None:
+        """epoch_done: the last whole epoch; next_batch: where the epoch after it stopped (0: not started)."""
+        if ckpt_path is None:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        state = {
+            "config": config.to_dict(), "model": model.state_dict(), "best_model": best_state,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "epoch": epoch_done, "next_batch": next_batch, "run_loss": run_loss, "best_val_loss": best_loss,
+            "best_metrics": best_metrics, "history": history, "stale_epochs": stale,
+            "seconds": seconds_before + time.perf_counter() - t0, "device": device.type, "data": data_summary,
+            "normalization": normalization.to_dict(), "options": asdict(options), "command": options.command,
+            "init_from": init_info, "val_batch": x_val[:VAL_BATCH_KEEP].copy(), "torch_rng": torch.get_rng_state(),
+            "augment_rng": aug_gen.get_state(),
+        }
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, ckpt_path)  # a kill mid-write never leaves a torn checkpoint
+
     epoch = start_epoch - 1
     for epoch in range(start_epoch, options.epochs):
         gen.manual_seed(options.seed * 100003 + epoch)
         order = torch.randperm(x_train.shape[0], generator=gen).numpy()
         model.train()
+        starts = range(0, len(order), options.batch_size)
         bar = tqdm(
-            range(0, len(order), options.batch_size), desc=f"epoch {epoch + 1}/{options.epochs}",
+            total=len(starts), desc=f"epoch {epoch + 1}/{options.epochs}", initial=next_batch,
             disable=not options.progress, leave=True, unit="batch", file=sys.stderr,
         )
-        run_loss = 0.0
-        for k, i in enumerate(bar):
+        run_loss = float(ckpt.get("run_loss", 0.0)) if next_batch else 0.0
+        for k in range(next_batch, len(starts)):
+            i = starts[k]
             xb = torch.from_numpy(x_train[order[i : i + options.batch_size]]).to(device)
+            xb = augment_batch(xb, options.augment, aug_gen)
             # the variant (plain, denoising, sparse, contractive, vae) decides the loss; for plain
             # models it is distortion + rate_weight * bits, and with rate_weight 0 `bits` only
             # reaches the density (latents detached in forward).
             d, bits, loss, penalty = _batch_loss(model, xb, options.rate_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if options.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(model.network_parameters(), options.clip_grad)
             optimizer.step()
-            step_loss = float(d.detach() + options.rate_weight * bits.detach() + penalty)
+            step_loss = float(loss.detach()) if model.levels else float(d.detach() + options.rate_weight * bits.detach() + penalty)
             run_loss = 0.9 * run_loss + 0.1 * step_loss if k else step_loss
+            bar.update(1)
             if k % 10 == 0:
                 bar.set_postfix(loss=f"{run_loss:.3f}", B=f"{float(bits.detach()) / 8:.1f}")
+            if options.checkpoint_minutes > 0 and time.monotonic() - last_save > 60.0 * options.checkpoint_minutes:
+                save(epoch - 1, k + 1, run_loss)
+                last_save = time.monotonic()
+        next_batch = 0
         metrics = evaluate(model, x_val, normalization, config.loss, options.rate_weight, device,
-                           corruption=config.corruption)
+                           batch_size=32 if model.spatial_dims else 256, corruption=config.corruption)
         bar.set_postfix(loss=f"{run_loss:.3f}", val_psnr=f"{metrics['val_psnr_db']:.2f}dB",
                         B_per_sample=f"{metrics['val_bytes_per_sample']:.1f}")
         bar.close()
+        if model.levels and options.progress:
+            tqdm.write("  validation: " + ", ".join(
+                f"q{lv} {metrics[f'val_psnr_db_q{lv}']:.2f} dB {metrics[f'val_bytes_per_sample_q{lv}']:.0f} B"
+                for lv in range(model.levels)), file=sys.stderr)
         if scheduler is not None:
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step(metrics["val_loss"])
@@ -299,32 +428,8 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
             best_metrics = metrics
         else:
             stale += 1
-        if ckpt_path is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-            torch.save(
-                {
-                    "config": config.to_dict(),
-                    "model": model.state_dict(),
-                    "best_model": best_state,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "epoch": epoch,
-                    "best_val_loss": best_loss,
-                    "best_metrics": best_metrics,
-                    "history": history,
-                    "stale_epochs": stale,
-                    "seconds": seconds_before + time.perf_counter() - t0,
-                    "device": device.type,
-                    "data": data_summary,
-                    "normalization": normalization.to_dict(),
-                    "options": asdict(options),
-                    "command": options.command,
-                    "init_from": init_info,
-                    "val_batch": x_val[:VAL_BATCH_KEEP].copy(),
-                    "torch_rng": torch.get_rng_state(),
-                },
-                ckpt_path,
-            )
+        save(epoch, 0)
+        last_save = time.monotonic()
         if options.patience and stale >= options.patience:
             break
     seconds = seconds_before + time.perf_counter() - t0
@@ -351,6 +456,13 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1000,500,250, got {text!r}") from None
 
 
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.026,0.013, got {text!r}") from None
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("train", help="train an autoencoder", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -358,9 +470,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--source-option", action="append", type=source_option, default=[], metavar="KEY=VALUE",
                    help="option for the data loader, e.g. limit=5000, size=64,64 (repeatable)")
     p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--family", default="dense", choices=["dense", "conv2d", "conv1d"])
+    p.add_argument("--family", default="dense", choices=sorted(MODELS),
+                   help="dense, conv2d (images), conv1d (series), gdn2d (photos: Balle et al.'s GDN transform)")
     p.add_argument("--layers", type=_int_list, default=None,
-                   help="dense: nodes per encoder layer (default 512,256); conv: channels per stride-2 stage (default 32,64)")
+                   help="dense: nodes per encoder layer (default 512,256); conv: channels per stride-2 stage (default 32,64); "
+                        "gdn2d: channels of the stages before the latent's (default 128,128,128: 4 downsamplings)")
     p.add_argument("--code-size", type=int, default=32, help="dense: latent dims; conv: latent channels")
     p.add_argument("--activation", default="relu", choices=["relu", "gelu", "leaky_relu", "tanh", "linear"])
     v = p.add_argument_group("autoencoder variant (codec/models/variants.py; weights add to the per-sample summed distortion)")
@@ -382,6 +496,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--output-activation", default="auto", choices=["auto", "sigmoid", "none"])
     p.add_argument("--rate-weight", type=float, default=TrainOptions.rate_weight,
                    help="lambda in loss = summed squared error + lambda * bits per sample (0: plain autoencoder)")
+    p.add_argument("--rate-levels", type=_float_list, default=[], metavar="W0,W1,...",
+                   help="variable rate: one --rate-weight per quality level, cheapest first (e.g. 0.026,0.013,0.0064); "
+                        "each level learns per-channel gains, one network serves all")
+    p.add_argument("--augment", default="", choices=list(AUGMENTS), help="flip: random flips of each training sample")
+    p.add_argument("--val-limit", type=int, default=None, help="validate on N samples spread evenly over the validation set (each epoch pays for validation)")
+    p.add_argument("--clip-grad", type=float, default=0.0, help="clip the gradient norm (0: off)")
+    p.add_argument("--checkpoint-minutes", type=float, default=0.0,
+                   help="also checkpoint mid-epoch this often; --resume continues at that batch (long photo runs)")
     p.add_argument("--epochs", type=int, default=TrainOptions.epochs)
     p.add_argument("--batch-size", type=int, default=TrainOptions.batch_size)
     p.add_argument("--lr", type=float, default=TrainOptions.lr)
@@ -390,7 +512,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=TrainOptions.patience, help="early stopping (0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: cores not busy at start, i.e. cpu count minus the 1-minute "
+                        "load average, at least 1). More threads than free cores makes every step wait on a busy "
+                        "neighbour; pass 1 on a shared machine")
     p.add_argument("--out", required=True, help="directory for checkpoint.pt")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--init-from", default=None, metavar="RUN",
@@ -407,17 +532,19 @@ def run(args: argparse.Namespace) -> int:
     sample_shape: list[int | None] = list(source.sample_shape)
     if args.family != "dense":
         sample_shape = [sample_shape[0]] + [None] * (len(sample_shape) - 1)  # fully convolutional: any size
-    layers = args.layers if args.layers is not None else ([512, 256] if args.family == "dense" else [32, 64])
+    default_layers = {"dense": [512, 256], "gdn2d": [128, 128, 128]}.get(args.family, [32, 64])
+    layers = args.layers if args.layers is not None else default_layers
     config = ModelConfig(
         family=args.family, sample_shape=sample_shape, code_size=args.code_size, layers=layers,
         activation="linear" if args.linear else args.activation, loss=args.loss, kernel_size=args.kernel_size, blocks=args.blocks,
         output_activation="none" if args.linear else args.output_activation, seed=args.seed,
-        **variant_fields(args),
+        rate_levels=args.rate_levels, **variant_fields(args),
     )
     options = TrainOptions(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         rate_weight=args.rate_weight, schedule=args.schedule, patience=args.patience, seed=args.seed,
         device=args.device, threads=args.threads, out=args.out, resume=args.resume, init_from=args.init_from,
+        augment=args.augment, val_limit=args.val_limit, clip_grad=args.clip_grad, checkpoint_minutes=args.checkpoint_minutes,
         progress=not args.no_progress, command=getattr(args, "command_line", None) or _command_line(),
     )
     result = train(config, train_set, val_set, options)

@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -51,6 +52,10 @@ class ModelConfig:
     sparsity: str = ""  # sparse: "l1:WEIGHT" or "kl:TARGET[:WEIGHT]"
     contractive_weight: float = 0.0  # contractive: weight of ||d code / d input||_F^2
     beta: float = 1.0  # vae: weight of KL(q(z|x) || N(0, I)) in nats
+    # Variable rate: one rate weight per quality level, cheapest first. Each level learns a gain per
+    # latent channel that scales the latent before rounding and an inverse gain applied before the
+    # decoder (Cui et al. 2021), so one network serves every level. Empty: one rate, no gains.
+    rate_levels: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.sample_shape = [None if d is None else int(d) for d in self.sample_shape]
@@ -64,6 +69,13 @@ class ModelConfig:
             raise ValueError(f"output_activation {self.output_activation!r} is not one of {OUTPUT_ACTIVATIONS}")
         if self.loss == "bce" and self.output_activation == "none":
             raise ValueError("loss 'bce' needs outputs in [0, 1]: use output_activation 'sigmoid' or 'auto'")
+        self.rate_levels = [float(r) for r in self.rate_levels]
+        if any(not r > 0 for r in self.rate_levels):
+            raise ValueError(f"rate_levels must all be > 0, got {self.rate_levels}")
+        if any(a <= b for a, b in zip(self.rate_levels, self.rate_levels[1:])):
+            raise ValueError(f"rate_levels go from the cheapest level (largest weight) down, got {self.rate_levels}")
+        if len(self.rate_levels) == 1:
+            raise ValueError("rate_levels needs two levels or more; one rate is plain --rate-weight")
         self.blocks = int(self.blocks)
         if self.blocks < 0:
             raise ValueError(f"blocks must be >= 0, got {self.blocks}")
@@ -86,6 +98,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        """Inverse of to_dict; keys added later (rate_levels) take their defaults when absent."""
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:
@@ -124,6 +137,12 @@ class Autoencoder(nn.Module):
         super().__init__()
         self.config = config
         self.density = FactorizedDensity(config.code_size)
+        if config.rate_levels:
+            # finer bins for the high-quality levels: gain ~ sqrt(reference weight / level weight)
+            ref = math.exp(sum(math.log(r) for r in config.rate_levels) / len(config.rate_levels))
+            init = torch.tensor([0.5 * math.log(ref / r) for r in config.rate_levels]).reshape(-1, 1)
+            self.log_gain = nn.Parameter(init.repeat(1, config.code_size))
+            self.log_inverse_gain = nn.Parameter(-init.repeat(1, config.code_size))
 
     # -- supplied by families -------------------------------------------------------------
     @property
@@ -188,9 +207,46 @@ class Autoencoder(nn.Module):
             return y
         raise ValueError(f"quantize mode {mode!r} is not one of {QUANTIZE_MODES}")
 
-    def forward(self, x: torch.Tensor, quantize: str | None = None) -> AutoencoderOutput:
+    @property
+    def levels(self) -> int:
+        """Quality levels of a variable-rate model; 0 for a model trained at one rate."""
+        return len(self.config.rate_levels)
+
+    def level_gains(self, level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gain, inverse gain) for each sample's level (N,), shaped to broadcast over (N, C, ...)."""
+        shape = (level.shape[0], self.config.code_size) + (1,) * self.spatial_dims
+        return torch.exp(self.log_gain[level]).reshape(shape), torch.exp(self.log_inverse_gain[level]).reshape(shape)
+
+    def level_tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """float64 (levels, C) gains and inverse gains, as the codec applies them."""
+        with torch.no_grad():
+            return (torch.exp(self.log_gain.double()).cpu().numpy(), torch.exp(self.log_inverse_gain.double()).cpu().numpy())
+
+    def _forward_levels(self, x: torch.Tensor, y: torch.Tensor, mode: str, level: torch.Tensor) -> AutoencoderOutput:
+        """Variable rate: symbols round(y * gain) decoded from symbols * inverse gain; the density
+        stays over y, so a symbol's probability is its bin of width 1/gain (per channel)."""
+        size = tuple(x.shape[2:]) if self.spatial_dims else None
+        gain, inverse = self.level_gains(level)
+        scaled = y * gain
+        rounded = scaled + (torch.round(scaled) - scaled).detach()
+        if mode == "mixed":
+            x_hat = self.decode(rounded * inverse, size)
+            rated = scaled + torch.empty_like(scaled).uniform_(-0.5, 0.5)
+        elif mode in ("noise", "round"):
+            rated = rounded if mode == "round" else scaled + torch.empty_like(scaled).uniform_(-0.5, 0.5)
+            x_hat = self.decode(rated * inverse, size)
+        else:
+            raise ValueError(f"a variable-rate model quantizes with 'mixed', 'noise' or 'round', not {mode!r}")
+        width = (1.0 / gain).expand_as(rated)
+        return AutoencoderOutput(x_hat, y, self.density.bits(rated / gain, width))
+
+    def forward(self, x: torch.Tensor, quantize: str | None = None, level: torch.Tensor | None = None) -> AutoencoderOutput:
         mode = quantize or ("mixed" if self.training else "round")
         y = self.encode(x)
+        if self.levels:
+            if level is None:
+                raise ValueError(f"this model has {self.levels} rate levels: pass level= (one index per sample)")
+            return self._forward_levels(x, y, mode, level)
         size = tuple(x.shape[2:]) if self.spatial_dims else None
         if mode == "mixed":
             x_hat = self.decode(self.quantize(y, "round"), size)

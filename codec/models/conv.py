@@ -14,6 +14,21 @@ from torch import nn
 from .base import Autoencoder, ModelConfig, latent_extent, make_activation, make_output_activation
 
 
+def check_conv_config(model: Autoencoder, config: ModelConfig) -> None:
+    """What every convolutional family needs from its config, with errors that name the fix."""
+    ndim = len(config.sample_shape) - 1
+    if ndim != model.ndim or config.sample_shape[0] is None:  # type: ignore[attr-defined]
+        axes = ", ".join("L" if model.ndim == 1 else "HW"[i] for i in range(model.ndim))  # type: ignore[attr-defined]
+        raise ValueError(
+            f"{model.family} samples are (channels, {axes}) with a fixed channel count, got sample_shape {config.sample_shape}"
+        )
+    if not config.layers:
+        raise ValueError(f"{model.family} needs at least one stage in layers (channels per stride-2 stage)")
+    k = config.kernel_size
+    if k < 1 or k % 2 == 0:
+        raise ValueError(f"kernel_size must be odd so stride-2 stages halve sizes exactly, got {k}")
+
+
 class ResidualBlock(nn.Module):
     """x + conv(act(conv(x))): deepens a stage without moving its resolution; exports as plain ONNX."""
 
@@ -34,16 +49,8 @@ class ConvAutoencoder(Autoencoder):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        if len(config.sample_shape) != self.ndim + 1 or config.sample_shape[0] is None:
-            raise ValueError(
-                f"{self.family} samples are (channels, {', '.join('L' if self.ndim == 1 else 'HW'[i] for i in range(self.ndim))})"
-                f" with a fixed channel count, got sample_shape {config.sample_shape}"
-            )
-        if not config.layers:
-            raise ValueError(f"{self.family} needs at least one stage in layers (channels per stride-2 stage)")
+        check_conv_config(self, config)
         k = config.kernel_size
-        if k < 1 or k % 2 == 0:
-            raise ValueError(f"kernel_size must be odd so stride-2 stages halve sizes exactly, got {k}")
         conv = nn.Conv1d if self.ndim == 1 else nn.Conv2d
         convt = nn.ConvTranspose1d if self.ndim == 1 else nn.ConvTranspose2d
         c_in = int(config.sample_shape[0])

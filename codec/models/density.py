@@ -55,11 +55,15 @@ class FactorizedDensity(nn.Module):
             raise ValueError(f"density expects (N, {self.channels}, ...) latents, got {tuple(y.shape)}")
         return y.transpose(0, 1).reshape(self.channels, 1, -1)
 
-    def likelihood(self, y_tilde: torch.Tensor) -> torch.Tensor:
-        """P(bin of width 1 centred on y_tilde), floored so log2 never reaches -inf; y's shape."""
+    def likelihood(self, y_tilde: torch.Tensor, width: torch.Tensor | None = None) -> torch.Tensor:
+        """P(bin centred on y_tilde), floored so log2 never reaches -inf; y's shape.
+
+        Bins are 1 wide unless width (y's shape) says otherwise: variable-rate models quantize
+        y * gain, whose unit bins are 1/gain wide in y."""
         v = self._to_channel_rows(y_tilde)
-        lower = self._logits_cdf(v - 0.5)
-        upper = self._logits_cdf(v + 0.5)
+        half = 0.5 if width is None else 0.5 * self._to_channel_rows(width)
+        lower = self._logits_cdf(v - half)
+        upper = self._logits_cdf(v + half)
         # Subtract in the tail that is far from 1, where sigmoid keeps its precision.
         sign = -torch.sign(lower + upper).detach()
         p = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))
@@ -67,9 +71,9 @@ class FactorizedDensity(nn.Module):
         moved = y_tilde.transpose(0, 1)
         return p.reshape(moved.shape).transpose(0, 1)
 
-    def bits(self, y_tilde: torch.Tensor) -> torch.Tensor:
+    def bits(self, y_tilde: torch.Tensor, width: torch.Tensor | None = None) -> torch.Tensor:
         """Code length per sample in bits: -sum log2 p over every latent element; shape (N,)."""
-        return -torch.log2(self.likelihood(y_tilde)).flatten(1).sum(dim=1)
+        return -torch.log2(self.likelihood(y_tilde, width)).flatten(1).sum(dim=1)
 
     @torch.no_grad()
     def _quantiles(self, prob: float) -> np.ndarray:
@@ -85,18 +89,24 @@ class FactorizedDensity(nn.Module):
         return (0.5 * (lo + hi)).reshape(-1).numpy()
 
     @torch.no_grad()
-    def pmf_tables(self, tail_mass: float = 1e-9, max_symbols: int = 1 << 16) -> tuple[list[int], list[np.ndarray]]:
-        """Integer-bin pmfs p_c(k) = F_c(k+0.5) - F_c(k-0.5), renormalised, k from offsets[c].
+    def pmf_tables(
+        self, tail_mass: float = 1e-9, max_symbols: int = 1 << 16, gains: np.ndarray | None = None,
+    ) -> tuple[list[int], list[np.ndarray]]:
+        """Integer-bin pmfs p_c(k) = F_c((k+0.5)/g_c) - F_c((k-0.5)/g_c), renormalised, k from offsets[c].
 
+        g_c = 1 unless ``gains`` (C,) is given: a variable-rate level codes round(y * g_c).
         The range covers all but tail_mass of each channel's mass; these are the tables the
         entropy coder is built from, so they are computed in float64.
         """
+        g = np.ones(self.channels) if gains is None else np.asarray(gains, dtype=np.float64).reshape(-1)
+        if g.shape != (self.channels,) or not np.all(g > 0):
+            raise ValueError(f"gains must be {self.channels} positive factors, got shape {g.shape}")
         first = next(self.parameters())
         was_dtype, was_device = first.dtype, first.device
         self.to(device="cpu", dtype=torch.float64)
         try:
-            low = np.floor(self._quantiles(tail_mass / 2.0))
-            high = np.ceil(self._quantiles(1.0 - tail_mass / 2.0))
+            low = np.floor(self._quantiles(tail_mass / 2.0) * g)
+            high = np.ceil(self._quantiles(1.0 - tail_mass / 2.0) * g)
             offsets: list[int] = []
             probs: list[np.ndarray] = []
             for c in range(self.channels):
@@ -107,8 +117,8 @@ class FactorizedDensity(nn.Module):
                         f"(> {max_symbols}); train with a larger --rate-weight"
                     )
                 k = torch.arange(start, stop + 1, dtype=torch.float64).reshape(1, 1, -1)
-                lower = self._logits_cdf_channel(c, k - 0.5)
-                upper = self._logits_cdf_channel(c, k + 0.5)
+                lower = self._logits_cdf_channel(c, (k - 0.5) / float(g[c]))
+                upper = self._logits_cdf_channel(c, (k + 0.5) / float(g[c]))
                 sign = -torch.sign(lower + upper)
                 p = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower)).reshape(-1).numpy()
                 p = np.maximum(p, 0.0)

@@ -184,6 +184,8 @@ def check_variant(config: "ModelConfig") -> None:
         raise ValueError(f"contractive_weight must be >= 0, got {config.contractive_weight}")
     if not config.beta > 0 or not math.isfinite(config.beta):
         raise ValueError(f"beta must be > 0, got {config.beta}")
+    if config.rate_levels and v != "plain":
+        raise ValueError(f"rate_levels (variable rate) are for plain models, not variant {v!r}")
 
 
 def is_overcomplete(model: "Autoencoder") -> bool:
@@ -245,6 +247,8 @@ def training_loss(
         x_in = Corruption.parse(c.corruption).apply(x, generator)
     if c.variant == "contractive":
         x_in = x.detach().clone().requires_grad_(True)
+    if c.rate_levels:
+        return _variable_rate_loss(model, x_in, x, distortion_fn, generator)
     out = model(x_in, quantize=mode)
     d = distortion_fn(out.x_hat, x, c.loss).mean()
     bits = out.bits.mean()
@@ -255,6 +259,28 @@ def training_loss(
     elif c.variant == "contractive":
         penalty = c.contractive_weight * jacobian_estimate(x_in, out.y).mean()
     return LossTerms(loss + penalty, d, bits, penalty.detach())
+
+
+def level_loss_weights(rate_levels: list[float]) -> torch.Tensor:
+    """Per-level factor that puts every level's loss in one currency: distortion / weight + bits
+    is each level's Lagrangian in bits, times the weights' geometric mean to stay on the scale of
+    a one-rate run's loss (Cui et al. and CompressAI weigh levels the same way)."""
+    w = torch.tensor(rate_levels, dtype=torch.float64)
+    return (torch.exp(torch.log(w).mean()) / w).float()
+
+
+def _variable_rate_loss(model: "Autoencoder", x_in: torch.Tensor, x: torch.Tensor, distortion_fn,
+                        generator: torch.Generator | None) -> LossTerms:
+    """Every sample draws a level at random, so one batch trains every rate."""
+    c = model.config
+    level = torch.randint(len(c.rate_levels), (x.shape[0],), generator=generator).to(x.device)
+    out = model(x_in, quantize="mixed", level=level)
+    d = distortion_fn(out.x_hat, x, c.loss)
+    weights = torch.tensor(c.rate_levels, device=x.device)[level]
+    scale = level_loss_weights(c.rate_levels).to(x.device)[level]
+    loss = (scale * (d + weights * out.bits)).mean()
+    zero = torch.zeros((), device=x.device)
+    return LossTerms(loss, d.mean(), out.bits.mean(), zero)
 
 
 @torch.no_grad()

@@ -66,8 +66,10 @@ def _idx(path: Path, labels_path: str | Path | None = None, limit: int | None = 
 
 
 def _images(path: Path, size: tuple[int, int] = (64, 64), per_image: int = 8, seed: int = 0,
-            mode: str = "RGB", limit: int | None = None, subdirs: Any = None) -> SampleSet:
-    return ImageFolder(path, mode=mode, subdirs=subdirs).crops(size=tuple(size), per_image=per_image, seed=seed, limit=limit)  # type: ignore[arg-type]
+            mode: str = "RGB", limit: int | None = None, subdirs: Any = None, scale: Any = (1.0, 1.0)) -> SampleSet:
+    scale = (float(scale), float(scale)) if isinstance(scale, (int, float)) else tuple(float(v) for v in scale)
+    return ImageFolder(path, mode=mode, subdirs=subdirs).crops(size=tuple(size), per_image=per_image, seed=seed,  # type: ignore[arg-type]
+                                                               limit=limit, scale=scale)  # type: ignore[arg-type]
 
 
 def _ecg(path: Path, records: Any = None, window: int = 1024, stride: int | None = None,
@@ -84,7 +86,7 @@ KINDS: dict[str, Callable[..., SampleSet]] = {
     "mnist": _mnist,  # folder with train-/t10k-images-idx3-ubyte[.gz]; options: split, limit
     "idx": _idx,  # one IDX file; options: labels_path, limit
     "arrays": load_array,  # .npy/.npz; options: key, labels_key, groups_key, normalization, add_channel_axis, limit
-    "images": _images,  # folder of photos -> random crops; options: size, per_image, seed, mode, limit, subdirs
+    "images": _images,  # folder of photos -> random crops; options: size, per_image, seed, mode, limit, subdirs, scale
     "ecg": _ecg,  # folder (or .hea) of WFDB records; options: records, window, stride, limit_per_record
 }
 

@@ -92,13 +92,22 @@ class ImageFolder:
         return [read_image(p, self.mode) for p in self.paths[:limit]]
 
     def crops(
-        self, size: tuple[int, int] = (64, 64), per_image: int = 8, seed: int = 0, limit: int | None = None
+        self, size: tuple[int, int] = (64, 64), per_image: int = 8, seed: int = 0, limit: int | None = None,
+        scale: tuple[float, float] = (1.0, 1.0),
     ) -> SampleSet:
         """per_image random (h,w) crops from each image, uint8 (N,C,h,w); groups = image index,
-        so a split never puts crops of one photo on both sides."""
+        so a split never puts crops of one photo on both sides.
+
+        scale=(lo, hi): each crop comes from the image resized by a factor drawn from [lo, hi]
+        (Lanczos). Downscaling averages away the source's own JPEG artifacts and sensor noise,
+        so a photo codec learns content rather than one camera's noise (common practice when
+        training learned image codecs on JPEG-compressed photos)."""
         h, w = int(size[0]), int(size[1])
         if h <= 0 or w <= 0 or per_image <= 0:
             raise InputError(f"crop size and per_image must be positive, got size={size}, per_image={per_image}")
+        lo, hi = (float(scale[0]), float(scale[1])) if len(scale) == 2 else (float("nan"),) * 2
+        if not 0 < lo <= hi <= 1:
+            raise InputError(f"scale must be two factors 0 < lo <= hi <= 1, got {scale}")
         rng = np.random.default_rng(seed)
         paths = self.paths[:limit]
         out = np.empty((len(paths) * per_image, self.channels, h, w), dtype=np.uint8)
@@ -108,15 +117,35 @@ class ImageFolder:
             H, W = img.shape[1:]
             if H < h or W < w:
                 raise InputError(f"{p}: image is {H}x{W}, smaller than the requested {h}x{w} crop; pick a smaller size")
-            tops = rng.integers(0, H - h + 1, size=per_image)
-            lefts = rng.integers(0, W - w + 1, size=per_image)
+            if (lo, hi) == (1.0, 1.0):
+                tops = rng.integers(0, H - h + 1, size=per_image)
+                lefts = rng.integers(0, W - w + 1, size=per_image)
+                for k in range(per_image):
+                    out[i * per_image + k] = img[:, tops[k] : tops[k] + h, lefts[k] : lefts[k] + w]
+                continue
             for k in range(per_image):
-                out[i * per_image + k] = img[:, tops[k] : tops[k] + h, lefts[k] : lefts[k] + w]
+                out[i * per_image + k] = _scaled_crop(img, rng.uniform(lo, hi), h, w, rng)
         return SampleSet(
             samples=out,
             normalization=PIXEL_NORMALIZATION,
             groups=groups,
             name=f"{self.root.name}-crops{h}x{w}",
             meta={"source": "images", "folder": str(self.root), "subdirs": self.subdirs, "mode": self.mode, "size": [h, w],
-                  "per_image": per_image, "seed": seed, "files": [p.relative_to(self.root).as_posix() for p in paths]},
+                  "per_image": per_image, "seed": seed, "scale": [lo, hi], "files": [p.relative_to(self.root).as_posix() for p in paths]},
         )
+
+
+def _scaled_crop(img: np.ndarray, factor: float, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """One (h, w) crop of img resized by factor (never below the crop size)."""
+    from PIL import Image
+
+    H, W = img.shape[1:]
+    factor = max(factor, h / H, w / W)
+    size = (max(w, round(W * factor)), max(h, round(H * factor)))
+    hwc = img.transpose(1, 2, 0)
+    pil = Image.fromarray(hwc[:, :, 0] if hwc.shape[2] == 1 else hwc)
+    small = np.asarray(pil.resize(size, Image.Resampling.LANCZOS), dtype=np.uint8)
+    small = small[:, :, None] if small.ndim == 2 else small
+    top = int(rng.integers(0, small.shape[0] - h + 1))
+    left = int(rng.integers(0, small.shape[1] - w + 1))
+    return small[top : top + h, left : left + w].transpose(2, 0, 1)

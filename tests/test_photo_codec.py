@@ -1,0 +1,149 @@
+"""The photo codec (issue 11): the GDN family exports to ONNX with parity at two sizes, one
+variable-rate model serves every level through per-channel gains, and the 2-D causal context
+decodes bit-exactly in another process, at another batch size and another thread count."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from latentwire.codec.codec import Codec
+from latentwire.codec.context2d import LatentContext2D, diagonals
+from latentwire.codec.entropy import StreamDecoder, StreamEncoder, TableSet, table_from_counts
+from latentwire.codec.sources import ImageFolder, sample_data_root
+
+PHOTOS = sample_data_root() / "bsds"
+RATE_LEVELS = "0.05,0.01,0.002"
+
+
+def _photos() -> list[np.ndarray]:
+    """The three shipped BSDS500 photos, cropped to 56 x 60 (off the 16-pixel grid: pad and crop run)."""
+    return [img[:, :56, :60] for img in ImageFolder(PHOTOS).images()]
+
+
+@pytest.fixture(scope="module")
+def photo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny gdn2d variable-rate bundle (3 levels), really trained on crops of the shipped photos."""
+    pytest.importorskip("torch")
+    import torch
+
+    from latentwire.codec import export, train
+    from latentwire.codec.calibrate import calibrate
+
+    torch.set_num_threads(1)
+    work = tmp_path_factory.mktemp("photo-bundle")
+    opts = ["--source-option", "size=48,48", "--source-option", "per_image=24"]
+    assert train.main([
+        "--data", str(PHOTOS), *opts, "--source-option", "scale=0.7,1.0", "--val-fraction", "0.34",
+        "--family", "gdn2d", "--layers", "8,8,8", "--code-size", "12", "--rate-levels", RATE_LEVELS,
+        "--epochs", "3", "--batch-size", "8", "--lr", "3e-3", "--augment", "flip", "--clip-grad", "1",
+        "--out", str(work / "run"), "--no-progress", "--threads", "1",
+    ]) == 0
+    bundle = work / "bundle"
+    assert export.main([str(work / "run"), "--out", str(bundle), "--name", "tiny-photo"]) == 0
+    from latentwire.codec.sources import load_source
+
+    calibrate(bundle, load_source(PHOTOS, size=(48, 48), per_image=24), threads=1)
+    return bundle
+
+
+def test_gdn_graphs_export_with_parity_at_two_sizes(photo_bundle: Path) -> None:
+    import onnx
+    import torch
+
+    from latentwire.codec.export import PARITY_TOLERANCE, parity
+    from latentwire.codec.train import load_checkpoint, model_from_checkpoint
+
+    manifest = json.loads((photo_bundle / "manifest.json").read_text())
+    # export itself checked the validation crops and a second, off-grid size
+    assert manifest["metrics"]["parity_max_abs_diff"] <= PARITY_TOLERANCE
+    ops = {n.op_type for n in onnx.load(str(photo_bundle / "decoder.onnx")).graph.node}
+    assert {"ConvTranspose", "Sqrt", "Mul"} <= ops  # inverse GDN is plain ONNX, no custom op
+    model = model_from_checkpoint(load_checkpoint(photo_bundle.parent / "run"))
+    assert model.stride == 16 and model.levels == 3
+    for photo in _photos()[:1]:
+        for h, w in ((56, 60), (37, 45)):  # on and off the stride grid
+            x = photo[None, :, :h, :w].astype(np.float32) / 255.0
+            with torch.no_grad():
+                assert parity(model, photo_bundle, x) <= PARITY_TOLERANCE
+
+
+def test_one_model_serves_every_level_from_cheap_to_near_lossless(photo_bundle: Path) -> None:
+    codec = Codec.load(photo_bundle, provider="cpu", threads=1)
+    manifest = codec.manifest
+    assert len(manifest.latent_levels) == 3
+    assert [q.latent_level for q in codec.qualities] == [0, 1, 2, 2, 2, 2]
+    assert [q.max_error for q in codec.qualities] == [None, None, None, 4, 2, 0]
+    assert json.loads((photo_bundle / "entropy.json").read_text())["version"] == 3
+    photos = np.stack(_photos())
+    sizes, errors = [], []
+    for q in codec.qualities:
+        out = codec.decode(codec.encode(photos, quality=q.index))
+        assert out.shape == photos.shape and out.dtype == np.uint8
+        sizes.append(len(codec.encode(photos, quality=q.index)))
+        errors.append(float(np.mean((out.astype(np.float64) - photos) ** 2)))
+        if q.max_error is not None:
+            assert int(np.abs(out.astype(np.int64) - photos).max()) <= q.max_error
+    # finer gains cost more bytes, level after level; the residual levels cost more again
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes), sizes
+    assert errors[-1] == 0.0 and errors[3] < errors[2]
+    # the gains the levels apply are the trained ones, stored in the manifest (a decoding field)
+    gains = [lv.gain for lv in manifest.latent_levels]
+    assert np.all(gains[0] < gains[2])
+
+
+def test_context2d_round_trip_on_wavefronts() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.integers(-2, 3, size=(3, 4, 5, 7))
+    symbols = (base + np.roll(base, 1, axis=3)).astype(np.int32)  # neighbours predict each other
+    symbols[0, 0, 0, 0] = 40  # an escape, far outside every table
+    counts = np.bincount(np.clip(symbols, -6, 6).ravel() + 6, minlength=13)
+    fac = TableSet(tuple(table_from_counts(counts + 1, -6) for _ in range(4)))
+    ctx = LatentContext2D.fit(symbols, fac)
+    enc = StreamEncoder()
+    ctx.write(enc, symbols)
+    data = enc.finish()
+    assert np.array_equal(ctx.read(StreamDecoder(data), symbols.shape), symbols)
+    # one call per anti-diagonal, each neighbour on the diagonal before
+    diag = diagonals(5, 7)
+    assert len(diag) == 11 and all(np.all(r + c == d) for d, (r, c) in enumerate(diag))
+    # fitted on them, the context tables beat the factorized ones on correlated latents
+    plain = StreamEncoder()
+    plain.encode(symbols.ravel(), np.tile(np.repeat(np.arange(4), 35), 3), fac)
+    assert len(data) < len(plain.finish())
+
+
+_DECODE_ELSEWHERE = """
+import sys, numpy as np
+from latentwire.codec.codec import Codec
+codec = Codec.load(sys.argv[1], provider="cpu", threads=int(sys.argv[2]))
+packets = [open(p, "rb").read() for p in sys.argv[4:]]
+np.save(sys.argv[3], np.concatenate(codec.decode_many(packets)))
+"""
+
+
+def test_decodes_bit_exactly_in_another_process_batch_size_and_thread_count(photo_bundle: Path, tmp_path: Path) -> None:
+    sender = Codec.load(photo_bundle, provider="cpu", threads=2)
+    photos = np.stack(_photos())
+    for level in (0, 2):
+        joint = sender.encode(photos, quality=level)
+        singles = [sender.encode(photos[i : i + 1], quality=level) for i in range(len(photos))]
+        here = Codec.load(photo_bundle, provider="cpu", threads=1)
+        reference = here.decode(joint)
+        # per-photo packets, decoded together or one by one, give the joint packet's photos
+        assert np.array_equal(np.concatenate(here.decode_many(singles)), reference)
+        assert np.array_equal(np.concatenate([here.decode(p) for p in singles]), reference)
+        files = []
+        for i, p in enumerate([joint, *singles]):
+            files.append(tmp_path / f"l{level}-{i}.lw")
+            files[-1].write_bytes(p)
+        for threads, chosen in ((2, files[:1]), (1, files[1:])):
+            out = tmp_path / f"out-{level}-{threads}.npy"
+            subprocess.run([sys.executable, "-c", _DECODE_ELSEWHERE, str(photo_bundle), str(threads), str(out),
+                            *map(str, chosen)], check=True, timeout=120)
+            assert np.array_equal(np.load(out), reference), (level, threads)
