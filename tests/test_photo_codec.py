@@ -147,3 +147,24 @@ def test_decodes_bit_exactly_in_another_process_batch_size_and_thread_count(phot
             subprocess.run([sys.executable, "-c", _DECODE_ELSEWHERE, str(photo_bundle), str(threads), str(out),
                             *map(str, chosen)], check=True, timeout=120)
             assert np.array_equal(np.load(out), reference), (level, threads)
+
+
+def test_eval_measures_whole_photos_and_draws_every_level(photo_bundle: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from latentwire.codec import cli
+
+    out, png = tmp_path / "eval.json", tmp_path / "levels.png"
+    assert cli.main(["eval", "--bundle", str(photo_bundle), "--data", str(PHOTOS), "--out", str(out),
+                     "--picture", str(png), "--picture-samples", "2", "--quality", "0", "--quality", "2"]) == 0
+    report = json.loads(out.read_text())
+    assert report["frames"] == 3 and report["batch"] is None  # whole photos, one packet each
+    first, last = report["levels"]
+    assert first["bits_per_pixel"] < last["bits_per_pixel"] and first["prd_percent"] is None
+    photos = ImageFolder(PHOTOS).images()
+    assert first["bits_per_pixel"] == pytest.approx(
+        first["bytes_per_sample"] * 8 * 3 / sum(p.shape[1] * p.shape[2] for p in photos))
+    picture = Image.open(png)
+    # 2 rows, original + 2 levels: each tile at least 96 pixels wide (the photos are 64-96)
+    assert picture.width >= 3 * 96 and picture.height >= 2 * 64
+    assert report["picture"] == str(png)
