@@ -1,11 +1,17 @@
-"""latentwire client: `Client` (models, bundles, publish, subscribe) and the send/receive daemons."""
+"""latentwire client: `Client` (models, bundles, publish, subscribe) and the send/receive daemons.
 
-from .client import (
+May import latentwire.codec (the runtime, never its training sub-package) and the generated
+latentwire.v1 stubs; never latentwire.server.
+"""
+
+from .client import Client
+from .errors import ClientError, ConnectError, PublishAborted
+from .types import (
     ChannelInfo,
-    Client,
     Frame,
     FrameBatch,
     ModelInfo,
+    NormalizationInfo,
     Packet,
     PublishAck,
     PublishError,
@@ -17,10 +23,14 @@ from .client import (
 __all__ = [
     "ChannelInfo",
     "Client",
+    "ClientError",
+    "ConnectError",
     "Frame",
     "FrameBatch",
     "ModelInfo",
+    "NormalizationInfo",
     "Packet",
+    "PublishAborted",
     "PublishAck",
     "PublishError",
     "PublishResult",

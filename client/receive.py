@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .client import Client
-from .send import add_connection_args, install_stop, make_client
+from .daemon import add_connection_args, install_stop, make_client, one_line, setup_logging
 from .state import atomic_write_bytes, load_state, save_state
 
 log = logging.getLogger("latentwire.receive")
@@ -144,24 +144,29 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    import grpc
+    setup_logging(args.log_level)
+    return one_line("receive", lambda: _receive(args))
 
+
+def _receive(args: argparse.Namespace) -> int:
     from_seq: int | str | None = None
     if args.from_seq is not None:
+        if args.from_seq != "latest" and not args.from_seq.lstrip("-").isdigit():
+            raise ValueError(f"--from-seq takes an int or 'latest', got {args.from_seq!r}")
         from_seq = "latest" if args.from_seq == "latest" else int(args.from_seq)
-    client = make_client(args)
+    state = load_state(args.state)  # an unreadable state file is an error before anything connects
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    client = make_client(args, log)
     try:
         r = Receiver(client, args.channel, Path(args.state), out_dir=Path(args.out) if args.out else None,
                      fmt=args.format, stdout=args.stdout, until_seq=args.until_seq, idle_timeout=args.idle_timeout)
-        install_stop(r.stop)
+        r.state = state
+        install_stop(r.stop, log)
         if r.until_seq is not None and r.state.get("next_seq", -1) >= r.until_seq:
             return 0
+        client.channel(args.channel)  # an unknown channel is a one-line error, not a silent wait
         return r.run(from_seq)
-    except grpc.RpcError as e:
-        print(f"latentwire receive: {e.code().name}: {e.details()}", file=sys.stderr)
-        return 1
     finally:
         client.close()
 

@@ -7,17 +7,21 @@ in name order: give them sortable names such as timestamps). `--rate` paces the 
 (1,28,28) channel) are reshaped; a file holding one sample is one frame.
 
 Exactly once across restarts: the state file holds a producer id, the producer offset of the
-next unacknowledged frame and how many frames of each file were acknowledged. It is rewritten
-atomically after every acknowledged message; on restart the daemon resumes after the last
-acknowledged frame with the same producer id and offsets, and the server drops any frame it had
-committed but not yet acknowledged when the daemon died. So nothing is lost or repeated.
+next unsent frame and, per file, how many frames from its start the server accepted (plus any
+accepted beyond a refused one). It is rewritten atomically after every acknowledged message; on
+restart the daemon resumes after the last accepted frame with the same producer id and offsets,
+and the server drops any frame it had committed but not yet acknowledged when the daemon died.
+So nothing is lost or repeated.
+
+The daemon tells the truth: a missing or unreadable input, an unreachable server, or frames the
+server refused end it with a one-line error and a non-zero exit. Its position never moves past
+a refused frame: it stops there, so the same command sends the frame again once it is fixed.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import threading
 import time
@@ -28,8 +32,12 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .client import Client, PublishAck
+from latentwire.codec.errors import InputError
+
+from .client import Client
+from .daemon import EXIT_FAILED, EXIT_USAGE, add_connection_args, install_stop, make_client, one_line, setup_logging
 from .state import load_state, save_state
+from .types import PublishAck
 
 log = logging.getLogger("latentwire.send")
 
@@ -42,14 +50,23 @@ def _is_source_file(p: Path) -> bool:
 
 
 def load_frames(path: Path, sample_shape: tuple[int | None, ...]) -> np.ndarray:
-    """Raw frames (N, *sample_shape) of one file."""
+    """Raw frames (N, *sample_shape) of one file; InputError naming the file when it cannot be read."""
     from latentwire.codec.sources import load_source
 
-    if path.suffix == ".npy":
-        arr = np.load(path, allow_pickle=False)
-    else:
-        arr = load_source(path).samples
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        else:
+            arr = load_source(path).samples
+    except InputError as e:
+        raise InputError(f"{path}: {e}" if str(path) not in str(e) else str(e)) from e
+    except (OSError, ValueError, EOFError) as e:  # truncated .gz, pickled or non-array .npy, ...
+        raise InputError(f"{path}: cannot read frames from it ({type(e).__name__}: {e})") from e
     arr = np.asarray(arr)
+    if arr.dtype == object or arr.ndim == 0:
+        raise InputError(f"{path}: holds {arr.dtype} data of shape {arr.shape}, not an array of frames")
     fixed = all(d is not None for d in sample_shape)
     if fixed and tuple(arr.shape) == tuple(sample_shape):
         return arr[None]
@@ -64,8 +81,20 @@ def load_frames(path: Path, sample_shape: tuple[int | None, ...]) -> np.ndarray:
 class _Segment:
     key: str
     start_in_call: int  # index of its first frame in the current publish call
-    file_start: int  # frame index in the file where it starts
-    n: int
+    file_indices: np.ndarray  # frame index in the file of each of its frames
+
+    @property
+    def n(self) -> int:
+        return int(self.file_indices.size)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A frame the server refused: the file, the frame's index in it, and why."""
+
+    key: str
+    frame: int
+    message: str
 
 
 class Sender:
@@ -78,10 +107,12 @@ class Sender:
         self.state.setdefault("producer_id", uuid.uuid4().hex)
         self.state.setdefault("next_offset", 0)
         self.state.setdefault("files", {})
+        self.state.setdefault("ahead", {})  # per file: frames accepted beyond its first refused one
         self.state.setdefault("sent", 0)
         self.stop = threading.Event()
         self.info = client.channel(channel)
         self._sizes: dict[str, int] = {}
+        self.refused: list[Refusal] = []
 
     def pending_files(self, paths: Sequence[Path]) -> list[Path]:
         out = []
@@ -94,7 +125,8 @@ class Sender:
         return out
 
     def send_round(self, files: Sequence[Path]) -> int:
-        """Publish every not-yet-acknowledged frame of `files`; returns frames acknowledged."""
+        """Publish every frame of `files` the server has not accepted yet; returns frames accepted
+        (or found already committed). Stops at the first refused frame (see self.refused)."""
         segments: list[_Segment] = []
         t0 = time.monotonic()
         budget = None if self.limit is None else max(0, self.limit - self.state["sent"])
@@ -106,50 +138,78 @@ class Sender:
                 arr = load_frames(p, self.info.sample_shape)
                 self._sizes[key] = int(arr.shape[0])
                 start = self.state["files"].get(key, 0)
-                for s in range(start, arr.shape[0], self.fpm):
+                todo = np.arange(start, arr.shape[0])
+                ahead = self.state["ahead"].get(key)
+                if ahead:
+                    todo = np.setdiff1d(todo, np.asarray(ahead, dtype=np.int64))
+                for s in range(0, todo.size, self.fpm):
                     if self.stop.is_set() or (budget is not None and given >= budget):
                         return
-                    chunk = arr[s : s + self.fpm]
+                    idx = todo[s : s + self.fpm]
                     if budget is not None:
-                        chunk = chunk[: budget - given]
+                        idx = idx[: budget - given]
                     if self.rate:
-                        wait = t0 + (given + chunk.shape[0]) / self.rate - time.monotonic()
+                        wait = t0 + (given + idx.size) / self.rate - time.monotonic()
                         if wait > 0 and self.stop.wait(wait):
                             return
-                    segments.append(_Segment(key, given, s, int(chunk.shape[0])))
-                    given += int(chunk.shape[0])
-                    yield chunk
+                    segments.append(_Segment(key, given, idx))
+                    given += int(idx.size)
+                    yield arr[idx] if ahead else arr[int(idx[0]) : int(idx[-1]) + 1]
 
         acked = 0
 
         def on_ack(a: PublishAck) -> None:
             nonlocal acked
             end = a.first_frame + a.frames
+            refused = set(a.rejected_frames)
+            messages = {e.frame_index: e.message for e in a.errors}
+            whole = a.errors[0].message if a.errors else "refused"
             for seg in segments:
-                if seg.start_in_call < end and seg.start_in_call + seg.n > a.first_frame:
-                    done = min(end, seg.start_in_call + seg.n) - seg.start_in_call
-                    self.state["files"][seg.key] = max(self.state["files"].get(seg.key, 0), seg.file_start + done)
+                lo, hi = max(seg.start_in_call, a.first_frame), min(seg.start_in_call + seg.n, end)
+                for call_index in range(lo, hi):
+                    frame = int(seg.file_indices[call_index - seg.start_in_call])
+                    if call_index in refused:
+                        self.refused.append(Refusal(seg.key, frame, messages.get(call_index, whole)))
+                    else:
+                        self._accepted(seg.key, frame)
             while segments and segments[0].start_in_call + segments[0].n <= end:
                 segments.pop(0)
             self.state["next_offset"] += a.frames
-            self.state["sent"] += a.frames
-            acked += a.frames
-            for_errors = a.rejected
-            if for_errors:
-                log.warning("message %d: %d frame(s) rejected by the server", a.message_index, a.rejected)
+            done = a.frames - len(refused)
+            self.state["sent"] += done
+            acked += done
+            if refused:
+                log.warning("message %d: %d frame(s) refused by the server; stopping there", a.message_index,
+                            len(refused))
+                self.stop.set()  # the position must not move past them: send nothing more
             save_state(self.state_path, self.state)
 
         result = self.client.publish(
             self.channel, frames(), quality=self.quality, encode_at_edge=self.edge, frames_per_message=self.fpm,
             producer_id=self.state["producer_id"], start_offset=self.state["next_offset"], on_ack=on_ack,
         )
-        for e in result.errors[:20]:
-            log.warning("rejected frame %d (%s): %s", e.frame_index, e.code.name, e.message)
         if result.messages:
-            log.info("sent %d frames (%d accepted, %d rejected, %d already committed) in %.2fs; %d raw bytes -> "
+            log.info("sent %d frames (%d accepted, %d refused, %d already committed) in %.2fs; %d raw bytes -> "
                      "%d on the wire", acked, result.accepted, result.rejected, result.duplicates,
                      time.monotonic() - t0, result.raw_bytes, result.sent_bytes)
         return acked
+
+    def _accepted(self, key: str, frame: int) -> None:
+        """Record one accepted frame: the file's position moves only over a gap-free prefix."""
+        pos = self.state["files"].get(key, 0)
+        ahead = set(self.state["ahead"].get(key, []))
+        if frame == pos:
+            pos += 1
+            while pos in ahead:
+                ahead.discard(pos)
+                pos += 1
+        elif frame > pos:
+            ahead.add(frame)
+        self.state["files"][key] = pos
+        if ahead:
+            self.state["ahead"][key] = sorted(ahead)
+        else:
+            self.state["ahead"].pop(key, None)
 
 
 def _expand(paths: Sequence[str]) -> list[Path]:
@@ -193,43 +253,26 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     add_connection_args(p)
 
 
-def add_connection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--token-file", help="file holding the bearer token (never put tokens on a command line)")
-    p.add_argument("--tls-ca", help="root certificate (PEM) to verify the server; implies TLS")
-    p.add_argument("--tls", action="store_true", help="TLS with the system's roots")
-    p.add_argument("--cache-dir", help="bundle cache (default ~/.cache/latentwire/bundles or $LATENTWIRE_CACHE)")
-    p.add_argument("--log-level", default="INFO")
-
-
-def make_client(args: argparse.Namespace) -> Client:
-    token = Path(args.token_file).read_text().strip() if args.token_file else None
-    tls: Any = args.tls_ca or (True if args.tls else None)
-    return Client(args.target, token=token, tls=tls, cache_dir=args.cache_dir)
-
-
-def install_stop(stop: threading.Event) -> None:
-    def handler(signum: int, frame: Any) -> None:
-        log.info("received %s: finishing the message in flight and exiting", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    setup_logging(args.log_level)
     if not args.sources and not args.watch:
         print("latentwire send: give source files/folders or --watch DIR", file=sys.stderr)
-        return 2
-    import grpc
+        return EXIT_USAGE
+    return one_line("send", lambda: _send(args))
 
-    client = make_client(args)
+
+def _send(args: argparse.Namespace) -> int:
+    files = _expand(args.sources)
+    missing = [str(p) for p in files if not p.exists()]
+    if missing:
+        raise InputError(f"{missing[0]}: no such file or folder" + (f" (and {len(missing) - 1} more)" if missing[1:] else ""))
+    if args.watch and not Path(args.watch).is_dir():
+        raise InputError(f"--watch {args.watch}: not a folder")
+    client = make_client(args, log)
     try:
         sender = Sender(client, args.channel, Path(args.state), quality=args.quality, encode_at_edge=args.edge,
                         rate=args.rate, frames_per_message=args.frames_per_message, limit=args.limit)
-        install_stop(sender.stop)
-        files = _expand(args.sources)
+        install_stop(sender.stop, log)
         if files:
             sender.send_round(sender.pending_files(files))
         if args.watch:
@@ -240,12 +283,14 @@ def run(args: argparse.Namespace) -> int:
                     sender.send_round(new)
                 else:
                     sender.stop.wait(args.poll)
-    except grpc.RpcError as e:
-        print(f"latentwire send: {e.code().name}: {e.details()}", file=sys.stderr)
-        return 1
     finally:
         client.close()
     log.info("stopped after %d frames in total; position saved to %s", sender.state["sent"], args.state)
+    if sender.refused:
+        first = sender.refused[0]
+        print(f"latentwire send: the server refused {len(sender.refused)} frame(s); first: frame {first.frame} of "
+              f"{first.key}: {first.message} (the position stops there: fix the input and run again)", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 

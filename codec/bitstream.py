@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from enum import Enum
 from typing import Iterator
 from dataclasses import dataclass
 
@@ -31,6 +32,19 @@ FLAG_RECON_CRC = 0x02  # a CRC32 of the sender's reconstruction follows the fram
 FLAG_LOSSLESS = 0x04  # lossless fallback: the payload is zstd of the raw frames, no latents (codec/fallback.py)
 KNOWN_FLAGS = FLAG_RESIDUAL | FLAG_RECON_CRC | FLAG_LOSSLESS
 CUSTOM_QUALITY = 0xFF  # quality byte meaning "custom max_error, varint follows"
+
+
+class CodingPath(str, Enum):
+    """Which route a packet's frames took, as its flags byte tells: the model alone, the model
+    plus the bounded residual layer, or the lossless fallback (raw frames, no model)."""
+
+    LATENT = "latent"
+    RESIDUAL = "residual"
+    LOSSLESS = "lossless"
+
+    @classmethod
+    def from_flags(cls, flags: int) -> "CodingPath":
+        return cls.LOSSLESS if flags & FLAG_LOSSLESS else cls.RESIDUAL if flags & FLAG_RESIDUAL else cls.LATENT
 MODEL_PREFIX_BYTES = 8
 
 MAX_DIMS = 8
@@ -66,6 +80,10 @@ class PacketHeader:
     def is_lossless(self) -> bool:
         """A lossless-fallback packet: raw frames (zstd), decoded without the model."""
         return bool(self.flags & FLAG_LOSSLESS)
+
+    @property
+    def path(self) -> CodingPath:
+        return CodingPath.from_flags(self.flags)
 
     @property
     def packet_length(self) -> int:

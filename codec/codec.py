@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from . import bitstream
+from .bitstream import CUSTOM_QUALITY, CodingPath
 from .bundle import Bundle
 from .errors import BitstreamError, InputError, ReconstructionMismatch
 from .fallback import AnomalyCalibration, compress_raw, decompress_raw, frame_scores
@@ -26,14 +27,7 @@ from .quantize import dequantize_scaled, quantize_scaled
 from .residual import check_max_error, reconstruction_crc
 from .runtime import Decoder, Encoder
 
-CUSTOM_QUALITY = 0xFF
 DEFAULT_BUNDLE = "default"
-
-
-# Which path a packet's frames took (Codec.path): latent only, latent + residual, lossless fallback.
-PATH_LATENT = "latent"
-PATH_RESIDUAL = "residual"
-PATH_LOSSLESS = "lossless"
 
 
 @dataclass(frozen=True)
@@ -266,11 +260,13 @@ class Codec:
         frames that came through a residual or lossless packet (it needs encoder.onnx too)."""
         return self._latent_only(raw)[2]
 
-    def embed(self, raw: np.ndarray) -> np.ndarray:
+    def embed(self, raw: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Latent codes (N, *latent_shape) float32 before quantization: features for other models
-        (a VAE gives its posterior mean)."""
+        (a VAE gives its posterior mean). Runs in batches of batch_size, so memory stays flat."""
         self.validate(raw)
-        return np.asarray(self.encoder.encode(self.normalization.to_model(raw), validate=False), dtype=np.float32)
+        parts = [np.asarray(self.encoder.encode(self.normalization.to_model(raw[i : i + batch_size]), validate=False),
+                            dtype=np.float32) for i in range(0, raw.shape[0], batch_size)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     @property
     def anomaly(self) -> AnomalyCalibration | None:
@@ -326,10 +322,10 @@ class Codec:
         """encode_scored(...).packets: anomalous frames arrive intact instead of silently destroyed."""
         return self.encode_scored(raw, quality, max_error, threshold=threshold).packets
 
-    def path(self, packet: bytes | memoryview) -> str:
-        """Which path the packet's frames took: "latent", "residual" or "lossless"."""
-        h = self.header(packet)
-        return PATH_LOSSLESS if h.is_lossless else PATH_RESIDUAL if h.has_residual else PATH_LATENT
+    def path(self, packet: bytes | memoryview) -> CodingPath:
+        """Which path the packet's frames took: CodingPath.LATENT, RESIDUAL or LOSSLESS (a str enum,
+        equal to "latent", "residual", "lossless")."""
+        return self.header(packet).path
 
     def header(self, packet: bytes | memoryview) -> bitstream.PacketHeader:
         """Validate a packet (magic, version, CRC, model id) without decoding it."""

@@ -20,8 +20,7 @@ from .sources import source_option
 
 def embed_samples(codec: Codec, raw: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """Codes for raw samples, in batches (memory stays flat for large sources)."""
-    parts = [codec.embed(raw[i : i + batch_size]) for i in range(0, raw.shape[0], batch_size)]
-    return np.concatenate(parts) if parts else np.zeros((0,), dtype=np.float32)
+    return codec.embed(raw, batch_size) if raw.shape[0] else np.zeros((0,), dtype=np.float32)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

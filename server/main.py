@@ -51,10 +51,36 @@ class LatentwireServer:
         self.metrics = Metrics()
         self.auth = TokenStore.load(config.tokens_file) if config.tokens_file else TokenStore.open()
         self.models: dict[str, ModelEntry] = {}
-        by_path: dict[str, ModelEntry] = {}
         self.channels: dict[str, Channel] = {}
         data = Path(config.data_dir)
         data.mkdir(parents=True, exist_ok=True)
+        self._lock = DataDirLock.acquire(data)
+        try:
+            self._open_channels(config, data, codec_loader)
+        except BaseException:
+            self.close_unstarted()
+            raise
+        self.service = LatentwireService(config, self.channels, self.models, self.auth, self.metrics)
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        workers = config.workers or (config.limits.max_subscribers + config.limits.max_publishers + 8)
+        opts = [
+            ("grpc.max_receive_message_length", config.limits.max_message_bytes),
+            ("grpc.max_send_message_length", config.limits.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
+                                  options=opts)
+        pb_grpc.add_LatentwireServicer_to_server(self.service, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
+        self.port = 0
+        self._stopped = threading.Event()
+
+    def _open_channels(self, config: ServerConfig, data: Path, codec_loader: Any) -> None:
+        by_path: dict[str, ModelEntry] = {}
         for spec in config.channels:
             key = str(Path(spec.bundle).resolve())
             if key not in by_path:
@@ -81,34 +107,24 @@ class LatentwireServer:
                      "(%d bytes retained)", spec.name, model.model_id[:12], model.manifest.get("name", "?"),
                      "default" if spec.quality is None else spec.quality, "on" if spec.fallback else "off",
                      "none" if threshold is None else f"{threshold:.6g}", rlog.next_seq, rlog.size_bytes)
-        self.service = LatentwireService(config, self.channels, self.models, self.auth, self.metrics)
-        self.health = health.HealthServicer(experimental_non_blocking=True)
-        workers = config.workers or (config.limits.max_subscribers + config.limits.max_publishers + 8)
-        opts = [
-            ("grpc.max_receive_message_length", config.limits.max_message_bytes),
-            ("grpc.max_send_message_length", config.limits.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ]
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
-                                  options=opts)
-        pb_grpc.add_LatentwireServicer_to_server(self.service, self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server,
-        )
-        self.port = 0
-        self._stopped = threading.Event()
 
     def start(self) -> int:
         c = self.config
-        if c.tls_cert:
-            creds = grpc.ssl_server_credentials([(Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes())])
-            self.port = self.server.add_secure_port(c.listen, creds)
-        else:
-            self.port = self.server.add_insecure_port(c.listen)
+        in_use = ConfigError(f"cannot listen on {c.listen}: the address is in use or invalid (pick another --listen)")
+        if port_taken(c.listen):  # before gRPC tries: its own failure comes with a C-core log line
+            self.close_unstarted()
+            raise in_use
+        try:
+            if c.tls_cert:
+                creds = grpc.ssl_server_credentials([(Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes())])
+                self.port = self.server.add_secure_port(c.listen, creds)
+            else:
+                self.port = self.server.add_insecure_port(c.listen)
+        except RuntimeError:  # grpcio >= 1.5x raises instead of returning 0
+            self.port = 0
         if not self.port:
-            raise ConfigError(f"cannot listen on {c.listen}: the address is in use or invalid (pick another --listen)")
+            self.close_unstarted()
+            raise in_use
         self.server.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -137,10 +153,71 @@ class LatentwireServer:
         done.wait(grace + 1)
         for ch in self.channels.values():
             ch.log.close()
+        self._lock.release()
         log.info("shutdown complete")
+
+    def close_unstarted(self) -> None:
+        """Release what __init__ took (logs, the data dir lock) when the server never started."""
+        for ch in self.channels.values():
+            ch.batcher.stop()
+            ch.log.close()
+        self._lock.release()
 
     def wait(self) -> None:
         self.server.wait_for_termination()
+
+
+class DataDirLock:
+    """An exclusive lock on a data directory: two servers appending to one retention log would
+    break its sequence numbers (the second one's publishes failed with IntegrityError and it
+    reported next_seq 0), so the second one is refused at start, naming the holder's pid."""
+
+    NAME = "serve.lock"
+
+    def __init__(self, handle: Any, path: Path) -> None:
+        self._handle, self.path = handle, path
+
+    @classmethod
+    def acquire(cls, data_dir: Path) -> "DataDirLock":
+        import fcntl
+
+        path = data_dir / cls.NAME
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise ConfigError(f"data dir {data_dir} is in use by another latentwire serve (pid {holder}): stop it, "
+                              "or give this server its own --data-dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        return cls(handle, path)
+
+    def release(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()  # closing the descriptor drops the flock
+
+
+def port_taken(listen: str) -> bool:
+    """Whether host:port is already bound by someone else (port 0 never is)."""
+    import errno
+    import socket
+
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    if not port.isdigit() or int(port) == 0:
+        return False
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, int(port)))
+    except OSError as e:
+        return e.errno == errno.EADDRINUSE
+    return False
 
 
 def _threshold(spec: ChannelSpec, codec: Any) -> float | None:

@@ -243,11 +243,12 @@ class LatentwireService(pb_grpc.LatentwireServicer):
             pending: queue.Queue = queue.Queue(maxsize=256)
 
             stop_with: list[tuple[grpc.StatusCode, str]] = []
+            limits_seen: set[str] = set()  # each limit is logged once per stream, counted every time
 
             def reader() -> None:
                 try:
                     for req in request_iterator:
-                        pending.put(self._accept(ch, req, quality, producer))
+                        pending.put(self._accept(ch, req, quality, producer, limits_seen, who))
                 except (QueueFull, Stopped) as e:
                     # Order matters (producer offsets): nothing after this message may be taken, so
                     # the stream ends with a status and the client resends from this message on.
@@ -301,15 +302,25 @@ class LatentwireService(pb_grpc.LatentwireServicer):
         self.metrics.frames_rejected.labels(ch.name, reason).inc(n)
         return resp
 
-    def _accept(self, ch: Channel, req: pb.PublishRequest, quality: int | None, producer: str):
+    def _limit_hit(self, ch: Channel, name: str, message: str, seen: set[str], who: str) -> None:
+        """Count a limit hit in metrics; log it the first time it happens on this publish stream."""
+        self.metrics.limit_hits.labels(name).inc()
+        if name not in seen:
+            seen.add(name)
+            log.warning("limit %s hit on channel %s by publisher %s: %s (further hits on this stream are only "
+                        "counted in latentwire_limit_hits_total)", name, ch.name, who, message)
+
+    def _accept(self, ch: Channel, req: pb.PublishRequest, quality: int | None, producer: str,
+                seen: set[str] | None = None, who: str = "anonymous"):
         """Validate one data message and queue it: (response skeleton, future or None)."""
+        seen = set() if seen is None else seen
         resp = pb.PublishResponse(message_index=req.message_index)
         kind = req.WhichOneof("kind")
         limits = self.config.limits
         bad = grpc.StatusCode.INVALID_ARGUMENT
         try:
             if kind == "raw":
-                item = self._raw_item(ch, req, quality, producer, resp)
+                item = self._raw_item(ch, req, quality, producer, resp, seen, who)
             elif kind == "packets":
                 item = self._packet_item(ch, req, producer, resp)
             else:
@@ -326,16 +337,15 @@ class LatentwireService(pb_grpc.LatentwireServicer):
         if item is None:
             return resp, None
         if item.n > limits.max_frames_per_message:
-            self.metrics.limit_hits.labels("frames_per_message").inc()
-            return self._reject(
-                resp, ch, item.n, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"message has {item.n} frames; limits.max_frames_per_message is {limits.max_frames_per_message}: "
-                "split it into smaller messages", reason="limit"), None
+            text = (f"message has {item.n} frames; limits.max_frames_per_message is {limits.max_frames_per_message}: "
+                    "split it into smaller messages")
+            self._limit_hit(ch, "frames_per_message", text, seen, who)
+            return self._reject(resp, ch, item.n, grpc.StatusCode.RESOURCE_EXHAUSTED, text, reason="limit"), None
         resp.accepted = item.n  # provisional: replaced by the commit
         return resp, ch.batcher.submit(item)  # QueueFull / Stopped end the stream (see Publish)
 
     def _raw_item(self, ch: Channel, req: pb.PublishRequest, quality: int | None, producer: str,
-                  resp: pb.PublishResponse) -> RawItem | None:
+                  resp: pb.PublishResponse, seen: set[str], who: str) -> RawItem | None:
         bad = grpc.StatusCode.INVALID_ARGUMENT
         raw = req.raw
         codec = ch.model.codec
@@ -355,10 +365,9 @@ class LatentwireService(pb_grpc.LatentwireServicer):
             return None
         limit = self.config.limits.max_frames_per_message
         if n > limit:  # before any size arithmetic: N may be absurd
-            self.metrics.limit_hits.labels("frames_per_message").inc()
-            self._reject(resp, ch, n, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         f"message has {n} frames; limits.max_frames_per_message is {limit}: "
-                         "split it into smaller messages", reason="limit")
+            text = f"message has {n} frames; limits.max_frames_per_message is {limit}: split it into smaller messages"
+            self._limit_hit(ch, "frames_per_message", text, seen, who)
+            self._reject(resp, ch, n, grpc.StatusCode.RESOURCE_EXHAUSTED, text, reason="limit")
             return None
         expected = math.prod(shape) * dtype.itemsize  # Python ints: no 64-bit wrap-around
         if len(raw.data) != expected:

@@ -16,7 +16,10 @@ import pytest
 
 from latentwire.codec import bitstream
 from latentwire.codec.cli import main as cli_main
-from latentwire.codec.codec import PATH_LATENT, PATH_LOSSLESS, PATH_RESIDUAL, Codec
+from latentwire.codec.bitstream import CodingPath
+from latentwire.codec.codec import Codec
+
+PATH_LATENT, PATH_RESIDUAL, PATH_LOSSLESS = CodingPath.LATENT, CodingPath.RESIDUAL, CodingPath.LOSSLESS
 from latentwire.codec.errors import BitstreamError, InputError
 from latentwire.codec.fallback import compress_raw
 from latentwire.codec.sources import load_mnist, sample_data_root

@@ -12,7 +12,7 @@ import pytest
 
 from _transport import digits, free_port, running_server
 from latentwire.client import Client
-from latentwire.client.client import _batches
+from latentwire.client.publish import batches as _batches
 from latentwire.codec.codec import Codec
 
 

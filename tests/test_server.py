@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from _transport import digits, free_port, running_server
-from latentwire.client import Client
+from latentwire.client import Client, ConnectError
 from latentwire.codec.bitstream import peek_header
 from latentwire.codec.bundle import Bundle, compute_model_id
 from latentwire.codec.codec import Codec
@@ -269,9 +269,10 @@ def test_tls(tiny_bundle: Path, tmp_path: Path) -> None:
         with Client(f"localhost:{server.port}", tls=cert, cache_dir=tmp_path / "cache") as c:
             assert c.publish("digits", digits(5)).accepted == 5
             assert [f.seq for f in c.subscribe("digits", 0, idle_timeout=1)] == list(range(5))
-        with Client(f"localhost:{server.port}", timeout=2) as plain:  # plaintext against TLS fails
-            with pytest.raises(grpc.RpcError):
+        with Client(f"localhost:{server.port}", connect_timeout=2) as plain:  # plaintext against TLS fails
+            with pytest.raises(ConnectError, match=f"no latentwire server at localhost:{server.port}") as err:
                 plain.channels()
+            assert err.value.target == f"localhost:{server.port}" and 1.5 < err.value.waited < 10
 
 
 def test_message_limits_and_stalled_subscriber(tiny_bundle: Path, tmp_path: Path) -> None:
