@@ -15,7 +15,6 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -24,6 +23,7 @@ from tqdm import tqdm
 from latentwire.codec.baselines import image_at_psnr, image_point, raw_point, zstd_point
 from latentwire.codec.codec import Codec, default_bundle_path
 from latentwire.codec.normalization import psnr_db
+from latentwire.codec.sources import shipped_digits
 from latentwire.server.config import ChannelSpec, ServerConfig
 from latentwire.server.main import LatentwireServer
 from latentwire.v1 import latentwire_pb2 as pb
@@ -35,9 +35,8 @@ CHANNEL = "digits"
 
 def sample_digits() -> tuple[np.ndarray, np.ndarray]:
     """The first 1000 MNIST test digits (uint8 (N,1,28,28)) and labels, shipped in the package."""
-    with resources.files("latentwire.codec.assets").joinpath("mnist_test_sample.npz").open("rb") as f:
-        data = np.load(f)
-        return data["samples"], data["labels"]
+    shipped = shipped_digits()
+    return shipped.samples, shipped.labels
 
 
 @dataclass

@@ -70,6 +70,22 @@ class LatentGrid:
     level: int | None = None
 
 
+def _shape_hint(got: tuple[int, ...], expected: tuple[int | None, ...]) -> str:
+    """The fix for a batch with one axis too few: the batch axis (one sample) or the channel axis."""
+    def fits(shape: tuple[int, ...], want: tuple[int | None, ...]) -> bool:
+        return len(shape) == len(want) and all(w is None or w == g for g, w in zip(shape, want))
+
+    if fits(got, expected):
+        return "for a single sample add the batch axis: x[None]"
+    if len(got) == len(expected) and fits(got[1:], expected[1:]) and expected[0] == 1:
+        return "the channel axis is missing (samples are channels first): x[:, None]"
+    if len(got) == len(expected) - 1 and fits(got, expected[1:]) and expected[0] == 1:
+        return "a single sample without its channel axis: x[None, None]"
+    if len(got) == len(expected) + 2 and got[1] == 1:
+        return "one axis too many: x[:, 0] if axis 1 is an extra singleton"
+    return "reshape it to (N, *sample_shape)"
+
+
 def default_bundle_path() -> Path:
     """The pretrained MNIST bundle shipped inside the package."""
     return Path(str(resources.files("latentwire.codec.assets") / "mnist-dense"))
@@ -143,7 +159,7 @@ class Codec:
         if raw.ndim != len(expected) + 1:
             raise InputError(
                 f"expected a batch of shape (N, {', '.join('*' if d is None else str(d) for d in expected)}), "
-                f"got {raw.shape}; add the batch axis with x[None] for a single sample"
+                f"got {raw.shape}; {_shape_hint(raw.shape, expected)}"
             )
         for axis, (got, want) in enumerate(zip(raw.shape[1:], expected), start=1):
             if want is not None and got != want:

@@ -227,7 +227,7 @@ def export(
             f"{x.shape[0]} validation samples; the bundle in {out} must not be used"
         )
     data = info.get("data", {})
-    default_name = f"{data.get('source') or 'model'}-{config.family}-{config.code_size}"
+    default_name = f"{data.get('dataset') or data.get('source') or 'model'}-{config.family}-{config.code_size}"
     manifest: dict[str, Any] = {
         "format_version": bundle_mod.FORMAT_VERSION,
         "model_id": "",

@@ -339,6 +339,8 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
             start_epoch -= 1
     data_summary = {
         "source": train_set.meta.get("source") or train_set.name,
+        "dataset": train_set.meta.get("dataset") or Path(str(train_set.meta.get("folder") or train_set.meta.get("path")
+                                                            or train_set.name)).name,
         "name": train_set.name,
         "n_train": len(train_set),
         "n_val": len(val_set),

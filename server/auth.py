@@ -19,6 +19,8 @@ import grpc
 
 from .config import ConfigError
 
+TOKEN_KEYS = frozenset({"name", "publish", "subscribe"})
+
 
 @dataclass(frozen=True)
 class Grant:
@@ -61,6 +63,9 @@ class TokenStore:
             raw = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"token file {path}: cannot read JSON ({e})") from e
+        if isinstance(raw, dict) and set(raw) - {"tokens"}:
+            raise ConfigError(f"token file {path}: unknown top-level keys {sorted(set(raw) - {'tokens'})}; "
+                              'the file holds only {"tokens": {...}} (see server/README.md, Tokens)')
         table = raw.get("tokens") if isinstance(raw, dict) else None
         if not isinstance(table, dict) or not table:
             raise ConfigError(
@@ -74,6 +79,15 @@ class TokenStore:
                     f"token file {path}: entry #{i} must map a token of >= 8 characters to "
                     '{"publish": [...], "subscribe": [...]}'
                 )
+            unknown = sorted(set(spec) - TOKEN_KEYS)
+            if unknown:  # a typo ("subscibe") would otherwise silently grant nothing
+                raise ConfigError(f"token file {path}: entry #{i} ({spec.get('name', 'unnamed')}) has unknown keys "
+                                  f"{unknown}; known: {sorted(TOKEN_KEYS)}")
+            for key in ("publish", "subscribe"):
+                value = spec.get(key, [])
+                if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+                    raise ConfigError(f"token file {path}: entry #{i} {key} must be a list of channel names "
+                                      f'(or ["*"]), got {value!r}')
             grants[_digest(token)] = Grant(
                 name=str(spec.get("name", f"token#{i}")),
                 publish=frozenset(spec.get("publish", [])),

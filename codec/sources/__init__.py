@@ -31,7 +31,7 @@ from .wfdb import (
 )
 
 __all__ = [
-    "SampleSet", "load_source", "detect_kind", "KINDS", "default_data_root", "sample_data_root",
+    "SampleSet", "load_source", "shipped_digits", "detect_kind", "KINDS", "default_data_root", "sample_data_root",
     "load_idx", "load_mnist", "read_idx", "write_idx", "mnist_files", "MNIST_NORMALIZATION",
     "load_array", "save_array", "infer_normalization",
     "ImageFolder", "list_images", "read_image", "PIXEL_NORMALIZATION",
@@ -40,6 +40,20 @@ __all__ = [
 ]
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def shipped_digits() -> SampleSet:
+    """The first 1000 MNIST test digits (uint8 (N,1,28,28), with labels), shipped inside the
+    package: real data for a first try on any install, no download and no checkout needed."""
+    from importlib import resources
+
+    import numpy as np
+
+    with resources.files("latentwire.codec.assets").joinpath("mnist_test_sample.npz").open("rb") as f:
+        data = np.load(f)
+        samples, labels = data["samples"], data["labels"]
+    return SampleSet(samples=samples, normalization=MNIST_NORMALIZATION, labels=labels, name="mnist-test-sample",
+                     meta={"source": "mnist", "dataset": "mnist", "split": "test", "shipped": True})
 
 
 def default_data_root() -> Path | None:

@@ -151,8 +151,10 @@ def load_mnist(folder: str | Path, split: str = "train", limit: int | None = Non
     """One MNIST split as (N,1,28,28) uint8 with labels when the labels file is present."""
     images, labels = mnist_files(folder, split)
     ss = load_idx(images, labels, limit=limit)
-    ss.name = f"mnist-{split}"
-    ss.meta.update({"source": "mnist", "split": split, "folder": str(folder)})
+    # named after its folder, so Fashion-MNIST in the same layout is recorded as what it is
+    dataset = Path(folder).resolve().name or "mnist"
+    ss.name = f"{dataset}-{split}"
+    ss.meta.update({"source": "mnist", "dataset": dataset, "split": split, "folder": str(folder)})
     return ss
 
 
