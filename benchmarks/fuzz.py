@@ -30,7 +30,6 @@ import tempfile
 import time
 import traceback
 import zlib
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable

@@ -78,7 +78,7 @@ def plot(out_png: Path, series: dict[str, list], meta: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from benchmarks.throughput import _git_commit, _version, machine_info
+    from benchmarks.common import git_commit, machine_info, version
     from latentwire.codec.codec import default_bundle_path
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.memory", description=__doc__.split("\n\n")[0])
@@ -175,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": "python -m benchmarks.memory " + " ".join(
             shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
         "started": started.isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "mode": {"name": mode.name, "kind": mode.kind, "quality": mode.quality},
         "frames": args.frames, "batch": args.batch, "warmup_frames": warmup, "interval_s": args.interval,
         "seconds": seconds,
@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "server_cpu_cores": (series["server_cpu_s"][-1] - series["server_cpu_s"][0]) / seconds if seconds else None,
         "rss": result,
         "grpc_version": grpc.__version__,
-        "versions": {k: _version(k) for k in ("grpcio", "protobuf", "onnxruntime", "numpy")},
+        "versions": {k: version(k) for k in ("grpcio", "protobuf", "onnxruntime", "numpy")},
         "machine": machine,
         "series": series,
     }

@@ -3,7 +3,13 @@
     python -m benchmarks.streaming --subscribers 1,4,16 --frames 40000 --rate 1000
                                    [--modes edge-q0,edge-q5,server-q0,raw] [--batch 256]
                                    [--rate-frames 5000 --rate-batch 4] [--repeat 2]
+                                   [--stores sqlite,redis,redis-x2]
                                    [--out benchmarks/results/streaming.json]
+
+--stores runs the same matrix once per store setup, interleaved, in one run: "sqlite" (the
+embedded store), "redis" (one server on Redis Streams, a redis-server started for the run), and
+"redis-xN" (N server replicas sharing that Redis; subscriber i reads from replica i mod N, a
+client-side round robin; the sender publishes to replica 0).
 
 Per (subscribers N, mode) two phases:
   * saturation: the sender publishes --frames digits as fast as the pipeline takes them (packets of
@@ -48,15 +54,17 @@ RAW_FRAME_BYTES = 784
 
 
 class Bench:
-    """The long-lived processes: one server, one sender, max(N) receivers."""
+    """The long-lived processes: the server replicas, one sender, max(N) receivers."""
 
-    def __init__(self, bundle: Path, modes: list[Mode], n_receivers: int, server_args: list[str]):
+    def __init__(self, bundle: Path, modes: list[Mode], n_receivers: int, server_args: list[str], replicas: int = 1):
         self.ctx = mp.get_context("spawn")
         self.cache = tempfile.mkdtemp(prefix="latentwire-bench-cache-")
-        self.server = ServerProcess(bundle, modes, server_args).start()
+        self.servers = [ServerProcess(bundle, modes, server_args).start() for _ in range(replicas)]
+        self.server = self.servers[0]
         self.procs: list[Any] = []
         self.sender = self._spawn(sender_main, (self.server.target, str(bundle), self.cache))
-        self.receivers = [self._spawn(receiver_main, (self.server.target, self.cache)) for _ in range(n_receivers)]
+        self.receivers = [self._spawn(receiver_main, (self.servers[i % replicas].target, self.cache))
+                          for i in range(n_receivers)]
         for conn in [self.sender, *self.receivers]:
             expect(conn, "up", 300)
         from latentwire.client import Client
@@ -81,7 +89,8 @@ class Bench:
             if p.is_alive():
                 p.terminate()
         self.client.close()
-        self.server.stop()
+        for server in self.servers:
+            server.stop()
         import shutil
 
         shutil.rmtree(self.cache, ignore_errors=True)
@@ -96,14 +105,14 @@ class Bench:
         for conn in subs:
             expect(conn, "ready", 60)
         time.sleep(0.3)  # let the Subscribe calls reach the server
-        sock0 = server_socket_bytes(self.server.port)
-        load0, cpu0, t0 = loadavg(), cpu_seconds(self.server.pid), time.monotonic()
+        sock0 = [server_socket_bytes(s.port) for s in self.servers]
+        load0, cpu0, t0 = loadavg(), sum(cpu_seconds(s.pid) for s in self.servers), time.monotonic()
         rss_samples: list[int] = []
         done = threading.Event()
 
         def sample() -> None:
             while not done.wait(0.25):
-                rss_samples.append(rss_bytes(self.server.pid))
+                rss_samples.append(max(rss_bytes(s.pid) for s in self.servers))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -112,13 +121,15 @@ class Bench:
         tx = expect(self.sender, "result", limit)
         rx = [expect(conn, "result", limit) for conn in subs]
         t_end = max([r["t_last"] for r in rx if r.get("t_last")] or [time.monotonic()])
-        cpu1, t1 = cpu_seconds(self.server.pid), time.monotonic()
-        tcp = subscriber_bytes(sock0, server_socket_bytes(self.server.port))
+        cpu1, t1 = sum(cpu_seconds(s.pid) for s in self.servers), time.monotonic()
+        parts = [subscriber_bytes(b, server_socket_bytes(s.port), publisher=(i == 0))
+                 for i, (b, s) in enumerate(zip(sock0, self.servers))]
+        tcp = None if any(p is None for p in parts) else sum(parts)  # type: ignore[misc]
         done.set()
         sampler.join()
         return summarize(mode, n_sub, phase, frames, batch, rate, base, tx, rx, t0, t_end,
                          (cpu1 - cpu0) / max(t1 - t0, 1e-9), rss_samples or [rss_bytes(self.server.pid)],
-                         hwm_bytes(self.server.pid), load0, loadavg(), tcp)
+                         max(hwm_bytes(s.pid) for s in self.servers), load0, loadavg(), tcp)
 
 
 def summarize(mode: Mode, n_sub: int, phase: str, frames: int, batch: int, rate: float | None, base: int,
@@ -203,13 +214,14 @@ def _get(d: dict, key: str) -> Any:
 
 
 def medians(runs: list[dict]) -> list[dict]:
-    """One row per (phase, N, mode): the median of each figure over repeats; gain vs raw per repeat."""
+    """One row per (store setup, phase, N, mode): the median of each figure over repeats; gain vs raw
+    and, for other setups, frames/s against the embedded store, per repeat."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["phase"], r["subscribers"], r["mode"]), []).append(r)
+        groups.setdefault((r.get("store", "sqlite"), r["phase"], r["subscribers"], r["mode"]), []).append(r)
     rows = []
-    for (phase, n, mode), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
-        row: dict[str, Any] = {"phase": phase, "subscribers": n, "mode": mode, "repeats": len(rs),
+    for (store, phase, n, mode), rs in sorted(groups.items(), key=lambda kv: kv[0]):
+        row: dict[str, Any] = {"store": store, "phase": phase, "subscribers": n, "mode": mode, "repeats": len(rs),
                                "errors": sum(len(r["errors"]) for r in rs)}
         for k in KEYS:
             vals = [v for v in (_get(r, k) for r in rs) if v is not None]
@@ -218,7 +230,8 @@ def medians(runs: list[dict]) -> list[dict]:
             ratios_fps, ratios_bytes = [], []
             for r in rs:
                 raw = next((x for x in runs if x["phase"] == phase and x["subscribers"] == n and x["mode"] == "raw"
-                            and x.get("repeat") == r.get("repeat") and not x["errors"]), None)
+                            and x.get("repeat") == r.get("repeat") and x.get("store", "sqlite") == store
+                            and not x["errors"]), None)
                 if raw and not r["errors"]:
                     ratios_fps.append(_get(r, "frames_per_s_per_subscriber.median") /
                                       _get(raw, "frames_per_s_per_subscriber.median"))
@@ -226,6 +239,16 @@ def medians(runs: list[dict]) -> list[dict]:
                         ratios_bytes.append(_get(raw, "bytes_per_frame.socket") / _get(r, "bytes_per_frame.socket"))
             row["fps_vs_raw"] = float(np.median(ratios_fps)) if ratios_fps else None
             row["wire_bytes_saving_vs_raw"] = float(np.median(ratios_bytes)) if ratios_bytes else None
+        if store != "sqlite":  # same-repeat ratio against the embedded store
+            ratios = []
+            for r in rs:
+                base = next((x for x in runs if x["phase"] == phase and x["subscribers"] == n and x["mode"] == mode
+                             and x.get("repeat") == r.get("repeat") and x.get("store", "sqlite") == "sqlite"
+                             and not x["errors"]), None)
+                if base and not r["errors"] and _get(base, "frames_per_s_per_subscriber.median"):
+                    ratios.append(_get(r, "frames_per_s_per_subscriber.median") /
+                                  _get(base, "frames_per_s_per_subscriber.median"))
+            row["fps_vs_sqlite"] = float(np.median(ratios)) if ratios else None
         rows.append(row)
     return rows
 
@@ -240,19 +263,21 @@ def print_tables(rows: list[dict]) -> None:
         if not sel:
             continue
         print(f"\n{phase}: medians over repeats")
-        print(f"{'N':>3} {'mode':<10} {'fps/sub':>9} {'total':>9} {'p50 ms':>8} {'p99 ms':>8} {'srv cores':>9} "
-              f"{'srv MB':>7} {'pkt B/f':>8} {'wire B/f':>9} {'wire/pkt':>8} {'vs raw':>7} {'lost':>5} {'dup':>4}")
+        print(f"{'store':<9} {'N':>3} {'mode':<10} {'fps/sub':>9} {'total':>9} {'p50 ms':>8} {'p99 ms':>8} {'srv cores':>9} "
+              f"{'srv MB':>7} {'pkt B/f':>8} {'wire B/f':>9} {'wire/pkt':>8} {'vs raw':>7} {'vs sqlite':>9} "
+              f"{'lost':>5} {'dup':>4}")
         for r in sel:
-            print(f"{r['subscribers']:>3} {r['mode']:<10} {_fmt(r['frames_per_s_per_subscriber.median'], ',.0f'):>9} "
+            print(f"{r['store']:<9} {r['subscribers']:>3} {r['mode']:<10} {_fmt(r['frames_per_s_per_subscriber.median'], ',.0f'):>9} "
                   f"{_fmt(r['frames_per_s_total'], ',.0f'):>9} {_fmt(r['latency_ms.p50'], '.1f'):>8} "
                   f"{_fmt(r['latency_ms.p99'], '.1f'):>8} {_fmt(r['server_cores'], '.2f'):>9} "
                   f"{_fmt(r['server_rss_mb.max'], '.0f'):>7} {_fmt(r['bytes_per_frame.packet'], '.1f'):>8} "
                   f"{_fmt(r['bytes_per_frame.socket'], '.1f'):>9} {_fmt(r['bytes_per_frame.socket_over_packet'], '.3f'):>8} "
-                  f"{_fmt(r.get('fps_vs_raw'), '.2f'):>7} {_fmt(r['lost'], '.0f'):>5} {_fmt(r['duplicated'], '.0f'):>4}")
+                  f"{_fmt(r.get('fps_vs_raw'), '.2f'):>7} {_fmt(r.get('fps_vs_sqlite'), '.2f'):>9} "
+                  f"{_fmt(r['lost'], '.0f'):>5} {_fmt(r['duplicated'], '.0f'):>4}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from benchmarks.throughput import _git_commit, _version, machine_info
+    from benchmarks.common import git_commit, machine_info, version
     from latentwire.codec.codec import Codec, default_bundle_path
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.streaming", description=__doc__.split("\n\n")[0])
@@ -269,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--bundle", default=None, help="bundle dir (default: the shipped codec/assets/mnist-dense)")
     p.add_argument("--server-json", default=None,
                    help='extra ServerConfig keys as JSON, e.g. \'{"verify_packets": false}\' (passed as --config)')
+    p.add_argument("--stores", default="sqlite",
+                   help="store setups to compare in this run: sqlite, redis, redis-xN (N replicas on one Redis)")
     p.add_argument("--out", default=str(DEFAULT_OUT))
     args = p.parse_args(argv)
 
@@ -284,32 +311,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = Path(tempfile.mkdtemp(prefix="latentwire-bench-cfg-")) / "server.json"
         cfg.write_text(args.server_json)
         server_args += ["--config", str(cfg)]
+    setups = [s.strip() for s in args.stores.split(",") if s.strip()]
+    redis = None
+    benches: dict[str, Bench] = {}
     t_setup = time.monotonic()
-    bench = Bench(bundle, modes, max(subs), server_args)
-    setup_s = time.monotonic() - t_setup
     runs: list[dict] = []
     try:
-        for m in modes:  # warm-up: sessions, caches, bundle download; not recorded
-            bench.run(m, max(subs), "saturation", 2 * args.batch, args.batch, None, args.timeout)
+        for setup in setups:
+            extra = list(server_args)
+            replicas = 1
+            if setup.startswith("redis"):
+                if redis is None:
+                    from benchmarks.common import RedisServer
+
+                    redis = RedisServer(Path(tempfile.mkdtemp(prefix="latentwire-bench-redis-"))).start()
+                replicas = int(setup.split("-x", 1)[1]) if "-x" in setup else 1
+                # each setup its own channels: prefix the Redis keys by giving each a DB of its own
+                extra += ["--store", f"redis://127.0.0.1:{redis.port}/{len(benches)}"]
+            elif setup != "sqlite":
+                raise SystemExit(f"--stores: unknown setup {setup!r} (sqlite, redis, redis-xN)")
+            benches[setup] = Bench(bundle, modes, max(subs), extra, replicas)
+        setup_s = time.monotonic() - t_setup
+        for setup, bench in benches.items():
+            for m in modes:  # warm-up: sessions, caches, bundle download; not recorded
+                bench.run(m, max(subs), "saturation", 2 * args.batch, args.batch, None, args.timeout)
         for rep in range(args.repeat):
-            order = [(n, m) for n in subs for m in modes]
             k = rep % len(modes)
             order = [(n, m) for n in (subs if rep % 2 == 0 else subs[::-1]) for m in modes[k:] + modes[:k]]
             for n, m in order:
                 for phase in phases:
-                    if phase == "rate":
-                        r = bench.run(m, n, phase, args.rate_frames, args.rate_batch, args.rate, args.timeout)
-                    else:
-                        r = bench.run(m, n, phase, args.frames, args.batch, None, args.timeout)
-                    r["repeat"] = rep
-                    runs.append(r)
-                    fps = _get(r, "frames_per_s_per_subscriber.median")
-                    print(f"rep {rep} N={n:<2} {m.name:<10} {phase:<10} fps/sub={_fmt(fps, ',.0f')} "
-                          f"p99={_fmt(_get(r, 'latency_ms.p99'), '.1f')}ms lost={r.get('lost')} dup={r.get('duplicated')} "
-                          f"load={_fmt(r['loadavg_start'], '.1f')} {'ERR ' + str(r['errors']) if r['errors'] else ''}",
-                          flush=True)
+                    for setup in (setups if rep % 2 == 0 else setups[::-1]):
+                        bench = benches[setup]
+                        if phase == "rate":
+                            r = bench.run(m, n, phase, args.rate_frames, args.rate_batch, args.rate, args.timeout)
+                        else:
+                            r = bench.run(m, n, phase, args.frames, args.batch, None, args.timeout)
+                        r["repeat"], r["store"] = rep, setup
+                        runs.append(r)
+                        fps = _get(r, "frames_per_s_per_subscriber.median")
+                        print(f"rep {rep} {setup:<9} N={n:<2} {m.name:<10} {phase:<10} fps/sub={_fmt(fps, ',.0f')} "
+                              f"p99={_fmt(_get(r, 'latency_ms.p99'), '.1f')}ms lost={r.get('lost')} "
+                              f"dup={r.get('duplicated')} load={_fmt(r['loadavg_start'], '.1f')} "
+                              f"{'ERR ' + str(r['errors']) if r['errors'] else ''}", flush=True)
     finally:
-        bench.close()
+        for bench in benches.values():
+            bench.close()
+        if redis is not None:
+            redis.stop()
     rows = medians(runs)
     print_tables(rows)
     machine["loadavg_1m_end"] = loadavg()
@@ -320,14 +368,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": "python -m benchmarks.streaming " + " ".join(
             shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
         "started": started.isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "bundle": {"path": str(bundle), "model_id": codec.model_id},
         "modes": {m.name: {"kind": m.kind, "quality": m.quality, "channel": m.channel} for m in modes},
         "settings": {k: getattr(args, k) for k in ("subscribers", "frames", "rate", "rate_frames", "rate_batch",
-                                                     "batch", "repeat", "timeout", "server_json")},
-        "server_command": bench.server.command(),
+                                                     "batch", "repeat", "timeout", "server_json", "stores")},
+        "server_commands": {setup: b.server.command() for setup, b in benches.items()},
         "setup_seconds": setup_s,
-        "versions": {k: _version(k) for k in ("grpcio", "protobuf", "onnxruntime", "numpy", "constriction")},
+        "versions": {k: version(k) for k in ("grpcio", "protobuf", "onnxruntime", "numpy", "constriction")},
         "grpc_version": grpc.__version__,
         "machine": machine,
         "summary": rows,

@@ -173,14 +173,15 @@ def server_socket_bytes(port: int) -> dict[str, tuple[int, int]]:
     return conns
 
 
-def subscriber_bytes(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> int | None:
+def subscriber_bytes(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
+                     publisher: bool = True) -> int | None:
     """Bytes the server sent to its subscribers during a run: the acked-bytes delta of every
-    connection except the publisher's (the one that sent the server the most)."""
+    connection except the publisher's (the one that sent the server the most), when it has one."""
     if not after:
         return None
     deltas = {k: (a - before.get(k, (0, 0))[0], r - before.get(k, (0, 0))[1]) for k, (a, r) in after.items()}
-    publisher = max(deltas, key=lambda k: deltas[k][1])
-    return sum(a for k, (a, _) in deltas.items() if k != publisher)
+    skip = max(deltas, key=lambda k: deltas[k][1]) if publisher else None
+    return sum(a for k, (a, _) in deltas.items() if k != skip)
 
 
 def loadavg() -> float | None:

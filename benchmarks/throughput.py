@@ -34,20 +34,19 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
+
+from benchmarks.common import git_commit, machine_info, version
 
 from latentwire.codec.bundle import DECODER, ENCODER, Bundle
 from latentwire.codec.codec import Codec, default_bundle_path
@@ -222,38 +221,6 @@ def bench_batch(codec: Codec, spin: dict[str, ort.InferenceSession], batch: int,
 # ------------------------------------------------------------------------------------ report
 
 
-def machine_info() -> dict[str, Any]:
-    model = platform.processor() or ""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), model)
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {
-        "cpu_model": model,
-        "cpu_count": os.cpu_count(),
-        "loadavg_1m_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
-
-
-def _version(pkg: str) -> str | None:
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def session_settings(session: ort.InferenceSession) -> dict[str, Any]:
     opts = session.get_session_options()
     try:
@@ -331,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "throughput",
         "command": "python -m benchmarks.throughput " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
         "started": started.isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "bundle": {"path": str(bundle_dir), "model_id": codec.model_id, "family": codec.manifest.family,
                    "sample_shape": list(codec.sample_shape), "latent_shape": list(codec.manifest.latent_shape)},
         "quality_residual": {"index": quality, "max_error": codec.qualities[quality].max_error},
@@ -341,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "session": {"threads_arg": args.threads, "encoder": session_settings(codec.encoder.session),
                     "decoder": session_settings(codec.decoder.session),
                     "spin_compare": {k: session_settings(v) for k, v in spin.items()}},
-        "versions": {k: _version(k) for k in ("onnxruntime", "numpy", "constriction")},
+        "versions": {k: version(k) for k in ("onnxruntime", "numpy", "constriction")},
         "machine": machine,
         "repeat": args.repeat,
         "min_time_s": args.min_time,

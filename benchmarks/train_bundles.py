@@ -29,7 +29,6 @@ import math
 import os
 import shlex
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence

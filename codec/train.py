@@ -35,10 +35,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import distributed
 from .models import Autoencoder, ModelConfig, build_model
 from .models import MODELS
 from .models.variants import VARIANTS, Corruption, level_loss_weights, training_loss, warn_if_unregularized
-from .normalization import Normalization, psnr_db
+from .normalization import Normalization
 from .sources import SampleSet, source_option
 
 CHECKPOINT = "checkpoint.pt"
@@ -153,7 +154,7 @@ def distortion(x_hat: torch.Tensor, x: torch.Tensor, loss: str) -> torch.Tensor:
     return per.flatten(1).sum(dim=1)
 
 
-def _batch_loss(model: Autoencoder, xb: torch.Tensor, rate_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+def _batch_loss(model: Any, xb: torch.Tensor, rate_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """(mean distortion, mean bits, loss to minimise, mean variant penalty) for one batch."""
     terms = training_loss(model, xb, rate_weight, distortion)
     return terms.distortion, terms.bits, terms.loss, float(terms.penalty)
@@ -285,7 +286,9 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
         raise ValueError(f"augment {options.augment!r} is not one of {AUGMENTS}")
     if options.threads or not torch.cuda.is_available():
         torch.set_num_threads(options.threads or default_threads())
-    device = resolve_device(options.device)
+    ctx = distributed.from_environment(options.device)  # set when launched by torchrun
+    device = distributed.device_for(ctx, resolve_device(options.device))
+    main_process = ctx is None or ctx.is_main
     normalization = train_set.normalization
     x_train = train_set.model_domain()
     x_val = val_set.model_domain()
@@ -296,6 +299,7 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
     ckpt_path = out_dir / CHECKPOINT if out_dir else None
 
     model = build_model(config).to(device)
+    net = distributed.wrap(model, ctx, config.variant)  # what the loss calls: DDP across processes
     optimizer = _make_optimizer(model, options)
     scheduler = _make_scheduler(optimizer, options)
     start_epoch, best_loss, best_state, best_metrics = 0, float("inf"), None, {}
@@ -345,6 +349,7 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
         "n_train": len(train_set),
         "n_val": len(val_set),
         "sample_shape": list(train_set.sample_shape),
+        "processes": 1 if ctx is None else ctx.world,
     }
     gen = torch.Generator().manual_seed(options.seed)
     aug_gen = torch.Generator().manual_seed(options.seed + 1)
@@ -359,7 +364,7 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
 
     def save(epoch_done: int, next_batch: int, run_loss: float = 0.0) -> None:
         """epoch_done: the last whole epoch; next_batch: where the epoch after it stopped (0: not started)."""
-        if ckpt_path is None:
+        if ckpt_path is None or not main_process:
             return
         out_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
         state = {
@@ -381,20 +386,19 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
         gen.manual_seed(options.seed * 100003 + epoch)
         order = torch.randperm(x_train.shape[0], generator=gen).numpy()
         model.train()
-        starts = range(0, len(order), options.batch_size)
+        steps = distributed.shard(order, options.batch_size, ctx)  # this process's share of each global batch
         bar = tqdm(
-            total=len(starts), desc=f"epoch {epoch + 1}/{options.epochs}", initial=next_batch,
-            disable=not options.progress, leave=True, unit="batch", file=sys.stderr,
+            total=len(steps), desc=f"epoch {epoch + 1}/{options.epochs}", initial=next_batch,
+            disable=not (options.progress and main_process), leave=True, unit="batch", file=sys.stderr,
         )
         run_loss = float(ckpt.get("run_loss", 0.0)) if next_batch else 0.0
-        for k in range(next_batch, len(starts)):
-            i = starts[k]
-            xb = torch.from_numpy(x_train[order[i : i + options.batch_size]]).to(device)
+        for k in range(next_batch, len(steps)):
+            xb = torch.from_numpy(x_train[steps[k]]).to(device)
             xb = augment_batch(xb, options.augment, aug_gen)
             # the variant (plain, denoising, sparse, contractive, vae) decides the loss; for plain
             # models it is distortion + rate_weight * bits, and with rate_weight 0 `bits` only
             # reaches the density (latents detached in forward).
-            d, bits, loss, penalty = _batch_loss(model, xb, options.rate_weight)
+            d, bits, loss, penalty = _batch_loss(net, xb, options.rate_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if options.clip_grad > 0:
@@ -414,7 +418,7 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
         bar.set_postfix(loss=f"{run_loss:.3f}", val_psnr=f"{metrics['val_psnr_db']:.2f}dB",
                         B_per_sample=f"{metrics['val_bytes_per_sample']:.1f}")
         bar.close()
-        if model.levels and options.progress:
+        if model.levels and options.progress and main_process:
             tqdm.write("  validation: " + ", ".join(
                 f"q{lv} {metrics[f'val_psnr_db_q{lv}']:.2f} dB {metrics[f'val_bytes_per_sample_q{lv}']:.0f} B"
                 for lv in range(model.levels)), file=sys.stderr)
@@ -435,6 +439,7 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
         if options.patience and stale >= options.patience:
             break
     seconds = seconds_before + time.perf_counter() - t0
+    distributed.barrier(ctx)  # rank 0's last checkpoint is on disk before anyone returns
     if best_state is None:
         raise ValueError(f"no epoch ran (epochs={options.epochs}, resumed at {start_epoch}); raise --epochs")
     best = build_model(config)
@@ -549,7 +554,12 @@ def run(args: argparse.Namespace) -> int:
         augment=args.augment, val_limit=args.val_limit, clip_grad=args.clip_grad, checkpoint_minutes=args.checkpoint_minutes,
         progress=not args.no_progress, command=getattr(args, "command_line", None) or _command_line(),
     )
-    result = train(config, train_set, val_set, options)
+    try:
+        result = train(config, train_set, val_set, options)
+    finally:
+        distributed.finish()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 reports; the others trained their share
     print(
         f"trained {result.epochs_run} epochs in {result.seconds:.1f}s on {result.device}: "
         f"val PSNR {result.val_psnr_db:.2f} dB, ~{result.val_bytes_per_sample:.1f} bytes/sample; "

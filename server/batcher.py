@@ -1,4 +1,5 @@
-"""Dynamic batcher of one channel: the single writer between publishers and the retention log.
+"""Dynamic batcher of one channel: the single writer between this server's publishers and the
+channel's store.
 
 Why one thread per channel: sequence numbers must be assigned in commit order, and jointly
 coding many frames in one packet is what makes the codec cheap per frame. RAW frames from all
@@ -23,9 +24,14 @@ from typing import Callable
 
 import numpy as np
 
-from .retention import PendingPacket, RetentionLog, StoredPacket
+from latentwire.codec.bitstream import CodingPath
+
+from .store import ChannelStore, OffsetConflict, PendingPacket, StoredPacket
 
 log = logging.getLogger("latentwire.server.batcher")
+
+
+CONFLICT_RETRIES = 8  # redo a batch this often when other replicas keep moving its producers' offsets
 
 
 class QueueFull(Exception):
@@ -92,11 +98,10 @@ class Batcher:
     def __init__(
         self,
         name: str,
-        log_: RetentionLog,
+        store: ChannelStore,
         encode: Encode,
         model_id: str,
         default_quality: int,
-        on_commit: Callable[[list[StoredPacket]], None],
         max_frames: int = 512,
         max_delay_ms: float = 5.0,
         queue_frames: int = 65536,
@@ -104,11 +109,10 @@ class Batcher:
         trim_every_s: float = 1.0,
     ):
         self.name = name
-        self.log = log_
+        self.store = store
         self.encode = encode
         self.model_id = model_id
         self.default_quality = default_quality
-        self.on_commit = on_commit
         self.max_frames = max(1, max_frames)
         self.max_delay = max_delay_ms / 1000.0
         self.queue_frames = queue_frames
@@ -202,10 +206,7 @@ class Batcher:
             if batch is None:
                 return
             try:
-                if isinstance(batch[0], PacketItem):
-                    self._commit_packets(batch[0])  # type: ignore[arg-type]
-                else:
-                    self._commit_raw(batch)  # type: ignore[arg-type]
+                self._commit(batch)
             except Exception as e:  # noqa: BLE001 - every failure goes back to the publishers
                 log.exception("channel %s: commit failed", self.name)
                 for it in batch:
@@ -213,29 +214,53 @@ class Batcher:
                         it.future.set_exception(e)
             self._maybe_trim()
 
+    def _commit(self, batch: list[RawItem | PacketItem]) -> None:
+        """Deduplicate against the producers' offsets and commit; when another replica moved an
+        offset in between (OffsetConflict), read the offsets again and redo the batch."""
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                if isinstance(batch[0], PacketItem):
+                    self._commit_packets(batch[0])  # type: ignore[arg-type]
+                else:
+                    self._commit_raw(batch)  # type: ignore[arg-type]
+                return
+            except OffsetConflict as e:
+                if attempt == CONFLICT_RETRIES - 1:
+                    raise
+                log.info("channel %s: %s; deduplicating the batch again", self.name, e)
+                if self.metrics is not None:
+                    self.metrics.store_errors.labels(self.name, "offset_conflict").inc()
+
     def _maybe_trim(self) -> None:
         now = time.monotonic()
         if now - self._last_trim < self.trim_every_s:
             return
         self._last_trim = now
-        for r in self.log.trim():
+        try:
+            reports = self.store.trim()
+        except Exception:  # noqa: BLE001 - a failed trim is retried on the next tick; commits go on
+            log.exception("channel %s: retention trim failed; retrying in %.0f s", self.name, self.trim_every_s)
+            return
+        for r in reports:
             if self.metrics is not None:
                 self.metrics.trimmed_frames.labels(self.name, r.reason.split()[0]).inc(r.frames)
 
-    def _dedup(self, producer_id: str, offset: int, hwm: dict[str, int]) -> int:
+    def _dedup(self, producer_id: str, hwm: dict[str, int], read: dict[str, int]) -> int:
+        """The producer's next offset as the store has it (read once per commit, remembered in read)."""
         if producer_id not in hwm:
-            hwm[producer_id] = self.log.producer_next_offset(producer_id)
+            hwm[producer_id] = read[producer_id] = self.store.producer_next_offset(producer_id)
         return hwm[producer_id]
 
     def _commit_raw(self, batch: list[RawItem]) -> None:
         hwm: dict[str, int] = {}
+        read: dict[str, int] = {}
         keep: list[np.ndarray] = []
         per_item: list[tuple[int, int]] = []  # (accepted, duplicates)
         for it in batch:
             frames = it.frames
             dups = 0
             if it.producer_id:
-                mark = self._dedup(it.producer_id, it.producer_offset, hwm)
+                mark = self._dedup(it.producer_id, hwm, read)
                 fresh = (it.producer_offset + it.index) >= mark
                 dups = int(np.count_nonzero(~fresh))
                 frames = frames[fresh]
@@ -264,10 +289,10 @@ class Batcher:
                 self.metrics.encode_seconds.labels(self.name).observe(dt)
                 self.metrics.batch_frames.labels(self.name).observe(total)
                 self.metrics.raw_bytes_in.labels(self.name).inc(raw.nbytes)
-            stored = self.log.append(pending, hwm)
+            stored = self.store.append(pending, hwm, read)
         elif hwm:
-            self.log.append([], hwm)
-        seq = stored[0].first_seq if stored else self.log.next_seq
+            self.store.append([], hwm, read)
+        seq = stored[0].first_seq if stored else self.store.next_seq
         for it, (acc, dups) in zip(batch, per_item):
             it.future.set_result(Commit(acc, dups, seq))
             seq += acc
@@ -275,9 +300,10 @@ class Batcher:
 
     def _commit_packets(self, it: PacketItem) -> None:
         hwm: dict[str, int] = {}
+        read: dict[str, int] = {}
         pending = []
         dups = 0
-        mark = self._dedup(it.producer_id, it.producer_offset, hwm) if it.producer_id else 0
+        mark = self._dedup(it.producer_id, hwm, read) if it.producer_id else 0
         for data, count, quality, pos in it.packets:
             if it.producer_id and it.producer_offset + pos + count <= mark:
                 dups += count
@@ -285,12 +311,13 @@ class Batcher:
                 pending.append(PendingPacket(count, self.model_id, quality, data))
         if it.producer_id:
             hwm[it.producer_id] = max(mark, it.producer_offset + it.n_total)
-        stored = self.log.append(pending, hwm) if (pending or hwm) else []
+        stored = self.store.append(pending, hwm, read) if (pending or hwm) else []
         acc = sum(p.count for p in pending)
-        it.future.set_result(Commit(acc, dups, stored[0].first_seq if stored else self.log.next_seq))
+        it.future.set_result(Commit(acc, dups, stored[0].first_seq if stored else self.store.next_seq))
         self._after_commit(stored, "packet")
 
     def _after_commit(self, stored: list[StoredPacket], kind: str) -> None:
+        """Metrics; subscribers hear of the commit from the store (ChannelStore.follow)."""
         if not stored:
             return
         if self.metrics is not None:
@@ -301,18 +328,12 @@ class Batcher:
                 paths[packet_path(s.payload)] = paths.get(packet_path(s.payload), 0) + s.count
             for path, n in paths.items():
                 self.metrics.frames_path.labels(self.name, path).inc(n)
-        self.on_commit(stored)
 
 
 def packet_path(packet: bytes) -> str:
     """"latent", "residual" or "lossless" from a committed packet's flags byte (Codec.path without
     re-checking the CRC: the packet was validated before it was committed)."""
-    from latentwire.codec import bitstream
-
-    flags = packet[3] if len(packet) > 3 else 0
-    if flags & bitstream.FLAG_LOSSLESS:
-        return "lossless"
-    return "residual" if flags & bitstream.FLAG_RESIDUAL else "latent"
+    return CodingPath.from_flags(packet[3] if len(packet) > 3 else 0).value
 
 
 def _packet_quality(packet: bytes, asked: int | None, default: int) -> int:

@@ -1,9 +1,10 @@
-"""Channels: a name bound to a codec bundle, a retention log, a batcher and its subscribers.
+"""Channels: a name bound to a codec bundle, a store (its log), a batcher and its subscribers.
 
 Fan-out policy: subscribers never get a per-subscriber queue. Each one reads packets from its
 own position: from a small in-memory tail of the newest packets (`tail_packets`, shared by all)
-when its position is still in it, otherwise from the SQLite log on disk. A new commit only bumps
-`next_seq` and wakes waiters on a Condition. A slow subscriber therefore blocks no one and costs
+when its position is still in it, otherwise from the store (the SQLite file, or Redis). Every
+commit the store reports (this replica's or another's) only bumps `next_seq` and wakes waiters
+on a Condition. A slow subscriber therefore blocks no one and costs
 O(1) memory: it just falls behind and catches up from disk (gRPC flow control stops the server
 from reading ahead more than one response per stream). If it falls behind the retention window
 it gets the oldest retained packet and `trimmed_frames` tells it how many frames it lost.
@@ -20,7 +21,7 @@ from typing import Any
 
 from latentwire.codec.bundle import sha256_file
 
-from .retention import RetentionLog, StoredPacket
+from .store import ChannelStore, StoredPacket
 
 log = logging.getLogger("latentwire.server.channels")
 
@@ -64,11 +65,11 @@ class ModelEntry:
 
 
 class Channel:
-    def __init__(self, name: str, model: ModelEntry, log_: RetentionLog, quality: int | None, tail_packets: int = 256,
+    def __init__(self, name: str, model: ModelEntry, store: ChannelStore, quality: int | None, tail_packets: int = 256,
                  tail_bytes: int = 32 << 20, *, fallback: bool = False, anomaly_threshold: float | None = None):
         self.name = name
         self.model = model
-        self.log = log_
+        self.store = store
         self.quality = quality
         self.fallback = fallback  # RAW frames above anomaly_threshold go out as lossless packets
         self.anomaly_threshold = anomaly_threshold  # effective: configured, else the bundle's, else None
@@ -79,16 +80,25 @@ class Channel:
         self._cond = threading.Condition()
         self._closed = False
         self.subscribers = 0
+        self._next_seq = store.next_seq  # then advanced by every commit the store reports
+        store.follow(self.on_commit)
 
     @property
     def next_seq(self) -> int:
-        return self.log.next_seq
+        """The next seq as this replica has seen it (the store's own answer: store.next_seq)."""
+        return self._next_seq
 
     def on_commit(self, stored: list[StoredPacket]) -> None:
         with self._cond:
             for p in stored:
+                if p.end_seq <= self._next_seq:
+                    continue  # seen already (the store's tail starts where this channel stood)
+                if self._tail and p.first_seq != self._tail[-1].end_seq:
+                    self._tail.clear()  # a gap (after a store outage): the tail must stay contiguous
+                    self._tail_bytes = 0
                 self._tail.append(p)
                 self._tail_bytes += len(p.payload)
+                self._next_seq = max(self._next_seq, p.end_seq)
             while self._tail and (len(self._tail) > self._tail_packets or self._tail_bytes > self._tail_cap):
                 self._tail_bytes -= len(self._tail.popleft().payload)
             self._cond.notify_all()
@@ -104,7 +114,7 @@ class Channel:
                         if len(out) >= limit:
                             break
                 return out
-        return self.log.read_from(seq, limit)
+        return self.store.read_from(seq, limit)
 
     @property
     def tail_bytes(self) -> int:
@@ -114,12 +124,12 @@ class Channel:
     def wait_for(self, seq: int, timeout: float) -> bool:
         """Block until a frame with seq >= `seq` exists (True) or timeout/close (False)."""
         with self._cond:
-            if self.log.next_seq > seq:
+            if self._next_seq > seq:
                 return True
             if self._closed:
                 return False
             self._cond.wait(timeout)
-            return self.log.next_seq > seq
+            return self._next_seq > seq
 
     @property
     def closed(self) -> bool:

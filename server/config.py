@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .retention import RetentionPolicy
+from .store import RetentionPolicy
 
 
 class ConfigError(ValueError):
@@ -84,6 +84,9 @@ class BatchPolicy:
 class ServerConfig:
     listen: str = "127.0.0.1:50051"
     data_dir: str = "latentwire-data"
+    # where channels keep their packets: "" (the embedded SQLite files under data_dir) or
+    # "redis://HOST:PORT/DB" (Redis Streams shared by every replica that names the same URL)
+    store: str = ""
     channels: tuple[ChannelSpec, ...] = ()
     tokens_file: str | None = None
     tls_cert: str | None = None
@@ -114,6 +117,9 @@ class ServerConfig:
             raise ConfigError("TLS needs both --tls-cert and --tls-key (or neither)")
         if self.fsync not in ("normal", "full"):
             raise ConfigError(f"--fsync must be 'normal' or 'full', got {self.fsync!r}")
+        if self.store and not self.store.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"--store {self.store!r}: give redis://HOST:PORT/DB (or rediss:// for TLS), or nothing "
+                              "for the embedded SQLite store under --data-dir")
         for c in self.channels:
             if not isinstance(c.fallback, bool):
                 raise ConfigError(f"channel {c.name!r}: fallback must be true or false, got {c.fallback!r}")
@@ -130,7 +136,7 @@ class ServerConfig:
     def from_json(cls, path: str | Path) -> "ServerConfig":
         """Keys mirror the dataclass: {"listen", "data_dir", "channels": [{"name","bundle","quality",
         "fallback","anomaly_threshold","scores"}] or ["NAME=DIR:q"], "tokens_file", "tls_cert", "tls_key", "metrics_port", "fsync",
-        "retention": {"max_bytes","max_age_s"}, "limits": {...}, "batch": {...}}. Relative paths
+        "store", "retention": {"max_bytes","max_age_s","max_frames"}, "limits": {...}, "batch": {...}}. Relative paths
         are resolved against the config file's folder."""
         path = Path(path)
         try:

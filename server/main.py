@@ -31,7 +31,8 @@ from .batcher import Batcher, Encoded
 from .channels import Channel, ModelEntry
 from .config import BatchPolicy, ChannelSpec, ConfigError, Limits, ServerConfig, with_channel_options
 from .metrics import Metrics
-from .retention import RetentionLog, RetentionPolicy
+from .sqlite_store import SqliteStore
+from .store import ChannelMismatch, ChannelStore, RetentionPolicy, StoreUnavailable
 from .service import SERVICE_NAME, LatentwireService, default_quality
 
 log = logging.getLogger("latentwire.server")
@@ -52,6 +53,7 @@ class LatentwireServer:
         self.auth = TokenStore.load(config.tokens_file) if config.tokens_file else TokenStore.open()
         self.models: dict[str, ModelEntry] = {}
         self.channels: dict[str, Channel] = {}
+        self._stores: list[ChannelStore] = []
         data = Path(config.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         self._lock = DataDirLock.acquire(data)
@@ -94,19 +96,35 @@ class LatentwireServer:
                                   f"for bundle {spec.bundle}")
             codec = model.codec
             threshold = _threshold(spec, codec)
-            rlog = RetentionLog(data / f"{spec.name}.sqlite3", config.retention, config.fsync)
-            ch = Channel(spec.name, model, rlog, spec.quality, fallback=spec.fallback, anomaly_threshold=threshold)
+            store = self._open_store(spec.name, data)
+            self._stores.append(store)
+            try:
+                store.check_model(model.model_id)
+            except ChannelMismatch as e:
+                raise ConfigError(str(e)) from None
+            ch = Channel(spec.name, model, store, spec.quality, fallback=spec.fallback, anomaly_threshold=threshold)
             ch.batcher = Batcher(
-                spec.name, rlog, _encoder(codec, spec.fallback, threshold, spec.scored), model.model_id,
+                spec.name, store, _encoder(codec, spec.fallback, threshold, spec.scored), model.model_id,
                 default_quality(codec) if spec.quality is None else spec.quality,
-                ch.on_commit, config.batch.max_frames, config.batch.max_delay_ms, config.limits.queue_frames,
-                self.metrics,
+                config.batch.max_frames, config.batch.max_delay_ms, config.limits.queue_frames, self.metrics,
             )
             self.channels[spec.name] = ch
-            log.info("channel %s: model %s (%s), quality %s, fallback %s (anomaly threshold %s), resuming at seq %d "
-                     "(%d bytes retained)", spec.name, model.model_id[:12], model.manifest.get("name", "?"),
+            log.info("channel %s: model %s (%s), quality %s, fallback %s (anomaly threshold %s), store %s, resuming at "
+                     "seq %d (%d bytes retained)", spec.name, model.model_id[:12], model.manifest.get("name", "?"),
                      "default" if spec.quality is None else spec.quality, "on" if spec.fallback else "off",
-                     "none" if threshold is None else f"{threshold:.6g}", rlog.next_seq, rlog.size_bytes)
+                     "none" if threshold is None else f"{threshold:.6g}", config.store or "sqlite", ch.next_seq,
+                     store.size_bytes)
+
+    def _open_store(self, channel: str, data: Path) -> ChannelStore:
+        c = self.config
+        if not c.store:
+            return SqliteStore(data / f"{channel}.sqlite3", c.retention, c.fsync)
+        from .redis_store import RedisStore
+
+        try:
+            return RedisStore(c.store, channel, c.retention, metrics=self.metrics)
+        except StoreUnavailable as e:
+            raise ConfigError(f"channel {channel!r}: {e} (is redis-server running at {c.store}?)") from None
 
     def start(self) -> int:
         c = self.config
@@ -151,16 +169,17 @@ class LatentwireServer:
         for ch in self.channels.values():
             ch.batcher.stop()
         done.wait(grace + 1)
-        for ch in self.channels.values():
-            ch.log.close()
+        for store in self._stores:
+            store.close()
         self._lock.release()
         log.info("shutdown complete")
 
     def close_unstarted(self) -> None:
-        """Release what __init__ took (logs, the data dir lock) when the server never started."""
+        """Release what __init__ took (stores, the data dir lock) when the server never started."""
         for ch in self.channels.values():
             ch.batcher.stop()
-            ch.log.close()
+        for store in self._stores:
+            store.close()
         self._lock.release()
 
     def wait(self) -> None:
@@ -273,16 +292,20 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="anomaly score threshold for CHANNEL (default: the bundle's calibrated one, a high quantile "
                         "(0.999 by default) of its training data's scores; see `latentwire calibrate`) (repeatable)")
     p.add_argument("--listen", help="host:port (default 127.0.0.1:50051; port 0 picks a free one)")
-    p.add_argument("--data-dir", help="where the retention logs live (default ./latentwire-data)")
+    p.add_argument("--data-dir", help="local state: the embedded store's channel files and the data dir lock "
+                                      "(default ./latentwire-data)")
+    p.add_argument("--store", help="redis://HOST:PORT/DB: keep channels in Redis Streams shared by every replica "
+                                   "naming the same URL (default: embedded SQLite under --data-dir)")
     p.add_argument("--tokens", dest="tokens_file", help="token file (JSON) enabling bearer-token auth")
     p.add_argument("--tls-cert", help="server certificate (PEM) to serve TLS")
     p.add_argument("--tls-key", help="server private key (PEM)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
-    p.add_argument("--fsync", choices=["normal", "full"], help="retention-log durability (see server/retention.py)")
+    p.add_argument("--fsync", choices=["normal", "full"], help="embedded store durability (see server/sqlite_store.py)")
     p.add_argument("--provider", help="onnxruntime provider: cpu | cuda | auto (default cpu)")
     p.add_argument("--threads", type=int, help="onnxruntime threads per codec")
     p.add_argument("--retention-bytes", type=int, help="max bytes kept per channel log (0: unbounded)")
     p.add_argument("--retention-age", type=float, help="max age in seconds of kept packets (0: unbounded)")
+    p.add_argument("--retention-frames", type=int, help="max frames kept per channel, the newest (0: unbounded)")
     p.add_argument("--batch-frames", type=int, help="max frames per encoded batch")
     p.add_argument("--batch-delay-ms", type=float, help="max wait of the oldest frame before a batch is encoded")
     p.add_argument("--max-message-bytes", type=int)
@@ -296,7 +319,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     cfg = ServerConfig.from_json(args.config) if args.config else ServerConfig()
     kw: dict[str, Any] = {}
-    for k in ("listen", "data_dir", "tokens_file", "tls_cert", "tls_key", "metrics_port", "fsync", "provider",
+    for k in ("listen", "data_dir", "store", "tokens_file", "tls_cert", "tls_key", "metrics_port", "fsync", "provider",
               "threads"):
         v = getattr(args, k, None)
         if v is not None:
@@ -307,7 +330,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     if args.fallback or args.anomaly_threshold or args.scores:
         cfg = replace(cfg, channels=with_channel_options(cfg.channels, args.fallback, args.anomaly_threshold,
                                                          args.scores))
-    r = {k: v for k, v in (("max_bytes", args.retention_bytes), ("max_age_s", args.retention_age)) if v is not None}
+    r = {k: v for k, v in (("max_bytes", args.retention_bytes), ("max_age_s", args.retention_age),
+                           ("max_frames", args.retention_frames)) if v is not None}
     b = {k: v for k, v in (("max_frames", args.batch_frames), ("max_delay_ms", args.batch_delay_ms)) if v is not None}
     lim = {k: v for k, v in (("max_message_bytes", args.max_message_bytes),
                              ("max_frames_per_message", args.max_frames_per_message),

@@ -44,6 +44,9 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
         )
         self.limit_hits = Counter("latentwire_limit_hits", "Requests refused by a configured limit", ["limit"], registry=r)
+        self.store_errors = Counter(
+            "latentwire_store_errors", "Store calls that failed (op: appending, reading, tailing, trimming, "
+            "offset_conflict, ...)", ["channel", "op"], registry=r)
         self.trimmed_frames = Counter(
             "latentwire_trimmed_frames", "Frames dropped by retention", ["channel", "reason"], registry=r
         )

@@ -27,6 +27,7 @@ from .batcher import PacketItem, QueueFull, RawItem, Stopped
 from .channels import Channel, ModelEntry
 from .config import ServerConfig
 from .metrics import Metrics
+from .store import StoreUnavailable
 
 log = logging.getLogger("latentwire.server")
 
@@ -153,8 +154,8 @@ class LatentwireService(pb_grpc.LatentwireServicer):
             name=ch.name,
             model_id=ch.model.model_id,
             quality=q,
-            next_seq=ch.log.next_seq,
-            first_retained_seq=ch.log.first_seq,
+            next_seq=ch.store.next_seq,
+            first_retained_seq=ch.store.first_seq,
             subscribers=ch.subscribers,
             sample_shape=_dims(getattr(codec, "sample_shape", ())),
             raw_dtype=str(np.dtype(getattr(codec, "raw_dtype", "uint8"))),
@@ -197,7 +198,11 @@ class LatentwireService(pb_grpc.LatentwireServicer):
 
     def ListChannels(self, request: pb.ListChannelsRequest, context: grpc.ServicerContext) -> pb.ListChannelsResponse:
         self._check(context)
-        return pb.ListChannelsResponse(channels=[self.channel_info(c) for c in self.channels.values()])
+        try:
+            return pb.ListChannelsResponse(channels=[self.channel_info(c) for c in self.channels.values()])
+        except StoreUnavailable as e:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+            raise  # unreachable: abort raises
 
     # ------------------------------------------------------------------ publish
 
@@ -235,11 +240,15 @@ class LatentwireService(pb_grpc.LatentwireServicer):
         producer = first.open.producer_id
         log.info("publisher %s opened channel %s%s", who, ch.name, f" (producer {producer})" if producer else "")
         try:
-            yield pb.PublishResponse(
-                message_index=first.message_index,
-                producer_next_offset=ch.log.producer_next_offset(producer) if producer else 0,
-                channel=self.channel_info(ch),
-            )
+            try:
+                opened = pb.PublishResponse(
+                    message_index=first.message_index,
+                    producer_next_offset=ch.store.producer_next_offset(producer) if producer else 0,
+                    channel=self.channel_info(ch),
+                )
+            except StoreUnavailable as e:
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+            yield opened
             pending: queue.Queue = queue.Queue(maxsize=256)
 
             stop_with: list[tuple[grpc.StatusCode, str]] = []
@@ -263,7 +272,13 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                     if not isinstance(e, grpc.RpcError):
                         log.exception("publish reader on %s failed", ch.name)
                 finally:
-                    pending.put(_END)
+                    while True:  # the handler may have stopped reading (store outage): never block forever
+                        try:
+                            pending.put(_END, timeout=0.5)
+                            break
+                        except queue.Full:
+                            if not context.is_active():
+                                break
 
             t = threading.Thread(target=reader, name=f"publish-{ch.name}", daemon=True)
             t.start()
@@ -275,6 +290,11 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                 if future is not None:
                     try:
                         commit = future.result()
+                    except StoreUnavailable as e:
+                        # nothing of this message (or after it) was committed: the client resends
+                        stop_with.insert(0, (grpc.StatusCode.UNAVAILABLE, f"{e}; resend from message "
+                                                                          f"{resp.message_index}"))
+                        break
                     except Exception as e:  # noqa: BLE001
                         n = resp.accepted
                         resp.accepted, resp.rejected = 0, resp.rejected + n
@@ -478,7 +498,10 @@ class LatentwireService(pb_grpc.LatentwireServicer):
         self._check(context)
         ch = self._channel(context, request.channel)
         who = self._check(context, "subscribe", ch.name)
-        next_seq = ch.log.next_seq
+        try:
+            next_seq, first_seq = ch.store.next_seq, ch.store.first_seq
+        except StoreUnavailable as e:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         if request.HasField("from_seq"):
             if request.latest:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give from_seq or latest=true, not both")
@@ -492,7 +515,9 @@ class LatentwireService(pb_grpc.LatentwireServicer):
         elif request.latest:
             seq = next_seq
         else:
-            seq = ch.log.first_seq
+            seq = first_seq
+        trimmed = max(0, first_seq - seq)  # asked for frames retention already dropped (on any replica)
+        seq = max(seq, first_seq)
         with self._lock:
             full = self._subscribers >= self.config.limits.max_subscribers
             if not full:
@@ -508,18 +533,24 @@ class LatentwireService(pb_grpc.LatentwireServicer):
         limit = min(request.max_packets_per_response or self.config.subscribe_packets_per_response,
                     self.config.subscribe_packets_per_response)
         max_bytes = self.config.limits.max_message_bytes // 2
-        trimmed = 0
         first_resp = True
         last_model = ""  # PacketRecord.model_id is sent only when it changes within this stream
         try:
             while context.is_active() and not self.stopping.is_set():
-                pkts = ch.read_from(seq, limit)
+                if seq >= ch.next_seq:  # nothing new: wait for a commit, do not ask the store
+                    ch.wait_for(seq, 0.25)
+                    continue
+                try:
+                    pkts = ch.read_from(seq, limit)
+                except StoreUnavailable as e:
+                    log.warning("subscriber %s on %s: %s; ending the stream (the client reconnects)", who, ch.name, e)
+                    context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
                 if not pkts:
                     ch.wait_for(seq, 0.25)
                     continue
                 if pkts[0].first_seq > seq:  # retention dropped what this subscriber still needed
                     trimmed += pkts[0].first_seq - seq
-                resp = pb.SubscribeResponse(trimmed_frames=trimmed, next_seq=ch.log.next_seq)
+                resp = pb.SubscribeResponse(trimmed_frames=trimmed, next_seq=ch.next_seq)
                 size = 0
                 for p in pkts:
                     if resp.packets and size + len(p.payload) > max_bytes:

@@ -34,3 +34,30 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert export.main([str(work / "run"), "--out", str(bundle), "--name", "tiny-mnist"]) == 0
     calibrate(bundle, load_mnist(folder, split="train"), threads=1)
     return bundle
+
+
+def _redis(tmp: Path):
+    import shutil
+
+    from _redis import RedisServer
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed and could not be (the README's test command installs it)")
+    server = RedisServer(tmp).start()
+    return server
+
+
+@pytest.fixture()
+def redis_server(tmp_path: Path):
+    """A fresh redis-server on a free loopback port for one test."""
+    server = _redis(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_module_server(tmp_path_factory: pytest.TempPathFactory):
+    """A redis-server shared by one test module."""
+    server = _redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()

@@ -25,7 +25,8 @@ from latentwire.codec.codec import Codec
 from latentwire.codec.sources import load_mnist, sample_data_root
 from latentwire.server.config import ChannelSpec, ConfigError, ServerConfig
 from latentwire.server.main import LatentwireServer, add_parser, config_from_args
-from latentwire.server.retention import PendingPacket, RetentionLog
+from latentwire.server.sqlite_store import SqliteStore
+from latentwire.server.store import PendingPacket
 
 ANOMALIES = {"noise": slice(40, 43), "inverted": slice(63, 65)}
 
@@ -185,14 +186,14 @@ def test_logs_written_before_scores_are_migrated(tmp_path: Path) -> None:
     """)
     old.commit()
     old.close()
-    log = RetentionLog(path)
+    log = SqliteStore(path)
     assert log.next_seq == 2 and log.read_from(0)[0].anomaly_scores is None
     stored = log.append([PendingPacket(3, "m", 0, b"abc", (0.5, 1.25, 3e4))])
     assert stored[0].anomaly_scores == (0.5, 1.25, 3e4)
     with pytest.raises(ValueError, match="one per frame"):
         log.append([PendingPacket(2, "m", 0, b"x", (1.0,))])
     log.close()
-    again = RetentionLog(path)  # the column exists now: opens without migrating again
+    again = SqliteStore(path)  # the column exists now: opens without migrating again
     assert [p.anomaly_scores for p in again.read_from(0)] == [None, (0.5, 1.25, 3e4)]
     again.close()
 

@@ -68,15 +68,20 @@ class Env:
 
     @property
     def log(self):
-        return self.server.channels["digits"].log  # type: ignore[attr-defined]
+        return self.server.channels["digits"].store  # type: ignore[attr-defined]
 
     def stub(self) -> pb_grpc.LatentwireStub:
         return pb_grpc.LatentwireStub(grpc.insecure_channel(self.target))
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The whole table runs against each store: the embedded SQLite one and Redis Streams."""
     tmp = tmp_path_factory.mktemp("bad-input")
+    store = ""
+    if request.param == "redis":
+        redis = request.getfixturevalue("redis_module_server")
+        store = redis.url
     bundle = tmp / "bundle"
     shutil.copytree(default_bundle_path(), bundle)  # a copy: one row alters the served files
     tokens = tmp / "tokens.json"
@@ -90,7 +95,8 @@ def env(tmp_path_factory: pytest.TempPathFactory):
     logging.getLogger("latentwire").setLevel(logging.DEBUG)
     channels = (ChannelSpec("digits", str(bundle)), ChannelSpec("other", str(bundle)))
     limits = Limits(max_message_bytes=MAX_MESSAGE, max_frames_per_message=MAX_FRAMES)
-    with running_server(bundle, tmp / "data", channels=channels, tokens_file=str(tokens), limits=limits) as server:
+    with running_server(bundle, tmp / "data", channels=channels, tokens_file=str(tokens), limits=limits,
+                        store=store) as server:
         target = f"127.0.0.1:{server.port}"
         healthy = Client(target, token=GOOD, cache_dir=tmp / "cache", max_message_bytes=MAX_MESSAGE)
         assert healthy.publish("digits", digits(200), frames_per_message=50).accepted == 200

@@ -30,6 +30,7 @@ def test_streaming_smoke(tmp_path: Path) -> None:
     assert code == 0
     report = json.loads(out.read_text())
     runs = report["runs"]
+    assert {r["store"] for r in runs} == {"sqlite"}
     assert {(r["subscribers"], r["mode"], r["phase"]) for r in runs} == {
         (n, m, ph) for n in (1, 2) for m in ("edge-q0", "server-q0", "raw") for ph in ("saturation", "rate")}
     for r in runs:
@@ -46,7 +47,7 @@ def test_streaming_smoke(tmp_path: Path) -> None:
     # the raw baseline really is raw: 784 B per digit plus the packet header spread over 256 frames
     assert 784 <= sat[(1, "raw")]["bytes_per_frame"]["packet"] < 785
     assert sat[(1, "edge-q0")]["bytes_per_frame"]["packet"] < 20
-    assert {"summary", "machine", "versions", "server_command", "settings"} <= set(report)
+    assert {"summary", "machine", "versions", "server_commands", "settings"} <= set(report)
     assert any(row["mode"] == "edge-q0" and row.get("fps_vs_raw") for row in report["summary"])
 
 
@@ -62,3 +63,18 @@ def test_memory_smoke(tmp_path: Path) -> None:
     s = report["series"]
     assert len(s["t"]) == len(s["rss_server"]) >= 2 and s["delivered"][-1] == 3000
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_streaming_compares_stores_in_one_run(tmp_path: Path, redis_server) -> None:
+    """The store setups run interleaved in one run, so the Redis ratio is against SQLite measured
+    alongside it; two replicas share the Redis and split the subscribers."""
+    out = tmp_path / "stores.json"
+    code = streaming.main(["--subscribers", "2", "--frames", "1024", "--batch", "256", "--rate", "0",
+                           "--modes", "edge-q0", "--repeat", "1", "--timeout", "30", "--stores", "sqlite,redis-x2",
+                           "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert {r["store"] for r in report["runs"]} == {"sqlite", "redis-x2"}
+    row = next(r for r in report["summary"] if r["store"] == "redis-x2")
+    assert row["fps_vs_sqlite"] > 0 and row["lost"] == 0 and row["duplicated"] == 0
+    assert "--store" in report["server_commands"]["redis-x2"]

@@ -48,7 +48,7 @@ def test_subscribe_resumes_across_server_restart(tiny_bundle: Path, tmp_path: Pa
             time.sleep(0.02)
     # server stopped (graceful): the subscriber is now reconnecting with backoff
     with running_server(tiny_bundle, data, listen=f"127.0.0.1:{port}") as server:
-        assert server.channels["digits"].log.next_seq == 1000, "seq continues from the log"
+        assert server.channels["digits"].store.next_seq == 1000, "seq continues from the log"
         with Client(server_target) as pub:
             r = pub.publish("digits", x[1000:], frames_per_message=128)
         assert (r.first_seq, r.last_seq) == (1000, 2999)
@@ -88,7 +88,7 @@ def test_idempotent_producer_drops_resent_frames(tiny_bundle: Path, tmp_path: Pa
             r2 = c.publish("digits", x[400:], producer_id="cam-1", start_offset=400, frames_per_message=100)
             assert (r2.accepted, r2.duplicates) == (400, 200)
             assert (r2.first_seq, r2.last_seq) == (600, 999)
-            assert server.channels["digits"].log.next_seq == 1000
+            assert server.channels["digits"].store.next_seq == 1000
             # another producer id is independent
             assert c.publish("digits", x[:10], producer_id="cam-2").accepted == 10
 
@@ -128,4 +128,4 @@ def test_full_queue_ends_stream_and_client_resends_in_order(tiny_bundle: Path, t
         assert server.metrics.value("latentwire_limit_hits_total", limit="queue_frames") >= 1
         assert r.reconnects >= 1, "RESOURCE_EXHAUSTED ends the stream; the client resends"
         assert r.accepted == 600 and r.rejected == 0 and not r.errors
-        assert server.channels["digits"].log.next_seq == 600, "resent frames are not committed twice"
+        assert server.channels["digits"].store.next_seq == 600, "resent frames are not committed twice"

@@ -98,7 +98,7 @@ def test_receiver_killed_mid_stream_resumes_exactly(tiny_bundle: Path, codec: Co
         _finish(sender, tmp_path / "send.log")
         _finish(receiver, tmp_path / "recv.log")
         assert _state(send_state, "sent") == N
-        assert server.channels["digits"].log.next_seq == N
+        assert server.channels["digits"].store.next_seq == N
         _check_npy_dir(out, _expected(target, codec, N))
 
 
@@ -167,7 +167,7 @@ def test_watch_folder_to_png_sink_and_sigterm(tiny_bundle: Path, codec: Codec, t
         _finish(receiver, tmp_path / "recv.log")
         sender.send_signal(signal.SIGTERM)
         _finish(sender, tmp_path / "send.log", 20)
-        assert server.channels["digits"].log.next_seq == 90
+        assert server.channels["digits"].store.next_seq == 90
         pngs = sorted(out.glob("*.png"))
         assert len(pngs) == 90
         got = np.stack([np.asarray(Image.open(p))[None] for p in pngs])

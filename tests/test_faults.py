@@ -163,7 +163,7 @@ def test_port_goes_away_and_comes_back(tmp_path: Path) -> None:
         p = threading.Thread(target=produce)
         p.start()
         for cut_at in (800, 2000):
-            _wait(lambda: server.channels["digits"].log.next_seq >= cut_at, "publishing progressed")
+            _wait(lambda: server.channels["digits"].store.next_seq >= cut_at, "publishing progressed")
             proxy.cut()
             time.sleep(1.5)
             proxy.restore()
@@ -171,7 +171,7 @@ def test_port_goes_away_and_comes_back(tmp_path: Path) -> None:
         t.join(120)
         assert not errors, errors
         assert result and result[0].accepted + result[0].duplicates == n and result[0].reconnects >= 1
-        assert server.channels["digits"].log.next_seq == n, "no frame committed twice"
+        assert server.channels["digits"].store.next_seq == n, "no frame committed twice"
         assert seen == list(range(n)), "every frame once, in order, across both cuts"
         # both clients are done: no stream that lived on a reset connection is still held
         _wait(lambda: server.service._subscribers == 0 and server.service._publishers == 0,
@@ -256,7 +256,7 @@ def test_cancel_and_deadline_leave_nothing_behind(tmp_path: Path) -> None:
         # whatever the cancelled publishers got committed is whole and readable, without gaps
         with Client(target, cache_dir=tmp_path / "cache") as c:
             frames = [f.seq for f in c.subscribe("digits", 0, idle_timeout=1)]
-        assert frames == list(range(server.channels["digits"].log.next_seq))
+        assert frames == list(range(server.channels["digits"].store.next_seq))
         assert 2000 <= len(frames) <= 2000 + 3 * 60
         _wait(lambda: _state(server) == baseline, "the reader's stream was released too", timeout=10)
         ch.close()

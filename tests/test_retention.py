@@ -16,7 +16,8 @@ import pytest
 
 from latentwire.server.auth import AuthError, TokenStore
 from latentwire.server.config import ChannelSpec, ConfigError, ServerConfig
-from latentwire.server.retention import PendingPacket, RetentionLog, RetentionPolicy
+from latentwire.server.sqlite_store import SqliteStore
+from latentwire.server.store import PendingPacket, RetentionPolicy
 
 MID = "ab" * 32
 
@@ -27,14 +28,14 @@ def _pkt(n: int, size: int = 100, tag: int = 0) -> PendingPacket:
 
 def test_log_assigns_consecutive_seqs_and_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite3"
-    log = RetentionLog(path)
+    log = SqliteStore(path)
     stored = log.append([_pkt(3, tag=1), _pkt(5, tag=2)], {"prod": 8})
     assert [(s.first_seq, s.count) for s in stored] == [(0, 3), (3, 5)]
     assert log.next_seq == 8 and log.first_seq == 0
     log.append([_pkt(2, tag=3)])
     log.close()
 
-    again = RetentionLog(path)
+    again = SqliteStore(path)
     assert again.next_seq == 10, "a restarted server must continue the sequence"
     assert again.producer_next_offset("prod") == 8, "producer high-water marks persist with the packets"
     # from the middle of a packet: the packet holding seq 4 comes first
@@ -44,7 +45,7 @@ def test_log_assigns_consecutive_seqs_and_survives_reopen(tmp_path: Path) -> Non
 
 
 def test_trim_by_size_and_age_reports_and_keeps_seq(tmp_path: Path) -> None:
-    log = RetentionLog(tmp_path / "c.sqlite3", RetentionPolicy(max_bytes=250, max_age_s=60))
+    log = SqliteStore(tmp_path / "c.sqlite3", RetentionPolicy(max_bytes=250, max_age_s=60))
     now = time.time()
     log.append([_pkt(1)], ts=now - 120)  # too old
     log.append([_pkt(1), _pkt(1), _pkt(1)], ts=now)
@@ -60,11 +61,11 @@ def test_trim_by_size_and_age_reports_and_keeps_seq(tmp_path: Path) -> None:
 
 def test_trimmed_to_empty_log_still_continues_seq(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite3"
-    log = RetentionLog(path, RetentionPolicy(max_bytes=0, max_age_s=1))
+    log = SqliteStore(path, RetentionPolicy(max_bytes=0, max_age_s=1))
     log.append([_pkt(7)], ts=time.time() - 10)
     assert log.trim()[0].frames == 7
     log.close()
-    again = RetentionLog(path)
+    again = SqliteStore(path)
     assert again.next_seq == 7 and again.first_seq == 7
 
 
@@ -73,8 +74,9 @@ def test_committed_packets_survive_kill_9(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite3"
     script = textwrap.dedent(f"""
         import sys, time
-        from latentwire.server.retention import RetentionLog, PendingPacket
-        log = RetentionLog({str(path)!r})
+        from latentwire.server.sqlite_store import SqliteStore
+        from latentwire.server.store import PendingPacket
+        log = SqliteStore({str(path)!r})
         for i in range(200):
             log.append([PendingPacket(3, {MID!r}, 0, b"x" * 64)], {{"p": 3 * (i + 1)}})
         print("committed", flush=True)
@@ -88,7 +90,7 @@ def test_committed_packets_survive_kill_9(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-    log = RetentionLog(path)
+    log = SqliteStore(path)
     assert log.next_seq == 600
     assert log.producer_next_offset("p") == 600
     assert sum(p.count for p in log.read_from(0, limit=1000)) == 600

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 if TYPE_CHECKING:  # base imports this module: no runtime import back
     from .base import Autoencoder, ModelConfig

@@ -1,4 +1,4 @@
-"""The per-channel retention log: every committed packet, on local disk, in seq order.
+"""The embedded channel store: every committed packet of a channel, on local disk, in seq order.
 
 Why SQLite in WAL mode: one writer and many readers without blocking each other, crash-safe
 commits, and a single file per channel that a restarted server reopens to continue the
@@ -12,20 +12,21 @@ Durability (fsync policy):
   nothing acknowledged. Costs one fsync per packet (the batcher amortizes it over a batch).
 Publishers are acknowledged only AFTER the commit, so whatever a crash loses was never acked and
 an idempotent producer (producer_id) resends it without creating duplicates: the producers table
-is updated in the same transaction as the packet rows.
+is updated in the same transaction as the packet rows. One server owns a data directory (its
+lock, server/main.py), so no other writer can move a producer's offset under the batcher.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-import struct
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger("latentwire.server.retention")
+from .store import OnCommit, PendingPacket, RetentionPolicy, StoredPacket, TrimReport, pack_scores, unpack_scores
+
+log = logging.getLogger("latentwire.server.store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS packets (
@@ -42,67 +43,9 @@ CREATE TABLE IF NOT EXISTS producers (producer_id TEXT PRIMARY KEY, next_offset 
 """
 
 
-@dataclass(frozen=True)
-class StoredPacket:
-    """One row of the log: `count` frames with seqs first_seq .. first_seq+count-1."""
-
-    first_seq: int
-    count: int
-    ts: float
-    model_id: str
-    quality: int
-    payload: bytes
-    anomaly_scores: tuple[float, ...] | None = None  # one per frame when the server scored them
-
-    @property
-    def end_seq(self) -> int:
-        """One past the last seq in the packet."""
-        return self.first_seq + self.count
-
-
-@dataclass(frozen=True)
-class RetentionPolicy:
-    """Bounds on one channel's log. 0 means unbounded."""
-
-    max_bytes: int = 1 << 30
-    max_age_s: float = 7 * 24 * 3600.0
-
-
-@dataclass(frozen=True)
-class TrimReport:
-    packets: int
-    frames: int
-    bytes: int
-    first_seq: int  # first seq still retained after the trim
-    reason: str
-
-
-@dataclass(frozen=True)
-class PendingPacket:
-    """A packet about to be committed plus the producer offsets it advances."""
-
-    count: int
-    model_id: str
-    quality: int
-    payload: bytes
-    anomaly_scores: tuple[float, ...] | None = None  # one per frame, or None (not scored)
-
-
-def _pack_scores(scores: tuple[float, ...] | None, count: int) -> bytes | None:
-    if scores is None:
-        return None
-    if len(scores) != count:
-        raise ValueError(f"{len(scores)} anomaly scores for a packet of {count} frames: give one per frame")
-    return struct.pack(f"<{count}f", *scores)
-
-
-def _unpack_scores(blob: bytes | None) -> tuple[float, ...] | None:
-    return None if blob is None else struct.unpack(f"<{len(blob) // 4}f", blob)
-
-
-class RetentionLog:
-    """Append-only packet log of one channel. `append` is called from one writer thread;
-    `read_from` may be called from any thread (each reader thread gets its own connection)."""
+class SqliteStore:
+    """Append-only packet log of one channel (a ChannelStore). `append` is called from one writer
+    thread; `read_from` may be called from any thread (each reader thread gets its own connection)."""
 
     def __init__(self, path: str | Path, policy: RetentionPolicy = RetentionPolicy(), fsync: str = "normal"):
         if fsync not in ("normal", "full"):
@@ -127,6 +70,7 @@ class RetentionLog:
         self._first_seq = int(first) if first is not None else self._next_seq
         self._bytes = int(self._w.execute("SELECT COALESCE(SUM(length(payload)), 0) FROM packets").fetchone()[0])
         self._producers: dict[str, int] = dict(self._w.execute("SELECT producer_id, next_offset FROM producers"))
+        self._followers: list[OnCommit] = []
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
@@ -152,12 +96,21 @@ class RetentionLog:
     def producer_next_offset(self, producer_id: str) -> int:
         return self._producers.get(producer_id, 0)
 
+    def check_model(self, model_id: str) -> None:
+        """Nothing to check: one server owns the file, and a channel may switch bundles between runs
+        (every packet names its model; subscribers follow the switch)."""
+
+    def follow(self, on_commit: OnCommit) -> None:
+        self._followers.append(on_commit)
+
     # ------------------------------------------------------------------ writes
 
     def append(
-        self, packets: list[PendingPacket], producer_offsets: dict[str, int] | None = None, ts: float | None = None
+        self, packets: list[PendingPacket], producer_offsets: dict[str, int] | None = None,
+        expected_offsets: dict[str, int] | None = None, ts: float | None = None,
     ) -> list[StoredPacket]:
-        """Commit packets (consecutive seqs) and producer high-water marks in ONE transaction."""
+        """Commit packets (consecutive seqs) and producer high-water marks in ONE transaction.
+        expected_offsets cannot be stale here (one writer per data dir), so it is not checked."""
         ts = time.time() if ts is None else ts
         stored: list[StoredPacket] = []
         with self._lock:
@@ -166,8 +119,8 @@ class RetentionLog:
             for p in packets:
                 if p.count <= 0:
                     raise ValueError("a packet must hold at least one frame")
-                blob = _pack_scores(p.anomaly_scores, p.count)
-                scores = _unpack_scores(blob)  # as read back later: float32
+                blob = pack_scores(p.anomaly_scores, p.count)
+                scores = unpack_scores(blob)  # as read back later: float32
                 stored.append(StoredPacket(seq, p.count, ts, p.model_id, p.quality, p.payload, scores))
                 rows.append((seq, p.count, ts, p.model_id, p.quality, sqlite3.Binary(p.payload), blob))
                 seq += p.count
@@ -192,6 +145,9 @@ class RetentionLog:
             self._next_seq = seq
             self._bytes += sum(len(p.payload) for p in packets)
             self._producers.update(producers)
+        if stored:
+            for follower in self._followers:
+                follower(stored)
         return stored
 
     def trim(self, now: float | None = None) -> list[TrimReport]:
@@ -202,6 +158,12 @@ class RetentionLog:
             if self.policy.max_age_s > 0:
                 cutoff = now - self.policy.max_age_s
                 r = self._delete("ts < ?", (cutoff,), "age > %.0fs" % self.policy.max_age_s)
+                if r:
+                    reports.append(r)
+            if self.policy.max_frames > 0 and self._next_seq - self._first_seq > self.policy.max_frames:
+                # whole packets only: the oldest ones that end at or before the first frame to keep
+                keep_from = self._next_seq - self.policy.max_frames
+                r = self._delete("first_seq + count <= ?", (keep_from,), "frames > %d" % self.policy.max_frames)
                 if r:
                     reports.append(r)
             if self.policy.max_bytes > 0 and self._bytes > self.policy.max_bytes:
@@ -254,7 +216,7 @@ class RetentionLog:
             "WHERE first_seq + count > ? ORDER BY first_seq LIMIT ?",
             (seq, limit),
         ).fetchall()
-        return [StoredPacket(int(a), int(b), float(c), str(d), int(e), bytes(f), _unpack_scores(g))
+        return [StoredPacket(int(a), int(b), float(c), str(d), int(e), bytes(f), unpack_scores(g))
                 for a, b, c, d, e, f, g in rows]
 
     def close_reader(self) -> None:

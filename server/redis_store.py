@@ -1,0 +1,295 @@
+"""A channel store in Redis Streams, shared by every server replica (`--store redis://HOST:PORT/DB`).
+
+Keys per channel (prefix "latentwire:<channel>"):
+- `:log`        the stream: one entry per packet, entry id "<first_seq>-1" (Redis reserves 0-0),
+                fields c (frames), t (commit time), m (model id), q (quality), p (packet), s (scores);
+- `:meta`       hash: next_seq, bytes (payload bytes retained), model_id;
+- `:producers`  hash: producer id -> next offset.
+
+Why the entry id is the frame seq: "resume from seq" is then a range read from "<seq>-1", and
+every replica hands out the same seqs. Appends run as one Lua script, so the producers' offset
+check, the seq assignment, the XADDs and the high-water marks are one atomic step however many
+replicas append at once; trims are scripts too (bounded work per call, so Redis never stalls).
+Each replica tails the stream with blocking XREADs and hands every commit, its own or another
+replica's, to the channel (its bounded in-process cache and its waiting subscribers).
+
+Redis unreachable: calls raise StoreUnavailable (publishers are told UNAVAILABLE and resend,
+subscribers reconnect); the tailer logs the outage once, counts it, and retries with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from .store import (
+    ChannelMismatch,
+    OffsetConflict,
+    OnCommit,
+    PendingPacket,
+    RetentionPolicy,
+    StoredPacket,
+    StoreUnavailable,
+    TrimReport,
+    pack_scores,
+    unpack_scores,
+)
+
+log = logging.getLogger("latentwire.server.store")
+
+KEY_PREFIX = "latentwire"
+TAIL_BLOCK_MS = 1000  # one blocking XREAD waits this long before it looks again
+TAIL_BATCH = 256  # entries per XREAD
+TRIM_SCAN = 512  # entries one trim script looks at (it is called again while it trims a full scan)
+
+# KEYS: log, meta, producers. ARGV: ts, n_packets, n_producers, then per producer (id, expected or "",
+# new offset), then per packet (count, model id, quality, payload, scores or "").
+_APPEND = """
+local ts, np, nprod = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local i = 4
+for k = 1, nprod do
+  local expected = ARGV[i + 1]
+  if expected ~= '' then
+    local cur = tonumber(redis.call('HGET', KEYS[3], ARGV[i]) or '0')
+    if cur ~= tonumber(expected) then return {-1, ARGV[i], cur} end
+  end
+  i = i + 3
+end
+i = 4
+for k = 1, nprod do
+  local new = tonumber(ARGV[i + 2])
+  local cur = tonumber(redis.call('HGET', KEYS[3], ARGV[i]) or '0')
+  if new > cur then redis.call('HSET', KEYS[3], ARGV[i], new) end
+  i = i + 3
+end
+local seq = tonumber(redis.call('HGET', KEYS[2], 'next_seq') or '0')
+local first, bytes = seq, 0
+for k = 1, np do
+  local fields = {'c', ARGV[i], 't', ts, 'm', ARGV[i + 1], 'q', ARGV[i + 2], 'p', ARGV[i + 3]}
+  if ARGV[i + 4] ~= '' then table.insert(fields, 's'); table.insert(fields, ARGV[i + 4]) end
+  redis.call('XADD', KEYS[1], seq .. '-1', unpack(fields))
+  bytes = bytes + string.len(ARGV[i + 3])
+  seq = seq + tonumber(ARGV[i])
+  i = i + 5
+end
+redis.call('HSET', KEYS[2], 'next_seq', seq)
+redis.call('HINCRBY', KEYS[2], 'bytes', bytes)
+return {first, seq}
+"""
+
+# KEYS: log, meta. ARGV: max_bytes (0: off), cutoff ts (-1: off), max_frames (0: off), scan.
+# Drops the oldest entries while one bound is exceeded; returns {packets, frames, bytes, first kept seq}.
+_TRIM = """
+local max_bytes, cutoff, max_frames = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local bytes = tonumber(redis.call('HGET', KEYS[2], 'bytes') or '0')
+local next_seq = tonumber(redis.call('HGET', KEYS[2], 'next_seq') or '0')
+local entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', tonumber(ARGV[4]))
+local packets, frames, freed, keep = 0, 0, 0, next_seq
+for _, e in ipairs(entries) do
+  local f = {}
+  for j = 1, #e[2], 2 do f[e[2][j]] = e[2][j + 1] end
+  local first = tonumber(string.match(e[1], '^(%d+)-'))
+  local count, size, ts = tonumber(f['c']), string.len(f['p']), tonumber(f['t'])
+  local over = (max_bytes > 0 and bytes - freed > max_bytes)
+            or (cutoff >= 0 and ts < cutoff)
+            or (max_frames > 0 and next_seq - (first + count) >= max_frames and next_seq - first > max_frames)
+  if not over then keep = first; break end
+  packets, frames, freed = packets + 1, frames + count, freed + size
+  keep = first + count
+end
+if packets > 0 then
+  redis.call('XTRIM', KEYS[1], 'MINID', keep .. '-1')
+  redis.call('HINCRBY', KEYS[2], 'bytes', -freed)
+end
+return {packets, frames, freed, keep}
+"""
+
+
+def _unavailable(exc: Exception, what: str) -> StoreUnavailable:
+    return StoreUnavailable(f"Redis store unreachable while {what}: {exc}")
+
+
+class RedisStore:
+    """One channel's log in Redis (a ChannelStore); see the module docstring."""
+
+    def __init__(self, url: str, channel: str, policy: RetentionPolicy = RetentionPolicy(), *,
+                 metrics: Any = None, socket_timeout: float = 5.0) -> None:
+        try:
+            import redis
+        except ImportError as e:  # the optional extra
+            raise StoreUnavailable("--store redis:// needs redis-py: pip install 'latentwire[redis]'") from e
+        self._redis_mod = redis
+        self.url, self.channel, self.policy, self.metrics = url, channel, policy, metrics
+        base = f"{KEY_PREFIX}:{channel}"
+        self.k_log, self.k_meta, self.k_prod = f"{base}:log", f"{base}:meta", f"{base}:producers"
+        self._r = redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
+        # the tailer blocks in XREAD: its own connection, with a timeout longer than the block
+        self._tail_r = redis.Redis.from_url(url, socket_timeout=TAIL_BLOCK_MS / 1000 + socket_timeout,
+                                            socket_connect_timeout=socket_timeout)
+        self._append = self._r.register_script(_APPEND)
+        self._trim = self._r.register_script(_TRIM)
+        self._followers: list[OnCommit] = []
+        self._tailer: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._down_since: float | None = None
+        self._tail_next = self._call("reading where the channel stands", self._next_seq_now)
+
+    # ------------------------------------------------------------------ plumbing
+    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except (self._redis_mod.ConnectionError, self._redis_mod.TimeoutError) as e:
+            self._count_error(what)
+            raise _unavailable(e, what) from e
+
+    def _count_error(self, op: str) -> None:
+        if self.metrics is not None:
+            self.metrics.store_errors.labels(self.channel, op.split()[0]).inc()
+
+    def _next_seq_now(self) -> int:
+        return int(self._r.hget(self.k_meta, "next_seq") or 0)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def next_seq(self) -> int:
+        return self._call("reading next_seq", self._next_seq_now)
+
+    @property
+    def first_seq(self) -> int:
+        def first() -> int:
+            head = self._r.xrange(self.k_log, "-", "+", count=1)
+            return _seq(head[0][0]) if head else self._next_seq_now()
+        return self._call("reading first_seq", first)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._call("reading the size", lambda: int(self._r.hget(self.k_meta, "bytes") or 0))
+
+    def producer_next_offset(self, producer_id: str) -> int:
+        return self._call("reading a producer offset", lambda: int(self._r.hget(self.k_prod, producer_id) or 0))
+
+    def check_model(self, model_id: str) -> None:
+        def check() -> str | None:
+            self._r.hsetnx(self.k_meta, "model_id", model_id)
+            held = self._r.hget(self.k_meta, "model_id")
+            return None if held is None else held.decode()
+        held = self._call("checking the channel's model", check)
+        if held is not None and held != model_id:
+            raise ChannelMismatch(
+                f"channel {self.channel!r} in {self.url} holds model {held[:12]}..., this server binds it to "
+                f"{model_id[:12]}...: every replica must serve a channel with the same bundle (use another channel "
+                f"name for the new bundle, or delete the keys {KEY_PREFIX}:{self.channel}:* to start it over)"
+            )
+
+    # ------------------------------------------------------------------ writes
+    def append(self, packets: list[PendingPacket], producer_offsets: dict[str, int] | None = None,
+               expected_offsets: dict[str, int] | None = None, ts: float | None = None) -> list[StoredPacket]:
+        ts = time.time() if ts is None else ts
+        offsets = producer_offsets or {}
+        expected = expected_offsets or {}
+        args: list[Any] = [repr(ts), len(packets), len(offsets)]
+        for pid, new in offsets.items():
+            args += [pid, str(expected[pid]) if pid in expected else "", int(new)]
+        blobs = []
+        for p in packets:
+            if p.count <= 0:
+                raise ValueError("a packet must hold at least one frame")
+            blob = pack_scores(p.anomaly_scores, p.count)
+            blobs.append(blob)
+            args += [p.count, p.model_id, p.quality, p.payload, blob or b""]
+        reply = self._call("appending", self._append, [self.k_log, self.k_meta, self.k_prod], args)
+        if int(reply[0]) < 0:
+            pid = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+            raise OffsetConflict(f"producer {pid} is at offset {int(reply[2])} in {self.url}, not "
+                                 f"{expected.get(pid)}: another replica committed for it")
+        seq = int(reply[0])
+        stored = []
+        for p, blob in zip(packets, blobs):
+            stored.append(StoredPacket(seq, p.count, ts, p.model_id, p.quality, p.payload, unpack_scores(blob)))
+            seq += p.count
+        return stored
+
+    def trim(self, now: float | None = None) -> list[TrimReport]:
+        now = time.time() if now is None else now
+        pol = self.policy
+        cutoff = now - pol.max_age_s if pol.max_age_s > 0 else -1
+        total = [0, 0, 0, 0]
+        while True:
+            reply = self._call("trimming", self._trim, [self.k_log, self.k_meta],
+                               [pol.max_bytes, repr(cutoff), pol.max_frames, TRIM_SCAN])
+            packets, frames, freed, keep = (int(v) for v in reply)
+            total = [total[0] + packets, total[1] + frames, total[2] + freed, keep]
+            if packets < TRIM_SCAN:
+                break
+        if not total[0]:
+            return []
+        report = TrimReport(total[0], total[1], total[2], total[3], "retention policy")
+        log.info("retention on %s (Redis): trimmed %d packets (%d frames, %d bytes); oldest retained seq is now %d",
+                 self.channel, report.packets, report.frames, report.bytes, report.first_seq)
+        return [report]
+
+    # ------------------------------------------------------------------ reads
+    def read_from(self, seq: int, limit: int = 64) -> list[StoredPacket]:
+        def read() -> list[StoredPacket]:
+            start = f"{seq}-1"
+            before = self._r.xrevrange(self.k_log, start, "-", count=1)  # the packet holding seq, if it starts earlier
+            if before and _seq(before[0][0]) + int(before[0][1][b"c"]) > seq:
+                start = before[0][0]
+            return [_packet(eid, fields) for eid, fields in self._r.xrange(self.k_log, start, "+", count=limit)]
+        return self._call("reading packets", read)
+
+    def close_reader(self) -> None:
+        """Nothing per thread: redis-py's pool hands each call a connection."""
+
+    # ------------------------------------------------------------------ tailing
+    def follow(self, on_commit: OnCommit) -> None:
+        self._followers.append(on_commit)
+        if self._tailer is None:
+            self._tailer = threading.Thread(target=self._tail, name=f"redis-tail-{self.channel}", daemon=True)
+            self._tailer.start()
+
+    def _tail(self) -> None:
+        last = f"{self._tail_next - 1}-1" if self._tail_next else "0-0"
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                got = self._tail_r.xread({self.k_log: last}, count=TAIL_BATCH, block=TAIL_BLOCK_MS)
+            except (self._redis_mod.ConnectionError, self._redis_mod.TimeoutError) as e:
+                if self._stop.is_set():
+                    return
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                    log.warning("channel %s: Redis store %s unreachable (%s); retrying", self.channel, self.url, e)
+                self._count_error("tailing")
+                attempt += 1
+                self._stop.wait(min(2.0, 0.05 * 2 ** attempt))
+                continue
+            if self._down_since is not None:
+                log.info("channel %s: Redis store reachable again after %.1f s", self.channel,
+                         time.monotonic() - self._down_since)
+                self._down_since, attempt = None, 0
+            if not got:
+                continue
+            packets = [_packet(eid, fields) for eid, fields in got[0][1]]
+            last = got[0][1][-1][0]
+            for follower in self._followers:
+                follower(packets)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._tailer is not None:
+            self._tailer.join(timeout=TAIL_BLOCK_MS / 1000 + 2)
+        self._r.close()
+        self._tail_r.close()
+
+
+def _seq(entry_id: bytes | str) -> int:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-", 1)[0])
+
+
+def _packet(entry_id: bytes, f: dict[bytes, bytes]) -> StoredPacket:
+    return StoredPacket(_seq(entry_id), int(f[b"c"]), float(f[b"t"]), f[b"m"].decode(), int(f[b"q"]), bytes(f[b"p"]),
+                        unpack_scores(f.get(b"s")))
