@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from latentwire.codec.codec import Codec
-from latentwire.codec.fallback import AnomalyCalibration
+from latentwire.codec.coding.fallback import AnomalyCalibration
 from latentwire.codec.normalization import psnr_db
 from latentwire.codec.sources import ImageFolder, default_data_root, load_ecg_windows, load_mnist, sample_data_root
 

@@ -16,9 +16,11 @@ from functools import cached_property
 
 import numpy as np
 
-from latentwire.codec import bitstream, entropy
+from latentwire.codec.coding import bitstream
+from latentwire.codec.coding import coder as C
+from latentwire.codec.coding import tables as T
 from latentwire.codec.errors import InputError
-from latentwire.codec.quantize import quantize
+from latentwire.codec.coding.quantize import quantize
 
 ESCAPE_COUNT = 1  # coefficients never seen in training stay codable through the escape
 
@@ -51,8 +53,8 @@ class DctCodec:
         for c in range(symbols.shape[1]):
             col = symbols[:, c].astype(np.int64)
             lo = int(col.min())
-            tables.append(entropy.table_from_counts(np.bincount(col - lo), lo, escape_count=ESCAPE_COUNT))
-        self.tables = entropy.TableSet(tuple(tables))
+            tables.append(T.table_from_counts(np.bincount(col - lo), lo, escape_count=ESCAPE_COUNT))
+        self.tables = T.TableSet(tuple(tables))
 
     def _symbols(self, raw: np.ndarray) -> np.ndarray:
         x = np.asarray(raw, dtype=np.float64) - self.offset
@@ -72,7 +74,7 @@ class DctCodec:
         """N windows -> one packet (same framing and coder as a latentwire packet)."""
         if raw.ndim != 3 or raw.shape[1:] != (self.leads, self.window):
             raise InputError(f"windows must be (N, {self.leads}, {self.window}), got {raw.shape}")
-        payload = entropy.encode(self._symbols(raw).ravel(), self._ids(len(raw)), self.tables)
+        payload = C.encode(self._symbols(raw).ravel(), self._ids(len(raw)), self.tables)
         return bitstream.write_packet(
             model_id=self.model_id, quality=0, sample_shape=(self.leads, self.window),
             count=int(raw.shape[0]), payload=payload,
@@ -80,7 +82,7 @@ class DctCodec:
 
     def decode(self, packet: bytes, dtype: np.dtype) -> np.ndarray:
         header, payload = bitstream.read_packet(packet, expected_model_id=self.model_id)
-        symbols = entropy.decode(payload, self._ids(header.count), self.tables)
+        symbols = C.decode(payload, self._ids(header.count), self.tables)
         coef = symbols.astype(np.float64).reshape(header.count, self.leads, self.window) * self.step
         x = np.clip(coef @ self.basis + self.offset, self.raw_min, self.raw_max)
         if np.dtype(dtype).kind in "iu":

@@ -36,7 +36,7 @@ from typing import Callable
 
 import numpy as np
 
-from latentwire.codec import bitstream as B
+from latentwire.codec.coding import bitstream as B
 from latentwire.codec.bundle import Manifest, read_manifest
 from latentwire.codec.codec import Codec, default_bundle_path
 from latentwire.codec.errors import LatentwireError

@@ -41,8 +41,8 @@ def pca_error(train: np.ndarray, test: np.ndarray, k: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from latentwire.codec.models import ModelConfig
-    from latentwire.codec.train import TrainOptions, train
+    from latentwire.codec.training.models import ModelConfig
+    from latentwire.codec.training.train import TrainOptions, train
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", type=Path, default=default_data_root())

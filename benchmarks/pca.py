@@ -4,7 +4,7 @@ Without it a win over WebP could come merely from knowing the data set (a learne
 from sending no image header, not from the deep model. So this baseline is given everything
 latentwire has except the nonlinearity: a transform fit on the same training set, the project's
 own quantizer (uniform rounding, ``quantize.quantize``), the project's integer entropy tables and
-range coder (``entropy.table_from_counts`` per component, fit on training coefficients) and the
+range coder (``T.table_from_counts`` per component, fit on training coefficients) and the
 same packet framing (``bitstream.write_packet``: header, count, payload, CRC). Its bytes per
 sample are therefore directly comparable with latentwire's.
 """
@@ -18,9 +18,11 @@ from functools import cached_property
 
 import numpy as np
 
-from latentwire.codec import bitstream, entropy
+from latentwire.codec.coding import bitstream
+from latentwire.codec.coding import coder as C
+from latentwire.codec.coding import tables as T
 from latentwire.codec.errors import InputError
-from latentwire.codec.quantize import quantize
+from latentwire.codec.coding.quantize import quantize
 
 ESCAPE_COUNT = 1  # coefficients never seen in training stay codable through the escape
 
@@ -90,8 +92,8 @@ class PcaCodec:
         for c in range(self.k):
             col = symbols[:, c].astype(np.int64)
             lo = int(col.min())
-            tables.append(entropy.table_from_counts(np.bincount(col - lo), lo, escape_count=ESCAPE_COUNT))
-        self.tables = entropy.TableSet(tuple(tables))
+            tables.append(T.table_from_counts(np.bincount(col - lo), lo, escape_count=ESCAPE_COUNT))
+        self.tables = T.TableSet(tuple(tables))
 
     @cached_property
     def model_id(self) -> str:
@@ -109,7 +111,7 @@ class PcaCodec:
     def encode(self, raw: np.ndarray) -> bytes:
         """N samples -> one packet (same framing and coder as a latentwire packet)."""
         symbols = quantize(self.basis.project(raw, self.k) / self.step)
-        payload = entropy.encode(symbols.ravel(), self._ids(len(raw)), self.tables)
+        payload = C.encode(symbols.ravel(), self._ids(len(raw)), self.tables)
         return bitstream.write_packet(
             model_id=self.model_id, quality=0, sample_shape=tuple(int(d) for d in raw.shape[1:]),
             count=int(raw.shape[0]), payload=payload,
@@ -117,5 +119,5 @@ class PcaCodec:
 
     def decode(self, packet: bytes, dtype: np.dtype) -> np.ndarray:
         header, payload = bitstream.read_packet(packet, expected_model_id=self.model_id)
-        symbols = entropy.decode(payload, self._ids(header.count), self.tables).reshape(header.count, self.k)
+        symbols = C.decode(payload, self._ids(header.count), self.tables).reshape(header.count, self.k)
         return self.basis.reconstruct(symbols.astype(np.float64) * self.step, tuple(header.sample_shape), dtype)

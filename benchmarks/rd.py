@@ -38,7 +38,8 @@ import numpy as np
 import zstandard
 from tqdm import tqdm
 
-from latentwire.codec import baselines, bitstream
+from latentwire.codec import baselines
+from latentwire.codec.coding import bitstream
 from latentwire.codec.codec import Codec
 from latentwire.codec.errors import InputError
 from latentwire.codec.normalization import psnr_db

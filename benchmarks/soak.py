@@ -38,7 +38,7 @@ import grpc
 import numpy as np
 
 from latentwire.client import Client
-from latentwire.codec import bitstream as B
+from latentwire.codec.coding import bitstream as B
 from latentwire.codec.codec import Codec, default_bundle_path
 from latentwire.v1 import latentwire_pb2 as pb
 from latentwire.v1 import latentwire_pb2_grpc as pb_grpc

@@ -93,7 +93,7 @@ def zstd_stored(data: bytes) -> bytes:
 
 
 def raw_packet(model_id: str, frames: np.ndarray) -> bytes:
-    from latentwire.codec import bitstream
+    from latentwire.codec.coding import bitstream
 
     return bitstream.write_packet(
         model_id=model_id, quality=0, sample_shape=tuple(int(d) for d in frames.shape[1:]), count=int(frames.shape[0]),

@@ -31,6 +31,7 @@ against bare encoder + bare decoder (both graphs are the fair floor, as the send
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -51,7 +52,7 @@ from benchmarks.common import git_commit, machine_info, version
 from latentwire.codec.bundle import DECODER, ENCODER, Bundle
 from latentwire.codec.codec import Codec, default_bundle_path
 from latentwire.codec.errors import InputError
-from latentwire.codec.quantize import quantize
+from latentwire.codec.coding.quantize import quantize
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = RESULTS / "throughput.json"
@@ -78,7 +79,7 @@ def fallback_bundle() -> Path:
             "no bundle at codec/assets/mnist-dense and torch is not installed to train a stand-in: "
             "pass --bundle DIR or install the [train] extra"
         ) from exc
-    from latentwire.codec import export, train
+    from latentwire.codec.training import export, train
     from latentwire.codec.calibrate import calibrate
     from latentwire.codec.sources import load_mnist, sample_data_root
 
@@ -163,11 +164,11 @@ RATIOS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 def latent_only_level(codec: Codec) -> int:
     """The latent-only level on the trained grid (what every bundle has), else the first latent-only one."""
-    levels = codec.manifest.quality_levels
-    plain = [i for i, q in enumerate(levels) if q.get("max_error") is None]
+    levels = codec.qualities
+    plain = [q.index for q in levels if q.max_error is None]
     if not plain:
         raise InputError("this bundle has no latent-only quality level")
-    return next((i for i in plain if float(levels[i].get("latent_step", 1.0)) == 1.0), plain[0])
+    return next((i for i in plain if levels[i].latent_step == 1.0 and levels[i].latent_level is None), plain[-1])
 
 
 def bench_batch(codec: Codec, spin: dict[str, ort.InferenceSession], batch: int, quality: int, repeat: int,
@@ -302,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bundle": {"path": str(bundle_dir), "model_id": codec.model_id, "family": codec.manifest.family,
                    "sample_shape": list(codec.sample_shape), "latent_shape": list(codec.manifest.latent_shape)},
         "quality_residual": {"index": quality, "max_error": codec.qualities[quality].max_error},
-        "quality_latent_only": {"index": latent, **codec.manifest.quality_levels[latent]},
+        "quality_latent_only": dataclasses.asdict(codec.qualities[latent]),
         "provider": codec.encoder.provider,
         "ort_spinning_in_codec_sessions": args.ort_spinning,
         "session": {"threads_arg": args.threads, "encoder": session_settings(codec.encoder.session),

@@ -132,8 +132,8 @@ def calibration_samples(key: str) -> np.ndarray:
 def cmd_ship(keys: Sequence[str]) -> None:
     import torch
 
-    from latentwire.codec.export import export
-    from latentwire.codec.train import load_checkpoint
+    from latentwire.codec.training.export import export
+    from latentwire.codec.training.train import load_checkpoint
 
     torch.set_num_threads(1)
     for key in keys:
@@ -155,7 +155,7 @@ def cmd_ship(keys: Sequence[str]) -> None:
 def _stages(run: Path) -> list[dict[str, Any]]:
     """The chain of warm-started runs behind ``run``, first stage first (each checkpoint names the
     run it started from)."""
-    from latentwire.codec.train import load_checkpoint
+    from latentwire.codec.training.train import load_checkpoint
 
     chain: list[dict[str, Any]] = []
     path: Path | None = run

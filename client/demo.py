@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,13 +27,45 @@ from latentwire.codec.baselines import image_at_psnr, image_point, raw_point, zs
 from latentwire.codec.codec import Codec, default_bundle_path
 from latentwire.codec.normalization import psnr_db
 from latentwire.codec.sources import shipped_digits
-from latentwire.server.config import ChannelSpec, ServerConfig
-from latentwire.server.main import LatentwireServer
 from latentwire.v1 import latentwire_pb2 as pb
 
 from .client import Client
 
 CHANNEL = "digits"
+
+
+class LocalServer:
+    """`latentwire serve` on a free loopback port, as its own process: the client room runs the
+    server the way a user does, through its command, and never imports it."""
+
+    def __init__(self, data_dir: Path, channel: str, timeout: float = 60.0) -> None:
+        self.data_dir, self.channel, self.timeout = data_dir, channel, timeout
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> str:
+        port_file = self.data_dir / "port"
+        self._log = open(self.data_dir / "server.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "latentwire.codec.cli", "serve", "--listen", "127.0.0.1:0", "--channel", self.channel,
+             "--data-dir", str(self.data_dir / "data"), "--port-file", str(port_file), "--log-level", "WARNING"],
+            stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.timeout
+        while not port_file.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError(f"the demo server did not start:\n{(self.data_dir / 'server.log').read_text()}")
+            time.sleep(0.05)
+        return f"127.0.0.1:{int(port_file.read_text())}"
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
 
 
 def sample_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -62,13 +97,8 @@ def run_demo(quality: int | None = None, repeat: int = 10, rate: float | None = 
     bundle = default_bundle_path()
     codec = Codec.load(bundle, provider="cpu")
     level = codec.default_quality if quality is None else quality
-    with tempfile.TemporaryDirectory(prefix="latentwire-demo-") as data_dir:
-        config = ServerConfig(
-            listen="127.0.0.1:0", data_dir=data_dir, channels=(ChannelSpec(CHANNEL, str(bundle), level),)
-        )
-        server = LatentwireServer(config)
-        port = server.start()
-        target = f"127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="latentwire-demo-") as data_dir, \
+            LocalServer(Path(data_dir), f"{CHANNEL}={bundle}:{level}") as target:
         received: dict[int, np.ndarray] = {}
         counts = {"dup": 0, "packet_bytes": 0, "wire_bytes": 0, "packets": 0}
         spans: list[tuple[int, int]] = []  # (first seq, frames) of every packet the receiver got
@@ -110,7 +140,6 @@ def run_demo(quality: int | None = None, repeat: int = 10, rate: float | None = 
             else:
                 tx.publish(CHANNEL, frames, quality=level)
         done.wait(timeout=120)
-        server.stop(grace=1.0)
     n = len(frames)
     got = np.stack([received[s] for s in sorted(received)]) if received else np.empty((0, *digits.shape[1:]), np.uint8)
     seconds = (t_end[0] or time.perf_counter()) - t0
@@ -176,8 +205,8 @@ def print_report(r: DemoResult) -> None:
         print(f"  {name:<{width}}{size:>9.1f}{ratio:>14.1f}x{shown:>10}")
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("demo", help="stream the shipped MNIST sample through a local server and report savings")
+def add_parser(subparsers: Any, name: str = "demo") -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, help="stream the shipped MNIST sample through a local server and report savings")
     p.add_argument("--quality", type=int, default=None, help="quality level (default: the bundle's)")
     p.add_argument("--repeat", type=int, default=10, help="stream the 1000 shipped digits this many times")
     p.add_argument("--rate", type=float, default=None, help="offered frames/s (default: as fast as possible)")

@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Iterator
 import grpc
 import numpy as np
 
-from latentwire.codec.bitstream import peek_header
+from latentwire.codec.coding.bitstream import peek_header
 from latentwire.codec.codec import Codec
 from latentwire.codec.errors import BitstreamError
 from latentwire.v1 import latentwire_pb2 as pb

@@ -121,8 +121,8 @@ class Receiver:
         atomic_write_bytes(self.out_dir / f"{seq:012d}.{self.fmt}", data)
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("receive", help="subscribe to a channel and write decoded frames",
+def add_parser(subparsers: Any, name: str = "receive") -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, help="subscribe to a channel and write decoded frames",
                               description=__doc__.split("\n\n")[0])
     configure_parser(p)
     return p

@@ -231,8 +231,8 @@ def _expand(paths: Sequence[str]) -> list[Path]:
     return out
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("send", help="publish frames from files, arrays or a dataset to a channel",
+def add_parser(subparsers: Any, name: str = "send") -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, help="publish frames from files, arrays or a dataset to a channel",
                               description=__doc__.split("\n\n")[0])
     configure_parser(p)
     return p

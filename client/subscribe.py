@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import grpc
 import numpy as np
 
-from latentwire.codec.bitstream import CodingPath
+from latentwire.codec.coding.bitstream import CodingPath
 from latentwire.codec.codec import Codec
 from latentwire.codec.errors import BitstreamError
 from latentwire.v1 import latentwire_pb2 as pb

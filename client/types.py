@@ -12,7 +12,7 @@ from typing import Iterable
 import grpc
 import numpy as np
 
-from latentwire.codec.bitstream import CodingPath
+from latentwire.codec.coding.bitstream import CodingPath
 from latentwire.v1 import latentwire_pb2 as pb
 
 PATH_LATENT, PATH_RESIDUAL, PATH_LOSSLESS = (CodingPath.LATENT.value, CodingPath.RESIDUAL.value,

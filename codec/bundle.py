@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .coding.fallback import AnomalyCalibration
 from .errors import BundleError
 from .normalization import Normalization
 
@@ -133,6 +134,32 @@ class LatentLevel:
 
 
 @dataclass(frozen=True)
+class QualityLevel:
+    """A named operating point (manifest quality_levels[index]): the latent quantized with
+    latent_step (coarser = fewer bytes) or, in a variable-rate bundle, at learned level
+    latent_level, alone (max_error None) or with the residual layer bounding every sample's error
+    by max_error."""
+
+    index: int
+    name: str
+    max_error: int | None
+    latent_step: float = 1.0
+    latent_level: int | None = None
+
+    @classmethod
+    def from_dict(cls, index: int, d: Any) -> "QualityLevel":
+        if not isinstance(d, dict):
+            raise TypeError(f"quality_levels[{index}] must be an object, got {type(d).__name__}")
+        bound, level = d.get("max_error"), d.get("latent_level")
+        if bound is not None and (type(bound) is not int or bound < 0):
+            raise ValueError(f"quality_levels[{index}].max_error must be null or an integer >= 0, got {bound!r}")
+        step = float(d.get("latent_step", 1.0))
+        if not step > 0:
+            raise ValueError(f"quality_levels[{index}].latent_step must be > 0, got {step}")
+        return cls(index, str(d.get("name", f"q{index}")), bound, step, None if level is None else int(level))
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Typed view of manifest.json; `raw` keeps every field (training, metrics, entropy...)."""
 
@@ -145,10 +172,28 @@ class Manifest:
     latent_stride: int
     latent_channels: int
     channel_axis: int
-    quality_levels: tuple[dict[str, Any], ...]
+    quality_levels: tuple[QualityLevel, ...]
     model_id: str
     raw: dict[str, Any]
     latent_levels: tuple[LatentLevel, ...] = ()
+    default_quality: int | None = None  # the bundle's own choice, when it makes one
+
+    @property
+    def files(self) -> dict[str, str]:
+        """File name -> sha256 of every file the model id and the bundle cover."""
+        files = self.raw.get("files")
+        return {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else {}
+
+    @property
+    def anomaly(self) -> AnomalyCalibration | None:
+        """The calibrated anomaly-score quantiles (None before `latentwire calibrate`)."""
+        block = self.raw.get("anomaly")
+        return AnomalyCalibration.from_dict(block) if block else None
+
+    @property
+    def entropy_file(self) -> str | None:
+        entropy = self.raw.get("entropy")
+        return str(entropy.get("file")) if isinstance(entropy, dict) and entropy.get("file") else None
 
     @property
     def spatial_dims(self) -> int:
@@ -185,12 +230,13 @@ class Manifest:
                 latent_stride=int(lat["stride"]),
                 latent_channels=int(lat["channels"]),
                 channel_axis=int(lat["channel_axis"]),
-                quality_levels=tuple(raw.get("quality_levels", [])),
+                quality_levels=tuple(QualityLevel.from_dict(i, q) for i, q in enumerate(raw.get("quality_levels", []))),
                 model_id=str(raw.get("model_id", "")),
                 raw=raw,
                 latent_levels=tuple(
                     LatentLevel.from_dict(lv, int(lat["channels"]), where) for lv in lat.get("levels", [])
                 ),
+                default_quality=raw["default_quality"] if type(raw.get("default_quality")) is int else None,
             )
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise BundleError(f"{where} lacks or mangles a required field ({e!r}); re-export the bundle") from e

@@ -18,16 +18,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from .bundle import ENTROPY, Bundle, finalize, read_manifest, sha256_file, write_manifest
-from .context import LatentContext
-from .context2d import LatentContext2D
-from .entropy import DEFAULT_PRECISION, TableSet, table_from_pmf
+from .coding.context import LatentContext
+from .coding.context2d import LatentContext2D
+from .coding.tables import DEFAULT_PRECISION, TableSet, table_from_pmf
 from .errors import InputError
-from .fallback import DEFAULT_ANOMALY_QUANTILE, AnomalyCalibration, frame_scores
+from .coding.fallback import DEFAULT_ANOMALY_QUANTILE, AnomalyCalibration, frame_scores
 from .normalization import psnr_db
-from .payload import CodingTables, LevelTables, encode_payload
-from .quantize import dequantize_scaled, quantize_scaled
-from .residual import ContextSpec, ResidualModel, default_radius, prediction, residual_histograms
-from .residual_context import ResidualContext
+from .coding.payload import CodingTables, LevelTables, encode_payload
+from .coding.quantize import dequantize_scaled, quantize_scaled
+from .coding.residual import ContextSpec, ResidualModel, default_radius, prediction, residual_histograms
+from .coding.residual_context import ResidualContext
 from .runtime import Decoder, Encoder
 from .sources import source_option
 
@@ -345,8 +345,8 @@ def _ladder(text: str) -> list[LevelSpec]:
         raise argparse.ArgumentTypeError(f"bad --levels {text!r}: {exc}") from exc
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("calibrate", help="build a bundle's integer entropy tables and quality levels")
+def add_parser(subparsers: Any, name: str = "calibrate") -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, help="build a bundle's integer entropy tables and quality levels")
     p.add_argument("bundle", type=Path, help="an exported bundle directory (changed in place; its model id changes)")
     p.add_argument("--data", required=True, help="raw samples like the training data (any source latentwire reads)")
     p.add_argument("--source-option", action="append", type=source_option, default=[], metavar="KEY=VALUE")

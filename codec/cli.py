@@ -1,9 +1,10 @@
-"""The `latentwire` command: one entry point, one module per subcommand.
+"""The `latentwire` command: one entry point over every room, which names none of them.
 
-Subcommands are imported only when invoked, so `latentwire receive` on a machine without torch
-never touches the training code, and `latentwire --help` stays fast.
-Each subcommand module exposes `add_parser(subparsers) -> argparse.ArgumentParser` and
-`run(args) -> int`.
+Each room registers its subcommands as a tuple of `Command`s under the package entry-point group
+"latentwire.commands" (pyproject.toml); this dispatcher discovers them, builds the parser of the
+one that was asked for, and only then imports the module that runs it. So the codec room knows
+nothing of the server or the client, `latentwire --help` stays fast, and `latentwire train
+--help` answers on a machine without the [train] extra (parsers live in torch-free modules).
 """
 
 from __future__ import annotations
@@ -11,63 +12,76 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Callable, Sequence
 
-# name -> (module, one-line summary). Order is the order shown in --help.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("latentwire.codec.train", "train an autoencoder on your data (needs the [train] extra)"),
-    "export": ("latentwire.codec.export", "export a checkpoint as a codec bundle: two ONNX graphs + manifest"),
-    "calibrate": ("latentwire.codec.calibrate", "build a bundle's integer entropy tables and quality levels"),
-    "encode": ("latentwire.codec.files", "encode arrays, images or records into a .lw file"),
-    "decode": ("latentwire.codec.files", "decode a .lw file into arrays or PNG images"),
-    "eval": ("latentwire.codec.evaluate", "measure bytes per sample and PSNR of a bundle (JSON)"),
-    "embed": ("latentwire.codec.embed", "write a bundle's latent codes for a data set (features, .npy)"),
-    "serve": ("latentwire.server.main", "run the gRPC streaming server"),
-    "send": ("latentwire.client.send", "publish frames from files, arrays or a dataset to a channel"),
-    "receive": ("latentwire.client.receive", "subscribe to a channel and write decoded frames"),
-    "demo": ("latentwire.client.demo", "the main job: server + sender + receiver on loopback, with savings"),
-}
+ENTRY_POINT_GROUP = "latentwire.commands"
+ROOM_ORDER = ("codec", "server", "client")  # the order rooms' commands are listed in --help
 
 
-def _usage() -> str:
-    width = max(len(n) for n in COMMANDS)
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its parser (module:function(subparsers, name) -> parser, torch-free) and what
+    runs it (module:function(args) -> exit code, imported only when it runs)."""
+
+    name: str
+    summary: str
+    parser: str
+    run: str
+    extra: str = ""  # the pip extra run needs, named in the error when its import fails
+
+
+def _load(ref: str) -> Callable:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def commands() -> dict[str, Command]:
+    """Every registered subcommand, by name, rooms in ROOM_ORDER."""
+    eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP),
+                 key=lambda ep: ROOM_ORDER.index(ep.name) if ep.name in ROOM_ORDER else len(ROOM_ORDER))
+    found: dict[str, Command] = {}
+    for ep in eps:
+        for cmd in ep.load():
+            found.setdefault(cmd.name, cmd)
+    return found
+
+
+def _usage(found: dict[str, Command]) -> str:
+    width = max((len(n) for n in found), default=8)
     lines = ["usage: latentwire COMMAND [options]   (latentwire COMMAND --help for its options)", "", "commands:"]
-    lines += [f"  {name.ljust(width)}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += [f"  {c.name.ljust(width)}  {c.summary}" for c in found.values()]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(_usage())
-        return 0
-    name = argv[0]
-    if name not in COMMANDS:
-        print(f"latentwire: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+    found = commands()
+    if not found:
+        print("latentwire: no commands are registered: install the package (pip install -e .) so its entry points "
+              f"({ENTRY_POINT_GROUP}) exist", file=sys.stderr)
         return 2
-    module_name = COMMANDS[name][0]
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage(found))
+        return 0
+    cmd = found.get(argv[0])
+    if cmd is None:
+        print(f"latentwire: unknown command {argv[0]!r}\n\n{_usage(found)}", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog="latentwire")
+    _load(cmd.parser)(parser.add_subparsers(dest="command", required=True), cmd.name)
+    args = parser.parse_args(argv)
     try:
-        module = importlib.import_module(module_name)
+        run = _load(cmd.run)
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] in ("torch", "onnx", "onnxscript"):
-            print(
-                f"latentwire {name} needs the training extra: pip install torch==2.13.0 && pip install 'latentwire[train]'",
-                file=sys.stderr,
-            )
+        if cmd.extra and exc.name and exc.name.split(".")[0] in ("torch", "onnx", "onnxscript", "redis"):
+            print(f"latentwire {cmd.name} needs the {cmd.extra} extra: "
+                  + ("pip install torch==2.13.0 && " if cmd.extra == "train" else "")
+                  + f"pip install 'latentwire[{cmd.extra}]'", file=sys.stderr)
             return 2
         raise
-    parser = argparse.ArgumentParser(prog="latentwire")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    module.add_parser(subparsers, name) if _takes_name(module) else module.add_parser(subparsers)
-    args = parser.parse_args(argv)
-    return int(module.run(args) or 0)
-
-
-def _takes_name(module: object) -> bool:
-    """Modules that host several subcommands (encode/decode) get the name they are invoked as."""
-    import inspect
-
-    return len(inspect.signature(module.add_parser).parameters) >= 2  # type: ignore[attr-defined]
+    return int(run(args) or 0)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,14 @@ from typing import Sequence
 
 import numpy as np
 
-from . import bitstream
-from .bitstream import CUSTOM_QUALITY, CodingPath
-from .bundle import Bundle
+from .coding import bitstream
+from .coding.bitstream import CUSTOM_QUALITY, CodingPath
+from .bundle import Bundle, QualityLevel
 from .errors import BitstreamError, InputError, ReconstructionMismatch
-from .fallback import AnomalyCalibration, compress_raw, decompress_raw, frame_scores
-from .payload import CodingTables, PayloadReader, encode_payload
-from .quantize import dequantize_scaled, quantize_scaled
-from .residual import check_max_error, reconstruction_crc
+from .coding.fallback import AnomalyCalibration, compress_raw, decompress_raw, frame_scores
+from .coding.payload import CodingTables, PayloadReader, encode_payload
+from .coding.quantize import dequantize_scaled, quantize_scaled
+from .coding.residual import check_max_error, reconstruction_crc
 from .runtime import Decoder, Encoder
 
 DEFAULT_BUNDLE = "default"
@@ -44,21 +44,8 @@ class ScoredEncoding:
     threshold: float | None
 
 
-@dataclass(frozen=True)
-class QualityLevel:
-    """A named operating point: the latent quantized with latent_step (coarser = fewer bytes) or,
-    in a variable-rate bundle, at learned level latent_level, alone (max_error None) or with the
-    residual layer bounding every sample's error by max_error."""
-
-    index: int
-    name: str
-    max_error: int | None
-    latent_step: float = 1.0
-    latent_level: int | None = None
-
-    @property
-    def grid(self) -> "LatentGrid":
-        return LatentGrid(self.latent_step, self.latent_level)
+def grid_of(level: QualityLevel) -> "LatentGrid":
+    return LatentGrid(level.latent_step, level.latent_level)
 
 
 @dataclass(frozen=True)
@@ -111,11 +98,7 @@ class Codec:
         self._provider = provider
         self._threads = threads
         self.tables = CodingTables.load(bundle.file("entropy.json"))
-        self.qualities = [
-            QualityLevel(i, str(q.get("name", f"q{i}")), q.get("max_error"), float(q.get("latent_step", 1.0)),
-                         None if q.get("latent_level") is None else int(q["latent_level"]))
-            for i, q in enumerate(self.manifest.quality_levels)
-        ]
+        self.qualities = list(self.manifest.quality_levels)
         if not self.qualities:
             raise InputError(f"bundle {bundle.path} has no quality levels: run `latentwire calibrate` on it")
         levels = self.manifest.latent_levels
@@ -145,8 +128,8 @@ class Codec:
     @property
     def default_quality(self) -> int:
         """The manifest's choice, else the first level with a residual layer (else 0)."""
-        chosen = self.manifest.raw.get("default_quality")
-        if isinstance(chosen, int) and 0 <= chosen < len(self.qualities):
+        chosen = self.manifest.default_quality
+        if chosen is not None and 0 <= chosen < len(self.qualities):
             return chosen
         return next((q.index for q in self.qualities if q.max_error is not None), 0)
 
@@ -192,7 +175,7 @@ class Codec:
         q = self.default_quality if quality is None else int(quality)
         if not 0 <= q < len(self.qualities):
             raise InputError(f"quality {q} does not exist: this bundle has levels 0..{len(self.qualities) - 1}")
-        return q, self.qualities[q].max_error, self.qualities[q].grid
+        return q, self.qualities[q].max_error, grid_of(self.qualities[q])
 
     def _latent_shape(self, sample_shape: Sequence[int]) -> tuple[int, ...]:
         m = self.manifest
@@ -287,8 +270,7 @@ class Codec:
     @property
     def anomaly(self) -> AnomalyCalibration | None:
         """The manifest's anomaly calibration (None before `latentwire calibrate`)."""
-        block = self.manifest.raw.get("anomaly")
-        return AnomalyCalibration.from_dict(block) if block else None
+        return self.manifest.anomaly
 
     def anomaly_threshold(self, quantile: float | None = None) -> float:
         """Score threshold from the calibration data's error quantile (default: the bundle's choice)."""
@@ -373,7 +355,7 @@ class Codec:
             bound = header.max_error
         elif header.quality < len(self.qualities):
             bound = self.qualities[header.quality].max_error
-            grid = self.qualities[header.quality].grid
+            grid = grid_of(self.qualities[header.quality])
         else:
             raise BitstreamError(
                 f"packet names quality {header.quality}, this bundle has 0..{len(self.qualities) - 1}: "

@@ -23,8 +23,8 @@ def embed_samples(codec: Codec, raw: np.ndarray, batch_size: int = 1024) -> np.n
     return codec.embed(raw, batch_size) if raw.shape[0] else np.zeros((0,), dtype=np.float32)
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("embed", help="write a bundle's latent codes for a data set (.npy)", description=__doc__,
+def add_parser(subparsers: Any, name: str = "embed") -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, help="write a bundle's latent codes for a data set (.npy)", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", default=DEFAULT_BUNDLE, help="bundle directory (default: the shipped MNIST bundle)")
     p.add_argument("--data", required=True, help="data source (MNIST folder, .npy/.npz, image folder, WFDB folder)")

@@ -167,8 +167,8 @@ def write_picture(codec: Codec, raw: Samples, levels: Sequence[int | None], max_
                 title=f"{codec.manifest.name} ({codec.model_id[:12]}): original, then each level (one packet per sample)")
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("eval", help="bytes per sample, bits per value, PSNR (and PRD/CR) per quality level",
+def add_parser(subparsers: Any, name: str = "eval") -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, help="bytes per sample, bits per value, PSNR (and PRD/CR) per quality level",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", default="default")
     p.add_argument("--data", type=Path, required=True, help="any data source latentwire reads (folder or file)")

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .bitstream import iter_packets
+from .coding.bitstream import iter_packets
 from .codec import Codec
 from .errors import LatentwireError
 from .sources import ImageFolder, load_source, read_image, source_option

@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from latentwire.codec.bitstream import CodingPath
+from latentwire.codec.coding.bitstream import CodingPath
 
 from .store import ChannelStore, OffsetConflict, PendingPacket, StoredPacket
 
@@ -339,7 +339,7 @@ def packet_path(packet: bytes) -> str:
 def _packet_quality(packet: bytes, asked: int | None, default: int) -> int:
     """The quality the packet header records (what the encoder really used)."""
     try:
-        from latentwire.codec.bitstream import peek_header
+        from latentwire.codec.coding.bitstream import peek_header
 
         return int(peek_header(packet).quality)
     except Exception:  # noqa: BLE001 - a codec without the packet format: trust the request

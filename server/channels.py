@@ -17,9 +17,9 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from latentwire.codec.bundle import sha256_file
+from latentwire.codec.bundle import Manifest, sha256_file
+from latentwire.codec.codec import Codec
 
 from .store import ChannelStore, StoredPacket
 
@@ -35,33 +35,36 @@ class BundleFileInfo:
 
 @dataclass
 class ModelEntry:
-    """A loaded bundle: its Codec plus what GetModel/DownloadBundle report."""
+    """A loaded bundle: its Codec plus the files GetModel and DownloadBundle report."""
 
-    model_id: str
-    path: Path
-    manifest: dict[str, Any]
-    codec: Any  # latentwire.codec.codec.Codec
+    codec: Codec
     files: list[BundleFileInfo]
+
+    @property
+    def model_id(self) -> str:
+        return self.codec.model_id
+
+    @property
+    def path(self) -> Path:
+        return Path(self.codec.bundle.path)
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.codec.manifest
 
     @property
     def size(self) -> int:
         return sum(f.size for f in self.files)
 
     @classmethod
-    def from_codec(cls, codec: Any) -> "ModelEntry":
-        bundle = codec.bundle
-        path = Path(bundle.path)
-        manifest = getattr(bundle.manifest, "raw", bundle.manifest)  # Manifest dataclass or plain dict
-        names = ["manifest.json"] + sorted(manifest.get("files", {}))
-        ent = (manifest.get("entropy") or {}).get("file")
-        if ent and ent not in names:
-            names.append(ent)
-        files = []
-        for n in names:
-            p = path / n
-            if p.is_file():
-                files.append(BundleFileInfo(n, p.stat().st_size, sha256_file(p)))
-        return cls(codec.model_id, path, manifest, codec, files)
+    def from_codec(cls, codec: Codec) -> "ModelEntry":
+        path = Path(codec.bundle.path)
+        names = ["manifest.json"] + sorted(codec.manifest.files)
+        entropy = codec.manifest.entropy_file
+        if entropy and entropy not in names:
+            names.append(entropy)
+        files = [BundleFileInfo(n, (path / n).stat().st_size, sha256_file(path / n)) for n in names if (path / n).is_file()]
+        return cls(codec, files)
 
 
 class Channel:

@@ -18,36 +18,39 @@ import time
 from concurrent import futures
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from latentwire.codec.codec import Codec
 from latentwire.v1 import latentwire_pb2_grpc as pb_grpc
 
 from .auth import TokenStore
-from .batcher import Batcher, Encoded
+from .batcher import Batcher, Encode, Encoded
 from .channels import Channel, ModelEntry
 from .config import BatchPolicy, ChannelSpec, ConfigError, Limits, ServerConfig, with_channel_options
 from .metrics import Metrics
 from .sqlite_store import SqliteStore
 from .store import ChannelMismatch, ChannelStore, RetentionPolicy, StoreUnavailable
-from .service import SERVICE_NAME, LatentwireService, default_quality
+from .service import SERVICE_NAME, LatentwireService
 
 log = logging.getLogger("latentwire.server")
 
 
-def _load_codec(bundle: str, provider: str, threads: int | None) -> Any:
-    from latentwire.codec.codec import Codec
+CodecLoader = Callable[[str, str, "int | None"], Codec]
 
+
+def _load_codec(bundle: str, provider: str, threads: int | None) -> Codec:
     return Codec.load(bundle, provider=provider, threads=threads)
 
 
 class LatentwireServer:
     """One running server. `start()` returns the bound port; `stop()` is the graceful shutdown."""
 
-    def __init__(self, config: ServerConfig, codec_loader=_load_codec):
+    def __init__(self, config: ServerConfig, codec_loader: CodecLoader = _load_codec):
         self.config = config.check()
         self.metrics = Metrics()
         self.auth = TokenStore.load(config.tokens_file) if config.tokens_file else TokenStore.open()
@@ -81,7 +84,7 @@ class LatentwireServer:
         self.port = 0
         self._stopped = threading.Event()
 
-    def _open_channels(self, config: ServerConfig, data: Path, codec_loader: Any) -> None:
+    def _open_channels(self, config: ServerConfig, data: Path, codec_loader: CodecLoader) -> None:
         by_path: dict[str, ModelEntry] = {}
         for spec in config.channels:
             key = str(Path(spec.bundle).resolve())
@@ -90,7 +93,7 @@ class LatentwireServer:
                 entry = self.models.get(codec.model_id) or ModelEntry.from_codec(codec)
                 self.models[entry.model_id] = by_path[key] = entry
             model = by_path[key]
-            n_q = len(getattr(model.codec, "qualities", []) or [])
+            n_q = len(model.codec.qualities)
             if spec.quality is not None and n_q and not 0 <= spec.quality < n_q:
                 raise ConfigError(f"channel {spec.name!r}: quality {spec.quality} out of range 0..{n_q - 1} "
                                   f"for bundle {spec.bundle}")
@@ -105,12 +108,12 @@ class LatentwireServer:
             ch = Channel(spec.name, model, store, spec.quality, fallback=spec.fallback, anomaly_threshold=threshold)
             ch.batcher = Batcher(
                 spec.name, store, _encoder(codec, spec.fallback, threshold, spec.scored), model.model_id,
-                default_quality(codec) if spec.quality is None else spec.quality,
+                codec.default_quality if spec.quality is None else spec.quality,
                 config.batch.max_frames, config.batch.max_delay_ms, config.limits.queue_frames, self.metrics,
             )
             self.channels[spec.name] = ch
             log.info("channel %s: model %s (%s), quality %s, fallback %s (anomaly threshold %s), store %s, resuming at "
-                     "seq %d (%d bytes retained)", spec.name, model.model_id[:12], model.manifest.get("name", "?"),
+                     "seq %d (%d bytes retained)", spec.name, model.model_id[:12], model.manifest.name or "?",
                      "default" if spec.quality is None else spec.quality, "on" if spec.fallback else "off",
                      "none" if threshold is None else f"{threshold:.6g}", config.store or "sqlite", ch.next_seq,
                      store.size_bytes)
@@ -233,17 +236,19 @@ def port_taken(listen: str) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # as gRPC binds: a port in TIME_WAIT after a restart is free, one with a listener is not
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, int(port)))
     except OSError as e:
         return e.errno == errno.EADDRINUSE
     return False
 
 
-def _threshold(spec: ChannelSpec, codec: Any) -> float | None:
+def _threshold(spec: ChannelSpec, codec: Codec) -> float | None:
     """The channel's anomaly threshold: the configured one, else the bundle's calibrated one."""
     if spec.anomaly_threshold is not None:
         return float(spec.anomaly_threshold)
-    if getattr(codec, "anomaly", None) is not None:
+    if codec.anomaly is not None:
         return float(codec.anomaly_threshold())
     if spec.fallback:
         raise ConfigError(
@@ -253,15 +258,13 @@ def _threshold(spec: ChannelSpec, codec: Any) -> float | None:
     return None
 
 
-def _encoder(codec: Any, fallback: bool = False, threshold: float | None = None, score: bool = True):
+def _encoder(codec: Codec, fallback: bool = False, threshold: float | None = None, score: bool = True) -> Encode:
     """The batcher's encode: with scoring, every frame scored (Codec.encode_scored) and anomalies
     sent losslessly when the channel has fallback on; otherwise one plain packet per batch."""
-    scored = getattr(codec, "encode_scored", None) if (score or fallback) else None
-
-    def encode(raw, quality):
-        if scored is None:
-            return codec.encode(raw) if quality is None else codec.encode(raw, quality=quality)
-        enc = scored(raw, quality, threshold=threshold, fallback=fallback)
+    def encode(raw: np.ndarray, quality: int | None) -> bytes | list[Encoded]:
+        if not (score or fallback):
+            return codec.encode(raw, quality=quality)
+        enc = codec.encode_scored(raw, quality, threshold=threshold, fallback=fallback)
         return [Encoded(packet, b - a, tuple(enc.scores[a:b].tolist())) for packet, (a, b) in zip(enc.packets, enc.frames)]
 
     return encode
@@ -270,8 +273,8 @@ def _encoder(codec: Any, fallback: bool = False, threshold: float | None = None,
 # ---------------------------------------------------------------------- CLI
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("serve", help="run the gRPC streaming server",
+def add_parser(subparsers: Any, name: str = "serve") -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, help="run the gRPC streaming server",
                               description="Serve channels of codec-compressed frames over gRPC.")
     configure_parser(p)
     return p

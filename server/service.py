@@ -1,4 +1,5 @@
-"""The latentwire.v1.Latentwire servicer: request validation, auth, and the streaming loops.
+"""The latentwire.v1.Latentwire servicer: auth and the RPCs (validation is admission.py, message
+building is wire.py).
 
 Publish is bidi and pipelined: a reader thread validates each request and hands it to the
 channel's batcher while the handler yields responses in request order as commits complete, so a
@@ -10,24 +11,23 @@ malformed open) end the call with a status code.
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import threading
-from typing import Any, Iterator
+from typing import Iterator
 
 import grpc
-import numpy as np
 
-from latentwire.codec.errors import BitstreamError, InputError
 from latentwire.v1 import latentwire_pb2 as pb
 from latentwire.v1 import latentwire_pb2_grpc as pb_grpc
 
+from .admission import FRAMES_LIMIT, admit_packets, admit_raw
 from .auth import AuthError, TokenStore
-from .batcher import PacketItem, QueueFull, RawItem, Stopped
+from .batcher import QueueFull, Stopped
 from .channels import Channel, ModelEntry
 from .config import ServerConfig
 from .metrics import Metrics
 from .store import StoreUnavailable
+from .wire import channel_info, dims, model_info, packet_record
 
 log = logging.getLogger("latentwire.server")
 
@@ -35,56 +35,6 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Latentwire"].full_name
 CHUNK_BYTES = 1 << 20
 _U32 = 2**32 - 1
 _END = object()
-
-
-def _dims(shape: Any) -> list[int]:
-    return [-1 if d is None else int(d) for d in shape]
-
-
-def _qualities(codec: Any) -> list[Any]:
-    return list(getattr(codec, "qualities", []) or [])
-
-
-def default_quality(codec: Any) -> int:
-    q = getattr(codec, "default_quality", None)
-    if q is not None:
-        return int(getattr(q, "index", q))
-    qs = _qualities(codec)
-    return int(qs[0].index) if qs else 0
-
-
-def model_info(m: ModelEntry) -> pb.ModelInfo:
-    man = m.manifest
-    inp, lat = man.get("input", {}), man.get("latent", {})
-    norm = inp.get("normalization", {})
-    info = pb.ModelInfo(
-        model_id=m.model_id,
-        name=str(man.get("name", "")),
-        family=str(man.get("family", "")),
-        input=pb.InputSpec(
-            sample_shape=_dims(inp.get("sample_shape", [])),
-            raw_dtype=str(norm.get("raw_dtype", inp.get("dtype", ""))),
-            normalization=pb.Normalization(
-                offset=float(norm.get("offset", 0.0)),
-                scale=float(norm.get("scale", 1.0)),
-                raw_dtype=str(norm.get("raw_dtype", "")),
-                raw_min=float(norm.get("raw_min", 0.0)),
-                raw_max=float(norm.get("raw_max", 0.0)),
-            ),
-        ),
-        latent=pb.LatentSpec(
-            shape=_dims(lat.get("shape", [])), stride=int(lat.get("stride", 1)), channels=int(lat.get("channels", 0))
-        ),
-        bundle_size_bytes=m.size,
-        files=[pb.BundleFile(name=f.name, size=f.size, sha256=f.sha256) for f in m.files],
-        default_quality=default_quality(m.codec),
-    )
-    for q in _qualities(m.codec):
-        ql = pb.QualityLevel(index=int(q.index), name=str(q.name))
-        if q.max_error is not None:
-            ql.max_error = float(q.max_error)
-        info.qualities.append(ql)
-    return info
 
 
 class LatentwireService(pb_grpc.LatentwireServicer):
@@ -148,22 +98,7 @@ class LatentwireService(pb_grpc.LatentwireServicer):
         context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
     def channel_info(self, ch: Channel) -> pb.ChannelInfo:
-        codec = ch.model.codec
-        q = default_quality(codec) if ch.quality is None else ch.quality
-        info = pb.ChannelInfo(
-            name=ch.name,
-            model_id=ch.model.model_id,
-            quality=q,
-            next_seq=ch.store.next_seq,
-            first_retained_seq=ch.store.first_seq,
-            subscribers=ch.subscribers,
-            sample_shape=_dims(getattr(codec, "sample_shape", ())),
-            raw_dtype=str(np.dtype(getattr(codec, "raw_dtype", "uint8"))),
-            fallback=ch.fallback,
-        )
-        if ch.anomaly_threshold is not None:
-            info.anomaly_threshold = ch.anomaly_threshold
-        return info
+        return channel_info(ch, ch.store.next_seq, ch.store.first_seq)
 
     # ------------------------------------------------------------------ models and channels
 
@@ -219,7 +154,7 @@ class LatentwireService(pb_grpc.LatentwireServicer):
         ch = self._channel(context, first.open.channel)
         who = self._check(context, "publish", ch.name)
         quality = first.open.quality if first.open.HasField("quality") else ch.quality
-        n_q = len(_qualities(ch.model.codec))
+        n_q = len(ch.model.codec.qualities)
         if quality is not None and n_q and not 0 <= quality < n_q:
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -332,165 +267,46 @@ class LatentwireService(pb_grpc.LatentwireServicer):
 
     def _accept(self, ch: Channel, req: pb.PublishRequest, quality: int | None, producer: str,
                 seen: set[str] | None = None, who: str = "anonymous"):
-        """Validate one data message and queue it: (response skeleton, future or None)."""
+        """Validate one data message (admission.py) and queue what passed: (response skeleton,
+        future or None)."""
         seen = set() if seen is None else seen
         resp = pb.PublishResponse(message_index=req.message_index)
         kind = req.WhichOneof("kind")
         limits = self.config.limits
-        bad = grpc.StatusCode.INVALID_ARGUMENT
+        if kind not in ("raw", "packets"):
+            return self._reject(resp, ch, 0, grpc.StatusCode.INVALID_ARGUMENT, f"message {req.message_index}: "
+                                f"expected `raw` or `packets` after open, got {kind or 'nothing'}"), None
         try:
             if kind == "raw":
-                item = self._raw_item(ch, req, quality, producer, resp, seen, who)
-            elif kind == "packets":
-                item = self._packet_item(ch, req, producer, resp)
+                verdict = admit_raw(ch.model.codec, req.raw, max_frames=limits.max_frames_per_message,
+                                    quality=quality, producer=producer, offset=req.producer_offset)
             else:
-                item = None
+                verdict = admit_packets(ch.model.codec, req.packets.packets, max_frames=limits.max_frames_per_message,
+                                        verify=self.config.verify_packets, max_message_bytes=limits.max_message_bytes,
+                                        producer=producer, offset=req.producer_offset)
         except Exception as e:  # noqa: BLE001 - one message's surprise must not end the stream
             log.exception("publish on %s: message %d could not be validated", ch.name, req.message_index)
-            resp = pb.PublishResponse(message_index=req.message_index)
             return self._reject(resp, ch, 0, grpc.StatusCode.INTERNAL,
                                 f"message {req.message_index} could not be validated ({type(e).__name__}); "
                                 "it was not stored", reason="internal"), None
-        if kind not in ("raw", "packets"):
-            return self._reject(resp, ch, 0, bad, f"message {req.message_index}: expected `raw` or `packets` "
-                                f"after open, got {kind or 'nothing'}"), None
-        if item is None:
+        if verdict.limit is not None:
+            self._limit_hit(ch, FRAMES_LIMIT, verdict.limit, seen, who)
+        for r in verdict.refusals:
+            self._reject(resp, ch, r.frames, r.code, r.message, index=r.index, reason=r.reason)
+        if verdict.item is None:
             return resp, None
-        if item.n > limits.max_frames_per_message:
-            text = (f"message has {item.n} frames; limits.max_frames_per_message is {limits.max_frames_per_message}: "
-                    "split it into smaller messages")
-            self._limit_hit(ch, "frames_per_message", text, seen, who)
-            return self._reject(resp, ch, item.n, grpc.StatusCode.RESOURCE_EXHAUSTED, text, reason="limit"), None
-        resp.accepted = item.n  # provisional: replaced by the commit
-        return resp, ch.batcher.submit(item)  # QueueFull / Stopped end the stream (see Publish)
-
-    def _raw_item(self, ch: Channel, req: pb.PublishRequest, quality: int | None, producer: str,
-                  resp: pb.PublishResponse, seen: set[str], who: str) -> RawItem | None:
-        bad = grpc.StatusCode.INVALID_ARGUMENT
-        raw = req.raw
-        codec = ch.model.codec
-        shape = tuple(int(d) for d in raw.shape)
-        n = shape[0] if shape else 0
-        try:
-            dtype = np.dtype(raw.dtype)
-        except (TypeError, ValueError, SyntaxError):
-            dtype = None
-        if dtype is None or dtype.kind not in "biuf" or dtype.itemsize == 0 or dtype.fields or dtype.subdtype:
-            self._reject(resp, ch, n, bad, f"unknown dtype {raw.dtype!r}: send a numpy dtype string such as "
-                         f"{str(np.dtype(codec.raw_dtype))!r}")
-            return None
-        if len(shape) < 2 or any(d < 0 for d in shape):
-            self._reject(resp, ch, n, bad, f"shape {list(shape)} must be (N, *sample_shape) with N >= 1, e.g. "
-                         f"[N, {', '.join(str(d) for d in _dims(codec.sample_shape))}]")
-            return None
-        limit = self.config.limits.max_frames_per_message
-        if n > limit:  # before any size arithmetic: N may be absurd
-            text = f"message has {n} frames; limits.max_frames_per_message is {limit}: split it into smaller messages"
-            self._limit_hit(ch, "frames_per_message", text, seen, who)
-            self._reject(resp, ch, n, grpc.StatusCode.RESOURCE_EXHAUSTED, text, reason="limit")
-            return None
-        expected = math.prod(shape) * dtype.itemsize  # Python ints: no 64-bit wrap-around
-        if len(raw.data) != expected:
-            self._reject(resp, ch, n, bad, f"data has {len(raw.data)} bytes but shape {list(shape)} of {dtype} needs "
-                         f"{expected}: send arr.tobytes() of a C-contiguous array")
-            return None
-        arr = np.frombuffer(raw.data, dtype=dtype).reshape(shape)
-        if dtype.byteorder not in ("=", "|") and dtype != dtype.newbyteorder("="):
-            arr = arr.astype(dtype.newbyteorder("="))
-        try:
-            codec.validate(arr)
-            valid = np.arange(n)
-        except InputError as whole:
-            ok = []
-            for i in range(n):
-                try:
-                    codec.validate(arr[i : i + 1])
-                    ok.append(i)
-                except InputError as e:
-                    self._reject(resp, ch, 1, bad, f"frame {i}: {e}", index=i)
-            if len(ok) == n:  # only the batch as a whole is wrong
-                self._reject(resp, ch, n, bad, str(whole))
-                return None
-            valid = np.asarray(ok, dtype=np.int64)
-        if valid.size == 0:
-            return None
-        return RawItem(
-            frames=arr[valid], index=valid, n_total=n, quality=quality, producer_id=producer,
-            producer_offset=req.producer_offset,
-        )
-
-    def _packet_item(self, ch: Channel, req: pb.PublishRequest, producer: str,
-                     resp: pb.PublishResponse) -> PacketItem | None:
-        from latentwire.codec import bitstream
-
-        bad = grpc.StatusCode.INVALID_ARGUMENT
-        codec = ch.model.codec
-        n_q = len(_qualities(codec))
-        want = tuple(getattr(codec, "sample_shape", ()))
-        ok: list[tuple[bytes, int, int, int]] = []
-        pos = 0  # frame offset of packet i inside the message (producer offsets count frames)
-        for i, data in enumerate(req.packets.packets):
-            try:
-                header, _ = bitstream.read_packet(data, expected_model_id=ch.model.model_id)
-            except BitstreamError as e:
-                try:
-                    n = int(bitstream.peek_header(data).count)
-                except BitstreamError:
-                    n = 1
-                self._reject(resp, ch, n, bad, f"packet {i}: {type(e).__name__}: {e}", index=i)
-                pos += n
-                continue
-            at, pos = pos, pos + int(header.count)
-            shape = tuple(header.sample_shape)
-            if len(shape) != len(want) or any(w is not None and w != s for w, s in zip(want, shape)):
-                self._reject(resp, ch, header.count, bad,
-                             f"packet {i}: sample shape {list(shape)} does not match the channel's {list(want)}",
-                             index=i)
-                continue
-            if n_q and header.quality != bitstream.CUSTOM_QUALITY and not 0 <= header.quality < n_q:
-                self._reject(resp, ch, header.count, bad,
-                             f"packet {i}: quality {header.quality} is not one of the model's 0..{n_q - 1}", index=i)
-                continue
-            valid = sum(c for _, c, _, _ in ok) + int(header.count)
-            if self.config.verify_packets and valid <= self.config.limits.max_frames_per_message:
-                # (a message over the frame limit is refused whole by _accept: no need to decode it)
-                problem = self._undecodable(codec, data, header)
-                if problem:
-                    self._reject(resp, ch, header.count, bad, f"packet {i}: {problem}", index=i)
-                    continue
-            ok.append((bytes(data), int(header.count), int(header.quality), at))
-        if not ok:
-            return None
-        return PacketItem(packets=ok, n_total=pos, producer_id=producer,
-                          producer_offset=req.producer_offset)
-
-    def _undecodable(self, codec: Any, data: bytes, header: Any) -> str | None:
-        """Why an edge-coded packet cannot be decoded, or None. A packet with a valid header and CRC
-        but a payload that does not decode (a buggy or hostile encoder) would otherwise be stored
-        and fail in every subscriber that decodes it, at every retry: a poison packet."""
-        elements = int(header.count) * math.prod(int(d) for d in header.sample_shape)
-        itemsize = np.dtype(getattr(codec, "raw_dtype", "uint8")).itemsize
-        if elements * itemsize > 64 * self.config.limits.max_message_bytes:
-            return (f"decodes to {elements * itemsize} bytes, more than 64 x limits.max_message_bytes: "
-                    "send fewer frames per packet")
-        try:
-            out = codec.decode(data)
-        except Exception as e:  # noqa: BLE001 - whatever the payload does, it is the sender's fault
-            return (f"does not decode ({type(e).__name__}: {e}); it was not stored: check the sender's "
-                    "bundle and encoder")
-        if out.shape[0] != header.count:
-            return f"does not decode: {out.shape[0]} frames for a header of {header.count}"
-        return None
+        resp.accepted = verdict.item.n  # provisional: replaced by the commit
+        return resp, ch.batcher.submit(verdict.item)  # QueueFull / Stopped end the stream (see Publish)
 
     # ------------------------------------------------------------------ subscribe
 
     @staticmethod
     def _packet_shape(ch: Channel, payload: bytes) -> list[int]:
         """The sample shape of a packet: the model's, or the header's when the model has dynamic axes."""
-        shape = tuple(getattr(ch.model.codec, "sample_shape", ()))
+        shape = tuple(ch.model.codec.sample_shape)
         if all(d is not None for d in shape):
-            return _dims(shape)
-        from latentwire.codec.bitstream import peek_header
+            return dims(shape)
+        from latentwire.codec.coding.bitstream import peek_header
 
         return [int(d) for d in peek_header(payload).sample_shape]
 
@@ -555,12 +371,8 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                 for p in pkts:
                     if resp.packets and size + len(p.payload) > max_bytes:
                         break
-                    resp.packets.append(pb.PacketRecord(
-                        first_seq=p.first_seq, count=p.count, timestamp=p.ts,
-                        model_id="" if p.model_id == last_model else p.model_id,
-                        quality=p.quality, sample_shape=self._packet_shape(ch, p.payload),
-                        payload=p.payload, anomaly_scores=p.anomaly_scores or (),
-                    ))
+                    resp.packets.append(packet_record(p, self._packet_shape(ch, p.payload),
+                                                      "" if p.model_id == last_model else p.model_id))
                     size += len(p.payload)
                     last_model = p.model_id
                     seq = p.end_seq

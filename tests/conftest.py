@@ -19,7 +19,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch")
     import torch
 
-    from latentwire.codec import export, train
+    from latentwire.codec.training import export, train
     from latentwire.codec.calibrate import calibrate
 
     torch.set_num_threads(1)

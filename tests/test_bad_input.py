@@ -26,7 +26,7 @@ import pytest
 
 from _transport import digits, running_server
 from latentwire.client import Client
-from latentwire.codec import bitstream as B
+from latentwire.codec.coding import bitstream as B
 from latentwire.codec.bundle import Bundle, read_manifest, write_manifest
 from latentwire.codec.codec import Codec, default_bundle_path
 from latentwire.codec.errors import BitstreamError, BundleError

@@ -13,7 +13,7 @@ import pytest
 from benchmarks import bdrate, rd
 from benchmarks.dct import DctCodec, dct_matrix
 from benchmarks.pca import PcaBasis, PcaCodec
-from latentwire.codec import bitstream
+from latentwire.codec.coding import bitstream
 from latentwire.codec.errors import InputError
 from latentwire.codec.sources import load_ecg_windows, load_mnist, sample_data_root
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from latentwire.codec import bitstream as B
+from latentwire.codec.coding import bitstream as B
 from latentwire.codec.errors import (
     BadMagic,
     BitstreamError,

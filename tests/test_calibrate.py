@@ -11,14 +11,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from latentwire.codec import export as export_mod, train as train_mod  # noqa: E402
-from latentwire.codec.bitstream import read_packet, write_packet  # noqa: E402
+from latentwire.codec.training import export as export_mod, train as train_mod  # noqa: E402
+from latentwire.codec.coding.bitstream import read_packet, write_packet  # noqa: E402
 from latentwire.codec.bundle import Bundle  # noqa: E402
 from latentwire.codec.calibrate import DEFAULT_QUALITY_LADDER, calibrate  # noqa: E402
 from latentwire.codec.errors import InputError, ModelMismatch  # noqa: E402
-from latentwire.codec.payload import CodingTables, PayloadReader, encode_payload  # noqa: E402
-from latentwire.codec.quantize import quantize  # noqa: E402
-from latentwire.codec.residual import reconstruction_crc  # noqa: E402
+from latentwire.codec.coding.payload import CodingTables, PayloadReader, encode_payload  # noqa: E402
+from latentwire.codec.coding.quantize import quantize  # noqa: E402
+from latentwire.codec.coding.residual import reconstruction_crc  # noqa: E402
 from latentwire.codec.runtime import Decoder, Encoder  # noqa: E402
 from latentwire.codec.sources import load_mnist, sample_data_root  # noqa: E402
 
@@ -46,7 +46,7 @@ def test_calibrate_then_code_every_level(bundle_dir: Path) -> None:
     bundle = Bundle.load(bundle_dir, verify=True)  # hashes + model id re-finalized
     m = bundle.manifest
     assert bundle.model_id == report.model_id != before
-    assert [q["max_error"] for q in m.quality_levels] == list(DEFAULT_QUALITY_LADDER)
+    assert [q.max_error for q in m.quality_levels] == list(DEFAULT_QUALITY_LADDER)
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     assert manifest["entropy"]["file"] == "entropy.json" and len(manifest["metrics"]["calibration"]["levels"]) == 6
     psnrs = [lv.psnr_db for lv in report.levels]
@@ -61,7 +61,7 @@ def test_calibrate_then_code_every_level(bundle_dir: Path) -> None:
     raw_float = norm.to_raw_float(dec.decode(symbols.astype(np.float32)))
     sizes = []
     for level, d in enumerate(m.quality_levels):
-        e = d["max_error"]
+        e = d.max_error
         payload, info = encode_payload(
             tables, symbols, m.channel_axis, x_raw=raw if e is not None else None,
             raw_float=raw_float if e is not None else None, max_error=e,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latentwire.codec.bitstream import iter_packets
+from latentwire.codec.coding.bitstream import iter_packets
 from latentwire.codec.sources import load_mnist, sample_data_root
 
 MNIST = sample_data_root() / "mnist"

@@ -20,14 +20,14 @@ pytest.importorskip("torch")
 def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                           str(free_port()), "-m", "latentwire.codec.train", *args], cwd=cwd, env=env,
+                           str(free_port()), "-m", "latentwire.codec.training.train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
 def test_two_processes_train_one_model_that_exports_and_decodes(tmp_path: Path) -> None:
     import torch
 
-    from latentwire.codec import export
+    from latentwire.codec.training import export
     from latentwire.codec.calibrate import calibrate
     from latentwire.codec.codec import Codec
 

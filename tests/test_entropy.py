@@ -9,9 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from latentwire.codec import entropy as E
+from latentwire.codec.coding import coder as C
+from latentwire.codec.coding import tables as T
 from latentwire.codec.errors import BitstreamError, BundleError, InputError
-from latentwire.codec.residual import ContextSpec, ResidualModel
+from latentwire.codec.coding.residual import ContextSpec, ResidualModel
 from latentwire.codec.sources import load_mnist, sample_data_root
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -25,31 +26,31 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 
 def test_table_from_pmf_is_floored_exact_and_deterministic() -> None:
     probs = np.array([0.5, 0.25, 0.125, 1e-12, 0.0, 0.125 - 1e-9])
-    t = E.table_from_pmf(probs, offset=-3)
+    t = T.table_from_pmf(probs, offset=-3)
     assert t.freqs.dtype == np.uint32 and int(t.freqs.sum()) == 1 << 16
     assert t.freqs.min() >= 1 and t.n_symbols == 6 and (t.lo, t.hi) == (-3, 2)
     # integer largest-remainder result, fixed forever (a change here breaks every calibrated bundle)
     assert t.freqs.tolist() == [32766, 16383, 8192, 1, 1, 8192, 1]
-    assert E.table_from_pmf(list(probs), offset=-3) == t
-    c = E.table_from_counts([10, 0, 5], offset=7, escape_count=0)
+    assert T.table_from_pmf(list(probs), offset=-3) == t
+    c = T.table_from_counts([10, 0, 5], offset=7, escape_count=0)
     assert c.freqs.tolist() == [43689, 1, 21845, 1] and c.escape_index == 3
     with pytest.raises(InputError):
-        E.table_from_pmf([0.5, np.nan], 0)
+        T.table_from_pmf([0.5, np.nan], 0)
     with pytest.raises(InputError):
-        E.FreqTable(0, np.array([0, 65536]))
+        T.FreqTable(0, np.array([0, 65536]))
     with pytest.raises(InputError):
-        E.FreqTable(0, np.array([1, 65534]))
+        T.FreqTable(0, np.array([1, 65534]))
 
 
 def test_table_set_canonical_json_round_trip() -> None:
-    ts = E.TableSet((E.table_from_counts([3, 2, 1], -1), E.table_from_pmf([0.9, 0.1], 4)))
+    ts = T.TableSet((T.table_from_counts([3, 2, 1], -1), T.table_from_pmf([0.9, 0.1], 4)))
     text = ts.dumps()
-    assert " " not in text and text == E.TableSet.loads(text).dumps()
-    assert E.TableSet.loads(text) == ts
+    assert " " not in text and text == T.TableSet.loads(text).dumps()
+    assert T.TableSet.loads(text) == ts
     with pytest.raises(BundleError):
-        E.TableSet.loads('{"precision": 16, "tables": [{"offset": 0, "freqs": [1, 2]}]}')
+        T.TableSet.loads('{"precision": 16, "tables": [{"offset": 0, "freqs": [1, 2]}]}')
     with pytest.raises(BundleError):
-        E.TableSet.loads("not json")
+        T.TableSet.loads("not json")
 
 
 def _residual_stream(digits, max_error: int):
@@ -66,9 +67,9 @@ def _residual_stream(digits, max_error: int):
 def test_coded_size_within_one_percent_of_ideal_on_real_residuals(digits, max_error: int) -> None:
     symbols, ids, tables = _residual_stream(digits, max_error)
     assert symbols.size >= 9000
-    data = E.encode(symbols, ids, tables)
-    assert np.array_equal(E.decode(data, ids, tables), symbols)
-    ideal = E.ideal_bits(symbols, ids, tables)
+    data = C.encode(symbols, ids, tables)
+    assert np.array_equal(C.decode(data, ids, tables), symbols)
+    ideal = C.ideal_bits(symbols, ids, tables)
     assert ideal > 0
     assert len(data) * 8 <= ideal * 1.01, (len(data) * 8, ideal)
     # and the context tables actually earn their keep: better than a zeroth-order bound of the
@@ -79,15 +80,15 @@ def test_coded_size_within_one_percent_of_ideal_on_real_residuals(digits, max_er
 
 
 def test_every_int32_round_trips_through_the_escape() -> None:
-    t = E.TableSet((E.table_from_pmf([0.2, 0.6, 0.2], offset=-1), E.table_from_counts([1], offset=INT32_MAX)))
+    t = T.TableSet((T.table_from_pmf([0.2, 0.6, 0.2], offset=-1), T.table_from_counts([1], offset=INT32_MAX)))
     edge = [INT32_MIN, INT32_MIN + 1, -(2**16), -2, -1, 0, 1, 2, 3, 2**15, 2**16 + 1, INT32_MAX - 1, INT32_MAX]
     rng = np.random.default_rng(1)
     values = np.concatenate([edge, rng.integers(INT32_MIN, INT32_MAX, 2000, endpoint=True)]).astype(np.int32)
     for table in (0, 1):
         ids = np.full(values.size, table)
-        data = E.encode(values, ids, t)
-        assert np.array_equal(E.decode(data, ids, t), values)
-        assert abs(len(data) * 8 - E.ideal_bits(values, ids, t)) < 0.01 * len(data) * 8 + 64
+        data = C.encode(values, ids, t)
+        assert np.array_equal(C.decode(data, ids, t), values)
+        assert abs(len(data) * 8 - C.ideal_bits(values, ids, t)) < 0.01 * len(data) * 8 + 64
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -100,48 +101,48 @@ def test_every_int32_round_trips_through_the_escape() -> None:
     data=st.data(),
 )
 def test_random_tables_and_symbols_round_trip(tables, data) -> None:
-    ts = E.TableSet(tuple(E.table_from_counts(c, off) for off, c in tables))
+    ts = T.TableSet(tuple(T.table_from_counts(c, off) for off, c in tables))
     n = data.draw(st.integers(0, 300))
     ids = np.array(data.draw(st.lists(st.integers(0, len(ts) - 1), min_size=n, max_size=n)), dtype=np.int64)
     syms = np.array(data.draw(st.lists(st.integers(-1100, 1100) | st.integers(INT32_MIN, INT32_MAX), min_size=n, max_size=n)), dtype=np.int32)
-    payload = E.encode(syms, ids, ts)
-    assert np.array_equal(E.decode(payload, ids, ts), syms)
+    payload = C.encode(syms, ids, ts)
+    assert np.array_equal(C.decode(payload, ids, ts), syms)
 
 
 def test_multi_call_stream_and_tiny_overhead() -> None:
     rng = np.random.default_rng(0)
-    t = E.TableSet((E.table_from_pmf([0.1, 0.2, 0.4, 0.3], offset=-2),))
+    t = T.TableSet((T.table_from_pmf([0.1, 0.2, 0.4, 0.3], offset=-2),))
     over = []
     for n in (1, 5, 32, 200, 3000):
         for _ in range(20):
             a = (rng.choice(4, size=n, p=[0.1, 0.2, 0.4, 0.3]) - 2).astype(np.int32)
             b = (rng.choice(4, size=n, p=[0.1, 0.2, 0.4, 0.3]) - 2).astype(np.int32)
-            enc = E.StreamEncoder()
+            enc = C.StreamEncoder()
             enc.encode(a, np.zeros(n, int), t)
             enc.encode(b, np.zeros(n, int), t)
             data = enc.finish()
-            dec = E.StreamDecoder(data)
+            dec = C.StreamDecoder(data)
             assert np.array_equal(dec.decode(np.zeros(n, int), t), a)
             assert np.array_equal(dec.decode(np.zeros(n, int), t), b)
-            ideal = (E.ideal_bits(a, np.zeros(n, int), t) + E.ideal_bits(b, np.zeros(n, int), t)) / 8
+            ideal = (C.ideal_bits(a, np.zeros(n, int), t) + C.ideal_bits(b, np.zeros(n, int), t)) / 8
             over.append(len(data) - ideal)
     # the range coder's flush + byte rounding costs about one byte per stream, never more than 2
     assert np.mean(over) < 1.0 and max(over) < 2.0, (np.mean(over), max(over))
-    assert E.encode(np.zeros(0, np.int32), np.zeros(0, int), t) == b""
+    assert C.encode(np.zeros(0, np.int32), np.zeros(0, int), t) == b""
 
 
 def test_bad_inputs_and_corrupt_payloads() -> None:
-    t = E.TableSet((E.table_from_pmf([0.5, 0.5], 0),))
+    t = T.TableSet((T.table_from_pmf([0.5, 0.5], 0),))
     with pytest.raises(InputError):
-        E.encode(np.array([1, 2]), np.array([0, 1]), t)
+        C.encode(np.array([1, 2]), np.array([0, 1]), t)
     with pytest.raises(InputError):
-        E.encode(np.array([1.5]), np.array([0]), t)
+        C.encode(np.array([1.5]), np.array([0]), t)
     rng = np.random.default_rng(3)
-    wide = E.TableSet((E.table_from_counts([1] * 3, 0),))
+    wide = T.TableSet((T.table_from_counts([1] * 3, 0),))
     for _ in range(200):  # garbage decodes to some symbols or a BitstreamError, never anything else
         junk = rng.bytes(int(rng.integers(0, 40)))
         try:
-            out = E.decode(junk, np.zeros(50, int), wide)
+            out = C.decode(junk, np.zeros(50, int), wide)
             assert out.shape == (50,)
         except BitstreamError:
             pass
@@ -150,20 +151,20 @@ def test_bad_inputs_and_corrupt_payloads() -> None:
 def test_throughput_report() -> None:
     """Symbols/s for a batch-1024 MNIST-like payload (32 latent tables + 16 residual contexts)."""
     rng = np.random.default_rng(0)
-    lat = E.TableSet(tuple(E.table_from_pmf(np.exp(-np.abs(np.arange(-20, 21)) / 2.0) / 4.3, -20) for _ in range(32)))
-    res = E.TableSet(tuple(E.table_from_pmf(np.exp(-np.abs(np.arange(-8, 9)) * (1 + c / 4)) / 3, -8) for c in range(16)))
+    lat = T.TableSet(tuple(T.table_from_pmf(np.exp(-np.abs(np.arange(-20, 21)) / 2.0) / 4.3, -20) for _ in range(32)))
+    res = T.TableSet(tuple(T.table_from_pmf(np.exp(-np.abs(np.arange(-8, 9)) * (1 + c / 4)) / 3, -8) for c in range(16)))
     n = 1024
     ls = np.clip(np.rint(rng.laplace(0, 2, (n, 32))), -25, 25).astype(np.int32).ravel()
     lid = np.tile(np.arange(32), n)
     rs = np.clip(np.rint(rng.laplace(0, 0.7, n * 784)), -12, 12).astype(np.int32)
     rid = rng.integers(0, 16, n * 784)
     t0 = time.perf_counter()
-    enc = E.StreamEncoder()
+    enc = C.StreamEncoder()
     enc.encode(ls, lid, lat)
     enc.encode(rs, rid, res)
     data = enc.finish()
     t1 = time.perf_counter()
-    dec = E.StreamDecoder(data)
+    dec = C.StreamDecoder(data)
     assert np.array_equal(dec.decode(lid, lat), ls)
     assert np.array_equal(dec.decode(rid, res), rs)
     t2 = time.perf_counter()
@@ -177,27 +178,27 @@ def test_tiny_calls_write_and_read_the_same_stream_as_the_vectorised_path(monkey
     """Context coding makes one call per position with a few symbols each; those take a plain-Python
     path. It must produce byte-identical streams (escapes included) and decode either way."""
     rng = np.random.default_rng(3)
-    tables = E.TableSet(tuple(E.table_from_counts(rng.integers(0, 50, size=9), offset=o, escape_count=1)
+    tables = T.TableSet(tuple(T.table_from_counts(rng.integers(0, 50, size=9), offset=o, escape_count=1)
                               for o in (-4, 0, 3, -1)))
     calls = []
     for _ in range(300):
-        n = int(rng.integers(1, E.TINY_CALL_SYMBOLS + 1))
+        n = int(rng.integers(1, C.TINY_CALL_SYMBOLS + 1))
         sym = rng.integers(-6, 14, size=n).astype(np.int32)
         sym[rng.random(n) < 0.03] = rng.integers(-(2**31), 2**31 - 1, dtype=np.int64)  # escapes, extreme ones too
         calls.append((sym, rng.integers(0, len(tables), size=n).astype(np.int32)))
 
     def stream() -> bytes:
-        enc = E.StreamEncoder()
+        enc = C.StreamEncoder()
         for sym, ids in calls:
             enc.encode(sym, ids, tables)
         return enc.finish()
 
     def read(data: bytes) -> list[np.ndarray]:
-        dec = E.StreamDecoder(data)
+        dec = C.StreamDecoder(data)
         return [dec.decode(ids, tables) for _, ids in calls]
 
     tiny = stream()
-    monkeypatch.setattr(E, "TINY_CALL_SYMBOLS", 0)  # every call through the vectorised path
+    monkeypatch.setattr(C, "TINY_CALL_SYMBOLS", 0)  # every call through the vectorised path
     vectorised = stream()
     assert tiny == vectorised
     assert all(np.array_equal(a, s) for a, (s, _) in zip(read(tiny), calls))

@@ -18,13 +18,13 @@ torch = pytest.importorskip("torch")
 from latentwire.codec import bundle as bundle_mod  # noqa: E402
 from latentwire.codec.bundle import Bundle, compute_model_id, finalize, read_manifest, write_manifest  # noqa: E402
 from latentwire.codec.errors import BundleError, InputError  # noqa: E402
-from latentwire.codec.export import export  # noqa: E402
-from latentwire.codec.models import ModelConfig, build_model  # noqa: E402
+from latentwire.codec.training.export import export  # noqa: E402
+from latentwire.codec.training.models import ModelConfig, build_model  # noqa: E402
 from latentwire.codec.normalization import psnr_db  # noqa: E402
 from latentwire.codec.runtime import Decoder, Encoder  # noqa: E402
 from latentwire.codec.sources import default_data_root, load_ecg_windows, load_mnist, sample_data_root  # noqa: E402
-from latentwire.codec.train import TrainOptions, load_checkpoint, train  # noqa: E402
-from latentwire.codec import export as export_mod, train as train_mod  # noqa: E402
+from latentwire.codec.training.train import TrainOptions, load_checkpoint, train  # noqa: E402
+from latentwire.codec.training import export as export_mod, train as train_mod  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -269,7 +269,7 @@ def test_export_cli_calibrates_when_asked(dense_bundle: Path, tmp_path: Path) ->
     assert rc == 0
     bundle = Bundle.load(out)
     assert (out / "entropy.json").is_file() and bundle.manifest.raw["entropy"]["file"] == "entropy.json"
-    assert len(bundle.manifest.quality_levels) >= 1 and bundle.manifest.quality_levels[0]["max_error"] is None
+    assert len(bundle.manifest.quality_levels) >= 1 and bundle.manifest.quality_levels[0].max_error is None
     # Same weights, but the tables are part of the model id.
     assert bundle.model_id != Bundle.load(dense_bundle).model_id
     assert (out / "decoder.onnx").read_bytes() == (dense_bundle / "decoder.onnx").read_bytes()

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from latentwire.codec import bitstream as B
+from latentwire.codec.coding import bitstream as B
 from latentwire.codec.bundle import Bundle, Manifest, read_manifest
 from latentwire.codec.codec import Codec, default_bundle_path
 from latentwire.codec.errors import BitstreamError, BundleError, InputError

@@ -9,10 +9,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from latentwire.codec.models import MODELS, ModelConfig, build_model  # noqa: E402
-from latentwire.codec.models.density import FactorizedDensity  # noqa: E402
+from latentwire.codec.training.models import MODELS, ModelConfig, build_model  # noqa: E402
+from latentwire.codec.training.models.density import FactorizedDensity  # noqa: E402
 from latentwire.codec.sources import load_mnist, sample_data_root  # noqa: E402
-from latentwire.codec.train import TrainOptions, load_checkpoint, train  # noqa: E402
+from latentwire.codec.training.train import TrainOptions, load_checkpoint, train  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -45,7 +45,7 @@ def test_config_round_trip_rebuilds_identical_model(config: ModelConfig) -> None
 
 
 def test_residual_blocks_deepen_every_stage_and_keep_shapes() -> None:
-    from latentwire.codec.models.conv import ResidualBlock
+    from latentwire.codec.training.models.conv import ResidualBlock
 
     plain = build_model(ModelConfig("conv1d", [2, None], 4, [8, 16]))
     deep = build_model(ModelConfig("conv1d", [2, None], 4, [8, 16], blocks=2))
@@ -197,7 +197,7 @@ def test_bce_rejects_data_outside_unit_range() -> None:
 
 
 def test_cuda_device_is_refused_without_a_gpu() -> None:
-    from latentwire.codec.train import resolve_device
+    from latentwire.codec.training.train import resolve_device
 
     assert resolve_device("cpu").type == "cpu"
     if not torch.cuda.is_available():

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from latentwire.codec.codec import Codec
-from latentwire.codec.context2d import LatentContext2D, diagonals
-from latentwire.codec.entropy import StreamDecoder, StreamEncoder, TableSet, table_from_counts
+from latentwire.codec.coding.context2d import LatentContext2D, diagonals
+from latentwire.codec.coding.tables import TableSet, table_from_counts
+from latentwire.codec.coding.coder import StreamDecoder, StreamEncoder
 from latentwire.codec.sources import ImageFolder, sample_data_root
 
 PHOTOS = sample_data_root() / "bsds"
@@ -32,7 +33,7 @@ def photo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch")
     import torch
 
-    from latentwire.codec import export, train
+    from latentwire.codec.training import export, train
     from latentwire.codec.calibrate import calibrate
 
     torch.set_num_threads(1)
@@ -56,8 +57,8 @@ def test_gdn_graphs_export_with_parity_at_two_sizes(photo_bundle: Path) -> None:
     import onnx
     import torch
 
-    from latentwire.codec.export import PARITY_TOLERANCE, parity
-    from latentwire.codec.train import load_checkpoint, model_from_checkpoint
+    from latentwire.codec.training.export import PARITY_TOLERANCE, parity
+    from latentwire.codec.training.train import load_checkpoint, model_from_checkpoint
 
     manifest = json.loads((photo_bundle / "manifest.json").read_text())
     # export itself checked the validation crops and a second, off-grid size

@@ -18,7 +18,7 @@ import pytest
 
 from _transport import REPO, digits, free_port, running_server
 from latentwire.client import Client, ConnectError, PublishAborted, PublishAck
-from latentwire.codec import bitstream
+from latentwire.codec.coding import bitstream
 from latentwire.codec.codec import Codec
 from latentwire.codec.errors import InputError
 from latentwire.server.config import ConfigError, Limits

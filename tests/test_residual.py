@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from latentwire.codec import entropy as E
+from latentwire.codec.coding import coder as C
+from latentwire.codec.coding import tables as T
 from latentwire.codec.errors import BundleError, InputError
-from latentwire.codec.residual import (
+from latentwire.codec.coding.residual import (
     ContextSpec,
     ResidualModel,
     choose_shifts,
@@ -41,10 +42,10 @@ def setup():
 @pytest.mark.parametrize("max_error", [0, 1, 3, 10])
 def test_max_error_bound_on_real_digits(setup, max_error: int) -> None:
     model, x, f = setup
-    enc = E.StreamEncoder()
+    enc = C.StreamEncoder()
     info = model.write(enc, x, f, max_error)
     payload = enc.finish()
-    recon = model.read(E.StreamDecoder(payload), f, max_error)
+    recon = model.read(C.StreamDecoder(payload), f, max_error)
     assert np.array_equal(recon, info.recon)
     err = np.abs(recon.astype(np.int64) - x.astype(np.int64))
     assert err.max() <= max_error
@@ -59,7 +60,7 @@ def test_bigger_max_error_costs_fewer_bytes(setup) -> None:
     model, x, f = setup
     sizes = []
     for d in (0, 1, 3, 10, 32):
-        enc = E.StreamEncoder()
+        enc = C.StreamEncoder()
         model.write(enc, x, f, d)
         sizes.append(len(enc.finish()))
     assert sizes == sorted(sizes, reverse=True) and sizes[0] > 3 * sizes[-1]
@@ -111,11 +112,11 @@ def test_guard_bands_keep_contexts_stable_under_float_drift(setup) -> None:
     assert ok.sum() >= 0.8 * len(ok)
     x, f = x[ok], f[ok]
     d = 3
-    enc = E.StreamEncoder()
+    enc = C.StreamEncoder()
     info = model.write(enc, x, f, d)
     payload = enc.finish()
     drift = np.random.default_rng(2).uniform(-0.008, 0.008, f.shape).astype(np.float32)
-    recon = model.read(E.StreamDecoder(payload), np.clip(f + drift, 0, 255), d)
+    recon = model.read(C.StreamDecoder(payload), np.clip(f + drift, 0, 255), d)
     err = np.abs(recon.astype(np.int64) - x.astype(np.int64))
     assert err.max() <= d + 1  # no desync: every sample within D+1
     flipped = prediction(f + drift, 0, 255) != prediction(f, 0, 255)

@@ -3,7 +3,7 @@
 tests/data/throughput/regression.npz pins payload bytes written by the coder as it was before
 the throughput work (see make_fixture.py there): real latents and decoder outputs of a tiny
 trained MNIST bundle, plus synthetic inputs that exercise every in-range value and the escape
-path (int32 extremes). Every optimisation of entropy.py / residual.py / payload.py /
+path (int32 extremes). Every optimisation of coding/coder.py / residual.py / payload.py /
 quantize.py must reproduce these bytes and decode them to the same samples, or packets already
 on the wire would stop decoding.
 """
@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latentwire.codec import entropy
+from latentwire.codec.coding import coder as C
+from latentwire.codec.errors import InputError
+from latentwire.codec.coding import tables as T
 from latentwire.codec.codec import Codec
-from latentwire.codec.payload import CodingTables, PayloadReader, encode_payload
-from latentwire.codec.quantize import channel_index, quantize
-from latentwire.codec.residual import choose_shifts
+from latentwire.codec.coding.payload import CodingTables, PayloadReader, encode_payload
+from latentwire.codec.coding.quantize import channel_index, quantize
+from latentwire.codec.coding.residual import choose_shifts
 
 FIXTURE_DIR = Path(__file__).resolve().parent / "data" / "throughput"
 
@@ -50,7 +52,7 @@ def test_fixture_covers_the_paths_it_claims() -> None:
     hi = np.array([tabs[i].hi for i in ids])
     assert ((esc < lo) | (esc > hi)).sum() > 100
     assert esc.min() == -(2**31) and esc.max() == 2**31 - 1
-    assert 96 * DATA["x_raw"][0].size > entropy.TRIM_TRIAL_MAX_SYMBOLS
+    assert 96 * DATA["x_raw"][0].size > C.TRIM_TRIAL_MAX_SYMBOLS
     # frames on the default bucket grid only (n <= 3) and frames on several grids (n = 24)
     shifts = choose_shifts(TABLES.residual.spec, DATA["raw_float"])[0]
     assert not shifts[:3].any() and len(set(shifts.tolist())) > 2
@@ -66,7 +68,7 @@ PATHS = {"auto": None, "per-group": 0, "vectorised": 1 << 40}
 @pytest.fixture(params=list(PATHS), ids=list(PATHS))
 def coder_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if PATHS[request.param] is not None:
-        monkeypatch.setattr(entropy, "SMALL_GROUP_SYMBOLS", PATHS[request.param])
+        monkeypatch.setattr(C, "SMALL_GROUP_SYMBOLS", PATHS[request.param])
     return request.param
 
 
@@ -94,7 +96,7 @@ def test_pinned_payloads_decode_identically(name: str, which: str, n: int, d: in
         assert int(np.abs(rec.astype(np.int64) - x.astype(np.int64)).max()) <= d
 
 
-def _scattered(tables: entropy.TableSet, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _scattered(tables: T.TableSet, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Table ids scattered over every table (not the latent/residual layouts) and symbols spanning
     each table's range plus a few escapes, from integer arithmetic only (no RNG stream to drift)."""
     i = np.arange(n, dtype=np.int64)
@@ -114,12 +116,12 @@ def test_scattered_table_ids_are_pinned(coder_path: str) -> None:
 
     tables = TABLES.residual.tables(2)
     syms, ids = _scattered(tables, 50_000)
-    enc = entropy.StreamEncoder()
+    enc = C.StreamEncoder()
     enc.encode(syms[:20_000], ids[:20_000], tables)  # two calls into one stream
     enc.encode(syms[20_000:], ids[20_000:], tables)
     payload = enc.finish()
     assert hashlib.sha256(payload).hexdigest() == PINNED_SCATTERED
-    dec = entropy.StreamDecoder(payload)
+    dec = C.StreamDecoder(payload)
     assert np.array_equal(dec.decode(ids[:20_000], tables), syms[:20_000])
     assert np.array_equal(dec.decode(ids[20_000:], tables), syms[20_000:])
 
@@ -163,24 +165,24 @@ def test_grouped_latent_path_equals_generic_coding(latent_shape: tuple[int, ...]
     """encode_payload / PayloadReader.latents group by channel with a transpose; that must be the
     very stream the generic per-symbol-id coder writes for FORMAT.md's channel layout."""
     n_ch = latent_shape[axis % len(latent_shape)]
-    tables = entropy.TableSet(tuple(TABLES.latent[i] for i in range(n_ch)), precision=TABLES.latent.precision)
+    tables = T.TableSet(tuple(TABLES.latent[i] for i in range(n_ch)), precision=TABLES.latent.precision)
     coding = CodingTables(latent=tables)
     n = 5
     i = np.arange(n * int(np.prod(latent_shape)), dtype=np.int64)
     syms = ((i * 2654435761) % 9 - 4).reshape((n, *latent_shape))
     syms.flat[::17] = 1000 + i[::17]  # escapes
     payload, _ = encode_payload(coding, syms, axis)
-    generic = entropy.encode(syms.reshape(-1), channel_index(latent_shape, axis, n), tables)
+    generic = C.encode(syms.reshape(-1), channel_index(latent_shape, axis, n), tables)
     assert payload == generic
     got = PayloadReader(payload, coding).latents(n, latent_shape, axis)
     assert got.dtype == np.int32 and np.array_equal(got, syms)
 
 
 def test_grouped_coding_refuses_what_generic_refuses() -> None:
-    with pytest.raises(entropy.InputError):
+    with pytest.raises(InputError):
         encode_payload(TABLES, np.full((1, 16), 2**31, dtype=np.int64), AXIS)
-    with pytest.raises(entropy.InputError):
+    with pytest.raises(InputError):
         encode_payload(TABLES, np.zeros((1, 16), dtype=np.float32), AXIS)
-    enc = entropy.StreamEncoder()
-    with pytest.raises(entropy.InputError):
+    enc = C.StreamEncoder()
+    with pytest.raises(InputError):
         enc.encode_grouped([(2, np.zeros(3, np.int32)), (1, np.zeros(3, np.int32))], TABLES.latent)

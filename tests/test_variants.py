@@ -17,10 +17,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from latentwire.codec.models import ModelConfig, build_model  # noqa: E402
-from latentwire.codec.models import variants as V  # noqa: E402
+from latentwire.codec.training.models import ModelConfig, build_model  # noqa: E402
+from latentwire.codec.training.models import variants as V  # noqa: E402
 from latentwire.codec.sources import SampleSet, load_mnist, sample_data_root  # noqa: E402
-from latentwire.codec.train import TrainOptions, TrainResult, load_checkpoint, model_from_checkpoint, train, variant_fields  # noqa: E402
+from latentwire.codec.training.train import TrainOptions, TrainResult, load_checkpoint, model_from_checkpoint, train, variant_fields  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -144,7 +144,7 @@ def test_denoise_on_receive_through_the_exported_bundle(mnist, denoising, tmp_pa
     """Item 4: the codec's latent-only reconstruction (onnxruntime, no torch) of noisy frames."""
     from latentwire.codec.calibrate import calibrate
     from latentwire.codec.codec import Codec
-    from latentwire.codec.export import export
+    from latentwire.codec.training.export import export
 
     bundle = export(denoising, tmp_path / "bundle", name="mnist-denoising")
     calibrate(bundle, mnist[0].samples, (None, 0), threads=1)
@@ -200,7 +200,7 @@ def test_vae_kl_is_finite_prior_samples_decode_and_the_mean_exports(mnist, tmp_p
     with pytest.raises(ValueError, match="need a VAE"):
         V.prior_samples(build_model(_config()), 2)
 
-    from latentwire.codec.export import export
+    from latentwire.codec.training.export import export
     from latentwire.codec.runtime import Encoder
 
     bundle = export(result, tmp_path / "vae")

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from latentwire.codec.codec import Codec
-from latentwire.codec.payload import CodingTables, PayloadReader, encode_payload
-from latentwire.codec.quantize import quantize
+from latentwire.codec.coding.payload import CodingTables, PayloadReader, encode_payload
+from latentwire.codec.coding.quantize import quantize
 from latentwire.codec.sources import load_mnist, sample_data_root
 
 OUT = Path(__file__).resolve().parent / "regression.npz"

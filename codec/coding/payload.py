@@ -20,8 +20,9 @@ import numpy as np
 from .context import LatentContext
 from .context2d import KIND as KIND_2D
 from .context2d import LatentContext2D
-from .entropy import StreamDecoder, StreamEncoder, TableSet, as_int32
-from .errors import BundleError, InputError
+from .tables import TableSet
+from .coder import StreamDecoder, StreamEncoder, as_int32
+from ..errors import BundleError, InputError
 from .quantize import channel_index
 from .residual import ResidualEncoding, ResidualModel
 from .residual_context import ResidualContext

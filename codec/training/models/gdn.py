@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import ModelConfig, make_output_activation
+from .base import make_output_activation
+from .config import ModelConfig
 from .conv import ConvAutoencoder, check_conv_config
 
 # Ballé's reparameterization: beta and gamma are stored as square roots offset by a pedestal,

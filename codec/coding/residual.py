@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from .entropy import DEFAULT_PRECISION, FreqTable, StreamDecoder, StreamEncoder, TableSet, table_from_counts
-from .errors import BitstreamError, BundleError, InputError
+from .tables import DEFAULT_PRECISION, FreqTable, TableSet, table_from_counts
+from .coder import StreamDecoder, StreamEncoder
+from ..errors import BitstreamError, BundleError, InputError
 
 INT32_LIMIT = 1 << 30  # |values| below this leave int32 headroom for one addition
 MAX_RADIUS = 4095

@@ -12,7 +12,8 @@ import math
 import torch
 from torch import nn
 
-from .base import Autoencoder, ModelConfig, make_activation, make_output_activation
+from .base import Autoencoder, make_activation, make_output_activation
+from .config import ModelConfig
 
 
 class DenseAutoencoder(Autoencoder):

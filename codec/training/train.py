@@ -35,39 +35,26 @@ import torch  # noqa: E402
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..normalization import Normalization
+from ..sources import SampleSet
 from . import distributed
 from .models import Autoencoder, ModelConfig, build_model
-from .models import MODELS
-from .models.variants import VARIANTS, Corruption, level_loss_weights, training_loss, warn_if_unregularized
-from .normalization import Normalization
-from .sources import SampleSet, source_option
+from .models.variants import (
+    Corruption,
+    level_loss_weights,
+    training_loss,
+    warn_if_unregularized,
+)
+from .options import (
+    AUGMENTS,
+    TrainOptions,
+    _command_line,
+    add_train_parser,
+    variant_fields,
+)
 
 CHECKPOINT = "checkpoint.pt"
 VAL_BATCH_KEEP = 8  # validation samples stored in the checkpoint for export's parity check
-
-
-@dataclass
-class TrainOptions:
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    density_lr_factor: float = 10.0  # density params learn ~10x faster: their gradient is scaled by rate_weight
-    rate_weight: float = 0.01
-    schedule: str = "cosine"  # "cosine" | "plateau" | "none"
-    patience: int = 5  # epochs without val-loss improvement before stopping (0: never stop early)
-    seed: int = 0
-    device: str = "auto"  # "auto" | "cpu" | "cuda"
-    threads: int | None = None  # torch CPU threads (default: default_threads(), the cores other processes leave free)
-    augment: str = ""  # "flip": random horizontal and vertical flips per sample (photos)
-    val_limit: int | None = None  # validate on N samples spread evenly over the validation set (each epoch pays for it)
-    clip_grad: float = 0.0  # clip the network's gradient norm to this (0: off); GDN models train steadier with 1.0
-    checkpoint_minutes: float = 0.0  # also checkpoint mid-epoch this often (0: at epoch ends only); resumes mid-epoch
-    out: str | None = None  # directory for checkpoint.pt
-    resume: bool = False  # continue from out/checkpoint.pt
-    init_from: str | None = None  # warm start: weights of an earlier run's best model, fresh optimizer and schedule
-    progress: bool = True
-    command: str = ""  # the command line recorded in the checkpoint and manifest
 
 
 @dataclass
@@ -115,9 +102,6 @@ def default_threads() -> int:
     except OSError:
         busy = 0
     return max(1, min(cores, 16) - busy)
-
-
-AUGMENTS = ("", "flip")
 
 
 def augment_batch(xb: torch.Tensor, how: str, generator: torch.Generator) -> torch.Tensor:
@@ -456,83 +440,8 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
 
 # -- CLI ------------------------------------------------------------------------------------------
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1000,500,250, got {text!r}") from None
-
-
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.026,0.013, got {text!r}") from None
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("train", help="train an autoencoder", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="data source (MNIST folder, .npy/.npz, image folder, WFDB folder)")
-    p.add_argument("--source-option", action="append", type=source_option, default=[], metavar="KEY=VALUE",
-                   help="option for the data loader, e.g. limit=5000, size=64,64 (repeatable)")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--family", default="dense", choices=sorted(MODELS),
-                   help="dense, conv2d (images), conv1d (series), gdn2d (photos: Balle et al.'s GDN transform)")
-    p.add_argument("--layers", type=_int_list, default=None,
-                   help="dense: nodes per encoder layer (default 512,256); conv: channels per stride-2 stage (default 32,64); "
-                        "gdn2d: channels of the stages before the latent's (default 128,128,128: 4 downsamplings)")
-    p.add_argument("--code-size", type=int, default=32, help="dense: latent dims; conv: latent channels")
-    p.add_argument("--activation", default="relu", choices=["relu", "gelu", "leaky_relu", "tanh", "linear"])
-    v = p.add_argument_group("autoencoder variant (codec/models/variants.py; weights add to the per-sample summed distortion)")
-    v.add_argument("--variant", default=None, choices=list(VARIANTS),
-                   help="plain (default), denoising, sparse, contractive or vae; implied by the options below")
-    v.add_argument("--linear", action="store_true",
-                   help="no nonlinearity anywhere (activation and output 'linear'): the autoencoder PCA solves")
-    v.add_argument("--corruption", default=None, metavar="mask:P|gaussian:SIGMA",
-                   help="denoising: zero a fraction P of inputs, or add model-domain noise of std SIGMA (default mask:0.3)")
-    v.add_argument("--sparsity", default=None, metavar="l1:W|kl:RHO[:W]",
-                   help="sparse: W * sum|code|, or W * KL(RHO || mean activity) with activity = code symbol != 0 (default kl:0.05)")
-    v.add_argument("--contractive-weight", type=float, default=None,
-                   help="contractive: weight of the encoder Jacobian's squared Frobenius norm (default 0.1)")
-    v.add_argument("--beta", type=float, default=None, help="vae: weight of the KL term in nats (default 1)")
-    p.add_argument("--loss", default="mse", choices=["mse", "bce"])
-    p.add_argument("--kernel-size", type=int, default=5)
-    p.add_argument("--blocks", type=int, default=0,
-                   help="conv: residual blocks after every stride-2 stage (encoder and decoder)")
-    p.add_argument("--output-activation", default="auto", choices=["auto", "sigmoid", "none"])
-    p.add_argument("--rate-weight", type=float, default=TrainOptions.rate_weight,
-                   help="lambda in loss = summed squared error + lambda * bits per sample (0: plain autoencoder)")
-    p.add_argument("--rate-levels", type=_float_list, default=[], metavar="W0,W1,...",
-                   help="variable rate: one --rate-weight per quality level, cheapest first (e.g. 0.026,0.013,0.0064); "
-                        "each level learns per-channel gains, one network serves all")
-    p.add_argument("--augment", default="", choices=list(AUGMENTS), help="flip: random flips of each training sample")
-    p.add_argument("--val-limit", type=int, default=None, help="validate on N samples spread evenly over the validation set (each epoch pays for validation)")
-    p.add_argument("--clip-grad", type=float, default=0.0, help="clip the gradient norm (0: off)")
-    p.add_argument("--checkpoint-minutes", type=float, default=0.0,
-                   help="also checkpoint mid-epoch this often; --resume continues at that batch (long photo runs)")
-    p.add_argument("--epochs", type=int, default=TrainOptions.epochs)
-    p.add_argument("--batch-size", type=int, default=TrainOptions.batch_size)
-    p.add_argument("--lr", type=float, default=TrainOptions.lr)
-    p.add_argument("--weight-decay", type=float, default=TrainOptions.weight_decay)
-    p.add_argument("--schedule", default="cosine", choices=["cosine", "plateau", "none"])
-    p.add_argument("--patience", type=int, default=TrainOptions.patience, help="early stopping (0: off)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: cores not busy at start, i.e. cpu count minus the 1-minute "
-                        "load average, at least 1). More threads than free cores makes every step wait on a busy "
-                        "neighbour; pass 1 on a shared machine")
-    p.add_argument("--out", required=True, help="directory for checkpoint.pt")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--init-from", default=None, metavar="RUN",
-                   help="warm start from an earlier run's best weights (same config; fresh optimizer and schedule)")
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-
 def run(args: argparse.Namespace) -> int:
-    from .sources import load_source
+    from ..sources import load_source
 
     source = load_source(args.data, **dict(args.source_option))
     train_set, val_set = source.split(args.val_fraction, seed=args.seed)
@@ -568,34 +477,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def variant_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """ModelConfig's variant fields from the CLI: --variant, or the variant its option implies."""
-    given = {
-        "denoising": ("corruption", args.corruption), "sparse": ("sparsity", args.sparsity),
-        "contractive": ("contractive_weight", args.contractive_weight), "vae": ("beta", args.beta),
-    }
-    implied = [name for name, (_, value) in given.items() if value is not None]
-    variant = args.variant or (implied[0] if len(implied) == 1 else "plain")
-    if len(implied) > 1 or (implied and implied != [variant]):
-        options = ", ".join(f"--{given[n][0].replace('_', '-')}" for n in implied)
-        raise ValueError(f"{options} do(es) not belong to --variant {variant}; one variant per model")
-    fields: dict[str, Any] = {"variant": variant}
-    if variant in given and given[variant][1] is not None:
-        fields[given[variant][0]] = given[variant][1]
-    return fields
-
-
-def _command_line() -> str:
-    argv = sys.argv[:]
-    if argv and argv[0].endswith(("latentwire", "cli.py")):
-        argv[0] = "latentwire"
-    return shlex.join(argv)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="latentwire")
     sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
+    add_train_parser(sub)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(["train", *argv])
     args.command_line = shlex.join(["latentwire", "train", *argv])

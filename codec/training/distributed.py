@@ -1,4 +1,4 @@
-"""Training across processes: `torchrun --nproc-per-node N -m latentwire.codec.train ...`.
+"""Training across processes: `torchrun --nproc-per-node N -m latentwire.codec.training.train ...`.
 
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; each process then trains one replica of the model
 on its own share of every global batch, and DistributedDataParallel averages the gradients, so

@@ -25,8 +25,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from .context import check_kind, previous_along_last, table_with_prior, write_by_position
-from .entropy import FreqTable, StreamDecoder, StreamEncoder, TableSet
-from .errors import BundleError, InputError
+from .tables import FreqTable, TableSet
+from .coder import StreamDecoder, StreamEncoder
+from ..errors import BundleError, InputError
 from .residual import ResidualEncoding, ResidualModel, check_max_error, prediction, reconstruct
 
 KIND = "previous-sample"

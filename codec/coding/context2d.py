@@ -26,8 +26,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from .context import PRIOR_OBSERVATIONS, check_kind, table_with_prior
-from .entropy import FreqTable, StreamDecoder, StreamEncoder, TableSet, as_int32
-from .errors import BundleError, InputError
+from .tables import FreqTable, TableSet
+from .coder import StreamDecoder, StreamEncoder, as_int32
+from ..errors import BundleError, InputError
 
 KIND = "causal-2d"
 DEFAULT_SIGNED_CLIP = 1

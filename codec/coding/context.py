@@ -26,8 +26,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .entropy import FreqTable, StreamDecoder, StreamEncoder, TableSet, as_int32, table_from_counts
-from .errors import BundleError, InputError
+from .tables import FreqTable, TableSet, table_from_counts
+from .coder import StreamDecoder, StreamEncoder, as_int32
+from ..errors import BundleError, InputError
 
 KIND = "previous-position"
 DEFAULT_SIGNED_CLIP = 3

@@ -24,13 +24,13 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
 
-from . import bundle as bundle_mod
-from .errors import ExportError
+from .. import bundle as bundle_mod
+from ..errors import ExportError
+from ..normalization import Normalization
 from .models import Autoencoder, ModelConfig
-from .normalization import Normalization
+from .options import PARITY_TOLERANCE, add_export_parser
 from .train import TrainResult, load_checkpoint, model_from_checkpoint
 
-PARITY_TOLERANCE = 1e-4
 PMF_TAIL_MASS = 1e-9
 
 
@@ -255,18 +255,6 @@ def export(
 
 # -- CLI ------------------------------------------------------------------------------------------
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("export", help="export a checkpoint as a codec bundle", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="checkpoint.pt or the training --out directory")
-    p.add_argument("--out", required=True, help="bundle directory to write")
-    p.add_argument("--name", default=None, help="human name recorded in the manifest")
-    p.add_argument("--calibrate-data", default=None,
-                   help="data source to calibrate the entropy tables and quality levels on right after export")
-    p.add_argument("--tolerance", type=float, default=PARITY_TOLERANCE, help="parity tolerance (max abs diff)")
-    return p
-
-
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     out = export(args.checkpoint, args.out, name=args.name, tolerance=args.tolerance)
@@ -280,11 +268,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _calibrate(out: Path, data: str) -> None:
     try:
-        from .calibrate import calibrate
+        from ..calibrate import calibrate
     except ImportError:
         raise ExportError("--calibrate-data: codec/calibrate.py is not available in this install; "
                           f"run `latentwire calibrate {out} ...` once it is") from None
-    from .sources import load_source
+    from ..sources import load_source
 
     calibrate(out, load_source(data))
     print(f"calibrated {out} on {data}")
@@ -293,7 +281,7 @@ def _calibrate(out: Path, data: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="latentwire")
     sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
+    add_export_parser(sub)
     return run(parser.parse_args(["export", *(sys.argv[1:] if argv is None else argv)]))
 
 
@@ -301,4 +289,4 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["export", "parity", "add_parser", "run", "main", "PARITY_TOLERANCE"]
+__all__ = ["export", "parity", "run", "main", "PARITY_TOLERANCE"]

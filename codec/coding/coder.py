@@ -1,21 +1,9 @@
-"""Fixed integer frequency tables and range coding (constriction) for every symbol latentwire sends.
+"""Range coding (constriction) of integer symbols with the fixed tables of tables.py.
 
-Why integer tables: sender and receiver must build bit-identical coding models on any machine.
-The tables are computed once (at calibration) with integer arithmetic, stored as integers, and
-handed to constriction as ``freqs / 2**precision`` in float64. Those floats are dyadic, so every
-step of constriction's model construction (``perfect=False``: cumsum, multiply by
-``2**24 - n``, truncate, add the symbol index) is exact in IEEE double arithmetic: the 24-bit
-fixed-point model is a pure function of the integers, never of the CPU, BLAS or numpy build.
-
-Why ``perfect=False``: ``perfect=True`` runs an iterative, float-comparison-driven optimisation
-(~40 us for a 600-symbol table against ~1.5 us) whose result depends on a sort of float "wins";
-``perfect=False`` is a closed-form, exact map from our 16-bit table to constriction's 24-bit one,
-costing at most ``n / 2**24`` relative probability per symbol - far below 0.1 % of the rate.
-
-Escapes: every table's last entry is ESCAPE. A symbol outside the table's range is coded as
-ESCAPE followed by its distance beyond the range (folded to one unsigned number u, then the bit
-length of u with a uniform model over 0..34 and the bits below u's leading one in uniform 16-bit
-chunks). Any int32 round-trips; an out-of-range symbol costs ``-log2 p(ESC) + log2 35 + len(u)-1``.
+Escapes: a symbol outside its table's range is coded as ESCAPE followed by its distance beyond
+the range (folded to one unsigned number u, then the bit length of u with a uniform model over
+0..34 and the bits below u's leading one in uniform 16-bit chunks). Any int32 round-trips; an
+out-of-range symbol costs ``-log2 p(ESC) + log2 35 + len(u)-1``.
 
 Coding is vectorised: one ``encode`` call groups its symbols by table (stable order) and hands
 each group to constriction as one array, so Python never loops per symbol. The payload is the
@@ -27,21 +15,14 @@ when a trial decode proves the shorter stream decodes identically.
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass
-from functools import cached_property
-from typing import Any, Iterable, Sequence
+from typing import Sequence
 
 import constriction
 import numpy as np
 
-from .errors import BitstreamError, BundleError, InputError
-
-DEFAULT_PRECISION = 16
-MAX_PRECISION = 24  # constriction's default range coder models probabilities with 24 bits
-INT32_MIN = -(2**31)
-INT32_MAX = 2**31 - 1
+from ..errors import BitstreamError, InputError
+from .tables import INT32_MAX, INT32_MIN, FreqTable, TableSet, as_table_set
 
 _ESC_NBITS_SIZE = 35  # folded escape distance u < 2**34 -> bit length 0..34
 _ESC_CHUNK = 16
@@ -57,257 +38,9 @@ TINY_CALL_SYMBOLS = 16
 
 _RangeEncoder = constriction.stream.queue.RangeEncoder
 _RangeDecoder = constriction.stream.queue.RangeDecoder
-_Categorical = constriction.stream.model.Categorical
 _Uniform = constriction.stream.model.Uniform
 _ESC_NBITS_MODEL = _Uniform(_ESC_NBITS_SIZE)
 _UNIFORM_FAMILY = _Uniform()
-
-
-# --------------------------------------------------------------------------------------------
-# tables
-
-
-@dataclass(frozen=True, eq=False)
-class FreqTable:
-    """Integer frequencies for symbols offset .. offset+len(freqs)-2, then ESCAPE (last entry).
-
-    Invariants (checked): every entry >= 1 (no symbol ever costs infinity), the sum is exactly
-    2**precision, at least one in-range symbol.
-    """
-
-    offset: int
-    freqs: np.ndarray
-    precision: int = DEFAULT_PRECISION
-
-    def __post_init__(self) -> None:
-        f = np.asarray(self.freqs)
-        if f.ndim != 1 or f.size < 2:
-            raise InputError(f"a FreqTable needs >= 2 entries (symbols + ESCAPE), got shape {f.shape}")
-        if f.dtype.kind not in "iu":
-            raise InputError(f"FreqTable freqs must be integers, got dtype {f.dtype}")
-        if not 1 <= self.precision <= MAX_PRECISION:
-            raise InputError(f"precision must be in 1..{MAX_PRECISION}, got {self.precision}")
-        f64 = f.astype(np.int64)
-        if f64.min() < 1:
-            raise InputError("FreqTable entries must all be >= 1 (floored): an unseen symbol must stay codable")
-        if int(f64.sum()) != 1 << self.precision:
-            raise InputError(f"FreqTable freqs sum to {int(f64.sum())}, expected 2**{self.precision}")
-        off = int(self.offset)
-        if off < INT32_MIN or off + f.size - 2 > INT32_MAX:
-            raise InputError(f"FreqTable range [{off}, {off + f.size - 2}] leaves int32")
-        frozen = f64.astype(np.uint32)
-        frozen.setflags(write=False)
-        object.__setattr__(self, "offset", off)
-        object.__setattr__(self, "freqs", frozen)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, FreqTable):
-            return NotImplemented
-        return (
-            self.offset == other.offset
-            and self.precision == other.precision
-            and np.array_equal(self.freqs, other.freqs)
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.offset, self.precision, self.freqs.tobytes()))
-
-    @property
-    def n_symbols(self) -> int:
-        """In-range symbols (without ESCAPE)."""
-        return int(self.freqs.size - 1)
-
-    @property
-    def lo(self) -> int:
-        return self.offset
-
-    @property
-    def hi(self) -> int:
-        return self.offset + self.n_symbols - 1
-
-    @property
-    def escape_index(self) -> int:
-        return self.n_symbols
-
-    @cached_property
-    def probabilities(self) -> np.ndarray:
-        """freqs / 2**precision in float64: exactly representable, so machine independent."""
-        return self.freqs.astype(np.float64) / float(1 << self.precision)
-
-    @cached_property
-    def model(self) -> Any:
-        """The constriction model (built once per table; construction is ~1 us)."""
-        return _Categorical(self.probabilities, perfect=False)
-
-    @cached_property
-    def cost_bits(self) -> np.ndarray:
-        """-log2 p per table index (the ideal cost under this table)."""
-        return self.precision - np.log2(self.freqs.astype(np.float64))
-
-    def to_json_obj(self) -> dict[str, Any]:
-        return {"offset": self.offset, "freqs": [int(v) for v in self.freqs]}
-
-
-def _distribute(weights: np.ndarray, total: int) -> np.ndarray:
-    """Integer-only: 1 per entry plus ``total - n`` shared proportionally to weights, remainder by
-    largest fractional part (ties -> lower index). Deterministic on every machine."""
-    w = np.asarray(weights, dtype=np.int64)
-    n = w.size
-    free = total - n
-    c = int(w.sum())
-    if c == 0:
-        out = np.full(n, total // n, dtype=np.int64)
-        out[: total - int(out.sum())] += 1
-        return out
-    # keep c * free inside int64: shift counts down (integer) if they are astronomically large
-    shift = 0
-    while (c >> shift) * max(free, 1) >= 1 << 62:
-        shift += 1
-    if shift:
-        w = w >> shift
-        c = int(w.sum())
-        if c == 0:
-            return _distribute(w, total)
-    prod = w * free
-    base = prod // c
-    frac = prod % c
-    out = 1 + base
-    rem = total - int(out.sum())
-    if rem:
-        order = np.lexsort((np.arange(n), -frac))
-        out[order[:rem]] += 1
-    return out
-
-
-def table_from_counts(
-    counts: Sequence[int] | np.ndarray,
-    offset: int,
-    precision: int = DEFAULT_PRECISION,
-    escape_count: int = 0,
-) -> FreqTable:
-    """Histogram of symbols offset.. -> a floored table (every symbol and ESCAPE >= 1/2**precision).
-
-    Pure integer arithmetic, so the same counts give the same table everywhere.
-    """
-    c = np.asarray(counts)
-    if c.ndim != 1 or c.size < 1:
-        raise InputError(f"counts must be a non-empty 1-D array, got shape {c.shape}")
-    if c.dtype.kind not in "iu":
-        if c.dtype.kind == "f" and np.all(np.isfinite(c)) and np.all(c == np.rint(c)):
-            c = c.astype(np.int64)
-        else:
-            raise InputError(f"counts must be integers, got dtype {c.dtype}")
-    if c.size and int(c.min()) < 0 or escape_count < 0:
-        raise InputError("counts must be >= 0")
-    if not 1 <= precision <= MAX_PRECISION:
-        raise InputError(f"precision must be in 1..{MAX_PRECISION}, got {precision}")
-    w = np.concatenate([c.astype(np.int64), np.array([int(escape_count)], dtype=np.int64)])
-    total = 1 << precision
-    if w.size > total:
-        raise InputError(f"{w.size} entries cannot all get >= 1 of 2**{precision}; raise the precision")
-    return FreqTable(offset=int(offset), freqs=_distribute(w, total).astype(np.uint32), precision=precision)
-
-
-_PMF_UNIT_BITS = 40
-
-
-def table_from_pmf(
-    probs: Sequence[float] | np.ndarray, offset: int, precision: int = DEFAULT_PRECISION
-) -> FreqTable:
-    """Probabilities of symbols offset.. (tail mass 1 - sum goes to ESCAPE) -> floored table.
-
-    The only float step is the elementwise conversion to integer units of 2**-40 (exact scaling
-    by a power of two, then round-half-even); everything after is integer arithmetic.
-    """
-    p = np.asarray(probs, dtype=np.float64)
-    if p.ndim != 1 or p.size < 1:
-        raise InputError(f"probs must be a non-empty 1-D array, got shape {p.shape}")
-    if not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1.0:
-        raise InputError("probs must be finite and within [0, 1]")
-    units = np.rint(p * float(1 << _PMF_UNIT_BITS)).astype(np.int64)
-    escape = max(0, (1 << _PMF_UNIT_BITS) - int(units.sum()))
-    return table_from_counts(units, offset, precision, escape_count=escape)
-
-
-@dataclass(frozen=True, eq=False)
-class _CodingMeta:
-    lo: np.ndarray
-    hi: np.ndarray
-    escape: np.ndarray
-    models: tuple[Any, ...]
-
-
-@dataclass(frozen=True)
-class TableSet:
-    """An ordered list of tables sharing one precision; ``table_ids`` index into it."""
-
-    tables: tuple[FreqTable, ...]
-    precision: int = DEFAULT_PRECISION
-
-    def __post_init__(self) -> None:
-        tabs = tuple(self.tables)
-        for i, t in enumerate(tabs):
-            if not isinstance(t, FreqTable):
-                raise InputError(f"TableSet entry {i} is not a FreqTable")
-            if t.precision != self.precision:
-                raise InputError(f"table {i} has precision {t.precision}, the set {self.precision}")
-        object.__setattr__(self, "tables", tabs)
-
-    def __len__(self) -> int:
-        return len(self.tables)
-
-    @cached_property
-    def coding_meta(self) -> "_CodingMeta":
-        """Per-table lo / hi / escape index as arrays and the constriction models, built once:
-        the coder touches them per group, and attribute lookups per group add up at batch 1."""
-        return _CodingMeta(
-            lo=np.array([t.lo for t in self.tables], dtype=np.int64),
-            hi=np.array([t.hi for t in self.tables], dtype=np.int64),
-            escape=np.array([t.escape_index for t in self.tables], dtype=np.int64),
-            models=tuple(t.model for t in self.tables),
-        )
-
-    def __getitem__(self, i: int) -> FreqTable:
-        return self.tables[i]
-
-    def __iter__(self):
-        return iter(self.tables)
-
-    def to_json_obj(self) -> dict[str, Any]:
-        return {"precision": self.precision, "tables": [t.to_json_obj() for t in self.tables]}
-
-    def dumps(self) -> str:
-        """Canonical JSON (sorted keys, no spaces): equal sets give equal bytes (and hashes)."""
-        return json.dumps(self.to_json_obj(), sort_keys=True, separators=(",", ":"))
-
-    @classmethod
-    def from_json_obj(cls, obj: Any) -> "TableSet":
-        try:
-            precision = int(obj["precision"])
-            tables = tuple(
-                FreqTable(offset=int(t["offset"]), freqs=np.asarray(t["freqs"], dtype=np.int64), precision=precision)
-                for t in obj["tables"]
-            )
-            return cls(tables=tables, precision=precision)
-        except (KeyError, TypeError, ValueError, OverflowError) as exc:
-            raise BundleError(f"malformed entropy table set ({exc}); re-run calibration for this bundle") from exc
-
-    @classmethod
-    def loads(cls, text: str | bytes) -> "TableSet":
-        try:
-            obj = json.loads(text)
-        except ValueError as exc:
-            raise BundleError(f"entropy table set is not valid JSON ({exc})") from exc
-        return cls.from_json_obj(obj)
-
-
-def as_table_set(tables: TableSet | Iterable[FreqTable]) -> TableSet:
-    if isinstance(tables, TableSet):
-        return tables
-    tabs = tuple(tables)
-    if not tabs:
-        raise InputError("empty table list")
-    return TableSet(tabs, precision=tabs[0].precision)
 
 
 # --------------------------------------------------------------------------------------------

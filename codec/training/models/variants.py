@@ -34,10 +34,12 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-if TYPE_CHECKING:  # base imports this module: no runtime import back
-    from .base import Autoencoder, ModelConfig
+from ..options import VARIANTS  # the one vocabulary, shared with the CLI
 
-VARIANTS = ("plain", "denoising", "sparse", "contractive", "vae")
+if TYPE_CHECKING:  # annotations only: config.py and base.py import this module, never the reverse
+    from .base import Autoencoder
+    from .config import ModelConfig
+
 KAPPA = 8.0  # slope of the smooth activity indicator around |y| = 0.5
 DEFAULT_CORRUPTION = "mask:0.3"
 DEFAULT_SPARSITY = "kl:0.05"

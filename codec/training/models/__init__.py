@@ -1,6 +1,7 @@
 """Autoencoder families (torch; training and export only, never on the runtime path)."""
 
-from .base import Autoencoder, AutoencoderOutput, ModelConfig
+from .base import Autoencoder, AutoencoderOutput
+from .config import ModelConfig
 from .density import FactorizedDensity
 from .registry import MODELS, build_model
 

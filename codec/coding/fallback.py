@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import zstandard
 
-from .errors import BitstreamError, InputError
+from ..errors import BitstreamError, InputError
 
 ZSTD_LEVEL = 19  # frames are small: the strongest regular level costs well under a millisecond
 ANOMALY_QUANTILES = (0.9, 0.95, 0.99, 0.995, 0.999, 1.0)

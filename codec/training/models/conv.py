@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Autoencoder, ModelConfig, latent_extent, make_activation, make_output_activation
+from .base import Autoencoder, latent_extent, make_activation, make_output_activation
+from .config import ModelConfig
 
 
 def check_conv_config(model: Autoencoder, config: ModelConfig) -> None:

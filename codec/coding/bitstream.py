@@ -15,7 +15,7 @@ from enum import Enum
 from typing import Iterator
 from dataclasses import dataclass
 
-from .errors import (
+from ..errors import (
     BadMagic,
     BitstreamError,
     ChecksumMismatch,

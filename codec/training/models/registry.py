@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Autoencoder, ModelConfig
+from .base import Autoencoder
+from .config import ModelConfig
 from .conv1d import Conv1dAutoencoder
 from .conv2d import Conv2dAutoencoder
 from .dense import DenseAutoencoder
