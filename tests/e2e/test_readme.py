@@ -17,7 +17,7 @@ import numpy as np
 
 from _transport import free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_PORT = "50051"
 
 

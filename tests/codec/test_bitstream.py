@@ -146,11 +146,17 @@ def test_fuzz_any_bytes_give_header_or_bitstream_error(data: bytes) -> None:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 255)), min_size=1, max_size=4))
 def test_fuzz_mutated_packets(edits) -> None:
-    pkt = bytearray(small_packet(recon_crc=1, quality=B.CUSTOM_QUALITY, max_error=7))
+    original = small_packet(recon_crc=1, quality=B.CUSTOM_QUALITY, max_error=7)
+    pkt = bytearray(original)
     for pos, val in edits:
         if pos < len(pkt):
             pkt[pos] = val
     try:
-        B.read_packet(bytes(pkt), MODEL)
+        h, payload = B.read_packet(bytes(pkt), MODEL)
     except BitstreamError:
-        pass
+        return  # damage refused, as it must be
+    # accepted only when the edits left a packet whose CRC matches its bytes (e.g. no edit changed
+    # anything): then the header describes exactly these bytes
+    assert zlib.crc32(bytes(pkt[:-4])) == int.from_bytes(pkt[-4:], "little")
+    assert h.packet_length == len(pkt) and len(payload) == h.payload_length
+    assert h.model_id_prefix == original[4:12]  # the model check still held

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROTO_DIR = REPO / "proto"
 STUB_DIR = PROTO_DIR / "latentwire" / "v1"
 GENERATED = ["latentwire_pb2.py", "latentwire_pb2_grpc.py", "latentwire_pb2.pyi"]

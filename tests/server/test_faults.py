@@ -109,15 +109,22 @@ class Proxy:
 
     def cut(self) -> None:
         assert self._listener is not None
+        try:  # wakes the accept() blocked in _accept: a plain close() leaves the port listening until it returns
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._listener.close()
         with self._lock:
             conns, self._conns = self._conns, []
         for s in conns:
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST
-                s.close()
+                # shutdown first: it wakes the pump blocked in recv() on this socket; a plain close()
+                # from this thread leaves the connection open until that recv returns (no RST at all)
+                s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            s.close()
 
     def close(self) -> None:
         self.cut()

@@ -24,7 +24,7 @@ from latentwire.codec.coding.payload import CodingTables, PayloadReader, encode_
 from latentwire.codec.coding.quantize import channel_index, quantize
 from latentwire.codec.coding.residual import choose_shifts
 
-FIXTURE_DIR = Path(__file__).resolve().parent / "data" / "throughput"
+FIXTURE_DIR = Path(__file__).resolve().parents[1] / "data" / "throughput"
 
 
 def _load_fixture():

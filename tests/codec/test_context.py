@@ -20,7 +20,7 @@ from latentwire.codec.errors import BundleError, InputError
 from latentwire.codec.coding.payload import CodingTables
 from latentwire.codec.sources import load_ecg_windows, sample_data_root
 
-ASSETS = Path(__file__).resolve().parents[1] / "codec" / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "codec" / "assets"
 
 
 def _heldout() -> np.ndarray:
