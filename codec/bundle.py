@@ -145,6 +145,7 @@ class QualityLevel:
     max_error: int | None
     latent_step: float = 1.0
     latent_level: int | None = None
+    transform_step: float | None = None  # the transform residual's quantizer step (raw units), if any
 
     @classmethod
     def from_dict(cls, index: int, d: Any) -> "QualityLevel":
@@ -156,7 +157,13 @@ class QualityLevel:
         step = float(d.get("latent_step", 1.0))
         if not step > 0:
             raise ValueError(f"quality_levels[{index}].latent_step must be > 0, got {step}")
-        return cls(index, str(d.get("name", f"q{index}")), bound, step, None if level is None else int(level))
+        t = d.get("transform_step")
+        if t is not None and (not isinstance(t, (int, float)) or not t > 0):
+            raise ValueError(f"quality_levels[{index}].transform_step must be a number > 0, got {t!r}")
+        if t is not None and bound is not None:
+            raise ValueError(f"quality_levels[{index}] has a max_error and a transform_step: one residual per level")
+        return cls(index, str(d.get("name", f"q{index}")), bound, step, None if level is None else int(level),
+                   None if t is None else float(t))
 
 
 @dataclass(frozen=True)

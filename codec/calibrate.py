@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,7 +25,9 @@ from .errors import InputError
 from .coding.fallback import DEFAULT_ANOMALY_QUANTILE, AnomalyCalibration, frame_scores
 from .normalization import psnr_db
 from .coding.payload import CodingTables, LevelTables, encode_payload
+from .coding import transform
 from .coding.quantize import dequantize_scaled, quantize_scaled
+from .coding.transform import TransformResidual
 from .coding.residual import ContextSpec, ResidualModel, default_radius, prediction, residual_histograms
 from .coding.residual_context import ResidualContext
 from .runtime import Decoder, Encoder
@@ -52,34 +54,49 @@ def default_ladder(latent_levels: int) -> list["LevelSpec"]:
 @dataclass(frozen=True)
 class LevelSpec:
     """One rung of the quality ladder: the latent's quantization step (1.0: the trained integer
-    grid; coarser steps are the cheap levels) and the residual layer's max error (None: none)."""
+    grid; coarser steps are the cheap levels) or learned level, and at most one residual: the
+    max-error layer (max_error, raw units) or the transform residual (transform_step, raw units)."""
 
     max_error: int | None = None
     latent_step: float = 1.0
     latent_level: int | None = None  # learned level of a variable-rate bundle (then step is 1)
+    transform_step: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_error is not None and self.transform_step is not None:
+            raise InputError("a level has a max error or a transform step, not both")
 
     @classmethod
     def parse(cls, value: "int | str | None | LevelSpec") -> "LevelSpec":
-        """None / "none" -> latent only; 24 / "24" -> max error 24; "s2" -> latent only at step 2;
-        "s2+24" -> step 2 with max error 24; "l3" -> learned level 3 (variable-rate bundles),
-        "l3+4" -> level 3 with max error 4."""
+        """Parts joined by "+": "none" (latent only), N (max error N), "sX" (latent step X), "lK"
+        (learned level K of a variable-rate bundle), "tX" (transform residual at step X):
+        24, "s2+24", "l3", "l3+4", "t8", "l2+t16"."""
         if isinstance(value, LevelSpec):
             return value
         if value is None or isinstance(value, (int, np.integer)):
             return cls(None if value is None else int(value))
-        text = str(value).strip().lower()
-        step, level = 1.0, None
-        if text.startswith("s"):
-            head, _, text = text[1:].partition("+")
-            step = float(head)
-            if not step > 0:
-                raise InputError(f"latent step must be > 0, got {head!r}")
-        elif text.startswith("l"):
-            head, _, text = text[1:].partition("+")
-            level = int(head)
-            if level < 0:
-                raise InputError(f"latent level must be >= 0, got {head!r}")
-        return cls(None if text in ("", "none") else int(text), step, level)
+        step, level, bound, tstep = 1.0, None, None, None
+        for part in str(value).strip().lower().split("+"):
+            if part in ("", "none"):
+                continue
+            try:
+                if part[0] == "s":
+                    step = float(part[1:])
+                    if not step > 0:
+                        raise InputError(f"latent step must be > 0, got {part!r}")
+                elif part[0] == "l":
+                    level = int(part[1:])
+                    if level < 0:
+                        raise InputError(f"latent level must be >= 0, got {part!r}")
+                elif part[0] == "t":
+                    tstep = float(part[1:])
+                    if not tstep > 0:
+                        raise InputError(f"transform step must be > 0, got {part!r}")
+                else:
+                    bound = int(part)
+            except ValueError:
+                raise InputError(f"bad level part {part!r} (none, N, sX, lK, tX)") from None
+        return cls(bound, step, level, tstep)
 
     def to_manifest(self, index: int) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": f"q{index}", "max_error": self.max_error}
@@ -87,6 +104,8 @@ class LevelSpec:
             entry["latent_step"] = self.latent_step
         if self.latent_level is not None:
             entry["latent_level"] = self.latent_level
+        if self.transform_step is not None:
+            entry["transform_step"] = self.transform_step
         return entry
 
 
@@ -97,6 +116,7 @@ class LevelReport:
     bytes_per_sample: float
     psnr_db: float
     max_abs_error: int
+    prdn_percent: float | None = None  # series: rms over frames of each frame's PRDN
 
 
 @dataclass(frozen=True)
@@ -259,6 +279,7 @@ def calibrate(
     rctx = None
     if residual is not None and (positional if residual_context is None else residual_context):
         rctx = ResidualContext.fit(residual, raw, raw_float, [e for e in levels if e is not None], batch_size=batch_size)
+    specs, tr = _fit_transform(specs, raw, symbols, raw_float, reference, enc, dec, bundle, batch_size)
     steps = sorted({sp.latent_step for sp in specs if sp.latent_step != 1.0})
     tables = CodingTables(
         latent=latent,
@@ -267,6 +288,7 @@ def calibrate(
         latent_context=context,
         residual_context=rctx,
         latent_levels=tuple(level_tables),
+        transform=tr,
     )
 
     (d / ENTROPY).write_bytes(tables.dumps())
@@ -288,7 +310,14 @@ def calibrate(
         sym_k, float_k = symbols[:k], raw_float[:k]
         if (sp.latent_step, sp.latent_level) != (reference.latent_step, reference.latent_level):
             sym_k, float_k = _forward(enc, dec, bundle, raw[:k], batch_size, sp)
-        if e is None:
+        if sp.transform_step is not None and tr is not None:
+            idx = np.full(k, tr.step_index(sp.transform_step), dtype=np.int64)
+            qc = tr.quantize(transform.forward(raw[:k].astype(np.float64) - float_k), idx)
+            payload, _ = encode_payload(tables, sym_k, m.channel_axis, latent_step=sp.latent_step,
+                                        latent_level=sp.latent_level, transform=(qc, idx))
+            rec = transform.reconstruct(float_k, qc, tr.dequantize(qc, idx), norm.raw_min, norm.raw_max,
+                                        norm.is_integer)
+        elif e is None:
             payload, _ = encode_payload(tables, sym_k, m.channel_axis, latent_step=sp.latent_step,
                                         latent_level=sp.latent_level)
             if norm.is_integer:
@@ -309,6 +338,8 @@ def calibrate(
                 bytes_per_sample=len(payload) / k,
                 psnr_db=psnr_db(raw[:k], rec, norm.peak),
                 max_abs_error=int(np.ceil(err.max())),
+                prdn_percent=float(np.sqrt(np.mean(transform.prdn_per_frame(raw[:k], rec) ** 2))) if raw.ndim == 3
+                else None,
             )
         )
     metrics = manifest.setdefault("metrics", {})
@@ -326,6 +357,8 @@ def calibrate(
                 "payload_bytes_per_sample": round(r.bytes_per_sample, 3),
                 "psnr_db": None if not np.isfinite(r.psnr_db) else round(r.psnr_db, 3),
                 "max_abs_error": r.max_abs_error,
+                **({"transform_step": sp.transform_step} if sp.transform_step is not None else {}),
+                **({"prdn_percent": round(r.prdn_percent, 3)} if r.prdn_percent is not None else {}),
             }
             for r, sp in zip(reports, specs)
         ],
@@ -335,6 +368,32 @@ def calibrate(
     return CalibrationReport(
         model_id=model_id, n_samples=int(raw.shape[0]), levels=tuple(reports), seconds=time.perf_counter() - t0
     )
+
+
+def _fit_transform(specs: list[LevelSpec], raw: np.ndarray, symbols: np.ndarray, raw_float: np.ndarray,
+                   reference: LevelSpec, enc: Encoder, dec: Decoder, bundle: Bundle,
+                   batch_size: int) -> tuple[list[LevelSpec], TransformResidual | None]:
+    """The transform residual's tables, fit on each transform level's own residuals at its own
+    step; steps are snapped to the ladder. (specs with snapped steps, tables or None)."""
+    wanted = [sp for sp in specs if sp.transform_step is not None]
+    if not wanted:
+        return specs, None
+    if raw.ndim != 3:
+        raise InputError(f"transform residual levels (tX) are for series (channels, length); these samples are {raw.shape[1:]}")
+    snapped = [replace(sp, transform_step=TransformResidual.snap(sp.transform_step)) if sp.transform_step else sp
+               for sp in specs]
+    residuals: dict[tuple[float, int | None], np.ndarray] = {}
+    pairs = []
+    for sp in snapped:
+        if sp.transform_step is None:
+            continue
+        key = (sp.latent_step, sp.latent_level)
+        if key not in residuals:
+            flt = raw_float if key == (reference.latent_step, reference.latent_level) else \
+                _forward(enc, dec, bundle, raw, batch_size, sp)[1]
+            residuals[key] = raw.astype(np.float64) - flt
+        pairs.append((residuals[key], sp.transform_step))
+    return snapped, TransformResidual.fit(pairs)
 
 
 def _ladder(text: str) -> list[LevelSpec]:

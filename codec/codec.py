@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from .coding import bitstream
+from .coding import transform
 from .coding.bitstream import CUSTOM_QUALITY, CodingPath
 from .bundle import Bundle, QualityLevel
 from .errors import BitstreamError, InputError, ReconstructionMismatch
@@ -189,27 +190,53 @@ class Codec:
 
     # ---------------------------------------------------------------- encode / decode
     def encode(
-        self, raw: np.ndarray, quality: int | None = None, max_error: int | None = None, recon_crc: bool = True
+        self, raw: np.ndarray, quality: int | None = None, max_error: int | None = None, recon_crc: bool = True,
+        target_prdn: float | None = None,
     ) -> bytes:
         """N raw samples -> ONE packet, all frames coded jointly (a packet of one is the compact mode).
 
         With a residual level the packet carries, by default, a CRC of the reconstruction so a
         receiver whose decoder drifted (another provider) detects it instead of returning wrong data.
+        target_prdn (series with a transform residual): each frame gets the coarsest transform step
+        that keeps its PRDN (percent, about each channel's own mean) at or below the target; the
+        latent part is quality's (default: the first level with a transform residual).
         """
         self.validate(raw)
+        if target_prdn is not None:
+            if max_error is not None:
+                raise InputError("give target_prdn or max_error, not both: one residual per packet")
+            if not target_prdn > 0:
+                raise InputError(f"target_prdn must be > 0 (percent), got {target_prdn}")
+            quality = self._transform_level(quality)
         q, bound, grid = self._level(quality, max_error)
         y = self.encoder.encode(self.normalization.to_model(raw), validate=False)
-        return self._packet(raw, y, q, bound, grid, recon_crc)
+        return self._packet(raw, y, q, bound, grid, recon_crc, target_prdn=target_prdn)
+
+    def _transform_level(self, quality: int | None) -> int:
+        levels = [lv.index for lv in self.qualities if lv.transform_step is not None]
+        if not levels or self.tables.transform is None:
+            raise InputError("this bundle has no transform residual levels: target_prdn needs one (calibrate with "
+                             "levels such as l2+t8 or t8)")
+        if quality is None:
+            return levels[0]
+        if int(quality) not in levels:
+            raise InputError(f"quality {quality} has no transform residual; target_prdn takes one of {levels}")
+        return int(quality)
 
     def _packet(
         self, raw: np.ndarray, y: np.ndarray, q: int, bound: int | None, grid: LatentGrid, recon_crc: bool,
-        reference_raw_float: np.ndarray | None = None,
+        reference_raw_float: np.ndarray | None = None, target_prdn: float | None = None,
     ) -> bytes:
         """Validated raw frames and their continuous latents -> one packet at level (q, bound, grid).
 
         reference_raw_float: the decoder's output on the reference grid, when the caller already
         has it (scoring computes it), so a residual level there does not run the decoder twice."""
         symbols = self.quantize_latents(y, grid)
+        step = None if q == CUSTOM_QUALITY else self.qualities[q].transform_step
+        if step is not None:
+            raw_float = (reference_raw_float if grid == self.reference_grid and reference_raw_float is not None
+                         else self._decode_symbols(self.latent_values(symbols, grid), raw.shape[1:]))
+            return self._transform_packet(raw, symbols, raw_float, q, grid, step, recon_crc, target_prdn)
         if bound is None:
             payload, info = encode_payload(self.tables, symbols, self.manifest.channel_axis, latent_step=grid.step,
                                            latent_level=grid.level)
@@ -232,6 +259,30 @@ class Codec:
             residual=bound is not None,
             recon_crc=info.crc if (info is not None and recon_crc) else None,
         )
+
+    def _transform_packet(self, raw: np.ndarray, symbols: np.ndarray, raw_float: np.ndarray, q: int, grid: LatentGrid,
+                          step: float, recon_crc: bool, target_prdn: float | None) -> bytes:
+        """A packet whose residual is coded in the transform domain (coding/transform.py)."""
+        tr = self.tables.transform
+        if tr is None or raw.ndim != 3:
+            raise InputError("transform residual levels need series samples (channels, length) and the bundle's "
+                             "transform tables")
+        norm = self.normalization
+        coef = transform.forward(raw.astype(np.float64) - raw_float)
+        if target_prdn is None:
+            idx = np.full(len(raw), tr.step_index(step), dtype=np.int64)
+        else:
+            idx = transform.choose_steps(tr, raw, raw_float, coef, float(target_prdn), norm.raw_min, norm.raw_max,
+                                         norm.is_integer)
+        qc = tr.quantize(coef, idx)
+        payload, _ = encode_payload(self.tables, symbols, self.manifest.channel_axis, latent_step=grid.step,
+                                    latent_level=grid.level, transform=(qc, idx))
+        crc = None
+        if recon_crc and norm.is_integer:
+            rec = transform.reconstruct(raw_float, qc, tr.dequantize(qc, idx), norm.raw_min, norm.raw_max, True)
+            crc = reconstruction_crc(rec.astype(np.int64))
+        return bitstream.write_packet(model_id=self.model_id, quality=q, sample_shape=tuple(int(d) for d in raw.shape[1:]),
+                                      count=int(raw.shape[0]), payload=payload, recon_crc=crc, transform=True)
 
     def encode_frames(self, raw: np.ndarray, quality: int | None = None, max_error: int | None = None) -> list[bytes]:
         """One packet per sample (compact per-frame mode): each frame decodable on its own."""
@@ -363,6 +414,9 @@ class Codec:
             )
         if header.has_residual != (bound is not None):
             raise BitstreamError("packet's residual flag disagrees with its quality level: corrupt or foreign packet")
+        transform_level = header.quality != CUSTOM_QUALITY and self.qualities[header.quality].transform_step is not None
+        if header.has_transform != transform_level:
+            raise BitstreamError("packet's transform flag disagrees with its quality level: corrupt or foreign packet")
         return header, payload, bound, grid
 
     def decode(self, packet: bytes | memoryview) -> np.ndarray:
@@ -400,9 +454,12 @@ class Codec:
     def _finish(
         self, reader: PayloadReader, header: bitstream.PacketHeader, bound: int | None, raw_float: np.ndarray
     ) -> np.ndarray:
-        if bound is None:
+        if header.has_transform:
+            recon = self._transform_recon(reader, header, raw_float)
+        elif bound is None:
             return self._round_raw(raw_float)
-        recon = reader.residual(raw_float, bound)
+        else:
+            recon = reader.residual(raw_float, bound)
         if header.recon_crc is not None and reconstruction_crc(recon) != header.recon_crc:
             raise ReconstructionMismatch(
                 "the decoded samples differ from what the sender reconstructed (CRC mismatch): this "
@@ -410,3 +467,12 @@ class Codec:
                 "decode on the provider the sender used (provider='cpu')"
             )
         return recon.astype(self.raw_dtype)
+
+    def _transform_recon(self, reader: PayloadReader, header: bitstream.PacketHeader, raw_float: np.ndarray) -> np.ndarray:
+        tr = self.tables.transform
+        if tr is None or raw_float.ndim != 3:
+            raise BitstreamError("packet has a transform residual, but this bundle has no transform tables for it")
+        qc, idx = reader.transform(header.count, raw_float.shape[1], raw_float.shape[2])
+        norm = self.normalization
+        rec = transform.reconstruct(raw_float, qc, tr.dequantize(qc, idx), norm.raw_min, norm.raw_max, norm.is_integer)
+        return rec.astype(np.int64) if norm.is_integer else rec

@@ -30,7 +30,8 @@ VERSION = 1
 FLAG_RESIDUAL = 0x01  # the payload continues with the residual layer
 FLAG_RECON_CRC = 0x02  # a CRC32 of the sender's reconstruction follows the frame count
 FLAG_LOSSLESS = 0x04  # lossless fallback: the payload is zstd of the raw frames, no latents (codec/fallback.py)
-KNOWN_FLAGS = FLAG_RESIDUAL | FLAG_RECON_CRC | FLAG_LOSSLESS
+FLAG_TRANSFORM = 0x08  # the payload continues with the transform residual (codec/coding/transform.py)
+KNOWN_FLAGS = FLAG_RESIDUAL | FLAG_RECON_CRC | FLAG_LOSSLESS | FLAG_TRANSFORM
 CUSTOM_QUALITY = 0xFF  # quality byte meaning "custom max_error, varint follows"
 
 
@@ -41,10 +42,15 @@ class CodingPath(str, Enum):
     LATENT = "latent"
     RESIDUAL = "residual"
     LOSSLESS = "lossless"
+    TRANSFORM = "transform"
 
     @classmethod
     def from_flags(cls, flags: int) -> "CodingPath":
-        return cls.LOSSLESS if flags & FLAG_LOSSLESS else cls.RESIDUAL if flags & FLAG_RESIDUAL else cls.LATENT
+        if flags & FLAG_LOSSLESS:
+            return cls.LOSSLESS
+        if flags & FLAG_TRANSFORM:
+            return cls.TRANSFORM
+        return cls.RESIDUAL if flags & FLAG_RESIDUAL else cls.LATENT
 MODEL_PREFIX_BYTES = 8
 
 MAX_DIMS = 8
@@ -75,6 +81,11 @@ class PacketHeader:
     @property
     def has_residual(self) -> bool:
         return bool(self.flags & FLAG_RESIDUAL)
+
+    @property
+    def has_transform(self) -> bool:
+        """The payload continues with the transform residual (a level with a transform step)."""
+        return bool(self.flags & FLAG_TRANSFORM)
 
     @property
     def is_lossless(self) -> bool:
@@ -156,15 +167,19 @@ def write_packet(
     residual: bool = False,
     recon_crc: int | None = None,
     lossless: bool = False,
+    transform: bool = False,
 ) -> bytes:
     """Assemble one packet. ``quality`` is a ladder index 0..254, or CUSTOM_QUALITY with max_error.
 
     lossless: a fallback packet (FLAG_LOSSLESS); quality must be 0, no residual, no recon CRC.
+    transform: the payload holds the transform residual (FLAG_TRANSFORM), never with the max-error one.
     """
     prefix = model_id_prefix(model_id)
     q = int(quality)
-    if lossless and (q != 0 or residual or recon_crc is not None or max_error is not None):
+    if lossless and (q != 0 or residual or recon_crc is not None or max_error is not None or transform):
         raise InputError("a lossless fallback packet has quality 0 and no residual layer or reconstruction CRC")
+    if transform and (residual or q == CUSTOM_QUALITY):
+        raise InputError("a packet carries the transform residual or the max-error residual, not both")
     if q == CUSTOM_QUALITY:
         if max_error is None or not 0 <= int(max_error) <= MAX_MAX_ERROR:
             raise InputError(f"custom quality needs max_error in 0..{MAX_MAX_ERROR}, got {max_error!r}")
@@ -186,7 +201,7 @@ def write_packet(
         raise InputError(f"count must be >= 1, got {count}")
     flags = (
         (FLAG_RESIDUAL if residual else 0) | (FLAG_RECON_CRC if recon_crc is not None else 0)
-        | (FLAG_LOSSLESS if lossless else 0)
+        | (FLAG_LOSSLESS if lossless else 0) | (FLAG_TRANSFORM if transform else 0)
     )
     body = bytearray(MAGIC)
     body += bytes([VERSION, flags])
@@ -267,10 +282,12 @@ def read_packet(
             f"packet uses flags 0x{flags:02x}, unknown to this decoder (known 0x{KNOWN_FLAGS:02x}): "
             "upgrade latentwire on the receiver, or the packet is corrupt"
         )
-    if flags & FLAG_LOSSLESS and flags & (FLAG_RESIDUAL | FLAG_RECON_CRC):
+    if flags & FLAG_LOSSLESS and flags & (FLAG_RESIDUAL | FLAG_RECON_CRC | FLAG_TRANSFORM):
         raise BitstreamError(
-            f"flags 0x{flags:02x} combine the lossless fallback with the residual layer or recon CRC: corrupt packet"
+            f"flags 0x{flags:02x} combine the lossless fallback with a residual layer or recon CRC: corrupt packet"
         )
+    if flags & FLAG_TRANSFORM and flags & FLAG_RESIDUAL:
+        raise BitstreamError(f"flags 0x{flags:02x} combine the transform and the max-error residuals: corrupt packet")
     _need(buf, pos, MODEL_PREFIX_BYTES, "model id")
     prefix = bytes(buf[pos : pos + MODEL_PREFIX_BYTES])
     pos += MODEL_PREFIX_BYTES

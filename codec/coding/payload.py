@@ -26,6 +26,7 @@ from ..errors import BundleError, InputError
 from .quantize import channel_index
 from .residual import ResidualEncoding, ResidualModel
 from .residual_context import ResidualContext
+from .transform import TransformResidual
 
 ENTROPY_FORMAT = "latentwire-entropy"
 ENTROPY_VERSION = 1
@@ -33,6 +34,7 @@ ENTROPY_VERSION = 1
 # (and their bytes and model ids), and a latentwire that predates it refuses version 2 clearly
 ENTROPY_VERSION_CONTEXT = 2
 # version 3 adds latent_levels (variable-rate bundles: one table set, and context, per learned level)
+# and the transform residual (transform.py); either is written only when present
 ENTROPY_VERSION_LEVELS = 3
 READABLE_VERSIONS = (ENTROPY_VERSION, ENTROPY_VERSION_CONTEXT, ENTROPY_VERSION_LEVELS)
 
@@ -45,6 +47,15 @@ def latent_context_from_json(obj: Any, where: str) -> AnyLatentContext:
     if isinstance(obj, dict) and obj.get("kind") == KIND_2D:
         return LatentContext2D.from_json_obj(obj, where)
     return LatentContext.from_json_obj(obj, where)
+
+
+def _transform_from_json(obj: dict[str, Any], where: str) -> TransformResidual | None:
+    if obj.get("transform") is None:
+        return None
+    if obj.get("version") != ENTROPY_VERSION_LEVELS:
+        raise BundleError(f"{where}: a transform residual needs entropy format version {ENTROPY_VERSION_LEVELS}; "
+                          "re-run calibration")
+    return TransformResidual.from_json_obj(obj["transform"], where)
 
 
 @dataclass(frozen=True)
@@ -84,10 +95,12 @@ class CodingTables:
     residual_context: ResidualContext | None = None
     # Variable-rate bundles: the tables of each learned latent level (manifest latent.levels).
     latent_levels: tuple[LevelTables, ...] = ()
+    # The transform residual's tables and step ladder (levels with a transform step).
+    transform: TransformResidual | None = None
 
     @property
     def version(self) -> int:
-        if self.latent_levels:
+        if self.latent_levels or self.transform is not None:
             return ENTROPY_VERSION_LEVELS
         plain = self.latent_context is None and self.residual_context is None
         return ENTROPY_VERSION if plain else ENTROPY_VERSION_CONTEXT
@@ -138,6 +151,8 @@ class CodingTables:
             obj["residual_context"] = self.residual_context.to_json_obj()
         if self.latent_levels:
             obj["latent_levels"] = [lv.to_json_obj() for lv in self.latent_levels]
+        if self.transform is not None:
+            obj["transform"] = self.transform.to_json_obj()
         return obj
 
     def dumps(self) -> bytes:
@@ -181,6 +196,7 @@ class CodingTables:
             latent_context=None if ctx is None else latent_context_from_json(ctx, where),
             residual_context=None if rctx is None else ResidualContext.from_json_obj(rctx, where),
             latent_levels=tuple(LevelTables.from_json_obj(lv, where) for lv in levels),
+            transform=_transform_from_json(obj, where),
         )
 
     @classmethod
@@ -230,10 +246,13 @@ def encode_payload(
     max_error: int | None = None,
     latent_step: float = 1.0,
     latent_level: int | None = None,
+    transform: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[bytes, ResidualEncoding | None]:
     """symbols: int32 (N, *latent_shape). With max_error, also the residual of x_raw against the
     decoder output raw_float (both (N, *sample_shape)). Returns (payload, residual info or None).
-    latent_level: the learned level of a variable-rate bundle the symbols were quantized at."""
+    latent_level: the learned level of a variable-rate bundle the symbols were quantized at.
+    transform: (quantized coefficients (N, C, L), per-frame step indices (N,)) of the transform
+    residual (transform.py), coded after the latents; never with max_error."""
     s = np.asarray(symbols)
     if s.ndim < 2:
         raise InputError(f"symbols must be (N, *latent_shape), got shape {s.shape}")
@@ -245,6 +264,12 @@ def encode_payload(
     else:
         enc.encode_grouped(list(enumerate(_by_channel(s, channel_axis))), tables.latent_for(latent_step, latent_level))
     info = None
+    if transform is not None:
+        if max_error is not None:
+            raise InputError("a packet carries the transform residual or the max-error residual, not both")
+        if tables.transform is None:
+            raise InputError("this bundle has no transform residual tables (calibrate it with a transform level)")
+        tables.transform.write(enc, *transform)
     if max_error is not None:
         if tables.residual is None:
             raise InputError("this bundle has no residual model (non-integer raw data): only latent-only quality")
@@ -283,6 +308,12 @@ class PayloadReader:
         # undo _by_channel: (C, N, *rest without C) -> (N, *latent_shape)
         rest = shape[:axis] + shape[axis + 1 :]
         return np.ascontiguousarray(np.moveaxis(flat.reshape((n_channels, count, *rest)), 0, 1 + axis))
+
+    def transform(self, count: int, channels: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """(quantized coefficients (N, C, L), step indices (N,)) of the transform residual."""
+        if self._tables.transform is None:
+            raise BundleError("packet has a transform residual but the bundle has no transform tables")
+        return self._tables.transform.read(self._dec, count, channels, length)
 
     def residual(self, raw_float: np.ndarray, max_error: int) -> np.ndarray:
         if self._tables.residual is None:

@@ -20,7 +20,7 @@ ACTIVATIONS = ("relu", "gelu", "leaky_relu", "tanh", "linear")
 LOSSES = ("mse", "bce")
 OUTPUT_ACTIVATIONS = ("auto", "sigmoid", "none")
 VARIANTS = ("plain", "denoising", "sparse", "contractive", "vae")
-AUGMENTS = ("", "flip")
+AUGMENTS = ("", "flip", "ecg")
 SCHEDULES = ("cosine", "plateau", "none")
 PARITY_TOLERANCE = 1e-4  # export: max |torch - onnxruntime| over latents and reconstructions
 
@@ -119,7 +119,8 @@ def add_train_parser(subparsers: Any, name: str = "train") -> argparse.ArgumentP
     p.add_argument("--rate-levels", type=_float_list, default=[], metavar="W0,W1,...",
                    help="variable rate: one --rate-weight per quality level, cheapest first (e.g. 0.026,0.013,0.0064); "
                         "each level learns per-channel gains, one network serves all")
-    p.add_argument("--augment", default="", choices=list(AUGMENTS), help="flip: random flips of each training sample")
+    p.add_argument("--augment", default="", choices=list(AUGMENTS), help="flip: random flips of each training sample (photos); ecg: amplitude scaling, baseline wander "
+                        "and noise per window and lead (series in mV)")
     p.add_argument("--val-limit", type=int, default=None, help="validate on N samples spread evenly over the validation set (each epoch pays for validation)")
     p.add_argument("--clip-grad", type=float, default=0.0, help="clip the gradient norm (0: off)")
     p.add_argument("--checkpoint-minutes", type=float, default=0.0,
