@@ -25,6 +25,7 @@ from tqdm import tqdm
 from .codec import Codec
 from .errors import InputError, LatentwireError
 from .normalization import psnr_db
+from .coding.transform import prdn_per_frame
 from .sources import ImageFolder, detect_kind, load_source, source_option
 
 Samples = np.ndarray | list[np.ndarray]  # one batchable array, or whole images of different sizes
@@ -45,6 +46,9 @@ class LevelResult:
     bits_per_pixel: float | None = None  # images: bits / (H x W), all channels
     prd_percent: float | None = None  # series: error energy over the signal's energy about the ADC zero
     prdn_percent: float | None = None  # series: the same about each window's own mean (per lead)
+    prdn_window_mean: float | None = None  # series: each window's own PRDN, averaged
+    prdn_window_p95: float | None = None  # series: ... and its 95th percentile
+    target_prdn: float | None = None  # the per-window PRDN asked for (rate-controlled runs)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -73,7 +77,7 @@ def prdn(raw: np.ndarray, decoded: np.ndarray) -> float:
 
 
 def _round_trip(codec: Codec, samples: Samples, quality: int | None, max_error: int | None, batch: int,
-                progress: bool) -> tuple[int, list[np.ndarray]]:
+                progress: bool, target_prdn: float | None = None) -> tuple[int, list[np.ndarray]]:
     """(bytes sent, decoded samples in input order): packets of ``batch`` frames, or one per image."""
     total, decoded = 0, []
     if isinstance(samples, list):
@@ -83,7 +87,7 @@ def _round_trip(codec: Codec, samples: Samples, quality: int | None, max_error: 
             decoded.append(codec.decode(packet)[0])
         return total, decoded
     for i in tqdm(range(0, samples.shape[0], batch), disable=not progress, desc="eval", unit="packet"):
-        packet = codec.encode(samples[i : i + batch], quality=quality, max_error=max_error)
+        packet = codec.encode(samples[i : i + batch], quality=quality, max_error=max_error, target_prdn=target_prdn)
         total += len(packet)
         decoded.extend(codec.decode(packet))
     return total, decoded
@@ -91,10 +95,11 @@ def _round_trip(codec: Codec, samples: Samples, quality: int | None, max_error: 
 
 def evaluate(
     codec: Codec, raw: Samples, quality: int | None = None, max_error: int | None = None, batch: int = 256,
-    progress: bool = False, keep: list[np.ndarray] | None = None,
+    progress: bool = False, keep: list[np.ndarray] | None = None, target_prdn: float | None = None,
 ) -> LevelResult:
-    """Measure one level on raw samples. keep: if given, receives the decoded samples."""
-    total, decoded = _round_trip(codec, raw, quality, max_error, batch, progress)
+    """Measure one level on raw samples. keep: if given, receives the decoded samples.
+    target_prdn: series with a transform residual, each window coded to this PRDN (percent)."""
+    total, decoded = _round_trip(codec, raw, quality, max_error, batch, progress, target_prdn)
     if keep is not None:
         keep.extend(decoded)
     frames = len(raw)
@@ -112,6 +117,7 @@ def evaluate(
     spatial = codec.manifest.spatial_dims
     pixels = sum(int(np.prod(s.shape[1:])) for s in raw)
     series = spatial == 1
+    windows = prdn_per_frame(np.asarray(raw), np.stack(decoded)) if series else None
     return LevelResult(
         quality=quality,
         max_error=bound,
@@ -124,6 +130,9 @@ def evaluate(
         bits_per_pixel=total * 8 / pixels if spatial == 2 else None,
         prd_percent=prd(np.asarray(raw), np.stack(decoded), codec.normalization.offset) if series else None,
         prdn_percent=prdn(np.asarray(raw), np.stack(decoded)) if series else None,
+        prdn_window_mean=float(np.mean(windows)) if windows is not None else None,
+        prdn_window_p95=float(np.percentile(windows, 95)) if windows is not None else None,
+        target_prdn=target_prdn,
     )
 
 
@@ -175,6 +184,9 @@ def add_parser(subparsers: Any, name: str = "eval") -> argparse.ArgumentParser:
     p.add_argument("--source-option", action="append", type=source_option, default=[], metavar="KEY=VALUE")
     p.add_argument("--quality", type=int, action="append", default=None, help="level(s) to measure (default: all)")
     p.add_argument("--max-error", type=int, action="append", default=[], help="also measure these custom bounds")
+    p.add_argument("--target-prdn", type=float, action="append", default=[],
+                   help="series with a transform residual: also code each window to this PRDN (percent); reports "
+                        "the windows' mean and 95th percentile PRDN (repeatable)")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--batch", type=int, default=256, help="frames per packet (whole photos: one packet each)")
     p.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"])
@@ -194,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
         levels = args.quality if args.quality is not None else [q.index for q in codec.qualities]
         results = [evaluate(codec, raw, quality=q, batch=args.batch, progress=True) for q in levels]
         results += [evaluate(codec, raw, max_error=e, batch=args.batch, progress=True) for e in args.max_error]
+        results += [evaluate(codec, raw, batch=args.batch, progress=True, target_prdn=t) for t in args.target_prdn]
         picture = write_picture(codec, raw, levels, args.max_error, args.picture, args.picture_samples) if args.picture else None
     except (LatentwireError, OSError) as exc:
         print(f"latentwire eval: {exc}", file=sys.stderr)

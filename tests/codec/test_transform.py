@@ -111,3 +111,19 @@ def test_flags_and_levels_must_agree(ecg: tuple[Codec, np.ndarray]) -> None:
     with pytest.raises(InputError, match="not both"):
         bitstream.write_packet(model_id=codec.model_id, quality=2, sample_shape=h.sample_shape, count=1, payload=b"",
                                residual=True, transform=True)
+
+
+def test_eval_reports_the_target_and_the_windows_prdn(ecg: tuple[Codec, np.ndarray], tmp_path: Path) -> None:
+    import json
+
+    from latentwire.codec import cli
+
+    codec, _ = ecg
+    out = tmp_path / "eval.json"
+    assert cli.main(["eval", "--bundle", str(codec.bundle.path), "--data", str(MITDB), "--source-option",
+                     "records=102,103", "--quality", "0", "--target-prdn", "6", "--out", str(out)]) == 0
+    latent, controlled = json.loads(out.read_text())["levels"]
+    assert controlled["target_prdn"] == 6.0 and controlled["prdn_window_p95"] <= 6.0
+    assert controlled["prdn_window_mean"] <= controlled["prdn_window_p95"]
+    assert latent["prd_percent"] < latent["prdn_percent"] or latent["prdn_percent"] > 0
+    assert controlled["bits_per_pixel"] is None and controlled["compression_ratio"] > 1

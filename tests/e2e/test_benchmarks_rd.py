@@ -204,3 +204,64 @@ def test_ecg_scorer_prd_and_cr() -> None:
     # against its own mean (1074) the signal swings +-50 instead of 0/100: half the energy
     assert s["prdn_percent"] == pytest.approx(s["prd_percent"] * math.sqrt(2))
 
+
+
+def test_wavelet_packets_round_trip_and_count_every_byte() -> None:
+    import pywt
+
+    from benchmarks.wavelet import WAVELET, WaveletCodec
+
+    folder = sample_data_root() / "mitdb"
+    train = load_ecg_windows(folder, records=["100", "101"], window=512).samples
+    test = load_ecg_windows(folder, records=["102"], window=512).samples
+    fine, coarse = (WaveletCodec(512, s, train, 1024.0, 0.0, 2047.0) for s in (8.0, 48.0))
+    pf, pc = fine.encode(test), coarse.encode(test)
+    header, payload = bitstream.read_packet(pf, expected_model_id=fine.model_id)
+    # bytes counted like latentwire's: the whole packet (header + payload + CRC), one per batch
+    assert header.count == len(test) and len(pf) == header.packet_length > len(payload)
+    df, dc = fine.decode(pf, test.dtype), coarse.decode(pc, test.dtype)
+    err = lambda d: float(np.sum((d.astype(float) - test) ** 2))  # noqa: E731
+    assert len(pc) < len(pf) < test.nbytes and err(df) < err(dc)
+    # decoding equals quantize -> dequantize -> inverse CDF 9/7 (the entropy coder is lossless)
+    coeffs = pywt.wavedec(test.astype(np.float64) - 1024.0, WAVELET, mode="periodization", level=fine.level, axis=-1)
+    q = [np.rint(c / 8.0) * 8.0 for c in coeffs]
+    want = np.rint(np.clip(pywt.waverec(q, WAVELET, mode="periodization", axis=-1) + 1024.0, 0, 2047))
+    assert np.array_equal(df, want.astype(test.dtype))
+
+
+def test_rd_ecg_measures_prdn_both_baselines_and_rate_control(tmp_path: Path) -> None:
+    """The ECG benchmark on the shipped records: held-out 102-103, baselines fit on 100-101, the
+    shipped model with a transform ladder; every target line is for a baseline that ran."""
+    import shutil
+
+    from latentwire.codec.calibrate import calibrate
+
+    bundle = tmp_path / "ecg"
+    shutil.copytree(Path(rd.__file__).resolve().parents[2] / "codec" / "assets" / "ecg-conv1d", bundle)
+    folder = sample_data_root() / "mitdb"
+    calibrate(bundle, load_ecg_windows(folder, records=["100", "101"], window=1024).samples,
+              ["none", "t32", "t8"], threads=1)
+    out = tmp_path / "rd-ecg.json"
+    args = ["--dataset", "ecg", "--bundle", str(bundle), "--data", str(folder), "--records", "102,103",
+            "--fit-records", "100,101", "--dct-steps", "8,32", "--max-errors", "", "--compact-levels", "1",
+            "--compact-limit", "8", "--target-prdns", "5", "--no-progress", "--no-plot", "--out", str(out)]
+    assert rd.main(args) == 0
+    doc = json.loads(out.read_text())
+    points = doc["points"]
+    assert {p["codec"] for p in points} >= {"latentwire", "dct", "wavelet", "zstd", "delta+zstd"}
+    for p in points:
+        if p["codec"] in ("latentwire", "dct", "wavelet") and not p.get("lossless"):
+            assert p["prdn_percent"] >= p["prd_percent"] > 0 and p["bits_per_value"] > 0
+            assert p["cr"] == pytest.approx(11.0 / p["bits_per_value"])
+    rc = next(p for p in points if p.get("target_prdn") == 5.0)
+    assert rc["prdn_percent"] <= 5.0
+    subset = [p for p in points if p.get("subset")]
+    assert subset and all(p["mode"] == "frame" and "first 8 of" in p["subset"] for p in subset)
+    targets = [t["target"] for t in doc["summary"]["targets"]]
+    assert any("vs dct" in t for t in targets) and any("vs wavelet" in t for t in targets)
+    assert set(doc["summary"]["bd_rate_percent_vs_prdn_1_8"]) >= {"dct", "wavelet"}
+    # a baseline that cannot be fit is an error that says why, not a silent omission
+    assert rd.main(args[:-2] + ["--fit-records", "999", "--out", str(tmp_path / "x.json")]) == 2
+    assert rd.main(args[:-2] + ["--fit-records", "999", "--no-dct", "--no-wavelet", "--out",
+                                str(tmp_path / "y.json")]) == 0
+    assert not any("vs dct" in t["target"] for t in json.loads((tmp_path / "y.json").read_text())["summary"]["targets"])

@@ -1,0 +1,5 @@
+"""`python -m benchmarks.rd`."""
+
+from .cli import main
+
+raise SystemExit(main())
