@@ -27,6 +27,7 @@ import grpc
 import numpy as np
 
 from latentwire.codec.coding.bitstream import peek_header
+from latentwire.codec.coding.compact import CompactWriter
 from latentwire.codec.codec import Codec
 from latentwire.codec.errors import BitstreamError
 from latentwire.v1 import latentwire_pb2 as pb
@@ -56,12 +57,14 @@ class Message:
 @dataclass(frozen=True)
 class PublishOptions:
     """window: messages in flight; max_retries: reconnects in a row before the error reaches the
-    caller; on_ack: called in message order with what each message became."""
+    caller; on_ack: called in message order with what each message became; compact: one-frame
+    packet messages go out as compact stream frames (codec/FORMAT.md) when the server takes them."""
 
     window: int = 16
     max_retries: int = 8
     max_backoff: float = 5.0
     on_ack: Callable[[PublishAck], None] | None = None
+    compact: bool = True
 
 
 class _Source:
@@ -132,6 +135,10 @@ class PublishSession:
         open_ = pb.PublishOpen(channel=self.channel, producer_id=self.producer)
         if self.quality is not None:
             open_.quality = self.quality
+        # set once the server's reply to `open` says it takes compact frames; messages sent before
+        # that reply go out whole (no round trip is waited for)
+        compact_ok = threading.Event()
+        framer = _Framer()
 
         def requests() -> Iterator[pb.PublishRequest]:
             yield pb.PublishRequest(open=open_)
@@ -144,19 +151,25 @@ class PublishSession:
                     if dead.is_set():
                         return
                     m = next(pending, None)
+                    first_send = m is None
                     if m is None:
                         m = source.next()  # never raises: an error ends the source and waits for run()
                         if m is None:
                             return
                         self._unacked[m.index] = m
-                        self.result.sent_bytes += m.request.ByteSize()
                         self.result.frames_sent += m.frames
-                yield m.request
+                    req = framer.request(m, compact_ok.is_set())
+                    if first_send:
+                        self.result.sent_bytes += req.ByteSize()
+                yield req
 
         call = self.stub.Publish(requests(), metadata=self.metadata)
         try:
             opened = next(call)
-            self.log.debug("publish to %s opened: producer next offset %d", self.channel, opened.producer_next_offset)
+            if opened.compact_frames and self.options.compact:
+                compact_ok.set()
+            self.log.debug("publish to %s opened: producer next offset %d, compact frames %s", self.channel,
+                           opened.producer_next_offset, compact_ok.is_set())
             for r in call:
                 with lock:
                     m = self._unacked.pop(r.message_index, None)
@@ -198,6 +211,34 @@ class PublishSession:
             self.options.on_ack(PublishAck(r.message_index, m.first_frame, m.frames, r.accepted, r.rejected,
                                            r.duplicates, r.first_seq if r.accepted else None,
                                            tuple(sorted(set(refused))), tuple(errors)))
+
+
+class _Framer:
+    """One stream's view of what the server can infer (codec/coding/compact.py; the `frame`
+    message in latentwire.proto): a one-frame packet message right after the previous message
+    (next index, next offset) goes out as a compact frame when the packet fits the stream context."""
+
+    def __init__(self) -> None:
+        self.writer = CompactWriter()
+        self.prev: Message | None = None
+
+    def request(self, m: Message, compact: bool) -> pb.PublishRequest:
+        prev, self.prev = self.prev, m
+        req = m.request
+        if req.WhichOneof("kind") != "packets":
+            return req
+        packets = req.packets.packets
+        follows = (prev is not None and m.index == prev.index + 1
+                   and req.producer_offset == prev.request.producer_offset + prev.frames)
+        if compact and follows and len(packets) == 1 and m.frames == 1:
+            packet = packets[0]
+            wire = self.writer.pack(packet)
+            if wire is not packet:
+                return pb.PublishRequest(frame=wire)
+            return req
+        for p in packets:
+            self.writer.observe(p)
+        return req
 
 
 def frame_messages(frames: FrameSource, sample_ndim: int, per_message: int, codec: Codec | None, quality: int,

@@ -42,6 +42,16 @@ class ModelMismatch(BitstreamError):
     """The frame was coded by another model than the one asked to decode it."""
 
 
+class MissingStreamContext(BitstreamError):
+    """A compact stream frame (codec/coding/compact.py) arrived where no earlier packet of its
+    stream set the context it needs."""
+
+
+class CompactFrameNotPacket(BadMagic):
+    """Bytes handed over as a packet start like a compact stream frame: they decode only with
+    their stream's context (or a packet's first byte was damaged, hence a BadMagic)."""
+
+
 class ExportError(LatentwireError):
     """A trained model could not be turned into a trustworthy bundle (e.g. ONNX parity failed)."""
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from latentwire.codec.codec import Codec
 from latentwire.codec.coding import bitstream
+from latentwire.codec.coding.compact import CompactReader, StreamContext
 from latentwire.codec.errors import BitstreamError, InputError
 from latentwire.v1 import latentwire_pb2 as pb
 
@@ -171,3 +172,51 @@ def undecodable(codec: Codec, data: bytes, header: bitstream.PacketHeader, max_m
     if out.shape[0] != header.count:
         return f"does not decode: {out.shape[0]} frames for a header of {header.count}"
     return None
+
+
+@dataclass
+class PublishStream:
+    """One Publish stream's running state, for the `frame` messages that leave it implicit: the
+    previous data message's index and the producer offset after it, and the compact-frame
+    context (the last readable packet on this stream, codec/coding/compact.py)."""
+
+    last_index: int = -1
+    next_offset: int = 0
+    frames: CompactReader = field(default_factory=CompactReader)
+
+    def resolve(self, req: pb.PublishRequest) -> tuple[int, int, list[bytes] | None, Refusal | None]:
+        """(message_index, producer_offset, the packets the message carries (None for RAW), a
+        refusal of the whole message or None). A compact frame is expanded to its full packet
+        here; every data message moves the implicit index and offset on, refused or not, so the
+        messages after a bad frame keep the numbers the client gave them."""
+        kind = req.WhichOneof("kind")
+        if kind == "frame":
+            index, offset = self.last_index + 1, self.next_offset
+            self._advance(index, offset, 1)
+            if (req.message_index, req.producer_offset) not in ((0, 0), (index, offset)):
+                return index, offset, None, Refusal(0, 1, BAD, (
+                    f"a frame message has implicit message_index {index} and producer_offset {offset}, but carries "
+                    f"{req.message_index} and {req.producer_offset}: leave them unset"))
+            try:
+                return index, offset, [self.frames.unpack(req.frame)], None
+            except BitstreamError as e:
+                return index, offset, None, Refusal(0, 1, BAD, f"compact frame: {type(e).__name__}: {e}")
+        index, offset = int(req.message_index), int(req.producer_offset)
+        if kind == "packets":
+            frames = 0
+            for p in req.packets.packets:
+                try:
+                    header = bitstream.peek_header(p)
+                except BitstreamError:
+                    frames += 1  # what admit_packets counts for an unreadable packet
+                    continue
+                frames += int(header.count)
+                self.frames.context = StreamContext.of(header)
+            self._advance(index, offset, frames)
+            return index, offset, list(req.packets.packets), None
+        if kind == "raw":
+            self._advance(index, offset, int(req.raw.shape[0]) if req.raw.shape else 0)
+        return index, offset, None, None
+
+    def _advance(self, index: int, offset: int, frames: int) -> None:
+        self.last_index, self.next_offset = index, offset + frames

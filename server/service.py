@@ -20,7 +20,7 @@ import grpc
 from latentwire.v1 import latentwire_pb2 as pb
 from latentwire.v1 import latentwire_pb2_grpc as pb_grpc
 
-from .admission import FRAMES_LIMIT, admit_packets, admit_raw
+from .admission import FRAMES_LIMIT, PublishStream, admit_packets, admit_raw
 from .auth import AuthError, TokenStore
 from .batcher import QueueFull, Stopped
 from .channels import Channel, ModelEntry
@@ -180,6 +180,7 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                     message_index=first.message_index,
                     producer_next_offset=ch.store.producer_next_offset(producer) if producer else 0,
                     channel=self.channel_info(ch),
+                    compact_frames=True,
                 )
             except StoreUnavailable as e:
                 context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
@@ -189,10 +190,12 @@ class LatentwireService(pb_grpc.LatentwireServicer):
             stop_with: list[tuple[grpc.StatusCode, str]] = []
             limits_seen: set[str] = set()  # each limit is logged once per stream, counted every time
 
+            stream = PublishStream()
+
             def reader() -> None:
                 try:
                     for req in request_iterator:
-                        pending.put(self._accept(ch, req, quality, producer, limits_seen, who))
+                        pending.put(self._accept(ch, req, quality, producer, limits_seen, who, stream))
                 except (QueueFull, Stopped) as e:
                     # Order matters (producer offsets): nothing after this message may be taken, so
                     # the stream ends with a status and the client resends from this message on.
@@ -266,28 +269,30 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                         "counted in latentwire_limit_hits_total)", name, ch.name, who, message)
 
     def _accept(self, ch: Channel, req: pb.PublishRequest, quality: int | None, producer: str,
-                seen: set[str] | None = None, who: str = "anonymous"):
+                seen: set[str], who: str, stream: PublishStream):
         """Validate one data message (admission.py) and queue what passed: (response skeleton,
-        future or None)."""
-        seen = set() if seen is None else seen
-        resp = pb.PublishResponse(message_index=req.message_index)
+        future or None). A compact `frame` message is expanded to its packet first."""
         kind = req.WhichOneof("kind")
         limits = self.config.limits
-        if kind not in ("raw", "packets"):
-            return self._reject(resp, ch, 0, grpc.StatusCode.INVALID_ARGUMENT, f"message {req.message_index}: "
-                                f"expected `raw` or `packets` after open, got {kind or 'nothing'}"), None
+        index, offset, packets, refusal = stream.resolve(req)
+        resp = pb.PublishResponse(message_index=index)
+        if kind not in ("raw", "packets", "frame"):
+            return self._reject(resp, ch, 0, grpc.StatusCode.INVALID_ARGUMENT, f"message {index}: "
+                                f"expected `raw`, `packets` or `frame` after open, got {kind or 'nothing'}"), None
+        if refusal is not None:
+            return self._reject(resp, ch, refusal.frames, refusal.code, f"message {index}: {refusal.message}"), None
         try:
-            if kind == "raw":
+            if packets is None:
                 verdict = admit_raw(ch.model.codec, req.raw, max_frames=limits.max_frames_per_message,
-                                    quality=quality, producer=producer, offset=req.producer_offset)
+                                    quality=quality, producer=producer, offset=offset)
             else:
-                verdict = admit_packets(ch.model.codec, req.packets.packets, max_frames=limits.max_frames_per_message,
+                verdict = admit_packets(ch.model.codec, packets, max_frames=limits.max_frames_per_message,
                                         verify=self.config.verify_packets, max_message_bytes=limits.max_message_bytes,
-                                        producer=producer, offset=req.producer_offset)
+                                        producer=producer, offset=offset)
         except Exception as e:  # noqa: BLE001 - one message's surprise must not end the stream
-            log.exception("publish on %s: message %d could not be validated", ch.name, req.message_index)
+            log.exception("publish on %s: message %d could not be validated", ch.name, index)
             return self._reject(resp, ch, 0, grpc.StatusCode.INTERNAL,
-                                f"message {req.message_index} could not be validated ({type(e).__name__}); "
+                                f"message {index} could not be validated ({type(e).__name__}); "
                                 "it was not stored", reason="internal"), None
         if verdict.limit is not None:
             self._limit_hit(ch, FRAMES_LIMIT, verdict.limit, seen, who)

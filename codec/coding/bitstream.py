@@ -20,6 +20,7 @@ from ..errors import (
     BitstreamError,
     ChecksumMismatch,
     InputError,
+    CompactFrameNotPacket,
     ModelMismatch,
     TruncatedFrame,
     UnsupportedVersion,
@@ -32,6 +33,9 @@ FLAG_RECON_CRC = 0x02  # a CRC32 of the sender's reconstruction follows the fram
 FLAG_LOSSLESS = 0x04  # lossless fallback: the payload is zstd of the raw frames, no latents (codec/fallback.py)
 FLAG_TRANSFORM = 0x08  # the payload continues with the transform residual (codec/coding/transform.py)
 KNOWN_FLAGS = FLAG_RESIDUAL | FLAG_RECON_CRC | FLAG_LOSSLESS | FLAG_TRANSFORM
+# A compact stream frame (codec/coding/compact.py) starts with 0b110xxxxx; "LW" starts with 0x4C
+COMPACT_MARKER_MASK = 0xE0
+COMPACT_MARKER = 0xC0
 CUSTOM_QUALITY = 0xFF  # quality byte meaning "custom max_error, varint follows"
 
 
@@ -261,6 +265,11 @@ def read_packet(
             raise TruncatedFrame(f"packet of {n} bytes ends before its magic number: empty or cut short")
         raise BadMagic(f"bytes start with {bytes(buf)!r}, not the latentwire magic {MAGIC!r}: not a latentwire packet")
     if bytes(buf[:2]) != MAGIC:
+        if buf[0] & COMPACT_MARKER_MASK == COMPACT_MARKER:
+            raise CompactFrameNotPacket(
+                f"bytes start with 0x{buf[0]:02x}, not the magic {MAGIC!r}: a compact stream frame (codec/FORMAT.md, "
+                "'Compact frames'), which decodes only with its stream's context (expand it first, "
+                "codec.coding.compact), or a packet whose first byte was damaged")
         raise BadMagic(
             f"bytes start with {bytes(buf[:2])!r}, not the latentwire magic {MAGIC!r}: not a latentwire packet "
             "(wrong stream, an extra framing layer, or text/base64 encoding in transit)"

@@ -10,7 +10,8 @@ each group to constriction as one array, so Python never loops per symbol. The p
 coder's 32-bit words as a big-endian byte string, trailing zero bytes removed (the decoder pads
 zeros back, which is exactly what constriction's decoder assumes past the end). Small streams are
 additionally shortened by up to 3 bytes: the final word is rounded up to fewer significant bytes
-when a trial decode proves the shorter stream decodes identically.
+when the shorter stream provably decodes identically (``trim_tail``, checked against the coder's
+final interval).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from .tables import INT32_MAX, INT32_MIN, FreqTable, TableSet, as_table_set
 
 _ESC_NBITS_SIZE = 35  # folded escape distance u < 2**34 -> bit length 0..34
 _ESC_CHUNK = 16
-# Streams up to this many symbols get the trial-decode tail trimming (1-3 bytes saved, costs up to
-# three extra decodes, which only matters for big packets where 3 bytes do not).
-TRIM_TRIAL_MAX_SYMBOLS = 1 << 16
+# Streams up to this many symbols get their tail trimmed (1-3 bytes saved; beyond, 3 bytes do not
+# matter and the big-integer check would cost more; the limit also keeps older streams' bytes)
+TRIM_MAX_SYMBOLS = 1 << 16
 # Below this many symbols per group on average, the coder checks ranges and escapes for all
 # groups at once (per-group numpy calls cost more than the data at batch 1)
 SMALL_GROUP_SYMBOLS = 2048
@@ -150,9 +151,6 @@ class StreamEncoder:
 
     def __init__(self) -> None:
         self._enc = _RangeEncoder()
-        # per call, for the small-stream tail trimming: (table, count) groups, the symbols in
-        # stream (grouped) order, tables
-        self._calls: list[tuple[list[tuple[int, int]], np.ndarray, TableSet]] = []
         self._n = 0
 
     @property
@@ -236,8 +234,6 @@ class StreamEncoder:
         if esc_v:
             self._write_escapes(np.concatenate(esc_v), np.concatenate(esc_lo), np.concatenate(esc_hi))
         self._n += ss.size
-        if self._n <= TRIM_TRIAL_MAX_SYMBOLS:  # kept only for the small-stream tail trimming
-            self._calls.append(([(t, b - a) for t, a, b in spans], ss.copy(), tables))
 
     def _write_escapes(self, v: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
         """The escaped values of one call, after its groups (see FORMAT.md)."""
@@ -258,7 +254,6 @@ class StreamEncoder:
         order, runs = _tiny_groups(ids)
         esc_v: list[int] = []
         esc_t: list[int] = []
-        groups: list[tuple[int, int]] = []
         for t, i, j in runs:
             lo, hi, escape = int(meta.lo[t]), int(meta.hi[t]), int(meta.escape[t])
             idx = []
@@ -271,49 +266,18 @@ class StreamEncoder:
                     esc_v.append(v)
                     esc_t.append(t)
             self._enc.encode(np.asarray(idx, dtype=np.int32), meta.models[t])
-            groups.append((t, j - i))
         if esc_v:
             t_arr = np.asarray(esc_t, dtype=np.intp)
             self._write_escapes(np.asarray(esc_v, dtype=np.int64), meta.lo[t_arr], meta.hi[t_arr])
         self._n += n
-        if self._n <= TRIM_TRIAL_MAX_SYMBOLS:
-            self._calls.append((groups, np.asarray([values[k] for k in order], dtype=np.int32), tables))
 
     def finish(self) -> bytes:
         """The payload bytes: big-endian words, trailing zeros dropped, small streams tail-trimmed."""
         pos, (lower, width) = self._enc.pos()  # the final interval, before the seal
         words = self._enc.get_compressed()
         data = _words_to_bytes(words)
-        if 0 < self._n <= TRIM_TRIAL_MAX_SYMBOLS and len(data) > 1:
+        if 0 < self._n <= TRIM_MAX_SYMBOLS and len(data) > 1:
             data = trim_tail(words, data, pos, lower, width)
-        return data
-
-    def _decodes_same(self, data: bytes) -> bool:
-        """Decode every call in grouped order and compare there (a bijection of the original
-        order, so equality is the same test without the scatter)."""
-        try:
-            dec = StreamDecoder(data)
-            for groups, grouped, tables in self._calls:
-                if not np.array_equal(dec.decode_grouped(groups, tables), grouped):
-                    return False
-        except BitstreamError:
-            return False
-        return True
-
-    def trim_tail_by_decoding(self, data: bytes) -> bytes:
-        """The reference for ``trim_tail``: the same candidates, each checked by decoding the whole
-        stream again (three trial decodes at worst). Tests hold the two equal byte for byte."""
-        full = int.from_bytes(data, "big")
-        for drop in (3, 2, 1):
-            keep = len(data) - drop
-            if keep < 1:
-                continue
-            prefix = (full >> (8 * drop)) + 1  # round the stream's value up to `keep` bytes
-            if prefix >> (8 * keep):
-                continue
-            cand = prefix.to_bytes(keep, "big").rstrip(b"\x00")
-            if self._decodes_same(cand):
-                return cand
         return data
 
 

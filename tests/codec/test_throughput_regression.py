@@ -44,7 +44,7 @@ CASES = MAKE.cases()
 
 
 def test_fixture_covers_the_paths_it_claims() -> None:
-    """Escapes really occur, the tiled case passes the trial-trimming limit, levels differ."""
+    """Escapes really occur, the tiled case passes the tail-trimming limit, levels differ."""
     tabs = TABLES.latent
     esc = DATA["esc_symbols"].astype(np.int64)
     ids = channel_index(esc.shape[1:], AXIS, 1)
@@ -52,7 +52,7 @@ def test_fixture_covers_the_paths_it_claims() -> None:
     hi = np.array([tabs[i].hi for i in ids])
     assert ((esc < lo) | (esc > hi)).sum() > 100
     assert esc.min() == -(2**31) and esc.max() == 2**31 - 1
-    assert 96 * DATA["x_raw"][0].size > C.TRIM_TRIAL_MAX_SYMBOLS
+    assert 96 * DATA["x_raw"][0].size > C.TRIM_MAX_SYMBOLS
     # frames on the default bucket grid only (n <= 3) and frames on several grids (n = 24)
     shifts = choose_shifts(TABLES.residual.spec, DATA["raw_float"])[0]
     assert not shifts[:3].any() and len(set(shifts.tolist())) > 2

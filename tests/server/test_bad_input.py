@@ -371,7 +371,7 @@ def row_raw_too_many_frames(env: Env) -> None:
 def row_message_without_kind(env: Env) -> None:
     resps = _publish(env, pb.PublishRequest())
     (r,) = [r for r in resps if r.message_index == 1]
-    assert r.errors[0].code == INVALID.value[0] and "expected `raw` or `packets`" in r.errors[0].message
+    assert r.errors[0].code == INVALID.value[0] and "expected `raw`, `packets` or `frame`" in r.errors[0].message
 
 
 def row_message_oversized(env: Env) -> None:
@@ -384,6 +384,55 @@ def row_message_second_open(env: Env) -> None:
     resps = _publish(env, pb.PublishRequest(open=pb.PublishOpen(channel="digits")))
     (r,) = [r for r in resps if r.message_index == 1]
     assert r.errors[0].code == INVALID.value[0]
+
+
+# ---------------------------------------------------------------------------------- rows: compact frames
+
+def _frames(env: Env, *wire: bytes, lead: bytes | None = None,
+            index: int | None = None) -> list[pb.PublishResponse]:
+    """A Publish stream of compact frames (implicit numbers), after one full packet when lead."""
+    reqs = [pb.PublishRequest(open=pb.PublishOpen(channel="digits"))]
+    if lead is not None:
+        reqs.append(pb.PublishRequest(packets=pb.Packets(packets=[lead])))
+    reqs += [pb.PublishRequest(frame=w) for w in wire]
+    if index is not None:
+        reqs[-1].message_index = index
+    resps = list(env.stub().Publish(iter(reqs), metadata=_md(GOOD), timeout=30))
+    assert resps[0].compact_frames
+    return resps[1:]
+
+
+def _compact_pair(env: Env) -> tuple[bytes, bytes]:
+    from latentwire.codec.coding.compact import CompactWriter
+
+    two = digits(2)
+    lead, second = (env.codec.encode(two[i : i + 1]) for i in range(2))
+    writer = CompactWriter()
+    writer.pack(lead)
+    return lead, writer.pack(second)
+
+
+def row_frame_without_context(env: Env) -> None:
+    _, frame = _compact_pair(env)
+    (r,) = _frames(env, frame)
+    assert r.rejected == 1 and r.errors[0].code == INVALID.value[0]
+    assert "MissingStreamContext" in r.errors[0].message and "full packet first" in r.errors[0].message
+
+
+def row_frame_altered(env: Env) -> None:
+    lead, frame = _compact_pair(env)
+    bad = bytearray(frame)
+    bad[-3] ^= 0x04
+    first, r = _frames(env, bytes(bad), lead=lead)
+    env.allowed_new = first.accepted
+    assert r.rejected == 1 and "ChecksumMismatch" in r.errors[0].message
+
+
+def row_frame_wrong_numbers(env: Env) -> None:
+    lead, frame = _compact_pair(env)
+    first, r = _frames(env, frame, lead=lead, index=9)
+    env.allowed_new = first.accepted
+    assert r.message_index == 1 and r.rejected == 1 and "implicit message_index 1" in r.errors[0].message
 
 
 # ---------------------------------------------------------------------------------- rows: Publish stream

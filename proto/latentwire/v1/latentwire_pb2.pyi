@@ -528,9 +528,16 @@ class PublishRequest(_message.Message):
     OPEN_FIELD_NUMBER: _builtins.int
     RAW_FIELD_NUMBER: _builtins.int
     PACKETS_FIELD_NUMBER: _builtins.int
+    FRAME_FIELD_NUMBER: _builtins.int
     PRODUCER_OFFSET_FIELD_NUMBER: _builtins.int
     message_index: _builtins.int
     """echoed in the response; clients count 0, 1, 2, ... after open"""
+    frame: _builtins.bytes
+    """One frame as a compact stream frame (codec/FORMAT.md, "Compact frames"): the model, quality
+    and sample shape come from the last readable packet earlier on this stream, and
+    message_index and producer_offset are implicit (the previous data message's plus one, and
+    plus its frame count): leave them unset. Only when the reply to `open` says compact_frames.
+    """
     producer_offset: _builtins.int
     """see PublishOpen.producer_id"""
     @_builtins.property
@@ -546,13 +553,14 @@ class PublishRequest(_message.Message):
         open: Global___PublishOpen | None = ...,
         raw: Global___RawFrames | None = ...,
         packets: Global___Packets | None = ...,
+        frame: _builtins.bytes = ...,
         producer_offset: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "open", b"open", "packets", b"packets", "raw", b"raw"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame", "kind", b"kind", "open", b"open", "packets", b"packets", "raw", b"raw"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "message_index", b"message_index", "open", b"open", "packets", b"packets", "producer_offset", b"producer_offset", "raw", b"raw"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame", "kind", b"kind", "message_index", b"message_index", "open", b"open", "packets", b"packets", "producer_offset", b"producer_offset", "raw", b"raw"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["open", "raw", "packets"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["open", "raw", "packets", "frame"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -597,6 +605,7 @@ class PublishResponse(_message.Message):
     ERRORS_FIELD_NUMBER: _builtins.int
     PRODUCER_NEXT_OFFSET_FIELD_NUMBER: _builtins.int
     CHANNEL_FIELD_NUMBER: _builtins.int
+    COMPACT_FRAMES_FIELD_NUMBER: _builtins.int
     message_index: _builtins.int
     accepted: _builtins.int
     """frames committed to the log by this message"""
@@ -608,6 +617,8 @@ class PublishResponse(_message.Message):
     """seq of the first accepted frame (valid when accepted > 0)"""
     producer_next_offset: _builtins.int
     """Reply to `open`: the server's next expected producer_offset for producer_id (0 if new)."""
+    compact_frames: _builtins.bool
+    """on the reply to `open`: this server takes `frame` messages"""
     @_builtins.property
     def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___FrameError]: ...
     @_builtins.property
@@ -625,10 +636,11 @@ class PublishResponse(_message.Message):
         errors: _abc.Iterable[Global___FrameError] | None = ...,
         producer_next_offset: _builtins.int = ...,
         channel: Global___ChannelInfo | None = ...,
+        compact_frames: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "channel", b"channel", "duplicates", b"duplicates", "errors", b"errors", "first_seq", b"first_seq", "message_index", b"message_index", "producer_next_offset", b"producer_next_offset", "rejected", b"rejected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "channel", b"channel", "compact_frames", b"compact_frames", "duplicates", b"duplicates", "errors", b"errors", "first_seq", b"first_seq", "message_index", b"message_index", "producer_next_offset", b"producer_next_offset", "rejected", b"rejected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
