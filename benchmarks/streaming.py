@@ -3,7 +3,7 @@
     python -m benchmarks.streaming --subscribers 1,4,16 --frames 40000 --rate 1000
                                    [--modes edge-q0,edge-q5,server-q0,raw] [--batch 256]
                                    [--rate-frames 5000 --rate-batch 4] [--repeat 2]
-                                   [--stores sqlite,redis,redis-x2]
+                                   [--stores sqlite,redis,redis-x2] [--wire-sizes 1,8,256]
                                    [--out benchmarks/results/streaming.json]
 
 --stores runs the same matrix once per store setup, interleaved, in one run: "sqlite" (the
@@ -23,6 +23,10 @@ Also per run: server CPU (cores = CPU seconds / wall seconds, from /proc), serve
 (packet bytes, protobuf bytes of the Subscribe responses, and socket bytes the receiver read), lost
 and duplicated frames. The raw mode sends the same digits uncoded (784 B) through the same server and
 client code, so "gain" columns are codec vs raw in the same repeat.
+
+Wire bytes (benchmarks/wire_bytes.py): per edge mode, the protobuf bytes the sender put on the wire
+per frame at 1, 8 and 256 frames per message (one frame per message with and without compact
+stream frames), against the first store setup's server.
 
 Method: one server process and one worker process per subscriber for the whole run (startup is not
 timed); modes and subscriber counts are interleaved and rotated per repeat; tables show medians over
@@ -296,6 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help='extra ServerConfig keys as JSON, e.g. \'{"verify_packets": false}\' (passed as --config)')
     p.add_argument("--stores", default="sqlite",
                    help="store setups to compare in this run: sqlite, redis, redis-xN (N replicas on one Redis)")
+    p.add_argument("--wire-sizes", default="1,8,256",
+                   help="frames per message for the wire-bytes rows ('' to skip)")
+    p.add_argument("--wire-frames", type=int, default=2048, help="digits published per wire-bytes row")
     p.add_argument("--out", default=str(DEFAULT_OUT))
     args = p.parse_args(argv)
 
@@ -332,6 +339,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise SystemExit(f"--stores: unknown setup {setup!r} (sqlite, redis, redis-xN)")
             benches[setup] = Bench(bundle, modes, max(subs), extra, replicas)
         setup_s = time.monotonic() - t_setup
+        wire: list[dict] = []
+        sizes = [int(k) for k in args.wire_sizes.split(",") if k.strip()]
+        if sizes:
+            from benchmarks.wire_bytes import measure, print_rows
+
+            with np.load(Path(__file__).resolve().parents[1] / "codec" / "assets" / "mnist_test_sample.npz") as z:
+                digits = np.resize(z["samples"], (args.wire_frames, *z["samples"].shape[1:]))
+            wire = measure(next(iter(benches.values())).server.target, modes, sizes, digits)
+            print_rows(wire)
         for setup, bench in benches.items():
             for m in modes:  # warm-up: sessions, caches, bundle download; not recorded
                 bench.run(m, max(subs), "saturation", 2 * args.batch, args.batch, None, args.timeout)
@@ -372,13 +388,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bundle": {"path": str(bundle), "model_id": codec.model_id},
         "modes": {m.name: {"kind": m.kind, "quality": m.quality, "channel": m.channel} for m in modes},
         "settings": {k: getattr(args, k) for k in ("subscribers", "frames", "rate", "rate_frames", "rate_batch",
-                                                     "batch", "repeat", "timeout", "server_json", "stores")},
+                                                     "batch", "repeat", "timeout", "server_json", "stores",
+                                                     "wire_sizes", "wire_frames")},
         "server_commands": {setup: b.server.command() for setup, b in benches.items()},
         "setup_seconds": setup_s,
         "versions": {k: version(k) for k in ("grpcio", "protobuf", "onnxruntime", "numpy", "constriction")},
         "grpc_version": grpc.__version__,
         "machine": machine,
         "summary": rows,
+        "wire_bytes": wire,
         "runs": [{k: v for k, v in r.items()} for r in runs],
     }
     out = Path(args.out)

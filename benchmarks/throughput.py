@@ -1,8 +1,8 @@
 """Codec throughput: how much of onnxruntime's speed survives the full encode / decode path.
 
-    python -m benchmarks.throughput [--bundle DIR] [--batches 1,64,1024] [--repeat 5]
+    python -m benchmarks.throughput [--bundle DIR] [--batches 1,64,256,1024] [--repeat 5]
                                     [--quality Q] [--threads T] [--min-time 0.25]
-                                    [--out benchmarks/results/throughput.json]
+                                    [--single-frames 256] [--out benchmarks/results/throughput.json]
 
 Why ratios: the graphs are the part nobody in this project can make cheaper; everything around
 them (validation, normalization, quantization, entropy coding, packet framing, the residual layer)
@@ -26,6 +26,10 @@ Rows per batch size:
                runtime.py now sets: what turning spinning off buys (or costs) on this machine
 Ratios: full/bare throughput. A residual-level encode is reported against the bare encoder AND
 against bare encoder + bare decoder (both graphs are the fair floor, as the sender runs both).
+
+Single frames (benchmarks/single_frame.py): the same ops one frame per call beside WebP, JPEG and
+zstd on the same frames; and each batch row's residual-level frames/s over WebP's single-frame
+frames/s ("vs_webp": what a sender gains by batching instead of coding each frame as an image).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from benchmarks.common import git_commit, machine_info, version
+from benchmarks.single_frame import bench_single, print_single
 
 from latentwire.codec.bundle import DECODER, ENCODER, Bundle
 from latentwire.codec.codec import Codec, default_bundle_path
@@ -58,6 +63,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = RESULTS / "throughput.json"
 MNIST_SAMPLE = Path(__file__).resolve().parents[1] / "codec" / "assets" / "mnist_test_sample.npz"
 ECG_SAMPLE = MNIST_SAMPLE.parent / "ecg_heldout_sample.npz"  # 2-lead MIT-BIH windows never trained on
+PHOTO_SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "bsds"  # whole BSDS500 photos
 OPS = ("enc_bare", "enc_q0", "enc_res", "dec_bare", "dec_q0", "dec_res", "ort_spin", "ort_nospin")
 
 
@@ -114,6 +120,19 @@ def raw_batch(codec: Codec, n: int) -> np.ndarray:
     return (np.rint(x) if norm.is_integer else x).astype(codec.raw_dtype)
 
 
+def single_frames(codec: Codec, n: int) -> list[np.ndarray]:
+    """n frames of shape (1, *sample_shape): real samples as raw_batch finds them, or for an
+    any-size RGB bundle the whole photos shipped with the tests (each its own size)."""
+    if tuple(codec.sample_shape) == (3, None, None) and codec.raw_dtype == np.uint8:
+        from PIL import Image
+
+        photos = [np.moveaxis(np.asarray(Image.open(p).convert("RGB")), -1, 0)[None]
+                  for p in sorted(PHOTO_SAMPLE.glob("*.png"))]
+        return [np.ascontiguousarray(photos[i % len(photos)]) for i in range(min(n, len(photos)))]
+    raw = raw_batch(codec, n)
+    return [raw[i : i + 1] for i in range(n)]
+
+
 # ------------------------------------------------------------------------------------ timing
 
 
@@ -149,6 +168,8 @@ class BatchResult:
     raw_mb_per_s: dict[str, float] = field(default_factory=dict)
     ratios: dict[str, float] = field(default_factory=dict)  # medians of per-repeat ratios
     ratio_spread: dict[str, list[float]] = field(default_factory=dict)  # [min, max] over repeats
+    # residual-level frames/s at this batch over WebP's one-frame-per-call frames/s (same run)
+    vs_single_webp: dict[str, float] = field(default_factory=dict)
 
 
 RATIOS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -253,7 +274,9 @@ def print_table(results: Sequence[BatchResult], quality: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", default=None, help="bundle dir (default: codec/assets/mnist-dense, else a trained stand-in)")
-    p.add_argument("--batches", default="1,64,1024", help="comma-separated batch sizes")
+    p.add_argument("--batches", default="1,64,256,1024", help="comma-separated batch sizes ('' for none)")
+    p.add_argument("--single-frames", type=int, default=256,
+                   help="distinct frames for the one-frame-per-call rows beside WebP, JPEG and zstd (0: skip)")
     p.add_argument("--repeat", type=int, default=5, help="interleaved repeats per op (median reported)")
     p.add_argument("--min-time", type=float, default=0.25, help="seconds each timed op repeats for, per repeat")
     p.add_argument("--quality", type=int, default=None, help="residual level (default: the bundle's default residual level)")
@@ -289,10 +312,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     machine = machine_info()
     results = []
-    with tqdm(total=len(batches) * args.repeat, desc="throughput", unit="repeat") as bar:
+    single = None
+    with tqdm(total=(len(batches) + (args.single_frames > 0)) * args.repeat, desc="throughput", unit="repeat") as bar:
+        if args.single_frames > 0:
+            bar.set_postfix(batch="single")
+            single = bench_single(codec, single_frames(codec, args.single_frames), latent, quality, args.repeat,
+                                  args.min_time, lambda: bar.update(1))
         for b in batches:
             bar.set_postfix(batch=b)
             results.append(bench_batch(codec, spin, b, quality, args.repeat, args.min_time, bar, latent))
+    if single is not None:
+        for r in results:  # batching against coding each frame as an image
+            for op, base in (("enc_res", "webp_enc"), ("dec_res", "webp_dec")):
+                if base in single.frames_per_s:
+                    r.vs_single_webp[op] = r.samples_per_s[op] / single.frames_per_s[base]
     machine["loadavg_1m_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     report = {
@@ -314,10 +347,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "repeat": args.repeat,
         "min_time_s": args.min_time,
         "cpu": [asdict(r) for r in results],
+        "single_frame": None if single is None else asdict(single),
         "cuda": None if not cuda else "CUDAExecutionProvider is available but this run measured CPU only",
         "cuda_note": None if cuda else "not measured: this onnxruntime build / machine has no CUDAExecutionProvider",
     }
     print_table(results, quality)
+    if single is not None:
+        print_single(single)
+        for r in results:
+            if r.vs_single_webp:
+                print(f"batch {r.batch:>5}: residual q{quality} "
+                      + ", ".join(f"{op} {v:.1f}x WebP's single-frame frames/s" for op, v in r.vs_single_webp.items()))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

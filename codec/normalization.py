@@ -42,8 +42,9 @@ class Normalization:
 
     def to_raw_float(self, model: np.ndarray) -> np.ndarray:
         """Model domain back to raw units, clipped to the valid range, not yet rounded."""
-        raw = np.asarray(model, dtype=np.float32) * np.float32(self.scale) + np.float32(self.offset)
-        return np.clip(raw, self.raw_min, self.raw_max)
+        raw = np.multiply(model, np.float32(self.scale), dtype=np.float32)  # a new array: the input is kept
+        raw += np.float32(self.offset)
+        return np.clip(raw, self.raw_min, self.raw_max, out=raw)
 
     def to_raw(self, model: np.ndarray) -> np.ndarray:
         """Model domain back to raw samples of raw_dtype (rounded to the integer grid if integer)."""

@@ -1,9 +1,7 @@
 """Range coding (constriction) of integer symbols with the fixed tables of tables.py.
 
-Escapes: a symbol outside its table's range is coded as ESCAPE followed by its distance beyond
-the range (folded to one unsigned number u, then the bit length of u with a uniform model over
-0..34 and the bits below u's leading one in uniform 16-bit chunks). Any int32 round-trips; an
-out-of-range symbol costs ``-log2 p(ESC) + log2 35 + len(u)-1``.
+A symbol outside its table's range is coded as ESCAPE, its value after the call's groups
+(escape.py).
 
 Coding is vectorised: one ``encode`` call groups its symbols by table (stable order) and hands
 each group to constriction as one array, so Python never loops per symbol. The payload is the
@@ -23,10 +21,9 @@ import constriction
 import numpy as np
 
 from ..errors import BitstreamError, InputError
+from .escape import ESC_NBITS_SIZE, bit_length, fold_escape, read_escapes, write_escapes
 from .tables import INT32_MAX, INT32_MIN, FreqTable, TableSet, as_table_set
 
-_ESC_NBITS_SIZE = 35  # folded escape distance u < 2**34 -> bit length 0..34
-_ESC_CHUNK = 16
 # Streams up to this many symbols get their tail trimmed (1-3 bytes saved; beyond, 3 bytes do not
 # matter and the big-integer check would cost more; the limit also keeps older streams' bytes)
 TRIM_MAX_SYMBOLS = 1 << 16
@@ -39,9 +36,6 @@ TINY_CALL_SYMBOLS = 16
 
 _RangeEncoder = constriction.stream.queue.RangeEncoder
 _RangeDecoder = constriction.stream.queue.RangeDecoder
-_Uniform = constriction.stream.model.Uniform
-_ESC_NBITS_MODEL = _Uniform(_ESC_NBITS_SIZE)
-_UNIFORM_FAMILY = _Uniform()
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,24 +101,6 @@ def as_int32(s: np.ndarray) -> np.ndarray:
     if s.dtype.itemsize >= 4 and (int(s.min()) < INT32_MIN or int(s.max()) > INT32_MAX):
         raise InputError("symbols must fit in int32")
     return s.astype(np.int32)
-
-
-def _fold_escape(v: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Distance beyond the table range, folded to u >= 0: above -> even, below -> odd."""
-    return np.where(v > hi, 2 * (v - hi - 1), 2 * (lo - 1 - v) + 1)
-
-
-def _bit_length(u: np.ndarray) -> np.ndarray:
-    return np.where(u > 0, np.frexp(u.astype(np.float64))[1], 0).astype(np.int64)
-
-
-def _chunk_layout(nb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For mantissas of nb-1 bits: (mask (n, k) of present chunks, bits per chunk (n, k))."""
-    mbits = np.maximum(nb - 1, 0)
-    k = max(1, -(-int(mbits.max(initial=0)) // _ESC_CHUNK))
-    starts = np.arange(k, dtype=np.int64) * _ESC_CHUNK
-    bits = np.clip(mbits[:, None] - starts[None, :], 0, _ESC_CHUNK)
-    return bits > 0, bits
 
 
 def _check_grouped_tables(table_order: Sequence[int], n_tables: int) -> None:
@@ -236,16 +212,7 @@ class StreamEncoder:
         self._n += ss.size
 
     def _write_escapes(self, v: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
-        """The escaped values of one call, after its groups (see FORMAT.md)."""
-        u = _fold_escape(v, lo, hi)
-        nb = _bit_length(u)
-        self._enc.encode(nb.astype(np.int32), _ESC_NBITS_MODEL)
-        mask, bits = _chunk_layout(nb)
-        if mask.any():
-            mant = u - np.where(nb > 0, np.left_shift(1, np.maximum(nb - 1, 0)), 0)
-            shifts = np.arange(mask.shape[1], dtype=np.int64) * _ESC_CHUNK
-            chunks = (mant[:, None] >> shifts[None, :]) & ((1 << bits) - 1)
-            self._enc.encode(chunks[mask].astype(np.int32), _UNIFORM_FAMILY, (1 << bits[mask]).astype(np.int32))
+        write_escapes(self._enc, v, lo, hi)
 
     def _encode_tiny(self, values: list[int], ids: list[int], tables: TableSet) -> None:
         """``encode`` for a handful of symbols in plain Python, writing the identical stream."""
@@ -270,6 +237,15 @@ class StreamEncoder:
             t_arr = np.asarray(esc_t, dtype=np.intp)
             self._write_escapes(np.asarray(esc_v, dtype=np.int64), meta.lo[t_arr], meta.hi[t_arr])
         self._n += n
+
+    def encode_indices(self, indices: Sequence[int], models: Sequence[object]) -> None:
+        """Symbols already turned into table indices (v - lo, none escaped), index i coded with
+        ``models[i]`` (a table set's ``coding_meta.models``), in stream order: what ``encode_grouped``
+        writes for the same symbols, without arrays (the one-frame path, codec/frame.py)."""
+        code = self._enc.encode
+        for i, m in zip(indices, models):
+            code(i, m)
+        self._n += len(indices)
 
     def finish(self) -> bytes:
         """The payload bytes: big-endian words, trailing zeros dropped, small streams tail-trimmed."""
@@ -345,6 +321,15 @@ class StreamDecoder:
         out[order] = vals
         return out
 
+    def decode_indices(self, models: Sequence[object]) -> list[int]:
+        """The inverse of ``StreamEncoder.encode_indices``: one table index per model, escape
+        markers included (the caller checks for them)."""
+        read = self._dec.decode
+        try:
+            return [int(read(m)) for m in models]
+        except Exception as exc:  # constriction reports malformed input as ValueError/RuntimeError
+            raise BitstreamError(f"entropy decoder failed ({exc}); the payload is corrupt") from exc
+
     def decode_grouped(
         self, groups: Sequence[tuple[int, int]], tables: TableSet | Sequence[FreqTable]
     ) -> np.ndarray:
@@ -405,24 +390,7 @@ class StreamDecoder:
         return vals
 
     def _read_escapes(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """The escaped values of one call (their tables' lo / hi in stream order)."""
-        nb = np.asarray(self._dec.decode(_ESC_NBITS_MODEL, lo.size), dtype=np.int64)
-        mask, bits = _chunk_layout(nb)
-        u = np.where(nb > 0, np.left_shift(1, np.maximum(nb - 1, 0)), 0).astype(np.int64)
-        if mask.any():
-            flat = np.asarray(self._dec.decode(_UNIFORM_FAMILY, (1 << bits[mask]).astype(np.int32)), dtype=np.int64)
-            chunks = np.zeros(mask.shape, dtype=np.int64)
-            chunks[mask] = flat
-            shifts = np.arange(mask.shape[1], dtype=np.int64) * _ESC_CHUNK
-            u = u + (chunks << shifts[None, :]).sum(axis=1)
-        odd = (u & 1).astype(bool)
-        v = np.where(odd, lo - 1 - (u - 1) // 2, hi + 1 + u // 2)
-        if int(v.min()) < INT32_MIN or int(v.max()) > INT32_MAX:
-            raise BitstreamError(
-                "payload decodes to an escaped symbol outside int32: the payload is corrupt "
-                "or was coded with other tables (check the model id)"
-            )
-        return v
+        return read_escapes(self._dec, lo, hi)
 
     def _decode_tiny(self, ids: list[int], tables: TableSet) -> np.ndarray:
         """``decode`` for a handful of symbols in plain Python: the same stream order (groups by
@@ -483,6 +451,6 @@ def ideal_bits(symbols: np.ndarray, table_ids: np.ndarray, tables: TableSet | Se
         total += float(tab.cost_bits[idx].sum())
         if out.any():
             v = ss[a:b][out]
-            nb = _bit_length(_fold_escape(v, tab.lo, tab.hi))
-            total += v.size * math.log2(_ESC_NBITS_SIZE) + float(np.maximum(nb - 1, 0).sum())
+            nb = bit_length(fold_escape(v, tab.lo, tab.hi))
+            total += v.size * math.log2(ESC_NBITS_SIZE) + float(np.maximum(nb - 1, 0).sum())
     return total

@@ -26,9 +26,16 @@ def test_streaming_smoke(tmp_path: Path) -> None:
     out = tmp_path / "streaming.json"
     code = streaming.main(["--subscribers", "1,2", "--frames", "2048", "--batch", "256", "--rate", "500",
                            "--rate-frames", "200", "--rate-batch", "4", "--modes", "edge-q0,server-q0,raw",
-                           "--repeat", "1", "--timeout", "30", "--out", str(out)])
+                           "--repeat", "1", "--timeout", "30", "--wire-sizes", "1,256", "--wire-frames", "256",
+                           "--out", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
+    # wire bytes per frame: only edge modes; one frame per message costs more than 256, and compact
+    # stream frames save the 20 header bytes (plus the implicit index and offset fields)
+    wire = {r["frames_per_message"]: r for r in report["wire_bytes"]}
+    assert {r["mode"] for r in report["wire_bytes"]} == {"edge-q0"} and set(wire) == {1, 256}
+    assert wire[256]["bytes_per_frame"] < wire[1]["bytes_per_frame"] < wire[1]["bytes_per_frame_without_compact"] - 20
+    assert wire[1]["over_256_bytes"] == wire[1]["bytes_per_frame"] - wire[256]["bytes_per_frame"]
     runs = report["runs"]
     assert {r["store"] for r in runs} == {"sqlite"}
     assert {(r["subscribers"], r["mode"], r["phase"]) for r in runs} == {
