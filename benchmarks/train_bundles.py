@@ -16,7 +16,8 @@ Splits:
   picked by the group split with seed 0, were the validation set), held out 117-124 entirely.
   One run of 30 epochs from scratch on windows overlapping by 3/4 (`stride=256`). A shipped run
   that was warm-started (`--init-from`) gets every earlier stage in its manifest's training.stages.
-- BSDS500: random 48x48 RGB crops of train/ + val/ (300 photos); evaluated on whole test/
+- BSDS500: random 128x128 RGB crops of train/ + val/ (300 photos; 10 % of the photos, picked by
+  the group split, are the validation set); evaluated on whole test/
   photos (all 200, 481x321 and 321x481; --limit N for the first N): the
   conv graphs take any size.
 """
@@ -64,18 +65,28 @@ BUNDLES: dict[str, dict[str, Any]] = {
         "ladder": (None, 40, 24, 20, 16, 12, 10, 8, 7, 6, 5, 4, 3, 2, 1, 0),
     },
     "bsds": {
-        "run": "runs/bsds-conv2d-k3",
-        "asset": "bsds-conv2d",
-        "name": "bsds500-rgb-conv2d-k3-32",
+        "run": "runs/bsds-gdn",
+        "asset": "bsds-gdn2d",
+        "name": "bsds500-rgb-gdn2d-192-vr8",
+        # issue 11: a Balle-style factorized-prior network (GDN / inverse GDN, 5x5 stride-2
+        # convolutions, 4 downsamplings, 128 channels, a 192-channel latent) with eight learned
+        # rate levels (per-level gain vectors) in one model, on 128x128 crops of train+val with
+        # flips; resumable (--resume, checkpoints every 10 minutes) across sessions
         "train": [
             "--data", "../shared/data/bsds500", "--source-option", "subdirs=train,val",
-            "--source-option", "size=48,48", "--source-option", "per_image=48", "--source-option", "seed=0",
-            "--family", "conv2d", "--layers", "48,96,128", "--code-size", "32", "--kernel-size", "3",
-            "--activation", "gelu", "--rate-weight", "0.004", "--epochs", "8", "--batch-size", "16", "--lr", "5e-4", "--patience", "3",
-            "--threads", "1", "--seed", "0", "--out", "runs/bsds-conv2d-k3",
+            "--source-option", "size=128,128", "--source-option", "per_image=48", "--source-option", "scale=0.6,1.0",
+            "--val-fraction", "0.1", "--val-limit", "192",
+            "--family", "gdn2d", "--layers", "128,128,128", "--code-size", "192", "--kernel-size", "5",
+            "--rate-levels", "0.0513,0.0256,0.0132,0.00689,0.00355,0.00185,0.000955,0.000495",
+            "--batch-size", "8", "--lr", "2e-4", "--weight-decay", "0", "--schedule", "none", "--patience", "0",
+            "--epochs", "1000", "--augment", "flip", "--clip-grad", "1", "--threads", "2",
+            "--checkpoint-minutes", "10", "--out", "runs/bsds-gdn",
         ],
-        # 8-bit pixel units
-        "ladder": (None, 12, 6, 3, 1, 0),
+        # every learned level (latent only), then the finest with 8-bit max errors 4, 2, 0
+        "ladder": ("l0", "l1", "l2", "l3", "l4", "l5", "l6", "l7", "l7+4", "l7+2", "l7+0"),
+        # frames per onnxruntime call while calibrating: a 128-channel network on 128x128 crops
+        # holds ~8 MB of activations per crop and layer (1024 at once ran a 24 GB machine out of memory)
+        "calibrate_batch": 16,
     },
 }
 
@@ -112,7 +123,7 @@ def _ecg_split() -> dict[str, Any]:
 def _bsds_split() -> dict[str, Any]:
     return {
         "subdirs": ["train", "val"],
-        "crop": [48, 48],
+        "crop": [128, 128],
         "per_image": 48,
         "heldout": "bsds500/test (200 whole photos, never seen)",
         "split": "by photo: val photos of train+val picked by the group split (seed 0)",
@@ -125,7 +136,8 @@ def calibration_samples(key: str) -> np.ndarray:
 
     if key == "ecg":
         return load_ecg_windows(DATA / "mitdb", records=ECG_TRAIN_RECORDS).samples
-    crops = ImageFolder(DATA / "bsds500", subdirs=["train", "val"]).crops(size=(64, 64), per_image=8, seed=1)
+    # 128x128 crops: the 2-D causal context tables see latents 8 x 8, edges as in whole photos
+    crops = ImageFolder(DATA / "bsds500", subdirs=["train", "val"]).crops(size=(128, 128), per_image=4, seed=1)
     return crops.samples
 
 
@@ -173,7 +185,8 @@ def _calibrate(key: str, out: Path) -> None:
     from latentwire.codec.bundle import read_manifest
     from latentwire.codec.calibrate import calibrate
 
-    report = calibrate(out, calibration_samples(key), quality_max_errors=BUNDLES[key]["ladder"], threads=1)
+    report = calibrate(out, calibration_samples(key), quality_max_errors=BUNDLES[key]["ladder"], threads=1,
+                       batch_size=BUNDLES[key].get("calibrate_batch", 1024))
     m = read_manifest(out)
     sizes = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
     print(f"{key}: {m['name']} id {m['model_id'][:12]} trained {m['training']['seconds']:.0f}s, "

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable
@@ -32,6 +32,8 @@ log = logging.getLogger("latentwire.server.batcher")
 
 
 CONFLICT_RETRIES = 8  # redo a batch this often when other replicas keep moving its producers' offsets
+# producers whose next offset the batcher remembers between commits (least recently used dropped first)
+OFFSET_CACHE = 4096
 
 
 class QueueFull(Exception):
@@ -123,6 +125,11 @@ class Batcher:
         self._cond = threading.Condition()
         self._stopping = False
         self._last_trim = 0.0
+        # Why: a store round trip per commit only to learn what this batcher's own last commit wrote
+        # (one Redis call in two on the packet path). Safe because every append passes the offsets it
+        # deduplicated against as expected_offsets: a replica that moved one in between makes the
+        # append raise OffsetConflict, which empties the cache and redoes the batch from the store.
+        self._offsets: OrderedDict[str, int] = OrderedDict()
         self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -225,6 +232,7 @@ class Batcher:
                     self._commit_raw(batch)  # type: ignore[arg-type]
                 return
             except OffsetConflict as e:
+                self._offsets.clear()
                 if attempt == CONFLICT_RETRIES - 1:
                     raise
                 log.info("channel %s: %s; deduplicating the batch again", self.name, e)
@@ -246,10 +254,22 @@ class Batcher:
                 self.metrics.trimmed_frames.labels(self.name, r.reason.split()[0]).inc(r.frames)
 
     def _dedup(self, producer_id: str, hwm: dict[str, int], read: dict[str, int]) -> int:
-        """The producer's next offset as the store has it (read once per commit, remembered in read)."""
+        """The producer's next offset as the store has it (remembered since this batcher's last commit
+        for it, or read; remembered in read, the append's expected offset)."""
         if producer_id not in hwm:
-            hwm[producer_id] = read[producer_id] = self.store.producer_next_offset(producer_id)
+            known = self._offsets.get(producer_id)
+            hwm[producer_id] = read[producer_id] = (
+                known if known is not None else self.store.producer_next_offset(producer_id))
         return hwm[producer_id]
+
+    def _append(self, pending: list[PendingPacket], hwm: dict[str, int], read: dict[str, int]) -> list[StoredPacket]:
+        stored = self.store.append(pending, hwm, read)
+        for pid, offset in hwm.items():  # committed: the store holds these now
+            self._offsets[pid] = offset
+            self._offsets.move_to_end(pid)
+        while len(self._offsets) > OFFSET_CACHE:
+            self._offsets.popitem(last=False)
+        return stored
 
     def _commit_raw(self, batch: list[RawItem]) -> None:
         hwm: dict[str, int] = {}
@@ -289,9 +309,9 @@ class Batcher:
                 self.metrics.encode_seconds.labels(self.name).observe(dt)
                 self.metrics.batch_frames.labels(self.name).observe(total)
                 self.metrics.raw_bytes_in.labels(self.name).inc(raw.nbytes)
-            stored = self.store.append(pending, hwm, read)
+            stored = self._append(pending, hwm, read)
         elif hwm:
-            self.store.append([], hwm, read)
+            self._append([], hwm, read)
         seq = stored[0].first_seq if stored else self.store.next_seq
         for it, (acc, dups) in zip(batch, per_item):
             it.future.set_result(Commit(acc, dups, seq))
@@ -311,7 +331,7 @@ class Batcher:
                 pending.append(PendingPacket(count, self.model_id, quality, data))
         if it.producer_id:
             hwm[it.producer_id] = max(mark, it.producer_offset + it.n_total)
-        stored = self.store.append(pending, hwm, read) if (pending or hwm) else []
+        stored = self._append(pending, hwm, read) if (pending or hwm) else []
         acc = sum(p.count for p in pending)
         it.future.set_result(Commit(acc, dups, stored[0].first_seq if stored else self.store.next_seq))
         self._after_commit(stored, "packet")

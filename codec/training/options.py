@@ -64,7 +64,8 @@ class TrainOptions:
     checkpoint_minutes: float = 0.0  # also checkpoint mid-epoch this often (0: at epoch ends only); resumes mid-epoch
     out: str | None = None  # directory for checkpoint.pt
     resume: bool = False  # continue from out/checkpoint.pt
-    init_from: str | None = None  # warm start: weights of an earlier run's best model, fresh optimizer and schedule
+    init_from: str | None = None  # warm start: an earlier run's best weights, or a bundle's; fresh optimizer and schedule
+    density_warmup: int = 500  # --init-from BUNDLE: steps fitting the density to the frozen network first
     progress: bool = True
     command: str = ""  # the command line recorded in the checkpoint and manifest
 
@@ -139,8 +140,12 @@ def add_train_parser(subparsers: Any, name: str = "train") -> argparse.ArgumentP
                         "neighbour; pass 1 on a shared machine")
     p.add_argument("--out", required=True, help="directory for checkpoint.pt")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--init-from", default=None, metavar="RUN",
-                   help="warm start from an earlier run's best weights (same config; fresh optimizer and schedule)")
+    p.add_argument("--init-from", default=None, metavar="RUN|BUNDLE",
+                   help="warm start from an earlier run's best weights, or from a bundle directory's graphs (e.g. "
+                        "codec/assets/bsds-gdn2d: how a long run continues in a later session; the density is "
+                        "refitted first). Same config; fresh optimizer and schedule")
+    p.add_argument("--density-warmup", type=int, default=TrainOptions.density_warmup, metavar="STEPS",
+                   help="with --init-from BUNDLE: batches that fit the density alone before training (default %(default)s)")
     p.add_argument("--no-progress", action="store_true")
     return p
 

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from ..normalization import Normalization
 from ..sources import SampleSet
-from . import distributed
+from . import distributed, warmstart
 from .augment import augment_batch
 from .models import Autoencoder, ModelConfig, build_model
 from .models.variants import (
@@ -280,12 +280,21 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
     if options.init_from and not options.resume:
         # Why: CPU time is scarce; a longer schedule over more (overlapping) windows can start where a
         # finished run stopped instead of from scratch. The earlier run's command and seconds travel along.
-        init_ckpt = load_checkpoint(options.init_from)
-        if ModelConfig.from_dict(init_ckpt["config"]) != config:
-            raise ValueError(f"--init-from: {options.init_from} was trained with {init_ckpt['config']}, not {config.to_dict()}")
-        model.load_state_dict(init_ckpt["best_model"] or init_ckpt["model"])
-        init_info = {"path": str(options.init_from), "command": init_ckpt.get("command", ""),
-                     "seconds": round(float(init_ckpt.get("seconds", 0.0)), 2), "epochs": int(init_ckpt["epoch"]) + 1}
+        if warmstart.is_bundle(options.init_from):  # a shipped bundle: the state that outlives a session
+            init_info = warmstart.load_bundle_weights(model, options.init_from)
+            bits = warmstart.fit_density(model, x_train, steps=options.density_warmup, batch_size=options.batch_size,
+                                         lr=options.lr * options.density_lr_factor, device=device, seed=options.seed)
+            if main_process:
+                print(f"warm start from {options.init_from} ({init_info['bundle']}, {init_info['epochs']} epochs, "
+                      f"{init_info['seconds']:.0f} s): density refitted in {options.density_warmup} steps, "
+                      f"{bits / 8:.1f} B per sample", file=sys.stderr)
+        else:
+            init_ckpt = load_checkpoint(options.init_from)
+            if ModelConfig.from_dict(init_ckpt["config"]) != config:
+                raise ValueError(f"--init-from: {options.init_from} was trained with {init_ckpt['config']}, not {config.to_dict()}")
+            model.load_state_dict(init_ckpt["best_model"] or init_ckpt["model"])
+            init_info = {"path": str(options.init_from), "command": init_ckpt.get("command", ""),
+                         "seconds": round(float(init_ckpt.get("seconds", 0.0)), 2), "epochs": int(init_ckpt["epoch"]) + 1}
     if options.resume:
         if ckpt_path is None or not ckpt_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; pass the --out DIR of the earlier run")
@@ -446,6 +455,7 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         rate_weight=args.rate_weight, schedule=args.schedule, patience=args.patience, seed=args.seed,
         device=args.device, threads=args.threads, out=args.out, resume=args.resume, init_from=args.init_from,
+        density_warmup=args.density_warmup,
         augment=args.augment, val_limit=args.val_limit, clip_grad=args.clip_grad, checkpoint_minutes=args.checkpoint_minutes,
         progress=not args.no_progress, command=getattr(args, "command_line", None) or _command_line(),
     )

@@ -169,3 +169,46 @@ def test_eval_measures_whole_photos_and_draws_every_level(photo_bundle: Path, tm
     # 2 rows, original + 2 levels: each tile at least 96 pixels wide (the photos are 64-96)
     assert picture.width >= 3 * 96 and picture.height >= 2 * 64
     assert report["picture"] == str(png)
+
+
+def test_a_long_run_continues_from_the_shipped_bundle_in_a_later_session(photo_bundle: Path, tmp_path: Path) -> None:
+    """Checkpoints do not outlive a session's machine, the committed bundle does: --init-from BUNDLE
+    recovers the network from the two graphs (folded GDN betas included), refits the density, and
+    trains on with the bundle's provenance."""
+    import torch
+
+    from latentwire.codec.training import train, warmstart
+    from latentwire.codec.training.models import ModelConfig, build_model
+    from latentwire.codec.training.models.gdn import _BETA_MIN, _non_negative
+    from latentwire.codec.training.train import load_checkpoint, model_from_checkpoint
+
+    shipped = model_from_checkpoint(load_checkpoint(photo_bundle.parent / "run"))
+    config = warmstart.bundle_config(photo_bundle)
+    recovered = build_model(config)
+    info = warmstart.load_bundle_weights(recovered, photo_bundle)  # checks both graphs itself
+    own, ref = recovered.state_dict(), shipped.state_dict()
+    for k in ref:
+        if k.endswith((".beta", ".gamma")):  # clamped entries come back as an equivalent parameter
+            minimum = _BETA_MIN if k.endswith(".beta") else 0.0
+            assert torch.allclose(_non_negative(own[k], minimum), _non_negative(ref[k], minimum), atol=1e-6), k
+        elif not k.startswith("density."):
+            assert torch.allclose(own[k], ref[k], rtol=1e-5, atol=1e-6), k
+    assert info["epochs"] == 3 and info["seconds"] > 0 and info["bundle"] == "tiny-photo"
+
+    assert train.main([
+        "--data", str(PHOTOS), "--source-option", "size=48,48", "--source-option", "per_image=24",
+        "--val-fraction", "0.34", "--family", "gdn2d", "--layers", "8,8,8", "--code-size", "12",
+        "--rate-levels", RATE_LEVELS, "--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--clip-grad", "1",
+        "--init-from", str(photo_bundle), "--density-warmup", "30",
+        "--out", str(tmp_path / "more"), "--no-progress", "--threads", "1",
+    ]) == 0
+    ck = load_checkpoint(tmp_path / "more")
+    assert ck["init_from"]["model_id"] and ck["init_from"]["epochs"] == 3
+    # the refitted density prices the latents near what the original one did (a fresh one is far off)
+    val = ck["history"][0]
+    first = load_checkpoint(photo_bundle.parent / "run")["history"][-1]
+    assert val["val_bytes_per_sample"] < 2.0 * first["val_bytes_per_sample"]
+
+    other = build_model(ModelConfig.from_dict({**config.to_dict(), "code_size": 16}))
+    with pytest.raises(ValueError, match="--init-from"):
+        warmstart.load_bundle_weights(other, photo_bundle)
