@@ -62,7 +62,11 @@ BUNDLES: dict[str, dict[str, Any]] = {
         ],
         # raw ADC units (11-bit, 5 uV per unit): latent only, then ever tighter residual bounds, lossless
         # last; dense around 16-8, where PRD crosses 2.7 % (the literature's diagnostic-quality bar)
-        "ladder": (None, 40, 24, 20, 16, 12, 10, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        # then (issue 14) the transform residual, coarse to fine: the latent's residual as DCT
+        # coefficients at these steps (raw units, snapped to the quarter-octave grid); appended, so
+        # q0-q15 keep their meaning for existing senders
+        "ladder": (None, 40, 24, 20, 16, 12, 10, 8, 7, 6, 5, 4, 3, 2, 1, 0,
+                   "t64", "t45.3", "t32", "t26.9", "t22.6", "t19", "t16", "t13.5", "t11.3", "t9.51", "t8", "t6.73"),
     },
     "bsds": {
         "run": "runs/bsds-gdn",

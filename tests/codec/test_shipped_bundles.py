@@ -74,7 +74,12 @@ def test_bundle_is_intact_and_identified(shipped: tuple[str, Codec]) -> None:
     assert manifest["name"] and manifest["entropy"]["file"] == "entropy.json"
     size = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
     assert size <= MAX_BUNDLE_BYTES[name], f"{name} is {size} bytes"
-    levels = [q["max_error"] for q in manifest["quality_levels"]]
+    ladder = manifest["quality_levels"]
+    # transform-residual levels (ECG, issue 14) form a second ladder after the first: coarse to fine
+    steps = [q["transform_step"] for q in ladder if q.get("transform_step") is not None]
+    assert steps == sorted(steps, reverse=True) and len(set(steps)) == len(steps), f"transform steps {steps}"
+    assert all(q.get("transform_step") is not None for q in ladder[len(ladder) - len(steps):])
+    levels = [q["max_error"] for q in ladder[: len(ladder) - len(steps)]]
     assert levels[0] is None and len(levels) >= 3
     bounds = [e for e in levels if e is not None]  # latent-only levels (coarser latent steps) come first
     assert levels[: len(levels) - len(bounds)] == [None] * (len(levels) - len(bounds))
@@ -121,10 +126,14 @@ def test_round_trip_every_level_on_unseen_samples(shipped: tuple[str, Codec]) ->
             n += err.size
         sizes.append(total)
         psnrs.append(float("inf") if se == 0 else 10 * np.log10(peak**2 / (se / n)))
-    # the ladder buys fidelity with bytes: never fewer bytes, never lower PSNR, one level to the next
-    assert all(b >= a for a, b in zip(sizes, sizes[1:])), f"{name} bytes per level {sizes}"
-    assert all(b >= a - 1e-6 for a, b in zip(psnrs, psnrs[1:])), f"{name} PSNR per level {psnrs}"
-    assert sizes[-1] > sizes[0] and psnrs[-1] == float("inf")
+    # each ladder (max errors; then transform steps, where calibrated) buys fidelity with bytes:
+    # never fewer bytes, never lower PSNR, one level to the next
+    first = next((q.index for q in codec.qualities if q.transform_step is not None), len(sizes))
+    for part in (slice(0, first), slice(first, len(sizes))):
+        sz, ps = sizes[part], psnrs[part]
+        assert all(b >= a for a, b in zip(sz, sz[1:])), f"{name} bytes per level {sizes}"
+        assert all(b >= a - 1e-6 for a, b in zip(ps, ps[1:])), f"{name} PSNR per level {psnrs}"
+    assert sizes[first - 1] > sizes[0] and psnrs[first - 1] == float("inf")  # the first ladder ends lossless
     raw_bytes = sum(r.nbytes for r in batches)
     assert sizes[0] < raw_bytes / 4, f"{name}: latent-only packets {sizes[0]} B vs {raw_bytes} B raw"
 
