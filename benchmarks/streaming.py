@@ -8,8 +8,9 @@
 
 --stores runs the same matrix once per store setup, interleaved, in one run: "sqlite" (the
 embedded store), "redis" (one server on Redis Streams, a redis-server started for the run), and
-"redis-xN" (N server replicas sharing that Redis; subscriber i reads from replica i mod N, a
-client-side round robin; the sender publishes to replica 0).
+"redis-xN" (N server replicas sharing that Redis; the sender publishes to replica 0 and
+subscriber i reads from replica (i + 1) mod N, a client-side round robin that starts on another
+replica, so with one subscriber every frame crosses from one replica to the other through Redis).
 
 Per (subscribers N, mode) two phases:
   * saturation: the sender publishes --frames digits as fast as the pipeline takes them (packets of
@@ -67,7 +68,7 @@ class Bench:
         self.server = self.servers[0]
         self.procs: list[Any] = []
         self.sender = self._spawn(sender_main, (self.server.target, str(bundle), self.cache))
-        self.receivers = [self._spawn(receiver_main, (self.servers[i % replicas].target, self.cache))
+        self.receivers = [self._spawn(receiver_main, (self.servers[(i + 1) % replicas].target, self.cache))
                           for i in range(n_receivers)]
         for conn in [self.sender, *self.receivers]:
             expect(conn, "up", 300)

@@ -81,23 +81,32 @@ return {first, seq}
 
 # KEYS: log, meta. ARGV: max_bytes (0: off), cutoff ts (-1: off), max_frames (0: off), scan.
 # Drops the oldest entries while one bound is exceeded; returns {packets, frames, bytes, first kept seq}.
+# Why it reads the head one entry first, then in small steps: XRANGE returns whole entries, payloads
+# included, and Redis runs one script at a time; reading a full scan of 200 KB entries every second
+# to learn that nothing is over a bound stalled every channel on the server for ~100 ms.
 _TRIM = """
-local max_bytes, cutoff, max_frames = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_bytes, cutoff, max_frames, scan = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local bytes = tonumber(redis.call('HGET', KEYS[2], 'bytes') or '0')
 local next_seq = tonumber(redis.call('HGET', KEYS[2], 'next_seq') or '0')
-local entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', tonumber(ARGV[4]))
 local packets, frames, freed, keep = 0, 0, 0, next_seq
-for _, e in ipairs(entries) do
-  local f = {}
-  for j = 1, #e[2], 2 do f[e[2][j]] = e[2][j + 1] end
-  local first = tonumber(string.match(e[1], '^(%d+)-'))
-  local count, size, ts = tonumber(f['c']), string.len(f['p']), tonumber(f['t'])
-  local over = (max_bytes > 0 and bytes - freed > max_bytes)
-            or (cutoff >= 0 and ts < cutoff)
-            or (max_frames > 0 and next_seq - (first + count) >= max_frames and next_seq - first > max_frames)
-  if not over then keep = first; break end
-  packets, frames, freed = packets + 1, frames + count, freed + size
-  keep = first + count
+local start, step, done = '-', 1, false
+while not done do
+  local entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', step)
+  if #entries == 0 then break end
+  for _, e in ipairs(entries) do
+    local f = {}
+    for j = 1, #e[2], 2 do f[e[2][j]] = e[2][j + 1] end
+    local first = tonumber(string.match(e[1], '^(%d+)-'))
+    local count, size, ts = tonumber(f['c']), string.len(f['p']), tonumber(f['t'])
+    local over = (max_bytes > 0 and bytes - freed > max_bytes)
+              or (cutoff >= 0 and ts < cutoff)
+              or (max_frames > 0 and next_seq - (first + count) >= max_frames and next_seq - first > max_frames)
+    if not over then keep = first; done = true; break end
+    packets, frames, freed = packets + 1, frames + count, freed + size
+    keep = first + count
+    if packets >= scan then done = true; break end
+  end
+  start, step = keep .. '-0', 32
 end
 if packets > 0 then
   redis.call('XTRIM', KEYS[1], 'MINID', keep .. '-1')
