@@ -65,7 +65,7 @@ class TrainOptions:
     out: str | None = None  # directory for checkpoint.pt
     resume: bool = False  # continue from out/checkpoint.pt
     init_from: str | None = None  # warm start: an earlier run's best weights, or a bundle's; fresh optimizer and schedule
-    density_warmup: int = 500  # --init-from BUNDLE: steps fitting the density to the frozen network first
+    density_warmup: int = 2000  # --init-from BUNDLE: steps fitting the density to the frozen network first
     progress: bool = True
     command: str = ""  # the command line recorded in the checkpoint and manifest
 

@@ -147,35 +147,41 @@ def _check_parity(model: Autoencoder, d: Path) -> None:
                              f"(relative max error {err:.2e} > {_PARITY:g}); warm-start from its run's checkpoint instead")
 
 
+# frames whose latents the density warm-up computes once (then every step only runs the density)
+DENSITY_SAMPLES = 512
+
+
 def fit_density(model: Autoencoder, x: np.ndarray, *, steps: int, batch_size: int, lr: float,
-                device: torch.device, seed: int = 0) -> float:
-    """Fit the factorized density alone to the frozen network's latents (noisy, at random levels);
-    returns the last step's mean bits per sample."""
-    network = model.network_parameters()
-    flags = [p.requires_grad for p in network]
-    for p in network:
-        p.requires_grad_(False)
-    opt = torch.optim.Adam(model.density_parameters(), lr=lr)
+                device: torch.device, seed: int = 0, samples: int = DENSITY_SAMPLES) -> float:
+    """Fit the factorized density alone to the frozen network's latents (noisy, at random levels)
+    and return the mean bits per sample over the cached latents at the end. The latents of up to
+    ``samples`` random frames are computed once: a step is then a density evaluation, so thousands
+    of steps cost less than one epoch's encoder passes."""
     gen = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(x.shape[0], generator=gen)[: min(samples, x.shape[0])].numpy()
+    model.eval()
+    with torch.no_grad():
+        cached = torch.cat([model.encode(torch.from_numpy(x[np.sort(pick[i : i + batch_size])]).to(device))
+                            for i in range(0, len(pick), batch_size)])
+    opt = torch.optim.Adam(model.density_parameters(), lr=lr)
     model.train()
-    bits = torch.zeros(())
-    try:
-        for _ in range(steps):
-            idx = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=gen).numpy()
-            xb = torch.from_numpy(x[idx]).to(device)
-            with torch.no_grad():
-                y = model.encode(xb)
-            if model.levels:
-                level = torch.randint(0, model.levels, (xb.shape[0],), generator=gen).to(device)
-                gain, _ = model.level_gains(level)
-                rated = y * gain + torch.empty_like(y).uniform_(-0.5, 0.5)
-                bits = model.density.bits(rated / gain, (1.0 / gain).expand_as(rated)).mean()
-            else:
-                bits = model.density.bits(model.quantize(y, "noise")).mean()
-            opt.zero_grad(set_to_none=True)
-            bits.backward()
-            opt.step()
-    finally:
-        for p, flag in zip(network, flags):
-            p.requires_grad_(flag)
-    return float(bits.detach())
+
+    def bits_of(y: torch.Tensor, level: torch.Tensor | None) -> torch.Tensor:
+        if level is None:
+            return model.density.bits(model.quantize(y, "noise"))
+        gain, _ = model.level_gains(level)
+        rated = y * gain.detach() + torch.empty_like(y).uniform_(-0.5, 0.5)
+        return model.density.bits(rated / gain.detach(), (1.0 / gain.detach()).expand_as(rated))
+
+    def levels_for(n: int) -> torch.Tensor | None:
+        return torch.randint(0, model.levels, (n,), generator=gen).to(device) if model.levels else None
+
+    step_batch = max(batch_size, 32)
+    for _ in range(steps):
+        idx = torch.randint(0, cached.shape[0], (min(step_batch, cached.shape[0]),), generator=gen)
+        loss = bits_of(cached[idx], levels_for(len(idx))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return float(bits_of(cached, levels_for(cached.shape[0])).mean())
