@@ -75,7 +75,8 @@ BUNDLES: dict[str, dict[str, Any]] = {
         # issue 11: a Balle-style factorized-prior network (GDN / inverse GDN, 5x5 stride-2
         # convolutions, 4 downsamplings, 128 channels, a 192-channel latent) with eight learned
         # rate levels (per-level gain vectors) in one model, on 128x128 crops of train+val with
-        # flips; resumable (--resume, checkpoints every 10 minutes) across sessions
+        # flips; checkpoints every 10 minutes (--resume on the same machine); a later session
+        # continues from the shipped bundle with --init-from codec/assets/bsds-gdn2d and a new --out
         "train": [
             "--data", "../shared/data/bsds500", "--source-option", "subdirs=train,val",
             "--source-option", "size=128,128", "--source-option", "per_image=48", "--source-option", "scale=0.6,1.0",
@@ -170,7 +171,7 @@ def cmd_ship(keys: Sequence[str]) -> None:
 
 def _stages(run: Path) -> list[dict[str, Any]]:
     """The chain of warm-started runs behind ``run``, first stage first (each checkpoint names the
-    run it started from)."""
+    run it started from; a run started from a shipped bundle ends the walk with the bundle's stages)."""
     from latentwire.codec.training.train import load_checkpoint
 
     chain: list[dict[str, Any]] = []
@@ -181,6 +182,10 @@ def _stages(run: Path) -> list[dict[str, Any]]:
                       "command": ck.get("command", ""), "seconds": round(float(ck.get("seconds", 0.0)), 2),
                       "epochs": int(ck["epoch"]) + 1})
         init = ck.get("init_from")
+        if init and init.get("bundle") is not None:  # started from a shipped bundle (warmstart.py): its own record
+            chain += init["stages"][::-1] or [{"run": init["path"], "command": init["command"],
+                                                   "seconds": init["seconds"], "epochs": init["epochs"]}]
+            break
         path = None if not init else (REPO / init["path"] if not Path(init["path"]).is_absolute() else Path(init["path"]))
     return chain[::-1]
 
