@@ -283,7 +283,8 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
         if warmstart.is_bundle(options.init_from):  # a shipped bundle: the state that outlives a session
             init_info = warmstart.load_bundle_weights(model, options.init_from)
             bits = warmstart.fit_density(model, x_train, steps=options.density_warmup, batch_size=options.batch_size,
-                                         lr=options.lr * options.density_lr_factor, device=device, seed=options.seed)
+                                         lr=options.lr * options.density_lr_factor, device=device, seed=options.seed,
+                                         progress=options.progress and main_process)
             if main_process:
                 print(f"warm start from {options.init_from} ({init_info['bundle']}, {init_info['epochs']} epochs, "
                       f"{init_info['seconds']:.0f} s): density refitted in {options.density_warmup} steps, "

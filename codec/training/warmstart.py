@@ -25,6 +25,7 @@ import onnx
 import onnxruntime as ort
 import torch
 from onnx import numpy_helper
+from tqdm import tqdm
 
 from .. import bundle as bundle_mod
 from .models import Autoencoder, ModelConfig
@@ -152,7 +153,7 @@ DENSITY_SAMPLES = 512
 
 
 def fit_density(model: Autoencoder, x: np.ndarray, *, steps: int, batch_size: int, lr: float,
-                device: torch.device, seed: int = 0, samples: int = DENSITY_SAMPLES) -> float:
+                device: torch.device, seed: int = 0, samples: int = DENSITY_SAMPLES, progress: bool = True) -> float:
     """Fit the factorized density alone to the frozen network's latents (noisy, at random levels)
     and return the mean bits per sample over the cached latents at the end. The latents of up to
     ``samples`` random frames are computed once: a step is then a density evaluation, so thousands
@@ -161,8 +162,10 @@ def fit_density(model: Autoencoder, x: np.ndarray, *, steps: int, batch_size: in
     pick = torch.randperm(x.shape[0], generator=gen)[: min(samples, x.shape[0])].numpy()
     model.eval()
     with torch.no_grad():
+        starts = range(0, len(pick), batch_size)
         cached = torch.cat([model.encode(torch.from_numpy(x[np.sort(pick[i : i + batch_size])]).to(device))
-                            for i in range(0, len(pick), batch_size)])
+                            for i in tqdm(starts, desc="density warm-up: latents", unit="batch", leave=False,
+                                          disable=not progress)])
     opt = torch.optim.Adam(model.density_parameters(), lr=lr)
     model.train()
 
@@ -177,7 +180,7 @@ def fit_density(model: Autoencoder, x: np.ndarray, *, steps: int, batch_size: in
         return torch.randint(0, model.levels, (n,), generator=gen).to(device) if model.levels else None
 
     step_batch = max(batch_size, 32)
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="density warm-up: fit", unit="step", leave=False, disable=not progress):
         idx = torch.randint(0, cached.shape[0], (min(step_batch, cached.shape[0]),), generator=gen)
         loss = bits_of(cached[idx], levels_for(len(idx))).mean()
         opt.zero_grad(set_to_none=True)
