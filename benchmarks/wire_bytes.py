@@ -5,7 +5,10 @@ frames: the packet header and CRC, the coder's flush, protobuf's fields. For eac
 each messages size k, the same digits are published with ``Client.publish(encode_at_edge=True,
 frames_per_message=k)``, with compact stream frames (codec/FORMAT.md) and without, and the
 client's ``PublishResult.sent_bytes`` (protobuf bytes of the data messages) is divided by the
-frames the server accepted. Used by benchmarks.streaming (``--wire-sizes``).
+frames the server accepted. The subscriber side of the same packets: a subscription from the
+publish's first seq, with compact frames asked for and without, its Subscribe responses'
+protobuf bytes (``FrameBatch.wire_bytes``) per frame delivered. Used by benchmarks.streaming
+(``--wire-sizes``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ def measure(target: str, modes: Sequence[Any], sizes: Sequence[int], frames: np.
                         raise RuntimeError(f"wire bytes, {mode.name} k={k}: {r.accepted}/{len(frames)} accepted, "
                                            f"errors {r.errors[:3]}")
                     row["bytes_per_frame" if compact else "bytes_per_frame_without_compact"] = r.sent_bytes / r.accepted
+                    if compact:
+                        for sub_compact in (True, False):
+                            row["subscriber_bytes_per_frame" if sub_compact else
+                                "subscriber_bytes_per_frame_without_compact"] = _subscriber_bytes(
+                                    client, mode.channel, r.first_seq, r.accepted, sub_compact)
                 rows.append(row)
     for mode in {r["mode"] for r in rows}:
         mine = {r["frames_per_message"]: r for r in rows if r["mode"] == mode}
@@ -41,10 +49,26 @@ def measure(target: str, modes: Sequence[Any], sizes: Sequence[int], frames: np.
     return rows
 
 
+def _subscriber_bytes(client: Client, channel: str, first_seq: int | None, frames: int, compact: bool) -> float:
+    """Subscribe response bytes per frame for the ``frames`` frames from ``first_seq``."""
+    wire = got = 0
+    for batch in client.subscribe_batches(channel, first_seq, idle_timeout=1.0, compact=compact):
+        take = min(len(batch.frames), frames - got)
+        wire += batch.wire_bytes if take == len(batch.frames) else batch.wire_bytes * take / len(batch.frames)
+        got += take
+        if got >= frames:
+            break
+    if got != frames:
+        raise RuntimeError(f"wire bytes: subscribed {got} of {frames} frames from seq {first_seq} on {channel}")
+    return wire / frames
+
+
 def print_rows(rows: Sequence[dict[str, Any]]) -> None:
-    print(f"\n{'mode':<10} {'frames/msg':>10} {'B/frame':>9} {'no compact':>11} {'over 256':>9}")
+    print(f"\n{'mode':<10} {'frames/msg':>10} {'B/frame':>9} {'no compact':>11} {'over 256':>9} "
+          f"{'sub B/frame':>12} {'sub no compact':>15}")
     for r in rows:
         nc = r.get("bytes_per_frame_without_compact")
         over = r.get("over_256_bytes")
         print(f"{r['mode']:<10} {r['frames_per_message']:>10} {r['bytes_per_frame']:>9.2f} "
-              f"{'' if nc is None else f'{nc:11.2f}'} {'' if over is None else f'{over:+9.2f}'}")
+              f"{'' if nc is None else f'{nc:11.2f}':>11} {'' if over is None else f'{over:+9.2f}':>9} "
+              f"{r['subscriber_bytes_per_frame']:>12.2f} {r['subscriber_bytes_per_frame_without_compact']:>15.2f}")

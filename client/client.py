@@ -164,33 +164,35 @@ class Client:
 
     def subscribe_packets(self, channel: str, from_seq: FromSeq = None, *, idle_timeout: float | None = None,
                           max_backoff: float = 5.0, max_retries: int | None = None,
-                          stop: threading.Event | None = None) -> Iterator[Packet]:
+                          stop: threading.Event | None = None, compact: bool = True) -> Iterator[Packet]:
         """Coded packets of a channel, resuming after a failure at the end of the last packet
         yielded. from_seq: None (oldest retained), an int, or "latest" (resolved when this is
         called). idle_timeout: stop after this many seconds without data. stop: an Event that
-        ends the iteration promptly when set (signal handlers)."""
-        opts = StreamOptions(idle_timeout, max_backoff, max_retries, stop)
+        ends the iteration promptly when set (signal handlers). compact: one-frame packets travel as
+        compact stream frames (codec/FORMAT.md) and are expanded here: the packets yielded are always
+        the full packets the sender encoded."""
+        opts = StreamOptions(idle_timeout, max_backoff, max_retries, stop, compact)
         return self._subscriber.packets(channel, self._start(channel, from_seq), opts)
 
     def subscribe_batches(self, channel: str, from_seq: FromSeq = None, *, idle_timeout: float | None = None,
                           max_backoff: float = 5.0, max_retries: int | None = None,
                           stop: threading.Event | None = None, cache_dir: str | Path | None = None,
-                          denoise: bool = False) -> Iterator[FrameBatch]:
+                          denoise: bool = False, compact: bool = True) -> Iterator[FrameBatch]:
         """Decoded frames, one FrameBatch per Subscribe response (each frame exactly once, in seq
         order, same resume rules as subscribe_packets): the fast path for receivers that keep up."""
-        opts = StreamOptions(idle_timeout, max_backoff, max_retries, stop)
+        opts = StreamOptions(idle_timeout, max_backoff, max_retries, stop, compact)
         return self._subscriber.batches(channel, self._start(channel, from_seq), opts, cache_dir, denoise)
 
     def subscribe(self, channel: str, from_seq: FromSeq = None, *, idle_timeout: float | None = None,
                   max_backoff: float = 5.0, max_retries: int | None = None, cache_dir: str | Path | None = None,
-                  denoise: bool = False) -> Iterator[Frame]:
+                  denoise: bool = False, compact: bool = True) -> Iterator[Frame]:
         """Decoded frames of a channel, each exactly once and in seq order (see subscribe_packets).
 
         Each Frame says which path it took (latent, residual, lossless fallback) and carries the
         server's anomaly score when the server coded it. denoise=True: frames that came through a
         residual or lossless packet are replaced by the model's latent-only reconstruction
         (Codec.denoise; it runs the bundle's encoder.onnx here); latent frames already are that."""
-        opts = StreamOptions(idle_timeout, max_backoff, max_retries, None)
+        opts = StreamOptions(idle_timeout, max_backoff, max_retries, None, compact)
         return self._subscriber.frames(channel, self._start(channel, from_seq), opts, cache_dir, denoise)
 
     # ------------------------------------------------------------------ publish

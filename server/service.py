@@ -17,6 +17,7 @@ from typing import Iterator
 
 import grpc
 
+from latentwire.codec.coding.compact import CompactWriter
 from latentwire.v1 import latentwire_pb2 as pb
 from latentwire.v1 import latentwire_pb2_grpc as pb_grpc
 
@@ -356,6 +357,9 @@ class LatentwireService(pb_grpc.LatentwireServicer):
         max_bytes = self.config.limits.max_message_bytes // 2
         first_resp = True
         last_model = ""  # PacketRecord.model_id is sent only when it changes within this stream
+        # one-frame packets as compact frames in the context of this stream's previous packet (the
+        # client's reader starts afresh on every Subscribe call, as this writer does)
+        writer = CompactWriter() if request.compact_frames else None
         try:
             while context.is_active() and not self.stopping.is_set():
                 if seq >= ch.next_seq:  # nothing new: wait for a commit, do not ask the store
@@ -376,9 +380,13 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                 for p in pkts:
                     if resp.packets and size + len(p.payload) > max_bytes:
                         break
+                    small = None
+                    if writer is not None:
+                        packed = writer.pack(p.payload)
+                        small = None if packed is p.payload else packed
                     resp.packets.append(packet_record(p, self._packet_shape(ch, p.payload),
-                                                      "" if p.model_id == last_model else p.model_id))
-                    size += len(p.payload)
+                                                      "" if p.model_id == last_model else p.model_id, small))
+                    size += len(p.payload if small is None else small)
                     last_model = p.model_id
                     seq = p.end_seq
                 frames = sum(p.count for p in resp.packets)

@@ -79,6 +79,12 @@ def compact(packet: bytes | bytearray | memoryview, context: StreamContext | Non
     if context is None:
         return None
     header, payload = read_packet(packet)
+    return _compact(packet, header, payload, context)
+
+
+def _compact(packet: bytes | bytearray | memoryview, header: PacketHeader, payload: memoryview,
+             context: StreamContext) -> bytes | None:
+    """``compact`` on a packet already parsed by read_packet."""
     if (header.count != 1 or header.is_lossless or header.quality == CUSTOM_QUALITY
             or header.model_id_prefix != context.model_id_prefix
             or tuple(header.sample_shape) != context.sample_shape):
@@ -155,8 +161,9 @@ class CompactWriter:
 
     def pack(self, packet: bytes) -> bytes:
         """The bytes to send: ``packet`` itself (the same object) or its compact form."""
-        small = compact(packet, self.context)
-        self.observe(packet)
+        header, payload = read_packet(packet)  # parsed once: the context and the compact form both need it
+        small = None if self.context is None else _compact(packet, header, payload, self.context)
+        self.context = StreamContext.of(header)
         return packet if small is None else small
 
     def observe(self, packet: bytes) -> None:

@@ -129,3 +129,21 @@ def test_full_queue_ends_stream_and_client_resends_in_order(tiny_bundle: Path, t
         assert r.reconnects >= 1, "RESOURCE_EXHAUSTED ends the stream; the client resends"
         assert r.accepted == 600 and r.rejected == 0 and not r.errors
         assert server.channels["digits"].store.next_seq == 600, "resent frames are not committed twice"
+
+
+def test_idle_timeout_counts_across_reconnects_and_says_why(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A subscriber whose server went away must not retry in silence forever: after idle_timeout
+    without data the last error reaches the caller (a clean end is only for a quiet, live stream)."""
+    import grpc
+
+    port = free_port()
+    with running_server(tiny_bundle, tmp_path / "data", listen=f"127.0.0.1:{port}") as server:
+        with Client(f"127.0.0.1:{server.port}") as c:
+            assert c.publish("digits", digits(5)).accepted == 5
+            assert [f.seq for f in c.subscribe("digits", 0, idle_timeout=1)] == list(range(5))  # quiet: clean end
+    with Client(f"127.0.0.1:{port}") as c:
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            list(c.subscribe_packets("digits", 0, idle_timeout=1, max_backoff=0.2))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - t0 < 10

@@ -36,6 +36,9 @@ def test_streaming_smoke(tmp_path: Path) -> None:
     assert {r["mode"] for r in report["wire_bytes"]} == {"edge-q0"} and set(wire) == {1, 256}
     assert wire[256]["bytes_per_frame"] < wire[1]["bytes_per_frame"] < wire[1]["bytes_per_frame_without_compact"] - 20
     assert wire[1]["over_256_bytes"] == wire[1]["bytes_per_frame"] - wire[256]["bytes_per_frame"]
+    # subscribers of one-frame packets: compact records save the header and the record's fields
+    sub = wire[1]["subscriber_bytes_per_frame"]
+    assert wire[256]["subscriber_bytes_per_frame"] < sub < wire[1]["subscriber_bytes_per_frame_without_compact"] - 20
     runs = report["runs"]
     assert {r["store"] for r in runs} == {"sqlite"}
     assert {(r["subscribers"], r["mode"], r["phase"]) for r in runs} == {

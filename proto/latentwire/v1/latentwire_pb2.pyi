@@ -656,6 +656,7 @@ class SubscribeRequest(_message.Message):
     FROM_SEQ_FIELD_NUMBER: _builtins.int
     LATEST_FIELD_NUMBER: _builtins.int
     MAX_PACKETS_PER_RESPONSE_FIELD_NUMBER: _builtins.int
+    COMPACT_FRAMES_FIELD_NUMBER: _builtins.int
     channel: _builtins.str
     from_seq: _builtins.int
     """Start position. Unset and latest=false: the oldest retained frame."""
@@ -663,6 +664,12 @@ class SubscribeRequest(_message.Message):
     """only frames published after the subscription starts"""
     max_packets_per_response: _builtins.int
     """0: server default"""
+    compact_frames: _builtins.bool
+    """Ask for compact stream frames (codec/FORMAT.md, "Compact frames"): a one-frame packet whose
+    model, quality and sample shape the previous packet of this Subscribe stream already named
+    travels as a compact frame (see PacketRecord). A server that does not know this field sends
+    full packets, which a client that asked must also take.
+    """
     def __init__(
         self,
         *,
@@ -670,10 +677,11 @@ class SubscribeRequest(_message.Message):
         from_seq: _builtins.int | None = ...,
         latest: _builtins.bool = ...,
         max_packets_per_response: _builtins.int = ...,
+        compact_frames: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_from_seq", b"_from_seq", "from_seq", b"from_seq"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_from_seq", b"_from_seq", "channel", b"channel", "from_seq", b"from_seq", "latest", b"latest", "max_packets_per_response", b"max_packets_per_response"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_from_seq", b"_from_seq", "channel", b"channel", "compact_frames", b"compact_frames", "from_seq", b"from_seq", "latest", b"latest", "max_packets_per_response", b"max_packets_per_response"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__from_seq: _TypeAlias = _typing.Literal["from_seq"]  # noqa: Y015
     _WhichOneofArgType__from_seq: _TypeAlias = _typing.Literal["_from_seq", b"_from_seq"]  # noqa: Y015
@@ -709,7 +717,12 @@ class PacketRecord(_message.Message):
     """
     quality: _builtins.int
     payload: _builtins.bytes
-    """the complete packet (header + payload + CRC), decodable by Codec.decode"""
+    """The complete packet (header + payload + CRC), decodable by Codec.decode. On a stream that asked
+    for compact_frames it may instead be a compact frame (first byte 0b110xxxxx): one frame, in the
+    context of the stream's previous packet; count, quality and sample_shape are then left unset
+    (the frame is one frame; its quality and shape are in the expanded packet's header). The
+    client expands it back to the full packet, byte for byte, before anything else sees it.
+    """
     @_builtins.property
     def sample_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
