@@ -203,6 +203,7 @@ def calibrate(
     anomaly_quantile: float = DEFAULT_ANOMALY_QUANTILE,
     latent_context: bool | None = None,
     residual_context: bool | None = None,
+    transform_basis: str = "dct",
 ) -> CalibrationReport:
     """Calibrate ``bundle_dir`` in place on raw samples (N, *sample_shape) in the raw dtype.
 
@@ -210,6 +211,7 @@ def calibrate(
     None = wherever the latents have a position axis (conv families), False = factorized only.
     residual_context: also fit residual tables that follow the previous residual (residual_context.py)
     for the ladder's max errors; None = for conv families, like latent_context.
+    transform_basis: the transform residual's basis for tX levels, "dct" or "cdf97" (transform.py).
     quality_max_errors: the ladder (LevelSpec.parse forms); None = default_ladder for the bundle."""
     t0 = time.perf_counter()
     d = Path(bundle_dir)
@@ -279,7 +281,8 @@ def calibrate(
     rctx = None
     if residual is not None and (positional if residual_context is None else residual_context):
         rctx = ResidualContext.fit(residual, raw, raw_float, [e for e in levels if e is not None], batch_size=batch_size)
-    specs, tr = _fit_transform(specs, raw, symbols, raw_float, reference, enc, dec, bundle, batch_size)
+    specs, tr = _fit_transform(specs, raw, symbols, raw_float, reference, enc, dec, bundle, batch_size,
+                               transform_basis)
     steps = sorted({sp.latent_step for sp in specs if sp.latent_step != 1.0})
     tables = CodingTables(
         latent=latent,
@@ -312,11 +315,11 @@ def calibrate(
             sym_k, float_k = _forward(enc, dec, bundle, raw[:k], batch_size, sp)
         if sp.transform_step is not None and tr is not None:
             idx = np.full(k, tr.step_index(sp.transform_step), dtype=np.int64)
-            qc = tr.quantize(transform.forward(raw[:k].astype(np.float64) - float_k), idx)
+            qc = tr.quantize(tr.forward(raw[:k].astype(np.float64) - float_k), idx)
             payload, _ = encode_payload(tables, sym_k, m.channel_axis, latent_step=sp.latent_step,
                                         latent_level=sp.latent_level, transform=(qc, idx))
             rec = transform.reconstruct(float_k, qc, tr.dequantize(qc, idx), norm.raw_min, norm.raw_max,
-                                        norm.is_integer)
+                                        norm.is_integer, tr)
         elif e is None:
             payload, _ = encode_payload(tables, sym_k, m.channel_axis, latent_step=sp.latent_step,
                                         latent_level=sp.latent_level)
@@ -372,7 +375,7 @@ def calibrate(
 
 def _fit_transform(specs: list[LevelSpec], raw: np.ndarray, symbols: np.ndarray, raw_float: np.ndarray,
                    reference: LevelSpec, enc: Encoder, dec: Decoder, bundle: Bundle,
-                   batch_size: int) -> tuple[list[LevelSpec], TransformResidual | None]:
+                   batch_size: int, basis: str = "dct") -> tuple[list[LevelSpec], TransformResidual | None]:
     """The transform residual's tables, fit on each transform level's own residuals at its own
     step; steps are snapped to the ladder. (specs with snapped steps, tables or None)."""
     wanted = [sp for sp in specs if sp.transform_step is not None]
@@ -393,7 +396,7 @@ def _fit_transform(specs: list[LevelSpec], raw: np.ndarray, symbols: np.ndarray,
                 _forward(enc, dec, bundle, raw, batch_size, sp)[1]
             residuals[key] = raw.astype(np.float64) - flt
         pairs.append((residuals[key], sp.transform_step))
-    return snapped, TransformResidual.fit(pairs)
+    return snapped, TransformResidual.fit(pairs, basis=basis)
 
 
 def _ladder(text: str) -> list[LevelSpec]:
@@ -424,6 +427,9 @@ def add_parser(subparsers: Any, name: str = "calibrate") -> argparse.ArgumentPar
     p.add_argument("--residual-context", dest="residual_context", action=argparse.BooleanOptionalAction, default=None,
                    help="residual tables that also follow the previous residual, for the ladder's max errors "
                         "(codec/residual_context.py; default: on for conv families)")
+    p.add_argument("--transform-basis", choices=sorted(transform.BASES), default="dct",
+                   help="basis of the transform residual levels (tX): dct (no extra dependency) or cdf97 "
+                        "(the CDF 9/7 wavelet through PyWavelets; smaller on ECG, codec/coding/transform.py)")
     return p
 
 
@@ -432,7 +438,7 @@ def run(args: argparse.Namespace) -> int:
 
     samples = load_source(args.data, **dict(args.source_option)).samples[: args.limit]
     report = calibrate(args.bundle, samples, args.levels, threads=args.threads, latent_context=args.latent_context,
-                       residual_context=args.residual_context)
+                       residual_context=args.residual_context, transform_basis=args.transform_basis)
     print(json.dumps({
         "bundle": str(args.bundle), "model_id": report.model_id, "n_samples": report.n_samples,
         "seconds": round(report.seconds, 2),

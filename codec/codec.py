@@ -278,7 +278,7 @@ class Codec:
             raise InputError("transform residual levels need series samples (channels, length) and the bundle's "
                              "transform tables")
         norm = self.normalization
-        coef = transform.forward(raw.astype(np.float64) - raw_float)
+        coef = tr.forward(raw.astype(np.float64) - raw_float)
         if target_prdn is None:
             idx = np.full(len(raw), tr.step_index(step), dtype=np.int64)
         else:
@@ -289,7 +289,7 @@ class Codec:
                                     latent_level=grid.level, transform=(qc, idx))
         crc = None
         if recon_crc and norm.is_integer:
-            rec = transform.reconstruct(raw_float, qc, tr.dequantize(qc, idx), norm.raw_min, norm.raw_max, True)
+            rec = transform.reconstruct(raw_float, qc, tr.dequantize(qc, idx), norm.raw_min, norm.raw_max, True, tr)
             crc = reconstruction_crc(rec.astype(np.int64))
         return bitstream.write_packet(model_id=self.model_id, quality=q, sample_shape=tuple(int(d) for d in raw.shape[1:]),
                                       count=int(raw.shape[0]), payload=payload, recon_crc=crc, transform=True)
@@ -485,5 +485,6 @@ class Codec:
             raise BitstreamError("packet has a transform residual, but this bundle has no transform tables for it")
         qc, idx = reader.transform(header.count, raw_float.shape[1], raw_float.shape[2])
         norm = self.normalization
-        rec = transform.reconstruct(raw_float, qc, tr.dequantize(qc, idx), norm.raw_min, norm.raw_max, norm.is_integer)
+        rec = transform.reconstruct(raw_float, qc, tr.dequantize(qc, idx), norm.raw_min, norm.raw_max, norm.is_integer,
+                                      tr)
         return rec.astype(np.int64) if norm.is_integer else rec

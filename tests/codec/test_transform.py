@@ -1,5 +1,5 @@
-"""The transform residual (codec/coding/transform.py): what the latent misses, coded as DCT
-coefficients per lead, on real MIT-BIH windows and the shipped ECG model. Exact round trips,
+"""The transform residual (codec/coding/transform.py): what the latent misses, coded as DCT or
+CDF 9/7 wavelet coefficients per lead, on real MIT-BIH windows and the shipped ECG model. Exact round trips,
 fidelity set by the step, a per-frame PRDN target met, bit-exact decoding in another process,
 and packets that cannot be misread."""
 
@@ -25,14 +25,14 @@ ASSETS = Path(__file__).resolve().parents[2] / "codec" / "assets"
 MITDB = sample_data_root() / "mitdb"
 
 
-@pytest.fixture(scope="module")
-def ecg(tmp_path_factory: pytest.TempPathFactory) -> tuple[Codec, np.ndarray]:
-    """The shipped ECG model with a transform ladder, calibrated on records 100-101; windows of
-    records 102-103 to code (never calibrated on)."""
+@pytest.fixture(scope="module", params=["dct", "cdf97"])
+def ecg(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Codec, np.ndarray]:
+    """The shipped ECG model with a transform ladder in each basis, calibrated on records 100-101;
+    windows of records 102-103 to code (never calibrated on)."""
     d = tmp_path_factory.mktemp("ecg-transform") / "bundle"
     shutil.copytree(ASSETS / "ecg-conv1d", d)
     cal = load_ecg_windows(MITDB, records=["100", "101"], window=1024).samples
-    calibrate(d, cal, ["none", "t32", "t16", "t8"], threads=1)
+    calibrate(d, cal, ["none", "t32", "t16", "t8"], threads=1, transform_basis=request.param)
     unseen = load_ecg_windows(MITDB, records=["102", "103"], window=1024).samples
     return Codec.load(d, provider="cpu", threads=1), unseen
 
@@ -47,6 +47,34 @@ def test_fft_dct_is_orthonormal_and_inverts() -> None:
     basis[0] /= np.sqrt(2)
     y = np.random.default_rng(1).normal(size=(2, 1, 7))
     assert np.abs(T.forward(y) - y @ basis.T).max() < 1e-12
+
+
+def test_cdf97_keeps_length_and_inverts() -> None:
+    x = np.random.default_rng(0).normal(size=(3, 2, 1024))
+    c = T.wavelet_forward(x)
+    assert c.shape == x.shape and T.wavelet_sizes(1024) == [16, 16, 32, 64, 128, 256, 512]
+    assert np.abs(T.wavelet_inverse(c) - x).max() < 1e-9
+    # close to orthonormal (CDF 9/7 is biorthogonal): a step still sets the error energy
+    assert np.allclose((x**2).sum(-1), (c**2).sum(-1), rtol=0.1)
+    edges = T.wavelet_band_edges(1024)
+    assert edges[0] == 0 and edges[-1] == 1024 and np.all(np.diff(edges) > 0) and len(edges) - 1 == 18
+    assert set(np.cumsum([0, 16, 16, 32, 64, 128, 256, 512]).tolist()) <= set(edges.tolist())  # subbands never mixed
+    y = np.random.default_rng(1).normal(size=(1, 1, 1000))  # 1000 = 8 x 125: three levels
+    assert T.wavelet_levels(1000) == 3 and np.abs(T.wavelet_inverse(T.wavelet_forward(y)) - y).max() < 1e-9
+    with pytest.raises(InputError, match="divisible by 2"):
+        T.wavelet_forward(np.zeros((1, 1, 999)))
+
+
+def test_the_basis_is_named_in_the_tables(ecg: tuple[Codec, np.ndarray]) -> None:
+    import json
+
+    codec, _ = ecg
+    tr = codec.tables.transform
+    kind = json.loads((codec.bundle.path / "entropy.json").read_text())["transform"]["kind"]
+    assert kind == T.BASES[tr.basis]
+    assert T.TransformResidual.from_json_obj(tr.to_json_obj()) == tr
+    with pytest.raises(Exception, match="unknown transform residual kind"):
+        T.TransformResidual.from_json_obj({**tr.to_json_obj(), "kind": "haar-bands"})
 
 
 def test_finer_steps_cost_more_and_deliver_more(ecg: tuple[Codec, np.ndarray]) -> None:
