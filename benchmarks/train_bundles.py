@@ -29,6 +29,7 @@ import json
 import math
 import os
 import shlex
+import sys
 import subprocess
 import time
 from pathlib import Path
@@ -72,7 +73,10 @@ BUNDLES: dict[str, dict[str, Any]] = {
         "transform_basis": "cdf97",
     },
     "bsds": {
-        "run": "runs/bsds-gdn",
+        # the shipped run: 3 more epochs (cosine from 2e-4) started from the 7-epoch bundle with
+        # `latentwire train <the recipe below, --epochs 3 --schedule cosine --out runs/bsds-gdn2>
+        # --init-from codec/assets/bsds-gdn2d` (the manifest's training.stages hold both commands)
+        "run": "runs/bsds-gdn2",
         "asset": "bsds-gdn2d",
         "name": "bsds500-rgb-gdn2d-192-vr8",
         # issue 11: a Balle-style factorized-prior network (GDN / inverse GDN, 5x5 stride-2
@@ -168,8 +172,13 @@ def cmd_ship(keys: Sequence[str]) -> None:
             extra["stages"] = stages
             extra["seconds_total"] = round(sum(st["seconds"] for st in stages), 2)
         out = ASSETS / spec["asset"]
-        export(run, out, name=spec["name"], training=extra)
+        export(run, out, name=spec["name"], training=extra, command=_command())
         _calibrate(key, out)
+
+
+def _command() -> str:
+    """This script's own invocation, recorded by export and calibrate in the bundle's manifest."""
+    return shlex.join(["python", "-m", "benchmarks.train_bundles", *sys.argv[1:]])
 
 
 def _stages(run: Path) -> list[dict[str, Any]]:
@@ -199,7 +208,8 @@ def _calibrate(key: str, out: Path) -> None:
 
     report = calibrate(out, calibration_samples(key), quality_max_errors=BUNDLES[key]["ladder"], threads=1,
                        batch_size=BUNDLES[key].get("calibrate_batch", 1024),
-                       transform_basis=BUNDLES[key].get("transform_basis", "dct"))
+                       transform_basis=BUNDLES[key].get("transform_basis", "dct"),
+                       command=_command())
     m = read_manifest(out)
     sizes = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
     print(f"{key}: {m['name']} id {m['model_id'][:12]} trained {m['training']['seconds']:.0f}s, "

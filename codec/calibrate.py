@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -204,6 +206,7 @@ def calibrate(
     latent_context: bool | None = None,
     residual_context: bool | None = None,
     transform_basis: str = "dct",
+    command: str | None = None,
 ) -> CalibrationReport:
     """Calibrate ``bundle_dir`` in place on raw samples (N, *sample_shape) in the raw dtype.
 
@@ -212,6 +215,8 @@ def calibrate(
     residual_context: also fit residual tables that follow the previous residual (residual_context.py)
     for the ladder's max errors; None = for conv families, like latent_context.
     transform_basis: the transform residual's basis for tX levels, "dct" or "cdf97" (transform.py).
+    command: how this calibration was invoked, recorded with its seconds in the manifest's
+    metrics.calibration (a bundle records every stage that made it; default: the CLI's argv).
     quality_max_errors: the ladder (LevelSpec.parse forms); None = default_ladder for the bundle."""
     t0 = time.perf_counter()
     d = Path(bundle_dir)
@@ -347,6 +352,9 @@ def calibrate(
         )
     metrics = manifest.setdefault("metrics", {})
     metrics["calibration"] = {
+        "command": command if command is not None else shlex.join(["latentwire", *sys.argv[1:]]),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "transform_basis": transform_basis if tr is not None else None,
         "n_samples": int(raw.shape[0]),
         "measured_on": int(k),
         "in_sample": True,

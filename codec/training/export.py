@@ -13,7 +13,9 @@ import contextlib
 import io
 import logging
 import os
+import shlex
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -164,13 +166,17 @@ def export(
     training: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     tolerance: float = PARITY_TOLERANCE,
+    command: str | None = None,
 ) -> Path:
     """Write a finalized bundle to out_dir and return its path.
 
     checkpoint_or_model: a checkpoint file/dir (everything else is read from it), a TrainResult,
     or a bare Autoencoder (then normalization and sample_batch are required). sample_batch is
-    model-domain float32 (N, *sample_shape) validation data for the parity check.
+    model-domain float32 (N, *sample_shape) validation data for the parity check. The export's own
+    command (``command``, default the CLI's argv) and seconds go into manifest training.export: every stage that made a
+    bundle is recorded in it.
     """
+    t0 = time.perf_counter()
     info: dict[str, Any] = {}
     if isinstance(checkpoint_or_model, Autoencoder):
         model = checkpoint_or_model
@@ -245,7 +251,9 @@ def export(
         },
         "quality_levels": [{"name": "q0", "max_error": None}],
         "files": {},
-        "training": {**info.get("training", {}), **(training or {})},
+        "training": {**info.get("training", {}), **(training or {}),
+                     "export": {"command": command if command is not None else shlex.join(["latentwire", *sys.argv[1:]]),
+                                "seconds": round(time.perf_counter() - t0, 2)}},
         "metrics": {**info.get("metrics", {}), **(metrics or {}), "parity_max_abs_diff": diff},
     }
     bundle_mod.write_manifest(out, manifest)

@@ -49,6 +49,10 @@ def test_calibrate_then_code_every_level(bundle_dir: Path) -> None:
     assert [q.max_error for q in m.quality_levels] == list(DEFAULT_QUALITY_LADDER)
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     assert manifest["entropy"]["file"] == "entropy.json" and len(manifest["metrics"]["calibration"]["levels"]) == 6
+    # every stage that made the bundle says how it was run and how long it took
+    stage = manifest["metrics"]["calibration"]
+    assert stage["command"].startswith("latentwire") and 0 < stage["seconds"] <= report.seconds
+    assert manifest["training"]["export"]["seconds"] > 0 and manifest["training"]["export"]["command"]
     psnrs = [lv.psnr_db for lv in report.levels]
     assert psnrs == sorted(psnrs) and psnrs[-1] == float("inf") and psnrs[3] > 35
 
