@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,9 +66,18 @@ def _dims(value: Any, what: str) -> tuple[int | None, ...]:
     return tuple(value)
 
 
+_NUMBER = r"\s*(?:-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|null)\s*"
+_NUMBER_LIST = re.compile(rf"\[(?:{_NUMBER},)*{_NUMBER}\]")
+
+
 def write_manifest(bundle_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    """Indented for people, but a list of plain numbers on one line: a photo bundle's per-level
+    gains and pmfs otherwise take a line per number (2.8 MB instead of ~1 MB of a bundle every
+    subscriber downloads)."""
     path = Path(bundle_dir) / MANIFEST
-    path.write_text(json.dumps(manifest, sort_keys=True, indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(manifest, sort_keys=True, indent=2)
+    text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(0)[1:-1].split(",")) + "]", text)
+    path.write_text(text + "\n", encoding="utf-8")
     return path
 
 

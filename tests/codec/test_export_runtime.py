@@ -108,7 +108,9 @@ def test_end_to_end_runs_without_torch(dense_bundle: Path) -> None:
 
 def test_manifest_follows_the_contract(dense_bundle: Path) -> None:
     raw = json.loads((dense_bundle / "manifest.json").read_text())
-    assert (dense_bundle / "manifest.json").read_text() == json.dumps(raw, sort_keys=True, indent=2) + "\n"
+    # canonical: what write_manifest renders (sorted keys, indented, number lists on one line)
+    assert (dense_bundle / "manifest.json").read_text() == write_manifest(dense_bundle.parent, raw).read_text()
+    assert list(raw) == sorted(raw)
     assert raw["format_version"] == 1 and raw["family"] == "dense" and raw["name"] == "mnist-test"
     assert raw["input"]["sample_shape"] == [1, 28, 28] and raw["input"]["dtype"] == "float32"
     assert raw["input"]["normalization"]["scale"] == 255.0
@@ -273,3 +275,17 @@ def test_export_cli_calibrates_when_asked(dense_bundle: Path, tmp_path: Path) ->
     # Same weights, but the tables are part of the model id.
     assert bundle.model_id != Bundle.load(dense_bundle).model_id
     assert (out / "decoder.onnx").read_bytes() == (dense_bundle / "decoder.onnx").read_bytes()
+
+
+def test_manifest_keeps_number_lists_on_one_line_and_round_trips(tmp_path: Path) -> None:
+    """People read manifests, subscribers download them: lists of plain numbers (gains, pmfs) take
+    one line instead of one line per number, and nothing else about the JSON changes."""
+    manifest = {"latent": {"levels": [{"gain": [0.5, -1.25e-07, 3], "pmf": {"offsets": [-20, 13]}}],
+                           "shape": [192, None, None]},
+                "name": "x [1, 2]", "nested": [[1, 2], [3.5]], "anomaly": {"quantiles": {"0.9": 1.5}},
+                "stages": [{"command": "latentwire train", "seconds": 1.0}]}
+    text = write_manifest(tmp_path, manifest).read_text()
+    assert json.loads(text) == manifest
+    assert '"gain": [0.5, -1.25e-07, 3],' in text and '"shape": [192, null, null]' in text
+    assert '"offsets": [-20, 13]' in text and "[1, 2]" in text and '"name": "x [1, 2]"' in text
+    assert '"command": "latentwire train"' in text  # lists of objects stay indented
