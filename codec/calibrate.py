@@ -323,8 +323,7 @@ def calibrate(
             qc = tr.quantize(tr.forward(raw[:k].astype(np.float64) - float_k), idx)
             payload, _ = encode_payload(tables, sym_k, m.channel_axis, latent_step=sp.latent_step,
                                         latent_level=sp.latent_level, transform=(qc, idx))
-            rec = transform.reconstruct(float_k, qc, tr.dequantize(qc, idx), norm.raw_min, norm.raw_max,
-                                        norm.is_integer, tr)
+            rec = tr.reconstruct(float_k, qc, idx, norm.raw_min, norm.raw_max, norm.is_integer)
         elif e is None:
             payload, _ = encode_payload(tables, sym_k, m.channel_axis, latent_step=sp.latent_step,
                                         latent_level=sp.latent_level)

@@ -289,7 +289,7 @@ class Codec:
                                     latent_level=grid.level, transform=(qc, idx))
         crc = None
         if recon_crc and norm.is_integer:
-            rec = transform.reconstruct(raw_float, qc, tr.dequantize(qc, idx), norm.raw_min, norm.raw_max, True, tr)
+            rec = tr.reconstruct(raw_float, qc, idx, norm.raw_min, norm.raw_max, True)
             crc = reconstruction_crc(rec.astype(np.int64))
         return bitstream.write_packet(model_id=self.model_id, quality=q, sample_shape=tuple(int(d) for d in raw.shape[1:]),
                                       count=int(raw.shape[0]), payload=payload, recon_crc=crc, transform=True)
@@ -485,6 +485,5 @@ class Codec:
             raise BitstreamError("packet has a transform residual, but this bundle has no transform tables for it")
         qc, idx = reader.transform(header.count, raw_float.shape[1], raw_float.shape[2])
         norm = self.normalization
-        rec = transform.reconstruct(raw_float, qc, tr.dequantize(qc, idx), norm.raw_min, norm.raw_max, norm.is_integer,
-                                      tr)
+        rec = tr.reconstruct(raw_float, qc, idx, norm.raw_min, norm.raw_max, norm.is_integer)
         return rec.astype(np.int64) if norm.is_integer else rec

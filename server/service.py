@@ -28,7 +28,7 @@ from .channels import Channel, ModelEntry
 from .config import ServerConfig
 from .metrics import Metrics
 from .store import StoreUnavailable
-from .wire import channel_info, dims, model_info, packet_record
+from .wire import channel_info, compact_record, dims, model_info, packet_record
 
 log = logging.getLogger("latentwire.server")
 
@@ -380,13 +380,13 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                 for p in pkts:
                     if resp.packets and size + len(p.payload) > max_bytes:
                         break
-                    small = None
-                    if writer is not None:
-                        packed = writer.pack(p.payload)
-                        small = None if packed is p.payload else packed
-                    resp.packets.append(packet_record(p, self._packet_shape(ch, p.payload),
-                                                      "" if p.model_id == last_model else p.model_id, small))
-                    size += len(p.payload if small is None else small)
+                    model_id = "" if p.model_id == last_model else p.model_id
+                    packed = p.payload if writer is None else writer.pack(p.payload)
+                    if packed is p.payload:
+                        resp.packets.append(packet_record(p, self._packet_shape(ch, p.payload), model_id))
+                    else:  # compact: the record carries no shape (the expanded header does)
+                        resp.packets.append(compact_record(p, model_id, packed))
+                    size += len(packed)
                     last_model = p.model_id
                     seq = p.end_seq
                 frames = sum(p.count for p in resp.packets)

@@ -65,13 +65,15 @@ def channel_info(ch: Channel, next_seq: int, first_retained_seq: int) -> pb.Chan
     return info
 
 
-def packet_record(p: StoredPacket, sample_shape: list[int], model_id: str, compact: bytes | None = None) -> pb.PacketRecord:
-    """model_id: "" when the stream already named this packet's model (it travels when it changes).
-    compact: the packet as a compact frame of this Subscribe stream (CompactWriter.pack), sent in its
-    place with count, quality and sample_shape unset (the expanded header holds them)."""
-    if compact is not None:
-        return pb.PacketRecord(first_seq=p.first_seq, timestamp=p.ts, model_id=model_id, payload=compact,
-                               anomaly_scores=p.anomaly_scores or ())
+def packet_record(p: StoredPacket, sample_shape: list[int], model_id: str) -> pb.PacketRecord:
+    """model_id: "" when the stream already named this packet's model (it travels when it changes)."""
     return pb.PacketRecord(first_seq=p.first_seq, count=p.count, timestamp=p.ts, model_id=model_id,
                            quality=p.quality, sample_shape=sample_shape, payload=p.payload,
+                           anomaly_scores=p.anomaly_scores or ())
+
+
+def compact_record(p: StoredPacket, model_id: str, frame: bytes) -> pb.PacketRecord:
+    """The packet as a compact frame of this Subscribe stream (CompactWriter.pack), with count,
+    quality and sample_shape unset: the expanded header holds them."""
+    return pb.PacketRecord(first_seq=p.first_seq, timestamp=p.ts, model_id=model_id, payload=frame,
                            anomaly_scores=p.anomaly_scores or ())

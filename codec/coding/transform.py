@@ -21,9 +21,9 @@ ladder) plus one observation of every symbol.
 Two bases, chosen at calibration (entropy.json "kind"): "dct-bands", the orthonormal DCT-II with
 equal-width bands; "cdf97-bands", the CDF 9/7 wavelet (PyWavelets' bior4.4, periodic extension,
 so L samples give L coefficients) with bands = its subbands, the wider ones cut into pieces of
-about L / bands. Why both: on the ECG bundle's validation records the wavelet codes the same
-residual 3-6 % smaller at PRDN 3-5 % (a QRS complex is a few coefficients at every scale, and
-localized), the DCT costs no extra dependency on a receiver. Contexts are the decoded classes, integers only:
+about L / 16. Why both: on the ECG bundle's validation records the wavelet codes the same residual
+14.8 % smaller over PRDN 1.4-4.2 % (benchmarks/ecg_basis.py; a QRS complex is a few localized
+coefficients at every scale); the DCT works at any length. Contexts are the decoded classes, integers only:
 decoding is exact on every machine; only the final float addition depends on the decoder graph,
 as for the latent-only levels.
 """
@@ -136,6 +136,15 @@ def wavelet_band_edges(length: int) -> np.ndarray:
     return np.asarray(edges, dtype=np.int64)
 
 
+def _wavelet_edges(length: int, bands: int) -> np.ndarray:
+    return wavelet_band_edges(length)  # the wavelet's bands follow from the length alone
+
+
+# basis -> (forward, inverse, band edges (length, bands)): the one place a basis is dispatched
+_BASIS_FUNCTIONS = {"dct": (forward, inverse, band_edges),
+                    "cdf97": (wavelet_forward, wavelet_inverse, _wavelet_edges)}
+
+
 def classes(q: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """(N, C, B) class of each band: bit length of its largest |q|, capped at MAX_CLASS."""
     peak = np.maximum.reduceat(np.abs(q), edges[:-1], axis=-1)
@@ -169,14 +178,19 @@ class TransformResidual:
     # ------------------------------------------------------------------ the basis
     def forward(self, residual: np.ndarray) -> np.ndarray:
         """(N, C, L) raw-unit residuals -> coefficients (N, C, L) in this residual's basis."""
-        return forward(residual) if self.basis == "dct" else wavelet_forward(residual)
+        return _BASIS_FUNCTIONS[self.basis][0](residual)
 
-    def inverse(self, coefficients: np.ndarray) -> np.ndarray:
-        return inverse(coefficients) if self.basis == "dct" else wavelet_inverse(coefficients)
+    def reconstruct(self, raw_float: np.ndarray, q: np.ndarray, step_idx: np.ndarray, raw_min: float,
+                    raw_max: float, integer: bool) -> np.ndarray:
+        """The receiver's samples: decoder output + the inverse transform of the dequantized q,
+        clipped (and rounded for integer data)."""
+        back = _BASIS_FUNCTIONS[self.basis][1](self.dequantize(q, step_idx))
+        out = np.clip(np.asarray(raw_float, dtype=np.float64) + back, raw_min, raw_max)
+        return np.rint(out) if integer else out
 
     def edges(self, length: int) -> np.ndarray:
         """Where each band starts, plus the end (``self.bands`` bands at the calibrated length)."""
-        edges = band_edges(length, self.bands) if self.basis == "dct" else wavelet_band_edges(length)
+        edges = _BASIS_FUNCTIONS[self.basis][2](length, self.bands)
         if len(edges) - 1 != self.bands:
             raise InputError(f"this transform residual has {self.bands} bands, a length of {length} gives "
                              f"{len(edges) - 1}: code windows of the calibrated length")
@@ -240,10 +254,7 @@ class TransformResidual:
         bands: the DCT's band count; the wavelet's bands follow from the length (wavelet_band_edges)."""
         if basis not in BASES:
             raise InputError(f"transform basis must be one of {sorted(BASES)}, got {basis!r}")
-        fwd = forward if basis == "dct" else wavelet_forward
-
-        def cut(length: int, bands: int) -> np.ndarray:
-            return band_edges(length, bands) if basis == "dct" else wavelet_band_edges(length)
+        fwd, _, cut = _BASIS_FUNCTIONS[basis]
         class_counts = coef_counts = None
         step_counts = np.ones(len(steps), dtype=np.int64)
         nb = 0
@@ -299,15 +310,6 @@ class TransformResidual:
             raise BundleError(f"{where}: malformed transform residual ({exc}); re-run calibration") from exc
 
 
-def reconstruct(raw_float: np.ndarray, q: np.ndarray, dequantized: np.ndarray, raw_min: float, raw_max: float,
-                integer: bool, tr: "TransformResidual | None" = None) -> np.ndarray:
-    """The receiver's samples: decoder output + inverse transform (tr's basis; the DCT without
-    one), clipped (and rounded for integer data)."""
-    back = inverse(dequantized) if tr is None else tr.inverse(dequantized)
-    out = np.clip(np.asarray(raw_float, dtype=np.float64) + back, raw_min, raw_max)
-    return np.rint(out) if integer else out
-
-
 def prdn_per_frame(x: np.ndarray, recon: np.ndarray) -> np.ndarray:
     """PRDN in percent of each frame (N, C, L): error energy over the frame's energy about each
     channel's own mean."""
@@ -330,7 +332,7 @@ def choose_steps(tr: TransformResidual, x: np.ndarray, raw_float: np.ndarray, co
             break
         mid = (lo + hi + 1) // 2
         q = tr.quantize(coefficients, mid)
-        rec = reconstruct(raw_float, q, tr.dequantize(q, mid), raw_min, raw_max, integer, tr)
+        rec = tr.reconstruct(raw_float, q, mid, raw_min, raw_max, integer)
         ok = prdn_per_frame(x, rec) <= target_prdn
         lo = np.where(active & ok, mid, lo)
         hi = np.where(active & ~ok, mid - 1, hi)
