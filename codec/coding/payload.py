@@ -30,13 +30,19 @@ from .transform import TransformResidual
 
 ENTROPY_FORMAT = "latentwire-entropy"
 ENTROPY_VERSION = 1
-# version 2 adds latent_context; it is written only when present, so older tables keep version 1
-# (and their bytes and model ids), and a latentwire that predates it refuses version 2 clearly
+# version 2 added latent_context (written only when present, so older tables kept version 1 and
+# their model ids; a latentwire that predates it refuses version 2 clearly)
 ENTROPY_VERSION_CONTEXT = 2
-# version 3 adds latent_levels (variable-rate bundles: one table set, and context, per learned level)
-# and the transform residual (transform.py); either is written only when present
+# version 3 added latent_levels (variable-rate bundles: one table set, and context, per learned level)
+# and the transform residual (transform.py)
 ENTROPY_VERSION_LEVELS = 3
-READABLE_VERSIONS = (ENTROPY_VERSION, ENTROPY_VERSION_CONTEXT, ENTROPY_VERSION_LEVELS)
+# version 4 stores every table set packed (tables.py): what calibration writes from now on; the
+# list form of versions 1-3 still reads, so shipped bundles keep their bytes and model ids
+ENTROPY_VERSION_PACKED = 4
+READABLE_VERSIONS = (ENTROPY_VERSION, ENTROPY_VERSION_CONTEXT, ENTROPY_VERSION_LEVELS, ENTROPY_VERSION_PACKED)
+# the versions that may hold each later addition
+_CONTEXT_VERSIONS = (ENTROPY_VERSION_CONTEXT, ENTROPY_VERSION_LEVELS, ENTROPY_VERSION_PACKED)
+_LEVELS_VERSIONS = (ENTROPY_VERSION_LEVELS, ENTROPY_VERSION_PACKED)
 
 
 AnyLatentContext = LatentContext | LatentContext2D
@@ -52,8 +58,8 @@ def latent_context_from_json(obj: Any, where: str) -> AnyLatentContext:
 def _transform_from_json(obj: dict[str, Any], where: str) -> TransformResidual | None:
     if obj.get("transform") is None:
         return None
-    if obj.get("version") != ENTROPY_VERSION_LEVELS:
-        raise BundleError(f"{where}: a transform residual needs entropy format version {ENTROPY_VERSION_LEVELS}; "
+    if obj.get("version") not in _LEVELS_VERSIONS:
+        raise BundleError(f"{where}: a transform residual needs entropy format version {ENTROPY_VERSION_LEVELS} or later; "
                           "re-run calibration")
     return TransformResidual.from_json_obj(obj["transform"], where)
 
@@ -100,10 +106,8 @@ class CodingTables:
 
     @property
     def version(self) -> int:
-        if self.latent_levels or self.transform is not None:
-            return ENTROPY_VERSION_LEVELS
-        plain = self.latent_context is None and self.residual_context is None
-        return ENTROPY_VERSION if plain else ENTROPY_VERSION_CONTEXT
+        """What to_json_obj writes: table sets are always packed now."""
+        return ENTROPY_VERSION_PACKED
 
     def _level(self, level: int) -> LevelTables:
         if not 0 <= level < len(self.latent_levels):
@@ -182,11 +186,12 @@ class CodingTables:
             raise BundleError(f"{where}: malformed latent_steps ({exc}); re-run calibration") from exc
         ctx, rctx = obj.get("latent_context"), obj.get("residual_context")
         for key, val in (("latent_context", ctx), ("residual_context", rctx)):
-            if val is not None and obj.get("version") not in (ENTROPY_VERSION_CONTEXT, ENTROPY_VERSION_LEVELS):
+            if val is not None and obj.get("version") not in _CONTEXT_VERSIONS:
                 raise BundleError(f"{where} has a {key} but entropy format version {obj.get('version')}; re-run calibration")
         levels = obj.get("latent_levels", [])
-        if not isinstance(levels, list) or (levels and obj.get("version") != ENTROPY_VERSION_LEVELS):
-            raise BundleError(f"{where}: latent_levels need entropy format version {ENTROPY_VERSION_LEVELS}; re-run calibration")
+        if not isinstance(levels, list) or (levels and obj.get("version") not in _LEVELS_VERSIONS):
+            raise BundleError(f"{where}: latent_levels need entropy format version {ENTROPY_VERSION_LEVELS} or later; "
+                              "re-run calibration")
         if rctx is not None and res is None:
             raise BundleError(f"{where} has a residual_context but no residual model; re-run calibration")
         return cls(

@@ -17,7 +17,7 @@ from latentwire.codec.coding.context import LatentContext
 from latentwire.codec.coding.tables import TableSet, table_from_counts
 from latentwire.codec.coding.coder import StreamDecoder, StreamEncoder
 from latentwire.codec.errors import BundleError, InputError
-from latentwire.codec.coding.payload import CodingTables
+from latentwire.codec.coding.payload import ENTROPY_VERSION_PACKED, CodingTables
 from latentwire.codec.sources import load_ecg_windows, sample_data_root
 
 ASSETS = Path(__file__).resolve().parents[2] / "codec" / "assets"
@@ -46,7 +46,7 @@ def test_context_tables_code_real_ecg_latents_in_fewer_bytes_and_decode_the_same
     fac, ctx = ecg_pair
     assert fac.tables.latent_context is None and ctx.tables.latent_context is not None
     assert fac.tables.residual_context is None and ctx.tables.residual_context.covers(16)
-    assert json.loads((ctx.bundle.path / "entropy.json").read_text())["version"] == 2
+    assert json.loads((ctx.bundle.path / "entropy.json").read_text())["version"] == ENTROPY_VERSION_PACKED
     assert fac.model_id != ctx.model_id  # the tables are covered by the model id
     raw = _heldout()
     for q in (0, 1):
@@ -106,7 +106,7 @@ def test_entropy_file_versions_are_checked(ecg_pair: tuple[Codec, Codec]) -> Non
     _, ctx = ecg_pair
     obj = json.loads(ctx.tables.dumps())
     assert CodingTables.loads(json.dumps(obj)).latent_context == ctx.tables.latent_context
-    for version, match in ((1, "latent_context but entropy format version 1"), (4, "reads 1, 2, 3")):
+    for version, match in ((1, "latent_context but entropy format version 1"), (5, "reads 1, 2, 3, 4")):
         with pytest.raises(BundleError, match=match):
             CodingTables.loads(json.dumps({**obj, "version": version}))
     bad = {**obj, "latent_context": {**obj["latent_context"], "kind": "hyperprior"}}

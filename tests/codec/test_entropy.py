@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +15,11 @@ from hypothesis import strategies as st
 from latentwire.codec.coding import coder as C
 from latentwire.codec.coding import tables as T
 from latentwire.codec.errors import BitstreamError, BundleError, InputError
+from latentwire.codec.coding.payload import ENTROPY_VERSION_PACKED, CodingTables
 from latentwire.codec.coding.residual import ContextSpec, ResidualModel
 from latentwire.codec.sources import load_mnist, sample_data_root
+
+ASSETS = Path(__file__).resolve().parents[2] / "codec" / "assets"
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -51,6 +57,48 @@ def test_table_set_canonical_json_round_trip() -> None:
         T.TableSet.loads('{"precision": 16, "tables": [{"offset": 0, "freqs": [1, 2]}]}')
     with pytest.raises(BundleError):
         T.TableSet.loads("not json")
+
+
+def test_table_sets_are_written_packed_and_the_list_form_of_older_bundles_still_reads() -> None:
+    ts = T.TableSet((T.table_from_counts([3, 2, 1], -1), T.table_from_pmf([0.9, 0.1], 4), T.table_from_counts([5] * 40, -20)))
+    obj = json.loads(ts.dumps())
+    assert set(obj) == {"precision", "packed"} and set(obj["packed"]) == {"offsets", "sizes", "freqs"}
+    assert T.TableSet.loads(ts.dumps()) == ts
+    listed = {"precision": 16, "tables": [{"offset": t.offset, "freqs": t.freqs.tolist()} for t in ts]}
+    assert T.TableSet.from_json_obj(listed) == ts  # entropy.json versions 1-3
+    wide = T.TableSet((T.table_from_counts([1, 2, 3], 7, precision=20),), precision=20)
+    assert T.TableSet.loads(wide.dumps()) == wide  # 32-bit frequency words above precision 16
+
+
+def test_a_corrupt_packed_table_set_is_a_bundle_error() -> None:
+    good = json.loads(T.TableSet((T.table_from_counts([3, 2, 1], -1), T.table_from_counts([1, 1], 0))).dumps())
+    other = json.loads(T.TableSet((T.table_from_counts([3, 2, 1, 4], -1),)).dumps())
+    bad = [
+        {**good, "packed": {**good["packed"], "freqs": "@@not base64@@"}},
+        {**good, "packed": {**good["packed"], "freqs": base64.b64encode(b"not zlib").decode()}},
+        {**good, "packed": {**good["packed"], "sizes": other["packed"]["sizes"]}},  # sizes disagree with the counts
+        {**good, "packed": {**good["packed"], "freqs": other["packed"]["freqs"]}},  # other counts than the sizes say
+        {**good, "packed": {k: v for k, v in good["packed"].items() if k != "offsets"}},
+    ]
+    for obj in bad:
+        with pytest.raises(BundleError, match="malformed entropy table set"):
+            T.TableSet.from_json_obj(obj)
+
+
+def test_packed_photo_tables_are_a_fraction_of_the_list_form_and_code_identically() -> None:
+    listed = (ASSETS / "bsds-gdn2d" / "entropy.json").read_bytes()
+    tables = CodingTables.loads(listed)
+    packed = tables.dumps()
+    again = CodingTables.loads(packed)
+    assert json.loads(packed)["version"] == ENTROPY_VERSION_PACKED and again.dumps() == packed
+    if json.loads(listed)["version"] < ENTROPY_VERSION_PACKED:  # the shipped list form, until re-shipped
+        assert len(packed) < len(listed) / 4
+    level = tables.latent_levels[2].context
+    s = np.random.default_rng(0).integers(-3, 4, size=(2, level.channels, 5, 7)).astype(np.int32)
+    enc_a, enc_b = C.StreamEncoder(), C.StreamEncoder()
+    level.write(enc_a, s)
+    again.latent_levels[2].context.write(enc_b, s)
+    assert enc_a.finish() == enc_b.finish()
 
 
 def _residual_stream(digits, max_error: int):
