@@ -119,14 +119,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary["bd_rate_percent_vs_prdn_1_8"] = bd_rates(points, prd_1_8, lw_mode, "prdn")
         summary["targets"] = targets_ecg(points, bd_prd)
     elif args.dataset == "bsds":
-        summary["targets"] = targets_bsds(bd)
+        summary["bd_rate_percent_vs_latent_only"] = bd_latent = bd_rates(points, interval, lw_mode, latent_only=True)
+        summary["targets"] = targets_bsds(bd, bd_latent)
     out = Path(args.out) if args.out else RESULTS / f"rd-{args.dataset}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = {"meta": meta, "summary": summary, "points": [p.to_dict() for p in points]}
     out.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
     print(format_table(points))
     print()
-    for label, table in (("PSNR", bd), ("PRD 1-8%", summary.get("bd_rate_percent_vs_prd_1_8")),
+    for label, table in (("PSNR", bd), ("PSNR, latent levels", summary.get("bd_rate_percent_vs_latent_only")),
+                         ("PRD 1-8%", summary.get("bd_rate_percent_vs_prd_1_8")),
                          ("PRDN 1-8%", summary.get("bd_rate_percent_vs_prdn_1_8"))):
         for name, r in (table or {}).items():
             if r.get("value") is None:
