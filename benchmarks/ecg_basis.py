@@ -43,7 +43,9 @@ def pooled_prdn(x: np.ndarray, rec: np.ndarray) -> float:
     return float(100.0 * np.sqrt(((xf - rec) ** 2).sum() / (centred**2).sum()))
 
 
-def measure(bundle: Path, cal: np.ndarray, val: np.ndarray, ladder: Sequence[Any], basis: str) -> list[dict[str, Any]]:
+def measure(bundle: Path, cal: np.ndarray, val: np.ndarray, ladder: Sequence[Any], basis: str,
+            include_latent: bool = False) -> list[dict[str, Any]]:
+    """Rows of every transform level (and q0, the latent alone, with include_latent) on val."""
     with tempfile.TemporaryDirectory(prefix=f"latentwire-basis-{basis}-") as tmp:
         d = Path(tmp) / "bundle"
         shutil.copytree(bundle, d)
@@ -51,7 +53,7 @@ def measure(bundle: Path, cal: np.ndarray, val: np.ndarray, ladder: Sequence[Any
         codec = Codec.load(d, provider="cpu", threads=1)
         rows = []
         for q in codec.qualities:
-            if q.transform_step is None:
+            if q.transform_step is None and not (include_latent and q.index == 0):
                 continue
             size, parts = 0, []
             for i in range(0, len(val), PACKET):
@@ -61,7 +63,7 @@ def measure(bundle: Path, cal: np.ndarray, val: np.ndarray, ladder: Sequence[Any
             rec = np.concatenate(parts).astype(np.float64)
             rows.append({"basis": basis, "quality": q.index, "step": q.transform_step,
                          "bytes_per_window": size / len(val), "prdn_percent": pooled_prdn(val, rec)})
-            print(f"{basis:>6} step {q.transform_step:7.2f}: {size / len(val):7.1f} B/window, "
+            print(f"{basis:>6} {q.name:>24}: {size / len(val):7.1f} B/window, "
                   f"PRDN {rows[-1]['prdn_percent']:.2f} %", flush=True)
         return rows
 
