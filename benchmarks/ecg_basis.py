@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from benchmarks import bdrate
-from benchmarks.common import git_commit, machine_info
+from benchmarks.common import git_commit, machine_info, write_result
 
 from latentwire.codec.bundle import read_manifest
 from latentwire.codec.calibrate import calibrate
@@ -103,9 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "windows": int(len(val)), "packet_windows": PACKET, "rows": rows,
         "bd_rate_cdf97_vs_dct_prdn_1_8": bd.to_dict(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {args.out}")
+    print(f"wrote {write_result(args.out, report)}")
     return 0
 
 

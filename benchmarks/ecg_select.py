@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from benchmarks import bdrate
-from benchmarks.common import git_commit, machine_info
+from benchmarks.common import git_commit, machine_info, write_result
 from benchmarks.ecg_basis import PACKET, measure, pooled_prdn
 from benchmarks.wavelet import WaveletCodec
 
@@ -105,9 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "calibration_records": cal_records, "validation_records": val_records, "windows": int(len(val)),
         "packet_windows": PACKET, "transform_basis": "cdf97", "wavelet": wavelet, "candidates": candidates,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {args.out}")
+    print(f"wrote {write_result(args.out, report)}")
     return 0
 
 
