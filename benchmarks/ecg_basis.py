@@ -18,6 +18,7 @@ import datetime as _dt
 import shutil
 import tempfile
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -67,6 +68,40 @@ def measure(bundle: Path, cal: np.ndarray, val: np.ndarray, ladder: Sequence[Any
         return rows
 
 
+def prdn_curve(rows: Sequence[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    """(bytes per window, -20 log10 PRDN) of measured rows: the curve a BD-rate over PRDN takes."""
+    return [r["bytes_per_window"] for r in rows], [-20.0 * np.log10(r["prdn_percent"]) for r in rows]
+
+
+@dataclass(frozen=True)
+class ValidationSplit:
+    """A bundle's calibration records (its training records minus its validation records), its
+    validation records, both as windows, and the ladder to measure: q0 and every transform step."""
+
+    cal_records: list[int]
+    val_records: list[int]
+    ladder: list[str | None]
+    cal: np.ndarray
+    val: np.ndarray
+
+
+def validation_split(bundle: Path, data_root: Path) -> ValidationSplit:
+    m = read_manifest(bundle)
+    data = m["training"]["data"]
+    val_records = [int(r) for r in data["val_records"]]
+    cal_records = [int(r) for r in data["train_records"] if int(r) not in val_records]
+    steps = [q["transform_step"] for q in m["quality_levels"] if q.get("transform_step")]
+    if not steps:
+        raise SystemExit(f"{bundle}: no transform levels in its ladder; nothing to compare")
+    mitdb = data_root / "mitdb"
+    split = ValidationSplit(cal_records, val_records, [None] + [f"t{s:g}" for s in steps],
+                            load_ecg_windows(mitdb, records=cal_records).samples,
+                            load_ecg_windows(mitdb, records=val_records).samples)
+    print(f"calibrating on records {cal_records} ({len(split.cal)} windows), coding validation records "
+          f"{val_records} ({len(split.val)} windows)", flush=True)
+    return split
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.ecg_basis", description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", type=Path, default=REPO / "codec" / "assets" / "ecg-conv1d")
@@ -75,31 +110,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     started = _dt.datetime.now(_dt.timezone.utc)
     m = read_manifest(args.bundle)
-    data = m["training"]["data"]
-    val_records = [int(r) for r in data["val_records"]]
-    cal_records = [int(r) for r in data["train_records"] if int(r) not in val_records]
-    steps = [q["transform_step"] for q in m["quality_levels"] if q.get("transform_step")]
-    if not steps:
-        raise SystemExit(f"{args.bundle}: no transform levels in its ladder; nothing to compare")
-    ladder = [None] + [f"t{s:g}" for s in steps]
-    mitdb = args.data_root / "mitdb"
-    cal = load_ecg_windows(mitdb, records=cal_records).samples
-    val = load_ecg_windows(mitdb, records=val_records).samples
-    print(f"calibrating on records {cal_records} ({len(cal)} windows), coding validation records "
-          f"{val_records} ({len(val)} windows)", flush=True)
-    rows = [r for basis in sorted(BASES) for r in measure(args.bundle, cal, val, ladder, basis)]
+    split = validation_split(args.bundle, args.data_root)
+    rows = [r for basis in sorted(BASES) for r in measure(args.bundle, split.cal, split.val, split.ladder, basis)]
 
     def curve(basis: str) -> tuple[list[float], list[float]]:
-        sel = [r for r in rows if r["basis"] == basis]
-        return [r["bytes_per_window"] for r in sel], [-20.0 * np.log10(r["prdn_percent"]) for r in sel]
+        return prdn_curve([r for r in rows if r["basis"] == basis])
 
     bd = bdrate.bd_rate(*curve("dct"), *curve("cdf97"), -20.0 * np.log10(8.0), -20.0 * np.log10(1.0))
     print(f"BD-rate cdf97 vs dct over PRDN {10 ** (-bd.hi / 20):.2f}-{10 ** (-bd.lo / 20):.2f} %: {bd.value:+.1f} %")
     report = {
         "benchmark": "ecg_basis", "command": "python -m benchmarks.ecg_basis", "started": started.isoformat(),
         "git_commit": git_commit(), "machine": machine_info(), "bundle": str(args.bundle),
-        "model_id": m["model_id"], "calibration_records": cal_records, "validation_records": val_records,
-        "windows": int(len(val)), "packet_windows": PACKET, "rows": rows,
+        "model_id": m["model_id"], "calibration_records": split.cal_records, "validation_records": split.val_records,
+        "windows": int(len(split.val)), "packet_windows": PACKET, "rows": rows,
         "bd_rate_cdf97_vs_dct_prdn_1_8": bd.to_dict(),
     }
     print(f"wrote {write_result(args.out, report)}")

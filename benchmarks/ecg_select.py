@@ -24,11 +24,10 @@ import numpy as np
 
 from benchmarks import bdrate
 from benchmarks.common import git_commit, machine_info, write_result
-from benchmarks.ecg_basis import PACKET, measure, pooled_prdn
+from benchmarks.ecg_basis import PACKET, measure, pooled_prdn, prdn_curve, validation_split
 from benchmarks.wavelet import WaveletCodec
 
 from latentwire.codec.bundle import Bundle, read_manifest
-from latentwire.codec.sources import load_ecg_windows
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "ecg-select.json"
@@ -52,13 +51,9 @@ def wavelet_rows(cal: np.ndarray, val: np.ndarray, offset: float, raw_min: float
     return rows
 
 
-def _curve(rows: Sequence[dict[str, Any]]) -> tuple[list[float], list[float]]:
-    return [r["bytes_per_window"] for r in rows], [-20.0 * np.log10(r["prdn_percent"]) for r in rows]
-
-
 def _bd(anchor: Sequence[dict[str, Any]], test: Sequence[dict[str, Any]]) -> dict[str, Any]:
     lo, hi = (-20.0 * np.log10(PRDN_RANGE[1]), -20.0 * np.log10(PRDN_RANGE[0]))
-    return bdrate.bd_rate(*_curve(anchor), *_curve(test), lo, hi).to_dict()
+    return bdrate.bd_rate(*prdn_curve(anchor), *prdn_curve(test), lo, hi).to_dict()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,25 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
     started = _dt.datetime.now(_dt.timezone.utc)
-    first = read_manifest(args.bundles[0])
-    data = first["training"]["data"]
-    val_records = [int(r) for r in data["val_records"]]
-    cal_records = [int(r) for r in data["train_records"] if int(r) not in val_records]
-    steps = [q["transform_step"] for q in first["quality_levels"] if q.get("transform_step")]
-    if not steps:
-        raise SystemExit(f"{args.bundles[0]}: no transform levels in its ladder; nothing to compare")
-    ladder = [None] + [f"t{s:g}" for s in steps]
-    mitdb = args.data_root / "mitdb"
-    cal = load_ecg_windows(mitdb, records=cal_records).samples
-    val = load_ecg_windows(mitdb, records=val_records).samples
-    print(f"calibrating on records {cal_records} ({len(cal)} windows), coding validation records "
-          f"{val_records} ({len(val)} windows)", flush=True)
+    split = validation_split(args.bundles[0], args.data_root)
+    cal, val = split.cal, split.val
     norm = Bundle.load(args.bundles[0]).manifest.normalization
     wavelet = wavelet_rows(cal, val, norm.offset, norm.raw_min, norm.raw_max)
     candidates = []
     for bundle in args.bundles:
         m = read_manifest(bundle)
-        rows = measure(bundle, cal, val, ladder, "cdf97", include_latent=True)
+        rows = measure(bundle, cal, val, split.ladder, "cdf97", include_latent=True)
         transform_rows = [r for r in rows if r["step"] is not None]
         entry = {"bundle": str(bundle), "model_id": m["model_id"], "rows": rows,
                  "bd_rate_vs_wavelet_prdn_1_8": _bd(wavelet, rows)}
@@ -101,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {
         "benchmark": "ecg_select", "command": "python -m benchmarks.ecg_select " + " ".join(map(str, args.bundles)),
         "started": started.isoformat(), "git_commit": git_commit(), "machine": machine_info(),
-        "calibration_records": cal_records, "validation_records": val_records, "windows": int(len(val)),
+        "calibration_records": split.cal_records, "validation_records": split.val_records, "windows": int(len(val)),
         "packet_windows": PACKET, "transform_basis": "cdf97", "wavelet": wavelet, "candidates": candidates,
     }
     print(f"wrote {write_result(args.out, report)}")

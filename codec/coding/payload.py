@@ -104,11 +104,6 @@ class CodingTables:
     # The transform residual's tables and step ladder (levels with a transform step).
     transform: TransformResidual | None = None
 
-    @property
-    def version(self) -> int:
-        """What to_json_obj writes: table sets are always packed now."""
-        return ENTROPY_VERSION_PACKED
-
     def _level(self, level: int) -> LevelTables:
         if not 0 <= level < len(self.latent_levels):
             raise BundleError(
@@ -142,7 +137,7 @@ class CodingTables:
     def to_json_obj(self) -> dict[str, Any]:
         obj = {
             "format": ENTROPY_FORMAT,
-            "version": self.version,
+            "version": ENTROPY_VERSION_PACKED,  # table sets are always written packed
             "precision": self.latent.precision,
             "latent": self.latent.to_json_obj(),
             "residual": None if self.residual is None else self.residual.to_json_obj(),

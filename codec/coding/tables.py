@@ -124,9 +124,6 @@ class FreqTable:
         """-log2 p per table index (the ideal cost under this table)."""
         return self.precision - np.log2(self.freqs.astype(np.float64))
 
-    def to_json_obj(self) -> dict[str, Any]:
-        return {"offset": self.offset, "freqs": [int(v) for v in self.freqs]}
-
 
 def _distribute(weights: np.ndarray, total: int) -> np.ndarray:
     """Integer-only: 1 per entry plus ``total - n`` shared proportionally to weights, remainder by
