@@ -21,7 +21,7 @@ import grpc
 import numpy as np
 
 from latentwire.codec.coding.bitstream import CodingPath
-from latentwire.codec.coding.compact import CompactReader, is_compact
+from latentwire.codec.coding.compact import CompactReader, RecordClock, is_compact
 from latentwire.codec.codec import Codec
 from latentwire.codec.errors import BitstreamError
 from latentwire.v1 import latentwire_pb2 as pb
@@ -80,7 +80,7 @@ class Subscriber:
         stop = opts.stop
         last_data = time.monotonic()  # idle time counts across reconnects: failing calls bring no data
         while stop is None or not stop.is_set():
-            req = pb.SubscribeRequest(channel=channel, compact_frames=opts.compact)
+            req = pb.SubscribeRequest(channel=channel, compact_frames=opts.compact, compact_records=opts.compact)
             if next_seq is not None:
                 req.from_seq = next_seq
             call = self.stub.Subscribe(req, metadata=self.metadata)
@@ -88,6 +88,7 @@ class Subscriber:
             ahead = _Prefetch(call, depth=self.prefetch_responses)
             model_id = ""  # a PacketRecord names its model only when it changes within the stream
             reader = CompactReader()  # compact frames refer to this call's previous packet, as the server's writer
+            clock = RecordClock()  # ... and so do compact records' seqs and commit times
             try:
                 for group in ahead.groups(self.max_batch_frames):
                     idle.touch()
@@ -101,18 +102,23 @@ class Subscriber:
                         for p in resp.packets:
                             model_id = p.model_id or model_id
                             payload, count, quality, shape = p.payload, p.count, p.quality, tuple(p.sample_shape)
+                            first, stamp = p.first_seq, p.timestamp
                             if opts.compact:  # every packet sets the context, delivered before or not
                                 compact = is_compact(payload)
                                 payload = reader.unpack(payload)  # raises on a frame it cannot expand
                                 if compact and reader.context is not None:
                                     count, quality, shape = 1, reader.context.quality, reader.context.sample_shape
-                            if next_seq is not None and p.first_seq + count <= next_seq:
+                                if p.HasField("timestamp_delta_us"):  # a trimmed compact record (0: it follows)
+                                    first, stamp = clock.fill(first or None, p.timestamp_delta_us)
+                                else:
+                                    clock.whole(first, count, stamp)
+                            if next_seq is not None and first + count <= next_seq:
                                 continue  # already delivered
-                            next_seq = p.first_seq + count
+                            next_seq = first + count
                             if not model_id:
                                 raise BitstreamError("the server sent a packet without naming its model: "
                                                      "server and client disagree on the Subscribe protocol")
-                            out.append(Packet(p.first_seq, count, p.timestamp, model_id, quality, shape, payload,
+                            out.append(Packet(first, count, stamp, model_id, quality, shape, payload,
                                               tuple(p.anomaly_scores)))
                     if out:
                         yield out, wire

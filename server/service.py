@@ -28,7 +28,7 @@ from .channels import Channel, ModelEntry
 from .config import ServerConfig
 from .metrics import Metrics
 from .store import StoreUnavailable
-from .wire import channel_info, compact_record, dims, model_info, packet_record
+from .wire import RecordContext, channel_info, compact_record, dims, model_info, packet_record
 
 log = logging.getLogger("latentwire.server")
 
@@ -360,6 +360,7 @@ class LatentwireService(pb_grpc.LatentwireServicer):
         # one-frame packets as compact frames in the context of this stream's previous packet (the
         # client's reader starts afresh on every Subscribe call, as this writer does)
         writer = CompactWriter() if request.compact_frames else None
+        records = RecordContext() if writer is not None and request.compact_records else None
         try:
             while context.is_active() and not self.stopping.is_set():
                 if seq >= ch.next_seq:  # nothing new: wait for a commit, do not ask the store
@@ -383,9 +384,11 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                     model_id = "" if p.model_id == last_model else p.model_id
                     packed = p.payload if writer is None else writer.pack(p.payload)
                     if packed is p.payload:
-                        resp.packets.append(packet_record(p, self._packet_shape(ch, p.payload), model_id))
+                        rec = packet_record(p, self._packet_shape(ch, p.payload), model_id)
+                        resp.packets.append(rec if records is None else records.whole(rec))
                     else:  # compact: the record carries no shape (the expanded header does)
-                        resp.packets.append(compact_record(p, model_id, packed))
+                        rec = compact_record(p, model_id, packed)
+                        resp.packets.append(rec if records is None else records.compact(rec))
                     size += len(packed)
                     last_model = p.model_id
                     seq = p.end_seq

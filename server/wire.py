@@ -10,6 +10,7 @@ from typing import Iterable
 
 import numpy as np
 
+from latentwire.codec.coding.compact import RecordClock
 from latentwire.v1 import latentwire_pb2 as pb
 
 from .channels import Channel, ModelEntry
@@ -77,3 +78,23 @@ def compact_record(p: StoredPacket, model_id: str, frame: bytes) -> pb.PacketRec
     quality and sample_shape unset: the expanded header holds them."""
     return pb.PacketRecord(first_seq=p.first_seq, timestamp=p.ts, model_id=model_id, payload=frame,
                            anomaly_scores=p.anomaly_scores or ())
+
+
+class RecordContext:
+    """The records of a Subscribe stream that asked for compact_records: compact ones trimmed by
+    the stream's RecordClock (the client keeps the same clock and fills them back in)."""
+
+    def __init__(self) -> None:
+        self.clock = RecordClock()
+
+    def whole(self, rec: pb.PacketRecord) -> pb.PacketRecord:
+        self.clock.whole(rec.first_seq, rec.count, rec.timestamp)
+        return rec
+
+    def compact(self, rec: pb.PacketRecord) -> pb.PacketRecord:
+        first, delta = self.clock.trim(rec.first_seq, rec.timestamp)
+        if first is None:
+            rec.ClearField("first_seq")
+        rec.ClearField("timestamp")
+        rec.timestamp_delta_us = delta
+        return rec

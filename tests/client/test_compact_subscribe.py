@@ -49,6 +49,9 @@ def test_subscribers_get_the_same_packets_for_fewer_bytes(server, tiny_bundle: P
     assert [(p.first_seq, p.count, p.quality, p.sample_shape, p.payload, p.model_id) for p in small] == \
            [(p.first_seq, p.count, p.quality, p.sample_shape, p.payload, p.model_id) for p in full]
     assert [p.quality for p in small] == [0] * 41 + [1] * 20
+    # commit times travel as microsecond deltas on compact records: exact to the microsecond
+    assert max(abs(a.timestamp - b.timestamp) for a, b in zip(small, full)) <= 1e-6
+    assert all(b.timestamp > 1e9 for b in full)
     # 59 one-frame packets follow a packet that set their context (the first of each run at q1 names
     # its quality in one byte): ~20 header bytes and the count/quality/shape fields saved on each
     assert wire[False] - wire[True] >= 59 * 20, wire
@@ -62,12 +65,13 @@ def test_the_first_record_of_every_stream_is_whole_and_the_rest_compact(server, 
     with grpc.insecure_channel(target) as ch:
         stub = pb_grpc.LatentwireStub(ch)
 
-        def records(from_seq: int, compact: bool) -> list[pb.PacketRecord]:
-            call = stub.Subscribe(pb.SubscribeRequest(channel="digits", from_seq=from_seq, compact_frames=compact))
+        def records(from_seq: int, compact: bool, trim: bool = False) -> list[pb.PacketRecord]:
+            call = stub.Subscribe(pb.SubscribeRequest(channel="digits", from_seq=from_seq, compact_frames=compact,
+                                                      compact_records=trim))
             out: list[pb.PacketRecord] = []
             for resp in call:
                 out.extend(resp.packets)
-                if out[-1].first_seq + max(out[-1].count, 1) >= 100:
+                if len(out) >= 61 - from_seq:
                     call.cancel()
                     break
             return out
@@ -82,3 +86,13 @@ def test_the_first_record_of_every_stream_is_whole_and_the_rest_compact(server, 
             assert all(is_compact(r.payload) for r in recs[41 - start :])  # q1 names its quality in the frame
         # a client that does not ask gets full packets only
         assert not any(is_compact(r.payload) for r in records(0, False))
+        # compact_records: compact records also leave out the seq that follows and the 9-byte time
+        plain, trimmed = records(0, True), records(0, True, trim=True)
+        assert [r.payload for r in trimmed] == [r.payload for r in plain]
+        for a, b in zip(plain, trimmed):
+            if is_compact(a.payload):
+                assert b.first_seq == 0 and b.timestamp == 0 and b.HasField("timestamp_delta_us")
+                assert a.first_seq > 0 and a.timestamp > 1e9 and a.timestamp_delta_us == 0
+            else:
+                assert b == a and not b.HasField("timestamp_delta_us")
+        assert sum(r.ByteSize() for r in plain) - sum(r.ByteSize() for r in trimmed) >= 59 * 7  # ~2 + 9 - 4 bytes

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from latentwire.codec.codec import Codec
 from latentwire.codec.coding import bitstream
-from latentwire.codec.coding.compact import (CompactReader, CompactWriter, StreamContext, compact, expand,
-                                             is_compact)
+from latentwire.codec.coding.compact import (CompactReader, CompactWriter, RecordClock, StreamContext, compact,
+                                             expand, is_compact)
 from latentwire.codec.errors import (BitstreamError, ChecksumMismatch, CompactFrameNotPacket, MissingStreamContext,
                                      TruncatedFrame)
 
@@ -98,3 +98,29 @@ def test_any_bytes_expand_to_a_packet_or_a_bitstream_error(data: bytes) -> None:
         return
     header, _ = bitstream.read_packet(packet)  # what expand returns is always a well-formed packet
     assert StreamContext.of(header).sample_shape == ctx.sample_shape and header.count == 1
+
+
+def test_record_clocks_agree_to_the_microsecond_without_drift() -> None:
+    """A Subscribe stream's writer and reader clocks: a long run of one-frame records with
+    irregular commit times and a gap (retention trimmed between two reads) reads back every seq
+    exactly and every time within half a microsecond, however long the run."""
+    import random
+
+    rng = random.Random(7)
+    writer, reader = RecordClock(), RecordClock()
+    writer.whole(100, 40, 1_764_000_000.123456)  # a whole record (a packet of 40 frames) sets both
+    reader.whole(100, 40, 1_764_000_000.123456)
+    seq, ts = 140, 1_764_000_000.123456
+    for i in range(20_000):
+        seq += 1 + (500 if i == 9_000 else 0)  # one gap: that record names its seq
+        ts += rng.uniform(0.0, 0.01) - (0.002 if i % 97 == 0 else 0.0)  # replicas' clocks may step back
+        first, delta = writer.trim(seq - 1, ts)
+        assert (first is None) == (i != 9_000)
+        got_seq, got_ts = reader.fill(first, delta)
+        assert got_seq == seq - 1 and abs(got_ts - ts) <= 0.5e-6
+    assert reader.ts == writer.ts and reader.end_seq == writer.end_seq == seq
+
+
+def test_a_trimmed_record_needs_its_stream() -> None:
+    with pytest.raises(MissingStreamContext):
+        RecordClock().fill(None, 1000)

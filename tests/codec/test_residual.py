@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from latentwire.codec.coding import coder as C
-from latentwire.codec.coding import tables as T
 from latentwire.codec.errors import BundleError, InputError
 from latentwire.codec.coding.residual import (
     ContextSpec,

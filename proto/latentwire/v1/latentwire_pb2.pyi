@@ -657,6 +657,7 @@ class SubscribeRequest(_message.Message):
     LATEST_FIELD_NUMBER: _builtins.int
     MAX_PACKETS_PER_RESPONSE_FIELD_NUMBER: _builtins.int
     COMPACT_FRAMES_FIELD_NUMBER: _builtins.int
+    COMPACT_RECORDS_FIELD_NUMBER: _builtins.int
     channel: _builtins.str
     from_seq: _builtins.int
     """Start position. Unset and latest=false: the oldest retained frame."""
@@ -670,6 +671,11 @@ class SubscribeRequest(_message.Message):
     travels as a compact frame (see PacketRecord). A server that does not know this field sends
     full packets, which a client that asked must also take.
     """
+    compact_records: _builtins.bool
+    """With compact_frames: compact records also leave out what the stream already implies
+    (PacketRecord.first_seq when the record follows the previous one, and the commit time as a
+    microsecond delta). A server that does not know this field sends them whole.
+    """
     def __init__(
         self,
         *,
@@ -678,10 +684,11 @@ class SubscribeRequest(_message.Message):
         latest: _builtins.bool = ...,
         max_packets_per_response: _builtins.int = ...,
         compact_frames: _builtins.bool = ...,
+        compact_records: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_from_seq", b"_from_seq", "from_seq", b"from_seq"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_from_seq", b"_from_seq", "channel", b"channel", "compact_frames", b"compact_frames", "from_seq", b"from_seq", "latest", b"latest", "max_packets_per_response", b"max_packets_per_response"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_from_seq", b"_from_seq", "channel", b"channel", "compact_frames", b"compact_frames", "compact_records", b"compact_records", "from_seq", b"from_seq", "latest", b"latest", "max_packets_per_response", b"max_packets_per_response"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__from_seq: _TypeAlias = _typing.Literal["from_seq"]  # noqa: Y015
     _WhichOneofArgType__from_seq: _TypeAlias = _typing.Literal["_from_seq", b"_from_seq"]  # noqa: Y015
@@ -706,6 +713,7 @@ class PacketRecord(_message.Message):
     SAMPLE_SHAPE_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
     ANOMALY_SCORES_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_DELTA_US_FIELD_NUMBER: _builtins.int
     first_seq: _builtins.int
     count: _builtins.int
     timestamp: _builtins.float
@@ -722,6 +730,13 @@ class PacketRecord(_message.Message):
     context of the stream's previous packet; count, quality and sample_shape are then left unset
     (the frame is one frame; its quality and shape are in the expanded packet's header). The
     client expands it back to the full packet, byte for byte, before anything else sees it.
+    """
+    timestamp_delta_us: _builtins.int
+    """Only on a compact record of a stream that asked for compact_records: the commit time as
+    microseconds after the previous record's (as the client reconstructed it; timestamp is then
+    unset), so commit times of such records are exact to the microsecond. first_seq is then also
+    left unset (0) when the record starts where the previous one ended; a compact record is never
+    a stream's first, so its first_seq is never really 0.
     """
     @_builtins.property
     def sample_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
@@ -745,12 +760,15 @@ class PacketRecord(_message.Message):
         sample_shape: _abc.Iterable[_builtins.int] | None = ...,
         payload: _builtins.bytes = ...,
         anomaly_scores: _abc.Iterable[_builtins.float] | None = ...,
+        timestamp_delta_us: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_timestamp_delta_us", b"_timestamp_delta_us", "timestamp_delta_us", b"timestamp_delta_us"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly_scores", b"anomaly_scores", "count", b"count", "first_seq", b"first_seq", "model_id", b"model_id", "payload", b"payload", "quality", b"quality", "sample_shape", b"sample_shape", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_timestamp_delta_us", b"_timestamp_delta_us", "anomaly_scores", b"anomaly_scores", "count", b"count", "first_seq", b"first_seq", "model_id", b"model_id", "payload", b"payload", "quality", b"quality", "sample_shape", b"sample_shape", "timestamp", b"timestamp", "timestamp_delta_us", b"timestamp_delta_us"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__timestamp_delta_us: _TypeAlias = _typing.Literal["timestamp_delta_us"]  # noqa: Y015
+    _WhichOneofArgType__timestamp_delta_us: _TypeAlias = _typing.Literal["_timestamp_delta_us", b"_timestamp_delta_us"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__timestamp_delta_us) -> _WhichOneofReturnType__timestamp_delta_us | None: ...
 
 Global___PacketRecord: _TypeAlias = PacketRecord  # noqa: Y015
 
