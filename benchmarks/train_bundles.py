@@ -78,11 +78,11 @@ BUNDLES: dict[str, dict[str, Any]] = {
         "transform_basis": "cdf97",
     },
     "bsds": {
-        # the shipped run: 3 more epochs (cosine from 1e-4) started from the 10-epoch bundle, which
-        # was 3 epochs (cosine from 2e-4) started from the 7-epoch bundle: `latentwire train <the
-        # recipe below, --lr 1e-4 --epochs 3 --schedule cosine --out runs/bsds-gdn3> --init-from
-        # codec/assets/bsds-gdn2d` (the manifest's training.stages hold all three commands)
-        "run": "runs/bsds-gdn3",
+        # the shipped run: 3 more epochs (cosine from 1e-4) started from the 13-epoch bundle, itself
+        # 7 epochs at a constant rate and two such 3-epoch cycles (cosine from 2e-4, then 1e-4):
+        # `latentwire train <the recipe below, --lr 1e-4 --epochs 3 --schedule cosine --out
+        # runs/bsds-gdn4> --init-from codec/assets/bsds-gdn2d` (training.stages holds all four commands)
+        "run": "runs/bsds-gdn4",
         "asset": "bsds-gdn2d",
         "name": "bsds500-rgb-gdn2d-192-vr8",
         # issue 11: a Balle-style factorized-prior network (GDN / inverse GDN, 5x5 stride-2
@@ -209,7 +209,19 @@ def _stages(run: Path) -> list[dict[str, Any]]:
                                                    "seconds": init["seconds"], "epochs": init["epochs"]}]
             break
         path = None if not init else (REPO / init["path"] if not Path(init["path"]).is_absolute() else Path(init["path"]))
-    return chain[::-1]
+    # a stage is named by the run folder its command wrote (a first warm start only knew the bundle's path)
+    return [{**st, "run": _out_of(st["command"]) or st["run"]} for st in chain[::-1]]
+
+
+def _out_of(command: str) -> str | None:
+    """The ``--out`` folder of a recorded ``latentwire train`` command, if it names one."""
+    words = shlex.split(command)
+    for i, w in enumerate(words):
+        if w == "--out" and i + 1 < len(words):
+            return words[i + 1]
+        if w.startswith("--out="):
+            return w.split("=", 1)[1]
+    return None
 
 
 def _calibrate(key: str, out: Path) -> None:

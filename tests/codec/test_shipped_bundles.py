@@ -102,6 +102,14 @@ def test_training_block_records_how_it_was_made(shipped: tuple[str, Codec]) -> N
     if name == "bsds-gdn2d":
         assert data["subdirs"] == ["train", "val"]  # test/ stays unseen
         assert "subdirs=train,val" in training["command"]
+    # a warm-started bundle lists every stage behind it, each named by the run folder its command wrote
+    stages = training.get("stages", [])
+    for st in stages:
+        assert st["command"].startswith("latentwire train ") and st["seconds"] > 0 and st["epochs"] >= 1
+        assert f"--out {st['run']}" in st["command"], f"stage {st['run']} is not the run its command wrote"
+    if stages:
+        assert stages[-1]["command"] == training["command"]
+        assert training["seconds_total"] == pytest.approx(sum(st["seconds"] for st in stages), abs=0.05)
 
 
 def test_round_trip_every_level_on_unseen_samples(shipped: tuple[str, Codec]) -> None:
