@@ -17,8 +17,8 @@ import argparse
 import datetime as _dt
 import shutil
 import tempfile
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np

@@ -205,12 +205,13 @@ def _stages(run: Path) -> list[dict[str, Any]]:
                       "epochs": int(ck["epoch"]) + 1})
         init = ck.get("init_from")
         if init and init.get("bundle") is not None:  # started from a shipped bundle (warmstart.py): its own record
-            chain += init["stages"][::-1] or [{"run": init["path"], "command": init["command"],
-                                                   "seconds": init["seconds"], "epochs": init["epochs"]}]
+            # a bundle without stages was one run: named by the folder its command wrote, not the bundle's path
+            chain += init["stages"][::-1] or [{"run": _out_of(init["command"]) or init["path"],
+                                                   "command": init["command"], "seconds": init["seconds"],
+                                                   "epochs": init["epochs"]}]
             break
         path = None if not init else (REPO / init["path"] if not Path(init["path"]).is_absolute() else Path(init["path"]))
-    # a stage is named by the run folder its command wrote (a first warm start only knew the bundle's path)
-    return [{**st, "run": _out_of(st["command"]) or st["run"]} for st in chain[::-1]]
+    return chain[::-1]
 
 
 def _out_of(command: str) -> str | None:
