@@ -49,9 +49,9 @@ class StoreHealth:
             self._set_gauge(state, 1)
             until = "space returns" if state == "full" else "the store is reachable again"
             told = "RESOURCE_EXHAUSTED" if state == "full" else "UNAVAILABLE"
-            log.warning("channel %s: %s (on %s): writes are refused until %s (publishers are told %s and resend; "
-                        "retention waits too); one line follows when they go through", self.channel, error, op,
-                        until, told)
+            log.warning("channel %s: %s: a %s was refused, and so is every write until %s (publishers are told "
+                        "%s and resend; retention waits too); one line follows when writes go through",
+                        self.channel, error, op, until, told)
         if op == "commit":
             self.outage.refused_commits += 1
             self.outage.refused_frames += frames
