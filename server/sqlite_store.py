@@ -73,13 +73,18 @@ class SqliteStore:
         self._sync = fsync.upper()
         self._local = threading.local()
         self._lock = threading.Lock()  # guards the writer connection
-        self._w = self._connect()
-        with self._w:
-            self._w.executescript(_SCHEMA)
-            columns = {r[1] for r in self._w.execute("PRAGMA table_info(packets)")}
-            if "anomaly_scores" not in columns:  # a log written before the server scored frames
-                self._w.execute("ALTER TABLE packets ADD COLUMN anomaly_scores BLOB")
-                log.info("%s: added the anomaly_scores column (older packets have none)", self.path.name)
+        try:
+            self._w = self._connect()
+            with self._w:
+                self._w.executescript(_SCHEMA)
+                columns = {r[1] for r in self._w.execute("PRAGMA table_info(packets)")}
+                if "anomaly_scores" not in columns:  # a log written before the server scored frames
+                    self._w.execute("ALTER TABLE packets ADD COLUMN anomaly_scores BLOB")
+                    log.info("%s: added the anomaly_scores column (older packets have none)", self.path.name)
+        except sqlite3.OperationalError as e:  # a new channel on a full disk: say so, not "disk is full"
+            if _disk_full(e):
+                raise self._full() from e
+            raise
         row = self._w.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
         last = self._w.execute("SELECT MAX(first_seq + count) FROM packets").fetchone()[0]
         self._next_seq = max(int(row[0]) if row else 0, int(last or 0))
@@ -179,9 +184,12 @@ class SqliteStore:
                 except sqlite3.Error as rollback:
                     e.add_note(f"the rollback that followed failed too: {rollback}")
             if isinstance(e, sqlite3.OperationalError) and _disk_full(e):
-                free = shutil.disk_usage(self.path.parent).free
-                raise StoreFull(f"data dir {self.path.parent} is full ({free:,} bytes free)") from e
+                raise self._full() from e
             raise
+
+    def _full(self) -> StoreFull:
+        free = shutil.disk_usage(self.path.parent).free
+        return StoreFull(f"data dir {self.path.parent} is full ({free:,} bytes free)")
 
     def trim(self, now: float | None = None) -> list[TrimReport]:
         """Drop the oldest packets beyond the age and size bounds; the reports say what went."""

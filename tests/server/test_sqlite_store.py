@@ -125,6 +125,8 @@ def test_a_full_disk_refuses_the_write_and_changes_nothing(tmp_path: Path) -> No
         assert _on_disk(path) == (committed, log.size_bytes, {"p": committed})
         assert (log.next_seq, log.producer_next_offset("p")) == (committed, committed)
         assert sum(p.count for p in log.read_from(0, limit=10_000)) == committed, "reads need no space"
+        with pytest.raises(StoreFull, match="is full"):  # a new channel cannot even start its file
+            SqliteStore(disk / "new.sqlite3")
 
         log.policy = RetentionPolicy(max_bytes=0, max_age_s=0, max_frames=8)  # a trim must write its DELETE
         with pytest.raises(StoreFull):
