@@ -111,10 +111,13 @@ class PublishSession:
         source = _Source(messages)
         attempt = 0
         while True:
+            acked = self.result.messages
             try:
                 self._stream(source)
                 break
             except grpc.RpcError as e:
+                if self.result.messages > acked:  # the stream made progress: "in a row" starts over
+                    attempt = 0
                 if e.code() not in RETRYABLE or attempt >= self.options.max_retries:
                     raise
                 self.result.reconnects += 1

@@ -10,6 +10,11 @@ several packets (frames above the anomaly threshold go out as lossless packets, 
 scores are stored with their packets. Edge-coded packets go through the same queue so they keep their place
 in the order. The queue is bounded (Limits.queue_frames): a publisher that would overflow it is
 told RESOURCE_EXHAUSTED in-band and may retry.
+
+A store that refuses a commit because it is full (StoreFull) or unreachable (StoreUnavailable) is an
+expected state, logged once per change by StoreHealth; the publishers of the refused batch are told
+(their stream ends) and resend. The same streams' messages queued behind it are refused too, so no
+later frame of theirs is committed before the refused ones.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import numpy as np
 
 from latentwire.codec.coding.bitstream import CodingPath
 
-from .store import ChannelStore, OffsetConflict, PendingPacket, StoredPacket
+from .store import ChannelStore, OffsetConflict, PendingPacket, StoredPacket, StoreFull, StoreUnavailable
+from .store_health import StoreHealth
 
 log = logging.getLogger("latentwire.server.batcher")
 
@@ -34,6 +40,17 @@ log = logging.getLogger("latentwire.server.batcher")
 CONFLICT_RETRIES = 8  # redo a batch this often when other replicas keep moving its producers' offsets
 # producers whose next offset the batcher remembers between commits (least recently used dropped first)
 OFFSET_CACHE = 4096
+
+
+@dataclass
+class StreamState:
+    """One Publish stream as the batcher sees it. Why: a refused commit ends its stream at that message,
+    but the stream's later messages may be queued already; committing one of them (space came back
+    meanwhile) would move the producer's offset past the refused frames, and their resend would then
+    be dropped as duplicates. So once one is refused, every later one of the stream is refused too;
+    the resend comes on a new stream."""
+
+    refused: StoreFull | StoreUnavailable | None = None
 
 
 class QueueFull(Exception):
@@ -63,6 +80,7 @@ class RawItem:
     producer_offset: int = 0
     future: Future = field(default_factory=Future)
     t_enqueue: float = field(default_factory=time.monotonic)
+    stream: StreamState | None = None  # the Publish stream that sent it
 
     @property
     def n(self) -> int:
@@ -77,6 +95,7 @@ class PacketItem:
     producer_offset: int = 0
     future: Future = field(default_factory=Future)
     t_enqueue: float = field(default_factory=time.monotonic)
+    stream: StreamState | None = None  # the Publish stream that sent it
 
     @property
     def n(self) -> int:
@@ -130,6 +149,7 @@ class Batcher:
         # deduplicated against as expected_offsets: a replica that moved one in between makes the
         # append raise OffsetConflict, which empties the cache and redoes the batch from the store.
         self._offsets: OrderedDict[str, int] = OrderedDict()
+        self.health = StoreHealth(name, metrics)
         self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -212,14 +232,33 @@ class Batcher:
             batch = self._take_batch()
             if batch is None:
                 return
-            try:
-                self._commit(batch)
-            except Exception as e:  # noqa: BLE001 - every failure goes back to the publishers
-                log.exception("channel %s: commit failed", self.name)
-                for it in batch:
-                    if not it.future.done():
-                        it.future.set_exception(e)
+            batch = self._unfenced(batch)
+            if batch:
+                try:
+                    self._commit(batch)
+                except (StoreFull, StoreUnavailable) as e:  # expected: one line per state change, no traceback
+                    self.health.failed(e, "commit", sum(it.n for it in batch))
+                    for it in batch:
+                        if it.stream is not None:
+                            it.stream.refused = e
+                    _fail(batch, e)
+                except Exception as e:  # noqa: BLE001 - every failure goes back to the publishers
+                    log.exception("channel %s: commit failed", self.name)
+                    _fail(batch, e)
+                else:
+                    self.health.succeeded("commit")
             self._maybe_trim()
+
+    @staticmethod
+    def _unfenced(batch: list[RawItem | PacketItem]) -> list[RawItem | PacketItem]:
+        """The batch less the messages of streams that had one refused before (refused the same way)."""
+        keep: list[RawItem | PacketItem] = []
+        for it in batch:
+            if it.stream is not None and it.stream.refused is not None:
+                _fail([it], it.stream.refused)
+            else:
+                keep.append(it)
+        return keep
 
     def _commit(self, batch: list[RawItem | PacketItem]) -> None:
         """Deduplicate against the producers' offsets and commit; when another replica moved an
@@ -246,9 +285,13 @@ class Batcher:
         self._last_trim = now
         try:
             reports = self.store.trim()
+        except (StoreFull, StoreUnavailable) as e:  # expected: retried on the next tick, one line per state change
+            self.health.failed(e, "trim")
+            return
         except Exception:  # noqa: BLE001 - a failed trim is retried on the next tick; commits go on
             log.exception("channel %s: retention trim failed; retrying in %.0f s", self.name, self.trim_every_s)
             return
+        self.health.succeeded("trim")
         for r in reports:
             if self.metrics is not None:
                 self.metrics.trimmed_frames.labels(self.name, r.reason.split()[0]).inc(r.frames)
@@ -348,6 +391,12 @@ class Batcher:
                 paths[packet_path(s.payload)] = paths.get(packet_path(s.payload), 0) + s.count
             for path, n in paths.items():
                 self.metrics.frames_path.labels(self.name, path).inc(n)
+
+
+def _fail(items: list[RawItem | PacketItem], error: Exception) -> None:
+    for it in items:
+        if not it.future.done():
+            it.future.set_exception(error)
 
 
 def packet_path(packet: bytes) -> str:

@@ -34,7 +34,7 @@ from .channels import Channel, ModelEntry
 from .config import BatchPolicy, ChannelSpec, ConfigError, Limits, ServerConfig, with_channel_options
 from .metrics import Metrics
 from .sqlite_store import SqliteStore
-from .store import ChannelMismatch, ChannelStore, RetentionPolicy, StoreUnavailable
+from .store import ChannelMismatch, ChannelStore, RetentionPolicy, StoreFull, StoreUnavailable
 from .service import SERVICE_NAME, LatentwireService
 
 log = logging.getLogger("latentwire.server")
@@ -121,7 +121,11 @@ class LatentwireServer:
     def _open_store(self, channel: str, data: Path) -> ChannelStore:
         c = self.config
         if not c.store:
-            return SqliteStore(data / f"{channel}.sqlite3", c.retention, c.fsync)
+            try:
+                return SqliteStore(data / f"{channel}.sqlite3", c.retention, c.fsync)
+            except StoreFull as e:  # a new channel's file cannot be created
+                raise ConfigError(f"channel {channel!r}: {e}: free some space there, or pick another --data-dir") \
+                    from None
         from .redis_store import RedisStore
 
         try:

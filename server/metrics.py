@@ -47,6 +47,12 @@ class Metrics:
         self.store_errors = Counter(
             "latentwire_store_errors", "Store calls that failed (op: appending, reading, tailing, trimming, "
             "offset_conflict, ...)", ["channel", "op"], registry=r)
+        self.store_state = Gauge(
+            "latentwire_store_state", "1 while the channel's store refuses writes: state full (no space left in "
+            "the data dir) or unavailable (Redis unreachable); 0 otherwise", ["channel", "state"], registry=r)
+        self.commits_refused = Counter(
+            "latentwire_commits_refused", "Commits the store refused while full or unavailable (their publishers "
+            "were told and resend)", ["channel", "state"], registry=r)
         self.trimmed_frames = Counter(
             "latentwire_trimmed_frames", "Frames dropped by retention", ["channel", "reason"], registry=r
         )

@@ -15,6 +15,8 @@ replica's, to the channel (its bounded in-process cache and its waiting subscrib
 
 Redis unreachable: calls raise StoreUnavailable (publishers are told UNAVAILABLE and resend,
 subscribers reconnect); the tailer logs the outage once, counts it, and retries with backoff.
+Redis out of memory (maxmemory, noeviction) refuses the write whole (its first write in a script is
+where Redis checks): StoreFull, like a full disk under the embedded store.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .store import (
     PendingPacket,
     RetentionPolicy,
     StoredPacket,
+    StoreFull,
     StoreUnavailable,
     TrimReport,
     pack_scores,
@@ -152,6 +155,9 @@ class RedisStore:
         except (self._redis_mod.ConnectionError, self._redis_mod.TimeoutError) as e:
             self._count_error(what)
             raise _unavailable(e, what) from e
+        except self._redis_mod.OutOfMemoryError as e:  # maxmemory with noeviction: Redis's full disk
+            self._count_error(what)
+            raise StoreFull(f"Redis store {self.url} is full (maxmemory reached) while {what}: {e}") from e
 
     def _count_error(self, op: str) -> None:
         if self.metrics is not None:

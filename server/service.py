@@ -23,11 +23,11 @@ from latentwire.v1 import latentwire_pb2_grpc as pb_grpc
 
 from .admission import FRAMES_LIMIT, PublishStream, admit_packets, admit_raw
 from .auth import AuthError, TokenStore
-from .batcher import QueueFull, Stopped
+from .batcher import QueueFull, Stopped, StreamState
 from .channels import Channel, ModelEntry
 from .config import ServerConfig
 from .metrics import Metrics
-from .store import StoreUnavailable
+from .store import StoreFull, StoreUnavailable
 from .wire import RecordContext, channel_info, compact_record, dims, model_info, packet_record
 
 log = logging.getLogger("latentwire.server")
@@ -192,11 +192,12 @@ class LatentwireService(pb_grpc.LatentwireServicer):
             limits_seen: set[str] = set()  # each limit is logged once per stream, counted every time
 
             stream = PublishStream()
+            state = StreamState()  # the batcher refuses this stream's later messages once one is refused
 
             def reader() -> None:
                 try:
                     for req in request_iterator:
-                        pending.put(self._accept(ch, req, quality, producer, limits_seen, who, stream))
+                        pending.put(self._accept(ch, req, quality, producer, limits_seen, who, stream, state))
                 except (QueueFull, Stopped) as e:
                     # Order matters (producer offsets): nothing after this message may be taken, so
                     # the stream ends with a status and the client resends from this message on.
@@ -234,6 +235,13 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                         stop_with.insert(0, (grpc.StatusCode.UNAVAILABLE, f"{e}; resend from message "
                                                                           f"{resp.message_index}"))
                         break
+                    except StoreFull as e:
+                        # the same, until space returns: the client resends with backoff (client/retry.py)
+                        stop_with.insert(0, (grpc.StatusCode.RESOURCE_EXHAUSTED, (
+                            f"channel {ch.name}: {e}: nothing of message {resp.message_index} or later was "
+                            f"committed; resend from message {resp.message_index} (writes resume by themselves "
+                            "once space returns)")))
+                        break
                     except Exception as e:  # noqa: BLE001
                         n = resp.accepted
                         resp.accepted, resp.rejected = 0, resp.rejected + n
@@ -270,7 +278,7 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                         "counted in latentwire_limit_hits_total)", name, ch.name, who, message)
 
     def _accept(self, ch: Channel, req: pb.PublishRequest, quality: int | None, producer: str,
-                seen: set[str], who: str, stream: PublishStream):
+                seen: set[str], who: str, stream: PublishStream, state: StreamState):
         """Validate one data message (admission.py) and queue what passed: (response skeleton,
         future or None). A compact `frame` message is expanded to its packet first."""
         kind = req.WhichOneof("kind")
@@ -302,6 +310,7 @@ class LatentwireService(pb_grpc.LatentwireServicer):
         if verdict.item is None:
             return resp, None
         resp.accepted = verdict.item.n  # provisional: replaced by the commit
+        verdict.item.stream = state
         return resp, ch.batcher.submit(verdict.item)  # QueueFull / Stopped end the stream (see Publish)
 
     # ------------------------------------------------------------------ subscribe

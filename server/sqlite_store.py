@@ -14,17 +14,34 @@ Publishers are acknowledged only AFTER the commit, so whatever a crash loses was
 an idempotent producer (producer_id) resends it without creating duplicates: the producers table
 is updated in the same transaction as the packet rows. One server owns a data directory (its
 lock, server/main.py), so no other writer can move a producer's offset under the batcher.
+
+A full disk (SQLITE_FULL) raises StoreFull: the transaction is rolled back (by SQLite itself when
+the COMMIT failed), the in-memory next_seq/bytes/producers move only after a COMMIT succeeded, so
+the file and this object still agree; readers need no space and go on; the next write after space
+returns succeeds. A trim that cannot get space for its DELETE changes nothing either.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
-from .store import OnCommit, PendingPacket, RetentionPolicy, StoredPacket, TrimReport, pack_scores, unpack_scores
+from .store import (
+    OnCommit,
+    PendingPacket,
+    RetentionPolicy,
+    StoredPacket,
+    StoreFull,
+    TrimReport,
+    pack_scores,
+    unpack_scores,
+)
 
 log = logging.getLogger("latentwire.server.store")
 
@@ -56,13 +73,18 @@ class SqliteStore:
         self._sync = fsync.upper()
         self._local = threading.local()
         self._lock = threading.Lock()  # guards the writer connection
-        self._w = self._connect()
-        with self._w:
-            self._w.executescript(_SCHEMA)
-            columns = {r[1] for r in self._w.execute("PRAGMA table_info(packets)")}
-            if "anomaly_scores" not in columns:  # a log written before the server scored frames
-                self._w.execute("ALTER TABLE packets ADD COLUMN anomaly_scores BLOB")
-                log.info("%s: added the anomaly_scores column (older packets have none)", self.path.name)
+        try:
+            self._w = self._connect()
+            with self._w:
+                self._w.executescript(_SCHEMA)
+                columns = {r[1] for r in self._w.execute("PRAGMA table_info(packets)")}
+                if "anomaly_scores" not in columns:  # a log written before the server scored frames
+                    self._w.execute("ALTER TABLE packets ADD COLUMN anomaly_scores BLOB")
+                    log.info("%s: added the anomaly_scores column (older packets have none)", self.path.name)
+        except sqlite3.OperationalError as e:  # a new channel on a full disk: say so, not "disk is full"
+            if _disk_full(e):
+                raise self._full() from e
+            raise
         row = self._w.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
         last = self._w.execute("SELECT MAX(first_seq + count) FROM packets").fetchone()[0]
         self._next_seq = max(int(row[0]) if row else 0, int(last or 0))
@@ -125,8 +147,7 @@ class SqliteStore:
                 rows.append((seq, p.count, ts, p.model_id, p.quality, sqlite3.Binary(p.payload), blob))
                 seq += p.count
             producers = {k: v for k, v in (producer_offsets or {}).items() if v > self._producers.get(k, 0)}
-            self._w.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 self._w.executemany(
                     "INSERT INTO packets(first_seq, count, ts, model_id, quality, payload, anomaly_scores) "
                     "VALUES (?,?,?,?,?,?,?)", rows
@@ -136,10 +157,6 @@ class SqliteStore:
                     self._w.executemany(
                         "INSERT OR REPLACE INTO producers(producer_id, next_offset) VALUES (?, ?)", producers.items()
                     )
-                self._w.execute("COMMIT")
-            except BaseException:
-                self._w.execute("ROLLBACK")
-                raise
             if self._first_seq == self._next_seq and stored:
                 self._first_seq = stored[0].first_seq
             self._next_seq = seq
@@ -150,41 +167,71 @@ class SqliteStore:
                 follower(stored)
         return stored
 
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE .. COMMIT on the writer connection. Why the rollback checks in_transaction:
+        a COMMIT that fails for lack of space is rolled back by SQLite itself, and a second ROLLBACK
+        raised "cannot rollback - no transaction is active" over the real error. SQLITE_FULL becomes
+        StoreFull (naming the data dir and its free bytes); other errors pass unchanged."""
+        try:
+            self._w.execute("BEGIN IMMEDIATE")
+            yield
+            self._w.execute("COMMIT")
+        except BaseException as e:
+            if self._w.in_transaction:
+                try:
+                    self._w.execute("ROLLBACK")
+                except sqlite3.Error as rollback:
+                    e.add_note(f"the rollback that followed failed too: {rollback}")
+            if isinstance(e, sqlite3.OperationalError) and _disk_full(e):
+                raise self._full() from e
+            raise
+
+    def _full(self) -> StoreFull:
+        free = shutil.disk_usage(self.path.parent).free
+        return StoreFull(f"data dir {self.path.parent} is full ({free:,} bytes free)")
+
     def trim(self, now: float | None = None) -> list[TrimReport]:
         """Drop the oldest packets beyond the age and size bounds; the reports say what went."""
         now = time.time() if now is None else now
         reports: list[TrimReport] = []
         with self._lock:
-            if self.policy.max_age_s > 0:
-                cutoff = now - self.policy.max_age_s
-                r = self._delete("ts < ?", (cutoff,), "age > %.0fs" % self.policy.max_age_s)
-                if r:
-                    reports.append(r)
-            if self.policy.max_frames > 0 and self._next_seq - self._first_seq > self.policy.max_frames:
-                # whole packets only: the oldest ones that end at or before the first frame to keep
-                keep_from = self._next_seq - self.policy.max_frames
-                r = self._delete("first_seq + count <= ?", (keep_from,), "frames > %d" % self.policy.max_frames)
-                if r:
-                    reports.append(r)
-            if self.policy.max_bytes > 0 and self._bytes > self.policy.max_bytes:
-                excess = self._bytes - self.policy.max_bytes
-                # the smallest prefix of rows whose payload sum covers the excess
-                acc, cut = 0, None
-                for first_seq, n in self._w.execute("SELECT first_seq, length(payload) FROM packets ORDER BY first_seq"):
-                    acc += n
-                    cut = first_seq
-                    if acc >= excess:
-                        break
-                if cut is not None:
-                    r = self._delete("first_seq <= ?", (cut,), "size > %d bytes" % self.policy.max_bytes)
-                    if r:
-                        reports.append(r)
-        for r in reports:
-            log.info(
-                "retention %s: trimmed %d packets (%d frames, %d bytes) from %s; oldest retained seq is now %d",
-                r.reason, r.packets, r.frames, r.bytes, self.path.name, r.first_seq,
-            )
+            try:
+                self._trim(now, reports)
+            finally:  # what went before a failed step (StoreFull) went for good: say so
+                for r in reports:
+                    log.info(
+                        "retention %s: trimmed %d packets (%d frames, %d bytes) from %s; oldest retained seq is now %d",
+                        r.reason, r.packets, r.frames, r.bytes, self.path.name, r.first_seq,
+                    )
         return reports
+
+    def _trim(self, now: float, reports: list[TrimReport]) -> None:
+        """One DELETE per bound; reports holds the finished ones when a later one raises."""
+        if self.policy.max_age_s > 0:
+            cutoff = now - self.policy.max_age_s
+            r = self._delete("ts < ?", (cutoff,), "age > %.0fs" % self.policy.max_age_s)
+            if r:
+                reports.append(r)
+        if self.policy.max_frames > 0 and self._next_seq - self._first_seq > self.policy.max_frames:
+            # whole packets only: the oldest ones that end at or before the first frame to keep
+            keep_from = self._next_seq - self.policy.max_frames
+            r = self._delete("first_seq + count <= ?", (keep_from,), "frames > %d" % self.policy.max_frames)
+            if r:
+                reports.append(r)
+        if self.policy.max_bytes > 0 and self._bytes > self.policy.max_bytes:
+            excess = self._bytes - self.policy.max_bytes
+            # the smallest prefix of rows whose payload sum covers the excess
+            acc, cut = 0, None
+            for first_seq, n in self._w.execute("SELECT first_seq, length(payload) FROM packets ORDER BY first_seq"):
+                acc += n
+                cut = first_seq
+                if acc >= excess:
+                    break
+            if cut is not None:
+                r = self._delete("first_seq <= ?", (cut,), "size > %d bytes" % self.policy.max_bytes)
+                if r:
+                    reports.append(r)
 
     def _delete(self, where: str, params: tuple, reason: str) -> TrimReport | None:
         n, frames, nbytes = self._w.execute(
@@ -192,9 +239,8 @@ class SqliteStore:
         ).fetchone()
         if not n:
             return None
-        self._w.execute("BEGIN IMMEDIATE")
-        self._w.execute(f"DELETE FROM packets WHERE {where}", params)
-        self._w.execute("COMMIT")
+        with self._transaction():
+            self._w.execute(f"DELETE FROM packets WHERE {where}", params)
         first = self._w.execute("SELECT MIN(first_seq) FROM packets").fetchone()[0]
         self._first_seq = int(first) if first is not None else self._next_seq
         self._bytes -= int(nbytes)
@@ -230,6 +276,12 @@ class SqliteStore:
         with self._lock:
             try:
                 self._w.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:
-                pass
+            except sqlite3.Error as e:  # the WAL still holds every commit: the next open replays it
+                log.warning("%s: checkpoint at close failed (%s); the WAL keeps the commits", self.path.name, e)
             self._w.close()
+
+
+def _disk_full(e: sqlite3.OperationalError) -> bool:
+    """SQLITE_FULL: SQLite's unix VFS reports ENOSPC on a write as this code."""
+    code = getattr(e, "sqlite_errorcode", None)
+    return (code & 0xFF) == sqlite3.SQLITE_FULL if code is not None else "database or disk is full" in str(e)

@@ -32,6 +32,12 @@ class StoreUnavailable(StoreError):
     that raised it, so publishers are told UNAVAILABLE and resend, subscribers reconnect."""
 
 
+class StoreFull(StoreError):
+    """The store has no room for the write (the data dir's disk is full): nothing was committed by
+    the call that raised it and the store is unchanged, so readers go on and publishers are told
+    RESOURCE_EXHAUSTED and resend; writes succeed again, with no restart, once space returns."""
+
+
 class OffsetConflict(StoreError):
     """A producer's offset moved between the dedup read and the append (another replica committed
     for it): the batch must be deduplicated again before it is appended."""

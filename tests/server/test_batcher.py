@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 from latentwire.codec.codec import Codec
-from latentwire.server.batcher import Batcher, PacketItem, QueueFull, RawItem, Stopped
+from latentwire.server.batcher import Batcher, PacketItem, QueueFull, RawItem, Stopped, StreamState
 from latentwire.server.main import _encoder
 from latentwire.server.sqlite_store import SqliteStore
+from latentwire.server.store import StoreFull
 
+from _tmpfs import fill, small_tmpfs
 from _transport import digits
 
 
@@ -29,9 +31,9 @@ def _batcher(tmp_path: Path, codec: Codec, **kw) -> tuple[Batcher, SqliteStore]:
     return b, store
 
 
-def _raw(n: int, producer: str = "", offset: int = 0) -> RawItem:
+def _raw(n: int, producer: str = "", offset: int = 0, stream: StreamState | None = None) -> RawItem:
     return RawItem(frames=digits(n), index=np.arange(n), n_total=n, quality=None, producer_id=producer,
-                   producer_offset=offset)
+                   producer_offset=offset, stream=stream)
 
 
 def test_frames_from_several_publishers_share_packets_of_at_most_max_frames(tmp_path: Path, codec: Codec) -> None:
@@ -77,3 +79,30 @@ def test_a_full_queue_and_a_stopped_batcher_refuse_with_reasons(tmp_path: Path, 
     assert time.monotonic() - t0 < 4
     with pytest.raises(Stopped, match="shutting down"):
         b.submit(_raw(1))
+
+
+def test_a_refused_streams_later_messages_wait_for_its_resend(tmp_path: Path, codec: Codec) -> None:
+    """A commit refused for a full disk ends its Publish stream at that message, but the stream's next
+    message may be queued already. If space returns before the batcher reaches it, committing it
+    would move the producer's offset past the refused frames and their resend would be dropped as
+    duplicates: it is refused too, and the resend (a new stream) commits both, in order."""
+    with small_tmpfs(tmp_path / "disk", "1m") as disk:
+        store = SqliteStore(disk / "c.sqlite3")
+        b = Batcher("c", store, _encoder(codec, score=False), codec.model_id, codec.default_quality, max_delay_ms=1)
+        try:
+            filler = fill(disk, leave=0)
+            old = StreamState()
+            with pytest.raises(StoreFull, match="is full"):
+                b.submit(_raw(50, "cam", 0, old)).result(10)
+            filler.unlink()  # space is back before the stream's next message is taken
+            with pytest.raises(StoreFull, match="is full"):
+                b.submit(_raw(50, "cam", 50, old)).result(10)
+            assert store.next_seq == 0 and store.producer_next_offset("cam") == 0
+            new = StreamState()
+            resent = [b.submit(_raw(50, "cam", 0, new)), b.submit(_raw(50, "cam", 50, new))]
+            assert [(c.accepted, c.duplicates, c.first_seq) for c in (f.result(10) for f in resent)] == [
+                (50, 0, 0), (50, 0, 50)]
+            assert b.health.outage is None, "the successful commit ended the full spell"
+        finally:
+            b.stop()
+            store.close()

@@ -5,6 +5,7 @@ L0_grpc_state_cleanup), and a subscriber 100x slower than the stream."""
 
 from __future__ import annotations
 
+import logging
 import random
 import socket
 import threading
@@ -16,8 +17,9 @@ import grpc
 import numpy as np
 import pytest
 
+from _tmpfs import fill, small_tmpfs
 from _transport import digits, free_port, running_server
-from latentwire.client import Client
+from latentwire.client import Client, PublishAck
 from latentwire.codec.codec import Codec, default_bundle_path
 from latentwire.server.config import BatchPolicy, Limits
 from latentwire.v1 import latentwire_pb2 as pb
@@ -343,3 +345,120 @@ def test_slow_subscriber_is_bounded_and_catches_up(tmp_path: Path) -> None:
               f"of {total_bytes / 2**20:.1f} MiB published; fast subscriber done {fast_s - publish_s:+.2f}s "
               "after the publisher")
         ch.close()
+
+
+def _server_tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith("latentwire.server") and r.exc_info]
+
+
+def test_a_full_disk_is_resource_exhausted_and_writes_resume(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The embedded store's data dir on a small tmpfs that fills up under a publisher of real MNIST
+    digits: publishers get RESOURCE_EXHAUSTED naming the data dir and its free bytes, subscribers
+    keep reading everything committed, the log has one line when it fills and one when writes go
+    through again (no traceback), and once space returns (a filler file deleted, nothing restarted)
+    the publisher's own retries finish the job: every frame exactly once, in order."""
+    caplog.set_level(logging.INFO)
+    n = 3000
+    x = digits(n)
+    with small_tmpfs(tmp_path / "disk", "2m") as disk:
+        data = disk / "data"
+        with running_server(BUNDLE, data, batch=BatchPolicy(max_frames=64, max_delay_ms=2)) as server:
+            filler = fill(disk, leave=192 << 10)  # room for a few hundred frames' commits
+            target = f"127.0.0.1:{server.port}"
+            store = server.channels["digits"].store
+            seen: list[int] = []
+            errors: list[BaseException] = []
+            sub = Client(target, cache_dir=tmp_path / "cache")
+
+            def consume() -> None:
+                try:
+                    for p in sub.subscribe_packets("digits", 0, idle_timeout=60, max_backoff=0.5):
+                        seen.extend(range(p.first_seq, p.first_seq + p.count))
+                        if len(seen) >= n:
+                            return
+                except BaseException as e:  # noqa: BLE001 - the assertion below reports it
+                    errors.append(e)
+
+            acks: list[PublishAck] = []
+            result: list = []
+
+            def produce() -> None:
+                try:
+                    with Client(target) as pub:
+                        result.append(pub.publish("digits", x, frames_per_message=50, producer_id="cam-full",
+                                                  max_backoff=0.2, max_retries=1000, on_ack=acks.append))
+                except BaseException as e:  # noqa: BLE001
+                    errors.append(e)
+
+            threads = [threading.Thread(target=consume), threading.Thread(target=produce)]
+            for t in threads:
+                t.start()
+            try:
+                _wait(lambda: server.metrics.value("latentwire_store_state", channel="digits", state="full") == 1,
+                      "the data dir filling up")
+                committed = store.next_seq
+                assert 0 < committed < n
+                # a publisher that does not retry sees the status itself: RESOURCE_EXHAUSTED, naming the dir
+                with Client(target) as probe, pytest.raises(grpc.RpcError) as refused:
+                    probe.publish("digits", x[:50], frames_per_message=50, producer_id="probe", max_retries=0)
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                details = refused.value.details()
+                assert f"data dir {data} is full (" in details and " bytes free)" in details, details
+                assert "nothing of message 0 or later was committed" in details, details
+                # reads are served while full: a new subscriber gets every committed frame, in order
+                with Client(target, cache_dir=tmp_path / "cache") as reader:
+                    assert [f.seq for f in reader.subscribe("digits", 0, idle_timeout=1.0)] == list(range(committed))
+                time.sleep(0.5)
+                assert store.next_seq == committed, "nothing is committed while the disk is full"
+                filler.unlink()  # space returns; nothing is restarted
+            finally:
+                for t in threads:
+                    t.join(120)
+            sub.close()
+            assert not errors, errors
+            r = result[0]
+            assert r.accepted == n and r.rejected == 0 and r.duplicates == 0 and r.reconnects >= 1
+            assert all(a.first_seq == a.first_frame for a in acks), "frame k of the input is seq k: in order, no gap"
+            assert store.next_seq == n and seen == list(range(n)), "every frame once, in order"
+            assert server.metrics.value("latentwire_commits_refused_total", channel="digits", state="full") >= 1
+            assert server.metrics.value("latentwire_store_state", channel="digits", state="full") == 0
+    batcher = [r for r in caplog.records if r.name == "latentwire.server.batcher"]
+    assert [r.levelname for r in batcher if "is full" in r.getMessage()] == ["WARNING"], "one line when it fills"
+    back = [r.getMessage() for r in batcher if "writes go through again" in r.getMessage()]
+    assert len(back) == 1 and "space returned after" in back[0], back
+    assert not _server_tracebacks(caplog), "an expected fault is a line, not a traceback"
+
+
+def test_redis_down_during_trims_is_one_line_each_way(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Redis goes away under an idle channel whose batcher trims every second: one line when it
+    goes, one when it is back, no traceback per trim; commits go on afterwards."""
+    import shutil
+
+    from _redis import RedisServer
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed and could not be (the README's test command installs it)")
+    caplog.set_level(logging.INFO)
+    redis = RedisServer(tmp_path / "redis", persist=True).start()
+    try:
+        with running_server(BUNDLE, tmp_path / "data", store=redis.url) as server:
+            target = f"127.0.0.1:{server.port}"
+            with Client(target) as c:
+                assert c.publish("digits", digits(10)).accepted == 10
+            port = redis.port
+            redis.stop()
+            time.sleep(3.5)  # three trim ticks with Redis gone
+            redis.port = port
+            redis.start()  # same port and append-only file
+            _wait(lambda: any("writes go through again" in r.getMessage() for r in caplog.records),
+                  "the reachable-again line", timeout=15)
+            with Client(target) as c:
+                assert c.publish("digits", digits(10)).first_seq == 10
+    finally:
+        redis.stop()
+    lines = [r for r in caplog.records if r.name == "latentwire.server.batcher"]
+    down = [r.getMessage() for r in lines if "unreachable" in r.getMessage()]
+    assert len(down) == 1 and "a trim was refused" in down[0], down
+    back = [r.getMessage() for r in lines if "writes go through again" in r.getMessage()]
+    assert len(back) == 1 and "the store is reachable again after" in back[0], back
+    assert not _server_tracebacks(caplog), "an expected fault is a line, not a traceback"

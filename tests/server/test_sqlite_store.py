@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+import pytest
 
+from _tmpfs import resize, small_tmpfs
 from latentwire.server.sqlite_store import SqliteStore
-from latentwire.server.store import PendingPacket, RetentionPolicy
+from latentwire.server.store import PendingPacket, RetentionPolicy, StoreFull
 
 MID = "ab" * 32
 
@@ -90,3 +93,53 @@ def test_committed_packets_survive_kill_9(tmp_path: Path) -> None:
     assert log.next_seq == 600
     assert log.producer_next_offset("p") == 600
     assert sum(p.count for p in log.read_from(0, limit=1000)) == 600
+
+
+def _on_disk(path: Path) -> tuple[int, int, dict[str, int]]:
+    """(next seq, payload bytes, producer offsets) as the file holds them, read by another connection."""
+    with sqlite3.connect(path) as db:
+        end, nbytes = db.execute("SELECT COALESCE(MAX(first_seq + count), 0), COALESCE(SUM(length(payload)), 0) "
+                                 "FROM packets").fetchone()
+        return int(end), int(nbytes), dict(db.execute("SELECT producer_id, next_offset FROM producers"))
+
+
+def test_a_full_disk_refuses_the_write_and_changes_nothing(tmp_path: Path) -> None:
+    """A real ENOSPC (a 512 KiB tmpfs): StoreFull naming the data dir and its free bytes, never the
+    "cannot rollback - no transaction is active" that hid it; the object still matches the file,
+    reads go on, a trim that needs space changes nothing, and the next append after space returns
+    continues the seqs and the producer offsets."""
+    with small_tmpfs(tmp_path / "disk", "512k") as disk:
+        path = disk / "c.sqlite3"
+        log = SqliteStore(path, RetentionPolicy(max_bytes=0, max_age_s=0, max_frames=0))
+        payload = os.urandom(4000)  # incompressible, as coded frames are
+        with pytest.raises(StoreFull) as full:
+            for i in range(1000):
+                log.append([PendingPacket(4, MID, 1, payload)], {"p": 4 * (i + 1)})
+        committed = log.next_seq
+        assert 0 < committed < 4000
+        assert f"data dir {disk} is full (" in str(full.value) and "bytes free)" in str(full.value)
+        assert "database or disk is full" in str(full.value.__cause__)
+        for _ in range(3):  # still full: refused again, and nothing moves
+            with pytest.raises(StoreFull):
+                log.append([PendingPacket(4, MID, 1, payload)], {"p": committed + 4})
+        assert _on_disk(path) == (committed, log.size_bytes, {"p": committed})
+        assert (log.next_seq, log.producer_next_offset("p")) == (committed, committed)
+        assert sum(p.count for p in log.read_from(0, limit=10_000)) == committed, "reads need no space"
+        with pytest.raises(StoreFull, match="is full"):  # a new channel cannot even start its file
+            SqliteStore(disk / "new.sqlite3")
+
+        log.policy = RetentionPolicy(max_bytes=0, max_age_s=0, max_frames=8)  # a trim must write its DELETE
+        with pytest.raises(StoreFull):
+            log.trim()
+        assert log.first_seq == 0 and _on_disk(path) == (committed, log.size_bytes, {"p": committed})
+
+        resize(disk, "4m")  # space returns: no reopen, no restart
+        stored = log.append([PendingPacket(4, MID, 1, payload)], {"p": committed + 4})
+        assert stored[0].first_seq == committed and log.next_seq == committed + 4
+        assert [r.frames for r in log.trim()] == [committed - 4]
+        assert log.first_seq == committed - 4 and [p.first_seq for p in log.read_from(0)] == [committed - 4, committed]
+        log.close()
+        again = SqliteStore(path)
+        assert (again.next_seq, again.first_seq, again.producer_next_offset("p")) == (committed + 4, committed - 4,
+                                                                                       committed + 4)
+        again.close()

@@ -19,6 +19,7 @@ from latentwire.server.store import (
     PendingPacket,
     RetentionPolicy,
     StoredPacket,
+    StoreFull,
     StoreUnavailable,
 )
 
@@ -176,3 +177,35 @@ def test_concurrent_replica_appends_never_duplicate_a_producer(redis_server) -> 
     finally:
         for s in stores:
             s.close()
+
+
+def test_redis_at_maxmemory_is_store_full_and_changes_nothing(redis_server) -> None:
+    """Redis's full disk: maxmemory with noeviction. The append is refused whole (StoreFull, like the
+    embedded store on a full disk), nothing moves, reads go on, and writes resume once memory does."""
+    import os
+
+    import redis
+
+    from latentwire.server.redis_store import RedisStore
+
+    admin = redis.Redis.from_url(redis_server.url)
+    store = RedisStore(redis_server.url, "digits", RetentionPolicy(max_bytes=0, max_age_s=0))
+    try:
+        store.append([_pkt(4)], {"p": 4})
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", admin.info("memory")["used_memory"] + (64 << 10))
+        big = PendingPacket(4, "m" * 64, 1, os.urandom(4000))
+        with pytest.raises(StoreFull, match="is full \\(maxmemory reached\\) while appending"):
+            for i in range(1000):
+                store.append([big], {"p": 8 + 4 * i})
+        committed = store.next_seq
+        with pytest.raises(StoreFull):  # still full: refused again
+            store.append([big], {"p": committed + 4})
+        assert store.next_seq == committed and store.producer_next_offset("p") == committed
+        assert sum(p.count for p in store.read_from(0, 1000)) == committed
+        admin.config_set("maxmemory", 0)
+        assert store.append([_pkt(4)], {"p": committed + 4})[0].first_seq == committed
+        assert store.producer_next_offset("p") == committed + 4
+    finally:
+        store.close()
+        admin.close()
