@@ -164,14 +164,17 @@ class Client:
 
     def subscribe_packets(self, channel: str, from_seq: FromSeq = None, *, idle_timeout: float | None = None,
                           max_backoff: float = 5.0, max_retries: int | None = None,
-                          stop: threading.Event | None = None, compact: bool = True) -> Iterator[Packet]:
+                          stop: threading.Event | None = None, compact: bool = True,
+                          epoch: str = "") -> Iterator[Packet]:
         """Coded packets of a channel, resuming after a failure at the end of the last packet
         yielded. from_seq: None (oldest retained), an int, or "latest" (resolved when this is
         called). idle_timeout: stop after this many seconds without data. stop: an Event that
         ends the iteration promptly when set (signal handlers). compact: one-frame packets travel as
         compact stream frames (codec/FORMAT.md) and are expanded here: the packets yielded are always
-        the full packets the sender encoded."""
-        opts = StreamOptions(idle_timeout, max_backoff, max_retries, stop, compact)
+        the full packets the sender encoded. epoch: the epoch an int from_seq belongs to (Packet.epoch,
+        saved with the position): if the channel has another one now (its store was reset), the
+        iteration raises ChannelReset instead of handing out frames of another incarnation."""
+        opts = StreamOptions(idle_timeout, max_backoff, max_retries, stop, compact, epoch)
         return self._subscriber.packets(channel, self._start(channel, from_seq), opts)
 
     def subscribe_batches(self, channel: str, from_seq: FromSeq = None, *, idle_timeout: float | None = None,

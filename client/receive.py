@@ -3,7 +3,9 @@
 Sinks: a folder of PNG images or .npy files (one file per frame, named by its zero-padded seq,
 written atomically), or a stream of .npy records on stdout (`--stdout`, `np.load` them one after
 another). The state file holds the next seq to write and is rewritten atomically after each
-packet's frames are written; on restart the daemon resubscribes from there. Folder sinks are
+packet's frames are written, with the channel's epoch; on restart the daemon resubscribes from
+there, and a channel whose store was reset since (another epoch) ends it with one line and exit 1
+instead of frames of another incarnation under the saved seqs. Folder sinks are
 exactly-once: a frame written just before a kill is rewritten under the same name. The stdout
 sink is at-least-once across a kill -9 (a pipe cannot take back bytes).
 
@@ -75,7 +77,11 @@ class Receiver:
         want = start if isinstance(start, int) else None
         if start == "latest":
             want = start = self.client.channel(self.channel).next_seq
-        packets = self.client.subscribe_packets(self.channel, start, idle_timeout=self.idle_timeout, stop=self.stop)
+        # the epoch the saved position belongs to: a reset channel ends this with ChannelReset (one line,
+        # exit 1) instead of writing another incarnation's frames under these seqs
+        epoch = str(self.state.get("epoch", "")) if isinstance(start, int) else ""
+        packets = self.client.subscribe_packets(self.channel, start, idle_timeout=self.idle_timeout, stop=self.stop,
+                                                epoch=epoch)
         try:
             for p in packets:
                 frames = self.client.codec(p.model_id).decode(p.payload)
@@ -93,6 +99,8 @@ class Receiver:
                              p.first_seq + p.count - 1, scores, more)
                 want = p.first_seq + p.count
                 self.state["next_seq"] = want
+                if p.epoch:
+                    self.state["epoch"] = p.epoch
                 save_state(self.state_path, self.state)
                 now = time.monotonic()
                 if now - last_log > 2.0:

@@ -26,7 +26,7 @@ import numpy as np
 
 from latentwire.codec.coding.bitstream import CodingPath
 
-from .store import ChannelStore, OffsetConflict, PendingPacket, StoredPacket
+from .store import ChannelStore, OffsetConflict, PendingPacket, StoredPacket, StoreReset
 
 log = logging.getLogger("latentwire.server.batcher")
 
@@ -214,6 +214,10 @@ class Batcher:
                 return
             try:
                 self._commit(batch)
+            except StoreReset as e:  # logged once by the store; every publisher gets it (DATA_LOSS)
+                for it in batch:
+                    if not it.future.done():
+                        it.future.set_exception(e)
             except Exception as e:  # noqa: BLE001 - every failure goes back to the publishers
                 log.exception("channel %s: commit failed", self.name)
                 for it in batch:

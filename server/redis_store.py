@@ -3,7 +3,8 @@
 Keys per channel (prefix "latentwire:<channel>"):
 - `:log`        the stream: one entry per packet, entry id "<first_seq>-1" (Redis reserves 0-0),
                 fields c (frames), t (commit time), m (model id), q (quality), p (packet), s (scores);
-- `:meta`       hash: next_seq, bytes (payload bytes retained), model_id;
+- `:meta`       hash: next_seq, bytes (payload bytes retained), model_id, and the channel's epoch
+                (epoch, epoch_start, epoch_prev; server/epoch.py);
 - `:producers`  hash: producer id -> next offset.
 
 Why the entry id is the frame seq: "resume from seq" is then a range read from "<seq>-1", and
@@ -15,6 +16,12 @@ replica's, to the channel (its bounded in-process cache and its waiting subscrib
 
 Redis unreachable: calls raise StoreUnavailable (publishers are told UNAVAILABLE and resend,
 subscribers reconnect); the tailer logs the outage once, counts it, and retries with backoff.
+
+Redis reset (flushed, restarted without persistence, failed over): once bound to an epoch, the
+append script checks it and the store's next seq in the same atomic step (nothing is written when
+either is off), and the tailer checks them every EPOCH_CHECK_S, after every outage, and whenever
+the stream does not continue where the last entry ended; the first to notice raises or reports
+StoreReset and the store refuses everything afterwards.
 """
 
 from __future__ import annotations
@@ -22,15 +29,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from .store import (
     ChannelMismatch,
+    EpochState,
     OffsetConflict,
     OnCommit,
+    OnReset,
     PendingPacket,
     RetentionPolicy,
     StoredPacket,
+    StoreReset,
     StoreUnavailable,
     TrimReport,
     pack_scores,
@@ -43,12 +54,19 @@ KEY_PREFIX = "latentwire"
 TAIL_BLOCK_MS = 1000  # one blocking XREAD waits this long before it looks again
 TAIL_BATCH = 256  # entries per XREAD
 TRIM_SCAN = 512  # entries one trim script looks at (it is called again while it trims a full scan)
+EPOCH_CHECK_S = 1.0  # the tailer compares the store's epoch and next seq with its own this often
 
-# KEYS: log, meta, producers. ARGV: ts, n_packets, n_producers, then per producer (id, expected or "",
-# new offset), then per packet (count, model id, quality, payload, scores or "").
+# KEYS: log, meta, producers. ARGV: ts, n_packets, n_producers, epoch ("": unchecked), the lowest next
+# seq the store may have, then per producer (id, expected or "", new offset), then per packet (count,
+# model id, quality, payload, scores or "").
 _APPEND = """
 local ts, np, nprod = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local i = 4
+if ARGV[4] ~= '' then
+  local meta = redis.call('HMGET', KEYS[2], 'epoch', 'next_seq')
+  local held, nxt = meta[1] or '', tonumber(meta[2] or '0')
+  if held ~= ARGV[4] or nxt < tonumber(ARGV[5]) then return {-2, held, nxt} end
+end
+local i = 6
 for k = 1, nprod do
   local expected = ARGV[i + 1]
   if expected ~= '' then
@@ -57,7 +75,7 @@ for k = 1, nprod do
   end
   i = i + 3
 end
-i = 4
+i = 6
 for k = 1, nprod do
   local new = tonumber(ARGV[i + 2])
   local cur = tonumber(redis.call('HGET', KEYS[3], ARGV[i]) or '0')
@@ -116,6 +134,66 @@ return {packets, frames, freed, keep}
 """
 
 
+# KEYS: meta, log, producers. ARGV: epoch, start seq, previous epoch, wipe ("1" or "").
+# Without wipe: writes the epoch only where none is held (two replicas creating it race safely).
+# With wipe (the operator's new epoch): replaces it and drops the channel's packets and offsets.
+_CREATE_EPOCH = """
+if ARGV[4] == '' and redis.call('HEXISTS', KEYS[1], 'epoch') == 1 then return 0 end
+if ARGV[4] ~= '' then
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('HDEL', KEYS[1], 'model_id')
+  redis.call('HSET', KEYS[1], 'bytes', 0, 'next_seq', ARGV[2])
+else
+  local cur = tonumber(redis.call('HGET', KEYS[1], 'next_seq') or '0')
+  if cur < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'next_seq', ARGV[2]) end
+end
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'epoch_start', ARGV[2], 'epoch_prev', ARGV[3])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Durability:
+    """Redis's persistence settings as CONFIG GET reports them (None: CONFIG GET was refused)."""
+
+    appendonly: str | None
+    appendfsync: str | None
+    save: str | None
+    refused: str = ""  # why CONFIG GET failed
+
+    @property
+    def volatile(self) -> bool:
+        """No append-only file and no RDB save point: a Redis restart loses every channel. Unknown
+        (CONFIG GET refused, as managed Redis services do) counts as volatile."""
+        return self.refused != "" or (self.appendonly != "yes" and not (self.save or "").strip())
+
+    def describe(self) -> str:
+        if self.refused:
+            return f"its persistence settings are unknown (CONFIG GET refused: {self.refused})"
+        aof = f"appendonly {self.appendonly}" + (f" (appendfsync {self.appendfsync})" if self.appendonly == "yes"
+                                                 else "")
+        return f"{aof}, save {self.save!r}"
+
+
+def durability(url: str, socket_timeout: float = 5.0) -> Durability:
+    """Read appendonly, appendfsync and save (StoreUnavailable when Redis cannot be reached)."""
+    import redis
+
+    r = redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
+    try:
+        got: dict[str, str] = {}
+        for key in ("appendonly", "appendfsync", "save"):
+            for k, v in r.config_get(key).items():
+                got[k.decode() if isinstance(k, bytes) else str(k)] = v.decode() if isinstance(v, bytes) else str(v)
+        return Durability(got.get("appendonly"), got.get("appendfsync"), got.get("save"))
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        raise _unavailable(e, "reading its persistence settings") from e
+    except redis.ResponseError as e:  # NOPERM, or CONFIG renamed away by a managed service
+        return Durability(None, None, None, refused=str(e).splitlines()[0] if str(e) else type(e).__name__)
+    finally:
+        r.close()
+
+
 def _unavailable(exc: Exception, what: str) -> StoreUnavailable:
     return StoreUnavailable(f"Redis store unreachable while {what}: {exc}")
 
@@ -139,6 +217,12 @@ class RedisStore:
                                             socket_connect_timeout=socket_timeout)
         self._append = self._r.register_script(_APPEND)
         self._trim = self._r.register_script(_TRIM)
+        self._create_epoch = self._r.register_script(_CREATE_EPOCH)
+        self._bound: EpochState | None = None
+        self._known_next = 0  # the highest next seq this replica has seen (its appends and the tail)
+        self._reset: StoreReset | None = None
+        self._on_reset: OnReset | None = None
+        self._reset_lock = threading.Lock()
         self._followers: list[OnCommit] = []
         self._tailer: threading.Thread | None = None
         self._stop = threading.Event()
@@ -192,13 +276,60 @@ class RedisStore:
                 f"name for the new bundle, or delete the keys {KEY_PREFIX}:{self.channel}:* to start it over)"
             )
 
+    # ------------------------------------------------------------------ epoch
+    @property
+    def epoch(self) -> str:
+        return self._bound.epoch if self._bound is not None else ""
+
+    def epoch_state(self) -> EpochState:
+        return self._call("reading the channel's epoch", self._epoch_state, self._r)
+
+    def _epoch_state(self, conn: Any) -> EpochState:
+        epoch, nxt, start, prev = conn.hmget(self.k_meta, "epoch", "next_seq", "epoch_start", "epoch_prev")
+        return EpochState(epoch.decode() if epoch else "", int(nxt or 0), int(start or 0),
+                          prev.decode() if prev else "")
+
+    def create_epoch(self, epoch: str, start_seq: int, previous: str = "", wipe: bool = False) -> EpochState:
+        self._call("writing the channel's epoch", self._create_epoch, [self.k_meta, self.k_log, self.k_prod],
+                   [epoch, int(start_seq), previous, "1" if wipe else ""])
+        return self.epoch_state()
+
+    def watch_reset(self, on_reset: OnReset) -> None:
+        self._on_reset = on_reset
+
+    def bind(self, state: EpochState, known_next_seq: int) -> None:
+        self._bound = state
+        self._known_next = max(self._known_next, known_next_seq, state.next_seq)
+        if self._tailer is None:
+            self._tail_next = state.next_seq
+
+    @property
+    def reset(self) -> StoreReset | None:
+        """The reset this store noticed (it then refuses appends), or None."""
+        return self._reset
+
+    def _fail(self, found: EpochState, what: str = "") -> StoreReset:
+        """Remember the reset (once), log it, and tell the channel."""
+        with self._reset_lock:
+            if self._reset is not None:
+                return self._reset
+            assert self._bound is not None
+            self._reset = StoreReset(self.channel, self.url, self._bound.epoch, found, self._known_next - 1, what)
+        log.error("%s", self._reset)
+        self._count_error("reset")
+        if self._on_reset is not None:
+            self._on_reset(self._reset)
+        return self._reset
+
     # ------------------------------------------------------------------ writes
     def append(self, packets: list[PendingPacket], producer_offsets: dict[str, int] | None = None,
                expected_offsets: dict[str, int] | None = None, ts: float | None = None) -> list[StoredPacket]:
+        if self._reset is not None:
+            raise self._reset
         ts = time.time() if ts is None else ts
         offsets = producer_offsets or {}
         expected = expected_offsets or {}
-        args: list[Any] = [repr(ts), len(packets), len(offsets)]
+        args: list[Any] = [repr(ts), len(packets), len(offsets), self.epoch, self._known_next]
         for pid, new in offsets.items():
             args += [pid, str(expected[pid]) if pid in expected else "", int(new)]
         blobs = []
@@ -209,11 +340,15 @@ class RedisStore:
             blobs.append(blob)
             args += [p.count, p.model_id, p.quality, p.payload, blob or b""]
         reply = self._call("appending", self._append, [self.k_log, self.k_meta, self.k_prod], args)
+        if int(reply[0]) == -2:
+            raise self._fail(EpochState(reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1]),
+                                        int(reply[2])))
         if int(reply[0]) < 0:
             pid = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
             raise OffsetConflict(f"producer {pid} is at offset {int(reply[2])} in {self.url}, not "
                                  f"{expected.get(pid)}: another replica committed for it")
         seq = int(reply[0])
+        self._known_next = max(self._known_next, int(reply[1]))
         stored = []
         for p, blob in zip(packets, blobs):
             stored.append(StoredPacket(seq, p.count, ts, p.model_id, p.quality, p.payload, unpack_scores(blob)))
@@ -221,6 +356,8 @@ class RedisStore:
         return stored
 
     def trim(self, now: float | None = None) -> list[TrimReport]:
+        if self._reset is not None:  # what the store holds now is not this replica's channel
+            return []
         now = time.time() if now is None else now
         pol = self.policy
         cutoff = now - pol.max_age_s if pol.max_age_s > 0 else -1
@@ -260,11 +397,18 @@ class RedisStore:
             self._tailer.start()
 
     def _tail(self) -> None:
-        last = f"{self._tail_next - 1}-1" if self._tail_next else "0-0"
+        expect = self._tail_next  # the seq the next entry must start at: seqs are dense
+        last = f"{expect - 1}-1" if expect else "0-0"
         attempt = 0
-        while not self._stop.is_set():
+        checked = time.monotonic()
+        while not self._stop.is_set() and self._reset is None:
             try:
                 got = self._tail_r.xread({self.k_log: last}, count=TAIL_BATCH, block=TAIL_BLOCK_MS)
+                recovered = self._down_since is not None
+                if recovered or time.monotonic() - checked >= EPOCH_CHECK_S:
+                    checked = time.monotonic()
+                    if self._reset_found():
+                        return
             except (self._redis_mod.ConnectionError, self._redis_mod.TimeoutError) as e:
                 if self._stop.is_set():
                     return
@@ -282,9 +426,26 @@ class RedisStore:
             if not got:
                 continue
             packets = [_packet(eid, fields) for eid, fields in got[0][1]]
-            last = got[0][1][-1][0]
+            if self._bound is not None and packets[0].first_seq != expect:  # a gap: not the log this replica read
+                self._fail(EpochState(self.epoch, packets[-1].end_seq),
+                           f"a log that goes on at seq {packets[0].first_seq} where seq {expect} was next")
+                return
+            last, expect = got[0][1][-1][0], packets[-1].end_seq
+            self._known_next = max(self._known_next, expect)
             for follower in self._followers:
                 follower(packets)
+
+    def _reset_found(self) -> bool:
+        """Compare the store's epoch and next seq with what this replica knows (the known seq is read
+        first: an append committed meanwhile only raises the store's)."""
+        if self._bound is None:
+            return False
+        floor = self._known_next
+        found = self._epoch_state(self._tail_r)
+        if found.epoch != self._bound.epoch or found.next_seq < floor:
+            self._fail(found)
+            return True
+        return False
 
     def close(self) -> None:
         self._stop.set()
