@@ -34,6 +34,7 @@ from .channels import Channel, ModelEntry
 from .config import BatchPolicy, ChannelSpec, ConfigError, Limits, ServerConfig, with_channel_options
 from .epoch import EpochRecord, RecordKeeper, settle
 from .metrics import Metrics
+from .redis_store import display_url
 from .sqlite_store import SqliteStore
 from .store import ChannelMismatch, ChannelStore, RetentionPolicy, StoreReset, StoreUnavailable
 from .service import SERVICE_NAME, LatentwireService
@@ -105,7 +106,7 @@ class LatentwireServer:
             threshold = _threshold(spec, codec)
             store = self._open_store(spec.name, data)
             self._stores.append(store)
-            where = config.store or str(data / f"{spec.name}.sqlite3")
+            where = display_url(config.store) if config.store else str(data / f"{spec.name}.sqlite3")
             try:
                 record = EpochRecord.load(data, spec.name)
                 state = settle(store, spec.name, where, record, spec.name in config.new_epoch)
@@ -127,24 +128,25 @@ class LatentwireServer:
                      "resuming at seq %d (%d bytes retained)", spec.name, model.model_id[:12],
                      model.manifest.name or "?", "default" if spec.quality is None else spec.quality,
                      "on" if spec.fallback else "off", "none" if threshold is None else f"{threshold:.6g}",
-                     config.store or "sqlite", state.epoch, ch.next_seq, store.size_bytes)
+                     display_url(config.store) or "sqlite", state.epoch, ch.next_seq, store.size_bytes)
 
     def _check_durability(self, config: ServerConfig) -> None:
         """A Redis that keeps nothing across a restart is refused unless the operator says so."""
         from .redis_store import durability
 
+        url = display_url(config.store)
         try:
             d = durability(config.store)
         except StoreUnavailable as e:
-            raise ConfigError(f"{e} (is redis-server running at {config.store}?)") from None
+            raise ConfigError(f"{e} (is redis-server running at {url}?)") from None
         if not d.volatile:
-            log.info("Redis store %s: %s", config.store, d.describe())
+            log.info("Redis store %s: %s", url, d.describe())
         elif config.allow_volatile_store:
             log.warning("Redis store %s is volatile (%s): a Redis restart or failover loses the channels; each "
                         "replica then stops serving them with DATA_LOSS until --new-epoch (--allow-volatile-store "
-                        "given)", config.store, d.describe())
+                        "given)", url, d.describe())
         else:
-            raise ConfigError(f"--store {config.store}: Redis is volatile, {d.describe()}: a restart would lose every "
+            raise ConfigError(f"--store {url}: Redis is volatile, {d.describe()}: a restart would lose every "
                               "channel; turn on appendonly (or RDB save points), or pass --allow-volatile-store to "
                               "run on it anyway (server/README.md, Redis persistence)")
 

@@ -194,6 +194,17 @@ def durability(url: str, socket_timeout: float = 5.0) -> Durability:
         r.close()
 
 
+def display_url(url: str) -> str:
+    """The store URL for messages, logs and epoch records: its password (redis://user:PASSWORD@...) hidden."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
 def _unavailable(exc: Exception, what: str) -> StoreUnavailable:
     return StoreUnavailable(f"Redis store unreachable while {what}: {exc}")
 
@@ -314,7 +325,8 @@ class RedisStore:
             if self._reset is not None:
                 return self._reset
             assert self._bound is not None
-            self._reset = StoreReset(self.channel, self.url, self._bound.epoch, found, self._known_next - 1, what)
+            self._reset = StoreReset(self.channel, display_url(self.url), self._bound.epoch, found,
+                                     self._known_next - 1, what)
         log.error("%s", self._reset)
         self._count_error("reset")
         if self._on_reset is not None:
