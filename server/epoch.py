@@ -131,6 +131,7 @@ class RecordKeeper:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._failing: set[str] = set()  # channels whose last write failed (logged once per state change)
 
     def add(self, record: EpochRecord, next_seq: Callable[[], int]) -> None:
         record.save(self.data_dir)
@@ -149,9 +150,16 @@ class RecordKeeper:
                 rec = EpochRecord(rec.channel, rec.epoch, seq, rec.store)
                 try:
                     rec.save(self.data_dir)
-                except OSError as e:  # retried on the next tick; the log says why once per failure
-                    log.warning("channel %s: cannot write its epoch record in %s: %s", name, self.data_dir, e)
+                except OSError as e:  # retried on the next tick; logged when it starts and stops failing
+                    if name not in self._failing:
+                        self._failing.add(name)
+                        log.warning("channel %s: cannot write its epoch record in %s (%s); retrying: until it "
+                                    "succeeds, --new-epoch after a reset relies on the last record written",
+                                    name, self.data_dir, e.strerror or e)
                     continue
+                if name in self._failing:
+                    self._failing.discard(name)
+                    log.info("channel %s: epoch record written again (next seq %d)", name, seq)
                 with self._lock:
                     self._channels[name] = (rec, next_seq)
 

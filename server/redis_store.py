@@ -301,6 +301,8 @@ class RedisStore:
                           prev.decode() if prev else "")
 
     def create_epoch(self, epoch: str, start_seq: int, previous: str = "", wipe: bool = False) -> EpochState:
+        if not epoch:
+            raise ValueError("an epoch id must not be empty (empty means: the store holds none)")
         self._call("writing the channel's epoch", self._create_epoch, [self.k_meta, self.k_log, self.k_prod],
                    [epoch, int(start_seq), previous, "1" if wipe else ""])
         return self.epoch_state()

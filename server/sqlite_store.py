@@ -133,6 +133,8 @@ class SqliteStore:
                           meta.get("epoch_prev", ""))
 
     def create_epoch(self, epoch: str, start_seq: int, previous: str = "", wipe: bool = False) -> EpochState:
+        if not epoch:
+            raise ValueError("an epoch id must not be empty (empty means: the store holds none)")
         with self._lock:
             if not wipe and self.epoch_state().epoch:
                 return self.epoch_state()
