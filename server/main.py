@@ -34,7 +34,7 @@ from .channels import Channel, ModelEntry
 from .config import BatchPolicy, ChannelSpec, ConfigError, Limits, ServerConfig, with_channel_options
 from .epoch import EpochRecord, RecordKeeper, settle
 from .metrics import Metrics
-from .redis_store import display_url
+from .redis_settings import display_url
 from .sqlite_store import SqliteStore
 from .store import ChannelMismatch, ChannelStore, RetentionPolicy, StoreReset, StoreUnavailable
 from .service import SERVICE_NAME, LatentwireService
@@ -132,7 +132,7 @@ class LatentwireServer:
 
     def _check_durability(self, config: ServerConfig) -> None:
         """A Redis that keeps nothing across a restart is refused unless the operator says so."""
-        from .redis_store import durability
+        from .redis_settings import durability
 
         url = display_url(config.store)
         try:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from .store import (
@@ -47,6 +46,7 @@ from .store import (
     pack_scores,
     unpack_scores,
 )
+from .redis_settings import display_url
 
 log = logging.getLogger("latentwire.server.store")
 
@@ -150,59 +150,6 @@ end
 redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'epoch_start', ARGV[2], 'epoch_prev', ARGV[3])
 return 1
 """
-
-
-@dataclass(frozen=True)
-class Durability:
-    """Redis's persistence settings as CONFIG GET reports them (None: CONFIG GET was refused)."""
-
-    appendonly: str | None
-    appendfsync: str | None
-    save: str | None
-    refused: str = ""  # why CONFIG GET failed
-
-    @property
-    def volatile(self) -> bool:
-        """No append-only file and no RDB save point: a Redis restart loses every channel. Unknown
-        (CONFIG GET refused, as managed Redis services do) counts as volatile."""
-        return self.refused != "" or (self.appendonly != "yes" and not (self.save or "").strip())
-
-    def describe(self) -> str:
-        if self.refused:
-            return f"its persistence settings are unknown (CONFIG GET refused: {self.refused})"
-        aof = f"appendonly {self.appendonly}" + (f" (appendfsync {self.appendfsync})" if self.appendonly == "yes"
-                                                 else "")
-        return f"{aof}, save {self.save!r}"
-
-
-def durability(url: str, socket_timeout: float = 5.0) -> Durability:
-    """Read appendonly, appendfsync and save (StoreUnavailable when Redis cannot be reached)."""
-    import redis
-
-    r = redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
-    try:
-        got: dict[str, str] = {}
-        for key in ("appendonly", "appendfsync", "save"):
-            for k, v in r.config_get(key).items():
-                got[k.decode() if isinstance(k, bytes) else str(k)] = v.decode() if isinstance(v, bytes) else str(v)
-        return Durability(got.get("appendonly"), got.get("appendfsync"), got.get("save"))
-    except (redis.ConnectionError, redis.TimeoutError) as e:
-        raise _unavailable(e, "reading its persistence settings") from e
-    except redis.ResponseError as e:  # NOPERM, or CONFIG renamed away by a managed service
-        return Durability(None, None, None, refused=str(e).splitlines()[0] if str(e) else type(e).__name__)
-    finally:
-        r.close()
-
-
-def display_url(url: str) -> str:
-    """The store URL for messages, logs and epoch records: its password (redis://user:PASSWORD@...) hidden."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def _unavailable(exc: Exception, what: str) -> StoreUnavailable:
@@ -423,6 +370,8 @@ class RedisStore:
                     checked = time.monotonic()
                     if self._reset_found():
                         return
+                if got and self._bound is not None and self._gap(expect, _seq(got[0][1][0][0])):
+                    return
             except (self._redis_mod.ConnectionError, self._redis_mod.TimeoutError) as e:
                 if self._stop.is_set():
                     return
@@ -440,14 +389,24 @@ class RedisStore:
             if not got:
                 continue
             packets = [_packet(eid, fields) for eid, fields in got[0][1]]
-            if self._bound is not None and packets[0].first_seq != expect:  # a gap: not the log this replica read
-                self._fail(EpochState(self.epoch, packets[-1].end_seq),
-                           f"a log that goes on at seq {packets[0].first_seq} where seq {expect} was next")
-                return
             last, expect = got[0][1][-1][0], packets[-1].end_seq
             self._known_next = max(self._known_next, expect)
             for follower in self._followers:
                 follower(packets)
+
+    def _gap(self, expect: int, first: int) -> bool:
+        """Whether the stream going on at `first` where `expect` was next is a reset (reported). Seqs are
+        dense, so a gap is either retention (the entries from `expect` on were trimmed before this
+        tailer read them: the head is past it) or a log this replica never read."""
+        if first == expect:
+            return False
+        if self._reset_found():
+            return True
+        head = self._tail_r.xrange(self.k_log, "-", "+", count=1)
+        if head and _seq(head[0][0]) > expect:
+            return False
+        self._fail(self._epoch_state(self._tail_r), f"a log that goes on at seq {first} where seq {expect} was next")
+        return True
 
     def _reset_found(self) -> bool:
         """Compare the store's epoch and next seq with what this replica knows (the known seq is read

@@ -258,3 +258,37 @@ def test_a_bound_redis_store_refuses_appends_and_its_tail_notices_a_flush(redis_
     finally:
         a.close()
         b.close()
+
+
+def test_a_tail_behind_retention_is_no_reset_but_a_log_rolled_back_is(redis_server) -> None:
+    """Seqs are dense, so the tailer takes a stream that does not go on where it stopped for a reset,
+    unless retention trimmed the entries it had not read yet (the head is past them)."""
+    import redis
+    from latentwire.server.epoch import settle
+    from latentwire.server.redis_store import RedisStore
+
+    a = RedisStore(redis_server.url, "digits", RetentionPolicy(max_bytes=0, max_age_s=0, max_frames=6))
+    b = RedisStore(redis_server.url, "digits")
+    try:
+        state = settle(a, "digits", redis_server.url, None, new_epoch=False)
+        a.bind(state, 0)
+        b.bind(state, 0)
+        a.append([_pkt(2, tag=i) for i in range(5)])
+        a.trim()  # b's tailer has not started: the entries it would read first are gone
+        seen: list[StoredPacket] = []
+        b.follow(seen.extend)
+        _wait(lambda: sum(p.count for p in seen) == 6)
+        assert [p.first_seq for p in seen] == [4, 6, 8] and b.reset is None
+        # the store goes back (a lagging copy: same epoch, next seq 0) and a replica that knows no better
+        # appends 3-frame packets: b must not deliver them as if they followed seq 9
+        r = redis.Redis.from_url(redis_server.url)
+        r.delete(b.k_log)
+        r.hset(b.k_meta, "next_seq", 0)
+        other = RedisStore(redis_server.url, "digits")
+        other.append([_pkt(3) for _ in range(5)])
+        other.close()
+        _wait(lambda: b.reset is not None, timeout=5)
+        assert b.reset.last_seq == 9 and [p.first_seq for p in seen] == [4, 6, 8]
+    finally:
+        a.close()
+        b.close()
