@@ -180,22 +180,23 @@ class Client:
     def subscribe_batches(self, channel: str, from_seq: FromSeq = None, *, idle_timeout: float | None = None,
                           max_backoff: float = 5.0, max_retries: int | None = None,
                           stop: threading.Event | None = None, cache_dir: str | Path | None = None,
-                          denoise: bool = False, compact: bool = True) -> Iterator[FrameBatch]:
+                          denoise: bool = False, compact: bool = True, epoch: str = "") -> Iterator[FrameBatch]:
         """Decoded frames, one FrameBatch per Subscribe response (each frame exactly once, in seq
-        order, same resume rules as subscribe_packets): the fast path for receivers that keep up."""
-        opts = StreamOptions(idle_timeout, max_backoff, max_retries, stop, compact)
+        order, same resume and epoch rules as subscribe_packets): the fast path for receivers that keep up."""
+        opts = StreamOptions(idle_timeout, max_backoff, max_retries, stop, compact, epoch)
         return self._subscriber.batches(channel, self._start(channel, from_seq), opts, cache_dir, denoise)
 
     def subscribe(self, channel: str, from_seq: FromSeq = None, *, idle_timeout: float | None = None,
                   max_backoff: float = 5.0, max_retries: int | None = None, cache_dir: str | Path | None = None,
-                  denoise: bool = False, compact: bool = True) -> Iterator[Frame]:
+                  denoise: bool = False, compact: bool = True, epoch: str = "") -> Iterator[Frame]:
         """Decoded frames of a channel, each exactly once and in seq order (see subscribe_packets).
 
         Each Frame says which path it took (latent, residual, lossless fallback) and carries the
         server's anomaly score when the server coded it. denoise=True: frames that came through a
         residual or lossless packet are replaced by the model's latent-only reconstruction
-        (Codec.denoise; it runs the bundle's encoder.onnx here); latent frames already are that."""
-        opts = StreamOptions(idle_timeout, max_backoff, max_retries, None, compact)
+        (Codec.denoise; it runs the bundle's encoder.onnx here); latent frames already are that. epoch:
+        as in subscribe_packets (ChannelReset when the channel is no longer at that epoch)."""
+        opts = StreamOptions(idle_timeout, max_backoff, max_retries, None, compact, epoch)
         return self._subscriber.frames(channel, self._start(channel, from_seq), opts, cache_dir, denoise)
 
     # ------------------------------------------------------------------ publish

@@ -145,7 +145,8 @@ class ServerConfig:
     def from_json(cls, path: str | Path) -> "ServerConfig":
         """Keys mirror the dataclass: {"listen", "data_dir", "channels": [{"name","bundle","quality",
         "fallback","anomaly_threshold","scores"}] or ["NAME=DIR:q"], "tokens_file", "tls_cert", "tls_key", "metrics_port", "fsync",
-        "store", "retention": {"max_bytes","max_age_s","max_frames"}, "limits": {...}, "batch": {...}}. Relative paths
+        "store", "allow_volatile_store", "new_epoch": ["CHANNEL"], "retention": {"max_bytes","max_age_s","max_frames"},
+        "limits": {...}, "batch": {...}}. Relative paths
         are resolved against the config file's folder."""
         path = Path(path)
         try:
@@ -181,7 +182,7 @@ class ServerConfig:
             elif k == "batch":
                 kw[k] = _sub(BatchPolicy, v, k)
             elif k == "new_epoch":
-                kw[k] = tuple(v)
+                kw[k] = (v,) if isinstance(v, str) else tuple(v)
             elif k in ("tokens_file", "tls_cert", "tls_key", "data_dir") and v is not None:
                 kw[k] = str(_resolve(v, base))
             else:

@@ -116,8 +116,7 @@ class LatentwireServer:
             known = record.next_seq if record is not None and record.epoch == state.epoch else 0
             store.bind(state, known)
             ch = Channel(spec.name, model, store, spec.quality, fallback=spec.fallback, anomaly_threshold=threshold)
-            self.records.add(EpochRecord(spec.name, state.epoch, max(known, ch.next_seq), where),
-                             lambda ch=ch: ch.next_seq)
+            self.records.add(EpochRecord(spec.name, state.epoch, max(known, ch.next_seq), where), _next_seq_of(ch))
             ch.batcher = Batcher(
                 spec.name, store, _encoder(codec, spec.fallback, threshold, spec.scored), model.model_id,
                 codec.default_quality if spec.quality is None else spec.quality,
@@ -276,6 +275,10 @@ def port_taken(listen: str) -> bool:
     except OSError as e:
         return e.errno == errno.EADDRINUSE
     return False
+
+
+def _next_seq_of(ch: Channel) -> Callable[[], int]:
+    return lambda: ch.next_seq
 
 
 def _threshold(spec: ChannelSpec, codec: Codec) -> float | None:

@@ -334,11 +334,12 @@ class LatentwireService(pb_grpc.LatentwireServicer):
         who = self._check(context, "subscribe", ch.name)
         self._reset(context, ch)
         if request.epoch and request.epoch != ch.epoch:
+            at = f" (seq {request.from_seq})" if request.HasField("from_seq") else ""
             context.abort(grpc.StatusCode.DATA_LOSS,
-                          f"channel {ch.name!r} is at epoch {ch.epoch} (next seq {ch.next_seq}), not epoch {request.epoch} that this subscriber's position"
-                          f"{f' (seq {request.from_seq})' if request.HasField('from_seq') else ''} belongs to: the "
-                          "store was reset and the frames after that position are lost; subscribe without the old "
-                          "position (and epoch) to go on")
+                          f"channel {ch.name!r} is at epoch {ch.epoch} (next seq {ch.next_seq}), not epoch "
+                          f"{request.epoch} that this subscriber's position{at} belongs to: the store was reset and "
+                          "the frames after that position are lost; subscribe without the old position (and epoch) "
+                          "to go on")
         try:
             next_seq, first_seq = ch.store.next_seq, ch.store.first_seq
         except StoreUnavailable as e:

@@ -38,12 +38,13 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path):
         else:
             from latentwire.server.redis_store import RedisStore
 
-            s = RedisStore(make.redis_url, "digits", policy)  # type: ignore[attr-defined]
+            s = RedisStore(redis_url, "digits", policy)
         made.append(s)
         return s
 
     make.kind = request.param  # type: ignore[attr-defined]
-    make.redis_url = request.getfixturevalue("redis_server").url if request.param == "redis" else ""  # type: ignore[attr-defined]
+    redis_url = request.getfixturevalue("redis_server").url if request.param == "redis" else ""
+    make.redis_url = redis_url  # type: ignore[attr-defined]
     yield make
     for s in made:
         s.close()
