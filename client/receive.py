@@ -29,6 +29,7 @@ import numpy as np
 
 from .client import Client
 from .daemon import add_connection_args, install_stop, make_client, one_line, setup_logging
+from .errors import ChannelReset
 from .state import atomic_write_bytes, load_state, save_state
 
 log = logging.getLogger("latentwire.receive")
@@ -174,7 +175,11 @@ def _receive(args: argparse.Namespace) -> int:
         if r.until_seq is not None and r.state.get("next_seq", -1) >= r.until_seq:
             return 0
         client.channel(args.channel)  # an unknown channel is a one-line error, not a silent wait
-        return r.run(from_seq)
+        try:
+            return r.run(from_seq)
+        except ChannelReset as e:  # the line says how to go on once the operator started a new epoch
+            raise ChannelReset(e.channel, f"{e.details}; once the channel goes on (--new-epoch), move the state "
+                                          f"file {args.state} aside to receive its new frames", e.last_seq) from None
     finally:
         client.close()
 

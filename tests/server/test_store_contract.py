@@ -293,3 +293,19 @@ def test_a_tail_behind_retention_is_no_reset_but_a_log_rolled_back_is(redis_serv
     finally:
         a.close()
         b.close()
+
+
+def test_a_channel_from_before_epochs_keeps_its_seqs(make_store, tmp_path: Path) -> None:
+    """A log written before channels had epochs (no epoch in the store, no record in the data dir) is
+    adopted as it is: the epoch is created at its next seq, nothing is dropped."""
+    from latentwire.server.epoch import settle
+
+    store = make_store()
+    store.append([_pkt(3), _pkt(4)], {"cam": 7})
+    assert store.epoch_state().epoch == ""
+    state = settle(store, "digits", "here", None, new_epoch=False)
+    assert state.epoch and state.next_seq == state.start_seq == 7 and state.previous == ""
+    store.bind(state, 0)
+    assert [p.first_seq for p in store.append([_pkt(1)])] == [7]
+    assert [p.first_seq for p in store.read_from(0)] == [0, 3, 7] and store.producer_next_offset("cam") == 7
+    assert settle(make_store(), "digits", "here", None, new_epoch=False).epoch == state.epoch  # written once
