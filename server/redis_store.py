@@ -19,9 +19,11 @@ subscribers reconnect); the tailer logs the outage once, counts it, and retries 
 
 Redis reset (flushed, restarted without persistence, failed over): once bound to an epoch, the
 append script checks it and the store's next seq in the same atomic step (nothing is written when
-either is off), and the tailer checks them every EPOCH_CHECK_S, after every outage, and whenever
-the stream does not continue where the last entry ended; the first to notice raises or reports
-StoreReset and the store refuses everything afterwards.
+either is off), and the tailer checks them with every XREAD (an HMGET pipelined behind it: Redis
+answers it the moment the XREAD returns, so a batch is checked before it reaches the channel at no
+extra round trip, and an idle tailer checks once per TAIL_BLOCK_MS) and whenever the stream does not
+continue where the last entry ended; the first to notice raises or reports StoreReset and the store
+refuses everything afterwards.
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ KEY_PREFIX = "latentwire"
 TAIL_BLOCK_MS = 1000  # one blocking XREAD waits this long before it looks again
 TAIL_BATCH = 256  # entries per XREAD
 TRIM_SCAN = 512  # entries one trim script looks at (it is called again while it trims a full scan)
-EPOCH_CHECK_S = 1.0  # the tailer compares the store's epoch and next seq with its own this often
 
 # KEYS: log, meta, producers. ARGV: ts, n_packets, n_producers, epoch ("": unchecked), the lowest next
 # seq the store may have, then per producer (id, expected or "", new offset), then per packet (count,
@@ -243,9 +244,7 @@ class RedisStore:
         return self._call("reading the channel's epoch", self._epoch_state, self._r)
 
     def _epoch_state(self, conn: Any) -> EpochState:
-        epoch, nxt, start, prev = conn.hmget(self.k_meta, "epoch", "next_seq", "epoch_start", "epoch_prev")
-        return EpochState(epoch.decode() if epoch else "", int(nxt or 0), int(start or 0),
-                          prev.decode() if prev else "")
+        return _state(conn.hmget(self.k_meta, *_EPOCH_FIELDS))
 
     def create_epoch(self, epoch: str, start_seq: int, previous: str = "", wipe: bool = False) -> EpochState:
         if not epoch:
@@ -361,15 +360,15 @@ class RedisStore:
         expect = self._tail_next  # the seq the next entry must start at: seqs are dense
         last = f"{expect - 1}-1" if expect else "0-0"
         attempt = 0
-        checked = time.monotonic()
         while not self._stop.is_set() and self._reset is None:
             try:
-                got = self._tail_r.xread({self.k_log: last}, count=TAIL_BATCH, block=TAIL_BLOCK_MS)
-                recovered = self._down_since is not None
-                if recovered or time.monotonic() - checked >= EPOCH_CHECK_S:
-                    checked = time.monotonic()
-                    if self._reset_found():
-                        return
+                floor = self._known_next  # read first: an append committed meanwhile only raises the store's
+                pipe = self._tail_r.pipeline(transaction=False)
+                pipe.xread({self.k_log: last}, count=TAIL_BATCH, block=TAIL_BLOCK_MS)
+                pipe.hmget(self.k_meta, *_EPOCH_FIELDS)  # answered as soon as the XREAD returns
+                got, meta = pipe.execute()
+                if self._reset_in(_state(meta), floor):  # before a batch reaches the channel
+                    return
                 if got and self._bound is not None and self._gap(expect, _seq(got[0][1][0][0])):
                     return
             except (self._redis_mod.ConnectionError, self._redis_mod.TimeoutError) as e:
@@ -409,12 +408,14 @@ class RedisStore:
         return True
 
     def _reset_found(self) -> bool:
-        """Compare the store's epoch and next seq with what this replica knows (the known seq is read
-        first: an append committed meanwhile only raises the store's)."""
+        floor = self._known_next
+        return self._reset_in(self._epoch_state(self._tail_r), floor)
+
+    def _reset_in(self, found: EpochState, floor: int) -> bool:
+        """Whether what the store holds is a reset against the bound epoch and the seqs this replica
+        had seen (floor, read before the store was asked); reported when it is."""
         if self._bound is None:
             return False
-        floor = self._known_next
-        found = self._epoch_state(self._tail_r)
         if found.epoch != self._bound.epoch or found.next_seq < floor:
             self._fail(found)
             return True
@@ -426,6 +427,15 @@ class RedisStore:
             self._tailer.join(timeout=TAIL_BLOCK_MS / 1000 + 2)
         self._r.close()
         self._tail_r.close()
+
+
+_EPOCH_FIELDS = ("epoch", "next_seq", "epoch_start", "epoch_prev")
+
+
+def _state(values: list[Any]) -> EpochState:
+    """An EpochState from HMGET meta _EPOCH_FIELDS."""
+    epoch, nxt, start, prev = values
+    return EpochState(epoch.decode() if epoch else "", int(nxt or 0), int(start or 0), prev.decode() if prev else "")
 
 
 def _seq(entry_id: bytes | str) -> int:
