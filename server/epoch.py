@@ -36,9 +36,9 @@ from .store import ChannelStore, EpochState, StoreReset
 log = logging.getLogger("latentwire.server.epoch")
 
 # Seqs a new epoch leaves between the highest next seq known and its first seq. Why 2^30: the
-# record lags the channel by at most RECORD_EVERY_S of commits (and a kill -9 loses no page-cache
-# write), i.e. far fewer than 2^30 frames at any rate one server reaches (BENCHMARKS.md: ~10^5
-# frames/s), while 2^30 per reset leaves 2^23 resets below 2^53 (the Lua script's exact integers).
+# record (fsynced) lags the channel by at most RECORD_EVERY_S of commits, far fewer than 2^30
+# frames at any rate one server reaches (BENCHMARKS.md: ~10^4-10^5 frames/s), while 2^30 per reset
+# leaves 2^23 resets below 2^53 (the Lua script's exact integers).
 EPOCH_GAP = 1 << 30
 RECORD_EVERY_S = 0.25
 RECORD_SUFFIX = ".epoch.json"
