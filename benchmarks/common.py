@@ -67,12 +67,15 @@ def free_port() -> int:
 
 @dataclass
 class RedisServer:
-    """One redis-server process on a free loopback port. persist=True: an append-only file fsynced
-    on every write in dir, so a restart on the same port and dir keeps every acknowledged write."""
+    """One redis-server process on a free loopback port. persist=True: an append-only file in dir,
+    fsynced on every write (appendfsync "always"; "everysec" fsyncs once a second), so a restart on
+    the same port and dir keeps every acknowledged write (everysec: all but a crash's last second).
+    Without it the server is volatile: `latentwire serve` refuses it unless --allow-volatile-store."""
 
     dir: Path
     persist: bool = False
     port: int = 0
+    appendfsync: str = "always"
     proc: subprocess.Popen | None = None
 
     @property
@@ -87,7 +90,7 @@ class RedisServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
                 "--protected-mode", "no", "--daemonize", "no", "--logfile", str(self.dir / "redis.log")]
-        args += ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]
+        args += ["--appendonly", "yes", "--appendfsync", self.appendfsync] if self.persist else ["--appendonly", "no"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while True:

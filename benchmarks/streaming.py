@@ -334,8 +334,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                     redis = RedisServer(Path(tempfile.mkdtemp(prefix="latentwire-bench-redis-"))).start()
                 replicas = int(setup.split("-x", 1)[1]) if "-x" in setup else 1
-                # each setup its own channels: prefix the Redis keys by giving each a DB of its own
-                extra += ["--store", f"redis://127.0.0.1:{redis.port}/{len(benches)}"]
+                # each setup its own channels: prefix the Redis keys by giving each a DB of its own. The
+                # Redis is volatile on purpose (figures comparable with earlier runs; the run's data is
+                # thrown away), which the server refuses without the flag
+                extra += ["--store", f"redis://127.0.0.1:{redis.port}/{len(benches)}", "--allow-volatile-store"]
             elif setup != "sqlite":
                 raise SystemExit(f"--stores: unknown setup {setup!r} (sqlite, redis, redis-xN)")
             benches[setup] = Bench(bundle, modes, max(subs), extra, replicas)

@@ -5,7 +5,7 @@ latentwire.v1 stubs; never latentwire.server.
 """
 
 from .client import Client
-from .errors import ClientError, ConnectError, PublishAborted
+from .errors import ChannelReset, ClientError, ConnectError, PublishAborted
 from .types import (
     ChannelInfo,
     Frame,
@@ -22,6 +22,7 @@ from .types import (
 
 __all__ = [
     "ChannelInfo",
+    "ChannelReset",
     "Client",
     "ClientError",
     "ConnectError",

@@ -164,35 +164,39 @@ class Client:
 
     def subscribe_packets(self, channel: str, from_seq: FromSeq = None, *, idle_timeout: float | None = None,
                           max_backoff: float = 5.0, max_retries: int | None = None,
-                          stop: threading.Event | None = None, compact: bool = True) -> Iterator[Packet]:
+                          stop: threading.Event | None = None, compact: bool = True,
+                          epoch: str = "") -> Iterator[Packet]:
         """Coded packets of a channel, resuming after a failure at the end of the last packet
         yielded. from_seq: None (oldest retained), an int, or "latest" (resolved when this is
         called). idle_timeout: stop after this many seconds without data. stop: an Event that
         ends the iteration promptly when set (signal handlers). compact: one-frame packets travel as
         compact stream frames (codec/FORMAT.md) and are expanded here: the packets yielded are always
-        the full packets the sender encoded."""
-        opts = StreamOptions(idle_timeout, max_backoff, max_retries, stop, compact)
+        the full packets the sender encoded. epoch: the epoch an int from_seq belongs to (Packet.epoch,
+        saved with the position): if the channel has another one now (its store was reset), the
+        iteration raises ChannelReset instead of handing out frames of another incarnation."""
+        opts = StreamOptions(idle_timeout, max_backoff, max_retries, stop, compact, epoch)
         return self._subscriber.packets(channel, self._start(channel, from_seq), opts)
 
     def subscribe_batches(self, channel: str, from_seq: FromSeq = None, *, idle_timeout: float | None = None,
                           max_backoff: float = 5.0, max_retries: int | None = None,
                           stop: threading.Event | None = None, cache_dir: str | Path | None = None,
-                          denoise: bool = False, compact: bool = True) -> Iterator[FrameBatch]:
+                          denoise: bool = False, compact: bool = True, epoch: str = "") -> Iterator[FrameBatch]:
         """Decoded frames, one FrameBatch per Subscribe response (each frame exactly once, in seq
-        order, same resume rules as subscribe_packets): the fast path for receivers that keep up."""
-        opts = StreamOptions(idle_timeout, max_backoff, max_retries, stop, compact)
+        order, same resume and epoch rules as subscribe_packets): the fast path for receivers that keep up."""
+        opts = StreamOptions(idle_timeout, max_backoff, max_retries, stop, compact, epoch)
         return self._subscriber.batches(channel, self._start(channel, from_seq), opts, cache_dir, denoise)
 
     def subscribe(self, channel: str, from_seq: FromSeq = None, *, idle_timeout: float | None = None,
                   max_backoff: float = 5.0, max_retries: int | None = None, cache_dir: str | Path | None = None,
-                  denoise: bool = False, compact: bool = True) -> Iterator[Frame]:
+                  denoise: bool = False, compact: bool = True, epoch: str = "") -> Iterator[Frame]:
         """Decoded frames of a channel, each exactly once and in seq order (see subscribe_packets).
 
         Each Frame says which path it took (latent, residual, lossless fallback) and carries the
         server's anomaly score when the server coded it. denoise=True: frames that came through a
         residual or lossless packet are replaced by the model's latent-only reconstruction
-        (Codec.denoise; it runs the bundle's encoder.onnx here); latent frames already are that."""
-        opts = StreamOptions(idle_timeout, max_backoff, max_retries, None, compact)
+        (Codec.denoise; it runs the bundle's encoder.onnx here); latent frames already are that. epoch:
+        as in subscribe_packets (ChannelReset when the channel is no longer at that epoch)."""
+        opts = StreamOptions(idle_timeout, max_backoff, max_retries, None, compact, epoch)
         return self._subscriber.frames(channel, self._start(channel, from_seq), opts, cache_dir, denoise)
 
     # ------------------------------------------------------------------ publish

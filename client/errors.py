@@ -41,3 +41,17 @@ class PublishAborted(ClientError):
             f"publish to {channel} stopped after {result.frames_sent} frame(s) sent: the frame source raised "
             f"{type(cause).__name__}: {cause}; {committed}"
         )
+
+
+class ChannelReset(ClientError):
+    """The server answered DATA_LOSS: the channel's store was reset (its epoch is gone or changed)
+    and the server stopped serving it, or this subscriber resumed with an epoch the channel no
+    longer has. Retrying cannot help: an operator starts a new epoch (server/README.md), and a
+    subscriber then starts over without its old position. ``details`` is the server's message
+    (the channel, the epochs, the last seq the server knew); ``last_seq`` is the last seq this
+    client handed out or had acknowledged (None: none)."""
+
+    def __init__(self, channel: str, details: str, last_seq: int | None = None) -> None:
+        self.channel, self.details, self.last_seq = channel, details, last_seq
+        mine = f"; the last seq this client had is {last_seq}" if last_seq is not None else ""
+        super().__init__(f"channel {channel} was reset on the server (DATA_LOSS): {details}{mine}")

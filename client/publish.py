@@ -33,7 +33,7 @@ from latentwire.codec.errors import BitstreamError
 from latentwire.v1 import latentwire_pb2 as pb
 from latentwire.v1 import latentwire_pb2_grpc as pb_grpc
 
-from .errors import PublishAborted
+from .errors import ChannelReset, PublishAborted
 from .retry import RETRYABLE, backoff
 from .types import PublishAck, PublishError, PublishResult, status_code
 
@@ -118,6 +118,8 @@ class PublishSession:
             except grpc.RpcError as e:
                 if self.result.messages > acked:  # the stream made progress: "in a row" starts over
                     attempt = 0
+                if e.code() == grpc.StatusCode.DATA_LOSS:  # the channel's store was reset: resending cannot help
+                    raise ChannelReset(self.channel, str(e.details()), self.result.last_seq) from None
                 if e.code() not in RETRYABLE or attempt >= self.options.max_retries:
                     raise
                 self.result.reconnects += 1

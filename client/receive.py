@@ -3,7 +3,9 @@
 Sinks: a folder of PNG images or .npy files (one file per frame, named by its zero-padded seq,
 written atomically), or a stream of .npy records on stdout (`--stdout`, `np.load` them one after
 another). The state file holds the next seq to write and is rewritten atomically after each
-packet's frames are written; on restart the daemon resubscribes from there. Folder sinks are
+packet's frames are written, with the channel's epoch; on restart the daemon resubscribes from
+there, and a channel whose store was reset since (another epoch) ends it with one line and exit 1
+instead of frames of another incarnation under the saved seqs. Folder sinks are
 exactly-once: a frame written just before a kill is rewritten under the same name. The stdout
 sink is at-least-once across a kill -9 (a pipe cannot take back bytes).
 
@@ -27,6 +29,7 @@ import numpy as np
 
 from .client import Client
 from .daemon import add_connection_args, install_stop, make_client, one_line, setup_logging
+from .errors import ChannelReset
 from .state import atomic_write_bytes, load_state, save_state
 
 log = logging.getLogger("latentwire.receive")
@@ -75,7 +78,11 @@ class Receiver:
         want = start if isinstance(start, int) else None
         if start == "latest":
             want = start = self.client.channel(self.channel).next_seq
-        packets = self.client.subscribe_packets(self.channel, start, idle_timeout=self.idle_timeout, stop=self.stop)
+        # the epoch the saved position belongs to: a reset channel ends this with ChannelReset (one line,
+        # exit 1) instead of writing another incarnation's frames under these seqs
+        epoch = str(self.state.get("epoch", "")) if isinstance(start, int) else ""
+        packets = self.client.subscribe_packets(self.channel, start, idle_timeout=self.idle_timeout, stop=self.stop,
+                                                epoch=epoch)
         try:
             for p in packets:
                 frames = self.client.codec(p.model_id).decode(p.payload)
@@ -93,6 +100,8 @@ class Receiver:
                              p.first_seq + p.count - 1, scores, more)
                 want = p.first_seq + p.count
                 self.state["next_seq"] = want
+                if p.epoch:
+                    self.state["epoch"] = p.epoch
                 save_state(self.state_path, self.state)
                 now = time.monotonic()
                 if now - last_log > 2.0:
@@ -166,7 +175,11 @@ def _receive(args: argparse.Namespace) -> int:
         if r.until_seq is not None and r.state.get("next_seq", -1) >= r.until_seq:
             return 0
         client.channel(args.channel)  # an unknown channel is a one-line error, not a silent wait
-        return r.run(from_seq)
+        try:
+            return r.run(from_seq)
+        except ChannelReset as e:  # the line says how to go on once the operator started a new epoch
+            raise ChannelReset(e.channel, f"{e.details}; once the channel goes on (--new-epoch), move the state "
+                                          f"file {args.state} aside to receive its new frames", e.last_seq) from None
     finally:
         client.close()
 

@@ -27,6 +27,7 @@ from latentwire.codec.errors import BitstreamError
 from latentwire.v1 import latentwire_pb2 as pb
 from latentwire.v1 import latentwire_pb2_grpc as pb_grpc
 
+from .errors import ChannelReset
 from .retry import RETRYABLE, backoff
 from .types import Frame, FrameBatch, Packet
 
@@ -51,6 +52,7 @@ class StreamOptions:
     max_retries: int | None = None
     stop: threading.Event | None = None
     compact: bool = True
+    epoch: str = ""  # the epoch from_seq belongs to (a saved position's); "" : not checked
 
 
 class Subscriber:
@@ -76,11 +78,13 @@ class Subscriber:
         small responses (the server sends each commit at once; gRPC flow control only pushes back
         after ~64 KiB) per-call overhead would otherwise keep a behind receiver behind for good."""
         next_seq = from_seq
+        epoch = opts.epoch  # then the one the server names: a reconnect must not cross into another epoch
         attempt = 0
         stop = opts.stop
         last_data = time.monotonic()  # idle time counts across reconnects: failing calls bring no data
         while stop is None or not stop.is_set():
-            req = pb.SubscribeRequest(channel=channel, compact_frames=opts.compact, compact_records=opts.compact)
+            req = pb.SubscribeRequest(channel=channel, compact_frames=opts.compact, compact_records=opts.compact,
+                                      epoch=epoch if next_seq is not None else "")
             if next_seq is not None:
                 req.from_seq = next_seq
             call = self.stub.Subscribe(req, metadata=self.metadata)
@@ -95,6 +99,10 @@ class Subscriber:
                     attempt = 0
                     out, wire = [], 0
                     for resp in group:
+                        if resp.epoch and epoch and resp.epoch != epoch:  # a server that does not check
+                            raise ChannelReset(channel, f"the server now serves epoch {resp.epoch}, not {epoch}",
+                                               None if next_seq is None else next_seq - 1)
+                        epoch = resp.epoch or epoch
                         if resp.trimmed_frames:
                             self.log.warning("channel %s: %d frames from seq %s were trimmed by retention before "
                                              "delivery", channel, resp.trimmed_frames, next_seq)
@@ -119,7 +127,7 @@ class Subscriber:
                                 raise BitstreamError("the server sent a packet without naming its model: "
                                                      "server and client disagree on the Subscribe protocol")
                             out.append(Packet(first, count, stamp, model_id, quality, shape, payload,
-                                              tuple(p.anomaly_scores)))
+                                              tuple(p.anomaly_scores), epoch))
                     if out:
                         yield out, wire
                         idle.touch()
@@ -128,6 +136,8 @@ class Subscriber:
             except grpc.RpcError as e:
                 if idle.expired or (stop is not None and stop.is_set()):
                     return
+                if e.code() == grpc.StatusCode.DATA_LOSS:
+                    raise ChannelReset(channel, str(e.details()), None if next_seq is None else next_seq - 1) from None
                 if e.code() not in RETRYABLE or (opts.max_retries is not None and attempt >= opts.max_retries):
                     raise
                 if opts.idle_timeout is not None and time.monotonic() - last_data > opts.idle_timeout:

@@ -52,6 +52,7 @@ class Packet:
     sample_shape: tuple[int, ...]
     payload: bytes
     anomaly_scores: tuple[float, ...] = ()  # one per frame when the server scored them, else empty
+    epoch: str = ""  # the channel's epoch the seqs belong to (keep it with a saved position)
 
     @property
     def path(self) -> str:
@@ -125,6 +126,7 @@ class ChannelInfo:
     raw_dtype: str
     fallback: bool = False  # RAW frames above anomaly_threshold arrive through lossless packets
     anomaly_threshold: float | None = None
+    epoch: str = ""  # the channel's incarnation in its store: seqs compare only within one epoch
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,7 @@ def model_info(m: pb.ModelInfo) -> ModelInfo:
 def channel_info(c: pb.ChannelInfo) -> ChannelInfo:
     return ChannelInfo(c.name, c.model_id, c.quality, c.next_seq, c.first_retained_seq, c.subscribers,
                        _shape(c.sample_shape), c.raw_dtype, c.fallback,
-                       c.anomaly_threshold if c.HasField("anomaly_threshold") else None)
+                       c.anomaly_threshold if c.HasField("anomaly_threshold") else None, c.epoch)
 
 
 def status_code(code: int) -> grpc.StatusCode:

@@ -31,7 +31,7 @@ import numpy as np
 
 from latentwire.codec.coding.bitstream import CodingPath
 
-from .store import ChannelStore, OffsetConflict, PendingPacket, StoredPacket, StoreFull, StoreUnavailable
+from .store import ChannelStore, OffsetConflict, PendingPacket, StoredPacket, StoreFull, StoreReset, StoreUnavailable
 from .store_health import StoreHealth
 
 log = logging.getLogger("latentwire.server.batcher")
@@ -236,6 +236,8 @@ class Batcher:
             if batch:
                 try:
                     self._commit(batch)
+                except StoreReset as e:  # logged once by the store; every publisher gets it (DATA_LOSS)
+                    _fail(batch, e)
                 except (StoreFull, StoreUnavailable) as e:  # expected: one line per state change, no traceback
                     self.health.failed(e, "commit", sum(it.n for it in batch))
                     for it in batch:

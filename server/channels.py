@@ -21,7 +21,7 @@ from pathlib import Path
 from latentwire.codec.bundle import Manifest, sha256_file
 from latentwire.codec.codec import Codec
 
-from .store import ChannelStore, StoredPacket
+from .store import ChannelStore, StoredPacket, StoreReset
 
 log = logging.getLogger("latentwire.server.channels")
 
@@ -85,6 +85,21 @@ class Channel:
         self.subscribers = 0
         self._next_seq = store.next_seq  # then advanced by every commit the store reports
         store.follow(self.on_commit)
+        store.watch_reset(self.on_reset)
+
+    @property
+    def epoch(self) -> str:
+        return self.store.epoch
+
+    @property
+    def fault(self) -> StoreReset | None:
+        """Set once the store was found reset: the channel is no longer served (DATA_LOSS)."""
+        return self.store.reset
+
+    def on_reset(self, reset: StoreReset) -> None:
+        """The store was reset under this channel: wake every subscriber so it ends with the status."""
+        with self._cond:
+            self._cond.notify_all()
 
     @property
     def next_seq(self) -> int:
@@ -129,7 +144,7 @@ class Channel:
         with self._cond:
             if self._next_seq > seq:
                 return True
-            if self._closed:
+            if self._closed or self.fault is not None:
                 return False
             self._cond.wait(timeout)
             return self._next_seq > seq

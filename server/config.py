@@ -105,6 +105,11 @@ class ServerConfig:
     # decode every edge-coded packet before committing it, so an undecodable (poison) packet is
     # refused in-band instead of breaking every subscriber (server/README.md, "Bad input")
     verify_packets: bool = True
+    # a Redis store without persistence (no AOF, no RDB save point) or whose settings cannot be read
+    # is refused unless this is set (server/README.md, "Redis persistence")
+    allow_volatile_store: bool = False
+    # the operator's step after a reset store (server/epoch.py): these channels start a new epoch
+    new_epoch: tuple[str, ...] = ()
 
     def check(self) -> "ServerConfig":
         if not self.channels:
@@ -120,6 +125,10 @@ class ServerConfig:
         if self.store and not self.store.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"--store {self.store!r}: give redis://HOST:PORT/DB (or rediss:// for TLS), or nothing "
                               "for the embedded SQLite store under --data-dir")
+        unknown = sorted(set(self.new_epoch) - set(names))
+        if unknown:
+            raise ConfigError(f"--new-epoch names channel(s) {unknown}, which are not defined; channels are "
+                              f"{sorted(names)}")
         for c in self.channels:
             if not isinstance(c.fallback, bool):
                 raise ConfigError(f"channel {c.name!r}: fallback must be true or false, got {c.fallback!r}")
@@ -136,7 +145,8 @@ class ServerConfig:
     def from_json(cls, path: str | Path) -> "ServerConfig":
         """Keys mirror the dataclass: {"listen", "data_dir", "channels": [{"name","bundle","quality",
         "fallback","anomaly_threshold","scores"}] or ["NAME=DIR:q"], "tokens_file", "tls_cert", "tls_key", "metrics_port", "fsync",
-        "store", "retention": {"max_bytes","max_age_s","max_frames"}, "limits": {...}, "batch": {...}}. Relative paths
+        "store", "allow_volatile_store", "new_epoch": ["CHANNEL"], "retention": {"max_bytes","max_age_s","max_frames"},
+        "limits": {...}, "batch": {...}}. Relative paths
         are resolved against the config file's folder."""
         path = Path(path)
         try:
@@ -171,6 +181,8 @@ class ServerConfig:
                 kw[k] = _sub(Limits, v, k)
             elif k == "batch":
                 kw[k] = _sub(BatchPolicy, v, k)
+            elif k == "new_epoch":
+                kw[k] = (v,) if isinstance(v, str) else tuple(v)
             elif k in ("tokens_file", "tls_cert", "tls_key", "data_dir") and v is not None:
                 kw[k] = str(_resolve(v, base))
             else:

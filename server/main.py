@@ -32,9 +32,11 @@ from .auth import TokenStore
 from .batcher import Batcher, Encode, Encoded
 from .channels import Channel, ModelEntry
 from .config import BatchPolicy, ChannelSpec, ConfigError, Limits, ServerConfig, with_channel_options
+from .epoch import EpochRecord, RecordKeeper, settle
 from .metrics import Metrics
+from .redis_settings import display_url
 from .sqlite_store import SqliteStore
-from .store import ChannelMismatch, ChannelStore, RetentionPolicy, StoreFull, StoreUnavailable
+from .store import ChannelMismatch, ChannelStore, RetentionPolicy, StoreFull, StoreReset, StoreUnavailable
 from .service import SERVICE_NAME, LatentwireService
 
 log = logging.getLogger("latentwire.server")
@@ -60,7 +62,10 @@ class LatentwireServer:
         data = Path(config.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         self._lock = DataDirLock.acquire(data)
+        self.records = RecordKeeper(data)
         try:
+            if config.store:
+                self._check_durability(config)
             self._open_channels(config, data, codec_loader)
         except BaseException:
             self.close_unstarted()
@@ -101,22 +106,48 @@ class LatentwireServer:
             threshold = _threshold(spec, codec)
             store = self._open_store(spec.name, data)
             self._stores.append(store)
+            where = display_url(config.store) if config.store else str(data / f"{spec.name}.sqlite3")
             try:
+                record = EpochRecord.load(data, spec.name)
+                state = settle(store, spec.name, where, record, spec.name in config.new_epoch)
                 store.check_model(model.model_id)
-            except ChannelMismatch as e:
+            except (ChannelMismatch, StoreReset, ValueError) as e:
                 raise ConfigError(str(e)) from None
+            known = record.next_seq if record is not None and record.epoch == state.epoch else 0
+            store.bind(state, known)
             ch = Channel(spec.name, model, store, spec.quality, fallback=spec.fallback, anomaly_threshold=threshold)
+            self.records.add(EpochRecord(spec.name, state.epoch, max(known, ch.next_seq), where), _next_seq_of(ch))
             ch.batcher = Batcher(
                 spec.name, store, _encoder(codec, spec.fallback, threshold, spec.scored), model.model_id,
                 codec.default_quality if spec.quality is None else spec.quality,
                 config.batch.max_frames, config.batch.max_delay_ms, config.limits.queue_frames, self.metrics,
             )
             self.channels[spec.name] = ch
-            log.info("channel %s: model %s (%s), quality %s, fallback %s (anomaly threshold %s), store %s, resuming at "
-                     "seq %d (%d bytes retained)", spec.name, model.model_id[:12], model.manifest.name or "?",
-                     "default" if spec.quality is None else spec.quality, "on" if spec.fallback else "off",
-                     "none" if threshold is None else f"{threshold:.6g}", config.store or "sqlite", ch.next_seq,
-                     store.size_bytes)
+            log.info("channel %s: model %s (%s), quality %s, fallback %s (anomaly threshold %s), store %s, epoch %s, "
+                     "resuming at seq %d (%d bytes retained)", spec.name, model.model_id[:12],
+                     model.manifest.name or "?", "default" if spec.quality is None else spec.quality,
+                     "on" if spec.fallback else "off", "none" if threshold is None else f"{threshold:.6g}",
+                     display_url(config.store) or "sqlite", state.epoch, ch.next_seq, store.size_bytes)
+
+    def _check_durability(self, config: ServerConfig) -> None:
+        """A Redis that keeps nothing across a restart is refused unless the operator says so."""
+        from .redis_settings import durability
+
+        url = display_url(config.store)
+        try:
+            d = durability(config.store)
+        except StoreUnavailable as e:
+            raise ConfigError(f"{e} (is redis-server running at {url}?)") from None
+        if not d.volatile:
+            log.info("Redis store %s: %s", url, d.describe())
+        elif config.allow_volatile_store:
+            log.warning("Redis store %s is volatile (%s): a Redis restart or failover loses the channels; each "
+                        "replica then stops serving them with DATA_LOSS until --new-epoch (--allow-volatile-store "
+                        "given)", url, d.describe())
+        else:
+            raise ConfigError(f"--store {url}: Redis is volatile, {d.describe()}: a restart would lose every "
+                              "channel; turn on appendonly (or RDB save points), or pass --allow-volatile-store to "
+                              "run on it anyway (server/README.md, Redis persistence)")
 
     def _open_store(self, channel: str, data: Path) -> ChannelStore:
         c = self.config
@@ -176,6 +207,7 @@ class LatentwireServer:
         for ch in self.channels.values():
             ch.batcher.stop()
         done.wait(grace + 1)
+        self.records.stop()
         for store in self._stores:
             store.close()
         self._lock.release()
@@ -185,6 +217,7 @@ class LatentwireServer:
         """Release what __init__ took (stores, the data dir lock) when the server never started."""
         for ch in self.channels.values():
             ch.batcher.stop()
+        self.records.stop()
         for store in self._stores:
             store.close()
         self._lock.release()
@@ -248,6 +281,10 @@ def port_taken(listen: str) -> bool:
     return False
 
 
+def _next_seq_of(ch: Channel) -> Callable[[], int]:
+    return lambda: ch.next_seq
+
+
 def _threshold(spec: ChannelSpec, codec: Codec) -> float | None:
     """The channel's anomaly threshold: the configured one, else the bundle's calibrated one."""
     if spec.anomaly_threshold is not None:
@@ -303,6 +340,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                                       "(default ./latentwire-data)")
     p.add_argument("--store", help="redis://HOST:PORT/DB: keep channels in Redis Streams shared by every replica "
                                    "naming the same URL (default: embedded SQLite under --data-dir)")
+    p.add_argument("--allow-volatile-store", action="store_true", default=None,
+                   help="run on a Redis without persistence (no appendonly, no save points) or whose settings "
+                        "CONFIG GET cannot read; a Redis restart then loses the channels (logged as a warning)")
+    p.add_argument("--new-epoch", action="append", default=[], metavar="CHANNEL",
+                   help="operator step after a reset store (the server refused to start, or served DATA_LOSS): "
+                        "start CHANNEL over with a new epoch whose seqs begin above every seq handed out before; "
+                        "ignored while the channel's epoch is intact (repeatable; server/README.md)")
     p.add_argument("--tokens", dest="tokens_file", help="token file (JSON) enabling bearer-token auth")
     p.add_argument("--tls-cert", help="server certificate (PEM) to serve TLS")
     p.add_argument("--tls-key", help="server private key (PEM)")
@@ -327,12 +371,14 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     cfg = ServerConfig.from_json(args.config) if args.config else ServerConfig()
     kw: dict[str, Any] = {}
     for k in ("listen", "data_dir", "store", "tokens_file", "tls_cert", "tls_key", "metrics_port", "fsync", "provider",
-              "threads"):
+              "threads", "allow_volatile_store"):
         v = getattr(args, k, None)
         if v is not None:
             kw[k] = v
     if args.channel:
         kw["channels"] = tuple(ChannelSpec.parse(c) for c in args.channel)
+    if args.new_epoch:
+        kw["new_epoch"] = tuple(args.new_epoch)
     cfg = replace(cfg, **kw)
     if args.fallback or args.anomaly_threshold or args.scores:
         cfg = replace(cfg, channels=with_channel_options(cfg.channels, args.fallback, args.anomaly_threshold,

@@ -3,7 +3,8 @@
 Keys per channel (prefix "latentwire:<channel>"):
 - `:log`        the stream: one entry per packet, entry id "<first_seq>-1" (Redis reserves 0-0),
                 fields c (frames), t (commit time), m (model id), q (quality), p (packet), s (scores);
-- `:meta`       hash: next_seq, bytes (payload bytes retained), model_id;
+- `:meta`       hash: next_seq, bytes (payload bytes retained), model_id, and the channel's epoch
+                (epoch, epoch_start, epoch_prev; server/epoch.py);
 - `:producers`  hash: producer id -> next offset.
 
 Why the entry id is the frame seq: "resume from seq" is then a range read from "<seq>-1", and
@@ -17,6 +18,14 @@ Redis unreachable: calls raise StoreUnavailable (publishers are told UNAVAILABLE
 subscribers reconnect); the tailer logs the outage once, counts it, and retries with backoff.
 Redis out of memory (maxmemory, noeviction) refuses the write whole (its first write in a script is
 where Redis checks): StoreFull, like a full disk under the embedded store.
+
+Redis reset (flushed, restarted without persistence, failed over): once bound to an epoch, the
+append script checks it and the store's next seq in the same atomic step (nothing is written when
+either is off), and the tailer checks them with every XREAD (an HMGET pipelined behind it: Redis
+answers it the moment the XREAD returns, so a batch is checked before it reaches the channel at no
+extra round trip, and an idle tailer checks once per TAIL_BLOCK_MS) and whenever the stream does not
+continue where the last entry ended; the first to notice raises or reports StoreReset and the store
+refuses everything afterwards.
 """
 
 from __future__ import annotations
@@ -28,17 +37,21 @@ from typing import Any
 
 from .store import (
     ChannelMismatch,
+    EpochState,
     OffsetConflict,
     OnCommit,
+    OnReset,
     PendingPacket,
     RetentionPolicy,
     StoredPacket,
     StoreFull,
+    StoreReset,
     StoreUnavailable,
     TrimReport,
     pack_scores,
     unpack_scores,
 )
+from .redis_settings import display_url
 
 log = logging.getLogger("latentwire.server.store")
 
@@ -47,11 +60,17 @@ TAIL_BLOCK_MS = 1000  # one blocking XREAD waits this long before it looks again
 TAIL_BATCH = 256  # entries per XREAD
 TRIM_SCAN = 512  # entries one trim script looks at (it is called again while it trims a full scan)
 
-# KEYS: log, meta, producers. ARGV: ts, n_packets, n_producers, then per producer (id, expected or "",
-# new offset), then per packet (count, model id, quality, payload, scores or "").
+# KEYS: log, meta, producers. ARGV: ts, n_packets, n_producers, epoch ("": unchecked), the lowest next
+# seq the store may have, then per producer (id, expected or "", new offset), then per packet (count,
+# model id, quality, payload, scores or "").
 _APPEND = """
 local ts, np, nprod = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local i = 4
+if ARGV[4] ~= '' then
+  local meta = redis.call('HMGET', KEYS[2], 'epoch', 'next_seq')
+  local held, nxt = meta[1] or '', tonumber(meta[2] or '0')
+  if held ~= ARGV[4] or nxt < tonumber(ARGV[5]) then return {-2, held, nxt} end
+end
+local i = 6
 for k = 1, nprod do
   local expected = ARGV[i + 1]
   if expected ~= '' then
@@ -60,7 +79,7 @@ for k = 1, nprod do
   end
   i = i + 3
 end
-i = 4
+i = 6
 for k = 1, nprod do
   local new = tonumber(ARGV[i + 2])
   local cur = tonumber(redis.call('HGET', KEYS[3], ARGV[i]) or '0')
@@ -119,6 +138,24 @@ return {packets, frames, freed, keep}
 """
 
 
+# KEYS: meta, log, producers. ARGV: epoch, start seq, previous epoch, wipe ("1" or "").
+# Without wipe: writes the epoch only where none is held (two replicas creating it race safely).
+# With wipe (the operator's new epoch): replaces it and drops the channel's packets and offsets.
+_CREATE_EPOCH = """
+if ARGV[4] == '' and redis.call('HEXISTS', KEYS[1], 'epoch') == 1 then return 0 end
+if ARGV[4] ~= '' then
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('HDEL', KEYS[1], 'model_id')
+  redis.call('HSET', KEYS[1], 'bytes', 0, 'next_seq', ARGV[2])
+else
+  local cur = tonumber(redis.call('HGET', KEYS[1], 'next_seq') or '0')
+  if cur < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'next_seq', ARGV[2]) end
+end
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'epoch_start', ARGV[2], 'epoch_prev', ARGV[3])
+return 1
+"""
+
+
 def _unavailable(exc: Exception, what: str) -> StoreUnavailable:
     return StoreUnavailable(f"Redis store unreachable while {what}: {exc}")
 
@@ -142,6 +179,12 @@ class RedisStore:
                                             socket_connect_timeout=socket_timeout)
         self._append = self._r.register_script(_APPEND)
         self._trim = self._r.register_script(_TRIM)
+        self._create_epoch = self._r.register_script(_CREATE_EPOCH)
+        self._bound: EpochState | None = None
+        self._known_next = 0  # the highest next seq this replica has seen (its appends and the tail)
+        self._reset: StoreReset | None = None
+        self._on_reset: OnReset | None = None
+        self._reset_lock = threading.Lock()
         self._followers: list[OnCommit] = []
         self._tailer: threading.Thread | None = None
         self._stop = threading.Event()
@@ -198,13 +241,61 @@ class RedisStore:
                 f"name for the new bundle, or delete the keys {KEY_PREFIX}:{self.channel}:* to start it over)"
             )
 
+    # ------------------------------------------------------------------ epoch
+    @property
+    def epoch(self) -> str:
+        return self._bound.epoch if self._bound is not None else ""
+
+    def epoch_state(self) -> EpochState:
+        return self._call("reading the channel's epoch", self._epoch_state, self._r)
+
+    def _epoch_state(self, conn: Any) -> EpochState:
+        return _state(conn.hmget(self.k_meta, *_EPOCH_FIELDS))
+
+    def create_epoch(self, epoch: str, start_seq: int, previous: str = "", wipe: bool = False) -> EpochState:
+        if not epoch:
+            raise ValueError("an epoch id must not be empty (empty means: the store holds none)")
+        self._call("writing the channel's epoch", self._create_epoch, [self.k_meta, self.k_log, self.k_prod],
+                   [epoch, int(start_seq), previous, "1" if wipe else ""])
+        return self.epoch_state()
+
+    def watch_reset(self, on_reset: OnReset) -> None:
+        self._on_reset = on_reset
+
+    def bind(self, state: EpochState, known_next_seq: int) -> None:
+        self._bound = state
+        self._known_next = max(self._known_next, known_next_seq, state.next_seq)
+        if self._tailer is None:
+            self._tail_next = state.next_seq
+
+    @property
+    def reset(self) -> StoreReset | None:
+        """The reset this store noticed (it then refuses appends), or None."""
+        return self._reset
+
+    def _fail(self, found: EpochState, what: str = "") -> StoreReset:
+        """Remember the reset (once), log it, and tell the channel."""
+        with self._reset_lock:
+            if self._reset is not None:
+                return self._reset
+            assert self._bound is not None
+            self._reset = StoreReset(self.channel, display_url(self.url), self._bound.epoch, found,
+                                     self._known_next - 1, what)
+        log.error("%s", self._reset)
+        self._count_error("reset")
+        if self._on_reset is not None:
+            self._on_reset(self._reset)
+        return self._reset
+
     # ------------------------------------------------------------------ writes
     def append(self, packets: list[PendingPacket], producer_offsets: dict[str, int] | None = None,
                expected_offsets: dict[str, int] | None = None, ts: float | None = None) -> list[StoredPacket]:
+        if self._reset is not None:
+            raise self._reset
         ts = time.time() if ts is None else ts
         offsets = producer_offsets or {}
         expected = expected_offsets or {}
-        args: list[Any] = [repr(ts), len(packets), len(offsets)]
+        args: list[Any] = [repr(ts), len(packets), len(offsets), self.epoch, self._known_next]
         for pid, new in offsets.items():
             args += [pid, str(expected[pid]) if pid in expected else "", int(new)]
         blobs = []
@@ -215,11 +306,15 @@ class RedisStore:
             blobs.append(blob)
             args += [p.count, p.model_id, p.quality, p.payload, blob or b""]
         reply = self._call("appending", self._append, [self.k_log, self.k_meta, self.k_prod], args)
+        if int(reply[0]) == -2:
+            raise self._fail(EpochState(reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1]),
+                                        int(reply[2])))
         if int(reply[0]) < 0:
             pid = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
             raise OffsetConflict(f"producer {pid} is at offset {int(reply[2])} in {self.url}, not "
                                  f"{expected.get(pid)}: another replica committed for it")
         seq = int(reply[0])
+        self._known_next = max(self._known_next, int(reply[1]))
         stored = []
         for p, blob in zip(packets, blobs):
             stored.append(StoredPacket(seq, p.count, ts, p.model_id, p.quality, p.payload, unpack_scores(blob)))
@@ -227,6 +322,8 @@ class RedisStore:
         return stored
 
     def trim(self, now: float | None = None) -> list[TrimReport]:
+        if self._reset is not None:  # what the store holds now is not this replica's channel
+            return []
         now = time.time() if now is None else now
         pol = self.policy
         cutoff = now - pol.max_age_s if pol.max_age_s > 0 else -1
@@ -266,11 +363,20 @@ class RedisStore:
             self._tailer.start()
 
     def _tail(self) -> None:
-        last = f"{self._tail_next - 1}-1" if self._tail_next else "0-0"
+        expect = self._tail_next  # the seq the next entry must start at: seqs are dense
+        last = f"{expect - 1}-1" if expect else "0-0"
         attempt = 0
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self._reset is None:
             try:
-                got = self._tail_r.xread({self.k_log: last}, count=TAIL_BATCH, block=TAIL_BLOCK_MS)
+                floor = self._known_next  # read first: an append committed meanwhile only raises the store's
+                pipe = self._tail_r.pipeline(transaction=False)
+                pipe.xread({self.k_log: last}, count=TAIL_BATCH, block=TAIL_BLOCK_MS)
+                pipe.hmget(self.k_meta, *_EPOCH_FIELDS)  # answered as soon as the XREAD returns
+                got, meta = pipe.execute()
+                if self._reset_in(_state(meta), floor):  # before a batch reaches the channel
+                    return
+                if got and self._bound is not None and self._gap(expect, _seq(got[0][1][0][0])):
+                    return
             except (self._redis_mod.ConnectionError, self._redis_mod.TimeoutError) as e:
                 if self._stop.is_set():
                     return
@@ -288,9 +394,38 @@ class RedisStore:
             if not got:
                 continue
             packets = [_packet(eid, fields) for eid, fields in got[0][1]]
-            last = got[0][1][-1][0]
+            last, expect = got[0][1][-1][0], packets[-1].end_seq
+            self._known_next = max(self._known_next, expect)
             for follower in self._followers:
                 follower(packets)
+
+    def _gap(self, expect: int, first: int) -> bool:
+        """Whether the stream going on at `first` where `expect` was next is a reset (reported). Seqs are
+        dense, so a gap is either retention (the entries from `expect` on were trimmed before this
+        tailer read them: the head is past it) or a log this replica never read."""
+        if first == expect:
+            return False
+        if self._reset_found():
+            return True
+        head = self._tail_r.xrange(self.k_log, "-", "+", count=1)
+        if head and _seq(head[0][0]) > expect:
+            return False
+        self._fail(self._epoch_state(self._tail_r), f"a log that goes on at seq {first} where seq {expect} was next")
+        return True
+
+    def _reset_found(self) -> bool:
+        floor = self._known_next
+        return self._reset_in(self._epoch_state(self._tail_r), floor)
+
+    def _reset_in(self, found: EpochState, floor: int) -> bool:
+        """Whether what the store holds is a reset against the bound epoch and the seqs this replica
+        had seen (floor, read before the store was asked); reported when it is."""
+        if self._bound is None:
+            return False
+        if found.epoch != self._bound.epoch or found.next_seq < floor:
+            self._fail(found)
+            return True
+        return False
 
     def close(self) -> None:
         self._stop.set()
@@ -298,6 +433,15 @@ class RedisStore:
             self._tailer.join(timeout=TAIL_BLOCK_MS / 1000 + 2)
         self._r.close()
         self._tail_r.close()
+
+
+_EPOCH_FIELDS = ("epoch", "next_seq", "epoch_start", "epoch_prev")
+
+
+def _state(values: list[Any]) -> EpochState:
+    """An EpochState from HMGET meta _EPOCH_FIELDS."""
+    epoch, nxt, start, prev = values
+    return EpochState(epoch.decode() if epoch else "", int(nxt or 0), int(start or 0), prev.decode() if prev else "")
 
 
 def _seq(entry_id: bytes | str) -> int:

@@ -27,7 +27,7 @@ from .batcher import QueueFull, Stopped, StreamState
 from .channels import Channel, ModelEntry
 from .config import ServerConfig
 from .metrics import Metrics
-from .store import StoreFull, StoreUnavailable
+from .store import StoreFull, StoreReset, StoreUnavailable
 from .wire import RecordContext, channel_info, compact_record, dims, model_info, packet_record
 
 log = logging.getLogger("latentwire.server")
@@ -99,7 +99,15 @@ class LatentwireService(pb_grpc.LatentwireServicer):
         context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
     def channel_info(self, ch: Channel) -> pb.ChannelInfo:
+        if ch.fault is not None:  # what this replica last knew: the store holds another channel now
+            return channel_info(ch, ch.next_seq, ch.next_seq)
         return channel_info(ch, ch.store.next_seq, ch.store.first_seq)
+
+    @staticmethod
+    def _reset(context: grpc.ServicerContext, ch: Channel) -> None:
+        """End the call with DATA_LOSS when the channel's store was reset (store.StoreReset)."""
+        if ch.fault is not None:
+            context.abort(grpc.StatusCode.DATA_LOSS, str(ch.fault))
 
     # ------------------------------------------------------------------ models and channels
 
@@ -176,6 +184,7 @@ class LatentwireService(pb_grpc.LatentwireServicer):
         producer = first.open.producer_id
         log.info("publisher %s opened channel %s%s", who, ch.name, f" (producer {producer})" if producer else "")
         try:
+            self._reset(context, ch)
             try:
                 opened = pb.PublishResponse(
                     message_index=first.message_index,
@@ -230,6 +239,9 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                 if future is not None:
                     try:
                         commit = future.result()
+                    except StoreReset as e:  # nothing of this message was committed, and nothing will be
+                        stop_with.insert(0, (grpc.StatusCode.DATA_LOSS, str(e)))
+                        break
                     except StoreUnavailable as e:
                         # nothing of this message (or after it) was committed: the client resends
                         stop_with.insert(0, (grpc.StatusCode.UNAVAILABLE, f"{e}; resend from message "
@@ -329,6 +341,14 @@ class LatentwireService(pb_grpc.LatentwireServicer):
         self._check(context)
         ch = self._channel(context, request.channel)
         who = self._check(context, "subscribe", ch.name)
+        self._reset(context, ch)
+        if request.epoch and request.epoch != ch.epoch:
+            at = f" (seq {request.from_seq})" if request.HasField("from_seq") else ""
+            context.abort(grpc.StatusCode.DATA_LOSS,
+                          f"channel {ch.name!r} is at epoch {ch.epoch} (next seq {ch.next_seq}), not epoch "
+                          f"{request.epoch} that this subscriber's position{at} belongs to: the store was reset and "
+                          "the frames after that position are lost; subscribe without the old position (and epoch) "
+                          "to go on")
         try:
             next_seq, first_seq = ch.store.next_seq, ch.store.first_seq
         except StoreUnavailable as e:
@@ -365,6 +385,7 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                     self.config.subscribe_packets_per_response)
         max_bytes = self.config.limits.max_message_bytes // 2
         first_resp = True
+        epoch = ch.epoch  # sent on the first response that carries packets, so the client can keep it
         last_model = ""  # PacketRecord.model_id is sent only when it changes within this stream
         # one-frame packets as compact frames in the context of this stream's previous packet (the
         # client's reader starts afresh on every Subscribe call, as this writer does)
@@ -372,6 +393,7 @@ class LatentwireService(pb_grpc.LatentwireServicer):
         records = RecordContext() if writer is not None and request.compact_records else None
         try:
             while context.is_active() and not self.stopping.is_set():
+                self._reset(context, ch)
                 if seq >= ch.next_seq:  # nothing new: wait for a commit, do not ask the store
                     ch.wait_for(seq, 0.25)
                     continue
@@ -385,7 +407,8 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                     continue
                 if pkts[0].first_seq > seq:  # retention dropped what this subscriber still needed
                     trimmed += pkts[0].first_seq - seq
-                resp = pb.SubscribeResponse(trimmed_frames=trimmed, next_seq=ch.next_seq)
+                resp = pb.SubscribeResponse(trimmed_frames=trimmed, next_seq=ch.next_seq,
+                                            epoch=epoch if first_resp else "")
                 size = 0
                 for p in pkts:
                     if resp.packets and size + len(p.payload) > max_bytes:

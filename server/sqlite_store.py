@@ -33,11 +33,14 @@ from pathlib import Path
 from typing import Iterator
 
 from .store import (
+    EpochState,
     OnCommit,
+    OnReset,
     PendingPacket,
     RetentionPolicy,
     StoredPacket,
     StoreFull,
+    StoreReset,
     TrimReport,
     pack_scores,
     unpack_scores,
@@ -93,6 +96,7 @@ class SqliteStore:
         self._bytes = int(self._w.execute("SELECT COALESCE(SUM(length(payload)), 0) FROM packets").fetchone()[0])
         self._producers: dict[str, int] = dict(self._w.execute("SELECT producer_id, next_offset FROM producers"))
         self._followers: list[OnCommit] = []
+        self._epoch = ""
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
@@ -124,6 +128,55 @@ class SqliteStore:
 
     def follow(self, on_commit: OnCommit) -> None:
         self._followers.append(on_commit)
+
+    # ------------------------------------------------------------------ epoch
+    # Why only at open: one server owns the file while it runs; what a restart can meet (the file
+    # deleted or replaced while the server was down) is what the replica's record catches (epoch.py).
+
+    @property
+    def epoch(self) -> str:
+        return self._epoch
+
+    @property
+    def reset(self) -> StoreReset | None:
+        return None
+
+    def epoch_state(self) -> EpochState:
+        meta = dict(self._w.execute("SELECT key, value FROM meta WHERE key IN ('epoch', 'epoch_start', 'epoch_prev')"))
+        return EpochState(meta.get("epoch", ""), self._next_seq, int(meta.get("epoch_start", 0)),
+                          meta.get("epoch_prev", ""))
+
+    def create_epoch(self, epoch: str, start_seq: int, previous: str = "", wipe: bool = False) -> EpochState:
+        if not epoch:
+            raise ValueError("an epoch id must not be empty (empty means: the store holds none)")
+        with self._lock:
+            if not wipe and self.epoch_state().epoch:
+                return self.epoch_state()
+            start = int(start_seq) if wipe else max(int(start_seq), self._next_seq)
+            self._w.execute("BEGIN IMMEDIATE")
+            try:
+                if wipe:
+                    self._w.execute("DELETE FROM packets")
+                    self._w.execute("DELETE FROM producers")
+                self._w.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", [
+                    ("epoch", epoch), ("epoch_start", str(start)), ("epoch_prev", previous), ("next_seq", str(start))])
+                self._w.execute("COMMIT")
+            except BaseException:
+                self._w.execute("ROLLBACK")
+                raise
+            empty = wipe or self._first_seq == self._next_seq
+            self._next_seq = start
+            if empty:
+                self._first_seq = start
+            if wipe:
+                self._bytes, self._producers = 0, {}
+        return self.epoch_state()
+
+    def watch_reset(self, on_reset: OnReset) -> None:
+        """Nothing to watch while running (see above)."""
+
+    def bind(self, state: EpochState, known_next_seq: int) -> None:
+        self._epoch = state.epoch
 
     # ------------------------------------------------------------------ writes
 

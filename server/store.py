@@ -13,7 +13,11 @@ Guarantees (tests/test_store_contract.py runs the same checks on both):
   decision is stale (another replica committed for the same producer meanwhile) raises
   OffsetConflict and is redone, so a producer's frame is never committed twice;
 - retention bounds frames, bytes and age; what a trim removes is reported;
-- every commit, local or from another replica, reaches `follow`ers in seq order.
+- every commit, local or from another replica, reaches `follow`ers in seq order;
+- a seq is never handed out twice: each channel carries an epoch (an incarnation id written with
+  the channel, epoch.py); once a store is bound to an epoch, an append finding it gone or changed
+  (Redis flushed, restarted empty, failed over) raises StoreReset and writes nothing, and so does a
+  store whose next seq went below what this replica had seen.
 """
 
 from __future__ import annotations
@@ -41,6 +45,44 @@ class StoreFull(StoreError):
 class OffsetConflict(StoreError):
     """A producer's offset moved between the dedup read and the append (another replica committed
     for it): the batch must be deduplicated again before it is appended."""
+
+
+class StoreReset(StoreError):
+    """The channel's epoch in the store is gone or changed, or the store went back below a seq this
+    replica had seen: the store was reset (flushed, restarted without persistence, failed over to
+    a lagging replica). Appending would reuse seqs, so this replica stops serving the channel
+    (DATA_LOSS) until an operator starts a new epoch (`latentwire serve --new-epoch CHANNEL`)."""
+
+    def __init__(self, channel: str, where: str, epoch: str, found: EpochState, last_seq: int,
+                 what: str = "") -> None:
+        self.channel, self.where, self.epoch, self.found, self.last_seq = channel, where, epoch, found, last_seq
+        if not what and not found.epoch:
+            what = f"no epoch (next seq {found.next_seq})"
+        elif not what and found.epoch != epoch:
+            what = f"epoch {found.epoch} (next seq {found.next_seq})"
+        elif not what:
+            what = f"the same epoch but next seq {found.next_seq}, below what this replica had seen"
+        last = f"seq {last_seq}" if last_seq >= 0 else "no seq yet"
+        super().__init__(
+            f"channel {channel!r} was reset in the store {where}: it held epoch {epoch}, the store now holds "
+            f"{what}; the last seq this replica knew is {last}. Nothing more is appended or served on it: "
+            f"restart a replica with --new-epoch {channel} to go on with seqs above {last_seq} (server/README.md)"
+        )
+
+
+@dataclass(frozen=True)
+class EpochState:
+    """What a store holds of a channel's incarnation: its epoch id ("" when it holds none), the
+    seq the next frame gets, the first seq of the epoch and the epoch it replaced ("" when it was
+    the channel's first)."""
+
+    epoch: str
+    next_seq: int
+    start_seq: int = 0
+    previous: str = ""
+
+
+OnReset = Callable[["StoreReset"], None]
 
 
 class ChannelMismatch(StoreError):
@@ -123,6 +165,35 @@ class ChannelStore(Protocol):
 
     def follow(self, on_commit: OnCommit) -> None:
         """Deliver every commit from now on (this replica's and the others') in seq order."""
+        ...
+
+    @property
+    def epoch(self) -> str:
+        """The epoch this store is bound to ("" before bind)."""
+        ...
+
+    def epoch_state(self) -> EpochState:
+        """What the store holds now (asks it)."""
+        ...
+
+    def create_epoch(self, epoch: str, start_seq: int, previous: str = "", wipe: bool = False) -> EpochState:
+        """Write `epoch` if the store holds none (next seq raised to start_seq); with wipe (the
+        operator's new epoch) replace whatever it holds and drop the channel's packets and producer
+        offsets. Returns what the store holds afterwards."""
+        ...
+
+    def bind(self, state: EpochState, known_next_seq: int) -> None:
+        """From now on refuse appends (StoreReset) unless the store holds state.epoch and a next seq
+        >= every seq seen (known_next_seq included)."""
+        ...
+
+    @property
+    def reset(self) -> StoreReset | None:
+        """The reset this store noticed (sticky), or None."""
+        ...
+
+    def watch_reset(self, on_reset: OnReset) -> None:
+        """Hear of a reset the store notices (on an append or, Redis, in its tailer), once."""
         ...
 
     def append(self, packets: list[PendingPacket], producer_offsets: dict[str, int] | None = None,

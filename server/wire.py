@@ -60,6 +60,7 @@ def channel_info(ch: Channel, next_seq: int, first_retained_seq: int) -> pb.Chan
         sample_shape=dims(codec.sample_shape),
         raw_dtype=str(np.dtype(codec.raw_dtype)),
         fallback=ch.fallback,
+        epoch=ch.epoch,
     )
     if ch.anomaly_threshold is not None:
         info.anomaly_threshold = ch.anomaly_threshold

@@ -43,7 +43,9 @@ def _redis(tmp: Path):
 
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed and could not be (the README's test command installs it)")
-    server = RedisServer(tmp).start()
+    # an append-only file fsynced once a second, as one would deploy Redis: servers started on it need
+    # no --allow-volatile-store (tests of the volatile case start their own redis-server)
+    server = RedisServer(tmp, persist=True, appendfsync="everysec").start()
     return server
 
 

@@ -39,11 +39,13 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path):
         else:
             from latentwire.server.redis_store import RedisStore
 
-            s = RedisStore(request.getfixturevalue("redis_server").url, "digits", policy)
+            s = RedisStore(redis_url, "digits", policy)
         made.append(s)
         return s
 
     make.kind = request.param  # type: ignore[attr-defined]
+    redis_url = request.getfixturevalue("redis_server").url if request.param == "redis" else ""
+    make.redis_url = redis_url  # type: ignore[attr-defined]
     yield make
     for s in made:
         s.close()
@@ -209,3 +211,134 @@ def test_redis_at_maxmemory_is_store_full_and_changes_nothing(redis_server) -> N
     finally:
         store.close()
         admin.close()
+
+
+# ---------------------------------------------------------------------- epochs (server/epoch.py)
+
+
+def test_a_reset_store_is_noticed_and_a_new_epoch_starts_above_every_seq(make_store, tmp_path: Path) -> None:
+    """The replica's record notices a store that lost the channel (Redis flushed; the SQLite file
+    deleted) when it opens it again; --new-epoch then starts the channel above every seq it knew."""
+    from latentwire.server.epoch import EPOCH_GAP, EpochRecord, settle
+    from latentwire.server.store import StoreReset
+
+    data = tmp_path / "replica"
+    data.mkdir()
+    store = make_store()
+    state = settle(store, "digits", "here", None, new_epoch=False)
+    assert len(state.epoch) == 16 and state.next_seq == 0 and state.previous == ""
+    store.bind(state, 0)
+    store.append([_pkt(5)], {"cam": 5})
+    EpochRecord("digits", state.epoch, store.next_seq, "here").save(data)
+    again = make_store()  # a restart against the same, intact store: same epoch, no refusal
+    assert settle(again, "digits", "here", EpochRecord.load(data, "digits"), new_epoch=True) == store.epoch_state()
+    # the store loses the channel
+    store.close()
+    again.close()
+    if make_store.kind == "sqlite":
+        (tmp_path / "digits.sqlite3").unlink()
+    else:
+        import redis
+
+        redis.Redis.from_url(make_store.redis_url).flushall()
+    fresh = make_store()
+    with pytest.raises(StoreReset, match=rf"held epoch {state.epoch}, the store now holds no epoch.*last seq this "
+                                         r"replica knew is seq 4.*--new-epoch digits"):
+        settle(fresh, "digits", "here", EpochRecord.load(data, "digits"), new_epoch=False)
+    assert fresh.next_seq == 0  # nothing written by the refusal
+    new = settle(fresh, "digits", "here", EpochRecord.load(data, "digits"), new_epoch=True)
+    assert new.epoch != state.epoch and new.previous == state.epoch and new.next_seq == new.start_seq == 5 + EPOCH_GAP
+    fresh.bind(new, 0)
+    assert [p.first_seq for p in fresh.append([_pkt(2)])] == [5 + EPOCH_GAP]
+    assert fresh.producer_next_offset("cam") == 0 and fresh.first_seq == 5 + EPOCH_GAP
+    # another replica whose record still names the old epoch adopts the new one (it starts above it)
+    other = make_store()
+    assert settle(other, "digits", "here", EpochRecord("digits", state.epoch, 5, "here"), new_epoch=False).epoch == \
+        new.epoch
+
+
+def test_a_bound_redis_store_refuses_appends_and_its_tail_notices_a_flush(redis_server) -> None:
+    """Redis flushed under a live replica: the append script finds the epoch gone and writes nothing,
+    and the tailer of a replica that does not append reports the reset by itself."""
+    import redis
+    from latentwire.server.epoch import settle
+    from latentwire.server.redis_store import RedisStore
+    from latentwire.server.store import StoreReset
+
+    a, b = RedisStore(redis_server.url, "digits"), RedisStore(redis_server.url, "digits")
+    heard: list[StoreReset] = []
+    try:
+        state = settle(a, "digits", redis_server.url, None, new_epoch=False)
+        assert settle(b, "digits", redis_server.url, None, new_epoch=False) == state  # one epoch for both
+        a.bind(state, 0)
+        b.bind(state, 0)
+        b.watch_reset(heard.append)
+        seen_b: list[StoredPacket] = []
+        b.follow(seen_b.extend)
+        a.append([_pkt(500)])
+        _wait(lambda: sum(p.count for p in seen_b) == 500)
+        redis.Redis.from_url(redis_server.url).flushall()
+        with pytest.raises(StoreReset, match=r"the store now holds no epoch \(next seq 0\); the last seq this replica "
+                                             r"knew is seq 499"):
+            a.append([_pkt(500)])
+        r = redis.Redis.from_url(redis_server.url)
+        assert r.xlen(a.k_log) == 0 and not r.exists(a.k_meta)  # nothing written: no seq handed out again
+        with pytest.raises(StoreReset):  # sticky: no second try reaches Redis
+            a.append([_pkt(1)])
+        _wait(lambda: bool(heard), timeout=5)  # b never appended: its tailer noticed
+        assert b.reset is heard[0] and heard[0].last_seq == 499 and heard[0].found.epoch == ""
+        assert [p.first_seq for p in seen_b] == [0]  # nothing delivered after the reset
+        assert a.trim() == []
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_tail_behind_retention_is_no_reset_but_a_log_rolled_back_is(redis_server) -> None:
+    """Seqs are dense, so the tailer takes a stream that does not go on where it stopped for a reset,
+    unless retention trimmed the entries it had not read yet (the head is past them)."""
+    import redis
+    from latentwire.server.epoch import settle
+    from latentwire.server.redis_store import RedisStore
+
+    a = RedisStore(redis_server.url, "digits", RetentionPolicy(max_bytes=0, max_age_s=0, max_frames=6))
+    b = RedisStore(redis_server.url, "digits")
+    try:
+        state = settle(a, "digits", redis_server.url, None, new_epoch=False)
+        a.bind(state, 0)
+        b.bind(state, 0)
+        a.append([_pkt(2, tag=i) for i in range(5)])
+        a.trim()  # b's tailer has not started: the entries it would read first are gone
+        seen: list[StoredPacket] = []
+        b.follow(seen.extend)
+        _wait(lambda: sum(p.count for p in seen) == 6)
+        assert [p.first_seq for p in seen] == [4, 6, 8] and b.reset is None
+        # the store goes back (a lagging copy: same epoch, next seq 0) and a replica that knows no better
+        # appends 3-frame packets: b must not deliver them as if they followed seq 9
+        r = redis.Redis.from_url(redis_server.url)
+        r.delete(b.k_log)
+        r.hset(b.k_meta, "next_seq", 0)
+        other = RedisStore(redis_server.url, "digits")
+        other.append([_pkt(3) for _ in range(5)])
+        other.close()
+        _wait(lambda: b.reset is not None, timeout=5)
+        assert b.reset.last_seq == 9 and [p.first_seq for p in seen] == [4, 6, 8]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_channel_from_before_epochs_keeps_its_seqs(make_store, tmp_path: Path) -> None:
+    """A log written before channels had epochs (no epoch in the store, no record in the data dir) is
+    adopted as it is: the epoch is created at its next seq, nothing is dropped."""
+    from latentwire.server.epoch import settle
+
+    store = make_store()
+    store.append([_pkt(3), _pkt(4)], {"cam": 7})
+    assert store.epoch_state().epoch == ""
+    state = settle(store, "digits", "here", None, new_epoch=False)
+    assert state.epoch and state.next_seq == state.start_seq == 7 and state.previous == ""
+    store.bind(state, 0)
+    assert [p.first_seq for p in store.append([_pkt(1)])] == [7]
+    assert [p.first_seq for p in store.read_from(0)] == [0, 3, 7] and store.producer_next_offset("cam") == 7
+    assert settle(make_store(), "digits", "here", None, new_epoch=False).epoch == state.epoch  # written once

@@ -14,6 +14,11 @@ Status codes every method uses:
   RESOURCE_EXHAUSTED a queue, subscriber or message-size limit was hit (message names the limit)
   UNAUTHENTICATED    tokens are configured and the call has no or an unknown bearer token
   PERMISSION_DENIED  the token is valid but lacks the channel's publish/subscribe permission
+  DATA_LOSS          the channel's store was reset (its epoch is gone or changed: Redis flushed,
+                     restarted without persistence, failed over): this replica stops serving the
+                     channel until an operator starts a new epoch; or a subscriber resumed with
+                     an epoch the channel no longer has. The message names the channel, the
+                     epochs and the last seq the replica knew.
 Every status message says what to fix.
 """
 
@@ -369,6 +374,7 @@ class ChannelInfo(_message.Message):
     RAW_DTYPE_FIELD_NUMBER: _builtins.int
     FALLBACK_FIELD_NUMBER: _builtins.int
     ANOMALY_THRESHOLD_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     model_id: _builtins.str
     quality: _builtins.int
@@ -385,6 +391,10 @@ class ChannelInfo(_message.Message):
     """The channel's anomaly threshold (raw-unit MSE, see PacketRecord.anomaly_scores): the one
     configured, else the bundle's calibrated one; unset when neither exists.
     """
+    epoch: _builtins.str
+    """The channel's incarnation in its store (server/epoch.py): seqs are only comparable within one
+    epoch, and a new epoch's seqs start above every seq of the ones before.
+    """
     @_builtins.property
     def sample_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -400,10 +410,11 @@ class ChannelInfo(_message.Message):
         raw_dtype: _builtins.str = ...,
         fallback: _builtins.bool = ...,
         anomaly_threshold: _builtins.float | None = ...,
+        epoch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_anomaly_threshold", b"_anomaly_threshold", "anomaly_threshold", b"anomaly_threshold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_anomaly_threshold", b"_anomaly_threshold", "anomaly_threshold", b"anomaly_threshold", "fallback", b"fallback", "first_retained_seq", b"first_retained_seq", "model_id", b"model_id", "name", b"name", "next_seq", b"next_seq", "quality", b"quality", "raw_dtype", b"raw_dtype", "sample_shape", b"sample_shape", "subscribers", b"subscribers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_anomaly_threshold", b"_anomaly_threshold", "anomaly_threshold", b"anomaly_threshold", "epoch", b"epoch", "fallback", b"fallback", "first_retained_seq", b"first_retained_seq", "model_id", b"model_id", "name", b"name", "next_seq", b"next_seq", "quality", b"quality", "raw_dtype", b"raw_dtype", "sample_shape", b"sample_shape", "subscribers", b"subscribers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__anomaly_threshold: _TypeAlias = _typing.Literal["anomaly_threshold"]  # noqa: Y015
     _WhichOneofArgType__anomaly_threshold: _TypeAlias = _typing.Literal["_anomaly_threshold", b"_anomaly_threshold"]  # noqa: Y015
@@ -658,6 +669,7 @@ class SubscribeRequest(_message.Message):
     MAX_PACKETS_PER_RESPONSE_FIELD_NUMBER: _builtins.int
     COMPACT_FRAMES_FIELD_NUMBER: _builtins.int
     COMPACT_RECORDS_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     channel: _builtins.str
     from_seq: _builtins.int
     """Start position. Unset and latest=false: the oldest retained frame."""
@@ -676,6 +688,11 @@ class SubscribeRequest(_message.Message):
     (PacketRecord.first_seq when the record follows the previous one, and the commit time as a
     microsecond delta). A server that does not know this field sends them whole.
     """
+    epoch: _builtins.str
+    """The epoch from_seq belongs to (SubscribeResponse.epoch of the stream it was read from). When set
+    and the channel has another epoch, the call ends with DATA_LOSS instead of serving frames of
+    another incarnation. Empty: not checked.
+    """
     def __init__(
         self,
         *,
@@ -685,10 +702,11 @@ class SubscribeRequest(_message.Message):
         max_packets_per_response: _builtins.int = ...,
         compact_frames: _builtins.bool = ...,
         compact_records: _builtins.bool = ...,
+        epoch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_from_seq", b"_from_seq", "from_seq", b"from_seq"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_from_seq", b"_from_seq", "channel", b"channel", "compact_frames", b"compact_frames", "compact_records", b"compact_records", "from_seq", b"from_seq", "latest", b"latest", "max_packets_per_response", b"max_packets_per_response"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_from_seq", b"_from_seq", "channel", b"channel", "compact_frames", b"compact_frames", "compact_records", b"compact_records", "epoch", b"epoch", "from_seq", b"from_seq", "latest", b"latest", "max_packets_per_response", b"max_packets_per_response"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__from_seq: _TypeAlias = _typing.Literal["from_seq"]  # noqa: Y015
     _WhichOneofArgType__from_seq: _TypeAlias = _typing.Literal["_from_seq", b"_from_seq"]  # noqa: Y015
@@ -779,12 +797,15 @@ class SubscribeResponse(_message.Message):
     PACKETS_FIELD_NUMBER: _builtins.int
     TRIMMED_FRAMES_FIELD_NUMBER: _builtins.int
     NEXT_SEQ_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     trimmed_frames: _builtins.int
     """Set on the first response when frames from from_seq were already trimmed by retention:
     the number of frames the subscriber can no longer get.
     """
     next_seq: _builtins.int
     """the channel's next seq when this response was built (lag = next_seq - last delivered - 1)"""
+    epoch: _builtins.str
+    """on the first response of a stream: the epoch of every seq it delivers (ChannelInfo.epoch)"""
     @_builtins.property
     def packets(self) -> _containers.RepeatedCompositeFieldContainer[Global___PacketRecord]: ...
     def __init__(
@@ -793,10 +814,11 @@ class SubscribeResponse(_message.Message):
         packets: _abc.Iterable[Global___PacketRecord] | None = ...,
         trimmed_frames: _builtins.int = ...,
         next_seq: _builtins.int = ...,
+        epoch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_seq", b"next_seq", "packets", b"packets", "trimmed_frames", b"trimmed_frames"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "next_seq", b"next_seq", "packets", b"packets", "trimmed_frames", b"trimmed_frames"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
