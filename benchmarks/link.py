@@ -56,7 +56,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from benchmarks.linkrun import LinkRunner
-from benchmarks.netns import LinkPair, NetnsUnavailable
+from benchmarks.netns import LinkPair, NetnsUnavailable, tbf_burst_bytes, tbf_limit_bytes
 from benchmarks.streamkit import Mode, chunks, make_packet, parse_modes, rss_bytes
 from benchmarks.tcpframes import TcpCodec, message_sizes
 
@@ -321,8 +321,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "git_commit": git_commit(), "machine": machine,
         "versions": {k: version(k) for k in ("grpcio", "onnxruntime", "numpy", "zstandard", "pillow")},
         "bundle": {"path": str(bundle), "model_id": codec.model_id}, "digits": int(len(digits)),
-        "link": {"namespaces": [link.server_ns, link.receiver_ns], "tbf_latency_ms": 100,
-                 "shaped": "both directions, tbf on each veth end's egress", "last_qdisc_stats": qdisc},
+        "link": {"namespaces": [link.server_ns, link.receiver_ns], "addresses": [link.server_addr, link.receiver_addr],
+                 "shaped": "both directions, tbf on each veth end's egress; one segment per packet (no GSO)",
+                 "tbf": {f"{k:g}": {"burst_bytes": tbf_burst_bytes(k), "limit_bytes": tbf_limit_bytes(k)}
+                         for k in rates},
+                 "last_qdisc_stats": qdisc},
         "settings": {k: getattr(args, k) for k in ("rates", "modes", "baselines", "seconds", "latency_seconds",
                                                      "max_frames", "max_rate", "packet_seconds", "packets_per_response",
                                                      "match_digits", "slow_kbit", "slow_frames", "timeout", "data")},
