@@ -293,8 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner.warm_up(args.timeout)
         for kbit in rates:
             link.shape(kbit)
-            for e in entries:
-                row = run_row(runner, planner, e, kbit, args)
+            for entry in entries:
+                row = run_row(runner, planner, entry, kbit, args)
                 rows.append(row)
                 print_rows([row])
         if not args.no_slow_check:

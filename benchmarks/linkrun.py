@@ -43,23 +43,28 @@ class LinkRunner:
         self.link = link
         self.procs: list[subprocess.Popen] = []
         self.conns: list[Connection] = []
+        self.modes = modes
+        self.next_seq = {m.channel: 0 for m in modes}
         self.sock_dir = work / "sockets"
         self.sock_dir.mkdir(mode=0o700)
-        self.log = open(work / "workers.log", "ab")
+        self.log = open(work / "workers.log", "ab")  # noqa: SIM115 - closed in close()
         cfg = work / "server.json"
         cfg.write_text(json.dumps({"subscribe_packets_per_response": packets_per_response}))
         self.server = ServerProcess(bundle, modes, ["--retention-bytes", str(512 << 20), "--config", str(cfg)],
-                                    host=link.server_addr, prefix=link.exec_prefix(link.server_ns)).start()
-        target = self.server.target
-        self.modes = modes
-        self.next_seq = {m.channel: 0 for m in modes}
-        self.lw_tx = self._spawn(link.server_ns, "lw-sender",
-                                 [target, str(bundle), str(work / "cache-sender"), str(digits_file)])
-        self.lw_rx = self._spawn(link.receiver_ns, "lw-receiver", [target, str(work / "cache-receiver")])
-        self.tcp_tx = self._spawn(link.server_ns, "tcp-sender", [link.server_addr, str(digits_file)])
-        self.tcp_rx = self._spawn(link.receiver_ns, "tcp-receiver", [])
-        for conn in self.conns:
-            expect(conn, "up", START_TIMEOUT)
+                                    host=link.server_addr, prefix=link.exec_prefix(link.server_ns))
+        try:  # whatever started before a failure (or a signal) is stopped again
+            self.server.start()
+            target = self.server.target
+            self.lw_tx = self._spawn(link.server_ns, "lw-sender",
+                                     [target, str(bundle), str(work / "cache-sender"), str(digits_file)])
+            self.lw_rx = self._spawn(link.receiver_ns, "lw-receiver", [target, str(work / "cache-receiver")])
+            self.tcp_tx = self._spawn(link.server_ns, "tcp-sender", [link.server_addr, str(digits_file)])
+            self.tcp_rx = self._spawn(link.receiver_ns, "tcp-receiver", [])
+            for conn in self.conns:
+                expect(conn, "up", START_TIMEOUT)
+        except BaseException:
+            self.close()
+            raise
 
     def _spawn(self, ns: str, role: str, args: list[str]) -> Connection:
         path = self.sock_dir / f"{role}.sock"
@@ -151,12 +156,18 @@ class LinkRunner:
                 conn.send(None)
             except OSError:
                 pass
+        for proc in self.procs[len(self.conns):]:  # started, not yet connected: nothing to tell them
+            proc.terminate()
         for proc in self.procs:
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+                proc.terminate()  # a worker still starting up, or stuck in a socket call
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
         for conn in self.conns:
             conn.close()
         self.server.stop()
