@@ -179,6 +179,7 @@ def run_row(runner: LinkRunner, planner: Planner, e: Entry, kbit: float, args: a
         "codec": e.codec, "setting": e.setting, "link_kbit": kbit, "frames_per_s": fps, "bytes_per_frame": bpf,
         "p50_ms": lat.get("p50_ms"), "p99_ms": lat.get("p99_ms"),
         "psnr_db": None if math.isinf(e.psnr_db) else e.psnr_db, "lossless": math.isinf(e.psnr_db),
+        "matched_to": list(e.matches),
         "capacity_frames_per_s": link_bps / bpf if bpf else None,
         "link_utilization": fps * bpf / link_bps if fps and bpf else None,
         "saturation": sat, "latency": lat,

@@ -33,8 +33,7 @@ def targets(rows: Sequence[dict[str, Any]], slow: dict[str, Any] | None) -> list
                     "measured": f"{fps:,.0f} frames/s at {r['bytes_per_frame']:.2f} B/frame: {fps / cap:.3f} x "
                                 f"{cap:,.0f}" if fps and cap else "no figure",
                     "pass": bool(fps and cap and fps >= FILL * cap)})
-        webp = next((w for w in at if w["codec"] == "webp" and r["setting"] in w["setting"].split("matched to ")[-1]
-                     .rstrip(")").split(", ")), None)
+        webp = next((w for w in at if w["codec"] == "webp" and r["setting"] in w.get("matched_to", [])), None)
         if webp is None or not webp["frames_per_s"]:
             out.append({"target": f"latentwire {r['setting']} at 1 Mbit/s: >= {OVER_WEBP:g}x WebP's frames/s at "
                                   "equal PSNR", "measured": "no WebP row", "pass": None})

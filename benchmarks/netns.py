@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 
 PREFIX = "lwlink"
@@ -97,6 +98,7 @@ class LinkPair:
         pair = cls(f"{PREFIX}{pid}s", f"{PREFIX}{pid}r", f"10.250.0.{subnet + 1}", f"10.250.0.{subnet + 2}")
         try:
             pair._make()
+            pair._probe()
         except BaseException:
             pair.delete()
             raise
@@ -115,6 +117,20 @@ class LinkPair:
             _ip("-n", ns, "link", "set", "dev", dev, "gso_max_segs", "1", "gso_max_size", str(MTU_FRAME))
             _ip("-n", ns, "link", "set", dev, "up")
             _ip("-n", ns, "link", "set", "lo", "up")
+
+    def _probe(self) -> None:
+        """What the benchmark needs later, tried now, so a missing piece is a skip and not a crash:
+        running a program inside a namespace, and tbf (the sch_tbf module)."""
+        for ns in (self.server_ns, self.receiver_ns):
+            try:
+                r = subprocess.run(self.exec_prefix(ns) + [sys.executable, "-c", "pass"], capture_output=True,
+                                   text=True, timeout=60)
+            except (OSError, subprocess.SubprocessError) as e:
+                raise NetnsUnavailable(f"`ip netns exec {ns} python`: {e}") from e
+            if r.returncode != 0:
+                raise NetnsUnavailable(f"`ip netns exec {ns} python` failed: {(r.stderr or r.stdout).strip()}")
+        self.shape(1000)
+        self.shape(None)
 
     def shape(self, kbit: float | None) -> None:
         """tbf at `kbit` on both ends' egress; None: no qdisc (the veth's own speed)."""
