@@ -63,9 +63,13 @@ def parse_modes(text: str) -> list[Mode]:
 # ------------------------------------------------------------------------------------ frames and packets
 
 
-def mnist_digits() -> np.ndarray:
-    """The 10,000 MNIST test digits when ../shared/data is there, else the shipped 1,000-digit sample."""
+def mnist_digits(path: str | Path | None = None) -> np.ndarray:
+    """The 10,000 MNIST test digits when ../shared/data is there, else the shipped 1,000-digit sample;
+    `path`: a .npy file of (N, 1, 28, 28) uint8 digits instead (the link benchmark streams a chosen set)."""
     from latentwire.codec.sources import default_data_root, load_source
+
+    if path is not None:
+        return np.ascontiguousarray(np.load(path))
 
     root = default_data_root()
     if root is not None and (root / "mnist").is_dir():
@@ -150,12 +154,14 @@ def cpu_seconds(pid: int | str = "self") -> float:
         return 0.0
 
 
-def server_socket_bytes(port: int) -> dict[str, tuple[int, int]]:
+def server_socket_bytes(port: int, netns: str | None = None) -> dict[str, tuple[int, int]]:
     """Per established TCP connection of the server's port: (bytes_acked, bytes_received) from the
     kernel's tcp_info (`ss -ti`), keyed by the peer address. The delta over a run is what really
-    crossed loopback as TCP payload: HTTP/2 frames, gRPC message prefixes, protobuf, pings."""
+    crossed loopback as TCP payload: HTTP/2 frames, gRPC message prefixes, protobuf, pings.
+    netns: the network namespace the server runs in (`ip netns exec NETNS ss ...`)."""
     try:
-        out = subprocess.run(["ss", "-tinH", "state", "established", f"( sport = :{port} )"],
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        out = subprocess.run(prefix + ["ss", "-tinH", "state", "established", f"( sport = :{port} )"],
                              capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
@@ -194,15 +200,19 @@ def loadavg() -> float | None:
 class ServerProcess:
     """`latentwire serve` in its own process, one channel per mode, all bound to one bundle."""
 
-    def __init__(self, bundle: Path, modes: list[Mode], extra: list[str] | None = None, keep_dir: Path | None = None):
+    def __init__(self, bundle: Path, modes: list[Mode], extra: list[str] | None = None, keep_dir: Path | None = None,
+                 host: str = "127.0.0.1", prefix: list[str] | None = None):
+        """host: the address it listens on; prefix: words run before the command (the link benchmark's
+        `ip netns exec NS`, which execs, so the pid is still the server's)."""
         self.bundle, self.modes, self.extra = bundle, modes, extra or []
+        self.host, self.prefix = host, prefix or []
         self.dir = Path(tempfile.mkdtemp(prefix="latentwire-bench-", dir=keep_dir))
         self.proc: subprocess.Popen | None = None
         self.port = 0
 
     @property
     def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -212,7 +222,7 @@ class ServerProcess:
     def command(self) -> list[str]:
         exe = Path(sys.executable).with_name("latentwire")
         head = [str(exe)] if exe.is_file() else [sys.executable, "-m", "latentwire.codec.cli"]
-        cmd = head + ["serve", "--listen", "127.0.0.1:0", "--data-dir", str(self.dir / "data"),
+        cmd = self.prefix + head + ["serve", "--listen", f"{self.host}:0", "--data-dir", str(self.dir / "data"),
                       "--port-file", str(self.dir / "port"), "--threads", "1", "--log-level", "WARNING"]
         for m in self.modes:
             cmd += ["--channel", f"{m.channel}={self.bundle}:{m.quality}"]
@@ -325,18 +335,20 @@ def receiver_main(conn: Any, target: str, cache_dir: str, progress: Any = None) 
     client.close()
 
 
-def sender_main(conn: Any, target: str, bundle: str, cache_dir: str, progress: Any = None) -> None:
+def sender_main(conn: Any, target: str, bundle: str, cache_dir: str, progress: Any = None,
+                digits_file: str | None = None) -> None:
     """The publisher process. Commands:
     ("sat", mode, channel, n, batch): as fast as publish allows, packets pre-encoded from the
         10k test digits before the clock starts (edge, raw) or raw frames the server encodes (server);
     ("rate", mode, channel, n, batch, rate): paced at `rate` frames/s, `batch` frames per message,
         encoded live per message (edge, raw) so latency includes the sender's encode;
-    None: exit. Replies with per-frame offered times (monotonic) and the PublishResult counters."""
+    None: exit. Replies with per-frame offered times (monotonic) and the PublishResult counters.
+    digits_file: a .npy of the digits to send (default: mnist_digits())."""
     _quiet_threads()
     from latentwire.client import Client
     from latentwire.codec.codec import Codec
 
-    digits = mnist_digits()
+    digits = mnist_digits(digits_file)
     codec = Codec.load(bundle, provider="cpu", threads=1)
     client = Client(target, cache_dir=cache_dir)
     pools: dict[tuple[str, int], list[bytes]] = {}
