@@ -19,6 +19,7 @@ from latentwire.codec.errors import InputError
 
 from .. import bdrate
 from ..common import git_commit, machine_info, version
+from .codecs import NEAR_LOSSLESS, settings
 from .points import Point
 
 
@@ -41,6 +42,7 @@ def curve(points: list[Point], codec: str, mode_prefix: str | None = "packet",
     """The codec's (rate, quality) points: whole-set points of the given packet mode, no subset
     rows, no rate-controlled rows (they are their own curve); latent_only: no max-error levels."""
     sel = [p for p in points if p.codec == codec and not p.lossless and p.subset is None and p.target_prdn is None
+           and p.mode != NEAR_LOSSLESS
            and (mode_prefix is None or p.mode is None or p.mode.startswith(mode_prefix))
            and not (latent_only and p.max_error is not None)]
     x = [p.bpp if p.bpp is not None else p.bytes_per_sample for p in sel]
@@ -49,12 +51,13 @@ def curve(points: list[Point], codec: str, mode_prefix: str | None = "packet",
 
 def bd_rates(points: list[Point], interval: tuple[float, float] | None, lw_mode: str | None,
              metric: str = "psnr", latent_only: bool = False) -> dict[str, Any]:
-    """BD-rate of latentwire against each lossy baseline (negative: latentwire needs fewer bytes),
+    """BD-rate of latentwire against each lossy baseline (near-lossless rows are the bounded table's) (negative: latentwire needs fewer bytes),
     over the quality interval (metric's dB) or the curves' overlap; latent_only: latentwire's
     latent levels alone (photos: the residual levels are the near-lossless mode, not the ladder)."""
     lw = curve(points, "latentwire", lw_mode, metric, latent_only)
     out: dict[str, Any] = {}
-    for name in sorted({p.codec for p in points if p.codec != "latentwire" and not p.lossless}):
+    for name in sorted({p.codec for p in points
+                        if p.codec != "latentwire" and not p.lossless and p.mode != NEAR_LOSSLESS}):
         ref = curve(points, name, None, metric)
         try:
             res = bdrate.bd_rate(*ref, *lw, *(interval or (None, None)))
@@ -188,7 +191,8 @@ def run_metadata(args: argparse.Namespace, codec: Codec, argv: Sequence[str]) ->
         "git_commit": git_commit(),
         "machine": machine_info(),
         "versions": {n: version(n) for n in ("latentwire", "numpy", "onnxruntime", "Pillow", "zstandard",
-                                             "constriction", "PyWavelets")},
+                                             "constriction", "PyWavelets", "imagecodecs", "soundfile")},
+        "baseline_settings": settings(args.dataset),
         "bundle": {"path": str(codec.bundle.path), "name": codec.manifest.name, "model_id": codec.model_id,
                    "family": codec.manifest.family, "qualities": [asdict(q) for q in codec.qualities],
                    "training": codec.manifest.raw.get("training", {}).get("command")},
@@ -235,7 +239,8 @@ def plot(points: list[Point], path: Path, title: str) -> Path | None:
     img = any(p.bpp is not None for p in points)
     fig, ax = plt.subplots(figsize=(8, 5.5))
     styles = {"latentwire": ("C3", "o"), "pca": ("C2", "s"), "dct": ("C2", "D"), "wavelet": ("C4", "P"),
-              "webp": ("C0", "^"), "jpeg": ("C1", "v")}
+              "webp": ("C0", "^"), "jpeg": ("C1", "v"), "avif": ("C5", "<"), "jpegxl": ("C6", ">"),
+              "jpeg-ls": ("C8", "d")}
     ecg = any(p.prdn_percent is not None for p in points)
     series: dict[tuple[str, str], list[Point]] = {}
     for p in points:
@@ -254,7 +259,7 @@ def plot(points: list[Point], path: Path, title: str) -> Path | None:
     for p in points:
         if p.lossless:
             ax.axvline(p.bpp if img else p.bytes_per_sample, color="0.7", linewidth=0.8, linestyle=":")
-            ax.annotate(f"{p.codec} lossless", (p.bpp if img else p.bytes_per_sample, ax.get_ylim()[0]),
+            ax.annotate(f"{p.codec} {p.setting}" if "lossless" in p.setting else f"{p.codec} lossless", (p.bpp if img else p.bytes_per_sample, ax.get_ylim()[0]),
                         rotation=90, fontsize=7, color="0.4", va="bottom")
     ax.set_xscale("log")
     ax.set_xlabel("bits per pixel" if img else "bytes per sample (as sent)")
