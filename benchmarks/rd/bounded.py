@@ -34,9 +34,10 @@ class BoundedRow:
 
 
 def latentwire_bounds(codec: Codec, max_errors: Sequence[int], bounds: Sequence[int]) -> list[int]:
-    """max_errors plus the bounds that neither they nor a ladder level measure (the table needs every bound)."""
+    """max_errors plus the bounds (0: lossless, then ``bounds``) that neither they nor a ladder level
+    measure: the table needs latentwire at every bound."""
     have = set(max_errors) | {q.max_error for q in codec.qualities if q.max_error is not None}
-    return list(max_errors) + [b for b in bounds if b not in have]
+    return list(max_errors) + [b for b in (0, *bounds) if b not in have]
 
 
 def bounded_rows(points: list[Point], bounds: Sequence[int], values_per_sample: int | None,
