@@ -256,11 +256,18 @@ def plot(points: list[Point], path: Path, title: str) -> Path | None:
         label = name + (f" ({mode})" if mode else "") + (" front" if name == "pca" else "")
         ax.plot(x, y, marker=marker, color=color, markersize=4, label=label,
                 linestyle="--" if mode in ("frame", "target PRDN") else "-", alpha=0.6 if mode == "frame" else 1.0)
-    for p in points:
-        if p.lossless:
-            ax.axvline(p.bpp if img else p.bytes_per_sample, color="0.7", linewidth=0.8, linestyle=":")
-            ax.annotate(f"{p.codec} {p.setting}" if "lossless" in p.setting else f"{p.codec} lossless", (p.bpp if img else p.bytes_per_sample, ax.get_ylim()[0]),
-                        rotation=90, fontsize=7, color="0.4", va="bottom")
+    lossless = sorted((p for p in points if p.lossless and p.subset is None and (img or p.mode != "frame")),
+                      key=lambda p: p.bpp if img else p.bytes_per_sample)
+    for p in lossless:  # one line for latentwire's; the rest in a box, so the labels do not pile up
+        if p.codec == "latentwire":
+            ax.axvline(p.bpp if img else p.bytes_per_sample, color="C3", linewidth=0.8, linestyle=":")
+    if lossless:
+        unit = "bpp" if img else "B"
+        text = "lossless:\n" + "\n".join(
+            f"{p.codec} {p.setting if 'lossless' not in p.setting else p.setting.replace('lossless', '').strip()}"
+            f"  {p.bpp if img else p.bytes_per_sample:.2f} {unit}" for p in lossless)
+        ax.text(0.99, 0.02, text, transform=ax.transAxes, fontsize=6, ha="right", va="bottom", family="monospace",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
     ax.set_xscale("log")
     ax.set_xlabel("bits per pixel" if img else "bytes per sample (as sent)")
     if ecg:
