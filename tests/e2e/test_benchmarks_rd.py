@@ -348,3 +348,9 @@ def test_rd_bsds_sets_every_image_codec_beside_latentwire(tmp_path: Path) -> Non
         assert {r["codec"] for r in rows if r["bound"] == bound} == {"latentwire", "jpeg-ls"}
     targets = {t["target"] for t in summary["targets"]}
     assert {"lossless <= WebP lossless", "max error 2 <= JPEG-LS NEAR=2"} <= targets
+    # the markdown for BENCHMARKS.md: the bounded table and one BD-rate row per baseline
+    from benchmarks import report
+
+    md = report.bounded_table(doc)
+    assert md.count("| 0 (lossless) |") >= 7 and md.count("| 4 |") == 2
+    assert all(f"| {name} | " in report.summary(doc) for name in lossy)
