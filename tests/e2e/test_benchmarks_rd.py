@@ -352,5 +352,5 @@ def test_rd_bsds_sets_every_image_codec_beside_latentwire(tmp_path: Path) -> Non
     from benchmarks import report
 
     md = report.bounded_table(doc)
-    assert md.count("| 0 (lossless) |") >= 7 and md.count("| 4 |") == 2
+    assert md.count("\n| 0 (lossless) |") >= 7 and md.count("\n| 4 |") == 2
     assert all(f"| {name} | " in report.summary(doc) for name in lossy)
