@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from latentwire.codec.codec import Codec
 
 from .codecs import NEAR_LOSSLESS
-from .points import Point
+from .points import Point, measured_levels
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,11 @@ class BoundedRow:
         return {**asdict(self), "within_bound": self.within_bound}
 
 
-def latentwire_bounds(codec: Codec, max_errors: Sequence[int], bounds: Sequence[int]) -> list[int]:
-    """max_errors plus the bounds (0: lossless, then ``bounds``) that neither they nor a ladder level
-    measure: the table needs latentwire at every bound."""
-    have = set(max_errors) | {q.max_error for q in codec.qualities if q.max_error is not None}
+def latentwire_bounds(codec: Codec, max_errors: Sequence[int], bounds: Sequence[int],
+                      levels: Sequence[int] | None = None) -> list[int]:
+    """max_errors plus the bounds (0: lossless, then ``bounds``) that neither they nor a measured ladder
+    level cover: the table needs latentwire at every bound."""
+    have = set(max_errors) | {q.max_error for q in measured_levels(codec, levels) if q.max_error is not None}
     return list(max_errors) + [b for b in (0, *bounds) if b not in have]
 
 

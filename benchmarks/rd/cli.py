@@ -62,6 +62,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--out", help="JSON path (default benchmarks/results/rd-<dataset>.json); the plot goes next to it")
     p.add_argument("--max-errors", type=lambda s: [int(v) for v in s.split(",") if v],
                    help="custom max_error points between the ladder levels (comma list; '' for none)")
+    p.add_argument("--levels", type=_ints, help="ladder levels measured (comma list of indices; default all): a run "
+                                             "for the lossless table needs only the bounded ones, which it adds")
     p.add_argument("--compact-levels", type=int, default=3, help="ladder levels also measured in per-frame packets")
     p.add_argument("--compact-limit", type=int, default=2000, help="frames measured in per-frame mode (0: all)")
     p.add_argument("--webp-step", type=int, default=5, help="WebP quality sweep 0..100 in this step")
@@ -96,6 +98,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.max_errors is None:
         args.max_errors = list(DEFAULT_MAX_ERRORS[args.dataset])
+    if args.levels is not None and (min(args.levels, default=0) < 0):
+        p.error("--levels are ladder indices >= 0")
     if args.compact_limit == 0:
         args.compact_limit = None
     if args.batch < 1:

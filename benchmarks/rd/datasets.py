@@ -37,6 +37,7 @@ from .points import (
     image_codec_point,
     latentwire_jobs,
     level_name,
+    measured_levels,
     pca_points,
     raw_point,
     wavelet_points,
@@ -96,8 +97,9 @@ def mnist_jobs(args: argparse.Namespace, codec: Codec, meta: dict[str, Any]) -> 
                     "pca_fit": None if train is None else f"{fit} ({len(train)} samples)"}
     meta["values_per_sample"] = int(raw[0].size)
     scorer = Scorer(peak=codec.normalization.peak)
-    max_errors = latentwire_bounds(codec, args.max_errors, args.near)
-    jobs = latentwire_jobs(codec, raw, scorer, args.batch, max_errors, args.compact_levels, args.compact_limit)
+    max_errors = latentwire_bounds(codec, args.max_errors, args.near, args.levels)
+    jobs = latentwire_jobs(codec, raw, scorer, args.batch, max_errors, args.compact_levels, args.compact_limit,
+                           levels=args.levels)
     jobs += [Job(f"webp q={q}", lambda q=q: [image_codec_point(raw, "webp", q, scorer)], 3) for q in _webp_qualities(args)]
     jobs += [Job(f"jpeg q={q}", lambda q=q: [image_codec_point(raw, "jpeg", q, scorer)], 1) for q in args.jpeg_qualities]
     jobs += [
@@ -195,8 +197,9 @@ def ecg_jobs(args: argparse.Namespace, codec: Codec, meta: dict[str, Any]) -> li
                     "cr": f"samples*{bits:g} bits / (bytes*8)"}
     meta["values_per_sample"] = int(raw[0].size)
     scorer = Scorer(peak=norm.peak, prd_baseline=norm.offset, bits_per_value=bits)
-    jobs = latentwire_jobs(codec, raw, scorer, args.batch, latentwire_bounds(codec, args.max_errors, args.near),
-                           args.compact_levels, args.compact_limit, args.target_prdns)
+    jobs = latentwire_jobs(codec, raw, scorer, args.batch, latentwire_bounds(codec, args.max_errors, args.near,
+                                                                             args.levels),
+                           args.compact_levels, args.compact_limit, args.target_prdns, args.levels)
     jobs += [
         Job("zstd", lambda: [zstd_point(raw, scorer)], 1),
         Job("delta+zstd", lambda: [delta_zstd_point(raw, scorer)], 1),
@@ -273,12 +276,12 @@ def bsds_jobs(args: argparse.Namespace, codec: Codec, meta: dict[str, Any]) -> l
         return lambda img: baselines.image_roundtrip(img, fmt, q)
 
     jobs = []
-    for q in codec.qualities:
+    for q in measured_levels(codec, args.levels):
         name = level_name(q)
         jobs.append(Job(f"latentwire {q.name}", lambda q=q, name=name: [_image_point(
             "latentwire", name, images, lw(q.index, None), mode="frame", quality=q.index, max_error=q.max_error)], 3))
     if codec.tables.residual is not None:
-        for e in latentwire_bounds(codec, args.max_errors, args.near):
+        for e in latentwire_bounds(codec, args.max_errors, args.near, args.levels):
             jobs.append(Job(f"latentwire max_error={e}", lambda e=e: [_image_point(
                 "latentwire", f"max_error={e}", images, lw(None, e), mode="frame", max_error=e)], 3))
     for fmt, qs in (("webp", _webp_qualities(args)), ("jpeg", args.jpeg_qualities)):
