@@ -285,6 +285,8 @@ def test_rd_ecg_measures_prdn_both_baselines_and_rate_control(tmp_path: Path) ->
     assert any("vs dct" in t for t in targets) and any("vs wavelet" in t for t in targets)
     assert any("FLAC on the same whole records" in t for t in targets)
     assert set(doc["summary"]["bd_rate_percent_vs_prdn_1_8"]) >= {"dct", "wavelet"}
+    # --levels: only the ladder levels asked for, and a level the ladder lacks is a one-line error
+    assert rd.main(args[:-2] + ["--levels", "9", "--out", str(tmp_path / "z.json")]) == 2
     # a baseline that cannot be fit is an error that says why, not a silent omission
     assert rd.main(args[:-2] + ["--fit-records", "999", "--out", str(tmp_path / "x.json")]) == 2
     assert rd.main(args[:-2] + ["--fit-records", "999", "--no-dct", "--no-wavelet", "--out",
