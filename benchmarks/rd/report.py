@@ -116,6 +116,8 @@ def targets_mnist(points: list[Point], codec: Codec, batch: int, bd: dict[str, A
                 # an interval cut short by WebP's own range (it cannot go below ~22.7 dB on digits)
                 # still counts if it keeps >= 80 % of 22-35 dB
                 "met": w.get("value") is not None and w["value"] <= -75.0 and (w["hi"] - w["lo"]) >= 0.8 * 13.0})
+    if not any(p.codec == "pca" for p in points):  # --no-pca: no line for a baseline that did not run
+        return out
     px, py = curve(points, "pca", None)
     lx, ly = curve(points, "latentwire", mode)
     fr, fp = bdrate.pareto_front(px, py)
