@@ -268,7 +268,9 @@ def plot(points: list[Point], path: Path, title: str) -> Path | None:
         text = "lossless:\n" + "\n".join(
             f"{p.codec} {p.setting if 'lossless' not in p.setting else p.setting.replace('lossless', '').strip()}"
             f"  {p.bpp if img else p.bytes_per_sample:.2f} {unit}" for p in lossless)
-        ax.text(0.99, 0.02, text, transform=ax.transAxes, fontsize=6, ha="right", va="bottom", family="monospace",
+        # the corner the curves leave free: PSNR curves rise to the upper right, PRDN curves fall to the lower right
+        ax.text(0.99, 0.98 if ecg else 0.02, text, transform=ax.transAxes, fontsize=6, ha="right",
+                va="top" if ecg else "bottom", family="monospace",
                 bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
     ax.set_xscale("log")
     ax.set_xlabel("bits per pixel" if img else "bytes per sample (as sent)")
