@@ -75,10 +75,12 @@ def summary(doc: dict[str, Any]) -> str:
     names = sorted({n for _, t in tables for n in t})
     what = {"bd_rate_percent_vs": "PSNR, all levels", "bd_rate_percent_vs_latent_only": "PSNR, latent levels",
             "bd_rate_percent_vs_prd_1_8": "PRD 1-8 %", "bd_rate_percent_vs_prdn_1_8": "PRDN 1-8 %"}
-    lines = ["| BD-rate of latentwire vs | " + " | ".join(what.get(k, k) for k, _ in tables) + " |",
-             "|---|" + "---|" * len(tables)]
-    lines += [f"| {n} | " + " | ".join(_bd(t[n]) if n in t else "" for _, t in tables) + " |" for n in names]
-    lines.append("")
+    lines = []
+    if names:  # none when every baseline of the run is lossless
+        lines += ["| BD-rate of latentwire vs | " + " | ".join(what.get(k, k) for k, _ in tables) + " |",
+                  "|---|" + "---|" * len(tables)]
+        lines += [f"| {n} | " + " | ".join(_bd(t[n]) if n in t else "" for _, t in tables) + " |" for n in names]
+        lines.append("")
     for t in s.get("targets", []):
         lines.append(f"- {'MET' if t['met'] else '**NOT MET**'}: {t['target']} - {t['measured']}")
     return "\n".join(lines)
