@@ -34,8 +34,8 @@ XZ_PRESET = 9 | lzma.PRESET_EXTREME  # xz -9e
 ZSTD_LEVEL = 19
 NEAR_LOSSLESS = "near-lossless"  # Point.mode of a baseline row coded with a per-sample error bound
 JPEGLS_TRANSFORMS = ("rgb", "hp2", "rct")
-# photos: WebP lossless at quality 100, method 4 (cwebp -lossless -q 100 -m 4): on BSDS photos the same bytes as
-# method 6 (Pillow's row on digits) at 1/8 of its time (1.6 s instead of 12 s a photo)
+# photos: WebP lossless at quality 100, method 4 (cwebp -lossless -q 100 -m 4): on the BSDS photo compared the same
+# bytes as method 6 (Pillow's row on digits) at 1/8 of its time (1.6 s instead of 12 s)
 WEBP_LOSSLESS_QUALITY, WEBP_LOSSLESS_METHOD = 100, 4
 SETTINGS = {
     "avif": f"imagecodecs avif_encode (libavif, aom), speed {AVIF_SPEED}, YUV {AVIF_CHROMA[0]}:{AVIF_CHROMA[1]}:"
