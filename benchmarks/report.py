@@ -48,15 +48,39 @@ def points_table(doc: dict[str, Any], max_baseline_rows: int = 8) -> str:
     return "\n".join(lines)
 
 
+def bounded_table(doc: dict[str, Any]) -> str:
+    """The lossless / near-lossless table (benchmarks.rd.bounded), when the run has one."""
+    rows = doc["summary"].get("bounded_error_table")
+    if not rows:
+        return ""
+    unit = {"bsds": "bpp", "mnist": "bits/pixel", "ecg": "bits/sample"}.get(doc["meta"]["dataset"], "bits")
+    lines = [f"| max error | codec | setting | bytes/sample | {unit} | measured max error |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        bound = "0 (lossless)" if r["bound"] == 0 else str(r["bound"])
+        name = f"**{r['codec']}**" if r["codec"] == "latentwire" else r["codec"]
+        lines.append(f"| {bound} | {name} | {r['setting']} | {r['bytes_per_sample']:.2f} | {r['bits']:.3f} | "
+                     f"{r['max_abs_error']:g}{'' if r['within_bound'] else ' (over the bound)'} |")
+    return "\n".join(lines)
+
+
+def _bd(r: dict[str, Any]) -> str:
+    if r.get("value") is None:
+        return "n/a"
+    return f"{r['value']:+.1f}% ({r['lo']:.2f}-{r['hi']:.2f} dB{', overlap' if r['clipped'] else ''})"
+
+
 def summary(doc: dict[str, Any]) -> str:
     s = doc["summary"]
+    tables = [(k, v) for k, v in s.items() if k.startswith("bd_rate_percent_vs") and v]
+    names = sorted({n for _, t in tables for n in t})
+    what = {"bd_rate_percent_vs": "PSNR, all levels", "bd_rate_percent_vs_latent_only": "PSNR, latent levels",
+            "bd_rate_percent_vs_prd_1_8": "PRD 1-8 %", "bd_rate_percent_vs_prdn_1_8": "PRDN 1-8 %"}
     lines = []
-    for name, r in s["bd_rate_percent_vs"].items():
-        if r.get("value") is None:
-            lines.append(f"- BD-rate latentwire vs {name}: n/a ({r.get('error')})")
-        else:
-            lines.append(f"- BD-rate latentwire vs {name}: **{r['value']:+.1f}%** over {r['lo']:.2f}-{r['hi']:.2f} dB"
-                         + (" (cut to the overlap of the curves)" if r["clipped"] else ""))
+    if names:  # none when every baseline of the run is lossless
+        lines += ["| BD-rate of latentwire vs | " + " | ".join(what.get(k, k) for k, _ in tables) + " |",
+                  "|---|" + "---|" * len(tables)]
+        lines += [f"| {n} | " + " | ".join(_bd(t[n]) if n in t else "" for _, t in tables) + " |" for n in names]
+        lines.append("")
     for t in s.get("targets", []):
         lines.append(f"- {'MET' if t['met'] else '**NOT MET**'}: {t['target']} - {t['measured']}")
     return "\n".join(lines)
@@ -76,7 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for path in args:
         doc = json.loads(Path(path).read_text())
-        print(f"`{doc['meta']['command']}`\n\n{machine(doc)}\n\n{points_table(doc)}\n\n{summary(doc)}\n")
+        bounded = bounded_table(doc)
+        print(f"`{doc['meta']['command']}`\n\n{machine(doc)}\n\n{points_table(doc)}\n\n"
+              + (f"{bounded}\n\n" if bounded else "") + f"{summary(doc)}\n")
     return 0
 
 

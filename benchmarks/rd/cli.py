@@ -13,6 +13,8 @@ from latentwire.codec.codec import Codec
 from latentwire.codec.errors import LatentwireError
 
 from ..common import RESULTS
+from . import codecs
+from .bounded import bounded_rows, format_bounded, targets_bounded
 from .datasets import bsds_jobs, ecg_jobs, mnist_jobs
 from .points import Point, run_jobs
 from .report import (
@@ -38,6 +40,10 @@ DCT_STEPS = (6.0, 8.0, 12.0, 16.0, 20.0, 24.0, 28.0, 32.0, 40.0, 48.0, 64.0, 96.
 PCA_STEPS = (8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0, 96.0, 128.0, 192.0, 256.0, 384.0)
 
 
+def _ints(s: str) -> list[int]:
+    return [int(v) for v in s.split(",") if v]
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.rd", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,11 +62,21 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--out", help="JSON path (default benchmarks/results/rd-<dataset>.json); the plot goes next to it")
     p.add_argument("--max-errors", type=lambda s: [int(v) for v in s.split(",") if v],
                    help="custom max_error points between the ladder levels (comma list; '' for none)")
+    p.add_argument("--levels", type=_ints, help="ladder levels measured (comma list of indices; default all): a run "
+                                             "for the lossless table needs only the bounded ones, which it adds")
     p.add_argument("--compact-levels", type=int, default=3, help="ladder levels also measured in per-frame packets")
     p.add_argument("--compact-limit", type=int, default=2000, help="frames measured in per-frame mode (0: all)")
     p.add_argument("--webp-step", type=int, default=5, help="WebP quality sweep 0..100 in this step")
     p.add_argument("--jpeg-qualities", type=lambda s: [int(v) for v in s.split(",")],
                    default=[1, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100])
+    p.add_argument("--avif-qualities", type=_ints, default=list(codecs.AVIF_QUALITIES), help="bsds: AVIF quality sweep")
+    p.add_argument("--avif-speed", type=int, default=codecs.AVIF_SPEED, help="bsds: libavif speed (0 slowest .. 10)")
+    p.add_argument("--avif-chroma", choices=("444", "422", "420"), default=codecs.AVIF_CHROMA, help="bsds: AVIF YUV format")
+    p.add_argument("--jxl-distances", type=lambda s: [float(v) for v in s.split(",")], default=list(codecs.JXL_DISTANCES),
+                   help="bsds: JPEG XL butteraugli distance sweep")
+    p.add_argument("--jxl-effort", type=int, default=codecs.JXL_EFFORT, help="bsds: JPEG XL effort, lossy and lossless")
+    p.add_argument("--near", type=_ints, default=list(codecs.NEAR_BOUNDS),
+                   help="error bounds of the near-lossless table (JPEG-LS NEAR, latentwire max_error); '' for none")
     p.add_argument("--pca-ks", type=lambda s: [int(v) for v in s.split(",")], default=list(PCA_KS))
     p.add_argument("--pca-steps", type=lambda s: [float(v) for v in s.split(",")], default=list(PCA_STEPS))
     p.add_argument("--no-pca", dest="pca", action="store_false", help="skip the PCA baseline (mnist)")
@@ -82,6 +98,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.max_errors is None:
         args.max_errors = list(DEFAULT_MAX_ERRORS[args.dataset])
+    if args.levels is not None and (min(args.levels, default=0) < 0):
+        p.error("--levels are ladder indices >= 0")
     if args.compact_limit == 0:
         args.compact_limit = None
     if args.batch < 1:
@@ -121,11 +139,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.dataset == "bsds":
         summary["bd_rate_percent_vs_latent_only"] = bd_latent = bd_rates(points, interval, lw_mode, latent_only=True)
         summary["targets"] = targets_bsds(bd, bd_latent)
+    values = None if args.dataset == "bsds" else int(meta["values_per_sample"])
+    rows = bounded_rows(points, args.near, values, lw_mode)
+    summary["bounded_error_table"] = [r.to_dict() for r in rows]
+    summary["targets"] = summary.get("targets", []) + targets_bounded(args.dataset, rows, args.near)
     out = Path(args.out) if args.out else RESULTS / f"rd-{args.dataset}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = {"meta": meta, "summary": summary, "points": [p.to_dict() for p in points]}
     out.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
     print(format_table(points))
+    print()
+    unit = {"bsds": "bpp", "mnist": "bits/pixel", "ecg": "bits/sample"}[args.dataset]
+    print("Lossless and near-lossless (bound = max abs error asked; max err = measured on the decoded samples):")
+    print(format_bounded(rows, unit))
     print()
     for label, table in (("PSNR", bd), ("PSNR, latent levels", summary.get("bd_rate_percent_vs_latent_only")),
                          ("PRD 1-8%", summary.get("bd_rate_percent_vs_prd_1_8")),

@@ -26,6 +26,8 @@ from latentwire.codec.sources import (
 )
 
 from ..pca import PcaBasis
+from . import codecs
+from .bounded import latentwire_bounds
 from .points import (
     Job,
     Point,
@@ -35,6 +37,7 @@ from .points import (
     image_codec_point,
     latentwire_jobs,
     level_name,
+    measured_levels,
     pca_points,
     raw_point,
     wavelet_points,
@@ -92,14 +95,19 @@ def mnist_jobs(args: argparse.Namespace, codec: Codec, meta: dict[str, Any]) -> 
         train = (load_mnist(fit_path, split="train") if detect_kind(fit_path) == "mnist" else load_source(fit_path)).samples
     meta["data"] = {"folder": str(folder), "n_samples": len(raw), "sample_shape": list(raw.shape[1:]),
                     "pca_fit": None if train is None else f"{fit} ({len(train)} samples)"}
+    meta["values_per_sample"] = int(raw[0].size)
     scorer = Scorer(peak=codec.normalization.peak)
-    jobs = latentwire_jobs(codec, raw, scorer, args.batch, args.max_errors, args.compact_levels, args.compact_limit)
+    max_errors = latentwire_bounds(codec, args.max_errors, args.near, args.levels)
+    jobs = latentwire_jobs(codec, raw, scorer, args.batch, max_errors, args.compact_levels, args.compact_limit,
+                           levels=args.levels)
     jobs += [Job(f"webp q={q}", lambda q=q: [image_codec_point(raw, "webp", q, scorer)], 3) for q in _webp_qualities(args)]
     jobs += [Job(f"jpeg q={q}", lambda q=q: [image_codec_point(raw, "jpeg", q, scorer)], 1) for q in args.jpeg_qualities]
     jobs += [
         Job("png", lambda: [image_codec_point(raw, "png", None, scorer)], 1),
         Job("webp lossless", lambda: [image_codec_point(raw, "webp", None, scorer)], 20),
         Job("zstd", lambda: [zstd_point(raw, scorer)], 1),
+        Job(f"zstd {args.batch} per batch", lambda: [codecs.zstd_batch_point(raw, scorer, args.batch)], 1),
+        Job(f"xz {args.batch} per batch", lambda: [codecs.xz_point(raw, scorer, args.batch)], 2),
         Job("raw", lambda: [raw_point(raw, scorer)], 1),
     ]
     if train is not None:
@@ -178,18 +186,25 @@ def ecg_jobs(args: argparse.Namespace, codec: Codec, meta: dict[str, Any]) -> li
     leads = int(shape[0]) if len(shape) == 2 and shape[0] is not None else raw.shape[1]
     raw = np.ascontiguousarray(raw[:, :leads])  # one-lead models get lead 0 (MLII)
     raw = _limit(raw, args.limit)
+    groups = ecg.groups[: len(raw)]
+    fs = int(ecg.meta["fs"])
+    codecs.require("soundfile")
     norm = ecg.normalization
     bits = math.log2(norm.raw_max - norm.raw_min + 1)
     meta["data"] = {"folder": str(folder), "records": records, "records_from": why, "window": window,
                     "leads": leads, "n_samples": len(raw),
                     "prd": f"100*sqrt(sum((x-x_hat)^2)/sum((x-{norm.offset:g})^2)), baseline = ADC zero",
                     "cr": f"samples*{bits:g} bits / (bytes*8)"}
+    meta["values_per_sample"] = int(raw[0].size)
     scorer = Scorer(peak=norm.peak, prd_baseline=norm.offset, bits_per_value=bits)
-    jobs = latentwire_jobs(codec, raw, scorer, args.batch, args.max_errors, args.compact_levels, args.compact_limit,
-                           args.target_prdns)
+    jobs = latentwire_jobs(codec, raw, scorer, args.batch, latentwire_bounds(codec, args.max_errors, args.near,
+                                                                             args.levels),
+                           args.compact_levels, args.compact_limit, args.target_prdns, args.levels)
     jobs += [
         Job("zstd", lambda: [zstd_point(raw, scorer)], 1),
         Job("delta+zstd", lambda: [delta_zstd_point(raw, scorer)], 1),
+        Job("flac", lambda: codecs.flac_points(raw, groups, scorer, fs), 2),
+        Job(f"xz {args.batch} per batch", lambda: [codecs.xz_point(raw, scorer, args.batch)], 2),
         Job("raw", lambda: [raw_point(raw, scorer)], 1),
     ]
     if not (args.dct or args.wavelet):
@@ -261,18 +276,47 @@ def bsds_jobs(args: argparse.Namespace, codec: Codec, meta: dict[str, Any]) -> l
         return lambda img: baselines.image_roundtrip(img, fmt, q)
 
     jobs = []
-    for q in codec.qualities:
+    for q in measured_levels(codec, args.levels):
         name = level_name(q)
         jobs.append(Job(f"latentwire {q.name}", lambda q=q, name=name: [_image_point(
             "latentwire", name, images, lw(q.index, None), mode="frame", quality=q.index, max_error=q.max_error)], 3))
     if codec.tables.residual is not None:
-        for e in args.max_errors:
+        for e in latentwire_bounds(codec, args.max_errors, args.near, args.levels):
             jobs.append(Job(f"latentwire max_error={e}", lambda e=e: [_image_point(
                 "latentwire", f"max_error={e}", images, lw(None, e), mode="frame", max_error=e)], 3))
     for fmt, qs in (("webp", _webp_qualities(args)), ("jpeg", args.jpeg_qualities)):
         jobs += [Job(f"{fmt} q={q}", lambda fmt=fmt, q=q: [_image_point(fmt, f"q={q}", images, pil(fmt, q))], 2)
                  for q in qs]
-    jobs.append(Job("png", lambda: [_image_point("png", "lossless", images, pil("png", None))], 2))
+    jobs += _photo_baseline_jobs(args, images, channels)
+    return jobs
+
+
+def _photo_baseline_jobs(args: argparse.Namespace, images: list[np.ndarray], channels: int) -> list[Job]:
+    """AVIF and JPEG XL sweeps, and the lossless and near-lossless codecs, on the same photos."""
+    codecs.require("imagecodecs")
+    lossless: dict[str, Any] = {"max_error": 0}
+    jobs = [Job(f"avif q={q}", lambda q=q: [_image_point(
+        "avif", f"q={q} speed={args.avif_speed} {args.avif_chroma}", images,
+        codecs.avif(q, args.avif_speed, args.avif_chroma), quality=q)], 2) for q in args.avif_qualities]
+    jobs += [Job(f"jpegxl d={d:g}", lambda d=d: [_image_point(
+        "jpegxl", f"distance={d:g} effort={args.jxl_effort}", images, codecs.jpegxl(d, args.jxl_effort))], 2)
+        for d in args.jxl_distances]
+    jobs += [
+        Job("png", lambda: [_image_point("png", "lossless", images,
+                                         lambda img: baselines.image_roundtrip(img, "png", None), **lossless)], 2),
+        Job("webp lossless", lambda: [_image_point(
+            "webp", f"lossless q={codecs.WEBP_LOSSLESS_QUALITY} method={codecs.WEBP_LOSSLESS_METHOD}", images,
+            codecs.webp_lossless(), **lossless)], 4),
+        Job("jpegxl lossless", lambda: [_image_point("jpegxl", f"lossless effort={args.jxl_effort}", images,
+                                                     codecs.jpegxl(None, args.jxl_effort), **lossless)], 4),
+    ]
+    transforms: tuple[str, ...] = codecs.JPEGLS_TRANSFORMS if channels == 3 else ("rgb",)
+    for t in transforms:
+        jobs.append(Job(f"jpeg-ls {t}", lambda t=t: [_image_point(
+            "jpeg-ls", f"lossless {t}" if channels == 3 else "lossless", images, codecs.jpegls(0, t), **lossless)], 1))
+    jobs += [Job(f"jpeg-ls NEAR={n}", lambda n=n: [_image_point(
+        "jpeg-ls", f"NEAR={n}" + (" rgb" if channels == 3 else ""), images, codecs.jpegls(n),
+        mode=codecs.NEAR_LOSSLESS, max_error=n)], 1) for n in args.near]
     return jobs
 
 

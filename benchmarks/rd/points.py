@@ -16,6 +16,7 @@ from latentwire.codec import baselines
 from latentwire.codec.bundle import QualityLevel
 from latentwire.codec.codec import Codec
 from latentwire.codec.coding import bitstream
+from latentwire.codec.errors import InputError
 from latentwire.codec.normalization import psnr_db
 from tqdm import tqdm
 
@@ -280,11 +281,20 @@ def run_jobs(jobs: list[Job], show: bool = True) -> list[Point]:
     return points
 
 
+def measured_levels(codec: Codec, levels: Sequence[int] | None) -> list[QualityLevel]:
+    """The ladder levels a run measures: all of them, or the indices asked for (--levels)."""
+    if levels is None:
+        return list(codec.qualities)
+    if any(not 0 <= i < len(codec.qualities) for i in levels):
+        raise InputError(f"--levels {','.join(map(str, levels))}: the ladder has levels 0..{len(codec.qualities) - 1}")
+    return [codec.qualities[i] for i in levels]
+
+
 def latentwire_jobs(codec: Codec, raw: np.ndarray, scorer: Scorer, batch: int, max_errors: Sequence[int],
                     compact_levels: int, compact_limit: int | None,
-                    target_prdns: Sequence[float] = ()) -> list[Job]:
+                    target_prdns: Sequence[float] = (), levels: Sequence[int] | None = None) -> list[Job]:
     jobs = []
-    for q in codec.qualities:
+    for q in measured_levels(codec, levels):
         jobs.append(Job(f"latentwire {q.name}", lambda q=q: [latentwire_point(codec, raw, scorer, quality=q.index,
                                                                                packet_frames=batch)], 2))
     if codec.tables.residual is not None:

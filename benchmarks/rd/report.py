@@ -19,6 +19,7 @@ from latentwire.codec.errors import InputError
 
 from .. import bdrate
 from ..common import git_commit, machine_info, version
+from .codecs import NEAR_LOSSLESS, settings
 from .points import Point
 
 
@@ -41,6 +42,7 @@ def curve(points: list[Point], codec: str, mode_prefix: str | None = "packet",
     """The codec's (rate, quality) points: whole-set points of the given packet mode, no subset
     rows, no rate-controlled rows (they are their own curve); latent_only: no max-error levels."""
     sel = [p for p in points if p.codec == codec and not p.lossless and p.subset is None and p.target_prdn is None
+           and p.mode != NEAR_LOSSLESS
            and (mode_prefix is None or p.mode is None or p.mode.startswith(mode_prefix))
            and not (latent_only and p.max_error is not None)]
     x = [p.bpp if p.bpp is not None else p.bytes_per_sample for p in sel]
@@ -49,12 +51,13 @@ def curve(points: list[Point], codec: str, mode_prefix: str | None = "packet",
 
 def bd_rates(points: list[Point], interval: tuple[float, float] | None, lw_mode: str | None,
              metric: str = "psnr", latent_only: bool = False) -> dict[str, Any]:
-    """BD-rate of latentwire against each lossy baseline (negative: latentwire needs fewer bytes),
+    """BD-rate of latentwire against each lossy baseline (near-lossless rows are the bounded table's) (negative: latentwire needs fewer bytes),
     over the quality interval (metric's dB) or the curves' overlap; latent_only: latentwire's
     latent levels alone (photos: the residual levels are the near-lossless mode, not the ladder)."""
     lw = curve(points, "latentwire", lw_mode, metric, latent_only)
     out: dict[str, Any] = {}
-    for name in sorted({p.codec for p in points if p.codec != "latentwire" and not p.lossless}):
+    for name in sorted({p.codec for p in points
+                        if p.codec != "latentwire" and not p.lossless and p.mode != NEAR_LOSSLESS}):
         ref = curve(points, name, None, metric)
         try:
             res = bdrate.bd_rate(*ref, *lw, *(interval or (None, None)))
@@ -113,6 +116,8 @@ def targets_mnist(points: list[Point], codec: Codec, batch: int, bd: dict[str, A
                 # an interval cut short by WebP's own range (it cannot go below ~22.7 dB on digits)
                 # still counts if it keeps >= 80 % of 22-35 dB
                 "met": w.get("value") is not None and w["value"] <= -75.0 and (w["hi"] - w["lo"]) >= 0.8 * 13.0})
+    if not any(p.codec == "pca" for p in points):  # --no-pca: no line for a baseline that did not run
+        return out
     px, py = curve(points, "pca", None)
     lx, ly = curve(points, "latentwire", mode)
     fr, fp = bdrate.pareto_front(px, py)
@@ -188,7 +193,8 @@ def run_metadata(args: argparse.Namespace, codec: Codec, argv: Sequence[str]) ->
         "git_commit": git_commit(),
         "machine": machine_info(),
         "versions": {n: version(n) for n in ("latentwire", "numpy", "onnxruntime", "Pillow", "zstandard",
-                                             "constriction", "PyWavelets")},
+                                             "constriction", "PyWavelets", "imagecodecs", "soundfile")},
+        "baseline_settings": settings(args.dataset),
         "bundle": {"path": str(codec.bundle.path), "name": codec.manifest.name, "model_id": codec.model_id,
                    "family": codec.manifest.family, "qualities": [asdict(q) for q in codec.qualities],
                    "training": codec.manifest.raw.get("training", {}).get("command")},
@@ -235,7 +241,8 @@ def plot(points: list[Point], path: Path, title: str) -> Path | None:
     img = any(p.bpp is not None for p in points)
     fig, ax = plt.subplots(figsize=(8, 5.5))
     styles = {"latentwire": ("C3", "o"), "pca": ("C2", "s"), "dct": ("C2", "D"), "wavelet": ("C4", "P"),
-              "webp": ("C0", "^"), "jpeg": ("C1", "v")}
+              "webp": ("C0", "^"), "jpeg": ("C1", "v"), "avif": ("C5", "<"), "jpegxl": ("C6", ">"),
+              "jpeg-ls": ("C8", "d")}
     ecg = any(p.prdn_percent is not None for p in points)
     series: dict[tuple[str, str], list[Point]] = {}
     for p in points:
@@ -251,11 +258,20 @@ def plot(points: list[Point], path: Path, title: str) -> Path | None:
         label = name + (f" ({mode})" if mode else "") + (" front" if name == "pca" else "")
         ax.plot(x, y, marker=marker, color=color, markersize=4, label=label,
                 linestyle="--" if mode in ("frame", "target PRDN") else "-", alpha=0.6 if mode == "frame" else 1.0)
-    for p in points:
-        if p.lossless:
-            ax.axvline(p.bpp if img else p.bytes_per_sample, color="0.7", linewidth=0.8, linestyle=":")
-            ax.annotate(f"{p.codec} lossless", (p.bpp if img else p.bytes_per_sample, ax.get_ylim()[0]),
-                        rotation=90, fontsize=7, color="0.4", va="bottom")
+    lossless = sorted((p for p in points if p.lossless and p.subset is None and (img or p.mode != "frame")),
+                      key=lambda p: p.bpp if img else p.bytes_per_sample)
+    for p in lossless:  # one line for latentwire's; the rest in a box, so the labels do not pile up
+        if p.codec == "latentwire":
+            ax.axvline(p.bpp if img else p.bytes_per_sample, color="C3", linewidth=0.8, linestyle=":")
+    if lossless:
+        unit = "bpp" if img else "B"
+        text = "lossless:\n" + "\n".join(
+            f"{p.codec} {p.setting if 'lossless' not in p.setting else p.setting.replace('lossless', '').strip()}"
+            f"  {p.bpp if img else p.bytes_per_sample:.2f} {unit}" for p in lossless)
+        # the corner the curves leave free: PSNR curves rise to the upper right, PRDN curves fall to the lower right
+        ax.text(0.99, 0.98 if ecg else 0.02, text, transform=ax.transAxes, fontsize=6, ha="right",
+                va="top" if ecg else "bottom", family="monospace",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
     ax.set_xscale("log")
     ax.set_xlabel("bits per pixel" if img else "bytes per sample (as sent)")
     if ecg:

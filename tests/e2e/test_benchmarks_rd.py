@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from benchmarks import bdrate, rd
 from benchmarks.dct import DctCodec, dct_matrix
@@ -135,7 +136,7 @@ def test_rd_script_end_to_end_on_the_shipped_sample(tiny_bundle: Path, tmp_path:
         "--dataset", "mnist", "--bundle", str(tiny_bundle), "--data-root", str(sample_data_root()),
         "--limit", "150", "--batch", "64", "--max-errors", "24,4", "--compact-levels", "2", "--compact-limit", "40",
         "--webp-step", "50", "--jpeg-qualities", "20,80", "--pca-ks", "16,64", "--pca-steps", "16,64",
-        "--no-progress", "--out", str(out),
+        "--near", "4", "--no-progress", "--out", str(out),
     ]) == 0
     doc = json.loads(out.read_text())  # strict JSON: no NaN/Infinity
     meta, points = doc["meta"], doc["points"]
@@ -159,13 +160,23 @@ def test_rd_script_end_to_end_on_the_shipped_sample(tiny_bundle: Path, tmp_path:
     codecs = {p["codec"] for p in points}
     assert {"webp", "jpeg", "png", "zstd", "raw", "pca"} <= codecs
     assert sum(1 for p in points if p["codec"] == "pca") == 4 and any(p["pareto"] for p in points if p["codec"] == "pca")
-    assert {t["target"] for t in doc["summary"]["targets"]} >= {"fewer bytes than WebP at every PSNR"}
+    assert {t["target"] for t in doc["summary"]["targets"]} >= {"fewer bytes than WebP at every PSNR",
+                                                                "lossless <= 0.8x xz on the same batches"}
+    # xz and zstd on the same 64-digit batches latentwire packs, decoded back exactly
+    for name in ("xz", "zstd"):
+        row = next(p for p in points if p["codec"] == name and "64 samples per batch" in p["setting"])
+        assert row["lossless"] and row["max_abs_error"] == 0
+    table = doc["summary"]["bounded_error_table"]
+    assert {r["bound"] for r in table} == {0, 4} and all(r["within_bound"] for r in table)
+    assert {r["codec"] for r in table if r["bound"] == 0} >= {"latentwire", "xz", "zstd", "webp", "png"}
+    lw4 = next(r for r in table if r["bound"] == 4 and r["codec"] == "latentwire")
+    assert lw4["bits"] == pytest.approx(8 * lw4["bytes_per_sample"] / 784)
     assert isinstance(doc["summary"]["bd_rate_percent_vs"]["webp"], dict)
     # a new bundle re-measured against the same samples reuses the classical codecs' points verbatim
     again = tmp_path / "again.json"
     assert rd.main([
         "--dataset", "mnist", "--bundle", str(tiny_bundle), "--data-root", str(sample_data_root()),
-        "--limit", "150", "--batch", "64", "--max-errors", "", "--compact-levels", "0", "--no-pca",
+        "--limit", "150", "--batch", "64", "--max-errors", "", "--near", "", "--compact-levels", "0", "--no-pca",
         "--reuse-baselines", str(out), "--no-progress", "--no-plot", "--out", str(again),
     ]) == 0
     doc2 = json.loads(again.read_text())
@@ -240,7 +251,7 @@ def test_rd_ecg_measures_prdn_both_baselines_and_rate_control(tmp_path: Path) ->
     shutil.copytree(Path(rd.__file__).resolve().parents[2] / "codec" / "assets" / "ecg-conv1d", bundle)
     folder = sample_data_root() / "mitdb"
     calibrate(bundle, load_ecg_windows(folder, records=["100", "101"], window=1024).samples,
-              ["none", "t32", "t8"], threads=1)
+              ["none", "t32", "t8", 0], threads=1)
     out = tmp_path / "rd-ecg.json"
     args = ["--dataset", "ecg", "--bundle", str(bundle), "--data", str(folder), "--records", "102,103",
             "--fit-records", "100,101", "--dct-steps", "8,32", "--max-errors", "", "--compact-levels", "1",
@@ -248,7 +259,20 @@ def test_rd_ecg_measures_prdn_both_baselines_and_rate_control(tmp_path: Path) ->
     assert rd.main(args) == 0
     doc = json.loads(out.read_text())
     points = doc["points"]
-    assert {p["codec"] for p in points} >= {"latentwire", "dct", "wavelet", "zstd", "delta+zstd"}
+    assert {p["codec"] for p in points} >= {"latentwire", "dct", "wavelet", "zstd", "delta+zstd", "flac", "xz"}
+    # FLAC on the whole records and on each window, xz on latentwire's batches: decoded back exactly
+    flac = {p["setting"]: p for p in points if p["codec"] in ("flac", "xz")}
+    assert set(flac) == {"whole records", "each window alone", "-9e, 256 samples per batch"}
+    assert all(p["lossless"] and p["max_abs_error"] == 0 for p in flac.values())
+    assert flac["whole records"]["bits_per_value"] < flac["each window alone"]["bits_per_value"] < 16
+    table = doc["summary"]["bounded_error_table"]
+    # the ladder's lossless level, and the max_error 1, 2, 4 points the table adds
+    assert [r["bound"] for r in table if r["codec"] == "latentwire"] == [0, 1, 2, 4]
+    assert all(r["within_bound"] for r in table)
+    lossless = next(r for r in table if r["bound"] == 0 and r["codec"] == "latentwire")
+    assert lossless["bits"] == pytest.approx(next(p["bits_per_value"] for p in points if p["codec"] == "latentwire"
+                                                  and p.get("lossless") and p["mode"] == "packet256"))
+
     for p in points:
         if p["codec"] in ("latentwire", "dct", "wavelet") and not p.get("lossless"):
             assert p["prdn_percent"] >= p["prd_percent"] > 0 and p["bits_per_value"] > 0
@@ -259,9 +283,76 @@ def test_rd_ecg_measures_prdn_both_baselines_and_rate_control(tmp_path: Path) ->
     assert subset and all(p["mode"] == "frame" and "first 8 of" in p["subset"] for p in subset)
     targets = [t["target"] for t in doc["summary"]["targets"]]
     assert any("vs dct" in t for t in targets) and any("vs wavelet" in t for t in targets)
+    assert any("FLAC on the same whole records" in t for t in targets)
     assert set(doc["summary"]["bd_rate_percent_vs_prdn_1_8"]) >= {"dct", "wavelet"}
+    # --levels: only the ladder levels asked for, and a level the ladder lacks is a one-line error
+    assert rd.main(args[:-2] + ["--levels", "9", "--out", str(tmp_path / "z.json")]) == 2
     # a baseline that cannot be fit is an error that says why, not a silent omission
     assert rd.main(args[:-2] + ["--fit-records", "999", "--out", str(tmp_path / "x.json")]) == 2
     assert rd.main(args[:-2] + ["--fit-records", "999", "--no-dct", "--no-wavelet", "--out",
                                 str(tmp_path / "y.json")]) == 0
     assert not any("vs dct" in t["target"] for t in json.loads((tmp_path / "y.json").read_text())["summary"]["targets"])
+
+
+# ------------------------------------------------------------------------------ photo baselines
+
+
+def test_reversible_colour_transforms_round_trip_every_colour() -> None:
+    from benchmarks.rd import codecs
+
+    rng = np.random.default_rng(0)
+    edges = np.array([0, 1, 2, 127, 128, 254, 255], dtype=np.uint8)
+    grid = np.stack(np.meshgrid(edges, edges, edges, indexing="ij")).reshape(3, 7, 49)
+    for rgb in (grid, rng.integers(0, 256, (3, 40, 50), dtype=np.uint8)):
+        assert np.array_equal(codecs.rct_inverse(*codecs.rct_forward(rgb)), rgb)
+        t = codecs.hp2_forward(rgb)
+        assert t.dtype == np.uint8 and np.array_equal(codecs.hp2_inverse(t), rgb)
+    photo = np.asarray(Image.open(sample_data_root() / "bsds" / "100007.png").convert("RGB"))
+    photo = np.ascontiguousarray(np.moveaxis(photo, -1, 0))
+    sizes = {}
+    for t in codecs.JPEGLS_TRANSFORMS:
+        sizes[t], decoded = codecs.jpegls(0, t)(photo)
+        assert np.array_equal(decoded, photo), t
+    for near in (1, 2, 4):
+        n, decoded = codecs.jpegls(near)(photo)
+        err = np.abs(decoded.astype(int) - photo).max()
+        assert 0 < err <= near and n < sizes["rgb"]
+    with pytest.raises(InputError, match="rgb only"):
+        codecs.jpegls(2, "hp2")
+
+
+def test_rd_bsds_sets_every_image_codec_beside_latentwire(tmp_path: Path) -> None:
+    """The shipped photo bundle on the three sample photos: AVIF and JPEG XL sweeps next to JPEG and
+    WebP with a BD-rate against each, and the lossless / near-lossless table decoded within its bounds."""
+    bundle = Path(rd.__file__).resolve().parents[2] / "codec" / "assets" / "bsds-gdn2d"
+    out = tmp_path / "rd-bsds.json"
+    assert rd.main(["--dataset", "bsds", "--bundle", str(bundle), "--data", str(sample_data_root() / "bsds"),
+                    "--webp-step", "50", "--jpeg-qualities", "30,90", "--avif-qualities", "30,70",
+                    "--jxl-distances", "1,4", "--no-progress", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    points, summary = doc["points"], doc["summary"]
+    assert doc["meta"]["baseline_settings"]["avif"].startswith("imagecodecs avif_encode (libavif")
+    lossy = {"avif", "jpegxl", "jpeg", "webp"}
+    for table in ("bd_rate_percent_vs", "bd_rate_percent_vs_latent_only"):
+        assert set(summary[table]) == lossy  # near-lossless JPEG-LS is the bounded table's, not a curve
+        assert all(r["value"] is not None for r in summary[table].values())
+    for p in points:
+        assert p["n_samples"] == 3 and p["bpp"] > 0
+        if p.get("lossless"):
+            assert p["max_abs_error"] == 0
+        elif p["codec"] == "jpeg-ls":
+            assert p["mode"] == "near-lossless" and 0 < p["max_abs_error"] <= p["max_error"]
+    names = {(p["codec"], p["setting"]) for p in points if p.get("lossless")}
+    assert {n for n, _ in names} >= {"latentwire", "png", "webp", "jpegxl", "jpeg-ls"} and len(names) >= 7
+    rows = summary["bounded_error_table"]
+    assert all(r["within_bound"] for r in rows)
+    for bound in (1, 2, 4):
+        assert {r["codec"] for r in rows if r["bound"] == bound} == {"latentwire", "jpeg-ls"}
+    targets = {t["target"] for t in summary["targets"]}
+    assert {"lossless <= WebP lossless", "max error 2 <= JPEG-LS NEAR=2"} <= targets
+    # the markdown for BENCHMARKS.md: the bounded table and one BD-rate row per baseline
+    from benchmarks import report
+
+    md = report.bounded_table(doc)
+    assert md.count("\n| 0 (lossless) |") >= 7 and md.count("\n| 4 |") == 2
+    assert all(f"| {name} | " in report.summary(doc) for name in lossy)
