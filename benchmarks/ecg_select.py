@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,6 @@ from benchmarks import bdrate
 from benchmarks.common import git_commit, machine_info, write_result
 from benchmarks.ecg_basis import PACKET, measure, pooled_prdn, prdn_curve, validation_split
 from benchmarks.wavelet import WaveletCodec
-
 from latentwire.codec.bundle import Bundle, read_manifest
 
 REPO = Path(__file__).resolve().parents[1]

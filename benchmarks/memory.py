@@ -24,13 +24,23 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from benchmarks.streamkit import (Mode, ServerProcess, cpu_seconds, expect, hwm_bytes, loadavg, receiver_main,
-                                  rss_bytes, sender_main)
+from benchmarks.streamkit import (
+    Mode,
+    ServerProcess,
+    cpu_seconds,
+    expect,
+    hwm_bytes,
+    loadavg,
+    receiver_main,
+    rss_bytes,
+    sender_main,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = RESULTS / "memory.json"

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from benchmarks.common import git_commit, machine_info, write_result
-
 from latentwire.codec.bundle import Bundle
 from latentwire.codec.coding.context2d import ACTIVITY_BUCKETS, quantile_edges
 from latentwire.codec.coding.quantize import quantize_scaled

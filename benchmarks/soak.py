@@ -38,8 +38,8 @@ import grpc
 import numpy as np
 
 from latentwire.client import Client
-from latentwire.codec.coding import bitstream as B
 from latentwire.codec.codec import Codec, default_bundle_path
+from latentwire.codec.coding import bitstream as B
 from latentwire.v1 import latentwire_pb2 as pb
 from latentwire.v1 import latentwire_pb2_grpc as pb_grpc
 
@@ -156,7 +156,7 @@ class Soak:
                     t_next += per / self.args.rate
                     time.sleep(max(0.0, t_next - time.monotonic()))
 
-            def on_ack(a) -> None:  # noqa: ANN001
+            def on_ack(a) -> None:
                 self.acked = start + a.first_frame + a.frames
 
             try:
@@ -181,7 +181,7 @@ class Soak:
                 time.sleep(0.5)
         client.close()
 
-    def _check(self, st: SubStats, p) -> None:  # noqa: ANN001
+    def _check(self, st: SubStats, p) -> None:
         if p.first_seq + p.count <= st.next_seq:
             st.duplicated += p.count
             return

@@ -45,13 +45,26 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from benchmarks.streamkit import (Mode, ServerProcess, cpu_seconds, expect, hwm_bytes, loadavg, parse_modes,
-                                  receiver_main, rss_bytes, sender_main, server_socket_bytes, subscriber_bytes)
+from benchmarks.streamkit import (
+    Mode,
+    ServerProcess,
+    cpu_seconds,
+    expect,
+    hwm_bytes,
+    loadavg,
+    parse_modes,
+    receiver_main,
+    rss_bytes,
+    sender_main,
+    server_socket_bytes,
+    subscriber_bytes,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = RESULTS / "streaming.json"

@@ -18,9 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class Mode:
         return self.name.replace("-", "_")
 
     @classmethod
-    def parse(cls, text: str) -> "Mode":
+    def parse(cls, text: str) -> Mode:
         if text == "raw":
             return cls("raw", "raw", 0)
         kind, _, q = text.partition("-q")
@@ -218,7 +219,7 @@ class ServerProcess:
             cmd += ["--channel", f"{m.channel}={self.bundle}:{m.quality}"]
         return cmd + self.extra
 
-    def start(self, timeout: float = 120.0) -> "ServerProcess":
+    def start(self, timeout: float = 120.0) -> ServerProcess:
         self.log_path = self.dir / "server.log"
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)

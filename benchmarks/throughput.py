@@ -43,9 +43,10 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -53,11 +54,10 @@ from tqdm import tqdm
 
 from benchmarks.common import git_commit, machine_info, version
 from benchmarks.single_frame import bench_single, print_single
-
 from latentwire.codec.bundle import DECODER, ENCODER, Bundle
 from latentwire.codec.codec import Codec, default_bundle_path
-from latentwire.codec.errors import InputError
 from latentwire.codec.coding.quantize import quantize
+from latentwire.codec.errors import InputError
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = RESULTS / "throughput.json"
@@ -85,9 +85,9 @@ def fallback_bundle() -> Path:
             "no bundle at codec/assets/mnist-dense and torch is not installed to train a stand-in: "
             "pass --bundle DIR or install the [train] extra"
         ) from exc
-    from latentwire.codec.training import export, train
     from latentwire.codec.calibrate import calibrate
     from latentwire.codec.sources import load_mnist, sample_data_root
+    from latentwire.codec.training import export, train
 
     torch.set_num_threads(1)
     folder = sample_data_root() / "mnist"

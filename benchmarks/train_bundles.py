@@ -29,11 +29,12 @@ import json
 import math
 import os
 import shlex
-import sys
 import subprocess
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -14,9 +14,10 @@ import os
 import shutil
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 from latentwire.codec.bundle import Bundle
 from latentwire.codec.codec import Codec
@@ -35,7 +36,7 @@ def default_cache_dir() -> Path:
 @dataclass
 class _Download:
     handle: BinaryIO
-    digest: "hashlib._Hash"
+    digest: hashlib._Hash
     written: int
     sha256: str
     size: int

@@ -13,16 +13,16 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import grpc
 import numpy as np
 
+from latentwire.codec.codec import Codec
 from latentwire.codec.coding.bitstream import CodingPath
 from latentwire.codec.coding.compact import CompactReader, RecordClock, is_compact
-from latentwire.codec.codec import Codec
 from latentwire.codec.errors import BitstreamError
 from latentwire.v1 import latentwire_pb2 as pb
 from latentwire.v1 import latentwire_pb2_grpc as pb_grpc

@@ -13,25 +13,26 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from .bundle import ENTROPY, Bundle, finalize, read_manifest, sha256_file, write_manifest
+from .coding import transform
 from .coding.context import LatentContext
 from .coding.context2d import LatentContext2D
-from .coding.tables import DEFAULT_PRECISION, TableSet, table_from_pmf
-from .errors import InputError
 from .coding.fallback import DEFAULT_ANOMALY_QUANTILE, AnomalyCalibration, frame_scores
-from .normalization import psnr_db
 from .coding.payload import CodingTables, LevelTables, encode_payload
-from .coding import transform
 from .coding.quantize import dequantize_scaled, quantize_scaled
-from .coding.transform import TransformResidual
 from .coding.residual import ContextSpec, ResidualModel, default_radius, prediction, residual_histograms
 from .coding.residual_context import ResidualContext
+from .coding.tables import DEFAULT_PRECISION, TableSet, table_from_pmf
+from .coding.transform import TransformResidual
+from .errors import InputError
+from .normalization import psnr_db
 from .runtime import Decoder, Encoder
 from .sources import source_option
 
@@ -43,7 +44,7 @@ DEFAULT_QUALITY_LADDER: tuple[int | None, ...] = (None, 32, 16, 8, 3, 0)
 VARIABLE_RATE_RESIDUALS: tuple[int, ...] = (4, 2, 0)
 
 
-def default_ladder(latent_levels: int) -> list["LevelSpec"]:
+def default_ladder(latent_levels: int) -> list[LevelSpec]:
     """The ladder calibrate uses when none is given: DEFAULT_QUALITY_LADDER, or for a bundle with
     learned levels l0..lK latent only and then lK with each of VARIABLE_RATE_RESIDUALS."""
     if not latent_levels:
@@ -69,7 +70,7 @@ class LevelSpec:
             raise InputError("a level has a max error or a transform step, not both")
 
     @classmethod
-    def parse(cls, value: "int | str | None | LevelSpec") -> "LevelSpec":
+    def parse(cls, value: int | str | None | LevelSpec) -> LevelSpec:
         """Parts joined by "+": "none" (latent only), N (max error N), "sX" (latent step X), "lK"
         (learned level K of a variable-rate bundle), "tX" (transform residual at step X):
         24, "s2+24", "l3", "l3+4", "t8", "l2+t16"."""
@@ -161,7 +162,7 @@ def step_tables(
     return TableSet(tuple(tables), precision=precision)
 
 
-def _gains(bundle: Bundle, spec: "LevelSpec") -> tuple[np.ndarray | None, np.ndarray | None]:
+def _gains(bundle: Bundle, spec: LevelSpec) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(gain, inverse gain) of the spec's learned level, shaped to broadcast over (N, C, ...)."""
     if spec.latent_level is None:
         return None, None
@@ -172,7 +173,7 @@ def _gains(bundle: Bundle, spec: "LevelSpec") -> tuple[np.ndarray | None, np.nda
 
 
 def _forward(enc: Encoder, dec: Decoder, bundle: Bundle, raw: np.ndarray, batch_size: int,
-             spec: "LevelSpec | None" = None) -> tuple[np.ndarray, np.ndarray]:
+             spec: LevelSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(symbols, raw_float) for raw samples at a level's latent grid (default: the trained one),
     in batches, exactly as a sender computes them."""
     m = bundle.manifest
@@ -192,7 +193,7 @@ def _forward(enc: Encoder, dec: Decoder, bundle: Bundle, raw: np.ndarray, batch_
 def calibrate(
     bundle_dir: str | Path,
     raw_samples: np.ndarray,
-    quality_max_errors: Sequence["int | str | None | LevelSpec"] | None = None,
+    quality_max_errors: Sequence[int | str | None | LevelSpec] | None = None,
     *,
     n_contexts: int = 16,
     n_shifts: int = 8,

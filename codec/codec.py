@@ -9,23 +9,22 @@ against the very reconstruction the receiver will compute (the sender runs decod
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from .coding import bitstream
-from .coding import transform
-from .coding.bitstream import CUSTOM_QUALITY, CodingPath
 from .bundle import Bundle, QualityLevel
-from .errors import BitstreamError, InputError, ReconstructionMismatch
+from .coding import bitstream, transform
+from .coding.bitstream import CUSTOM_QUALITY, CodingPath
 from .coding.fallback import AnomalyCalibration, compress_raw, decompress_raw, frame_scores
 from .coding.payload import CodingTables, PayloadReader, encode_payload
 from .coding.quantize import dequantize_scaled, quantize_scaled
 from .coding.residual import check_max_error, reconstruction_crc
+from .errors import BitstreamError, InputError, ReconstructionMismatch
 from .frame import FramePath
 from .runtime import Decoder, Encoder
 
@@ -46,7 +45,7 @@ class ScoredEncoding:
     threshold: float | None
 
 
-def grid_of(level: QualityLevel) -> "LatentGrid":
+def grid_of(level: QualityLevel) -> LatentGrid:
     return LatentGrid(level.latent_step, level.latent_level)
 
 
@@ -115,7 +114,7 @@ class Codec:
         self.reference_grid = LatentGrid(1.0, len(levels) - 1 if levels else None)
 
     @classmethod
-    def load(cls, bundle: str | Path | Bundle = DEFAULT_BUNDLE, provider: str = "auto", threads: int | None = None) -> "Codec":
+    def load(cls, bundle: str | Path | Bundle = DEFAULT_BUNDLE, provider: str = "auto", threads: int | None = None) -> Codec:
         return cls(resolve_bundle(bundle), provider=provider, threads=threads)
 
     # Sessions are built on first use: a receiver never pays for the encoder graph.

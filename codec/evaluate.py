@@ -15,17 +15,18 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from .codec import Codec
+from .coding.transform import prdn_per_frame
 from .errors import InputError, LatentwireError
 from .normalization import psnr_db
-from .coding.transform import prdn_per_frame
 from .sources import ImageFolder, detect_kind, load_source, source_option
 
 Samples = np.ndarray | list[np.ndarray]  # one batchable array, or whole images of different sizes

@@ -10,14 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from .coding.bitstream import iter_packets
 from .codec import Codec
+from .coding.bitstream import iter_packets
 from .errors import LatentwireError
 from .sources import ImageFolder, load_source, read_image, source_option
 from .sources.images import IMAGE_SUFFIXES

@@ -8,9 +8,9 @@ Pillow only, so the runtime side (no matplotlib, no torch) can draw it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -7,8 +7,8 @@ graph internals rather than what the caller did wrong.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort

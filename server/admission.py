@@ -10,8 +10,8 @@ directly (tests/server/test_admission.py); service.py turns Refusals into FrameE
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import grpc
 import numpy as np

@@ -18,9 +18,9 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -214,7 +214,7 @@ class Batcher:
                 return
             try:
                 self._commit(batch)
-            except Exception as e:  # noqa: BLE001 - every failure goes back to the publishers
+            except Exception as e:  # every failure goes back to the publishers
                 log.exception("channel %s: commit failed", self.name)
                 for it in batch:
                     if not it.future.done():
@@ -246,7 +246,7 @@ class Batcher:
         self._last_trim = now
         try:
             reports = self.store.trim()
-        except Exception:  # noqa: BLE001 - a failed trim is retried on the next tick; commits go on
+        except Exception:  # a failed trim is retried on the next tick; commits go on
             log.exception("channel %s: retention trim failed; retrying in %.0f s", self.name, self.trim_every_s)
             return
         for r in reports:

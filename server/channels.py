@@ -57,7 +57,7 @@ class ModelEntry:
         return sum(f.size for f in self.files)
 
     @classmethod
-    def from_codec(cls, codec: Codec) -> "ModelEntry":
+    def from_codec(cls, codec: Codec) -> ModelEntry:
         path = Path(codec.bundle.path)
         names = ["manifest.json"] + sorted(codec.manifest.files)
         entropy = codec.manifest.entropy_file

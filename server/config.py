@@ -42,7 +42,7 @@ class ChannelSpec:
         return self.scores or self.fallback
 
     @classmethod
-    def parse(cls, text: str) -> "ChannelSpec":
+    def parse(cls, text: str) -> ChannelSpec:
         """NAME=BUNDLE_DIR[:quality] (a trailing :N is a quality only when N is an integer)."""
         name, sep, rest = text.partition("=")
         if not sep or not name or not rest:
@@ -106,7 +106,7 @@ class ServerConfig:
     # refused in-band instead of breaking every subscriber (server/README.md, "Bad input")
     verify_packets: bool = True
 
-    def check(self) -> "ServerConfig":
+    def check(self) -> ServerConfig:
         if not self.channels:
             raise ConfigError("no channels: pass --channel NAME=BUNDLE_DIR[:quality] or a --config with 'channels'")
         names = [c.name for c in self.channels]
@@ -133,7 +133,7 @@ class ServerConfig:
         return self
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "ServerConfig":
+    def from_json(cls, path: str | Path) -> ServerConfig:
         """Keys mirror the dataclass: {"listen", "data_dir", "channels": [{"name","bundle","quality",
         "fallback","anomaly_threshold","scores"}] or ["NAME=DIR:q"], "tokens_file", "tls_cert", "tls_key", "metrics_port", "fsync",
         "store", "retention": {"max_bytes","max_age_s","max_frames"}, "limits": {...}, "batch": {...}}. Relative paths
@@ -146,7 +146,7 @@ class ServerConfig:
         return cls.from_dict(raw, base=path.parent)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], base: Path = Path(".")) -> "ServerConfig":
+    def from_dict(cls, raw: dict[str, Any], base: Path = Path(".")) -> ServerConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(raw) - known
         if unknown:

@@ -15,10 +15,11 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
@@ -33,9 +34,9 @@ from .batcher import Batcher, Encode, Encoded
 from .channels import Channel, ModelEntry
 from .config import BatchPolicy, ChannelSpec, ConfigError, Limits, ServerConfig, with_channel_options
 from .metrics import Metrics
+from .service import SERVICE_NAME, LatentwireService
 from .sqlite_store import SqliteStore
 from .store import ChannelMismatch, ChannelStore, RetentionPolicy, StoreUnavailable
-from .service import SERVICE_NAME, LatentwireService
 
 log = logging.getLogger("latentwire.server")
 
@@ -200,7 +201,7 @@ class DataDirLock:
         self._handle, self.path = handle, path
 
     @classmethod
-    def acquire(cls, data_dir: Path) -> "DataDirLock":
+    def acquire(cls, data_dir: Path) -> DataDirLock:
         import fcntl
 
         path = data_dir / cls.NAME

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 
@@ -207,7 +207,7 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                                     ch.name)
                     stop_with.append((grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.UNAVAILABLE,
                                       str(e)))
-                except Exception as e:  # noqa: BLE001 - the client went away or sent garbage
+                except Exception as e:  # the client went away or sent garbage
                     if not isinstance(e, grpc.RpcError):
                         log.exception("publish reader on %s failed", ch.name)
                 finally:
@@ -290,7 +290,7 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                 verdict = admit_packets(ch.model.codec, packets, max_frames=limits.max_frames_per_message,
                                         verify=self.config.verify_packets, max_message_bytes=limits.max_message_bytes,
                                         producer=producer, offset=offset)
-        except Exception as e:  # noqa: BLE001 - one message's surprise must not end the stream
+        except Exception as e:  # one message's surprise must not end the stream
             log.exception("publish on %s: message %d could not be validated", ch.name, index)
             return self._reject(resp, ch, 0, grpc.StatusCode.INTERNAL,
                                 f"message {index} could not be validated ({type(e).__name__}); "

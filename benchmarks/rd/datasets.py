@@ -8,10 +8,12 @@ import argparse
 import math
 import re
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
+
 from latentwire.codec import baselines
 from latentwire.codec.codec import Codec
 from latentwire.codec.errors import InputError

@@ -7,17 +7,19 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import zstandard
+from tqdm import tqdm
+
 from latentwire.codec import baselines
 from latentwire.codec.bundle import QualityLevel
 from latentwire.codec.codec import Codec
 from latentwire.codec.coding import bitstream
 from latentwire.codec.normalization import psnr_db
-from tqdm import tqdm
 
 from .. import bdrate
 from ..dct import DctCodec
@@ -56,7 +58,7 @@ class Point:
         return math.isinf(self.psnr_db)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Point":
+    def from_dict(cls, d: dict[str, Any]) -> Point:
         d = dict(d)
         if d.pop("lossless", False):
             d["psnr_db"] = math.inf

@@ -10,9 +10,10 @@ import json
 import math
 import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from latentwire.codec.codec import Codec
 from latentwire.codec.errors import InputError

@@ -15,7 +15,7 @@ final interval).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import constriction
 import numpy as np

@@ -23,7 +23,11 @@ from dataclasses import dataclass
 from ..errors import BitstreamError, ChecksumMismatch, MissingStreamContext, TruncatedFrame, UnsupportedVersion
 from .bitstream import (
     COMPACT_MARKER as MARKER,
+)
+from .bitstream import (
     COMPACT_MARKER_MASK as MARKER_MASK,
+)
+from .bitstream import (
     CUSTOM_QUALITY,
     FLAG_RECON_CRC,
     KNOWN_FLAGS,
@@ -57,7 +61,7 @@ class StreamContext:
     sample_shape: tuple[int, ...]
 
     @classmethod
-    def of(cls, header: PacketHeader) -> "StreamContext":
+    def of(cls, header: PacketHeader) -> StreamContext:
         return cls(header.model_id_prefix, header.quality, tuple(header.sample_shape))
 
     def header_bytes(self, flags: int, quality: int) -> bytes:

@@ -21,14 +21,15 @@ On the MIT-BIH bundle this cut latent bytes by about a fifth against the factori
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from .tables import FreqTable, TableSet, table_from_counts
-from .coder import StreamDecoder, StreamEncoder, as_int32
 from ..errors import BundleError, InputError
+from .coder import StreamDecoder, StreamEncoder, as_int32
+from .tables import FreqTable, TableSet, table_from_counts
 
 KIND = "previous-position"
 DEFAULT_SIGNED_CLIP = 3
@@ -100,7 +101,7 @@ class LatentContext:
         signed_clip: int = DEFAULT_SIGNED_CLIP,
         activity_edges: Sequence[int] = DEFAULT_ACTIVITY_EDGES,
         prior_observations: int = PRIOR_OBSERVATIONS,
-    ) -> "LatentContext":
+    ) -> LatentContext:
         """Count calibration latents per (channel, context); every table spans its channel's
         observed range (the rest escapes) and carries PRIOR_OBSERVATIONS of the factorized table."""
         s = _check_symbols(symbols, len(factorized))
@@ -124,7 +125,7 @@ class LatentContext:
                 "activity_edges": list(self.activity_edges), "tables": self.tables.to_json_obj()}
 
     @classmethod
-    def from_json_obj(cls, obj: Any, where: str = "entropy.json") -> "LatentContext":
+    def from_json_obj(cls, obj: Any, where: str = "entropy.json") -> LatentContext:
         check_kind(obj, KIND, "latent context", where)
         try:
             return cls(int(obj["channels"]), int(obj["signed_clip"]), tuple(int(e) for e in obj["activity_edges"]),

@@ -20,15 +20,16 @@ PRIOR_OBSERVATIONS of the channel's factorized table, as in context.py.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from ..errors import BundleError, InputError
+from .coder import StreamDecoder, StreamEncoder, as_int32
 from .context import PRIOR_OBSERVATIONS, check_kind, table_with_prior
 from .tables import FreqTable, TableSet
-from .coder import StreamDecoder, StreamEncoder, as_int32
-from ..errors import BundleError, InputError
 
 KIND = "causal-2d"
 DEFAULT_SIGNED_CLIP = 1
@@ -94,7 +95,7 @@ class LatentContext2D:
     def fit(
         cls, symbols: np.ndarray, factorized: TableSet, *, signed_clip: int = DEFAULT_SIGNED_CLIP,
         activity_edges: Sequence[int] | None = None, prior_observations: int = PRIOR_OBSERVATIONS,
-    ) -> "LatentContext2D":
+    ) -> LatentContext2D:
         """Count calibration latents per (channel, context); edges default to activity quantiles."""
         s = _check_symbols(symbols, len(factorized))
         channels = s.shape[1]
@@ -119,7 +120,7 @@ class LatentContext2D:
                 "activity_edges": list(self.activity_edges), "tables": self.tables.to_json_obj()}
 
     @classmethod
-    def from_json_obj(cls, obj: Any, where: str = "entropy.json") -> "LatentContext2D":
+    def from_json_obj(cls, obj: Any, where: str = "entropy.json") -> LatentContext2D:
         check_kind(obj, KIND, "latent context", where)
         try:
             return cls(int(obj["channels"]), int(obj["signed_clip"]), tuple(int(e) for e in obj["activity_edges"]),

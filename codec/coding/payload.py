@@ -17,15 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import BundleError, InputError
+from .coder import StreamDecoder, StreamEncoder, as_int32
 from .context import LatentContext
 from .context2d import KIND as KIND_2D
 from .context2d import LatentContext2D
-from .tables import TableSet
-from .coder import StreamDecoder, StreamEncoder, as_int32
-from ..errors import BundleError, InputError
 from .quantize import channel_index
 from .residual import ResidualEncoding, ResidualModel
 from .residual_context import ResidualContext
+from .tables import TableSet
 from .transform import TransformResidual
 
 ENTROPY_FORMAT = "latentwire-entropy"
@@ -79,7 +79,7 @@ class LevelTables:
         return obj
 
     @classmethod
-    def from_json_obj(cls, obj: Any, where: str) -> "LevelTables":
+    def from_json_obj(cls, obj: Any, where: str) -> LevelTables:
         if not isinstance(obj, dict) or "tables" not in obj:
             raise BundleError(f"{where}: malformed latent_levels entry; re-run calibration")
         ctx = obj.get("context")
@@ -159,7 +159,7 @@ class CodingTables:
         return json.dumps(self.to_json_obj(), sort_keys=True, separators=(",", ":")).encode("utf-8")
 
     @classmethod
-    def loads(cls, data: bytes | str, where: str = "entropy.json") -> "CodingTables":
+    def loads(cls, data: bytes | str, where: str = "entropy.json") -> CodingTables:
         try:
             obj = json.loads(data)
         except ValueError as exc:
@@ -200,7 +200,7 @@ class CodingTables:
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> "CodingTables":
+    def load(cls, path: str | Path) -> CodingTables:
         p = Path(path)
         if p.is_dir():
             p = p / "entropy.json"

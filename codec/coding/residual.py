@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from .tables import DEFAULT_PRECISION, FreqTable, TableSet, table_from_counts
-from .coder import StreamDecoder, StreamEncoder
 from ..errors import BitstreamError, BundleError, InputError
+from .coder import StreamDecoder, StreamEncoder
+from .tables import DEFAULT_PRECISION, FreqTable, TableSet, table_from_counts
 
 INT32_LIMIT = 1 << 30  # |values| below this leave int32 headroom for one addition
 MAX_RADIUS = 4095
@@ -117,7 +117,7 @@ class ContextSpec:
         }
 
     @classmethod
-    def from_json_obj(cls, obj: dict[str, Any]) -> "ContextSpec":
+    def from_json_obj(cls, obj: dict[str, Any]) -> ContextSpec:
         return cls(
             raw_min=int(obj["raw_min"]),
             raw_max=int(obj["raw_max"]),
@@ -302,7 +302,7 @@ class ResidualModel:
         raw_float: np.ndarray,
         radius: int | None = None,
         precision: int = DEFAULT_PRECISION,
-    ) -> "ResidualModel":
+    ) -> ResidualModel:
         rad = default_radius(spec) if radius is None else int(radius)
         return cls(spec, rad, residual_histograms(spec, x_raw, raw_float, rad), precision)
 
@@ -461,7 +461,7 @@ class ResidualModel:
         }
 
     @classmethod
-    def from_json_obj(cls, obj: dict[str, Any]) -> "ResidualModel":
+    def from_json_obj(cls, obj: dict[str, Any]) -> ResidualModel:
         try:
             return cls(
                 spec=ContextSpec.from_json_obj(obj["context"]),

@@ -19,16 +19,17 @@ position of the last sample axis (all frames and leading positions together).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from .context import check_kind, previous_along_last, table_with_prior, write_by_position
-from .tables import FreqTable, TableSet
-from .coder import StreamDecoder, StreamEncoder
 from ..errors import BundleError, InputError
+from .coder import StreamDecoder, StreamEncoder
+from .context import check_kind, previous_along_last, table_with_prior, write_by_position
 from .residual import ResidualEncoding, ResidualModel, check_max_error, prediction, reconstruct
+from .tables import FreqTable, TableSet
 
 KIND = "previous-sample"
 DEFAULT_SIGNED_CLIP = 2
@@ -105,7 +106,7 @@ class ResidualContext:
     # ------------------------------------------------------------------ fitting and storage
     @classmethod
     def fit(cls, model: ResidualModel, x_raw: np.ndarray, raw_float: np.ndarray, max_errors: Sequence[int],
-            signed_clip: int = DEFAULT_SIGNED_CLIP, batch_size: int = 1024) -> "ResidualContext":
+            signed_clip: int = DEFAULT_SIGNED_CLIP, batch_size: int = 1024) -> ResidualContext:
         """Count calibration residuals per (prediction bucket, previous q) for every D in max_errors."""
         width = 2 * signed_clip + 1
         n_ctx = model.spec.n_contexts * width
@@ -144,7 +145,7 @@ class ResidualContext:
                 "levels": [{"max_error": d, "tables": ts.to_json_obj()} for d, ts in self.tables]}
 
     @classmethod
-    def from_json_obj(cls, obj: Any, where: str = "entropy.json") -> "ResidualContext":
+    def from_json_obj(cls, obj: Any, where: str = "entropy.json") -> ResidualContext:
         check_kind(obj, KIND, "residual context", where)
         try:
             return cls(int(obj["signed_clip"]), int(obj["n_contexts"]),

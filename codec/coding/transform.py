@@ -30,8 +30,9 @@ as for the latent-only levels.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -248,7 +249,7 @@ class TransformResidual:
     @classmethod
     def fit(cls, samples: Sequence[tuple[np.ndarray, float]], *, bands: int = DEFAULT_BANDS,
             steps: Sequence[float] = DEFAULT_STEPS, precision: int = DEFAULT_PRECISION,
-            basis: str = "dct") -> "TransformResidual":
+            basis: str = "dct") -> TransformResidual:
         """Tables from calibration residuals: (residuals (N, C, L) raw units, the step a level codes
         them at) pairs, pooled; every symbol also gets one observation, so nothing is uncodable.
         bands: the DCT's band count; the wavelet's bands follow from the length (wavelet_band_edges)."""
@@ -296,7 +297,7 @@ class TransformResidual:
                 "coef_tables": self.coef_tables.to_json_obj()}
 
     @classmethod
-    def from_json_obj(cls, obj: Any, where: str = "entropy.json") -> "TransformResidual":
+    def from_json_obj(cls, obj: Any, where: str = "entropy.json") -> TransformResidual:
         basis = {kind: b for b, kind in BASES.items()}.get(obj.get("kind")) if isinstance(obj, dict) else None
         if basis is None:
             got = obj.get("kind") if isinstance(obj, dict) else None

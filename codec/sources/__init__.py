@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import InputError
 from .arrays import infer_normalization, load_array, save_array
@@ -17,8 +18,8 @@ from .idx import MNIST_NORMALIZATION, load_idx, load_mnist, mnist_files, read_id
 from .images import PIXEL_NORMALIZATION, ImageFolder, list_images, read_image
 from .sampleset import SampleSet
 from .wfdb import (
-    WfdbHeader,
     SignalSpec,
+    WfdbHeader,
     checksum16,
     decode_212,
     ecg_normalization,

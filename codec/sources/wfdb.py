@@ -17,9 +17,9 @@ Samples of all signals sharing a file are interleaved frame by frame.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 

@@ -18,8 +18,8 @@ import pytest
 
 from _transport import REPO, digits, free_port, running_server
 from latentwire.client import Client, ConnectError, PublishAborted, PublishAck
-from latentwire.codec.coding import bitstream
 from latentwire.codec.codec import Codec
+from latentwire.codec.coding import bitstream
 from latentwire.codec.errors import InputError
 from latentwire.server.config import ConfigError, Limits
 

@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latentwire.codec.coding import bitstream
 from latentwire.codec.cli import main as cli_main
-from latentwire.codec.coding.bitstream import CodingPath
 from latentwire.codec.codec import Codec
+from latentwire.codec.coding import bitstream
+from latentwire.codec.coding.bitstream import CodingPath
+from latentwire.codec.coding.fallback import compress_raw
+from latentwire.codec.errors import BitstreamError, InputError
+from latentwire.codec.sources import load_mnist, sample_data_root
 
 PATH_LATENT, PATH_RESIDUAL, PATH_LOSSLESS = CodingPath.LATENT, CodingPath.RESIDUAL, CodingPath.LOSSLESS
-from latentwire.codec.errors import BitstreamError, InputError
-from latentwire.codec.coding.fallback import compress_raw
-from latentwire.codec.sources import load_mnist, sample_data_root
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latentwire.codec.coding.bitstream import write_packet
 from latentwire.codec.codec import Codec
+from latentwire.codec.coding.bitstream import write_packet
+from latentwire.codec.coding.quantize import quantize
 from latentwire.codec.errors import BitstreamError, ChecksumMismatch, InputError, ModelMismatch, TruncatedFrame
 from latentwire.codec.normalization import psnr_db
-from latentwire.codec.coding.quantize import quantize
 from latentwire.codec.sources import load_mnist, sample_data_root
 
 

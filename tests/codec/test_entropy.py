@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from latentwire.codec.coding import coder as C
 from latentwire.codec.coding import tables as T
-from latentwire.codec.errors import BitstreamError, BundleError, InputError
 from latentwire.codec.coding.payload import ENTROPY_VERSION_PACKED, CodingTables
 from latentwire.codec.coding.residual import ContextSpec, ResidualModel
+from latentwire.codec.errors import BitstreamError, BundleError, InputError
 from latentwire.codec.sources import load_mnist, sample_data_root
 
 ASSETS = Path(__file__).resolve().parents[2] / "codec" / "assets"

@@ -18,13 +18,14 @@ torch = pytest.importorskip("torch")
 from latentwire.codec import bundle as bundle_mod  # noqa: E402
 from latentwire.codec.bundle import Bundle, compute_model_id, finalize, read_manifest, write_manifest  # noqa: E402
 from latentwire.codec.errors import BundleError, InputError  # noqa: E402
-from latentwire.codec.training.export import export  # noqa: E402
-from latentwire.codec.training.models import ModelConfig, build_model  # noqa: E402
 from latentwire.codec.normalization import psnr_db  # noqa: E402
 from latentwire.codec.runtime import Decoder, Encoder  # noqa: E402
 from latentwire.codec.sources import default_data_root, load_ecg_windows, load_mnist, sample_data_root  # noqa: E402
+from latentwire.codec.training import export as export_mod  # noqa: E402
+from latentwire.codec.training import train as train_mod  # noqa: E402
+from latentwire.codec.training.export import export  # noqa: E402
+from latentwire.codec.training.models import ModelConfig, build_model  # noqa: E402
 from latentwire.codec.training.train import TrainOptions, load_checkpoint, train  # noqa: E402
-from latentwire.codec.training import export as export_mod, train as train_mod  # noqa: E402
 
 torch.set_num_threads(1)
 

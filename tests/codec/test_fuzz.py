@@ -20,10 +20,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from latentwire.codec.coding import bitstream as B
 from latentwire.codec.bundle import Bundle, Manifest, QualityLevel, read_manifest
 from latentwire.codec.codec import Codec, default_bundle_path
+from latentwire.codec.coding import bitstream as B
 from latentwire.codec.errors import BitstreamError, BundleError, InputError
+
 
 def fast(n: int) -> settings:
     """n examples, each with a 2 s deadline (a hang fails the test), no slowness health checks."""

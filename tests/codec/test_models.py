@@ -9,9 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from latentwire.codec.sources import load_mnist, sample_data_root  # noqa: E402
 from latentwire.codec.training.models import MODELS, ModelConfig, build_model  # noqa: E402
 from latentwire.codec.training.models.density import FactorizedDensity  # noqa: E402
-from latentwire.codec.sources import load_mnist, sample_data_root  # noqa: E402
 from latentwire.codec.training.train import TrainOptions, load_checkpoint, train  # noqa: E402
 
 torch.set_num_threads(1)

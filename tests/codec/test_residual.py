@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from latentwire.codec.coding import coder as C
-from latentwire.codec.errors import BundleError, InputError
 from latentwire.codec.coding.residual import (
     ContextSpec,
     ResidualModel,
@@ -17,6 +16,7 @@ from latentwire.codec.coding.residual import (
     reconstruct,
     reconstruction_crc,
 )
+from latentwire.codec.errors import BundleError, InputError
 from latentwire.codec.sources import load_mnist, sample_data_root
 
 

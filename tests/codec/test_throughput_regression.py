@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latentwire.codec.coding import coder as C
-from latentwire.codec.errors import InputError
-from latentwire.codec.coding import tables as T
 from latentwire.codec.codec import Codec
+from latentwire.codec.coding import coder as C
+from latentwire.codec.coding import tables as T
 from latentwire.codec.coding.payload import CodingTables, PayloadReader, encode_payload
 from latentwire.codec.coding.quantize import channel_index, quantize
 from latentwire.codec.coding.residual import choose_shifts
+from latentwire.codec.errors import InputError
 
 FIXTURE_DIR = Path(__file__).resolve().parents[1] / "data" / "throughput"
 

@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _transport import digits
 from latentwire.codec.codec import Codec
 from latentwire.server.batcher import Batcher, PacketItem, QueueFull, RawItem, Stopped
 from latentwire.server.main import _encoder
 from latentwire.server.sqlite_store import SqliteStore
-
-from _transport import digits
 
 
 @pytest.fixture()

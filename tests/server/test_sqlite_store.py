@@ -11,7 +11,6 @@ import textwrap
 import time
 from pathlib import Path
 
-
 from latentwire.server.sqlite_store import SqliteStore
 from latentwire.server.store import PendingPacket, RetentionPolicy
 

@@ -85,7 +85,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """Inverse of to_dict; keys added later (rate_levels) take their defaults when absent."""
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
