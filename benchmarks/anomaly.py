@@ -71,7 +71,7 @@ def _stream_figures(codec: Codec, stream: np.ndarray, anomalous: np.ndarray, qua
         "psnr_db": round(psnr_db(stream, decoded, peak), 2),
         "psnr_db_digits": round(psnr_db(stream[~anomalous], decoded[~anomalous], peak), 2),
         "psnr_db_anomalies": round(psnr_db(stream[anomalous], decoded[anomalous], peak), 2),
-        "exact_anomalies": round(float(np.mean([np.array_equal(a, b) for a, b in zip(stream[anomalous], decoded[anomalous])])), 3),
+        "exact_anomalies": round(float(np.mean([np.array_equal(a, b) for a, b in zip(stream[anomalous], decoded[anomalous], strict=True)])), 3),
         "frames_lossless": int(enc.lossless.sum()),
         "digits_lossless": int(enc.lossless[~anomalous].sum()),
     }

@@ -38,7 +38,7 @@ def pareto_front(rates: ArrayLike, psnrs: ArrayLike) -> tuple[np.ndarray, np.nda
     r, p = r[keep], p[keep]
     order = np.lexsort((-p, r))  # by rate, best PSNR first among equal rates
     front_r, front_p = [], []
-    for ri, pi in zip(r[order], p[order]):
+    for ri, pi in zip(r[order], p[order], strict=True):
         if not front_p or pi > front_p[-1]:
             if front_r and ri == front_r[-1]:
                 continue

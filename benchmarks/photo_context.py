@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -96,26 +96,28 @@ def grouped(fit: Maps, measure: Maps) -> float:
     """Bits with channel groups: each group's activity adds the earlier groups at the same position."""
     channels = fit[0].shape[0]
     bounds = np.linspace(0, channels, GROUPS + 1).astype(int)
-    total = 0.0
-    for k in range(GROUPS):
-        own, earlier = slice(bounds[k], bounds[k + 1]), slice(0, bounds[k])
+    return sum(_group_bits(fit, measure, int(bounds[k]), int(bounds[k + 1]), channels) for k in range(GROUPS))
 
-        def act(s: np.ndarray) -> np.ndarray:
-            a = _activity(s, False)
-            if bounds[k]:  # the earlier groups' magnitude, scaled to about the neighbours' weight
-                a = a + 2 * np.abs(s[earlier]).astype(np.int64).sum(axis=0) * channels // bounds[k] // 4
-            return a
 
-        edges = np.asarray(quantile_edges(np.concatenate([act(s).ravel() for s in fit]), ACTIVITY_BUCKETS))
-        n_ctx = 9 * (len(edges) + 1)
+def _group_bits(fit: Maps, measure: Maps, lo: int, hi: int, channels: int) -> float:
+    """Bits of channels lo..hi-1, whose activity adds the magnitude of the channels before lo."""
+    own, earlier = slice(lo, hi), slice(0, lo)
 
-        def ids(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            part = s[own]
-            ctx = _signs(part) * (len(edges) + 1) + np.searchsorted(edges, act(s), side="right")[None]
-            return np.arange(part.shape[0]).reshape(-1, 1, 1) * n_ctx + ctx, part
+    def act(s: np.ndarray) -> np.ndarray:
+        a = _activity(s, False)
+        if lo:  # the earlier groups' magnitude, scaled to about the neighbours' weight
+            a = a + 2 * np.abs(s[earlier]).astype(np.int64).sum(axis=0) * channels // lo // 4
+        return a
 
-        total += _bits([ids(s) for s in fit], [ids(s) for s in measure], n_ctx, bounds[k + 1] - bounds[k])
-    return total
+    edges = np.asarray(quantile_edges(np.concatenate([act(s).ravel() for s in fit]), ACTIVITY_BUCKETS))
+    n_ctx = 9 * (len(edges) + 1)
+
+    def ids(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        part = s[own]
+        ctx = _signs(part) * (len(edges) + 1) + np.searchsorted(edges, act(s), side="right")[None]
+        return np.arange(part.shape[0]).reshape(-1, 1, 1) * n_ctx + ctx, part
+
+    return _bits([ids(s) for s in fit], [ids(s) for s in measure], n_ctx, hi - lo)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -147,14 +149,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         gain = levels[lv].gain.reshape(-1, 1, 1)
         sym = {k: [quantize_scaled(v, 1.0, gain) for v in vs] for k, vs in y.items()}
         val = [quantize_scaled(v, 1.0, gain) for v in y_val]
-        runs: dict[str, Callable[[], float]] = {
-            "shipped": lambda: single(sym["whole"], val, False),
-            "wide": lambda: single(sym["whole"], val, True),
-            "groups4": lambda: grouped(sym["whole"], val),
-            "shipped, tables on 128x128 crops x4": lambda: single(sym["crops128x4"], val, False),
-            "shipped, tables on 320x320 crops x1": lambda: single(sym["crops320x1"], val, False),
+        bits = {
+            "shipped": single(sym["whole"], val, False),
+            "wide": single(sym["whole"], val, True),
+            "groups4": grouped(sym["whole"], val),
+            "shipped, tables on 128x128 crops x4": single(sym["crops128x4"], val, False),
+            "shipped, tables on 320x320 crops x1": single(sym["crops320x1"], val, False),
         }
-        row = {"level": lv, "bytes_per_val_photo": {k: run() / 8 / len(val) for k, run in runs.items()}}
+        row = {"level": lv, "bytes_per_val_photo": {k: b / 8 / len(val) for k, b in bits.items()}}
         base = row["bytes_per_val_photo"]["shipped"]
         print(f"l{lv}: " + " | ".join(f"{k} {b:.0f} B ({100 * (b / base - 1):+.1f} %)"
                                       for k, b in row["bytes_per_val_photo"].items()), flush=True)

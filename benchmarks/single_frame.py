@@ -74,7 +74,7 @@ def _zstd_ops(frames: Sequence[np.ndarray]) -> tuple[Callable[[], object], Calla
             cctx.compress(f.tobytes())
 
     def dec() -> None:
-        for b, f in zip(coded, frames):
+        for b, f in zip(coded, frames, strict=True):
             np.frombuffer(dctx.decompress(b), dtype=f.dtype).reshape(f.shape)
 
     return enc, dec, float(np.mean([len(b) for b in coded]))
@@ -130,7 +130,7 @@ def bench_single(codec: Codec, frames: Sequence[np.ndarray], quality: int, resid
             for op in ("enc", "dec"):
                 a, b = f"{lw}_{op}", f"{base}_{op}"
                 if a in res.seconds:
-                    per = [tb / ta for ta, tb in zip(res.seconds[a], res.seconds[b])]
+                    per = [tb / ta for ta, tb in zip(res.seconds[a], res.seconds[b], strict=True)]
                     res.ratios[f"{b}/{a}"] = float(np.median(per))
                     res.ratio_spread[f"{b}/{a}"] = [float(min(per)), float(max(per))]
     return res

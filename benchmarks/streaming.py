@@ -141,7 +141,7 @@ class Bench:
         t_end = max([r["t_last"] for r in rx if r.get("t_last")] or [time.monotonic()])
         cpu1, t1 = sum(cpu_seconds(s.pid) for s in self.servers), time.monotonic()
         parts = [subscriber_bytes(b, server_socket_bytes(s.port), publisher=(i == 0))
-                 for i, (b, s) in enumerate(zip(sock0, self.servers))]
+                 for i, (b, s) in enumerate(zip(sock0, self.servers, strict=True))]
         tcp = None if any(p is None for p in parts) else sum(parts)  # type: ignore[misc]
         done.set()
         sampler.join()
@@ -362,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 digits = np.resize(z["samples"], (args.wire_frames, *z["samples"].shape[1:]))
             wire = measure(next(iter(benches.values())).server.target, modes, sizes, digits)
             print_rows(wire)
-        for setup, bench in benches.items():
+        for bench in benches.values():
             for m in modes:  # warm-up: sessions, caches, bundle download; not recorded
                 bench.run(m, max(subs), "saturation", 2 * args.batch, args.batch, None, args.timeout)
         for rep in range(args.repeat):

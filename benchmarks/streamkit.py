@@ -355,7 +355,9 @@ def sender_main(conn: Any, target: str, bundle: str, cache_dir: str, progress: A
             whole = (digits.shape[0] // batch) * batch or batch  # full packets only: counts must match
             pools[(mode.name, batch)] = [make_packet(codec, mode, c) for c in chunks(digits, batch, whole)]
 
-        def frames() -> Iterator[np.ndarray]:
+        # this command's values bound as defaults: the publish call below drains both generators
+        def frames(batch: int = batch, n: int = n, rate: float | None = rate, keep: bool = keep,
+                   offered: np.ndarray = offered, sent: list[int] = sent) -> Iterator[np.ndarray]:
             t0 = time.monotonic()
             for c in chunks(digits, batch, n):
                 i, k = sent[0], c.shape[0]
@@ -373,7 +375,7 @@ def sender_main(conn: Any, target: str, bundle: str, cache_dir: str, progress: A
                     progress.value = sent[0]
                 yield c
 
-        def packets() -> Iterator[bytes]:
+        def packets(mode: Any = mode, batch: int = batch, rate: float | None = rate) -> Iterator[bytes]:
             if rate:
                 for c in frames():
                     yield make_packet(codec, mode, c)

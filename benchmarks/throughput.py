@@ -247,7 +247,7 @@ def session_settings(session: ort.InferenceSession) -> dict[str, Any]:
     opts = session.get_session_options()
     try:
         spinning = opts.get_session_config_entry("session.intra_op.allow_spinning")
-    except Exception:  # onnxruntime raises when the entry was never set (its default is spinning on)
+    except Exception:  # noqa: BLE001 - onnxruntime raises when the entry was never set (its default is spinning on)
         spinning = None
     return {
         "intra_op_num_threads": opts.intra_op_num_threads,  # 0: onnxruntime picks (physical cores)

@@ -167,7 +167,7 @@ class Subscriber:
                 decoded = codec.decode_many([packets[i].payload for i in idx])
                 if denoise:
                     decoded = denoised(codec, [packets[i] for i in idx], decoded)
-                for i, a in zip(idx, decoded):
+                for i, a in zip(idx, decoded, strict=True):
                     arrays[i] = a
             yield packets, arrays, wire
 
@@ -193,7 +193,7 @@ class Subscriber:
                denoise: bool) -> Iterator[Frame]:
         want = from_seq
         for packets, arrays, _ in self.decoded(self.responses(channel, from_seq, opts), cache_dir, denoise):
-            for p, data in zip(packets, arrays):
+            for p, data in zip(packets, arrays, strict=True):
                 path = p.path
                 scores = p.anomaly_scores
                 for i in range(p.count):

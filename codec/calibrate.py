@@ -135,7 +135,7 @@ def latent_tables(pmf_offsets: Sequence[int], pmf_probs: Sequence[Sequence[float
     if len(pmf_offsets) != len(pmf_probs) or not pmf_offsets:
         raise InputError("manifest latent.pmf needs one offset and one probability list per channel")
     return TableSet(
-        tuple(table_from_pmf(np.asarray(p, dtype=np.float64), int(o), precision) for o, p in zip(pmf_offsets, pmf_probs)),
+        tuple(table_from_pmf(np.asarray(p, dtype=np.float64), int(o), precision) for o, p in zip(pmf_offsets, pmf_probs, strict=True)),
         precision=precision,
     )
 
@@ -150,7 +150,7 @@ def step_tables(
     Computed once here and stored as integers, so receivers never redo this float arithmetic.
     """
     tables = []
-    for o, p in zip(pmf_offsets, pmf_probs):
+    for o, p in zip(pmf_offsets, pmf_probs, strict=True):
         p = np.asarray(p, dtype=np.float64)
         edges = int(o) - 0.5 + np.arange(p.size + 1)
         cdf = np.concatenate([[0.0], np.cumsum(p)])
@@ -315,7 +315,7 @@ def calibrate(
     # in-sample figures per level, one joint payload per level over up to measure_samples frames
     k = min(measure_samples, raw.shape[0])
     reports = []
-    for i, (e, sp) in enumerate(zip(levels, specs)):
+    for i, (e, sp) in enumerate(zip(levels, specs, strict=True)):
         sym_k, float_k = symbols[:k], raw_float[:k]
         if (sp.latent_step, sp.latent_level) != (reference.latent_step, reference.latent_level):
             sym_k, float_k = _forward(enc, dec, bundle, raw[:k], batch_size, sp)
@@ -371,7 +371,7 @@ def calibrate(
                 **({"transform_step": sp.transform_step} if sp.transform_step is not None else {}),
                 **({"prdn_percent": round(r.prdn_percent, 3)} if r.prdn_percent is not None else {}),
             }
-            for r, sp in zip(reports, specs)
+            for r, sp in zip(reports, specs, strict=True)
         ],
     }
     write_manifest(d, manifest)

@@ -61,7 +61,7 @@ class LatentGrid:
 def _shape_hint(got: tuple[int, ...], expected: tuple[int | None, ...]) -> str:
     """The fix for a batch with one axis too few: the batch axis (one sample) or the channel axis."""
     def fits(shape: tuple[int, ...], want: tuple[int | None, ...]) -> bool:
-        return len(shape) == len(want) and all(w is None or w == g for g, w in zip(shape, want))
+        return len(shape) == len(want) and all(w is None or w == g for g, w in zip(shape, want, strict=True))
 
     if fits(got, expected):
         return "for a single sample add the batch axis: x[None]"
@@ -150,7 +150,7 @@ class Codec:
                 f"expected a batch of shape (N, {', '.join('*' if d is None else str(d) for d in expected)}), "
                 f"got {raw.shape}; {_shape_hint(raw.shape, expected)}"
             )
-        for axis, (got, want) in enumerate(zip(raw.shape[1:], expected), start=1):
+        for axis, (got, want) in enumerate(zip(raw.shape[1:], expected, strict=True), start=1):
             if want is not None and got != want:
                 raise InputError(f"sample axis {axis} has size {got}, this model takes {want} (samples are {expected})")
         if raw.shape[0] == 0:

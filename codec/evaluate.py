@@ -107,9 +107,9 @@ def evaluate(
     values = sum(int(s.size) for s in raw)
     peak = codec.normalization.peak
     if isinstance(raw, list):  # whole images: the mean of per-image PSNRs, as image codecs are compared
-        psnrs = [psnr_db(a, b, peak) for a, b in zip(raw, decoded)]
+        psnrs = [psnr_db(a, b, peak) for a, b in zip(raw, decoded, strict=True)]
         psnr = float(np.mean(psnrs)) if all(math.isfinite(p) for p in psnrs) else float("inf")
-        max_err = max(float(np.abs(a.astype(np.float64) - b).max()) for a, b in zip(raw, decoded))
+        max_err = max(float(np.abs(a.astype(np.float64) - b).max()) for a, b in zip(raw, decoded, strict=True))
     else:
         dec = np.stack(decoded)
         psnr = psnr_db(raw, dec, peak)
@@ -161,7 +161,7 @@ def write_picture(codec: Codec, raw: Samples, levels: Sequence[int | None], max_
     peak = codec.normalization.peak
     runs = [(q, None) for q in levels] + [(None, e) for e in max_errors]
     for q, e in runs:
-        for row, s in zip(rows, picked):
+        for row, s in zip(rows, picked, strict=True):
             packet = codec.encode(s[None], quality=q, max_error=e)
             out = codec.decode(packet)[0]
             name = f"max err {e}" if q is None else codec.qualities[q].name

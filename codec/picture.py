@@ -56,7 +56,7 @@ def _series_tile(sample: np.ndarray, reference: np.ndarray):  # -> PIL.Image.Ima
         v = sample[c].astype(np.float64)
         xs = np.linspace(0, w - 1, v.size)
         ys = band * c + band - 2 - (np.clip(v, lo - span, hi + span) - lo) / span * (band - 4)
-        draw.line(list(zip(xs.tolist(), ys.tolist())), fill=colours[c % len(colours)], width=1)
+        draw.line(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=colours[c % len(colours)], width=1)
     return img
 
 
@@ -85,7 +85,7 @@ def grid(rows: Sequence[Sequence[Tile]], path: str | Path, *, raw_min: float, ra
     if title:
         draw.text((PAD, 3), title, fill="black")
     y = top + PAD
-    for row, h in zip(drawn, heights):
+    for row, h in zip(drawn, heights, strict=True):
         for k, (img, caption) in enumerate(row):
             x = PAD + k * (cell_w + PAD)
             canvas.paste(img, (x, y))

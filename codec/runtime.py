@@ -74,7 +74,7 @@ def _check_shape(a: np.ndarray, expected: Sequence[int | None], what: str, hint:
     if a.ndim != len(expected) + 1:
         extra = " (a single sample needs a batch axis: x[None])" if a.ndim == len(expected) else ""
         raise InputError(f"{what} must have shape {want}, got {a.shape}{extra}{hint}")
-    for axis, (got, exp) in enumerate(zip(a.shape[1:], expected), start=1):
+    for axis, (got, exp) in enumerate(zip(a.shape[1:], expected, strict=True), start=1):
         if (exp is not None and got != exp) or got < 1:
             raise InputError(f"{what} must have shape {want}, got {a.shape}: axis {axis} is {got}{hint}")
     if a.shape[0] < 1:

@@ -132,7 +132,7 @@ def admit_packets(codec: Codec, packets: Sequence[bytes], *, max_frames: int, ve
             continue
         at, pos = pos, pos + int(header.count)
         shape = tuple(header.sample_shape)
-        if len(shape) != len(want) or any(w is not None and w != s for w, s in zip(want, shape)):
+        if len(shape) != len(want) or any(w is not None and w != s for w, s in zip(want, shape, strict=True)):
             out.refuse(i, header.count, f"packet {i}: sample shape {list(shape)} does not match the channel's {list(want)}")
             continue
         if n_q and header.quality != bitstream.CUSTOM_QUALITY and not 0 <= header.quality < n_q:

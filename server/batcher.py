@@ -313,7 +313,7 @@ class Batcher:
         elif hwm:
             self._append([], hwm, read)
         seq = stored[0].first_seq if stored else self.store.next_seq
-        for it, (acc, dups) in zip(batch, per_item):
+        for it, (acc, dups) in zip(batch, per_item, strict=True):
             it.future.set_result(Commit(acc, dups, seq))
             seq += acc
         self._after_commit(stored, "raw")

@@ -215,7 +215,7 @@ class RedisStore:
                                  f"{expected.get(pid)}: another replica committed for it")
         seq = int(reply[0])
         stored = []
-        for p, blob in zip(packets, blobs):
+        for p, blob in zip(packets, blobs, strict=True):
             stored.append(StoredPacket(seq, p.count, ts, p.model_id, p.quality, p.payload, unpack_scores(blob)))
             seq += p.count
         return stored

@@ -157,13 +157,13 @@ class SqliteStore:
         with self._lock:
             if self.policy.max_age_s > 0:
                 cutoff = now - self.policy.max_age_s
-                r = self._delete("ts < ?", (cutoff,), "age > %.0fs" % self.policy.max_age_s)
+                r = self._delete("ts < ?", (cutoff,), f"age > {self.policy.max_age_s:.0f}s")
                 if r:
                     reports.append(r)
             if self.policy.max_frames > 0 and self._next_seq - self._first_seq > self.policy.max_frames:
                 # whole packets only: the oldest ones that end at or before the first frame to keep
                 keep_from = self._next_seq - self.policy.max_frames
-                r = self._delete("first_seq + count <= ?", (keep_from,), "frames > %d" % self.policy.max_frames)
+                r = self._delete("first_seq + count <= ?", (keep_from,), f"frames > {int(self.policy.max_frames)}")
                 if r:
                     reports.append(r)
             if self.policy.max_bytes > 0 and self._bytes > self.policy.max_bytes:
@@ -176,7 +176,7 @@ class SqliteStore:
                     if acc >= excess:
                         break
                 if cut is not None:
-                    r = self._delete("first_seq <= ?", (cut,), "size > %d bytes" % self.policy.max_bytes)
+                    r = self._delete("first_seq <= ?", (cut,), f"size > {int(self.policy.max_bytes)} bytes")
                     if r:
                         reports.append(r)
         for r in reports:

@@ -229,7 +229,7 @@ def pca_points(basis: PcaBasis, train_raw: np.ndarray, raw: np.ndarray, scorer: 
             points.append(Point("pca", f"k={k} step={step:g}", mode=f"packet{packet_frames}", k=k, step=step,
                                 seconds=time.perf_counter() - t0, **scorer.score(raw, decoded, total)))
     fr, fp = bdrate.pareto_front([p.bytes_per_sample for p in points], [p.psnr_db for p in points])
-    front = set(zip(fr.tolist(), fp.tolist()))
+    front = set(zip(fr.tolist(), fp.tolist(), strict=True))
     for p in points:
         p.pareto = (p.bytes_per_sample, p.psnr_db) in front
     return points

@@ -96,7 +96,7 @@ def targets_mnist(points: list[Point], codec: Codec, batch: int, bd: dict[str, A
     wx, wy = curve(points, "webp", None)
     fr, fp = bdrate.pareto_front(wx, wy)
     ok = True
-    for r, p in zip(fr, fp):
+    for r, p in zip(fr, fp, strict=True):
         need = _lw_bytes_for(points, float(p), mode)
         ratio = None if need is None else need / r
         if ratio is None or ratio >= 1.0:
@@ -118,7 +118,7 @@ def targets_mnist(points: list[Point], codec: Codec, batch: int, bd: dict[str, A
     lx, ly = curve(points, "latentwire", mode)
     fr, fp = bdrate.pareto_front(px, py)
     margins = []
-    for r, p in zip(fr, fp):
+    for r, p in zip(fr, fp, strict=True):
         mine = bdrate.psnr_at_rate(lx, ly, float(r))
         if mine is not None:
             margins.append((mine - float(p), float(r)))

@@ -75,7 +75,7 @@ def _groups(tid: np.ndarray, n_tables: int) -> tuple[np.ndarray | None, list[tup
     cuts = np.flatnonzero(ranked[1:] != ranked[:-1]) + 1
     starts = np.concatenate(([0], cuts)).tolist()
     stops = np.concatenate((cuts, [ranked.size])).tolist()
-    return order, list(zip(ranked[np.asarray(starts, dtype=np.intp)].astype(np.int64).tolist(), starts, stops))
+    return order, list(zip(ranked[np.asarray(starts, dtype=np.intp)].astype(np.int64).tolist(), starts, stops, strict=True))
 
 
 def _tiny_groups(ids: list[int]) -> tuple[list[int], list[tuple[int, int, int]]]:
@@ -243,7 +243,7 @@ class StreamEncoder:
         ``models[i]`` (a table set's ``coding_meta.models``), in stream order: what ``encode_grouped``
         writes for the same symbols, without arrays (the one-frame path, codec/frame.py)."""
         code = self._enc.encode
-        for i, m in zip(indices, models):
+        for i, m in zip(indices, models, strict=True):
             code(i, m)
         self._n += len(indices)
 

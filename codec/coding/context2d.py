@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -49,7 +50,7 @@ class LatentContext2D:
         if self.channels < 1 or self.signed_clip < 0:
             raise BundleError(f"2-D latent context: channels {self.channels}, signed_clip {self.signed_clip} out of range")
         edges = tuple(int(e) for e in self.activity_edges)
-        if any(b <= a for a, b in zip(edges, edges[1:])) or (edges and edges[0] < 1):
+        if any(b <= a for a, b in pairwise(edges)) or (edges and edges[0] < 1):
             raise BundleError(f"2-D latent context: activity_edges must rise from >= 1, got {edges}")
         object.__setattr__(self, "activity_edges", edges)
         if len(self.tables) != self.channels * self.n_contexts:

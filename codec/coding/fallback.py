@@ -81,7 +81,7 @@ class AnomalyCalibration:
         if threshold_quantile not in qs:
             qs = tuple(sorted({*qs, float(threshold_quantile)}))
         values = np.quantile(np.asarray(scores, dtype=np.float64), qs)
-        return cls("mse_raw_latent_only", int(len(scores)), {q: float(v) for q, v in zip(qs, values)},
+        return cls("mse_raw_latent_only", int(len(scores)), {q: float(v) for q, v in zip(qs, values, strict=True)},
                    float(threshold_quantile))
 
     def to_dict(self) -> dict[str, Any]:

@@ -309,7 +309,7 @@ def _unpack_tables(packed: Any, precision: int) -> tuple[FreqTable, ...]:
         raise ValueError(f"{offsets.size} offsets, {sizes.size} sizes summing to {int(sizes.sum())}, {freqs.size} frequencies")
     ends = np.cumsum(sizes)
     return tuple(FreqTable(offset=int(o), freqs=freqs[e - n : e], precision=precision)
-                 for o, n, e in zip(offsets.tolist(), sizes.tolist(), ends.tolist()))
+                 for o, n, e in zip(offsets.tolist(), sizes.tolist(), ends.tolist(), strict=True))
 
 
 def as_table_set(tables: TableSet | Iterable[FreqTable]) -> TableSet:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -170,7 +171,7 @@ class TransformResidual:
         if self.basis not in BASES:
             raise BundleError(f"transform residual: unknown basis {self.basis!r} (this latentwire knows {sorted(BASES)})")
         steps = tuple(float(s) for s in self.steps)
-        if not steps or any(not s > 0 for s in steps) or any(b <= a for a, b in zip(steps, steps[1:])):
+        if not steps or any(not s > 0 for s in steps) or any(b <= a for a, b in pairwise(steps)):
             raise BundleError(f"transform residual: steps must rise from > 0, got {steps[:4]}...")
         object.__setattr__(self, "steps", steps)
         if len(self.step_tables) != 1 or len(self.class_tables) != self.bands or len(self.coef_tables) != MAX_CLASS:

@@ -153,7 +153,7 @@ def _levels(model: Autoencoder) -> list[dict[str, Any]]:
     return [
         {"gain": [float(v) for v in g], "inverse_gain": [float(v) for v in ig], "pmf": _pmf(model, g),
          "rate_weight": w}
-        for g, ig, w in zip(gains, inverse, model.config.rate_levels)
+        for g, ig, w in zip(gains, inverse, model.config.rate_levels, strict=True)
     ]
 
 

@@ -137,7 +137,7 @@ def _check_data(config: ModelConfig, train_set: SampleSet, val_set: SampleSet) -
             raise ValueError(f"the {name} set is empty; load more data or change --val-fraction")
         shape = s.sample_shape
         want = config.sample_shape
-        if len(shape) != len(want) or any(w is not None and w != g for w, g in zip(want, shape)):
+        if len(shape) != len(want) or any(w is not None and w != g for w, g in zip(want, shape, strict=True)):
             raise ValueError(f"{name} samples have shape {shape}, the model expects {want}")
     if config.loss == "bce":
         x = train_set.model_domain()

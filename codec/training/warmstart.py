@@ -74,7 +74,7 @@ def _gdn_params(graph: onnx.GraphProto, values: dict[str, np.ndarray], modules: 
     if len(convs) != len(modules):
         raise ValueError(f"found {len(convs)} GDN convolutions in the graph, the model has {len(modules)} GDN layers")
     params: dict[str, np.ndarray] = {}
-    for node, module in zip(convs, modules):
+    for node, module in zip(convs, modules, strict=True):
         for name, key in ((node.input[1], "gamma"), (node.input[2], "beta")):
             raw = raw_source(name)
             if raw is not None:

@@ -104,7 +104,7 @@ def test_mixed_stream_sends_anomalies_losslessly_in_order(codec: Codec, digits: 
     assert [b - a for a, b in enc.frames] and enc.frames[0][0] == 0 and enc.frames[-1][1] == len(stream)
     decoded = np.concatenate(codec.decode_many(enc.packets))
     assert decoded.shape == stream.shape
-    for (a, b), packet in zip(enc.frames, enc.packets):
+    for (a, b), packet in zip(enc.frames, enc.packets, strict=True):
         assert codec.path(packet) == (PATH_LOSSLESS if enc.lossless[a] else PATH_LATENT)
         assert bool(enc.lossless[a:b].all()) or not enc.lossless[a:b].any()  # one path per packet
     assert np.array_equal(decoded[enc.lossless], stream[enc.lossless])  # never learned, arrives intact

@@ -249,9 +249,9 @@ def test_tiny_calls_write_and_read_the_same_stream_as_the_vectorised_path(monkey
     monkeypatch.setattr(C, "TINY_CALL_SYMBOLS", 0)  # every call through the vectorised path
     vectorised = stream()
     assert tiny == vectorised
-    assert all(np.array_equal(a, s) for a, (s, _) in zip(read(tiny), calls))
+    assert all(np.array_equal(a, s) for a, (s, _) in zip(read(tiny), calls, strict=True))
     monkeypatch.undo()
-    assert all(np.array_equal(a, s) for a, (s, _) in zip(read(tiny), calls))
+    assert all(np.array_equal(a, s) for a, (s, _) in zip(read(tiny), calls, strict=True))
 
 
 def _trim_by_decoding(data: bytes, calls: list[tuple[np.ndarray, np.ndarray]], tables: T.TableSet) -> bytes:

@@ -82,7 +82,7 @@ def test_iter_packets_on_streams(payloads: list[bytes], tail: bytes) -> None:
     stream = b"".join(pkts) + tail
     got = []
     try:
-        for h, raw in B.iter_packets(stream):
+        for _, raw in B.iter_packets(stream):
             got.append(bytes(raw))
     except BitstreamError:
         assert tail, "only the damaged tail may fail"

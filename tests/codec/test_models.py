@@ -183,7 +183,7 @@ def test_plain_autoencoder_still_fits_a_density() -> None:
     before = build_model(config).density.pmf_tables()
     result = train(config, tr, va, TrainOptions(epochs=2, batch_size=50, rate_weight=0.0, progress=False, threads=1))
     after = result.model.density.pmf_tables()
-    assert before[0] != after[0] or any(len(a) != len(b) or not np.allclose(a, b) for a, b in zip(before[1], after[1]))
+    assert before[0] != after[0] or any(len(a) != len(b) or not np.allclose(a, b) for a, b in zip(before[1], after[1], strict=True))
     assert np.isfinite(result.val_bytes_per_sample) and np.isfinite(result.val_psnr_db)
 
 

@@ -89,7 +89,7 @@ def test_tables_derive_for_any_d_with_integers_and_are_cached(setup) -> None:
     kmax, counts = model.bin_counts(5)
     assert counts.sum() == model.histograms.sum()  # binning partitions the histogram exactly
     clone = ResidualModel.from_json_obj(model.to_json_obj())
-    assert all(a == b for a, b in zip(clone.tables(5), model.tables(5)))
+    assert all(a == b for a, b in zip(clone.tables(5), model.tables(5), strict=True))
     with pytest.raises(BundleError):
         ResidualModel.from_json_obj({"context": {}, "radius": 1})
 

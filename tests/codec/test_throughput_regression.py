@@ -151,7 +151,7 @@ def test_codec_round_trip_on_tiny_bundle(tiny_bundle: Path, quality: int) -> Non
     q = min(quality, len(codec.qualities) - 1)
     packets = [codec.encode(raw[:1], q), codec.encode(raw[1:33], q), codec.encode(raw[33:], q)]
     many = codec.decode_many(packets)
-    for p, m in zip(packets, many):
+    for p, m in zip(packets, many, strict=True):
         assert np.array_equal(codec.decode(p), m)
     out = np.concatenate(many)
     assert out.shape == raw.shape and out.dtype == raw.dtype

@@ -155,7 +155,7 @@ def test_concurrent_replica_appends_never_duplicate_a_producer(redis_server) -> 
     wins = []
 
     def commit(s: RedisStore) -> None:
-        for attempt in range(50):
+        for _ in range(50):
             mark = s.producer_next_offset("cam")
             if mark >= 100:
                 return

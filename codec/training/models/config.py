@@ -7,6 +7,7 @@ families) each import it, and nothing imports back.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from ..options import ACTIVATIONS, LOSSES, OUTPUT_ACTIVATIONS
@@ -62,7 +63,7 @@ class ModelConfig:
         self.rate_levels = [float(r) for r in self.rate_levels]
         if any(not r > 0 for r in self.rate_levels):
             raise ValueError(f"rate_levels must all be > 0, got {self.rate_levels}")
-        if any(a <= b for a, b in zip(self.rate_levels, self.rate_levels[1:])):
+        if any(a <= b for a, b in pairwise(self.rate_levels)):
             raise ValueError(f"rate_levels go from the cheapest level (largest weight) down, got {self.rate_levels}")
         if len(self.rate_levels) == 1:
             raise ValueError("rate_levels needs two levels or more; one rate is plain --rate-weight")

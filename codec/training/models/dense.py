@@ -8,6 +8,7 @@ channel-first shape.
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -29,13 +30,13 @@ class DenseAutoencoder(Autoencoder):
         n_in = math.prod(self.sample_shape)
         widths = [n_in, *config.layers]
         enc: list[nn.Module] = []
-        for a, b in zip(widths[:-1], widths[1:]):
+        for a, b in pairwise(widths):
             enc += [nn.Linear(a, b), make_activation(config.activation)]
         enc.append(nn.Linear(widths[-1], self.encoder_channels))
         self.encoder = nn.Sequential(*enc)
         back = [config.code_size, *reversed(config.layers)]
         dec: list[nn.Module] = []
-        for a, b in zip(back[:-1], back[1:]):
+        for a, b in pairwise(back):
             dec += [nn.Linear(a, b), make_activation(config.activation)]
         dec += [nn.Linear(back[-1], n_in), make_output_activation(config.resolved_output_activation)]
         self.decoder = nn.Sequential(*dec)
