@@ -23,7 +23,9 @@ def machine_info() -> dict[str, Any]:
     model = platform.processor() or ""
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), model)
+        model = next(
+            (line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), model
+        )
     except (OSError, subprocess.SubprocessError):
         pass
     return {

@@ -139,8 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_photos = ImageFolder(folder, subdirs=["train"])
     y = {
         "whole": latents(train_photos.images(), "train photos"),
-        "crops128x4": latents(list(train_photos.crops(size=(128, 128), per_image=4, seed=1).samples), "128 x 128 crops"),
-        "crops320x1": latents(list(train_photos.crops(size=(320, 320), per_image=1, seed=1).samples), "320 x 320 crops"),
+        "crops128x4": latents(
+            list(train_photos.crops(size=(128, 128), per_image=4, seed=1).samples), "128 x 128 crops"
+        ),
+        "crops320x1": latents(
+            list(train_photos.crops(size=(320, 320), per_image=1, seed=1).samples), "320 x 320 crops"
+        ),
     }
     y_val = latents(ImageFolder(folder, subdirs=["val"]).images(), "val photos")
     levels = bundle.manifest.latent_levels
@@ -161,8 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"l{lv}: " + " | ".join(f"{k} {b:.0f} B ({100 * (b / base - 1):+.1f} %)"
                                       for k, b in row["bytes_per_val_photo"].items()), flush=True)
         rows.append(row)
-    report = {"benchmark": "photo_context", "command": "python -m benchmarks.photo_context", "started": started.isoformat(),
-              "git_commit": git_commit(), "machine": machine_info(), "bundle": str(args.bundle),
+    report = {"benchmark": "photo_context", "command": "python -m benchmarks.photo_context",
+              "started": started.isoformat(), "git_commit": git_commit(), "machine": machine_info(),
+              "bundle": str(args.bundle),
               "model_id": bundle.model_id, "fit": "bsds500/train (200 photos)", "measured": "bsds500/val (100 photos)",
               "rows": rows}
     print(f"wrote {write_result(args.out, report)}")

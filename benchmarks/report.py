@@ -42,7 +42,11 @@ def points_table(doc: dict[str, Any], max_baseline_rows: int = 8) -> str:
             row = [codec, p["setting"], p.get("mode", ""), f"{p['bytes_per_sample']:.2f}"]
             row += [f"{p['bpp']:.3f}"] if img else []
             row += [_psnr(p)]
-            row += [f"{p.get('prd_percent', 0.0):.2f}", f"{p.get('prdn_percent', 0.0):.2f}", f"{p.get('cr', 0.0):.1f}"] if ecg else []
+            row += (
+                [f"{p.get('prd_percent', 0.0):.2f}", f"{p.get('prdn_percent', 0.0):.2f}", f"{p.get('cr', 0.0):.1f}"]
+                if ecg
+                else []
+            )
             rows.append(row)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]

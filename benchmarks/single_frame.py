@@ -43,7 +43,9 @@ def _image(sample: np.ndarray) -> Image.Image:
     return Image.fromarray(sample[0] if sample.shape[0] == 1 else np.moveaxis(sample, 0, -1))
 
 
-def _pil_ops(frames: Sequence[np.ndarray], opts: dict[str, object]) -> tuple[Callable[[], object], Callable[[], object], float]:
+def _pil_ops(
+    frames: Sequence[np.ndarray], opts: dict[str, object]
+) -> tuple[Callable[[], object], Callable[[], object], float]:
     images = [_image(f[0]) for f in frames]
     fmt = str(opts["format"])
     kw = {k: v for k, v in opts.items() if k != "format"}

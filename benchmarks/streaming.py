@@ -281,17 +281,24 @@ def print_tables(rows: list[dict]) -> None:
         if not sel:
             continue
         print(f"\n{phase}: medians over repeats")
-        print(f"{'store':<9} {'N':>3} {'mode':<10} {'fps/sub':>9} {'total':>9} {'p50 ms':>8} {'p99 ms':>8} {'srv cores':>9} "
-              f"{'srv MB':>7} {'pkt B/f':>8} {'wire B/f':>9} {'wire/pkt':>8} {'vs raw':>7} {'vs sqlite':>9} "
-              f"{'lost':>5} {'dup':>4}")
+        print(
+            f"{'store':<9} {'N':>3} {'mode':<10} {'fps/sub':>9} {'total':>9} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'srv cores':>9} "
+            f"{'srv MB':>7} {'pkt B/f':>8} {'wire B/f':>9} {'wire/pkt':>8} {'vs raw':>7} {'vs sqlite':>9} "
+            f"{'lost':>5} {'dup':>4}"
+        )
         for r in sel:
-            print(f"{r['store']:<9} {r['subscribers']:>3} {r['mode']:<10} {_fmt(r['frames_per_s_per_subscriber.median'], ',.0f'):>9} "
-                  f"{_fmt(r['frames_per_s_total'], ',.0f'):>9} {_fmt(r['latency_ms.p50'], '.1f'):>8} "
-                  f"{_fmt(r['latency_ms.p99'], '.1f'):>8} {_fmt(r['server_cores'], '.2f'):>9} "
-                  f"{_fmt(r['server_rss_mb.max'], '.0f'):>7} {_fmt(r['bytes_per_frame.packet'], '.1f'):>8} "
-                  f"{_fmt(r['bytes_per_frame.socket'], '.1f'):>9} {_fmt(r['bytes_per_frame.socket_over_packet'], '.3f'):>8} "
-                  f"{_fmt(r.get('fps_vs_raw'), '.2f'):>7} {_fmt(r.get('fps_vs_sqlite'), '.2f'):>9} "
-                  f"{_fmt(r['lost'], '.0f'):>5} {_fmt(r['duplicated'], '.0f'):>4}")
+            print(
+                f"{r['store']:<9} {r['subscribers']:>3} {r['mode']:<10} "
+                f"{_fmt(r['frames_per_s_per_subscriber.median'], ',.0f'):>9} "
+                f"{_fmt(r['frames_per_s_total'], ',.0f'):>9} {_fmt(r['latency_ms.p50'], '.1f'):>8} "
+                f"{_fmt(r['latency_ms.p99'], '.1f'):>8} {_fmt(r['server_cores'], '.2f'):>9} "
+                f"{_fmt(r['server_rss_mb.max'], '.0f'):>7} {_fmt(r['bytes_per_frame.packet'], '.1f'):>8} "
+                f"{_fmt(r['bytes_per_frame.socket'], '.1f'):>9} "
+                f"{_fmt(r['bytes_per_frame.socket_over_packet'], '.3f'):>8} "
+                f"{_fmt(r.get('fps_vs_raw'), '.2f'):>7} {_fmt(r.get('fps_vs_sqlite'), '.2f'):>9} "
+                f"{_fmt(r['lost'], '.0f'):>5} {_fmt(r['duplicated'], '.0f'):>4}"
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -169,7 +169,9 @@ def server_socket_bytes(port: int) -> dict[str, tuple[int, int]]:
             continue
         if peer is None:
             continue
-        vals = {k: int(v) for k, v in (t.split(":", 1) for t in line.split() if ":" in t and t.split(":", 1)[1].isdigit())}
+        vals = {
+            k: int(v) for k, v in (t.split(":", 1) for t in line.split() if ":" in t and t.split(":", 1)[1].isdigit())
+        }
         conns[peer] = (vals.get("bytes_acked", 0), vals.get("bytes_received", 0))
     return conns
 

@@ -109,7 +109,9 @@ class BundleCache:
                     files[name] = _Download(open(into / name, "wb"), hashlib.sha256(), 0, chunk.sha256, chunk.file_size)
                 f = files[name]
                 if chunk.offset != f.written:
-                    raise BundleError(f"{name}: chunk at offset {chunk.offset}, expected {f.written}; retry the download")
+                    raise BundleError(
+                        f"{name}: chunk at offset {chunk.offset}, expected {f.written}; retry the download"
+                    )
                 f.handle.write(chunk.data)
                 f.digest.update(chunk.data)
                 f.written += len(chunk.data)

@@ -254,8 +254,11 @@ def frame_messages(frames: FrameSource, sample_ndim: int, per_message: int, code
                                     packets=pb.Packets(packets=[codec.encode(batch, quality=quality)]))
             msg = Message(index, first, n, req, (0,), (n,), (index,))
         else:
-            req = pb.PublishRequest(message_index=index, producer_offset=offset,
-                                    raw=pb.RawFrames(data=batch.tobytes(), dtype=batch.dtype.str, shape=list(batch.shape)))
+            req = pb.PublishRequest(
+                message_index=index,
+                producer_offset=offset,
+                raw=pb.RawFrames(data=batch.tobytes(), dtype=batch.dtype.str, shape=list(batch.shape)),
+            )
             msg = Message(index, first, n, req)
         yield msg
         offset += n

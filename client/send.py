@@ -103,7 +103,8 @@ class Sender:
                  encode_at_edge: bool = False, rate: float | None = None, frames_per_message: int = 256,
                  limit: int | None = None):
         self.client, self.channel, self.state_path = client, channel, state_path
-        self.quality, self.edge, self.rate, self.fpm, self.limit = quality, encode_at_edge, rate, frames_per_message, limit
+        self.quality, self.edge, self.rate = quality, encode_at_edge, rate
+        self.fpm, self.limit = frames_per_message, limit
         self.state = load_state(state_path) or {}
         self.state.setdefault("producer_id", uuid.uuid4().hex)
         self.state.setdefault("next_offset", 0)
@@ -266,7 +267,9 @@ def _send(args: argparse.Namespace) -> int:
     files = _expand(args.sources)
     missing = [str(p) for p in files if not p.exists()]
     if missing:
-        raise InputError(f"{missing[0]}: no such file or folder" + (f" (and {len(missing) - 1} more)" if missing[1:] else ""))
+        raise InputError(
+            f"{missing[0]}: no such file or folder" + (f" (and {len(missing) - 1} more)" if missing[1:] else "")
+        )
     if args.watch and not Path(args.watch).is_dir():
         raise InputError(f"--watch {args.watch}: not a folder")
     client = make_client(args, log)

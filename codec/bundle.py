@@ -309,7 +309,7 @@ class Bundle:
         actual_id = _model_id(self.path, raw)
         if actual_id != self.manifest.model_id:
             raise BundleError(
-                f"{self.path / MANIFEST}: model_id {self.manifest.model_id[:12]}... does not match the bundle's content "
-                f"({actual_id[:12]}...): the manifest's decoding fields were edited; re-export, or run finalize if the "
-                "edit was intended"
+                f"{self.path / MANIFEST}: model_id {self.manifest.model_id[:12]}... does not match the bundle's "
+                f"content ({actual_id[:12]}...): the manifest's decoding fields were edited; re-export, or run "
+                "finalize if the edit was intended"
             )

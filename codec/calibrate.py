@@ -135,7 +135,10 @@ def latent_tables(pmf_offsets: Sequence[int], pmf_probs: Sequence[Sequence[float
     if len(pmf_offsets) != len(pmf_probs) or not pmf_offsets:
         raise InputError("manifest latent.pmf needs one offset and one probability list per channel")
     return TableSet(
-        tuple(table_from_pmf(np.asarray(p, dtype=np.float64), int(o), precision) for o, p in zip(pmf_offsets, pmf_probs, strict=True)),
+        tuple(
+            table_from_pmf(np.asarray(p, dtype=np.float64), int(o), precision)
+            for o, p in zip(pmf_offsets, pmf_probs, strict=True)
+        ),
         precision=precision,
     )
 
@@ -184,7 +187,9 @@ def _forward(enc: Encoder, dec: Decoder, bundle: Bundle, raw: np.ndarray, batch_
     for i in range(0, raw.shape[0], batch_size):
         part = raw[i : i + batch_size]
         s = quantize_scaled(enc.encode(norm.to_model(part)), spec.latent_step, gain)
-        x_hat = dec.decode(dequantize_scaled(s, spec.latent_step, inverse), tuple(part.shape[2:]) if m.spatial_dims else None)
+        x_hat = dec.decode(
+            dequantize_scaled(s, spec.latent_step, inverse), tuple(part.shape[2:]) if m.spatial_dims else None
+        )
         syms.append(s)
         floats.append(norm.to_raw_float(x_hat))
     return np.concatenate(syms), np.concatenate(floats)
@@ -228,7 +233,9 @@ def calibrate(
     if raw.ndim < 2 or raw.shape[0] < 1:
         raise InputError(f"calibration needs raw samples shaped (N, *sample_shape), got {raw.shape}")
     n_learned = len(m.latent_levels)
-    specs = default_ladder(n_learned) if quality_max_errors is None else [LevelSpec.parse(v) for v in quality_max_errors]
+    specs = (
+        default_ladder(n_learned) if quality_max_errors is None else [LevelSpec.parse(v) for v in quality_max_errors]
+    )
     if n_learned:
         wrong = [sp for sp in specs if sp.latent_level is None or sp.latent_level >= n_learned]
         if wrong:
@@ -273,7 +280,9 @@ def calibrate(
     for k in range(n_learned):
         lv_offsets, lv_probs = m.level_pmf(k)
         factorized = latent_tables(lv_offsets, lv_probs, precision)
-        lv_symbols = symbols if k == n_learned - 1 else _forward(enc, dec, bundle, raw, batch_size, LevelSpec(None, 1.0, k))[0]
+        lv_symbols = (
+            symbols if k == n_learned - 1 else _forward(enc, dec, bundle, raw, batch_size, LevelSpec(None, 1.0, k))[0]
+        )
         level_tables.append(LevelTables(factorized, fit_context(lv_symbols, factorized) if use_context else None))
 
     residual = None
@@ -286,7 +295,9 @@ def calibrate(
         residual = ResidualModel(spec, radius, hist, precision)
     rctx = None
     if residual is not None and (positional if residual_context is None else residual_context):
-        rctx = ResidualContext.fit(residual, raw, raw_float, [e for e in levels if e is not None], batch_size=batch_size)
+        rctx = ResidualContext.fit(
+            residual, raw, raw_float, [e for e in levels if e is not None], batch_size=batch_size
+        )
     specs, tr = _fit_transform(specs, raw, symbols, raw_float, reference, enc, dec, bundle, batch_size,
                                transform_basis)
     steps = sorted({sp.latent_step for sp in specs if sp.latent_step != 1.0})
@@ -390,7 +401,9 @@ def _fit_transform(specs: list[LevelSpec], raw: np.ndarray, symbols: np.ndarray,
     if not wanted:
         return specs, None
     if raw.ndim != 3:
-        raise InputError(f"transform residual levels (tX) are for series (channels, length); these samples are {raw.shape[1:]}")
+        raise InputError(
+            f"transform residual levels (tX) are for series (channels, length); these samples are {raw.shape[1:]}"
+        )
     snapped = [replace(sp, transform_step=TransformResidual.snap(sp.transform_step)) if sp.transform_step else sp
                for sp in specs]
     residuals: dict[tuple[float, int | None], np.ndarray] = {}
@@ -450,7 +463,8 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({
         "bundle": str(args.bundle), "model_id": report.model_id, "n_samples": report.n_samples,
         "seconds": round(report.seconds, 2),
-        "levels": [{"name": lv.name, "max_error": lv.max_error, "payload_bytes_per_sample": round(lv.bytes_per_sample, 3),
+        "levels": [{"name": lv.name, "max_error": lv.max_error,
+                    "payload_bytes_per_sample": round(lv.bytes_per_sample, 3),
                     "psnr_db": None if not np.isfinite(lv.psnr_db) else round(lv.psnr_db, 3)} for lv in report.levels],
     }, indent=2))
     return 0

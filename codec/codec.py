@@ -114,7 +114,9 @@ class Codec:
         self.reference_grid = LatentGrid(1.0, len(levels) - 1 if levels else None)
 
     @classmethod
-    def load(cls, bundle: str | Path | Bundle = DEFAULT_BUNDLE, provider: str = "auto", threads: int | None = None) -> Codec:
+    def load(
+        cls, bundle: str | Path | Bundle = DEFAULT_BUNDLE, provider: str = "auto", threads: int | None = None
+    ) -> Codec:
         return cls(resolve_bundle(bundle), provider=provider, threads=threads)
 
     # Sessions are built on first use: a receiver never pays for the encoder graph.
@@ -290,8 +292,9 @@ class Codec:
         if recon_crc and norm.is_integer:
             rec = tr.reconstruct(raw_float, qc, idx, norm.raw_min, norm.raw_max, True)
             crc = reconstruction_crc(rec.astype(np.int64))
-        return bitstream.write_packet(model_id=self.model_id, quality=q, sample_shape=tuple(int(d) for d in raw.shape[1:]),
-                                      count=int(raw.shape[0]), payload=payload, recon_crc=crc, transform=True)
+        return bitstream.write_packet(model_id=self.model_id, quality=q,
+                                      sample_shape=tuple(int(d) for d in raw.shape[1:]), count=int(raw.shape[0]),
+                                      payload=payload, recon_crc=crc, transform=True)
 
     def encode_frames(self, raw: np.ndarray, quality: int | None = None, max_error: int | None = None) -> list[bytes]:
         """One packet per sample (compact per-frame mode): each frame decodable on its own."""
@@ -478,7 +481,9 @@ class Codec:
             )
         return recon.astype(self.raw_dtype)
 
-    def _transform_recon(self, reader: PayloadReader, header: bitstream.PacketHeader, raw_float: np.ndarray) -> np.ndarray:
+    def _transform_recon(
+        self, reader: PayloadReader, header: bitstream.PacketHeader, raw_float: np.ndarray
+    ) -> np.ndarray:
         tr = self.tables.transform
         if tr is None or raw_float.ndim != 3:
             raise BitstreamError("packet has a transform residual, but this bundle has no transform tables for it")

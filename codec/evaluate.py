@@ -114,7 +114,9 @@ def evaluate(
         dec = np.stack(decoded)
         psnr = psnr_db(raw, dec, peak)
         max_err = float(np.abs(raw.astype(np.float64) - dec).max())
-    bound = max_error if max_error is not None else (codec.qualities[quality].max_error if quality is not None else None)
+    bound = (
+        max_error if max_error is not None else (codec.qualities[quality].max_error if quality is not None else None)
+    )
     spatial = codec.manifest.spatial_dims
     pixels = sum(int(np.prod(s.shape[1:])) for s in raw)
     series = spatial == 1
@@ -174,7 +176,8 @@ def write_picture(codec: Codec, raw: Samples, levels: Sequence[int | None], max_
             row.append(Tile(out, f"{name}: {size}\n{fid_text}"))
     norm = codec.normalization
     return grid(rows, path, raw_min=norm.raw_min, raw_max=norm.raw_max,
-                title=f"{codec.manifest.name} ({codec.model_id[:12]}): original, then each level (one packet per sample)")
+                title=f"{codec.manifest.name} ({codec.model_id[:12]}): original, then each level "
+                      "(one packet per sample)")
 
 
 def add_parser(subparsers: Any, name: str = "eval") -> argparse.ArgumentParser:
@@ -208,7 +211,11 @@ def run(args: argparse.Namespace) -> int:
         results = [evaluate(codec, raw, quality=q, batch=args.batch, progress=True) for q in levels]
         results += [evaluate(codec, raw, max_error=e, batch=args.batch, progress=True) for e in args.max_error]
         results += [evaluate(codec, raw, batch=args.batch, progress=True, target_prdn=t) for t in args.target_prdn]
-        picture = write_picture(codec, raw, levels, args.max_error, args.picture, args.picture_samples) if args.picture else None
+        picture = (
+            write_picture(codec, raw, levels, args.max_error, args.picture, args.picture_samples)
+            if args.picture
+            else None
+        )
     except (LatentwireError, OSError) as exc:
         print(f"latentwire eval: {exc}", file=sys.stderr)
         return 1

@@ -90,7 +90,13 @@ def decode_file(codec: Codec, source: Path, out: Path, progress: bool = True) ->
         np.savez_compressed(out, **{f"packet_{i:06d}": a for i, a in enumerate(arrays)})
     else:
         _write_pngs(arrays, out)
-    return {"input": str(source), "output": str(out), "model_id": codec.model_id, "frames": frames, "packets": len(arrays)}
+    return {
+        "input": str(source),
+        "output": str(out),
+        "model_id": codec.model_id,
+        "frames": frames,
+        "packets": len(arrays),
+    }
 
 
 def _write_pngs(arrays: Sequence[np.ndarray], folder: Path) -> None:
@@ -100,7 +106,9 @@ def _write_pngs(arrays: Sequence[np.ndarray], folder: Path) -> None:
     n = 0
     for batch in arrays:
         if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[1] not in (1, 3):
-            raise LatentwireError(f"PNG output needs uint8 images (N,1|3,H,W), got {batch.dtype} {batch.shape}; use .npy")
+            raise LatentwireError(
+                f"PNG output needs uint8 images (N,1|3,H,W), got {batch.dtype} {batch.shape}; use .npy"
+            )
         for img in batch:
             Image.fromarray(img[0] if img.shape[0] == 1 else np.moveaxis(img, 0, -1)).save(folder / f"{n:06d}.png")
             n += 1
@@ -112,7 +120,9 @@ def add_parser(subparsers: Any, name: str) -> argparse.ArgumentParser:
         p.add_argument("input", type=Path, help=".npy/.npz, IDX file or MNIST folder, image file/folder, WFDB folder")
         p.add_argument("--out", type=Path, required=True, help="the .lw file to write")
         p.add_argument("--quality", type=int, default=None, help="quality level index (default: the bundle's)")
-        p.add_argument("--max-error", type=int, default=None, help="near-lossless: max absolute error per sample, raw units")
+        p.add_argument(
+            "--max-error", type=int, default=None, help="near-lossless: max absolute error per sample, raw units"
+        )
         p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="frames per packet (coded jointly)")
         p.add_argument("--source-option", action="append", type=source_option, default=[], metavar="KEY=VALUE")
     else:

@@ -149,5 +149,7 @@ class Decoder:
                 )
             feeds["out_size"] = np.asarray(size, dtype=np.int64)
         elif out_size is not None and tuple(out_size) != tuple(m.sample_shape[1:]):
-            raise InputError(f"{m.family} models decode to a fixed shape {m.sample_shape}; out_size {tuple(out_size)} is not it")
+            raise InputError(
+                f"{m.family} models decode to a fixed shape {m.sample_shape}; out_size {tuple(out_size)} is not it"
+            )
         return self.session.run(["x_hat"], feeds)[0]

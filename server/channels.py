@@ -63,7 +63,9 @@ class ModelEntry:
         entropy = codec.manifest.entropy_file
         if entropy and entropy not in names:
             names.append(entropy)
-        files = [BundleFileInfo(n, (path / n).stat().st_size, sha256_file(path / n)) for n in names if (path / n).is_file()]
+        files = [
+            BundleFileInfo(n, (path / n).stat().st_size, sha256_file(path / n)) for n in names if (path / n).is_file()
+        ]
         return cls(codec, files)
 
 

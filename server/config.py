@@ -135,9 +135,9 @@ class ServerConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> ServerConfig:
         """Keys mirror the dataclass: {"listen", "data_dir", "channels": [{"name","bundle","quality",
-        "fallback","anomaly_threshold","scores"}] or ["NAME=DIR:q"], "tokens_file", "tls_cert", "tls_key", "metrics_port", "fsync",
-        "store", "retention": {"max_bytes","max_age_s","max_frames"}, "limits": {...}, "batch": {...}}. Relative paths
-        are resolved against the config file's folder."""
+        "fallback","anomaly_threshold","scores"}] or ["NAME=DIR:q"], "tokens_file", "tls_cert", "tls_key",
+        "metrics_port", "fsync", "store", "retention": {"max_bytes","max_age_s","max_frames"}, "limits": {...},
+        "batch": {...}}. Relative paths are resolved against the config file's folder."""
         path = Path(path)
         try:
             raw = json.loads(path.read_text())

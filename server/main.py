@@ -266,7 +266,10 @@ def _encoder(codec: Codec, fallback: bool = False, threshold: float | None = Non
         if not (score or fallback):
             return codec.encode(raw, quality=quality)
         enc = codec.encode_scored(raw, quality, threshold=threshold, fallback=fallback)
-        return [Encoded(packet, b - a, tuple(enc.scores[a:b].tolist())) for packet, (a, b) in zip(enc.packets, enc.frames, strict=True)]
+        return [
+            Encoded(packet, b - a, tuple(enc.scores[a:b].tolist()))
+            for packet, (a, b) in zip(enc.packets, enc.frames, strict=True)
+        ]
 
     return encode
 

@@ -111,7 +111,9 @@ class LatentwireService(pb_grpc.LatentwireServicer):
         self._check(context)
         return model_info(self._model(context, request.model_id))
 
-    def DownloadBundle(self, request: pb.DownloadBundleRequest, context: grpc.ServicerContext) -> Iterator[pb.BundleChunk]:
+    def DownloadBundle(
+        self, request: pb.DownloadBundleRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.BundleChunk]:
         self._check(context)
         m = self._model(context, request.model_id)
         # a chunk plus its fields must fit the configured message limit (1 MiB chunks failed with

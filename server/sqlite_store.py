@@ -170,7 +170,9 @@ class SqliteStore:
                 excess = self._bytes - self.policy.max_bytes
                 # the smallest prefix of rows whose payload sum covers the excess
                 acc, cut = 0, None
-                for first_seq, n in self._w.execute("SELECT first_seq, length(payload) FROM packets ORDER BY first_seq"):
+                for first_seq, n in self._w.execute(
+                    "SELECT first_seq, length(payload) FROM packets ORDER BY first_seq"
+                ):
                     acc += n
                     cut = first_seq
                     if acc >= excess:
@@ -188,7 +190,8 @@ class SqliteStore:
 
     def _delete(self, where: str, params: tuple, reason: str) -> TrimReport | None:
         n, frames, nbytes = self._w.execute(
-            f"SELECT COUNT(*), COALESCE(SUM(count),0), COALESCE(SUM(length(payload)),0) FROM packets WHERE {where}", params
+            f"SELECT COUNT(*), COALESCE(SUM(count),0), COALESCE(SUM(length(payload)),0) FROM packets WHERE {where}",
+            params,
         ).fetchone()
         if not n:
             return None

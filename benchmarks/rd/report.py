@@ -108,12 +108,18 @@ def targets_mnist(points: list[Point], codec: Codec, batch: int, bd: dict[str, A
                 f"worst case: {100 * worst[0]:.1f}% of WebP's bytes (WebP {worst[2]:.1f} B at {worst[1]:.2f} dB)",
                 "met": ok and worst is not None})
     w = bd.get("webp", {})
-    out.append({"target": "BD-rate vs WebP <= -75% over 22-35 dB",
-                "measured": "n/a" if w.get("value") is None else
-                f"{w['value']:.1f}% over {w['lo']:.2f}-{w['hi']:.2f} dB" + (" (clipped to overlap)" if w["clipped"] else ""),
-                # an interval cut short by WebP's own range (it cannot go below ~22.7 dB on digits)
-                # still counts if it keeps >= 80 % of 22-35 dB
-                "met": w.get("value") is not None and w["value"] <= -75.0 and (w["hi"] - w["lo"]) >= 0.8 * 13.0})
+    out.append(
+        {
+            "target": "BD-rate vs WebP <= -75% over 22-35 dB",
+            "measured": "n/a"
+            if w.get("value") is None
+            else f"{w['value']:.1f}% over {w['lo']:.2f}-{w['hi']:.2f} dB"
+            + (" (clipped to overlap)" if w["clipped"] else ""),
+            # an interval cut short by WebP's own range (it cannot go below ~22.7 dB on digits)
+            # still counts if it keeps >= 80 % of 22-35 dB
+            "met": w.get("value") is not None and w["value"] <= -75.0 and (w["hi"] - w["lo"]) >= 0.8 * 13.0,
+        }
+    )
     px, py = curve(points, "pca", None)
     lx, ly = curve(points, "latentwire", mode)
     fr, fp = bdrate.pareto_front(px, py)
@@ -174,10 +180,16 @@ def targets_bsds(bd: dict[str, Any], bd_latent: dict[str, Any]) -> list[dict[str
             r = table.get(name)
             if r is None:
                 continue
-            out.append({"target": f"BD-rate vs {name} <= {bound:+.0f}% ({what})",
-                        "measured": "n/a" if r.get("value") is None else f"{r['value']:+.1f}% over {r['lo']:.2f}-{r['hi']:.2f} dB"
-                        + (" (clipped to the overlap)" if r.get("clipped") else ""),
-                        "met": r.get("value") is not None and r["value"] <= bound})
+            out.append(
+                {
+                    "target": f"BD-rate vs {name} <= {bound:+.0f}% ({what})",
+                    "measured": "n/a"
+                    if r.get("value") is None
+                    else f"{r['value']:+.1f}% over {r['lo']:.2f}-{r['hi']:.2f} dB"
+                    + (" (clipped to the overlap)" if r.get("clipped") else ""),
+                    "met": r.get("value") is not None and r["value"] <= bound,
+                }
+            )
     return out
 
 
@@ -206,7 +218,11 @@ def format_table(points: list[Point]) -> str:
     head += f" {'bpp':>7}" if img else ""
     lines = [head, "-" * len(head)]
     order = {id(p): i for i, p in enumerate(points)}
-    lw_key = lambda p: (p.codec != "latentwire", p.mode == "frame", p.bytes_per_sample if p.codec == "latentwire" else order[id(p)])  # noqa: E731
+
+    def lw_key(p: Point) -> tuple[bool, bool, float]:
+        return (p.codec != "latentwire", p.mode == "frame",
+                p.bytes_per_sample if p.codec == "latentwire" else order[id(p)])
+
     for p in sorted(points, key=lw_key):
         if p.codec == "pca" and not p.pareto:
             continue

@@ -75,7 +75,9 @@ def _groups(tid: np.ndarray, n_tables: int) -> tuple[np.ndarray | None, list[tup
     cuts = np.flatnonzero(ranked[1:] != ranked[:-1]) + 1
     starts = np.concatenate(([0], cuts)).tolist()
     stops = np.concatenate((cuts, [ranked.size])).tolist()
-    return order, list(zip(ranked[np.asarray(starts, dtype=np.intp)].astype(np.int64).tolist(), starts, stops, strict=True))
+    return order, list(
+        zip(ranked[np.asarray(starts, dtype=np.intp)].astype(np.int64).tolist(), starts, stops, strict=True)
+    )
 
 
 def _tiny_groups(ids: list[int]) -> tuple[list[int], list[tuple[int, int, int]]]:
@@ -108,7 +110,8 @@ def _check_grouped_tables(table_order: Sequence[int], n_tables: int) -> None:
     for t in table_order:
         if not last < t < n_tables:
             raise InputError(
-                f"grouped coding needs strictly ascending table ids below {n_tables} (the stream order), got {list(table_order)}"
+                f"grouped coding needs strictly ascending table ids below {n_tables} (the stream order), "
+                f"got {list(table_order)}"
             )
         last = t
 

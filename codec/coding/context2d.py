@@ -48,7 +48,9 @@ class LatentContext2D:
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.signed_clip < 0:
-            raise BundleError(f"2-D latent context: channels {self.channels}, signed_clip {self.signed_clip} out of range")
+            raise BundleError(
+                f"2-D latent context: channels {self.channels}, signed_clip {self.signed_clip} out of range"
+            )
         edges = tuple(int(e) for e in self.activity_edges)
         if any(b <= a for a, b in pairwise(edges)) or (edges and edges[0] < 1):
             raise BundleError(f"2-D latent context: activity_edges must rise from >= 1, got {edges}")
@@ -168,7 +170,9 @@ def context_ids_2d(left: np.ndarray, above: np.ndarray, channels: int, signed_cl
                    activity_edges: Sequence[int]) -> np.ndarray:
     """Table ids of symbols whose left and upper neighbours are ``left`` and ``above`` (N, C, ...)."""
     if left.shape != above.shape or left.ndim < 2 or left.shape[1] != channels:
-        raise InputError(f"2-D latent context expects (N, {channels}, ...) neighbours, got {left.shape} and {above.shape}")
+        raise InputError(
+            f"2-D latent context expects (N, {channels}, ...) neighbours, got {left.shape} and {above.shape}"
+        )
     k = 2 * signed_clip + 1
     signed = ((np.clip(left, -signed_clip, signed_clip).astype(np.int64) + signed_clip) * k
               + np.clip(above, -signed_clip, signed_clip).astype(np.int64) + signed_clip)

@@ -2,9 +2,10 @@
 
 One payload holds, in this order, all frames' latent symbols (frame-major, C order, channel c
 coded with latent table c; or, when the bundle has a latent context model (context.py) and the
-level uses the trained step, position by position along the last latent axis), then - when the packet has the residual layer - every frame's
-bucket-grid shift and every frame's quantized residuals (see residual.py). Everything shares one
-range-coder stream, so a packet of N frames pays the coder's ~1 byte of flush once, not N times.
+level uses the trained step, position by position along the last latent axis), then - when the
+packet has the residual layer - every frame's bucket-grid shift and every frame's quantized residuals
+(see residual.py). Everything shares one range-coder stream, so a packet of N frames pays the coder's
+~1 byte of flush once, not N times.
 The receiver must run decoder.onnx between the two parts: ``PayloadReader`` reads them in turn.
 """
 
@@ -59,8 +60,10 @@ def _transform_from_json(obj: dict[str, Any], where: str) -> TransformResidual |
     if obj.get("transform") is None:
         return None
     if obj.get("version") not in _LEVELS_VERSIONS:
-        raise BundleError(f"{where}: a transform residual needs entropy format version {ENTROPY_VERSION_LEVELS} or later; "
-                          "re-run calibration")
+        raise BundleError(
+            f"{where}: a transform residual needs entropy format version {ENTROPY_VERSION_LEVELS} or later; "
+            "re-run calibration"
+        )
     return TransformResidual.from_json_obj(obj["transform"], where)
 
 
@@ -182,7 +185,9 @@ class CodingTables:
         ctx, rctx = obj.get("latent_context"), obj.get("residual_context")
         for key, val in (("latent_context", ctx), ("residual_context", rctx)):
             if val is not None and obj.get("version") not in _CONTEXT_VERSIONS:
-                raise BundleError(f"{where} has a {key} but entropy format version {obj.get('version')}; re-run calibration")
+                raise BundleError(
+                    f"{where} has a {key} but entropy format version {obj.get('version')}; re-run calibration"
+                )
         levels = obj.get("latent_levels", [])
         if not isinstance(levels, list) or (levels and obj.get("version") not in _LEVELS_VERSIONS):
             raise BundleError(f"{where}: latent_levels need entropy format version {ENTROPY_VERSION_LEVELS} or later; "

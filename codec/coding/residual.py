@@ -37,8 +37,8 @@ from .coder import StreamDecoder, StreamEncoder
 from .tables import DEFAULT_PRECISION, FreqTable, TableSet, table_from_counts
 
 INT32_LIMIT = 1 << 30  # |values| below this leave int32 headroom for one addition
-MAX_RADIUS = 4095
-PAIR_LUT_MAX_RANGE = 1024  # raw ranges up to 10 bits get (p, x) lookup tables (1M entries at most)  # histogram half-width cap; residuals beyond it are coded through the escape
+MAX_RADIUS = 4095  # histogram half-width cap; residuals beyond it are coded through the escape
+PAIR_LUT_MAX_RANGE = 1024  # raw ranges up to 10 bits get (p, x) lookup tables (1M entries at most)
 
 
 @dataclass(frozen=True)
@@ -325,7 +325,9 @@ class ResidualModel:
         k = np.arange(-kmax, kmax + 1, dtype=np.int64)
         lo = np.clip(k * step - d, -rad, rad + 1) + rad
         hi = np.clip(k * step + d + 1, -rad, rad + 1) + rad
-        cs = np.concatenate([np.zeros((self.spec.n_contexts, 1), dtype=np.int64), np.cumsum(self.histograms, axis=1)], axis=1)
+        cs = np.concatenate(
+            [np.zeros((self.spec.n_contexts, 1), dtype=np.int64), np.cumsum(self.histograms, axis=1)], axis=1
+        )
         return kmax, cs[:, hi] - cs[:, lo]
 
     def tables(self, max_error: int) -> TableSet:

@@ -46,11 +46,15 @@ class ResidualContext:
 
     def __post_init__(self) -> None:
         if self.signed_clip < 0 or self.n_contexts < 1:
-            raise BundleError(f"residual context: signed_clip {self.signed_clip}, n_contexts {self.n_contexts} out of range")
+            raise BundleError(
+                f"residual context: signed_clip {self.signed_clip}, n_contexts {self.n_contexts} out of range"
+            )
         want = self.n_contexts * self.width
         for d, ts in self.tables:
             if len(ts) != want:
-                raise BundleError(f"residual context for max error {d} has {len(ts)} tables, expected {want}; re-run calibration")
+                raise BundleError(
+                    f"residual context for max error {d} has {len(ts)} tables, expected {want}; re-run calibration"
+                )
         ds = [d for d, _ in self.tables]
         if ds != sorted(set(ds)):
             raise BundleError(f"residual context max errors must be distinct and ascending, got {ds}")
@@ -119,7 +123,11 @@ class ResidualContext:
                 shape = _steps_shape(x_raw[i : i + batch_size].shape)
                 q = q.reshape(shape).astype(np.int64)
                 prev = previous_along_last(q)
-                ids = bucket.reshape(shape).astype(np.int64) * width + np.clip(prev, -signed_clip, signed_clip) + signed_clip
+                ids = (
+                    bucket.reshape(shape).astype(np.int64) * width
+                    + np.clip(prev, -signed_clip, signed_clip)
+                    + signed_clip
+                )
                 parts.append((ids.ravel().astype(np.int32), q.ravel().astype(np.int32)))
                 lo, hi = min(lo, int(q.min())), max(hi, int(q.max()))
             base = model.tables(d)
@@ -128,7 +136,9 @@ class ResidualContext:
                 lo, hi = min(lo, t.lo), max(hi, t.hi)
             hist = np.zeros((n_ctx, hi - lo + 1), dtype=np.int64)
             for ids, q in parts:
-                hist += np.bincount(ids.astype(np.int64) * (hi - lo + 1) + (q - lo), minlength=hist.size).reshape(hist.shape)
+                hist += np.bincount(ids.astype(np.int64) * (hi - lo + 1) + (q - lo), minlength=hist.size).reshape(
+                    hist.shape
+                )
             tables: list[FreqTable] = []
             for k in range(n_ctx):
                 t = base[k // width]

@@ -306,7 +306,9 @@ def _unpack_tables(packed: Any, precision: int) -> tuple[FreqTable, ...]:
     dtypes = {**PACKED_DTYPES, "freqs": freq_dtype(precision)}
     offsets, sizes, freqs = (_unpack(packed[k], dtypes[k]) for k in ("offsets", "sizes", "freqs"))
     if offsets.size != sizes.size or int(sizes.sum()) != freqs.size:
-        raise ValueError(f"{offsets.size} offsets, {sizes.size} sizes summing to {int(sizes.sum())}, {freqs.size} frequencies")
+        raise ValueError(
+            f"{offsets.size} offsets, {sizes.size} sizes summing to {int(sizes.sum())}, {freqs.size} frequencies"
+        )
     ends = np.cumsum(sizes)
     return tuple(FreqTable(offset=int(o), freqs=freqs[e - n : e], precision=precision)
                  for o, n, e in zip(offsets.tolist(), sizes.tolist(), ends.tolist(), strict=True))

@@ -169,7 +169,9 @@ class TransformResidual:
 
     def __post_init__(self) -> None:
         if self.basis not in BASES:
-            raise BundleError(f"transform residual: unknown basis {self.basis!r} (this latentwire knows {sorted(BASES)})")
+            raise BundleError(
+                f"transform residual: unknown basis {self.basis!r} (this latentwire knows {sorted(BASES)})"
+            )
         steps = tuple(float(s) for s in self.steps)
         if not steps or any(not s > 0 for s in steps) or any(b <= a for a, b in pairwise(steps)):
             raise BundleError(f"transform residual: steps must rise from > 0, got {steps[:4]}...")
@@ -203,7 +205,9 @@ class TransformResidual:
         for i, s in enumerate(self.steps):
             if abs(s - step) <= 1e-9 * s:
                 return i
-        raise InputError(f"transform step {step} is not on this bundle's ladder ({self.steps[0]:g}..{self.steps[-1]:g})")
+        raise InputError(
+            f"transform step {step} is not on this bundle's ladder ({self.steps[0]:g}..{self.steps[-1]:g})"
+        )
 
     # ------------------------------------------------------------------ coding
     def quantize(self, coefficients: np.ndarray, step_idx: np.ndarray) -> np.ndarray:

@@ -121,4 +121,5 @@ class SampleSet:
         if self.labels is not None:
             extra.append("labels")
         tail = (", " + ", ".join(extra)) if extra else ""
-        return f"SampleSet({self.name!r}, n={len(self)}, sample_shape={self.sample_shape}, dtype={self.samples.dtype}{tail})"
+        return (f"SampleSet({self.name!r}, n={len(self)}, sample_shape={self.sample_shape}, "
+                f"dtype={self.samples.dtype}{tail})")

@@ -298,7 +298,9 @@ def ecg_normalization(header: WfdbHeader) -> Normalization:
                          raw_min=float(first.adc_zero - half), raw_max=float(first.adc_zero + half - 1))
 
 
-def _record_paths(folder_or_files: str | Path | Sequence[str | Path], records: Iterable[str | int] | None) -> list[Path]:
+def _record_paths(
+    folder_or_files: str | Path | Sequence[str | Path], records: Iterable[str | int] | None
+) -> list[Path]:
     if isinstance(folder_or_files, (str, Path)) and Path(folder_or_files).is_dir():
         folder = Path(folder_or_files)
         available = {p.stem: p for p in sorted(folder.glob("*.hea"))}

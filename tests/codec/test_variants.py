@@ -73,7 +73,11 @@ def test_variant_is_recorded_in_the_config_and_rebuilds() -> None:
     again = ModelConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config and again.variant == "sparse" and again.sparsity == "kl:0.05:10"
     # a manifest written before variants existed still rebuilds, as a plain model
-    old = {k: v for k, v in _config().to_dict().items() if k not in ("variant", "corruption", "sparsity", "contractive_weight", "beta")}
+    old = {
+        k: v
+        for k, v in _config().to_dict().items()
+        if k not in ("variant", "corruption", "sparsity", "contractive_weight", "beta")
+    }
     assert ModelConfig.from_dict(old) == _config()
     # defaults fill in; parameters of another variant, and malformed specs, are refused
     assert _config(variant="denoising").corruption == "mask:0.3"

@@ -158,7 +158,9 @@ def test_rd_script_end_to_end_on_the_shipped_sample(tiny_bundle: Path, tmp_path:
     assert any(p.get("lossless") and p["max_error"] == 0 for p in batch)
     codecs = {p["codec"] for p in points}
     assert {"webp", "jpeg", "png", "zstd", "raw", "pca"} <= codecs
-    assert sum(1 for p in points if p["codec"] == "pca") == 4 and any(p["pareto"] for p in points if p["codec"] == "pca")
+    assert sum(1 for p in points if p["codec"] == "pca") == 4 and any(
+        p["pareto"] for p in points if p["codec"] == "pca"
+    )
     assert {t["target"] for t in doc["summary"]["targets"]} >= {"fewer bytes than WebP at every PSNR"}
     assert isinstance(doc["summary"]["bd_rate_percent_vs"]["webp"], dict)
     # a new bundle re-measured against the same samples reuses the classical codecs' points verbatim
@@ -170,7 +172,9 @@ def test_rd_script_end_to_end_on_the_shipped_sample(tiny_bundle: Path, tmp_path:
     ]) == 0
     doc2 = json.loads(again.read_text())
     assert doc2["meta"]["baselines_from"]["file"] == str(out)
-    assert [p for p in doc2["points"] if p["codec"] != "latentwire"] == [p for p in points if p["codec"] != "latentwire"]
+    assert [p for p in doc2["points"] if p["codec"] != "latentwire"] == [
+        p for p in points if p["codec"] != "latentwire"
+    ]
     assert len([p for p in doc2["points"] if p["codec"] == "latentwire"]) == n_levels
     png = out.with_suffix(".png")
     try:

@@ -24,7 +24,9 @@ from latentwire.server.store import (
 
 
 def _pkt(n: int, size: int = 100, tag: int = 0, scores: bool = False) -> PendingPacket:
-    return PendingPacket(n, "m" * 64, 1, bytes([tag % 256]) * size, tuple(float(i) for i in range(n)) if scores else None)
+    return PendingPacket(
+        n, "m" * 64, 1, bytes([tag % 256]) * size, tuple(float(i) for i in range(n)) if scores else None
+    )
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -1,8 +1,9 @@
 """Fully convolutional autoencoder shared by the 1-D and 2-D families.
 
 Stride-2 conv stages (conv + activation, no GDN so the ONNX export stays plain) shrink the input
-by s = 2**stages, each optionally followed by `blocks` residual blocks at that resolution; any size is accepted because the encoder pads to a multiple of s (edge
-replication, so the border carries no artificial step) and the decoder's output is cropped back.
+by s = 2**stages, each optionally followed by `blocks` residual blocks at that resolution; any size
+is accepted because the encoder pads to a multiple of s (edge replication, so the border carries no
+artificial step) and the decoder's output is cropped back.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ def check_conv_config(model: Autoencoder, config: ModelConfig) -> None:
     if ndim != model.ndim or config.sample_shape[0] is None:  # type: ignore[attr-defined]
         axes = ", ".join("L" if model.ndim == 1 else "HW"[i] for i in range(model.ndim))  # type: ignore[attr-defined]
         raise ValueError(
-            f"{model.family} samples are (channels, {axes}) with a fixed channel count, got sample_shape {config.sample_shape}"
+            f"{model.family} samples are (channels, {axes}) with a fixed channel count, "
+            f"got sample_shape {config.sample_shape}"
         )
     if not config.layers:
         raise ValueError(f"{model.family} needs at least one stage in layers (channels per stride-2 stage)")
@@ -65,7 +67,10 @@ class ConvAutoencoder(Autoencoder):
             prev = ch
         enc.append(conv(prev, self.encoder_channels, k, stride=1, padding=k // 2))
         self.encoder = nn.Sequential(*enc)
-        dec: list[nn.Module] = [conv(config.code_size, config.layers[-1], k, stride=1, padding=k // 2), make_activation(act)]
+        dec: list[nn.Module] = [
+            conv(config.code_size, config.layers[-1], k, stride=1, padding=k // 2),
+            make_activation(act),
+        ]
         dec += [ResidualBlock(conv, config.layers[-1], k, act) for _ in range(nb)]
         outs = [*reversed(config.layers[:-1]), c_in]
         prev = config.layers[-1]

@@ -25,7 +25,9 @@ class DenseAutoencoder(Autoencoder):
         if any(d is None for d in config.sample_shape) or not config.sample_shape:
             raise ValueError(f"dense models need a fixed sample_shape, got {config.sample_shape}")
         if config.blocks:
-            raise ValueError(f"blocks (residual conv blocks) apply to conv families only, got {config.blocks} for dense")
+            raise ValueError(
+                f"blocks (residual conv blocks) apply to conv families only, got {config.blocks} for dense"
+            )
         self.sample_shape = tuple(int(d) for d in config.sample_shape)  # type: ignore[arg-type]
         n_in = math.prod(self.sample_shape)
         widths = [n_in, *config.layers]

@@ -296,7 +296,9 @@ def prior_samples(model: Autoencoder, n: int, size: tuple[int, ...] | None = Non
     shape = model.latent_shape()
     if model.spatial_dims:
         if size is None or len(size) != model.spatial_dims:
-            raise ValueError(f"{model.family} prior samples need size: the {model.spatial_dims} spatial extent(s) to generate")
+            raise ValueError(
+                f"{model.family} prior samples need size: the {model.spatial_dims} spatial extent(s) to generate"
+            )
         shape = [model.config.code_size, *(math.ceil(int(s) / model.stride) for s in size)]
     device = next(model.parameters()).device
     z = torch.randn((n, *shape), generator=generator).to(device)  # type: ignore[misc]
