@@ -125,9 +125,8 @@ def distortion(x_hat: torch.Tensor, x: torch.Tensor, loss: str) -> torch.Tensor:
     return per.flatten(1).sum(dim=1)
 
 
-def _batch_loss(
-    model: Any, xb: torch.Tensor, rate_weight: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+def _batch_loss(model: Any, xb: torch.Tensor,
+                rate_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """(mean distortion, mean bits, loss to minimise, mean variant penalty) for one batch."""
     terms = training_loss(model, xb, rate_weight, distortion)
     return terms.distortion, terms.bits, terms.loss, float(terms.penalty)
@@ -296,16 +295,12 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
         else:
             init_ckpt = load_checkpoint(options.init_from)
             if ModelConfig.from_dict(init_ckpt["config"]) != config:
-                raise ValueError(
-                    f"--init-from: {options.init_from} was trained with {init_ckpt['config']}, not {config.to_dict()}"
-                )
+                raise ValueError(f"--init-from: {options.init_from} was trained with {init_ckpt['config']}, "
+                                 f"not {config.to_dict()}")
             model.load_state_dict(init_ckpt["best_model"] or init_ckpt["model"])
-            init_info = {
-                "path": str(options.init_from),
-                "command": init_ckpt.get("command", ""),
-                "seconds": round(float(init_ckpt.get("seconds", 0.0)), 2),
-                "epochs": int(init_ckpt["epoch"]) + 1,
-            }
+            init_info = {"path": str(options.init_from), "command": init_ckpt.get("command", ""),
+                         "seconds": round(float(init_ckpt.get("seconds", 0.0)), 2),
+                         "epochs": int(init_ckpt["epoch"]) + 1}
     if options.resume:
         if ckpt_path is None or not ckpt_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; pass the --out DIR of the earlier run")
@@ -394,11 +389,8 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
             if options.clip_grad > 0:
                 torch.nn.utils.clip_grad_norm_(model.network_parameters(), options.clip_grad)
             optimizer.step()
-            step_loss = (
-                float(loss.detach())
-                if model.levels
-                else float(d.detach() + options.rate_weight * bits.detach() + penalty)
-            )
+            step_loss = (float(loss.detach()) if model.levels
+                         else float(d.detach() + options.rate_weight * bits.detach() + penalty))
             run_loss = 0.9 * run_loss + 0.1 * step_loss if k else step_loss
             bar.update(1)
             if k % 10 == 0:
@@ -421,9 +413,8 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
                 scheduler.step(metrics["val_loss"])
             else:
                 scheduler.step()
-        history.append(
-            {"epoch": epoch, "train_loss": run_loss, "seconds": seconds_before + time.perf_counter() - t0, **metrics}
-        )
+        history.append({"epoch": epoch, "train_loss": run_loss, "seconds": seconds_before + time.perf_counter() - t0,
+                        **metrics})
         if metrics["val_loss"] < best_loss:
             best_loss, stale = metrics["val_loss"], 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -475,11 +466,8 @@ def run(args: argparse.Namespace) -> int:
         rate_weight=args.rate_weight, schedule=args.schedule, patience=args.patience, seed=args.seed,
         device=args.device, threads=args.threads, out=args.out, resume=args.resume, init_from=args.init_from,
         density_warmup=args.density_warmup,
-        augment=args.augment,
-        val_limit=args.val_limit,
-        clip_grad=args.clip_grad,
-        checkpoint_minutes=args.checkpoint_minutes,
-        progress=not args.no_progress,
+        augment=args.augment, val_limit=args.val_limit, clip_grad=args.clip_grad,
+        checkpoint_minutes=args.checkpoint_minutes, progress=not args.no_progress,
         command=getattr(args, "command_line", None) or _command_line(),
     )
     try:
