@@ -15,7 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PROTO_DIR = REPO / "proto"
 STUB_DIR = PROTO_DIR / "latentwire" / "v1"
-GENERATED = ["latentwire_pb2.py", "latentwire_pb2_grpc.py", "latentwire_pb2.pyi"]
+GENERATED = ["latentwire_pb2.py", "latentwire_pb2_grpc.py", "latentwire_pb2.pyi", "latentwire_pb2_grpc.pyi"]
 
 
 def test_committed_stubs_are_fresh(tmp_path: Path) -> None:
@@ -25,19 +25,23 @@ def test_committed_stubs_are_fresh(tmp_path: Path) -> None:
     src = tmp_path / "src" / "latentwire" / "v1"
     src.mkdir(parents=True)
     shutil.copy(STUB_DIR / "latentwire.proto", src / "latentwire.proto")
-    plugin = Path(sys.executable).parent / "protoc-gen-mypy"
-    if not plugin.exists():
-        found = shutil.which("protoc-gen-mypy")
-        if found is None:
-            pytest.skip("mypy-protobuf (protoc-gen-mypy) is not installed; pip install -e .[dev]")
-        plugin = Path(found)
+    plugins = {}
+    for name in ("protoc-gen-mypy", "protoc-gen-mypy_grpc"):
+        plugin = Path(sys.executable).parent / name
+        if not plugin.exists():
+            found = shutil.which(name)
+            if found is None:
+                pytest.skip(f"mypy-protobuf ({name}) is not installed; pip install -e .[dev]")
+            plugin = Path(found)
+        plugins[name] = plugin
     args = [
         "grpc_tools.protoc",
         f"-I{tmp_path / 'src'}",
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         f"--mypy_out={out}",
-        f"--plugin=protoc-gen-mypy={plugin}",
+        f"--mypy_grpc_out={out}",
+        *(f"--plugin={name}={path}" for name, path in plugins.items()),
         "latentwire/v1/latentwire.proto",
     ]
     assert grpc_tools.main(args) == 0, "protoc failed on proto/latentwire/v1/latentwire.proto"
@@ -46,7 +50,8 @@ def test_committed_stubs_are_fresh(tmp_path: Path) -> None:
         committed = (STUB_DIR / name).read_text()
         assert fresh == committed, (
             f"proto/latentwire/v1/{name} is stale: regenerate with .venv/bin/python -m grpc_tools.protoc "
-            "-I proto --python_out=proto --grpc_python_out=proto --mypy_out=proto proto/latentwire/v1/latentwire.proto"
+            "-I proto --python_out=proto --grpc_python_out=proto --mypy_out=proto --mypy_grpc_out=proto "
+            "proto/latentwire/v1/latentwire.proto"
         )
 
 
