@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 
 import grpc
@@ -174,7 +174,7 @@ class Client:
 
     def subscribe_packets(self, channel: str, from_seq: FromSeq = None, *, idle_timeout: float | None = None,
                           max_backoff: float = 5.0, max_retries: int | None = None,
-                          stop: threading.Event | None = None, compact: bool = True) -> Iterator[Packet]:
+                          stop: threading.Event | None = None, compact: bool = True) -> Generator[Packet, None, None]:
         """Coded packets of a channel, resuming after a failure at the end of the last packet
         yielded. from_seq: None (oldest retained), an int, or "latest" (resolved when this is
         called). idle_timeout: stop after this many seconds without data. stop: an Event that

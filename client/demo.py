@@ -69,7 +69,7 @@ class LocalServer:
         self._log.close()
 
 
-def sample_digits() -> tuple[np.ndarray, np.ndarray]:
+def sample_digits() -> tuple[np.ndarray, np.ndarray | None]:
     """The first 1000 MNIST test digits (uint8 (N,1,28,28)) and labels, shipped in the package."""
     shipped = shipped_digits()
     return shipped.samples, shipped.labels

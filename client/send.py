@@ -68,13 +68,14 @@ def load_frames(path: Path, sample_shape: tuple[int | None, ...]) -> np.ndarray:
     arr = np.asarray(arr)
     if arr.dtype == object or arr.ndim == 0:
         raise InputError(f"{path}: holds {arr.dtype} data of shape {arr.shape}, not an array of frames")
-    fixed = all(d is not None for d in sample_shape)
-    if fixed and tuple(arr.shape) == tuple(sample_shape):
+    dims = [d for d in sample_shape if d is not None]
+    fixed = len(dims) == len(sample_shape)
+    if fixed and tuple(arr.shape) == tuple(dims):
         return arr[None]
-    if fixed and arr.ndim >= 1 and tuple(arr.shape[1:]) != tuple(sample_shape):
-        per = int(np.prod(sample_shape))  # type: ignore[arg-type]
+    if fixed and arr.ndim >= 1 and tuple(arr.shape[1:]) != tuple(dims):
+        per = int(np.prod(dims))
         if arr.size % per == 0 and int(np.prod(arr.shape[1:])) == per:
-            return arr.reshape((arr.shape[0], *sample_shape))  # type: ignore[arg-type]
+            return arr.reshape((arr.shape[0], *dims))
     return arr
 
 

@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,7 +145,7 @@ class Subscriber:
             else:
                 time.sleep(delay)
 
-    def packets(self, channel: str, from_seq: int | None, opts: StreamOptions) -> Iterator[Packet]:
+    def packets(self, channel: str, from_seq: int | None, opts: StreamOptions) -> Generator[Packet, None, None]:
         for packets, _ in self.responses(channel, from_seq, opts):
             yield from packets
 
@@ -265,9 +265,9 @@ class _Prefetch:
                 if item is _EOS or isinstance(item, BaseException):
                     if group:
                         yield group
-                    if item is _EOS:
-                        return
-                    raise item
+                    if isinstance(item, BaseException):
+                        raise item
+                    return
                 group.append(item)
                 frames += sum(p.count for p in item.packets)
                 if frames >= max_frames:

@@ -35,6 +35,7 @@ from .errors import InputError
 from .normalization import psnr_db
 from .runtime import Decoder, Encoder
 from .sources import source_option
+from .sources.sampleset import SampleSet
 
 # Raw-unit max errors. On MNIST (8-bit) with a ~22 dB autoencoder this spans ~22 dB (q0, latent
 # only) -> ~27 -> ~33 -> ~39 -> ~46 dB -> lossless (measured figures land in metrics.calibration).
@@ -153,8 +154,8 @@ def step_tables(
     Computed once here and stored as integers, so receivers never redo this float arithmetic.
     """
     tables = []
-    for o, p in zip(pmf_offsets, pmf_probs, strict=True):
-        p = np.asarray(p, dtype=np.float64)
+    for o, probs in zip(pmf_offsets, pmf_probs, strict=True):
+        p = np.asarray(probs, dtype=np.float64)
         edges = int(o) - 0.5 + np.arange(p.size + 1)
         cdf = np.concatenate([[0.0], np.cumsum(p)])
         k_lo = int(np.floor(edges[0] / step + 0.5))
@@ -197,7 +198,7 @@ def _forward(enc: Encoder, dec: Decoder, bundle: Bundle, raw: np.ndarray, batch_
 
 def calibrate(
     bundle_dir: str | Path,
-    raw_samples: np.ndarray,
+    raw_samples: np.ndarray | SampleSet,
     quality_max_errors: Sequence[int | str | None | LevelSpec] | None = None,
     *,
     n_contexts: int = 16,
@@ -348,6 +349,7 @@ def calibrate(
                 tables, sym_k, m.channel_axis, x_raw=raw[:k], raw_float=float_k, max_error=e,
                 latent_step=sp.latent_step, latent_level=sp.latent_level,
             )
+            assert info is not None  # encode_payload returns the residual's encoding when given max_error
             rec = info.recon
         err = np.abs(rec.astype(np.float64) - raw[:k].astype(np.float64))
         reports.append(

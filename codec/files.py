@@ -87,7 +87,8 @@ def decode_file(codec: Codec, source: Path, out: Path, progress: bool = True) ->
             raise LatentwireError(f"{source} holds frames of {len(shapes)} shapes; write a folder of PNGs or .npz")
         np.save(out, np.concatenate(arrays))
     elif out.suffix == ".npz":
-        np.savez_compressed(out, **{f"packet_{i:06d}": a for i, a in enumerate(arrays)})
+        # the keys are array names; mypy matches ** against the stub's allow_pickle: bool as well
+        np.savez_compressed(out, **{f"packet_{i:06d}": a for i, a in enumerate(arrays)})  # type: ignore[arg-type]
     else:
         _write_pngs(arrays, out)
     return {

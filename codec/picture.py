@@ -85,8 +85,8 @@ def grid(rows: Sequence[Sequence[Tile]], path: str | Path, *, raw_min: float, ra
     if title:
         draw.text((PAD, 3), title, fill="black")
     y = top + PAD
-    for row, h in zip(drawn, heights, strict=True):
-        for k, (img, caption) in enumerate(row):
+    for tiles, h in zip(drawn, heights, strict=True):
+        for k, (img, caption) in enumerate(tiles):
             x = PAD + k * (cell_w + PAD)
             canvas.paste(img, (x, y))
             for i, line in enumerate(caption.split("\n")[:2]):

@@ -21,6 +21,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -227,9 +228,9 @@ class Batcher:
         for attempt in range(CONFLICT_RETRIES):
             try:
                 if isinstance(batch[0], PacketItem):
-                    self._commit_packets(batch[0])  # type: ignore[arg-type]
-                else:
-                    self._commit_raw(batch)  # type: ignore[arg-type]
+                    self._commit_packets(batch[0])
+                else:  # a batch is one packet item or raw items only (see _take_batch)
+                    self._commit_raw(cast(list[RawItem], batch))
                 return
             except OffsetConflict as e:
                 self._offsets.clear()

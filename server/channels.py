@@ -21,6 +21,7 @@ from pathlib import Path
 from latentwire.codec.bundle import Manifest, sha256_file
 from latentwire.codec.codec import Codec
 
+from .batcher import Batcher
 from .store import ChannelStore, StoredPacket
 
 log = logging.getLogger("latentwire.server.channels")
@@ -70,6 +71,8 @@ class ModelEntry:
 
 
 class Channel:
+    batcher: Batcher  # set by the server once the batcher is built, before the channel is served
+
     def __init__(self, name: str, model: ModelEntry, store: ChannelStore, quality: int | None, tail_packets: int = 256,
                  tail_bytes: int = 32 << 20, *, fallback: bool = False, anomaly_threshold: float | None = None):
         self.name = name
@@ -78,7 +81,6 @@ class Channel:
         self.quality = quality
         self.fallback = fallback  # RAW frames above anomaly_threshold go out as lossless packets
         self.anomaly_threshold = anomaly_threshold  # effective: configured, else the bundle's, else None
-        self.batcher = None  # set by the server once the batcher is built
         # bounded by count AND bytes: 256 packets of up to max_message_bytes each would be GiBs
         self._tail: deque[StoredPacket] = deque()
         self._tail_packets, self._tail_cap, self._tail_bytes = tail_packets, tail_bytes, 0

@@ -137,7 +137,7 @@ class LatentwireServer:
             self.close_unstarted()
             raise in_use
         try:
-            if c.tls_cert:
+            if c.tls_cert and c.tls_key is not None:  # check() refused one without the other
                 creds = grpc.ssl_server_credentials([(Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes())])
                 self.port = self.server.add_secure_port(c.listen, creds)
             else:

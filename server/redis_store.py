@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 from .store import (
     ChannelMismatch,
@@ -42,6 +42,9 @@ log = logging.getLogger("latentwire.server.store")
 KEY_PREFIX = "latentwire"
 TAIL_BLOCK_MS = 1000  # one blocking XREAD waits this long before it looks again
 TAIL_BATCH = 256  # entries per XREAD
+# redis-py types a reply for every protocol and decode mode at once; these connections speak RESP2 and
+# leave replies as bytes, so a stream entry is (id, fields) in bytes and XREAD answers [(stream, entries)]
+Entry = tuple[bytes, dict[bytes, bytes]]
 TRIM_SCAN = 512  # entries one trim script looks at (it is called again while it trims a full scan)
 
 # KEYS: log, meta, producers. ARGV: ts, n_packets, n_producers, then per producer (id, expected or "",
@@ -168,7 +171,7 @@ class RedisStore:
     @property
     def first_seq(self) -> int:
         def first() -> int:
-            head = self._r.xrange(self.k_log, "-", "+", count=1)
+            head = cast(list[Entry], self._r.xrange(self.k_log, "-", "+", count=1))
             return _seq(head[0][0]) if head else self._next_seq_now()
         return self._call("reading first_seq", first)
 
@@ -182,7 +185,7 @@ class RedisStore:
     def check_model(self, model_id: str) -> None:
         def check() -> str | None:
             self._r.hsetnx(self.k_meta, "model_id", model_id)
-            held = self._r.hget(self.k_meta, "model_id")
+            held = cast(bytes | None, self._r.hget(self.k_meta, "model_id"))
             return None if held is None else held.decode()
         held = self._call("checking the channel's model", check)
         if held is not None and held != model_id:
@@ -242,11 +245,13 @@ class RedisStore:
     # ------------------------------------------------------------------ reads
     def read_from(self, seq: int, limit: int = 64) -> list[StoredPacket]:
         def read() -> list[StoredPacket]:
-            start = f"{seq}-1"
-            before = self._r.xrevrange(self.k_log, start, "-", count=1)  # the packet holding seq, if it starts earlier
+            start: str | bytes = f"{seq}-1"
+            # the packet holding seq, if it starts earlier
+            before = cast(list[Entry], self._r.xrevrange(self.k_log, start, "-", count=1))
             if before and _seq(before[0][0]) + int(before[0][1][b"c"]) > seq:
                 start = before[0][0]
-            return [_packet(eid, fields) for eid, fields in self._r.xrange(self.k_log, start, "+", count=limit)]
+            return [_packet(eid, fields)
+                    for eid, fields in cast(list[Entry], self._r.xrange(self.k_log, start, "+", count=limit))]
         return self._call("reading packets", read)
 
     def close_reader(self) -> None:
@@ -260,11 +265,12 @@ class RedisStore:
             self._tailer.start()
 
     def _tail(self) -> None:
-        last = f"{self._tail_next - 1}-1" if self._tail_next else "0-0"
+        last: str | bytes = f"{self._tail_next - 1}-1" if self._tail_next else "0-0"
         attempt = 0
         while not self._stop.is_set():
             try:
-                got = self._tail_r.xread({self.k_log: last}, count=TAIL_BATCH, block=TAIL_BLOCK_MS)
+                got = cast(list[tuple[bytes, list[Entry]]],
+                           self._tail_r.xread({self.k_log: last}, count=TAIL_BATCH, block=TAIL_BLOCK_MS))
             except (self._redis_mod.ConnectionError, self._redis_mod.TimeoutError) as e:
                 if self._stop.is_set():
                     return

@@ -77,7 +77,7 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                 grpc.StatusCode.NOT_FOUND,
                 f"unknown channel {name!r}; this server has {sorted(self.channels)} (see ListChannels)",
             )
-        return ch  # type: ignore[return-value]
+        return ch
 
     def _model(self, context: grpc.ServicerContext, model_id: str) -> ModelEntry:
         mid = model_id.strip().lower()

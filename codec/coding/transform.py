@@ -261,7 +261,8 @@ class TransformResidual:
         if basis not in BASES:
             raise InputError(f"transform basis must be one of {sorted(BASES)}, got {basis!r}")
         fwd, _, cut = _BASIS_FUNCTIONS[basis]
-        class_counts = coef_counts = None
+        class_counts: np.ndarray | None = None
+        coef_counts: list[np.ndarray] = []
         step_counts = np.ones(len(steps), dtype=np.int64)
         nb = 0
         for residuals, step in samples:
@@ -283,7 +284,7 @@ class TransformResidual:
                 coef_counts[c - 1] += np.bincount(np.clip(q[per_coef == c], -lim, lim) + lim, minlength=2 * lim + 1)
             near = int(np.argmin([abs(np.log(st / float(step))) for st in steps]))
             step_counts[near] += len(r)
-        if class_counts is None or coef_counts is None:
+        if class_counts is None:
             raise InputError("the transform residual needs calibration residuals for at least one step")
         class_tables = TableSet(tuple(table_from_counts(class_counts[b], 0, precision) for b in range(nb)), precision)
         coef_tables = TableSet(tuple(table_from_counts(coef_counts[c - 1], -(2**c - 1), precision)
@@ -303,7 +304,8 @@ class TransformResidual:
 
     @classmethod
     def from_json_obj(cls, obj: Any, where: str = "entropy.json") -> TransformResidual:
-        basis = {kind: b for b, kind in BASES.items()}.get(obj.get("kind")) if isinstance(obj, dict) else None
+        by_kind: dict[Any, str] = {kind: b for b, kind in BASES.items()}
+        basis = by_kind.get(obj.get("kind")) if isinstance(obj, dict) else None
         if basis is None:
             got = obj.get("kind") if isinstance(obj, dict) else None
             raise BundleError(f"{where}: unknown transform residual kind {got!r} (this latentwire knows "

@@ -83,8 +83,9 @@ def _idx(path: Path, labels_path: str | Path | None = None, limit: int | None = 
 def _images(path: Path, size: tuple[int, int] = (64, 64), per_image: int = 8, seed: int = 0,
             mode: str = "RGB", limit: int | None = None, subdirs: Any = None, scale: Any = (1.0, 1.0)) -> SampleSet:
     scale = (float(scale), float(scale)) if isinstance(scale, (int, float)) else tuple(float(v) for v in scale)
-    return ImageFolder(path, mode=mode, subdirs=subdirs).crops(size=tuple(size), per_image=per_image, seed=seed,  # type: ignore[arg-type]
-                                                               limit=limit, scale=scale)  # type: ignore[arg-type]
+    h, w = size
+    return ImageFolder(path, mode=mode, subdirs=subdirs).crops(size=(h, w), per_image=per_image, seed=seed,
+                                                               limit=limit, scale=scale)
 
 
 def _ecg(path: Path, records: Any = None, window: int = 1024, stride: int | None = None,

@@ -138,4 +138,5 @@ def save_array(path: str | Path, samples: SampleSet | np.ndarray, labels: np.nda
         arrays["samples"] = np.asarray(samples)
     if labels is not None:
         arrays["labels"] = np.asarray(labels)
-    np.savez_compressed(Path(path), **arrays)
+    # the keys are array names; mypy matches ** against the stub's allow_pickle: bool as well
+    np.savez_compressed(Path(path), **arrays)  # type: ignore[arg-type]

@@ -251,7 +251,7 @@ def load_record(path: str | Path, verify: bool = True) -> tuple[np.ndarray, Wfdb
         if out is None:
             n = n_file
             out = np.empty((header.n_sig, n), dtype=np.int16)
-        out[idx] = values.reshape(n, k).T
+        out[idx] = values.reshape(n_file, k).T  # n_file == n once the first file set it
     assert out is not None
     if header.n_samples is None:
         header.n_samples = int(out.shape[1])
@@ -316,8 +316,8 @@ def _record_paths(
     files = [folder_or_files] if isinstance(folder_or_files, (str, Path)) else list(folder_or_files)
     paths = [_header_path(f) for f in files]
     if records is not None:
-        wanted = {str(r) for r in records}
-        paths = [p for p in paths if p.stem in wanted]
+        stems = {str(r) for r in records}
+        paths = [p for p in paths if p.stem in stems]
     return paths
 
 

@@ -285,13 +285,14 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
         # finished run stopped instead of from scratch. The earlier run's command and seconds travel along.
         if warmstart.is_bundle(options.init_from):  # a shipped bundle: the state that outlives a session
             init_info = warmstart.load_bundle_weights(model, options.init_from)
-            bits = warmstart.fit_density(model, x_train, steps=options.density_warmup, batch_size=options.batch_size,
-                                         lr=options.lr * options.density_lr_factor, device=device, seed=options.seed,
-                                         progress=options.progress and main_process)
+            warm_bits = warmstart.fit_density(model, x_train, steps=options.density_warmup,
+                                              batch_size=options.batch_size, lr=options.lr * options.density_lr_factor,
+                                              device=device, seed=options.seed,
+                                              progress=options.progress and main_process)
             if main_process:
                 print(f"warm start from {options.init_from} ({init_info['bundle']}, {init_info['epochs']} epochs, "
                       f"{init_info['seconds']:.0f} s): density refitted in {options.density_warmup} steps, "
-                      f"{bits / 8:.1f} B per sample", file=sys.stderr)
+                      f"{warm_bits / 8:.1f} B per sample", file=sys.stderr)
         else:
             init_ckpt = load_checkpoint(options.init_from)
             if ModelConfig.from_dict(init_ckpt["config"]) != config:

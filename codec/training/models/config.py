@@ -92,4 +92,5 @@ class ModelConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in d.items()})
+        fields: dict[str, Any] = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in d.items()}
+        return cls(**fields)

@@ -16,11 +16,13 @@ from .base import Autoencoder, latent_extent, make_activation, make_output_activ
 from .config import ModelConfig
 
 
-def check_conv_config(model: Autoencoder, config: ModelConfig) -> None:
-    """What every convolutional family needs from its config, with errors that name the fix."""
+def check_conv_config(model: ConvAutoencoder, config: ModelConfig) -> int:
+    """What every convolutional family needs from its config, with errors that name the fix; the
+    (fixed) channel count."""
     ndim = len(config.sample_shape) - 1
-    if ndim != model.ndim or config.sample_shape[0] is None:  # type: ignore[attr-defined]
-        axes = ", ".join("L" if model.ndim == 1 else "HW"[i] for i in range(model.ndim))  # type: ignore[attr-defined]
+    c_in = config.sample_shape[0]
+    if ndim != model.ndim or c_in is None:
+        axes = ", ".join("L" if model.ndim == 1 else "HW"[i] for i in range(model.ndim))
         raise ValueError(
             f"{model.family} samples are (channels, {axes}) with a fixed channel count, "
             f"got sample_shape {config.sample_shape}"
@@ -30,6 +32,7 @@ def check_conv_config(model: Autoencoder, config: ModelConfig) -> None:
     k = config.kernel_size
     if k < 1 or k % 2 == 0:
         raise ValueError(f"kernel_size must be odd so stride-2 stages halve sizes exactly, got {k}")
+    return c_in
 
 
 class ResidualBlock(nn.Module):
@@ -52,11 +55,10 @@ class ConvAutoencoder(Autoencoder):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        check_conv_config(self, config)
+        c_in = check_conv_config(self, config)
         k = config.kernel_size
         conv = nn.Conv1d if self.ndim == 1 else nn.Conv2d
         convt = nn.ConvTranspose1d if self.ndim == 1 else nn.ConvTranspose2d
-        c_in = int(config.sample_shape[0])
         act = config.activation
         nb = config.blocks
         enc: list[nn.Module] = []

@@ -192,9 +192,10 @@ def check_variant(config: ModelConfig) -> None:
 def is_overcomplete(model: Autoencoder) -> bool:
     """More code elements than input elements (conv: per input position, code_size / stride^d > C_in)."""
     c = model.config
-    if model.spatial_dims == 0:
-        return c.code_size > math.prod(int(d) for d in c.sample_shape)  # type: ignore[arg-type]
-    return c.code_size > int(c.sample_shape[0]) * model.stride ** model.spatial_dims  # type: ignore[arg-type]
+    if model.spatial_dims == 0:  # dense: every dim is fixed (DenseAutoencoder refuses None)
+        return c.code_size > math.prod(d for d in c.sample_shape if d is not None)
+    c_in = c.sample_shape[0]  # conv: a fixed channel count (check_conv_config)
+    return c_in is not None and c.code_size > c_in * model.stride ** model.spatial_dims
 
 
 def warn_if_unregularized(model: Autoencoder, rate_weight: float) -> bool:
@@ -293,7 +294,7 @@ def prior_samples(model: Autoencoder, n: int, size: tuple[int, ...] | None = Non
     """
     if model.config.variant != "vae":
         raise ValueError(f"prior samples need a VAE (variant 'vae'), this model is {model.config.variant!r}")
-    shape = model.latent_shape()
+    shape = [d for d in model.latent_shape() if d is not None]  # without spatial dims every one is fixed
     if model.spatial_dims:
         if size is None or len(size) != model.spatial_dims:
             raise ValueError(
@@ -301,7 +302,7 @@ def prior_samples(model: Autoencoder, n: int, size: tuple[int, ...] | None = Non
             )
         shape = [model.config.code_size, *(math.ceil(int(s) / model.stride) for s in size)]
     device = next(model.parameters()).device
-    z = torch.randn((n, *shape), generator=generator).to(device)  # type: ignore[misc]
+    z = torch.randn((n, *shape), generator=generator).to(device)
     return model.decode(z, tuple(size) if size is not None else None)
 
 
