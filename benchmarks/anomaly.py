@@ -71,7 +71,10 @@ def _stream_figures(codec: Codec, stream: np.ndarray, anomalous: np.ndarray, qua
         "psnr_db": round(psnr_db(stream, decoded, peak), 2),
         "psnr_db_digits": round(psnr_db(stream[~anomalous], decoded[~anomalous], peak), 2),
         "psnr_db_anomalies": round(psnr_db(stream[anomalous], decoded[anomalous], peak), 2),
-        "exact_anomalies": round(float(np.mean([np.array_equal(a, b) for a, b in zip(stream[anomalous], decoded[anomalous])])), 3),
+        "exact_anomalies": round(
+            float(np.mean([np.array_equal(a, b) for a, b in zip(stream[anomalous], decoded[anomalous], strict=True)])),
+            3,
+        ),
         "frames_lossless": int(enc.lossless.sum()),
         "digits_lossless": int(enc.lossless[~anomalous].sum()),
     }
@@ -135,21 +138,25 @@ def markdown(r: dict) -> str:
         f"Bundle `{Path(r['bundle']).name}`; score = {r['score']}; threshold = {r['threshold']['quantile']} quantile "
         f"of the training digits' score ({r['threshold']['value']}, {r['threshold']['from']}). "
         f"{r['mnist_test']['n']} MNIST test digits are the negatives (median score {r['mnist_test']['median_score']}, "
-        f"{100 * r['mnist_test']['flagged_at_threshold']:.2f}% above the threshold). `python -m benchmarks.anomaly --write-md`, "
+        f"{100 * r['mnist_test']['flagged_at_threshold']:.2f}% above the threshold). "
+        "`python -m benchmarks.anomaly --write-md`, "
         "results in `benchmarks/results/anomaly.json`.",
         "",
         "| inputs the model never saw | n | ROC-AUC | median score | flagged at threshold |",
         "|---|---|---|---|---|",
     ]
     for name, a in r["roc_auc"].items():
-        lines.append(f"| {name} | {a['n']} | {a['roc_auc']:.4f} | {a['median_score']} | {100 * a['flagged_at_threshold']:.1f}% |")
+        lines.append(
+            f"| {name} | {a['n']} | {a['roc_auc']:.4f} | {a['median_score']} | {100 * a['flagged_at_threshold']:.1f}% |"
+        )
     m = r["mixed_stream"]
     lines += [
         "",
         f"Mixed stream: {m['frames']} frames ({m['anomalous_frames']} of them the anomalies above, shuffled in), "
         "one packet per frame; the fallback sends frames above the threshold as zstd of the raw frame (FLAG_LOSSLESS).",
         "",
-        "| level | fallback | bytes/frame | PSNR all | PSNR digits | PSNR anomalies | anomalies exact | frames lossless (digits) |",
+        "| level | fallback | bytes/frame | PSNR all | PSNR digits | PSNR anomalies | anomalies exact "
+        "| frames lossless (digits) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for level, pair in m["by_quality"].items():
@@ -189,7 +196,9 @@ def main() -> int:
     p.add_argument("--n-train", type=int, default=10000)
     p.add_argument("--n-test", type=int, default=2000)
     p.add_argument("--n-outliers", type=int, default=500)
-    p.add_argument("--write-md", action="store_true", help="replace the '## Anomaly detection' section of BENCHMARKS.md")
+    p.add_argument(
+        "--write-md", action="store_true", help="replace the '## Anomaly detection' section of BENCHMARKS.md"
+    )
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     r = run(args.bundle, args.n_train, args.n_test, args.n_outliers)

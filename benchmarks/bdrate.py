@@ -16,8 +16,8 @@ BD-PSNR swaps the axes (PSNR interpolated over log10 rate). Everything is numpy;
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -38,7 +38,7 @@ def pareto_front(rates: ArrayLike, psnrs: ArrayLike) -> tuple[np.ndarray, np.nda
     r, p = r[keep], p[keep]
     order = np.lexsort((-p, r))  # by rate, best PSNR first among equal rates
     front_r, front_p = [], []
-    for ri, pi in zip(r[order], p[order]):
+    for ri, pi in zip(r[order], p[order], strict=True):
         if not front_p or pi > front_p[-1]:
             if front_r and ri == front_r[-1]:
                 continue
@@ -84,7 +84,7 @@ class Pchip:
     d: np.ndarray
 
     @classmethod
-    def fit(cls, x: ArrayLike, y: ArrayLike) -> "Pchip":
+    def fit(cls, x: ArrayLike, y: ArrayLike) -> Pchip:
         xa = np.asarray(x, dtype=np.float64)
         ya = np.asarray(y, dtype=np.float64)
         if xa.ndim != 1 or xa.shape != ya.shape or xa.size < 2:

@@ -19,8 +19,8 @@ import numpy as np
 from latentwire.codec.coding import bitstream
 from latentwire.codec.coding import coder as C
 from latentwire.codec.coding import tables as T
-from latentwire.codec.errors import InputError
 from latentwire.codec.coding.quantize import quantize
+from latentwire.codec.errors import InputError
 
 ESCAPE_COUNT = 1  # coefficients never seen in training stay codable through the escape
 

@@ -17,15 +17,15 @@ import argparse
 import datetime as _dt
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from benchmarks import bdrate
 from benchmarks.common import git_commit, machine_info, write_result
-
 from latentwire.codec.bundle import read_manifest
 from latentwire.codec.calibrate import calibrate
 from latentwire.codec.codec import Codec

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,6 @@ from benchmarks import bdrate
 from benchmarks.common import git_commit, machine_info, write_result
 from benchmarks.ecg_basis import PACKET, measure, pooled_prdn, prdn_curve, validation_split
 from benchmarks.wavelet import WaveletCodec
-
 from latentwire.codec.bundle import Bundle, read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,9 @@ WAVELET_STEPS = (96, 64, 48, 40, 32, 28, 24, 20, 16, 12, 8, 6)
 PRDN_RANGE = (1.0, 8.0)
 
 
-def wavelet_rows(cal: np.ndarray, val: np.ndarray, offset: float, raw_min: float, raw_max: float) -> list[dict[str, Any]]:
+def wavelet_rows(
+    cal: np.ndarray, val: np.ndarray, offset: float, raw_min: float, raw_max: float
+) -> list[dict[str, Any]]:
     rows = []
     for step in WAVELET_STEPS:
         wc = WaveletCodec(val.shape[-1], step, cal, offset, raw_min, raw_max)
@@ -46,8 +48,11 @@ def wavelet_rows(cal: np.ndarray, val: np.ndarray, offset: float, raw_min: float
             parts.append(wc.decode(packet, val.dtype))
         rec = np.concatenate(parts).astype(np.float64)
         rows.append({"step": step, "bytes_per_window": size / len(val), "prdn_percent": pooled_prdn(val, rec)})
-        print(f"wavelet step {step:5g}: {rows[-1]['bytes_per_window']:7.1f} B/window, PRDN {rows[-1]['prdn_percent']:.2f} %",
-              flush=True)
+        print(
+            f"wavelet step {step:5g}: {rows[-1]['bytes_per_window']:7.1f} B/window, "
+            f"PRDN {rows[-1]['prdn_percent']:.2f} %",
+            flush=True,
+        )
     return rows
 
 
@@ -78,10 +83,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             entry["bd_rate_vs_first_prdn_1_8"] = _bd(candidates[0]["rows"], rows)
         candidates.append(entry)
         q0 = next(r for r in rows if r["step"] is None)
-        print(f"{bundle}: q0 {q0['bytes_per_window']:.1f} B at PRDN {q0['prdn_percent']:.2f} %; "
-              f"{len(transform_rows)} transform levels; BD-rate vs wavelet {entry['bd_rate_vs_wavelet_prdn_1_8']['value']:+.1f} %"
-              + (f", vs {args.bundles[0]} {entry['bd_rate_vs_first_prdn_1_8']['value']:+.1f} %" if len(candidates) > 1 else ""),
-              flush=True)
+        print(
+            f"{bundle}: q0 {q0['bytes_per_window']:.1f} B at PRDN {q0['prdn_percent']:.2f} %; "
+            f"{len(transform_rows)} transform levels; "
+            f"BD-rate vs wavelet {entry['bd_rate_vs_wavelet_prdn_1_8']['value']:+.1f} %"
+            + (
+                f", vs {args.bundles[0]} {entry['bd_rate_vs_first_prdn_1_8']['value']:+.1f} %"
+                if len(candidates) > 1
+                else ""
+            ),
+            flush=True,
+        )
     report = {
         "benchmark": "ecg_select", "command": "python -m benchmarks.ecg_select " + " ".join(map(str, args.bundles)),
         "started": started.isoformat(), "git_commit": git_commit(), "machine": machine_info(),

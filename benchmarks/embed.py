@@ -34,7 +34,10 @@ def _accuracies(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, te
 
     knn = make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=5)).fit(train_x, train_y)
     logreg = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(train_x, train_y)
-    return {"knn5": round(float(knn.score(test_x, test_y)), 4), "logistic_regression": round(float(logreg.score(test_x, test_y)), 4)}
+    return {
+        "knn5": round(float(knn.score(test_x, test_y)), 4),
+        "logistic_regression": round(float(logreg.score(test_x, test_y)), 4),
+    }
 
 
 def run(bundle: str, n_train: int = 10000, n_test: int = 10000, png: Path | None = None) -> dict:
@@ -99,7 +102,8 @@ def markdown(r: dict) -> str:
         "",
         "| features | k-NN (k=5) | logistic regression |",
         "|---|---|---|",
-        f"| autoencoder codes ({k}) | {100 * r['codes']['knn5']:.2f}% | {100 * r['codes']['logistic_regression']:.2f}% |",
+        f"| autoencoder codes ({k}) | {100 * r['codes']['knn5']:.2f}% "
+        f"| {100 * r['codes']['logistic_regression']:.2f}% |",
         f"| PCA ({k}) | {100 * pca['knn5']:.2f}% | {100 * pca['logistic_regression']:.2f}% |",
         "",
         f"![MNIST test codes, PCA to 2-D, coloured by label]({r['map']})" if "map" in r else "",
@@ -112,7 +116,9 @@ def main() -> int:
     p.add_argument("--bundle", default=str(REPO / "codec" / "assets" / "mnist-dense"))
     p.add_argument("--n-train", type=int, default=10000)
     p.add_argument("--n-test", type=int, default=10000)
-    p.add_argument("--write-md", action="store_true", help="replace the '## Feature extraction' section of BENCHMARKS.md")
+    p.add_argument(
+        "--write-md", action="store_true", help="replace the '## Feature extraction' section of BENCHMARKS.md"
+    )
     args = p.parse_args()
     r = run(args.bundle, args.n_train, args.n_test, png=RESULTS / "embed_map.png")
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -30,15 +30,15 @@ import tempfile
 import time
 import traceback
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from latentwire.codec.coding import bitstream as B
 from latentwire.codec.bundle import Manifest, read_manifest
 from latentwire.codec.codec import Codec, default_bundle_path
+from latentwire.codec.coding import bitstream as B
 from latentwire.codec.errors import LatentwireError
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -50,7 +50,7 @@ class Hang(Exception):
     pass
 
 
-def _alarm(signum, frame):  # noqa: ANN001
+def _alarm(signum, frame):
     raise Hang()
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 TARGET_KBIT = 1000.0  # the targets are stated at 1 Mbit/s
 FILL = 0.9  # delivered frames/s >= FILL x link rate / bytes on the wire per frame

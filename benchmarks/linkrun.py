@@ -47,7 +47,7 @@ class LinkRunner:
         self.next_seq = {m.channel: 0 for m in modes}
         self.sock_dir = work / "sockets"
         self.sock_dir.mkdir(mode=0o700)
-        self.log = open(work / "workers.log", "ab")  # noqa: SIM115 - closed in close()
+        self.log = open(work / "workers.log", "ab")
         cfg = work / "server.json"
         cfg.write_text(json.dumps({"subscribe_packets_per_response": packets_per_response}))
         self.server = ServerProcess(bundle, modes, ["--retention-bytes", str(512 << 20), "--config", str(cfg)],
@@ -82,7 +82,7 @@ class LinkRunner:
                 try:
                     s, _ = srv.accept()
                     break
-                except socket.timeout:
+                except TimeoutError:
                     if proc.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"worker {role} in {ns} did not connect (exit {proc.poll()}); "
                                            f"see {self.log.name}") from None

@@ -24,13 +24,23 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from benchmarks.streamkit import (Mode, ServerProcess, cpu_seconds, expect, hwm_bytes, loadavg, receiver_main,
-                                  rss_bytes, sender_main)
+from benchmarks.streamkit import (
+    Mode,
+    ServerProcess,
+    cpu_seconds,
+    expect,
+    hwm_bytes,
+    loadavg,
+    receiver_main,
+    rss_bytes,
+    sender_main,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = RESULTS / "memory.json"
@@ -201,11 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'process':<9} {'start':>7} {'warm':>7} {'end':>7} {'max':>7} {'growth':>7} {'MB/100k':>8} "
           f"{'2nd half':>8} {'target':>7}")
     for name, g in result.items():
-        slope = g["slope_mb_per_100k_frames"]
-        print(f"{name:<9} {g['start_mb']:>7.1f} {g['warm_mb']:>7.1f} {g['end_mb']:>7.1f} {g['max_mb']:>7.1f} "
-              f"{g['growth_mb']:>+7.1f} {'-' if slope is None else format(slope, '+.2f'):>8} "
-              f"{'-' if g['second_half_slope_mb_per_100k_frames'] is None else format(g['second_half_slope_mb_per_100k_frames'], '+.2f'):>8} "
-              f"{'<' + format(g['target_mb'], '.0f'):>7} {'met' if g['met'] else 'MISSED'}")
+        slope, late = g["slope_mb_per_100k_frames"], g["second_half_slope_mb_per_100k_frames"]
+        print(
+            f"{name:<9} {g['start_mb']:>7.1f} {g['warm_mb']:>7.1f} {g['end_mb']:>7.1f} {g['max_mb']:>7.1f} "
+            f"{g['growth_mb']:>+7.1f} {'-' if slope is None else format(slope, '+.2f'):>8} "
+            f"{'-' if late is None else format(late, '+.2f'):>8} "
+            f"{'<' + format(g['target_mb'], '.0f'):>7} {'met' if g['met'] else 'MISSED'}"
+        )
     print(f"wrote {out}")
     ok = not errors and report["lost"] == 0 and report["duplicated"] == 0
     return 0 if ok else 1

@@ -86,7 +86,7 @@ class LinkPair:
     made: bool = False
 
     @classmethod
-    def create(cls) -> "LinkPair":
+    def create(cls) -> LinkPair:
         if shutil.which("ip") is None:
             raise NetnsUnavailable("iproute2's `ip` is not installed")
         if hasattr(os, "geteuid") and os.geteuid() != 0:

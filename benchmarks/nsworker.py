@@ -12,8 +12,9 @@ benchmark, so both benchmarks measure with one piece of code.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Client
-from typing import Any, Callable, Sequence
+from typing import Any
 
 
 def _roles() -> dict[str, Callable[..., None]]:

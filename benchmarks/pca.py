@@ -21,8 +21,8 @@ import numpy as np
 from latentwire.codec.coding import bitstream
 from latentwire.codec.coding import coder as C
 from latentwire.codec.coding import tables as T
-from latentwire.codec.errors import InputError
 from latentwire.codec.coding.quantize import quantize
+from latentwire.codec.errors import InputError
 
 ESCAPE_COUNT = 1  # coefficients never seen in training stay codable through the escape
 
@@ -48,7 +48,7 @@ class PcaBasis:
     raw_max: float
 
     @classmethod
-    def fit(cls, train_raw: np.ndarray, max_components: int, raw_min: float, raw_max: float) -> "PcaBasis":
+    def fit(cls, train_raw: np.ndarray, max_components: int, raw_min: float, raw_max: float) -> PcaBasis:
         """Eigen-decomposition of the training covariance (D x D, so cheap for D ~ 10^3)."""
         x = np.asarray(train_raw, dtype=np.float64).reshape(len(train_raw), -1)
         if max_components < 1 or max_components > x.shape[1]:

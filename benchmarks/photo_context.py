@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from benchmarks.common import git_commit, machine_info, write_result
-
 from latentwire.codec.bundle import Bundle
 from latentwire.codec.coding.context2d import ACTIVITY_BUCKETS, quantile_edges
 from latentwire.codec.coding.quantize import quantize_scaled
@@ -97,26 +96,28 @@ def grouped(fit: Maps, measure: Maps) -> float:
     """Bits with channel groups: each group's activity adds the earlier groups at the same position."""
     channels = fit[0].shape[0]
     bounds = np.linspace(0, channels, GROUPS + 1).astype(int)
-    total = 0.0
-    for k in range(GROUPS):
-        own, earlier = slice(bounds[k], bounds[k + 1]), slice(0, bounds[k])
+    return sum(_group_bits(fit, measure, int(bounds[k]), int(bounds[k + 1]), channels) for k in range(GROUPS))
 
-        def act(s: np.ndarray) -> np.ndarray:
-            a = _activity(s, False)
-            if bounds[k]:  # the earlier groups' magnitude, scaled to about the neighbours' weight
-                a = a + 2 * np.abs(s[earlier]).astype(np.int64).sum(axis=0) * channels // bounds[k] // 4
-            return a
 
-        edges = np.asarray(quantile_edges(np.concatenate([act(s).ravel() for s in fit]), ACTIVITY_BUCKETS))
-        n_ctx = 9 * (len(edges) + 1)
+def _group_bits(fit: Maps, measure: Maps, lo: int, hi: int, channels: int) -> float:
+    """Bits of channels lo..hi-1, whose activity adds the magnitude of the channels before lo."""
+    own, earlier = slice(lo, hi), slice(0, lo)
 
-        def ids(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            part = s[own]
-            ctx = _signs(part) * (len(edges) + 1) + np.searchsorted(edges, act(s), side="right")[None]
-            return np.arange(part.shape[0]).reshape(-1, 1, 1) * n_ctx + ctx, part
+    def act(s: np.ndarray) -> np.ndarray:
+        a = _activity(s, False)
+        if lo:  # the earlier groups' magnitude, scaled to about the neighbours' weight
+            a = a + 2 * np.abs(s[earlier]).astype(np.int64).sum(axis=0) * channels // lo // 4
+        return a
 
-        total += _bits([ids(s) for s in fit], [ids(s) for s in measure], n_ctx, bounds[k + 1] - bounds[k])
-    return total
+    edges = np.asarray(quantile_edges(np.concatenate([act(s).ravel() for s in fit]), ACTIVITY_BUCKETS))
+    n_ctx = 9 * (len(edges) + 1)
+
+    def ids(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        part = s[own]
+        ctx = _signs(part) * (len(edges) + 1) + np.searchsorted(edges, act(s), side="right")[None]
+        return np.arange(part.shape[0]).reshape(-1, 1, 1) * n_ctx + ctx, part
+
+    return _bits([ids(s) for s in fit], [ids(s) for s in measure], n_ctx, hi - lo)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -138,8 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_photos = ImageFolder(folder, subdirs=["train"])
     y = {
         "whole": latents(train_photos.images(), "train photos"),
-        "crops128x4": latents(list(train_photos.crops(size=(128, 128), per_image=4, seed=1).samples), "128 x 128 crops"),
-        "crops320x1": latents(list(train_photos.crops(size=(320, 320), per_image=1, seed=1).samples), "320 x 320 crops"),
+        "crops128x4": latents(
+            list(train_photos.crops(size=(128, 128), per_image=4, seed=1).samples), "128 x 128 crops"
+        ),
+        "crops320x1": latents(
+            list(train_photos.crops(size=(320, 320), per_image=1, seed=1).samples), "320 x 320 crops"
+        ),
     }
     y_val = latents(ImageFolder(folder, subdirs=["val"]).images(), "val photos")
     levels = bundle.manifest.latent_levels
@@ -148,20 +153,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         gain = levels[lv].gain.reshape(-1, 1, 1)
         sym = {k: [quantize_scaled(v, 1.0, gain) for v in vs] for k, vs in y.items()}
         val = [quantize_scaled(v, 1.0, gain) for v in y_val]
-        runs: dict[str, Callable[[], float]] = {
-            "shipped": lambda: single(sym["whole"], val, False),
-            "wide": lambda: single(sym["whole"], val, True),
-            "groups4": lambda: grouped(sym["whole"], val),
-            "shipped, tables on 128x128 crops x4": lambda: single(sym["crops128x4"], val, False),
-            "shipped, tables on 320x320 crops x1": lambda: single(sym["crops320x1"], val, False),
+        bits = {
+            "shipped": single(sym["whole"], val, False),
+            "wide": single(sym["whole"], val, True),
+            "groups4": grouped(sym["whole"], val),
+            "shipped, tables on 128x128 crops x4": single(sym["crops128x4"], val, False),
+            "shipped, tables on 320x320 crops x1": single(sym["crops320x1"], val, False),
         }
-        row = {"level": lv, "bytes_per_val_photo": {k: run() / 8 / len(val) for k, run in runs.items()}}
+        row = {"level": lv, "bytes_per_val_photo": {k: b / 8 / len(val) for k, b in bits.items()}}
         base = row["bytes_per_val_photo"]["shipped"]
         print(f"l{lv}: " + " | ".join(f"{k} {b:.0f} B ({100 * (b / base - 1):+.1f} %)"
                                       for k, b in row["bytes_per_val_photo"].items()), flush=True)
         rows.append(row)
-    report = {"benchmark": "photo_context", "command": "python -m benchmarks.photo_context", "started": started.isoformat(),
-              "git_commit": git_commit(), "machine": machine_info(), "bundle": str(args.bundle),
+    report = {"benchmark": "photo_context", "command": "python -m benchmarks.photo_context",
+              "started": started.isoformat(), "git_commit": git_commit(), "machine": machine_info(),
+              "bundle": str(args.bundle),
               "model_id": bundle.model_id, "fit": "bsds500/train (200 photos)", "measured": "bsds500/val (100 photos)",
               "rows": rows}
     print(f"wrote {write_result(args.out, report)}")

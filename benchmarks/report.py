@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 
 def _psnr(p: dict[str, Any]) -> str:
@@ -41,7 +42,11 @@ def points_table(doc: dict[str, Any], max_baseline_rows: int = 8) -> str:
             row = [codec, p["setting"], p.get("mode", ""), f"{p['bytes_per_sample']:.2f}"]
             row += [f"{p['bpp']:.3f}"] if img else []
             row += [_psnr(p)]
-            row += [f"{p.get('prd_percent', 0.0):.2f}", f"{p.get('prdn_percent', 0.0):.2f}", f"{p.get('cr', 0.0):.1f}"] if ecg else []
+            row += (
+                [f"{p.get('prd_percent', 0.0):.2f}", f"{p.get('prdn_percent', 0.0):.2f}", f"{p.get('cr', 0.0):.1f}"]
+                if ecg
+                else []
+            )
             rows.append(row)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -54,7 +59,8 @@ def bounded_table(doc: dict[str, Any]) -> str:
     if not rows:
         return ""
     unit = {"bsds": "bpp", "mnist": "bits/pixel", "ecg": "bits/sample"}.get(doc["meta"]["dataset"], "bits")
-    lines = [f"| max error | codec | setting | bytes/sample | {unit} | measured max error |", "|---|---|---|---|---|---|"]
+    lines = [f"| max error | codec | setting | bytes/sample | {unit} | measured max error |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         bound = "0 (lossless)" if r["bound"] == 0 else str(r["bound"])
         name = f"**{r['codec']}**" if r["codec"] == "latentwire" else r["codec"]

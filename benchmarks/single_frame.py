@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import zstandard
@@ -43,7 +43,9 @@ def _image(sample: np.ndarray) -> Image.Image:
     return Image.fromarray(sample[0] if sample.shape[0] == 1 else np.moveaxis(sample, 0, -1))
 
 
-def _pil_ops(frames: Sequence[np.ndarray], opts: dict[str, object]) -> tuple[Callable[[], object], Callable[[], object], float]:
+def _pil_ops(
+    frames: Sequence[np.ndarray], opts: dict[str, object]
+) -> tuple[Callable[[], object], Callable[[], object], float]:
     images = [_image(f[0]) for f in frames]
     fmt = str(opts["format"])
     kw = {k: v for k, v in opts.items() if k != "format"}
@@ -74,7 +76,7 @@ def _zstd_ops(frames: Sequence[np.ndarray]) -> tuple[Callable[[], object], Calla
             cctx.compress(f.tobytes())
 
     def dec() -> None:
-        for b, f in zip(coded, frames):
+        for b, f in zip(coded, frames, strict=True):
             np.frombuffer(dctx.decompress(b), dtype=f.dtype).reshape(f.shape)
 
     return enc, dec, float(np.mean([len(b) for b in coded]))
@@ -130,7 +132,7 @@ def bench_single(codec: Codec, frames: Sequence[np.ndarray], quality: int, resid
             for op in ("enc", "dec"):
                 a, b = f"{lw}_{op}", f"{base}_{op}"
                 if a in res.seconds:
-                    per = [tb / ta for ta, tb in zip(res.seconds[a], res.seconds[b])]
+                    per = [tb / ta for ta, tb in zip(res.seconds[a], res.seconds[b], strict=True)]
                     res.ratios[f"{b}/{a}"] = float(np.median(per))
                     res.ratio_spread[f"{b}/{a}"] = [float(min(per)), float(max(per))]
     return res

@@ -38,8 +38,8 @@ import grpc
 import numpy as np
 
 from latentwire.client import Client
-from latentwire.codec.coding import bitstream as B
 from latentwire.codec.codec import Codec, default_bundle_path
+from latentwire.codec.coding import bitstream as B
 from latentwire.v1 import latentwire_pb2 as pb
 from latentwire.v1 import latentwire_pb2_grpc as pb_grpc
 
@@ -146,7 +146,7 @@ class Soak:
         while not self.pub_stop.is_set():
             start = self.acked
 
-            def frames():
+            def frames(start: int = start):  # this attempt's start, bound here
                 k = start
                 t_next = time.monotonic()
                 while not self.pub_stop.is_set():
@@ -156,7 +156,7 @@ class Soak:
                     t_next += per / self.args.rate
                     time.sleep(max(0.0, t_next - time.monotonic()))
 
-            def on_ack(a) -> None:  # noqa: ANN001
+            def on_ack(a, start: int = start) -> None:
                 self.acked = start + a.first_frame + a.frames
 
             try:
@@ -181,7 +181,7 @@ class Soak:
                 time.sleep(0.5)
         client.close()
 
-    def _check(self, st: SubStats, p) -> None:  # noqa: ANN001
+    def _check(self, st: SubStats, p) -> None:
         if p.first_seq + p.count <= st.next_seq:
             st.duplicated += p.count
             return
@@ -232,7 +232,7 @@ class Soak:
                 elif choice == 2:
                     hold = threading.Event()
 
-                    def reqs():
+                    def reqs(hold: threading.Event = hold):
                         yield pb.PublishRequest(open=pb.PublishOpen(channel="digits", producer_id="cancelled"))
                         hold.wait(5)
 
@@ -313,7 +313,7 @@ class Soak:
 
     def report(self, committed: int) -> dict:
         by_inc: dict[int, list[float]] = {}
-        for t, inc, mb in self.rss:
+        for _, inc, mb in self.rss:
             by_inc.setdefault(inc, []).append(mb)
         warm = [v for v in by_inc.values() if len(v) >= 6]
         growth = [max(v[3:]) - v[3] for v in warm]  # after ~6 s of warm-up in each incarnation

@@ -45,13 +45,26 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from benchmarks.streamkit import (Mode, ServerProcess, cpu_seconds, expect, hwm_bytes, loadavg, parse_modes,
-                                  receiver_main, rss_bytes, sender_main, server_socket_bytes, subscriber_bytes)
+from benchmarks.streamkit import (
+    Mode,
+    ServerProcess,
+    cpu_seconds,
+    expect,
+    hwm_bytes,
+    loadavg,
+    parse_modes,
+    receiver_main,
+    rss_bytes,
+    sender_main,
+    server_socket_bytes,
+    subscriber_bytes,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = RESULTS / "streaming.json"
@@ -128,7 +141,7 @@ class Bench:
         t_end = max([r["t_last"] for r in rx if r.get("t_last")] or [time.monotonic()])
         cpu1, t1 = sum(cpu_seconds(s.pid) for s in self.servers), time.monotonic()
         parts = [subscriber_bytes(b, server_socket_bytes(s.port), publisher=(i == 0))
-                 for i, (b, s) in enumerate(zip(sock0, self.servers))]
+                 for i, (b, s) in enumerate(zip(sock0, self.servers, strict=True))]
         tcp = None if any(p is None for p in parts) else sum(parts)  # type: ignore[misc]
         done.set()
         sampler.join()
@@ -268,17 +281,24 @@ def print_tables(rows: list[dict]) -> None:
         if not sel:
             continue
         print(f"\n{phase}: medians over repeats")
-        print(f"{'store':<9} {'N':>3} {'mode':<10} {'fps/sub':>9} {'total':>9} {'p50 ms':>8} {'p99 ms':>8} {'srv cores':>9} "
-              f"{'srv MB':>7} {'pkt B/f':>8} {'wire B/f':>9} {'wire/pkt':>8} {'vs raw':>7} {'vs sqlite':>9} "
-              f"{'lost':>5} {'dup':>4}")
+        print(
+            f"{'store':<9} {'N':>3} {'mode':<10} {'fps/sub':>9} {'total':>9} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'srv cores':>9} "
+            f"{'srv MB':>7} {'pkt B/f':>8} {'wire B/f':>9} {'wire/pkt':>8} {'vs raw':>7} {'vs sqlite':>9} "
+            f"{'lost':>5} {'dup':>4}"
+        )
         for r in sel:
-            print(f"{r['store']:<9} {r['subscribers']:>3} {r['mode']:<10} {_fmt(r['frames_per_s_per_subscriber.median'], ',.0f'):>9} "
-                  f"{_fmt(r['frames_per_s_total'], ',.0f'):>9} {_fmt(r['latency_ms.p50'], '.1f'):>8} "
-                  f"{_fmt(r['latency_ms.p99'], '.1f'):>8} {_fmt(r['server_cores'], '.2f'):>9} "
-                  f"{_fmt(r['server_rss_mb.max'], '.0f'):>7} {_fmt(r['bytes_per_frame.packet'], '.1f'):>8} "
-                  f"{_fmt(r['bytes_per_frame.socket'], '.1f'):>9} {_fmt(r['bytes_per_frame.socket_over_packet'], '.3f'):>8} "
-                  f"{_fmt(r.get('fps_vs_raw'), '.2f'):>7} {_fmt(r.get('fps_vs_sqlite'), '.2f'):>9} "
-                  f"{_fmt(r['lost'], '.0f'):>5} {_fmt(r['duplicated'], '.0f'):>4}")
+            print(
+                f"{r['store']:<9} {r['subscribers']:>3} {r['mode']:<10} "
+                f"{_fmt(r['frames_per_s_per_subscriber.median'], ',.0f'):>9} "
+                f"{_fmt(r['frames_per_s_total'], ',.0f'):>9} {_fmt(r['latency_ms.p50'], '.1f'):>8} "
+                f"{_fmt(r['latency_ms.p99'], '.1f'):>8} {_fmt(r['server_cores'], '.2f'):>9} "
+                f"{_fmt(r['server_rss_mb.max'], '.0f'):>7} {_fmt(r['bytes_per_frame.packet'], '.1f'):>8} "
+                f"{_fmt(r['bytes_per_frame.socket'], '.1f'):>9} "
+                f"{_fmt(r['bytes_per_frame.socket_over_packet'], '.3f'):>8} "
+                f"{_fmt(r.get('fps_vs_raw'), '.2f'):>7} {_fmt(r.get('fps_vs_sqlite'), '.2f'):>9} "
+                f"{_fmt(r['lost'], '.0f'):>5} {_fmt(r['duplicated'], '.0f'):>4}"
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -351,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 digits = np.resize(z["samples"], (args.wire_frames, *z["samples"].shape[1:]))
             wire = measure(next(iter(benches.values())).server.target, modes, sizes, digits)
             print_rows(wire)
-        for setup, bench in benches.items():
+        for bench in benches.values():
             for m in modes:  # warm-up: sessions, caches, bundle download; not recorded
                 bench.run(m, max(subs), "saturation", 2 * args.batch, args.batch, None, args.timeout)
         for rep in range(args.repeat):

@@ -18,9 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class Mode:
         return self.name.replace("-", "_")
 
     @classmethod
-    def parse(cls, text: str) -> "Mode":
+    def parse(cls, text: str) -> Mode:
         if text == "raw":
             return cls("raw", "raw", 0)
         kind, _, q = text.partition("-q")
@@ -174,7 +175,9 @@ def server_socket_bytes(port: int, netns: str | None = None) -> dict[str, tuple[
             continue
         if peer is None:
             continue
-        vals = {k: int(v) for k, v in (t.split(":", 1) for t in line.split() if ":" in t and t.split(":", 1)[1].isdigit())}
+        vals = {
+            k: int(v) for k, v in (t.split(":", 1) for t in line.split() if ":" in t and t.split(":", 1)[1].isdigit())
+        }
         conns[peer] = (vals.get("bytes_acked", 0), vals.get("bytes_received", 0))
     return conns
 
@@ -228,7 +231,7 @@ class ServerProcess:
             cmd += ["--channel", f"{m.channel}={self.bundle}:{m.quality}"]
         return cmd + self.extra
 
-    def start(self, timeout: float = 120.0) -> "ServerProcess":
+    def start(self, timeout: float = 120.0) -> ServerProcess:
         self.log_path = self.dir / "server.log"
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
@@ -366,7 +369,9 @@ def sender_main(conn: Any, target: str, bundle: str, cache_dir: str, progress: A
             whole = (digits.shape[0] // batch) * batch or batch  # full packets only: counts must match
             pools[(mode.name, batch)] = [make_packet(codec, mode, c) for c in chunks(digits, batch, whole)]
 
-        def frames() -> Iterator[np.ndarray]:
+        # this command's values bound as defaults: the publish call below drains both generators
+        def frames(batch: int = batch, n: int = n, rate: float | None = rate, keep: bool = keep,
+                   offered: np.ndarray = offered, sent: list[int] = sent) -> Iterator[np.ndarray]:
             t0 = time.monotonic()
             for c in chunks(digits, batch, n):
                 i, k = sent[0], c.shape[0]
@@ -384,7 +389,7 @@ def sender_main(conn: Any, target: str, bundle: str, cache_dir: str, progress: A
                     progress.value = sent[0]
                 yield c
 
-        def packets() -> Iterator[bytes]:
+        def packets(mode: Any = mode, batch: int = batch, rate: float | None = rate) -> Iterator[bytes]:
             if rate:
                 for c in frames():
                     yield make_packet(codec, mode, c)

@@ -43,9 +43,10 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -53,11 +54,10 @@ from tqdm import tqdm
 
 from benchmarks.common import git_commit, machine_info, version
 from benchmarks.single_frame import bench_single, print_single
-
 from latentwire.codec.bundle import DECODER, ENCODER, Bundle
 from latentwire.codec.codec import Codec, default_bundle_path
-from latentwire.codec.errors import InputError
 from latentwire.codec.coding.quantize import quantize
+from latentwire.codec.errors import InputError
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = RESULTS / "throughput.json"
@@ -85,9 +85,9 @@ def fallback_bundle() -> Path:
             "no bundle at codec/assets/mnist-dense and torch is not installed to train a stand-in: "
             "pass --bundle DIR or install the [train] extra"
         ) from exc
-    from latentwire.codec.training import export, train
     from latentwire.codec.calibrate import calibrate
     from latentwire.codec.sources import load_mnist, sample_data_root
+    from latentwire.codec.training import export, train
 
     torch.set_num_threads(1)
     folder = sample_data_root() / "mnist"
@@ -247,7 +247,7 @@ def session_settings(session: ort.InferenceSession) -> dict[str, Any]:
     opts = session.get_session_options()
     try:
         spinning = opts.get_session_config_entry("session.intra_op.allow_spinning")
-    except Exception:  # onnxruntime raises when the entry was never set (its default is spinning on)
+    except Exception:  # noqa: BLE001 - onnxruntime raises when the entry was never set (its default is spinning on)
         spinning = None
     return {
         "intra_op_num_threads": opts.intra_op_num_threads,  # 0: onnxruntime picks (physical cores)
@@ -273,16 +273,22 @@ def print_table(results: Sequence[BatchResult], quality: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
-    p.add_argument("--bundle", default=None, help="bundle dir (default: codec/assets/mnist-dense, else a trained stand-in)")
+    p.add_argument(
+        "--bundle", default=None, help="bundle dir (default: codec/assets/mnist-dense, else a trained stand-in)"
+    )
     p.add_argument("--batches", default="1,64,256,1024", help="comma-separated batch sizes ('' for none)")
     p.add_argument("--single-frames", type=int, default=256,
                    help="distinct frames for the one-frame-per-call rows beside WebP, JPEG and zstd (0: skip)")
     p.add_argument("--repeat", type=int, default=5, help="interleaved repeats per op (median reported)")
     p.add_argument("--min-time", type=float, default=0.25, help="seconds each timed op repeats for, per repeat")
-    p.add_argument("--quality", type=int, default=None, help="residual level (default: the bundle's default residual level)")
+    p.add_argument(
+        "--quality", type=int, default=None, help="residual level (default: the bundle's default residual level)"
+    )
     p.add_argument("--latent-quality", type=int, default=None,
                    help="latent-only level for the q0 rows (default: the one on the trained grid, latent_step 1)")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: onnxruntime's choice)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="onnxruntime intra-op threads (default: onnxruntime's choice)"
+    )
     p.add_argument("--ort-spinning", choices=["off", "on"], default="off",
                    help="'on' swaps the codec's sessions for spin-waiting ones (onnxruntime's default) "
                         "to measure the full paths as they were before runtime.py turned spinning off")
@@ -330,18 +336,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     report = {
         "benchmark": "throughput",
-        "command": "python -m benchmarks.throughput " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "command": "python -m benchmarks.throughput "
+        + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
         "started": started.isoformat(timespec="seconds"),
         "git_commit": git_commit(),
-        "bundle": {"path": str(bundle_dir), "model_id": codec.model_id, "family": codec.manifest.family,
-                   "sample_shape": list(codec.sample_shape), "latent_shape": list(codec.manifest.latent_shape)},
+        "bundle": {
+            "path": str(bundle_dir),
+            "model_id": codec.model_id,
+            "family": codec.manifest.family,
+            "sample_shape": list(codec.sample_shape),
+            "latent_shape": list(codec.manifest.latent_shape),
+        },
         "quality_residual": {"index": quality, "max_error": codec.qualities[quality].max_error},
         "quality_latent_only": dataclasses.asdict(codec.qualities[latent]),
         "provider": codec.encoder.provider,
         "ort_spinning_in_codec_sessions": args.ort_spinning,
-        "session": {"threads_arg": args.threads, "encoder": session_settings(codec.encoder.session),
-                    "decoder": session_settings(codec.decoder.session),
-                    "spin_compare": {k: session_settings(v) for k, v in spin.items()}},
+        "session": {
+            "threads_arg": args.threads,
+            "encoder": session_settings(codec.encoder.session),
+            "decoder": session_settings(codec.decoder.session),
+            "spin_compare": {k: session_settings(v) for k, v in spin.items()},
+        },
         "versions": {k: version(k) for k in ("onnxruntime", "numpy", "constriction")},
         "machine": machine,
         "repeat": args.repeat,

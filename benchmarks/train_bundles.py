@@ -29,11 +29,12 @@ import json
 import math
 import os
 import shlex
-import sys
 import subprocess
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,7 +62,8 @@ BUNDLES: dict[str, dict[str, Any]] = {
         # records 102 and 112 (never on the held-out ones) for about the same CPU time
         "train": [
             "--data", "../shared/data/mitdb",
-            "--source-option", "records=" + ",".join(str(r) for r in ECG_TRAIN_RECORDS), "--source-option", "stride=256",
+            "--source-option", "records=" + ",".join(str(r) for r in ECG_TRAIN_RECORDS),
+            "--source-option", "stride=256",
             "--family", "conv1d", "--layers", "32,64,64", "--blocks", "1", "--code-size", "8", "--activation", "gelu",
             "--rate-weight", "0.0012", "--epochs", "30", "--batch-size", "32", "--lr", "1e-3", "--patience", "0",
             "--threads", "2", "--seed", "0", "--out", "runs/ecg-blocks1", "--no-progress",
@@ -210,7 +212,9 @@ def _stages(run: Path) -> list[dict[str, Any]]:
                                                    "command": init["command"], "seconds": init["seconds"],
                                                    "epochs": init["epochs"]}]
             break
-        path = None if not init else (REPO / init["path"] if not Path(init["path"]).is_absolute() else Path(init["path"]))
+        path = (
+            None if not init else (REPO / init["path"] if not Path(init["path"]).is_absolute() else Path(init["path"]))
+        )
     return chain[::-1]
 
 

@@ -13,7 +13,8 @@ protobuf bytes (``FrameBatch.wire_bytes``) per frame delivered. Used by benchmar
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -14,9 +14,10 @@ import os
 import shutil
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 from latentwire.codec.bundle import Bundle
 from latentwire.codec.codec import Codec
@@ -35,7 +36,7 @@ def default_cache_dir() -> Path:
 @dataclass
 class _Download:
     handle: BinaryIO
-    digest: "hashlib._Hash"
+    digest: hashlib._Hash
     written: int
     sha256: str
     size: int
@@ -108,7 +109,9 @@ class BundleCache:
                     files[name] = _Download(open(into / name, "wb"), hashlib.sha256(), 0, chunk.sha256, chunk.file_size)
                 f = files[name]
                 if chunk.offset != f.written:
-                    raise BundleError(f"{name}: chunk at offset {chunk.offset}, expected {f.written}; retry the download")
+                    raise BundleError(
+                        f"{name}: chunk at offset {chunk.offset}, expected {f.written}; retry the download"
+                    )
                 f.handle.write(chunk.data)
                 f.digest.update(chunk.data)
                 f.written += len(chunk.data)

@@ -14,8 +14,8 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import grpc
 import numpy as np
@@ -28,7 +28,17 @@ from .bundles import BundleCache, default_cache_dir
 from .errors import ConnectError
 from .publish import FrameSource, PublishOptions, PublishSession, frame_messages, packet_messages
 from .subscribe import FromSeq, StreamOptions, Subscriber, check_from_seq
-from .types import ChannelInfo, Frame, FrameBatch, ModelInfo, Packet, PublishAck, PublishResult, channel_info, model_info
+from .types import (
+    ChannelInfo,
+    Frame,
+    FrameBatch,
+    ModelInfo,
+    Packet,
+    PublishAck,
+    PublishResult,
+    channel_info,
+    model_info,
+)
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
@@ -81,7 +91,7 @@ class Client:
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -165,7 +175,7 @@ class Client:
     def subscribe_packets(self, channel: str, from_seq: FromSeq = None, *, idle_timeout: float | None = None,
                           max_backoff: float = 5.0, max_retries: int | None = None,
                           stop: threading.Event | None = None, compact: bool = True,
-                          epoch: str = "") -> Iterator[Packet]:
+                          epoch: str = "") -> Generator[Packet, None, None]:
         """Coded packets of a channel, resuming after a failure at the end of the last packet
         yielded. from_seq: None (oldest retained), an int, or "latest" (resolved when this is
         called). idle_timeout: stop after this many seconds without data. stop: an Event that

@@ -9,8 +9,9 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 
@@ -28,8 +29,12 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-ca", help="root certificate (PEM) to verify the server; implies TLS")
     p.add_argument("--tls", action="store_true", help="TLS with the system's roots")
     p.add_argument("--cache-dir", help="bundle cache (default ~/.cache/latentwire/bundles or $LATENTWIRE_CACHE)")
-    p.add_argument("--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT,
-                   help=f"seconds to wait for the server at start before giving up (default {DEFAULT_CONNECT_TIMEOUT:g})")
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=DEFAULT_CONNECT_TIMEOUT,
+        help=f"seconds to wait for the server at start before giving up (default {DEFAULT_CONNECT_TIMEOUT:g})",
+    )
     p.add_argument("--log-level", default="INFO")
 
 

@@ -46,8 +46,9 @@ class LocalServer:
         port_file = self.data_dir / "port"
         self._log = open(self.data_dir / "server.log", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "latentwire.codec.cli", "serve", "--listen", "127.0.0.1:0", "--channel", self.channel,
-             "--data-dir", str(self.data_dir / "data"), "--port-file", str(port_file), "--log-level", "WARNING"],
+            [sys.executable, "-m", "latentwire.codec.cli", "serve", "--listen", "127.0.0.1:0",
+             "--channel", self.channel, "--data-dir", str(self.data_dir / "data"), "--port-file", str(port_file),
+             "--log-level", "WARNING"],
             stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.timeout
         while not port_file.exists():
@@ -68,7 +69,7 @@ class LocalServer:
         self._log.close()
 
 
-def sample_digits() -> tuple[np.ndarray, np.ndarray]:
+def sample_digits() -> tuple[np.ndarray, np.ndarray | None]:
     """The first 1000 MNIST test digits (uint8 (N,1,28,28)) and labels, shipped in the package."""
     shipped = shipped_digits()
     return shipped.samples, shipped.labels
@@ -175,7 +176,9 @@ def measure_baselines(frames: np.ndarray, digits: np.ndarray, psnr: float, spans
             total = sum(zstd_point(frames[a : a + n], batch=n).bytes_per_sample * n for a, n in spans)
             per = sum(n for _, n in spans)
             point = zstd_point(digits[:1]).to_dict()
-            point.update(setting=f"level=19, the frames of each of the {len(spans)} packets", bytes_per_sample=total / per)
+            point.update(
+                setting=f"level=19, the frames of each of the {len(spans)} packets", bytes_per_sample=total / per
+            )
             out[f"zstd-19, same {per // len(spans)}-digit batches as the packets, lossless"] = point
         out["zstd-19, each digit alone, lossless"] = zstd_point(digits).to_dict()
         bar.update(2)

@@ -33,7 +33,7 @@ class PublishAborted(ClientError):
     encoding of a message raised. ``__cause__`` is that exception; ``result`` says exactly what
     the server committed before the call ended (every message sent was acknowledged first)."""
 
-    def __init__(self, channel: str, result: "PublishResult", cause: BaseException) -> None:
+    def __init__(self, channel: str, result: PublishResult, cause: BaseException) -> None:
         self.channel, self.result = channel, result
         committed = (f"{result.accepted} frame(s) committed (seqs {result.first_seq}..{result.last_seq})"
                      if result.accepted else "no frame committed")

@@ -20,15 +20,15 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 import grpc
 import numpy as np
 
+from latentwire.codec.codec import Codec
 from latentwire.codec.coding.bitstream import peek_header
 from latentwire.codec.coding.compact import CompactWriter
-from latentwire.codec.codec import Codec
 from latentwire.codec.errors import BitstreamError
 from latentwire.v1 import latentwire_pb2 as pb
 from latentwire.v1 import latentwire_pb2_grpc as pb_grpc
@@ -259,8 +259,11 @@ def frame_messages(frames: FrameSource, sample_ndim: int, per_message: int, code
                                     packets=pb.Packets(packets=[codec.encode(batch, quality=quality)]))
             msg = Message(index, first, n, req, (0,), (n,), (index,))
         else:
-            req = pb.PublishRequest(message_index=index, producer_offset=offset,
-                                    raw=pb.RawFrames(data=batch.tobytes(), dtype=batch.dtype.str, shape=list(batch.shape)))
+            req = pb.PublishRequest(
+                message_index=index,
+                producer_offset=offset,
+                raw=pb.RawFrames(data=batch.tobytes(), dtype=batch.dtype.str, shape=list(batch.shape)),
+            )
             msg = Message(index, first, n, req)
         yield msg
         offset += n

@@ -26,9 +26,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -67,13 +68,14 @@ def load_frames(path: Path, sample_shape: tuple[int | None, ...]) -> np.ndarray:
     arr = np.asarray(arr)
     if arr.dtype == object or arr.ndim == 0:
         raise InputError(f"{path}: holds {arr.dtype} data of shape {arr.shape}, not an array of frames")
-    fixed = all(d is not None for d in sample_shape)
-    if fixed and tuple(arr.shape) == tuple(sample_shape):
+    dims = [d for d in sample_shape if d is not None]
+    fixed = len(dims) == len(sample_shape)
+    if fixed and tuple(arr.shape) == tuple(dims):
         return arr[None]
-    if fixed and arr.ndim >= 1 and tuple(arr.shape[1:]) != tuple(sample_shape):
-        per = int(np.prod(sample_shape))  # type: ignore[arg-type]
+    if fixed and arr.ndim >= 1 and tuple(arr.shape[1:]) != tuple(dims):
+        per = int(np.prod(dims))
         if arr.size % per == 0 and int(np.prod(arr.shape[1:])) == per:
-            return arr.reshape((arr.shape[0], *sample_shape))  # type: ignore[arg-type]
+            return arr.reshape((arr.shape[0], *dims))
     return arr
 
 
@@ -102,7 +104,8 @@ class Sender:
                  encode_at_edge: bool = False, rate: float | None = None, frames_per_message: int = 256,
                  limit: int | None = None):
         self.client, self.channel, self.state_path = client, channel, state_path
-        self.quality, self.edge, self.rate, self.fpm, self.limit = quality, encode_at_edge, rate, frames_per_message, limit
+        self.quality, self.edge, self.rate = quality, encode_at_edge, rate
+        self.fpm, self.limit = frames_per_message, limit
         self.state = load_state(state_path) or {}
         self.state.setdefault("producer_id", uuid.uuid4().hex)
         self.state.setdefault("next_offset", 0)
@@ -265,7 +268,9 @@ def _send(args: argparse.Namespace) -> int:
     files = _expand(args.sources)
     missing = [str(p) for p in files if not p.exists()]
     if missing:
-        raise InputError(f"{missing[0]}: no such file or folder" + (f" (and {len(missing) - 1} more)" if missing[1:] else ""))
+        raise InputError(
+            f"{missing[0]}: no such file or folder" + (f" (and {len(missing) - 1} more)" if missing[1:] else "")
+        )
     if args.watch and not Path(args.watch).is_dir():
         raise InputError(f"--watch {args.watch}: not a folder")
     client = make_client(args, log)

@@ -13,16 +13,16 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import grpc
 import numpy as np
 
+from latentwire.codec.codec import Codec
 from latentwire.codec.coding.bitstream import CodingPath
 from latentwire.codec.coding.compact import CompactReader, RecordClock, is_compact
-from latentwire.codec.codec import Codec
 from latentwire.codec.errors import BitstreamError
 from latentwire.v1 import latentwire_pb2 as pb
 from latentwire.v1 import latentwire_pb2_grpc as pb_grpc
@@ -155,7 +155,7 @@ class Subscriber:
             else:
                 time.sleep(delay)
 
-    def packets(self, channel: str, from_seq: int | None, opts: StreamOptions) -> Iterator[Packet]:
+    def packets(self, channel: str, from_seq: int | None, opts: StreamOptions) -> Generator[Packet, None, None]:
         for packets, _ in self.responses(channel, from_seq, opts):
             yield from packets
 
@@ -177,7 +177,7 @@ class Subscriber:
                 decoded = codec.decode_many([packets[i].payload for i in idx])
                 if denoise:
                     decoded = denoised(codec, [packets[i] for i in idx], decoded)
-                for i, a in zip(idx, decoded):
+                for i, a in zip(idx, decoded, strict=True):
                     arrays[i] = a
             yield packets, arrays, wire
 
@@ -203,7 +203,7 @@ class Subscriber:
                denoise: bool) -> Iterator[Frame]:
         want = from_seq
         for packets, arrays, _ in self.decoded(self.responses(channel, from_seq, opts), cache_dir, denoise):
-            for p, data in zip(packets, arrays):
+            for p, data in zip(packets, arrays, strict=True):
                 path = p.path
                 scores = p.anomaly_scores
                 for i in range(p.count):
@@ -275,9 +275,9 @@ class _Prefetch:
                 if item is _EOS or isinstance(item, BaseException):
                     if group:
                         yield group
-                    if item is _EOS:
-                        return
-                    raise item
+                    if isinstance(item, BaseException):
+                        raise item
+                    return
                 group.append(item)
                 frames += sum(p.count for p in item.packets)
                 if frames >= max_frames:

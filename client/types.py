@@ -6,8 +6,8 @@ message or a dict: they stay stable when the proto grows fields.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import grpc
 import numpy as np
@@ -154,7 +154,7 @@ class PublishAck:
     first_seq: int | None
     # indices (in this publish call) of the message's frames the server refused, and why
     rejected_frames: tuple[int, ...] = ()
-    errors: tuple["PublishError", ...] = ()
+    errors: tuple[PublishError, ...] = ()
 
 
 @dataclass

@@ -7,8 +7,8 @@ sender of individual frames pays with a general-purpose or image codec.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import zstandard

@@ -131,7 +131,7 @@ class LatentLevel:
     inverse_gain: np.ndarray  # float32 (C,)
 
     @classmethod
-    def from_dict(cls, d: Any, channels: int, where: str) -> "LatentLevel":
+    def from_dict(cls, d: Any, channels: int, where: str) -> LatentLevel:
         if not isinstance(d, dict):
             raise TypeError(f"latent.levels entries must be objects, got {type(d).__name__}")
         out = []
@@ -158,7 +158,7 @@ class QualityLevel:
     transform_step: float | None = None  # the transform residual's quantizer step (raw units), if any
 
     @classmethod
-    def from_dict(cls, index: int, d: Any) -> "QualityLevel":
+    def from_dict(cls, index: int, d: Any) -> QualityLevel:
         if not isinstance(d, dict):
             raise TypeError(f"quality_levels[{index}] must be an object, got {type(d).__name__}")
         bound, level = d.get("max_error"), d.get("latent_level")
@@ -228,7 +228,7 @@ class Manifest:
         return list(p["offsets"]), list(p["probs"])
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], where: str = MANIFEST) -> "Manifest":
+    def from_dict(cls, raw: dict[str, Any], where: str = MANIFEST) -> Manifest:
         version = raw.get("format_version")
         if version != FORMAT_VERSION:
             raise BundleError(
@@ -277,7 +277,7 @@ class Bundle:
         return p
 
     @classmethod
-    def load(cls, path: str | Path, verify: bool = True) -> "Bundle":
+    def load(cls, path: str | Path, verify: bool = True) -> Bundle:
         d = Path(path)
         if not d.is_dir():
             raise BundleError(f"{d} is not a directory; a bundle is the folder `latentwire export --out` wrote")
@@ -309,7 +309,7 @@ class Bundle:
         actual_id = _model_id(self.path, raw)
         if actual_id != self.manifest.model_id:
             raise BundleError(
-                f"{self.path / MANIFEST}: model_id {self.manifest.model_id[:12]}... does not match the bundle's content "
-                f"({actual_id[:12]}...): the manifest's decoding fields were edited; re-export, or run finalize if the "
-                "edit was intended"
+                f"{self.path / MANIFEST}: model_id {self.manifest.model_id[:12]}... does not match the bundle's "
+                f"content ({actual_id[:12]}...): the manifest's decoding fields were edited; re-export, or run "
+                "finalize if the edit was intended"
             )

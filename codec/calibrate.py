@@ -13,27 +13,29 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from .bundle import ENTROPY, Bundle, finalize, read_manifest, sha256_file, write_manifest
+from .coding import transform
 from .coding.context import LatentContext
 from .coding.context2d import LatentContext2D
-from .coding.tables import DEFAULT_PRECISION, TableSet, table_from_pmf
-from .errors import InputError
 from .coding.fallback import DEFAULT_ANOMALY_QUANTILE, AnomalyCalibration, frame_scores
-from .normalization import psnr_db
 from .coding.payload import CodingTables, LevelTables, encode_payload
-from .coding import transform
 from .coding.quantize import dequantize_scaled, quantize_scaled
-from .coding.transform import TransformResidual
 from .coding.residual import ContextSpec, ResidualModel, default_radius, prediction, residual_histograms
 from .coding.residual_context import ResidualContext
+from .coding.tables import DEFAULT_PRECISION, TableSet, table_from_pmf
+from .coding.transform import TransformResidual
+from .errors import InputError
+from .normalization import psnr_db
 from .runtime import Decoder, Encoder
 from .sources import source_option
+from .sources.sampleset import SampleSet
 
 # Raw-unit max errors. On MNIST (8-bit) with a ~22 dB autoencoder this spans ~22 dB (q0, latent
 # only) -> ~27 -> ~33 -> ~39 -> ~46 dB -> lossless (measured figures land in metrics.calibration).
@@ -43,7 +45,7 @@ DEFAULT_QUALITY_LADDER: tuple[int | None, ...] = (None, 32, 16, 8, 3, 0)
 VARIABLE_RATE_RESIDUALS: tuple[int, ...] = (4, 2, 0)
 
 
-def default_ladder(latent_levels: int) -> list["LevelSpec"]:
+def default_ladder(latent_levels: int) -> list[LevelSpec]:
     """The ladder calibrate uses when none is given: DEFAULT_QUALITY_LADDER, or for a bundle with
     learned levels l0..lK latent only and then lK with each of VARIABLE_RATE_RESIDUALS."""
     if not latent_levels:
@@ -69,7 +71,7 @@ class LevelSpec:
             raise InputError("a level has a max error or a transform step, not both")
 
     @classmethod
-    def parse(cls, value: "int | str | None | LevelSpec") -> "LevelSpec":
+    def parse(cls, value: int | str | None | LevelSpec) -> LevelSpec:
         """Parts joined by "+": "none" (latent only), N (max error N), "sX" (latent step X), "lK"
         (learned level K of a variable-rate bundle), "tX" (transform residual at step X):
         24, "s2+24", "l3", "l3+4", "t8", "l2+t16"."""
@@ -134,7 +136,10 @@ def latent_tables(pmf_offsets: Sequence[int], pmf_probs: Sequence[Sequence[float
     if len(pmf_offsets) != len(pmf_probs) or not pmf_offsets:
         raise InputError("manifest latent.pmf needs one offset and one probability list per channel")
     return TableSet(
-        tuple(table_from_pmf(np.asarray(p, dtype=np.float64), int(o), precision) for o, p in zip(pmf_offsets, pmf_probs)),
+        tuple(
+            table_from_pmf(np.asarray(p, dtype=np.float64), int(o), precision)
+            for o, p in zip(pmf_offsets, pmf_probs, strict=True)
+        ),
         precision=precision,
     )
 
@@ -149,8 +154,8 @@ def step_tables(
     Computed once here and stored as integers, so receivers never redo this float arithmetic.
     """
     tables = []
-    for o, p in zip(pmf_offsets, pmf_probs):
-        p = np.asarray(p, dtype=np.float64)
+    for o, probs in zip(pmf_offsets, pmf_probs, strict=True):
+        p = np.asarray(probs, dtype=np.float64)
         edges = int(o) - 0.5 + np.arange(p.size + 1)
         cdf = np.concatenate([[0.0], np.cumsum(p)])
         k_lo = int(np.floor(edges[0] / step + 0.5))
@@ -161,7 +166,7 @@ def step_tables(
     return TableSet(tuple(tables), precision=precision)
 
 
-def _gains(bundle: Bundle, spec: "LevelSpec") -> tuple[np.ndarray | None, np.ndarray | None]:
+def _gains(bundle: Bundle, spec: LevelSpec) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(gain, inverse gain) of the spec's learned level, shaped to broadcast over (N, C, ...)."""
     if spec.latent_level is None:
         return None, None
@@ -172,7 +177,7 @@ def _gains(bundle: Bundle, spec: "LevelSpec") -> tuple[np.ndarray | None, np.nda
 
 
 def _forward(enc: Encoder, dec: Decoder, bundle: Bundle, raw: np.ndarray, batch_size: int,
-             spec: "LevelSpec | None" = None) -> tuple[np.ndarray, np.ndarray]:
+             spec: LevelSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(symbols, raw_float) for raw samples at a level's latent grid (default: the trained one),
     in batches, exactly as a sender computes them."""
     m = bundle.manifest
@@ -183,7 +188,9 @@ def _forward(enc: Encoder, dec: Decoder, bundle: Bundle, raw: np.ndarray, batch_
     for i in range(0, raw.shape[0], batch_size):
         part = raw[i : i + batch_size]
         s = quantize_scaled(enc.encode(norm.to_model(part)), spec.latent_step, gain)
-        x_hat = dec.decode(dequantize_scaled(s, spec.latent_step, inverse), tuple(part.shape[2:]) if m.spatial_dims else None)
+        x_hat = dec.decode(
+            dequantize_scaled(s, spec.latent_step, inverse), tuple(part.shape[2:]) if m.spatial_dims else None
+        )
         syms.append(s)
         floats.append(norm.to_raw_float(x_hat))
     return np.concatenate(syms), np.concatenate(floats)
@@ -191,8 +198,8 @@ def _forward(enc: Encoder, dec: Decoder, bundle: Bundle, raw: np.ndarray, batch_
 
 def calibrate(
     bundle_dir: str | Path,
-    raw_samples: np.ndarray,
-    quality_max_errors: Sequence["int | str | None | LevelSpec"] | None = None,
+    raw_samples: np.ndarray | SampleSet,
+    quality_max_errors: Sequence[int | str | None | LevelSpec] | None = None,
     *,
     n_contexts: int = 16,
     n_shifts: int = 8,
@@ -227,7 +234,9 @@ def calibrate(
     if raw.ndim < 2 or raw.shape[0] < 1:
         raise InputError(f"calibration needs raw samples shaped (N, *sample_shape), got {raw.shape}")
     n_learned = len(m.latent_levels)
-    specs = default_ladder(n_learned) if quality_max_errors is None else [LevelSpec.parse(v) for v in quality_max_errors]
+    specs = (
+        default_ladder(n_learned) if quality_max_errors is None else [LevelSpec.parse(v) for v in quality_max_errors]
+    )
     if n_learned:
         wrong = [sp for sp in specs if sp.latent_level is None or sp.latent_level >= n_learned]
         if wrong:
@@ -272,7 +281,9 @@ def calibrate(
     for k in range(n_learned):
         lv_offsets, lv_probs = m.level_pmf(k)
         factorized = latent_tables(lv_offsets, lv_probs, precision)
-        lv_symbols = symbols if k == n_learned - 1 else _forward(enc, dec, bundle, raw, batch_size, LevelSpec(None, 1.0, k))[0]
+        lv_symbols = (
+            symbols if k == n_learned - 1 else _forward(enc, dec, bundle, raw, batch_size, LevelSpec(None, 1.0, k))[0]
+        )
         level_tables.append(LevelTables(factorized, fit_context(lv_symbols, factorized) if use_context else None))
 
     residual = None
@@ -285,7 +296,9 @@ def calibrate(
         residual = ResidualModel(spec, radius, hist, precision)
     rctx = None
     if residual is not None and (positional if residual_context is None else residual_context):
-        rctx = ResidualContext.fit(residual, raw, raw_float, [e for e in levels if e is not None], batch_size=batch_size)
+        rctx = ResidualContext.fit(
+            residual, raw, raw_float, [e for e in levels if e is not None], batch_size=batch_size
+        )
     specs, tr = _fit_transform(specs, raw, symbols, raw_float, reference, enc, dec, bundle, batch_size,
                                transform_basis)
     steps = sorted({sp.latent_step for sp in specs if sp.latent_step != 1.0})
@@ -314,7 +327,7 @@ def calibrate(
     # in-sample figures per level, one joint payload per level over up to measure_samples frames
     k = min(measure_samples, raw.shape[0])
     reports = []
-    for i, (e, sp) in enumerate(zip(levels, specs)):
+    for i, (e, sp) in enumerate(zip(levels, specs, strict=True)):
         sym_k, float_k = symbols[:k], raw_float[:k]
         if (sp.latent_step, sp.latent_level) != (reference.latent_step, reference.latent_level):
             sym_k, float_k = _forward(enc, dec, bundle, raw[:k], batch_size, sp)
@@ -336,6 +349,7 @@ def calibrate(
                 tables, sym_k, m.channel_axis, x_raw=raw[:k], raw_float=float_k, max_error=e,
                 latent_step=sp.latent_step, latent_level=sp.latent_level,
             )
+            assert info is not None  # encode_payload returns the residual's encoding when given max_error
             rec = info.recon
         err = np.abs(rec.astype(np.float64) - raw[:k].astype(np.float64))
         reports.append(
@@ -370,7 +384,7 @@ def calibrate(
                 **({"transform_step": sp.transform_step} if sp.transform_step is not None else {}),
                 **({"prdn_percent": round(r.prdn_percent, 3)} if r.prdn_percent is not None else {}),
             }
-            for r, sp in zip(reports, specs)
+            for r, sp in zip(reports, specs, strict=True)
         ],
     }
     write_manifest(d, manifest)
@@ -389,7 +403,9 @@ def _fit_transform(specs: list[LevelSpec], raw: np.ndarray, symbols: np.ndarray,
     if not wanted:
         return specs, None
     if raw.ndim != 3:
-        raise InputError(f"transform residual levels (tX) are for series (channels, length); these samples are {raw.shape[1:]}")
+        raise InputError(
+            f"transform residual levels (tX) are for series (channels, length); these samples are {raw.shape[1:]}"
+        )
     snapped = [replace(sp, transform_step=TransformResidual.snap(sp.transform_step)) if sp.transform_step else sp
                for sp in specs]
     residuals: dict[tuple[float, int | None], np.ndarray] = {}
@@ -449,7 +465,8 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({
         "bundle": str(args.bundle), "model_id": report.model_id, "n_samples": report.n_samples,
         "seconds": round(report.seconds, 2),
-        "levels": [{"name": lv.name, "max_error": lv.max_error, "payload_bytes_per_sample": round(lv.bytes_per_sample, 3),
+        "levels": [{"name": lv.name, "max_error": lv.max_error,
+                    "payload_bytes_per_sample": round(lv.bytes_per_sample, 3),
                     "psnr_db": None if not np.isfinite(lv.psnr_db) else round(lv.psnr_db, 3)} for lv in report.levels],
     }, indent=2))
     return 0

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Callable, Sequence
 
 ENTRY_POINT_GROUP = "latentwire.commands"
 ROOM_ORDER = ("codec", "server", "client")  # the order rooms' commands are listed in --help

@@ -9,23 +9,22 @@ against the very reconstruction the receiver will compute (the sender runs decod
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from .coding import bitstream
-from .coding import transform
-from .coding.bitstream import CUSTOM_QUALITY, CodingPath
 from .bundle import Bundle, QualityLevel
-from .errors import BitstreamError, InputError, ReconstructionMismatch
+from .coding import bitstream, transform
+from .coding.bitstream import CUSTOM_QUALITY, CodingPath
 from .coding.fallback import AnomalyCalibration, compress_raw, decompress_raw, frame_scores
 from .coding.payload import CodingTables, PayloadReader, encode_payload
 from .coding.quantize import dequantize_scaled, quantize_scaled
 from .coding.residual import check_max_error, reconstruction_crc
+from .errors import BitstreamError, InputError, ReconstructionMismatch
 from .frame import FramePath
 from .runtime import Decoder, Encoder
 
@@ -46,7 +45,7 @@ class ScoredEncoding:
     threshold: float | None
 
 
-def grid_of(level: QualityLevel) -> "LatentGrid":
+def grid_of(level: QualityLevel) -> LatentGrid:
     return LatentGrid(level.latent_step, level.latent_level)
 
 
@@ -62,7 +61,7 @@ class LatentGrid:
 def _shape_hint(got: tuple[int, ...], expected: tuple[int | None, ...]) -> str:
     """The fix for a batch with one axis too few: the batch axis (one sample) or the channel axis."""
     def fits(shape: tuple[int, ...], want: tuple[int | None, ...]) -> bool:
-        return len(shape) == len(want) and all(w is None or w == g for g, w in zip(shape, want))
+        return len(shape) == len(want) and all(w is None or w == g for g, w in zip(shape, want, strict=True))
 
     if fits(got, expected):
         return "for a single sample add the batch axis: x[None]"
@@ -115,7 +114,9 @@ class Codec:
         self.reference_grid = LatentGrid(1.0, len(levels) - 1 if levels else None)
 
     @classmethod
-    def load(cls, bundle: str | Path | Bundle = DEFAULT_BUNDLE, provider: str = "auto", threads: int | None = None) -> "Codec":
+    def load(
+        cls, bundle: str | Path | Bundle = DEFAULT_BUNDLE, provider: str = "auto", threads: int | None = None
+    ) -> Codec:
         return cls(resolve_bundle(bundle), provider=provider, threads=threads)
 
     # Sessions are built on first use: a receiver never pays for the encoder graph.
@@ -151,7 +152,7 @@ class Codec:
                 f"expected a batch of shape (N, {', '.join('*' if d is None else str(d) for d in expected)}), "
                 f"got {raw.shape}; {_shape_hint(raw.shape, expected)}"
             )
-        for axis, (got, want) in enumerate(zip(raw.shape[1:], expected), start=1):
+        for axis, (got, want) in enumerate(zip(raw.shape[1:], expected, strict=True), start=1):
             if want is not None and got != want:
                 raise InputError(f"sample axis {axis} has size {got}, this model takes {want} (samples are {expected})")
         if raw.shape[0] == 0:
@@ -291,8 +292,9 @@ class Codec:
         if recon_crc and norm.is_integer:
             rec = tr.reconstruct(raw_float, qc, idx, norm.raw_min, norm.raw_max, True)
             crc = reconstruction_crc(rec.astype(np.int64))
-        return bitstream.write_packet(model_id=self.model_id, quality=q, sample_shape=tuple(int(d) for d in raw.shape[1:]),
-                                      count=int(raw.shape[0]), payload=payload, recon_crc=crc, transform=True)
+        return bitstream.write_packet(model_id=self.model_id, quality=q,
+                                      sample_shape=tuple(int(d) for d in raw.shape[1:]), count=int(raw.shape[0]),
+                                      payload=payload, recon_crc=crc, transform=True)
 
     def encode_frames(self, raw: np.ndarray, quality: int | None = None, max_error: int | None = None) -> list[bytes]:
         """One packet per sample (compact per-frame mode): each frame decodable on its own."""
@@ -479,7 +481,9 @@ class Codec:
             )
         return recon.astype(self.raw_dtype)
 
-    def _transform_recon(self, reader: PayloadReader, header: bitstream.PacketHeader, raw_float: np.ndarray) -> np.ndarray:
+    def _transform_recon(
+        self, reader: PayloadReader, header: bitstream.PacketHeader, raw_float: np.ndarray
+    ) -> np.ndarray:
         tr = self.tables.transform
         if tr is None or raw_float.ndim != 3:
             raise BitstreamError("packet has a transform residual, but this bundle has no transform tables for it")

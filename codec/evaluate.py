@@ -15,17 +15,18 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from .codec import Codec
+from .coding.transform import prdn_per_frame
 from .errors import InputError, LatentwireError
 from .normalization import psnr_db
-from .coding.transform import prdn_per_frame
 from .sources import ImageFolder, detect_kind, load_source, source_option
 
 Samples = np.ndarray | list[np.ndarray]  # one batchable array, or whole images of different sizes
@@ -106,14 +107,16 @@ def evaluate(
     values = sum(int(s.size) for s in raw)
     peak = codec.normalization.peak
     if isinstance(raw, list):  # whole images: the mean of per-image PSNRs, as image codecs are compared
-        psnrs = [psnr_db(a, b, peak) for a, b in zip(raw, decoded)]
+        psnrs = [psnr_db(a, b, peak) for a, b in zip(raw, decoded, strict=True)]
         psnr = float(np.mean(psnrs)) if all(math.isfinite(p) for p in psnrs) else float("inf")
-        max_err = max(float(np.abs(a.astype(np.float64) - b).max()) for a, b in zip(raw, decoded))
+        max_err = max(float(np.abs(a.astype(np.float64) - b).max()) for a, b in zip(raw, decoded, strict=True))
     else:
         dec = np.stack(decoded)
         psnr = psnr_db(raw, dec, peak)
         max_err = float(np.abs(raw.astype(np.float64) - dec).max())
-    bound = max_error if max_error is not None else (codec.qualities[quality].max_error if quality is not None else None)
+    bound = (
+        max_error if max_error is not None else (codec.qualities[quality].max_error if quality is not None else None)
+    )
     spatial = codec.manifest.spatial_dims
     pixels = sum(int(np.prod(s.shape[1:])) for s in raw)
     series = spatial == 1
@@ -160,7 +163,7 @@ def write_picture(codec: Codec, raw: Samples, levels: Sequence[int | None], max_
     peak = codec.normalization.peak
     runs = [(q, None) for q in levels] + [(None, e) for e in max_errors]
     for q, e in runs:
-        for row, s in zip(rows, picked):
+        for row, s in zip(rows, picked, strict=True):
             packet = codec.encode(s[None], quality=q, max_error=e)
             out = codec.decode(packet)[0]
             name = f"max err {e}" if q is None else codec.qualities[q].name
@@ -173,7 +176,8 @@ def write_picture(codec: Codec, raw: Samples, levels: Sequence[int | None], max_
             row.append(Tile(out, f"{name}: {size}\n{fid_text}"))
     norm = codec.normalization
     return grid(rows, path, raw_min=norm.raw_min, raw_max=norm.raw_max,
-                title=f"{codec.manifest.name} ({codec.model_id[:12]}): original, then each level (one packet per sample)")
+                title=f"{codec.manifest.name} ({codec.model_id[:12]}): original, then each level "
+                      "(one packet per sample)")
 
 
 def add_parser(subparsers: Any, name: str = "eval") -> argparse.ArgumentParser:
@@ -207,7 +211,11 @@ def run(args: argparse.Namespace) -> int:
         results = [evaluate(codec, raw, quality=q, batch=args.batch, progress=True) for q in levels]
         results += [evaluate(codec, raw, max_error=e, batch=args.batch, progress=True) for e in args.max_error]
         results += [evaluate(codec, raw, batch=args.batch, progress=True, target_prdn=t) for t in args.target_prdn]
-        picture = write_picture(codec, raw, levels, args.max_error, args.picture, args.picture_samples) if args.picture else None
+        picture = (
+            write_picture(codec, raw, levels, args.max_error, args.picture, args.picture_samples)
+            if args.picture
+            else None
+        )
     except (LatentwireError, OSError) as exc:
         print(f"latentwire eval: {exc}", file=sys.stderr)
         return 1

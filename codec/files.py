@@ -10,14 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from .coding.bitstream import iter_packets
 from .codec import Codec
+from .coding.bitstream import iter_packets
 from .errors import LatentwireError
 from .sources import ImageFolder, load_source, read_image, source_option
 from .sources.images import IMAGE_SUFFIXES
@@ -86,10 +87,17 @@ def decode_file(codec: Codec, source: Path, out: Path, progress: bool = True) ->
             raise LatentwireError(f"{source} holds frames of {len(shapes)} shapes; write a folder of PNGs or .npz")
         np.save(out, np.concatenate(arrays))
     elif out.suffix == ".npz":
-        np.savez_compressed(out, **{f"packet_{i:06d}": a for i, a in enumerate(arrays)})
+        # the keys are array names; mypy matches ** against the stub's allow_pickle: bool as well
+        np.savez_compressed(out, **{f"packet_{i:06d}": a for i, a in enumerate(arrays)})  # type: ignore[arg-type]
     else:
         _write_pngs(arrays, out)
-    return {"input": str(source), "output": str(out), "model_id": codec.model_id, "frames": frames, "packets": len(arrays)}
+    return {
+        "input": str(source),
+        "output": str(out),
+        "model_id": codec.model_id,
+        "frames": frames,
+        "packets": len(arrays),
+    }
 
 
 def _write_pngs(arrays: Sequence[np.ndarray], folder: Path) -> None:
@@ -99,7 +107,9 @@ def _write_pngs(arrays: Sequence[np.ndarray], folder: Path) -> None:
     n = 0
     for batch in arrays:
         if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[1] not in (1, 3):
-            raise LatentwireError(f"PNG output needs uint8 images (N,1|3,H,W), got {batch.dtype} {batch.shape}; use .npy")
+            raise LatentwireError(
+                f"PNG output needs uint8 images (N,1|3,H,W), got {batch.dtype} {batch.shape}; use .npy"
+            )
         for img in batch:
             Image.fromarray(img[0] if img.shape[0] == 1 else np.moveaxis(img, 0, -1)).save(folder / f"{n:06d}.png")
             n += 1
@@ -111,7 +121,9 @@ def add_parser(subparsers: Any, name: str) -> argparse.ArgumentParser:
         p.add_argument("input", type=Path, help=".npy/.npz, IDX file or MNIST folder, image file/folder, WFDB folder")
         p.add_argument("--out", type=Path, required=True, help="the .lw file to write")
         p.add_argument("--quality", type=int, default=None, help="quality level index (default: the bundle's)")
-        p.add_argument("--max-error", type=int, default=None, help="near-lossless: max absolute error per sample, raw units")
+        p.add_argument(
+            "--max-error", type=int, default=None, help="near-lossless: max absolute error per sample, raw units"
+        )
         p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="frames per packet (coded jointly)")
         p.add_argument("--source-option", action="append", type=source_option, default=[], metavar="KEY=VALUE")
     else:

@@ -75,7 +75,7 @@ class _Graph(threading.local):
 class FramePath:
     """A Codec's one-frame fast path; built by the Codec, used by encode() and decode()."""
 
-    def __init__(self, codec: "Codec") -> None:
+    def __init__(self, codec: Codec) -> None:
         self.codec = codec
         m = codec.manifest
         shape = tuple(codec.sample_shape)

@@ -57,7 +57,7 @@ class Normalization:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Normalization":
+    def from_dict(cls, d: dict[str, Any]) -> Normalization:
         return cls(
             offset=float(d["offset"]),
             scale=float(d["scale"]),

@@ -8,9 +8,9 @@ Pillow only, so the runtime side (no matplotlib, no torch) can draw it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -56,7 +56,7 @@ def _series_tile(sample: np.ndarray, reference: np.ndarray):  # -> PIL.Image.Ima
         v = sample[c].astype(np.float64)
         xs = np.linspace(0, w - 1, v.size)
         ys = band * c + band - 2 - (np.clip(v, lo - span, hi + span) - lo) / span * (band - 4)
-        draw.line(list(zip(xs.tolist(), ys.tolist())), fill=colours[c % len(colours)], width=1)
+        draw.line(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=colours[c % len(colours)], width=1)
     return img
 
 
@@ -85,8 +85,8 @@ def grid(rows: Sequence[Sequence[Tile]], path: str | Path, *, raw_min: float, ra
     if title:
         draw.text((PAD, 3), title, fill="black")
     y = top + PAD
-    for row, h in zip(drawn, heights):
-        for k, (img, caption) in enumerate(row):
+    for tiles, h in zip(drawn, heights, strict=True):
+        for k, (img, caption) in enumerate(tiles):
             x = PAD + k * (cell_w + PAD)
             canvas.paste(img, (x, y))
             for i, line in enumerate(caption.split("\n")[:2]):

@@ -7,8 +7,8 @@ graph internals rather than what the caller did wrong.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -74,7 +74,7 @@ def _check_shape(a: np.ndarray, expected: Sequence[int | None], what: str, hint:
     if a.ndim != len(expected) + 1:
         extra = " (a single sample needs a batch axis: x[None])" if a.ndim == len(expected) else ""
         raise InputError(f"{what} must have shape {want}, got {a.shape}{extra}{hint}")
-    for axis, (got, exp) in enumerate(zip(a.shape[1:], expected), start=1):
+    for axis, (got, exp) in enumerate(zip(a.shape[1:], expected, strict=True), start=1):
         if (exp is not None and got != exp) or got < 1:
             raise InputError(f"{what} must have shape {want}, got {a.shape}: axis {axis} is {got}{hint}")
     if a.shape[0] < 1:
@@ -149,5 +149,7 @@ class Decoder:
                 )
             feeds["out_size"] = np.asarray(size, dtype=np.int64)
         elif out_size is not None and tuple(out_size) != tuple(m.sample_shape[1:]):
-            raise InputError(f"{m.family} models decode to a fixed shape {m.sample_shape}; out_size {tuple(out_size)} is not it")
+            raise InputError(
+                f"{m.family} models decode to a fixed shape {m.sample_shape}; out_size {tuple(out_size)} is not it"
+            )
         return self.session.run(["x_hat"], feeds)[0]

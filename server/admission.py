@@ -10,8 +10,8 @@ directly (tests/server/test_admission.py); service.py turns Refusals into FrameE
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import grpc
 import numpy as np
@@ -48,7 +48,9 @@ class Admission:
     refusals: list[Refusal] = field(default_factory=list)
     limit: str | None = None  # set when a configured limit refused (part of) the message
 
-    def refuse(self, index: int, frames: int, message: str, code: grpc.StatusCode = BAD, reason: str = "invalid") -> None:
+    def refuse(
+        self, index: int, frames: int, message: str, code: grpc.StatusCode = BAD, reason: str = "invalid"
+    ) -> None:
         self.refusals.append(Refusal(index, frames, code, message, reason))
 
 
@@ -132,8 +134,10 @@ def admit_packets(codec: Codec, packets: Sequence[bytes], *, max_frames: int, ve
             continue
         at, pos = pos, pos + int(header.count)
         shape = tuple(header.sample_shape)
-        if len(shape) != len(want) or any(w is not None and w != s for w, s in zip(want, shape)):
-            out.refuse(i, header.count, f"packet {i}: sample shape {list(shape)} does not match the channel's {list(want)}")
+        if len(shape) != len(want) or any(w is not None and w != s for w, s in zip(want, shape, strict=True)):
+            out.refuse(
+                i, header.count, f"packet {i}: sample shape {list(shape)} does not match the channel's {list(want)}"
+            )
             continue
         if n_q and header.quality != bitstream.CUSTOM_QUALITY and not 0 <= header.quality < n_q:
             out.refuse(i, header.count, f"packet {i}: quality {header.quality} is not one of the model's 0..{n_q - 1}")

@@ -49,7 +49,7 @@ class TokenStore:
         self._grants = grants
 
     @classmethod
-    def open(cls) -> "TokenStore":
+    def open(cls) -> TokenStore:
         return cls({})
 
     @property
@@ -57,7 +57,7 @@ class TokenStore:
         return bool(self._grants)
 
     @classmethod
-    def load(cls, path: str | Path) -> "TokenStore":
+    def load(cls, path: str | Path) -> TokenStore:
         path = Path(path)
         try:
             raw = json.loads(path.read_text())

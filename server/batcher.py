@@ -23,9 +23,10 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import cast
 
 import numpy as np
 
@@ -244,7 +245,7 @@ class Batcher:
                         if it.stream is not None:
                             it.stream.refused = e
                     _fail(batch, e)
-                except Exception as e:  # noqa: BLE001 - every failure goes back to the publishers
+                except Exception as e:
                     log.exception("channel %s: commit failed", self.name)
                     _fail(batch, e)
                 else:
@@ -268,9 +269,9 @@ class Batcher:
         for attempt in range(CONFLICT_RETRIES):
             try:
                 if isinstance(batch[0], PacketItem):
-                    self._commit_packets(batch[0])  # type: ignore[arg-type]
-                else:
-                    self._commit_raw(batch)  # type: ignore[arg-type]
+                    self._commit_packets(batch[0])
+                else:  # a batch is one packet item or raw items only (see _take_batch)
+                    self._commit_raw(cast(list[RawItem], batch))
                 return
             except OffsetConflict as e:
                 self._offsets.clear()
@@ -290,7 +291,7 @@ class Batcher:
         except (StoreFull, StoreUnavailable) as e:  # expected: retried on the next tick, one line per state change
             self.health.failed(e, "trim")
             return
-        except Exception:  # noqa: BLE001 - a failed trim is retried on the next tick; commits go on
+        except Exception:
             log.exception("channel %s: retention trim failed; retrying in %.0f s", self.name, self.trim_every_s)
             return
         self.health.succeeded("trim")
@@ -358,7 +359,7 @@ class Batcher:
         elif hwm:
             self._append([], hwm, read)
         seq = stored[0].first_seq if stored else self.store.next_seq
-        for it, (acc, dups) in zip(batch, per_item):
+        for it, (acc, dups) in zip(batch, per_item, strict=True):
             it.future.set_result(Commit(acc, dups, seq))
             seq += acc
         self._after_commit(stored, "raw")

@@ -21,6 +21,7 @@ from pathlib import Path
 from latentwire.codec.bundle import Manifest, sha256_file
 from latentwire.codec.codec import Codec
 
+from .batcher import Batcher
 from .store import ChannelStore, StoredPacket, StoreReset
 
 log = logging.getLogger("latentwire.server.channels")
@@ -57,17 +58,20 @@ class ModelEntry:
         return sum(f.size for f in self.files)
 
     @classmethod
-    def from_codec(cls, codec: Codec) -> "ModelEntry":
+    def from_codec(cls, codec: Codec) -> ModelEntry:
         path = Path(codec.bundle.path)
         names = ["manifest.json"] + sorted(codec.manifest.files)
         entropy = codec.manifest.entropy_file
         if entropy and entropy not in names:
             names.append(entropy)
-        files = [BundleFileInfo(n, (path / n).stat().st_size, sha256_file(path / n)) for n in names if (path / n).is_file()]
+        files = [BundleFileInfo(n, (path / n).stat().st_size, sha256_file(path / n))
+                 for n in names if (path / n).is_file()]
         return cls(codec, files)
 
 
 class Channel:
+    batcher: Batcher  # set by the server once the batcher is built, before the channel is served
+
     def __init__(self, name: str, model: ModelEntry, store: ChannelStore, quality: int | None, tail_packets: int = 256,
                  tail_bytes: int = 32 << 20, *, fallback: bool = False, anomaly_threshold: float | None = None):
         self.name = name
@@ -76,7 +80,6 @@ class Channel:
         self.quality = quality
         self.fallback = fallback  # RAW frames above anomaly_threshold go out as lossless packets
         self.anomaly_threshold = anomaly_threshold  # effective: configured, else the bundle's, else None
-        self.batcher = None  # set by the server once the batcher is built
         # bounded by count AND bytes: 256 packets of up to max_message_bytes each would be GiBs
         self._tail: deque[StoredPacket] = deque()
         self._tail_packets, self._tail_cap, self._tail_bytes = tail_packets, tail_bytes, 0

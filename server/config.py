@@ -42,7 +42,7 @@ class ChannelSpec:
         return self.scores or self.fallback
 
     @classmethod
-    def parse(cls, text: str) -> "ChannelSpec":
+    def parse(cls, text: str) -> ChannelSpec:
         """NAME=BUNDLE_DIR[:quality] (a trailing :N is a quality only when N is an integer)."""
         name, sep, rest = text.partition("=")
         if not sep or not name or not rest:
@@ -111,7 +111,7 @@ class ServerConfig:
     # the operator's step after a reset store (server/epoch.py): these channels start a new epoch
     new_epoch: tuple[str, ...] = ()
 
-    def check(self) -> "ServerConfig":
+    def check(self) -> ServerConfig:
         if not self.channels:
             raise ConfigError("no channels: pass --channel NAME=BUNDLE_DIR[:quality] or a --config with 'channels'")
         names = [c.name for c in self.channels]
@@ -142,10 +142,11 @@ class ServerConfig:
         return self
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "ServerConfig":
+    def from_json(cls, path: str | Path) -> ServerConfig:
         """Keys mirror the dataclass: {"listen", "data_dir", "channels": [{"name","bundle","quality",
-        "fallback","anomaly_threshold","scores"}] or ["NAME=DIR:q"], "tokens_file", "tls_cert", "tls_key", "metrics_port", "fsync",
-        "store", "allow_volatile_store", "new_epoch": ["CHANNEL"], "retention": {"max_bytes","max_age_s","max_frames"},
+        "fallback","anomaly_threshold","scores"}] or ["NAME=DIR:q"], "tokens_file", "tls_cert", "tls_key",
+        "metrics_port", "fsync", "store", "allow_volatile_store", "new_epoch": ["CHANNEL"],
+        "retention": {"max_bytes","max_age_s","max_frames"},
         "limits": {...}, "batch": {...}}. Relative paths
         are resolved against the config file's folder."""
         path = Path(path)
@@ -156,7 +157,7 @@ class ServerConfig:
         return cls.from_dict(raw, base=path.parent)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], base: Path = Path(".")) -> "ServerConfig":
+    def from_dict(cls, raw: dict[str, Any], base: Path = Path(".")) -> ServerConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(raw) - known
         if unknown:

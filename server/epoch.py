@@ -27,9 +27,9 @@ import logging
 import os
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .store import ChannelStore, EpochState, StoreReset
 
@@ -58,7 +58,7 @@ class EpochRecord:
         return data_dir / f"{channel}{RECORD_SUFFIX}"
 
     @classmethod
-    def load(cls, data_dir: Path, channel: str) -> "EpochRecord | None":
+    def load(cls, data_dir: Path, channel: str) -> EpochRecord | None:
         p = cls.path(data_dir, channel)
         try:
             raw = json.loads(p.read_text())

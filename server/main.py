@@ -15,10 +15,11 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
@@ -35,9 +36,9 @@ from .config import BatchPolicy, ChannelSpec, ConfigError, Limits, ServerConfig,
 from .epoch import EpochRecord, RecordKeeper, settle
 from .metrics import Metrics
 from .redis_settings import display_url
+from .service import SERVICE_NAME, LatentwireService
 from .sqlite_store import SqliteStore
 from .store import ChannelMismatch, ChannelStore, RetentionPolicy, StoreFull, StoreReset, StoreUnavailable
-from .service import SERVICE_NAME, LatentwireService
 
 log = logging.getLogger("latentwire.server")
 
@@ -171,7 +172,7 @@ class LatentwireServer:
             self.close_unstarted()
             raise in_use
         try:
-            if c.tls_cert:
+            if c.tls_cert and c.tls_key is not None:  # check() refused one without the other
                 creds = grpc.ssl_server_credentials([(Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes())])
                 self.port = self.server.add_secure_port(c.listen, creds)
             else:
@@ -237,7 +238,7 @@ class DataDirLock:
         self._handle, self.path = handle, path
 
     @classmethod
-    def acquire(cls, data_dir: Path) -> "DataDirLock":
+    def acquire(cls, data_dir: Path) -> DataDirLock:
         import fcntl
 
         path = data_dir / cls.NAME
@@ -306,7 +307,8 @@ def _encoder(codec: Codec, fallback: bool = False, threshold: float | None = Non
         if not (score or fallback):
             return codec.encode(raw, quality=quality)
         enc = codec.encode_scored(raw, quality, threshold=threshold, fallback=fallback)
-        return [Encoded(packet, b - a, tuple(enc.scores[a:b].tolist())) for packet, (a, b) in zip(enc.packets, enc.frames)]
+        return [Encoded(packet, b - a, tuple(enc.scores[a:b].tolist()))
+                for packet, (a, b) in zip(enc.packets, enc.frames, strict=True)]
 
     return encode
 

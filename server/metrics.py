@@ -13,7 +13,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.frames_in = Counter("latentwire_frames_in", "Frames committed to a channel", ["channel", "kind"], registry=r)
+        self.frames_in = Counter(
+            "latentwire_frames_in", "Frames committed to a channel", ["channel", "kind"], registry=r
+        )
         self.frames_path = Counter(
             "latentwire_frames_path", "Frames committed per coding path (latent | residual | lossless fallback)",
             ["channel", "path"], registry=r,
@@ -33,7 +35,9 @@ class Metrics:
         self.wire_bytes_out = Counter(
             "latentwire_wire_bytes_out", "Packet bytes sent to subscribers", ["channel"], registry=r
         )
-        self.queue_depth = Gauge("latentwire_queue_depth", "RAW frames waiting for the batcher", ["channel"], registry=r)
+        self.queue_depth = Gauge(
+            "latentwire_queue_depth", "RAW frames waiting for the batcher", ["channel"], registry=r
+        )
         self.subscribers = Gauge("latentwire_subscribers", "Open Subscribe streams", ["channel"], registry=r)
         self.encode_seconds = Histogram(
             "latentwire_encode_seconds", "Wall time of one batch encode", ["channel"], registry=r,
@@ -43,7 +47,9 @@ class Metrics:
             "latentwire_batch_frames", "Frames per encoded batch", ["channel"], registry=r,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
         )
-        self.limit_hits = Counter("latentwire_limit_hits", "Requests refused by a configured limit", ["limit"], registry=r)
+        self.limit_hits = Counter(
+            "latentwire_limit_hits", "Requests refused by a configured limit", ["limit"], registry=r
+        )
         self.store_errors = Counter(
             "latentwire_store_errors", "Store calls that failed (op: appending, reading, tailing, trimming, "
             "offset_conflict, ...)", ["channel", "op"], registry=r)

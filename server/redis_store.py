@@ -33,8 +33,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
+from .redis_settings import display_url
 from .store import (
     ChannelMismatch,
     EpochState,
@@ -51,9 +52,12 @@ from .store import (
     pack_scores,
     unpack_scores,
 )
-from .redis_settings import display_url
 
 log = logging.getLogger("latentwire.server.store")
+
+# redis-py types a reply for every protocol and decode mode at once; these connections speak RESP2 and
+# leave replies as bytes, so a stream entry is (id, fields) in bytes and XREAD answers [(stream, entries)]
+Entry = tuple[bytes, dict[bytes, bytes]]
 
 KEY_PREFIX = "latentwire"
 TAIL_BLOCK_MS = 1000  # one blocking XREAD waits this long before it looks again
@@ -217,7 +221,7 @@ class RedisStore:
     @property
     def first_seq(self) -> int:
         def first() -> int:
-            head = self._r.xrange(self.k_log, "-", "+", count=1)
+            head = cast(list[Entry], self._r.xrange(self.k_log, "-", "+", count=1))
             return _seq(head[0][0]) if head else self._next_seq_now()
         return self._call("reading first_seq", first)
 
@@ -231,7 +235,7 @@ class RedisStore:
     def check_model(self, model_id: str) -> None:
         def check() -> str | None:
             self._r.hsetnx(self.k_meta, "model_id", model_id)
-            held = self._r.hget(self.k_meta, "model_id")
+            held = cast(bytes | None, self._r.hget(self.k_meta, "model_id"))
             return None if held is None else held.decode()
         held = self._call("checking the channel's model", check)
         if held is not None and held != model_id:
@@ -316,7 +320,7 @@ class RedisStore:
         seq = int(reply[0])
         self._known_next = max(self._known_next, int(reply[1]))
         stored = []
-        for p, blob in zip(packets, blobs):
+        for p, blob in zip(packets, blobs, strict=True):
             stored.append(StoredPacket(seq, p.count, ts, p.model_id, p.quality, p.payload, unpack_scores(blob)))
             seq += p.count
         return stored
@@ -345,11 +349,13 @@ class RedisStore:
     # ------------------------------------------------------------------ reads
     def read_from(self, seq: int, limit: int = 64) -> list[StoredPacket]:
         def read() -> list[StoredPacket]:
-            start = f"{seq}-1"
-            before = self._r.xrevrange(self.k_log, start, "-", count=1)  # the packet holding seq, if it starts earlier
+            start: str | bytes = f"{seq}-1"
+            # the packet holding seq, if it starts earlier
+            before = cast(list[Entry], self._r.xrevrange(self.k_log, start, "-", count=1))
             if before and _seq(before[0][0]) + int(before[0][1][b"c"]) > seq:
                 start = before[0][0]
-            return [_packet(eid, fields) for eid, fields in self._r.xrange(self.k_log, start, "+", count=limit)]
+            return [_packet(eid, fields)
+                    for eid, fields in cast(list[Entry], self._r.xrange(self.k_log, start, "+", count=limit))]
         return self._call("reading packets", read)
 
     def close_reader(self) -> None:
@@ -364,7 +370,7 @@ class RedisStore:
 
     def _tail(self) -> None:
         expect = self._tail_next  # the seq the next entry must start at: seqs are dense
-        last = f"{expect - 1}-1" if expect else "0-0"
+        last: str | bytes = f"{expect - 1}-1" if expect else "0-0"
         attempt = 0
         while not self._stop.is_set() and self._reset is None:
             try:
@@ -372,7 +378,7 @@ class RedisStore:
                 pipe = self._tail_r.pipeline(transaction=False)
                 pipe.xread({self.k_log: last}, count=TAIL_BATCH, block=TAIL_BLOCK_MS)
                 pipe.hmget(self.k_meta, *_EPOCH_FIELDS)  # answered as soon as the XREAD returns
-                got, meta = pipe.execute()
+                got, meta = cast(tuple[list[tuple[bytes, list[Entry]]], list[bytes | None]], pipe.execute())
                 if self._reset_in(_state(meta), floor):  # before a batch reaches the channel
                     return
                 if got and self._bound is not None and self._gap(expect, _seq(got[0][1][0][0])):
@@ -407,7 +413,7 @@ class RedisStore:
             return False
         if self._reset_found():
             return True
-        head = self._tail_r.xrange(self.k_log, "-", "+", count=1)
+        head = cast(list[Entry], self._tail_r.xrange(self.k_log, "-", "+", count=1))
         if head and _seq(head[0][0]) > expect:
             return False
         self._fail(self._epoch_state(self._tail_r), f"a log that goes on at seq {first} where seq {expect} was next")

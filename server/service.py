@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 
@@ -77,7 +77,7 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                 grpc.StatusCode.NOT_FOUND,
                 f"unknown channel {name!r}; this server has {sorted(self.channels)} (see ListChannels)",
             )
-        return ch  # type: ignore[return-value]
+        return ch
 
     def _model(self, context: grpc.ServicerContext, model_id: str) -> ModelEntry:
         mid = model_id.strip().lower()
@@ -119,7 +119,9 @@ class LatentwireService(pb_grpc.LatentwireServicer):
         self._check(context)
         return model_info(self._model(context, request.model_id))
 
-    def DownloadBundle(self, request: pb.DownloadBundleRequest, context: grpc.ServicerContext) -> Iterator[pb.BundleChunk]:
+    def DownloadBundle(
+        self, request: pb.DownloadBundleRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.BundleChunk]:
         self._check(context)
         m = self._model(context, request.model_id)
         # a chunk plus its fields must fit the configured message limit (1 MiB chunks failed with
@@ -217,7 +219,7 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                                     ch.name)
                     stop_with.append((grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.UNAVAILABLE,
                                       str(e)))
-                except Exception as e:  # noqa: BLE001 - the client went away or sent garbage
+                except Exception as e:  # the client went away or sent garbage
                     if not isinstance(e, grpc.RpcError):
                         log.exception("publish reader on %s failed", ch.name)
                 finally:
@@ -310,7 +312,7 @@ class LatentwireService(pb_grpc.LatentwireServicer):
                 verdict = admit_packets(ch.model.codec, packets, max_frames=limits.max_frames_per_message,
                                         verify=self.config.verify_packets, max_message_bytes=limits.max_message_bytes,
                                         producer=producer, offset=offset)
-        except Exception as e:  # noqa: BLE001 - one message's surprise must not end the stream
+        except Exception as e:  # one message's surprise must not end the stream
             log.exception("publish on %s: message %d could not be validated", ch.name, index)
             return self._reject(resp, ch, 0, grpc.StatusCode.INTERNAL,
                                 f"message {index} could not be validated ({type(e).__name__}); "

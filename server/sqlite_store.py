@@ -28,9 +28,9 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .store import (
     EpochState,
@@ -234,8 +234,8 @@ class SqliteStore:
             if self._w.in_transaction:
                 try:
                     self._w.execute("ROLLBACK")
-                except sqlite3.Error as rollback:
-                    e.add_note(f"the rollback that followed failed too: {rollback}")
+                except sqlite3.Error as rollback:  # the original error is the one to raise; say this one too
+                    log.warning("%s: the rollback after %s failed too: %s", self.path.name, e, rollback)
             if isinstance(e, sqlite3.OperationalError) and _disk_full(e):
                 raise self._full() from e
             raise
@@ -263,13 +263,13 @@ class SqliteStore:
         """One DELETE per bound; reports holds the finished ones when a later one raises."""
         if self.policy.max_age_s > 0:
             cutoff = now - self.policy.max_age_s
-            r = self._delete("ts < ?", (cutoff,), "age > %.0fs" % self.policy.max_age_s)
+            r = self._delete("ts < ?", (cutoff,), f"age > {self.policy.max_age_s:.0f}s")
             if r:
                 reports.append(r)
         if self.policy.max_frames > 0 and self._next_seq - self._first_seq > self.policy.max_frames:
             # whole packets only: the oldest ones that end at or before the first frame to keep
             keep_from = self._next_seq - self.policy.max_frames
-            r = self._delete("first_seq + count <= ?", (keep_from,), "frames > %d" % self.policy.max_frames)
+            r = self._delete("first_seq + count <= ?", (keep_from,), f"frames > {int(self.policy.max_frames)}")
             if r:
                 reports.append(r)
         if self.policy.max_bytes > 0 and self._bytes > self.policy.max_bytes:
@@ -282,13 +282,14 @@ class SqliteStore:
                 if acc >= excess:
                     break
             if cut is not None:
-                r = self._delete("first_seq <= ?", (cut,), "size > %d bytes" % self.policy.max_bytes)
+                r = self._delete("first_seq <= ?", (cut,), f"size > {int(self.policy.max_bytes)} bytes")
                 if r:
                     reports.append(r)
 
     def _delete(self, where: str, params: tuple, reason: str) -> TrimReport | None:
         n, frames, nbytes = self._w.execute(
-            f"SELECT COUNT(*), COALESCE(SUM(count),0), COALESCE(SUM(length(payload)),0) FROM packets WHERE {where}", params
+            f"SELECT COUNT(*), COALESCE(SUM(count),0), COALESCE(SUM(length(payload)),0) FROM packets WHERE {where}",
+            params,
         ).fetchone()
         if not n:
             return None
@@ -334,7 +335,10 @@ class SqliteStore:
             self._w.close()
 
 
+_SQLITE_FULL = 13  # sqlite3.SQLITE_FULL from Python 3.11 on; its value is fixed by SQLite's C API
+
+
 def _disk_full(e: sqlite3.OperationalError) -> bool:
     """SQLITE_FULL: SQLite's unix VFS reports ENOSPC on a write as this code."""
-    code = getattr(e, "sqlite_errorcode", None)
-    return (code & 0xFF) == sqlite3.SQLITE_FULL if code is not None else "database or disk is full" in str(e)
+    code = getattr(e, "sqlite_errorcode", None)  # Python >= 3.11; 3.10 only has the message
+    return (code & 0xFF) == _SQLITE_FULL if code is not None else "database or disk is full" in str(e)

@@ -23,8 +23,9 @@ Guarantees (tests/test_store_contract.py runs the same checks on both):
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 
 class StoreError(Exception):

@@ -6,7 +6,7 @@ PacketRecord, so the RPC handlers never assemble messages field by field.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -19,8 +19,8 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch")
     import torch
 
-    from latentwire.codec.training import export, train
     from latentwire.codec.calibrate import calibrate
+    from latentwire.codec.training import export, train
 
     torch.set_num_threads(1)
     work = tmp_path_factory.mktemp("tiny-bundle")

@@ -5,8 +5,9 @@ against the baselines that ran."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from latentwire.codec.codec import Codec
 
@@ -88,8 +89,8 @@ def _find(rows: list[BoundedRow], bound: int, codec: str, setting: str | None = 
 
 def _vs(target: str, mine: BoundedRow | None, theirs: BoundedRow | None, ratio: float, unit: str) -> dict[str, Any]:
     if mine is None or theirs is None:
-        return {"target": target, "measured": "n/a (" + ("no latentwire row" if mine is None else "baseline did not run")
-                + ")", "met": False}
+        why = "no latentwire row" if mine is None else "baseline did not run"
+        return {"target": target, "measured": f"n/a ({why})", "met": False}
     return {"target": target,
             "measured": f"latentwire {mine.bits:.3f} {unit} ({mine.setting}) vs {theirs.codec} {theirs.setting} "
                         f"{theirs.bits:.3f}: {mine.bits / theirs.bits:.3f}x",

@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from latentwire.codec.codec import Codec
 from latentwire.codec.errors import LatentwireError
@@ -71,8 +72,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    default=[1, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100])
     p.add_argument("--avif-qualities", type=_ints, default=list(codecs.AVIF_QUALITIES), help="bsds: AVIF quality sweep")
     p.add_argument("--avif-speed", type=int, default=codecs.AVIF_SPEED, help="bsds: libavif speed (0 slowest .. 10)")
-    p.add_argument("--avif-chroma", choices=("444", "422", "420"), default=codecs.AVIF_CHROMA, help="bsds: AVIF YUV format")
-    p.add_argument("--jxl-distances", type=lambda s: [float(v) for v in s.split(",")], default=list(codecs.JXL_DISTANCES),
+    p.add_argument("--avif-chroma", choices=("444", "422", "420"), default=codecs.AVIF_CHROMA,
+                   help="bsds: AVIF YUV format")
+    p.add_argument("--jxl-distances", type=lambda s: [float(v) for v in s.split(",")],
+                   default=list(codecs.JXL_DISTANCES),
                    help="bsds: JPEG XL butteraugli distance sweep")
     p.add_argument("--jxl-effort", type=int, default=codecs.JXL_EFFORT, help="bsds: JPEG XL effort, lossy and lossless")
     p.add_argument("--near", type=_ints, default=list(codecs.NEAR_BOUNDS),

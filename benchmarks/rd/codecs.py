@@ -13,11 +13,13 @@ import importlib
 import io
 import lzma
 import time
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import zstandard
+
 from latentwire.codec.errors import InputError
 
 from .points import Point, Scorer
@@ -211,7 +213,8 @@ def flac_points(raw: np.ndarray, groups: np.ndarray, scorer: Scorer, fs: int) ->
     for i, w in enumerate(raw):
         n, decoded[i] = _flac_roundtrip(w, fs)
         total += n
-    out.append(Point("flac", "each window alone", seconds=time.perf_counter() - t0, **scorer.score(raw, decoded, total)))
+    seconds = time.perf_counter() - t0
+    out.append(Point("flac", "each window alone", seconds=seconds, **scorer.score(raw, decoded, total)))
     return out
 
 

@@ -8,10 +8,12 @@ import argparse
 import math
 import re
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
+
 from latentwire.codec import baselines
 from latentwire.codec.codec import Codec
 from latentwire.codec.errors import InputError
@@ -92,7 +94,8 @@ def mnist_jobs(args: argparse.Namespace, codec: Codec, meta: dict[str, Any]) -> 
         if fit is None:
             raise InputError("the PCA baseline is fit on training samples: pass --fit-data PATH, or --no-pca")
         fit_path = Path(fit)
-        train = (load_mnist(fit_path, split="train") if detect_kind(fit_path) == "mnist" else load_source(fit_path)).samples
+        fit_set = load_mnist(fit_path, split="train") if detect_kind(fit_path) == "mnist" else load_source(fit_path)
+        train = fit_set.samples
     meta["data"] = {"folder": str(folder), "n_samples": len(raw), "sample_shape": list(raw.shape[1:]),
                     "pca_fit": None if train is None else f"{fit} ({len(train)} samples)"}
     meta["values_per_sample"] = int(raw[0].size)
@@ -100,8 +103,10 @@ def mnist_jobs(args: argparse.Namespace, codec: Codec, meta: dict[str, Any]) -> 
     max_errors = latentwire_bounds(codec, args.max_errors, args.near, args.levels)
     jobs = latentwire_jobs(codec, raw, scorer, args.batch, max_errors, args.compact_levels, args.compact_limit,
                            levels=args.levels)
-    jobs += [Job(f"webp q={q}", lambda q=q: [image_codec_point(raw, "webp", q, scorer)], 3) for q in _webp_qualities(args)]
-    jobs += [Job(f"jpeg q={q}", lambda q=q: [image_codec_point(raw, "jpeg", q, scorer)], 1) for q in args.jpeg_qualities]
+    jobs += [Job(f"webp q={q}", lambda q=q: [image_codec_point(raw, "webp", q, scorer)], 3)
+             for q in _webp_qualities(args)]
+    jobs += [Job(f"jpeg q={q}", lambda q=q: [image_codec_point(raw, "jpeg", q, scorer)], 1)
+             for q in args.jpeg_qualities]
     jobs += [
         Job("png", lambda: [image_codec_point(raw, "png", None, scorer)], 1),
         Job("webp lossless", lambda: [image_codec_point(raw, "webp", None, scorer)], 20),

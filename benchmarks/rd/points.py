@@ -7,18 +7,20 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import zstandard
+from tqdm import tqdm
+
 from latentwire.codec import baselines
 from latentwire.codec.bundle import QualityLevel
 from latentwire.codec.codec import Codec
 from latentwire.codec.coding import bitstream
 from latentwire.codec.errors import InputError
 from latentwire.codec.normalization import psnr_db
-from tqdm import tqdm
 
 from .. import bdrate
 from ..dct import DctCodec
@@ -57,7 +59,7 @@ class Point:
         return math.isinf(self.psnr_db)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Point":
+    def from_dict(cls, d: dict[str, Any]) -> Point:
         d = dict(d)
         if d.pop("lossless", False):
             d["psnr_db"] = math.inf
@@ -228,7 +230,7 @@ def pca_points(basis: PcaBasis, train_raw: np.ndarray, raw: np.ndarray, scorer: 
             points.append(Point("pca", f"k={k} step={step:g}", mode=f"packet{packet_frames}", k=k, step=step,
                                 seconds=time.perf_counter() - t0, **scorer.score(raw, decoded, total)))
     fr, fp = bdrate.pareto_front([p.bytes_per_sample for p in points], [p.psnr_db for p in points])
-    front = set(zip(fr.tolist(), fp.tolist()))
+    front = set(zip(fr.tolist(), fp.tolist(), strict=True))
     for p in points:
         p.pareto = (p.bytes_per_sample, p.psnr_db) in front
     return points

@@ -10,9 +10,10 @@ import json
 import math
 import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from latentwire.codec.codec import Codec
 from latentwire.codec.errors import InputError
@@ -51,7 +52,8 @@ def curve(points: list[Point], codec: str, mode_prefix: str | None = "packet",
 
 def bd_rates(points: list[Point], interval: tuple[float, float] | None, lw_mode: str | None,
              metric: str = "psnr", latent_only: bool = False) -> dict[str, Any]:
-    """BD-rate of latentwire against each lossy baseline (near-lossless rows are the bounded table's) (negative: latentwire needs fewer bytes),
+    """BD-rate of latentwire against each lossy baseline (near-lossless rows are the bounded table's)
+    (negative: latentwire needs fewer bytes),
     over the quality interval (metric's dB) or the curves' overlap; latent_only: latentwire's
     latent levels alone (photos: the residual levels are the near-lossless mode, not the ladder)."""
     lw = curve(points, "latentwire", lw_mode, metric, latent_only)
@@ -98,7 +100,7 @@ def targets_mnist(points: list[Point], codec: Codec, batch: int, bd: dict[str, A
     wx, wy = curve(points, "webp", None)
     fr, fp = bdrate.pareto_front(wx, wy)
     ok = True
-    for r, p in zip(fr, fp):
+    for r, p in zip(fr, fp, strict=True):
         need = _lw_bytes_for(points, float(p), mode)
         ratio = None if need is None else need / r
         if ratio is None or ratio >= 1.0:
@@ -112,7 +114,8 @@ def targets_mnist(points: list[Point], codec: Codec, batch: int, bd: dict[str, A
     w = bd.get("webp", {})
     out.append({"target": "BD-rate vs WebP <= -75% over 22-35 dB",
                 "measured": "n/a" if w.get("value") is None else
-                f"{w['value']:.1f}% over {w['lo']:.2f}-{w['hi']:.2f} dB" + (" (clipped to overlap)" if w["clipped"] else ""),
+                f"{w['value']:.1f}% over {w['lo']:.2f}-{w['hi']:.2f} dB"
+                + (" (clipped to overlap)" if w["clipped"] else ""),
                 # an interval cut short by WebP's own range (it cannot go below ~22.7 dB on digits)
                 # still counts if it keeps >= 80 % of 22-35 dB
                 "met": w.get("value") is not None and w["value"] <= -75.0 and (w["hi"] - w["lo"]) >= 0.8 * 13.0})
@@ -122,7 +125,7 @@ def targets_mnist(points: list[Point], codec: Codec, batch: int, bd: dict[str, A
     lx, ly = curve(points, "latentwire", mode)
     fr, fp = bdrate.pareto_front(px, py)
     margins = []
-    for r, p in zip(fr, fp):
+    for r, p in zip(fr, fp, strict=True):
         mine = bdrate.psnr_at_rate(lx, ly, float(r))
         if mine is not None:
             margins.append((mine - float(p), float(r)))
@@ -179,7 +182,8 @@ def targets_bsds(bd: dict[str, Any], bd_latent: dict[str, Any]) -> list[dict[str
             if r is None:
                 continue
             out.append({"target": f"BD-rate vs {name} <= {bound:+.0f}% ({what})",
-                        "measured": "n/a" if r.get("value") is None else f"{r['value']:+.1f}% over {r['lo']:.2f}-{r['hi']:.2f} dB"
+                        "measured": "n/a" if r.get("value") is None
+                        else f"{r['value']:+.1f}% over {r['lo']:.2f}-{r['hi']:.2f} dB"
                         + (" (clipped to the overlap)" if r.get("clipped") else ""),
                         "met": r.get("value") is not None and r["value"] <= bound})
     return out
@@ -211,7 +215,11 @@ def format_table(points: list[Point]) -> str:
     head += f" {'bpp':>7}" if img else ""
     lines = [head, "-" * len(head)]
     order = {id(p): i for i, p in enumerate(points)}
-    lw_key = lambda p: (p.codec != "latentwire", p.mode == "frame", p.bytes_per_sample if p.codec == "latentwire" else order[id(p)])  # noqa: E731
+
+    def lw_key(p: Point) -> tuple[bool, bool, float]:
+        mine = p.codec == "latentwire"
+        return not mine, p.mode == "frame", p.bytes_per_sample if mine else order[id(p)]
+
     for p in sorted(points, key=lw_key):
         if p.codec == "pca" and not p.pareto:
             continue

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import struct
 import zlib
-from enum import Enum
-from typing import Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import Enum
 
 from ..errors import (
     BadMagic,
     BitstreamError,
     ChecksumMismatch,
-    InputError,
     CompactFrameNotPacket,
+    InputError,
     ModelMismatch,
     TruncatedFrame,
     UnsupportedVersion,
@@ -49,7 +49,7 @@ class CodingPath(str, Enum):
     TRANSFORM = "transform"
 
     @classmethod
-    def from_flags(cls, flags: int) -> "CodingPath":
+    def from_flags(cls, flags: int) -> CodingPath:
         if flags & FLAG_LOSSLESS:
             return cls.LOSSLESS
         if flags & FLAG_TRANSFORM:

@@ -15,7 +15,7 @@ final interval).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import constriction
 import numpy as np
@@ -75,7 +75,9 @@ def _groups(tid: np.ndarray, n_tables: int) -> tuple[np.ndarray | None, list[tup
     cuts = np.flatnonzero(ranked[1:] != ranked[:-1]) + 1
     starts = np.concatenate(([0], cuts)).tolist()
     stops = np.concatenate((cuts, [ranked.size])).tolist()
-    return order, list(zip(ranked[np.asarray(starts, dtype=np.intp)].astype(np.int64).tolist(), starts, stops))
+    return order, list(
+        zip(ranked[np.asarray(starts, dtype=np.intp)].astype(np.int64).tolist(), starts, stops, strict=True)
+    )
 
 
 def _tiny_groups(ids: list[int]) -> tuple[list[int], list[tuple[int, int, int]]]:
@@ -108,7 +110,8 @@ def _check_grouped_tables(table_order: Sequence[int], n_tables: int) -> None:
     for t in table_order:
         if not last < t < n_tables:
             raise InputError(
-                f"grouped coding needs strictly ascending table ids below {n_tables} (the stream order), got {list(table_order)}"
+                f"grouped coding needs strictly ascending table ids below {n_tables} (the stream order), "
+                f"got {list(table_order)}"
             )
         last = t
 
@@ -196,16 +199,16 @@ class StreamEncoder:
         else:
             for t, a, b in spans:
                 v = ss[a:b]
-                lo, hi = int(meta.lo[t]), int(meta.hi[t])
-                if int(v.min()) >= lo and int(v.max()) <= hi:  # the common case: two SIMD reductions
-                    idx = v if lo == 0 else v - np.int32(lo)
+                t_lo, t_hi = int(meta.lo[t]), int(meta.hi[t])
+                if int(v.min()) >= t_lo and int(v.max()) <= t_hi:  # the common case: two SIMD reductions
+                    idx = v if t_lo == 0 else v - np.int32(t_lo)
                 else:
-                    out = (v < lo) | (v > hi)
+                    out = (v < t_lo) | (v > t_hi)
                     ev = v[out].astype(np.int64)
                     esc_v.append(ev)
-                    esc_lo.append(np.full(ev.size, lo, dtype=np.int64))
-                    esc_hi.append(np.full(ev.size, hi, dtype=np.int64))
-                    idx = np.where(out, int(meta.escape[t]), v.astype(np.int64) - lo).astype(np.int32)
+                    esc_lo.append(np.full(ev.size, t_lo, dtype=np.int64))
+                    esc_hi.append(np.full(ev.size, t_hi, dtype=np.int64))
+                    idx = np.where(out, int(meta.escape[t]), v.astype(np.int64) - t_lo).astype(np.int32)
                 self._enc.encode(idx, meta.models[t])
         if esc_v:
             self._write_escapes(np.concatenate(esc_v), np.concatenate(esc_lo), np.concatenate(esc_hi))
@@ -243,7 +246,7 @@ class StreamEncoder:
         ``models[i]`` (a table set's ``coding_meta.models``), in stream order: what ``encode_grouped``
         writes for the same symbols, without arrays (the one-frame path, codec/frame.py)."""
         code = self._enc.encode
-        for i, m in zip(indices, models):
+        for i, m in zip(indices, models, strict=True):
             code(i, m)
         self._n += len(indices)
 
@@ -367,18 +370,18 @@ class StreamDecoder:
                 for t, k in groups:
                     idx = np.asarray(self._dec.decode(meta.models[t], k), dtype=np.int32)
                     seg = vals[pos : pos + k]
-                    lo = int(meta.lo[t])
-                    if lo:
+                    t_lo = int(meta.lo[t])
+                    if t_lo:
                         # int32 wraps only for the escape marker of a table ending at INT32_MAX,
                         # and escape positions are overwritten below
-                        np.add(idx, np.int32(lo), out=seg)
+                        np.add(idx, np.int32(t_lo), out=seg)
                     else:
                         seg[...] = idx
                     esc = int(meta.escape[t])
                     if int(idx.max()) == esc:
                         hit = np.flatnonzero(idx == esc)
                         esc_pos.append(hit + pos)
-                        esc_lo.append(np.full(hit.size, lo, dtype=np.int64))
+                        esc_lo.append(np.full(hit.size, t_lo, dtype=np.int64))
                         esc_hi.append(np.full(hit.size, int(meta.hi[t]), dtype=np.int64))
                     pos += k
             if esc_pos:

@@ -2,8 +2,8 @@
 
 A stream of one-frame packets repeats 23 bytes in every packet (magic, version, flags, model id
 prefix, quality, shape, count, payload length, a 4-byte CRC) around a payload of ~16 bytes (an
-MNIST digit at q2); a compact frame keeps 3 of them. Inside a stream whose earlier packet named the model, the quality and the
-sample shape, a frame needs only its flags, its payload and a short check (codec/FORMAT.md,
+MNIST digit at q2); a compact frame keeps 3 of them. Inside a stream whose earlier packet named the
+model, the quality and the sample shape, a frame needs only its flags, its payload and a short check (codec/FORMAT.md,
 "Compact frames"). A compact frame is never a stored or decoded form: the receiving end expands it
 back to the full packet, byte for byte the one the sender encoded, and everything after that
 (stores, subscribers, ``Codec.decode``) sees only full packets.
@@ -23,7 +23,11 @@ from dataclasses import dataclass
 from ..errors import BitstreamError, ChecksumMismatch, MissingStreamContext, TruncatedFrame, UnsupportedVersion
 from .bitstream import (
     COMPACT_MARKER as MARKER,
+)
+from .bitstream import (
     COMPACT_MARKER_MASK as MARKER_MASK,
+)
+from .bitstream import (
     CUSTOM_QUALITY,
     FLAG_RECON_CRC,
     KNOWN_FLAGS,
@@ -57,7 +61,7 @@ class StreamContext:
     sample_shape: tuple[int, ...]
 
     @classmethod
-    def of(cls, header: PacketHeader) -> "StreamContext":
+    def of(cls, header: PacketHeader) -> StreamContext:
         return cls(header.model_id_prefix, header.quality, tuple(header.sample_shape))
 
     def header_bytes(self, flags: int, quality: int) -> bytes:

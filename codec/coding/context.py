@@ -21,14 +21,16 @@ On the MIT-BIH bundle this cut latent bytes by about a fifth against the factori
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from itertools import pairwise
+from typing import Any
 
 import numpy as np
 
-from .tables import FreqTable, TableSet, table_from_counts
-from .coder import StreamDecoder, StreamEncoder, as_int32
 from ..errors import BundleError, InputError
+from .coder import StreamDecoder, StreamEncoder, as_int32
+from .tables import FreqTable, TableSet, table_from_counts
 
 KIND = "previous-position"
 DEFAULT_SIGNED_CLIP = 3
@@ -50,7 +52,7 @@ class LatentContext:
         if self.channels < 1 or self.signed_clip < 0:
             raise BundleError(f"latent context: channels {self.channels}, signed_clip {self.signed_clip} out of range")
         edges = tuple(int(e) for e in self.activity_edges)
-        if any(b <= a for a, b in zip(edges, edges[1:])) or (edges and edges[0] < 1):
+        if any(b <= a for a, b in pairwise(edges)) or (edges and edges[0] < 1):
             raise BundleError(f"latent context: activity_edges must rise from >= 1, got {edges}")
         object.__setattr__(self, "activity_edges", edges)
         if len(self.tables) != self.channels * self.n_contexts:
@@ -100,7 +102,7 @@ class LatentContext:
         signed_clip: int = DEFAULT_SIGNED_CLIP,
         activity_edges: Sequence[int] = DEFAULT_ACTIVITY_EDGES,
         prior_observations: int = PRIOR_OBSERVATIONS,
-    ) -> "LatentContext":
+    ) -> LatentContext:
         """Count calibration latents per (channel, context); every table spans its channel's
         observed range (the rest escapes) and carries PRIOR_OBSERVATIONS of the factorized table."""
         s = _check_symbols(symbols, len(factorized))
@@ -124,7 +126,7 @@ class LatentContext:
                 "activity_edges": list(self.activity_edges), "tables": self.tables.to_json_obj()}
 
     @classmethod
-    def from_json_obj(cls, obj: Any, where: str = "entropy.json") -> "LatentContext":
+    def from_json_obj(cls, obj: Any, where: str = "entropy.json") -> LatentContext:
         check_kind(obj, KIND, "latent context", where)
         try:
             return cls(int(obj["channels"]), int(obj["signed_clip"]), tuple(int(e) for e in obj["activity_edges"]),

@@ -20,15 +20,17 @@ PRIOR_OBSERVATIONS of the channel's factorized table, as in context.py.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from itertools import pairwise
+from typing import Any
 
 import numpy as np
 
+from ..errors import BundleError, InputError
+from .coder import StreamDecoder, StreamEncoder, as_int32
 from .context import PRIOR_OBSERVATIONS, check_kind, table_with_prior
 from .tables import FreqTable, TableSet
-from .coder import StreamDecoder, StreamEncoder, as_int32
-from ..errors import BundleError, InputError
 
 KIND = "causal-2d"
 DEFAULT_SIGNED_CLIP = 1
@@ -46,9 +48,11 @@ class LatentContext2D:
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.signed_clip < 0:
-            raise BundleError(f"2-D latent context: channels {self.channels}, signed_clip {self.signed_clip} out of range")
+            raise BundleError(
+                f"2-D latent context: channels {self.channels}, signed_clip {self.signed_clip} out of range"
+            )
         edges = tuple(int(e) for e in self.activity_edges)
-        if any(b <= a for a, b in zip(edges, edges[1:])) or (edges and edges[0] < 1):
+        if any(b <= a for a, b in pairwise(edges)) or (edges and edges[0] < 1):
             raise BundleError(f"2-D latent context: activity_edges must rise from >= 1, got {edges}")
         object.__setattr__(self, "activity_edges", edges)
         if len(self.tables) != self.channels * self.n_contexts:
@@ -94,7 +98,7 @@ class LatentContext2D:
     def fit(
         cls, symbols: np.ndarray, factorized: TableSet, *, signed_clip: int = DEFAULT_SIGNED_CLIP,
         activity_edges: Sequence[int] | None = None, prior_observations: int = PRIOR_OBSERVATIONS,
-    ) -> "LatentContext2D":
+    ) -> LatentContext2D:
         """Count calibration latents per (channel, context); edges default to activity quantiles."""
         s = _check_symbols(symbols, len(factorized))
         channels = s.shape[1]
@@ -119,7 +123,7 @@ class LatentContext2D:
                 "activity_edges": list(self.activity_edges), "tables": self.tables.to_json_obj()}
 
     @classmethod
-    def from_json_obj(cls, obj: Any, where: str = "entropy.json") -> "LatentContext2D":
+    def from_json_obj(cls, obj: Any, where: str = "entropy.json") -> LatentContext2D:
         check_kind(obj, KIND, "latent context", where)
         try:
             return cls(int(obj["channels"]), int(obj["signed_clip"]), tuple(int(e) for e in obj["activity_edges"]),
@@ -166,7 +170,9 @@ def context_ids_2d(left: np.ndarray, above: np.ndarray, channels: int, signed_cl
                    activity_edges: Sequence[int]) -> np.ndarray:
     """Table ids of symbols whose left and upper neighbours are ``left`` and ``above`` (N, C, ...)."""
     if left.shape != above.shape or left.ndim < 2 or left.shape[1] != channels:
-        raise InputError(f"2-D latent context expects (N, {channels}, ...) neighbours, got {left.shape} and {above.shape}")
+        raise InputError(
+            f"2-D latent context expects (N, {channels}, ...) neighbours, got {left.shape} and {above.shape}"
+        )
     k = 2 * signed_clip + 1
     signed = ((np.clip(left, -signed_clip, signed_clip).astype(np.int64) + signed_clip) * k
               + np.clip(above, -signed_clip, signed_clip).astype(np.int64) + signed_clip)

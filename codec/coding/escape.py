@@ -20,7 +20,7 @@ ESC_NBITS_MODEL = constriction.stream.model.Uniform(ESC_NBITS_SIZE)
 UNIFORM_FAMILY = constriction.stream.model.Uniform()
 
 
-def fold_escape(v: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+def fold_escape(v: np.ndarray, lo: np.ndarray | int, hi: np.ndarray | int) -> np.ndarray:
     """Distance beyond the table range, folded to u >= 0: above -> even, below -> odd."""
     return np.where(v > hi, 2 * (v - hi - 1), 2 * (lo - 1 - v) + 1)
 

@@ -10,8 +10,9 @@ codec/calibrate.py) go out as zstd of the raw frame in a FLAG_LOSSLESS packet in
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import zstandard
@@ -75,12 +76,12 @@ class AnomalyCalibration:
 
     @classmethod
     def fit(cls, scores: np.ndarray, quantiles: Sequence[float] = ANOMALY_QUANTILES,
-            threshold_quantile: float = DEFAULT_ANOMALY_QUANTILE) -> "AnomalyCalibration":
+            threshold_quantile: float = DEFAULT_ANOMALY_QUANTILE) -> AnomalyCalibration:
         qs = tuple(float(q) for q in quantiles)
         if threshold_quantile not in qs:
             qs = tuple(sorted({*qs, float(threshold_quantile)}))
         values = np.quantile(np.asarray(scores, dtype=np.float64), qs)
-        return cls("mse_raw_latent_only", int(len(scores)), {q: float(v) for q, v in zip(qs, values)},
+        return cls("mse_raw_latent_only", int(len(scores)), {q: float(v) for q, v in zip(qs, values, strict=True)},
                    float(threshold_quantile))
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,6 +94,6 @@ class AnomalyCalibration:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "AnomalyCalibration":
+    def from_dict(cls, d: Mapping[str, Any]) -> AnomalyCalibration:
         return cls(str(d["score"]), int(d["n_samples"]), {float(k): float(v) for k, v in d["quantiles"].items()},
                    float(d["threshold_quantile"]))

@@ -2,9 +2,10 @@
 
 One payload holds, in this order, all frames' latent symbols (frame-major, C order, channel c
 coded with latent table c; or, when the bundle has a latent context model (context.py) and the
-level uses the trained step, position by position along the last latent axis), then - when the packet has the residual layer - every frame's
-bucket-grid shift and every frame's quantized residuals (see residual.py). Everything shares one
-range-coder stream, so a packet of N frames pays the coder's ~1 byte of flush once, not N times.
+level uses the trained step, position by position along the last latent axis), then - when the
+packet has the residual layer - every frame's bucket-grid shift and every frame's quantized residuals
+(see residual.py). Everything shares one range-coder stream, so a packet of N frames pays the coder's
+~1 byte of flush once, not N times.
 The receiver must run decoder.onnx between the two parts: ``PayloadReader`` reads them in turn.
 """
 
@@ -17,15 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import BundleError, InputError
+from .coder import StreamDecoder, StreamEncoder, as_int32
 from .context import LatentContext
 from .context2d import KIND as KIND_2D
 from .context2d import LatentContext2D
-from .tables import TableSet
-from .coder import StreamDecoder, StreamEncoder, as_int32
-from ..errors import BundleError, InputError
 from .quantize import channel_index
 from .residual import ResidualEncoding, ResidualModel
 from .residual_context import ResidualContext
+from .tables import TableSet
 from .transform import TransformResidual
 
 ENTROPY_FORMAT = "latentwire-entropy"
@@ -59,8 +60,10 @@ def _transform_from_json(obj: dict[str, Any], where: str) -> TransformResidual |
     if obj.get("transform") is None:
         return None
     if obj.get("version") not in _LEVELS_VERSIONS:
-        raise BundleError(f"{where}: a transform residual needs entropy format version {ENTROPY_VERSION_LEVELS} or later; "
-                          "re-run calibration")
+        raise BundleError(
+            f"{where}: a transform residual needs entropy format version {ENTROPY_VERSION_LEVELS} or later; "
+            "re-run calibration"
+        )
     return TransformResidual.from_json_obj(obj["transform"], where)
 
 
@@ -79,7 +82,7 @@ class LevelTables:
         return obj
 
     @classmethod
-    def from_json_obj(cls, obj: Any, where: str) -> "LevelTables":
+    def from_json_obj(cls, obj: Any, where: str) -> LevelTables:
         if not isinstance(obj, dict) or "tables" not in obj:
             raise BundleError(f"{where}: malformed latent_levels entry; re-run calibration")
         ctx = obj.get("context")
@@ -159,7 +162,7 @@ class CodingTables:
         return json.dumps(self.to_json_obj(), sort_keys=True, separators=(",", ":")).encode("utf-8")
 
     @classmethod
-    def loads(cls, data: bytes | str, where: str = "entropy.json") -> "CodingTables":
+    def loads(cls, data: bytes | str, where: str = "entropy.json") -> CodingTables:
         try:
             obj = json.loads(data)
         except ValueError as exc:
@@ -182,7 +185,9 @@ class CodingTables:
         ctx, rctx = obj.get("latent_context"), obj.get("residual_context")
         for key, val in (("latent_context", ctx), ("residual_context", rctx)):
             if val is not None and obj.get("version") not in _CONTEXT_VERSIONS:
-                raise BundleError(f"{where} has a {key} but entropy format version {obj.get('version')}; re-run calibration")
+                raise BundleError(
+                    f"{where} has a {key} but entropy format version {obj.get('version')}; re-run calibration"
+                )
         levels = obj.get("latent_levels", [])
         if not isinstance(levels, list) or (levels and obj.get("version") not in _LEVELS_VERSIONS):
             raise BundleError(f"{where}: latent_levels need entropy format version {ENTROPY_VERSION_LEVELS} or later; "
@@ -200,7 +205,7 @@ class CodingTables:
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> "CodingTables":
+    def load(cls, path: str | Path) -> CodingTables:
         p = Path(path)
         if p.is_dir():
             p = p / "entropy.json"

@@ -32,13 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from .tables import DEFAULT_PRECISION, FreqTable, TableSet, table_from_counts
-from .coder import StreamDecoder, StreamEncoder
 from ..errors import BitstreamError, BundleError, InputError
+from .coder import StreamDecoder, StreamEncoder
+from .tables import DEFAULT_PRECISION, FreqTable, TableSet, table_from_counts
 
 INT32_LIMIT = 1 << 30  # |values| below this leave int32 headroom for one addition
-MAX_RADIUS = 4095
-PAIR_LUT_MAX_RANGE = 1024  # raw ranges up to 10 bits get (p, x) lookup tables (1M entries at most)  # histogram half-width cap; residuals beyond it are coded through the escape
+MAX_RADIUS = 4095  # histogram half-width cap; residuals beyond it are coded through the escape
+PAIR_LUT_MAX_RANGE = 1024  # raw ranges up to 10 bits get (p, x) lookup tables (1M entries at most)
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ class ContextSpec:
         }
 
     @classmethod
-    def from_json_obj(cls, obj: dict[str, Any]) -> "ContextSpec":
+    def from_json_obj(cls, obj: dict[str, Any]) -> ContextSpec:
         return cls(
             raw_min=int(obj["raw_min"]),
             raw_max=int(obj["raw_max"]),
@@ -302,7 +302,7 @@ class ResidualModel:
         raw_float: np.ndarray,
         radius: int | None = None,
         precision: int = DEFAULT_PRECISION,
-    ) -> "ResidualModel":
+    ) -> ResidualModel:
         rad = default_radius(spec) if radius is None else int(radius)
         return cls(spec, rad, residual_histograms(spec, x_raw, raw_float, rad), precision)
 
@@ -325,7 +325,9 @@ class ResidualModel:
         k = np.arange(-kmax, kmax + 1, dtype=np.int64)
         lo = np.clip(k * step - d, -rad, rad + 1) + rad
         hi = np.clip(k * step + d + 1, -rad, rad + 1) + rad
-        cs = np.concatenate([np.zeros((self.spec.n_contexts, 1), dtype=np.int64), np.cumsum(self.histograms, axis=1)], axis=1)
+        cs = np.concatenate(
+            [np.zeros((self.spec.n_contexts, 1), dtype=np.int64), np.cumsum(self.histograms, axis=1)], axis=1
+        )
         return kmax, cs[:, hi] - cs[:, lo]
 
     def tables(self, max_error: int) -> TableSet:
@@ -461,7 +463,7 @@ class ResidualModel:
         }
 
     @classmethod
-    def from_json_obj(cls, obj: dict[str, Any]) -> "ResidualModel":
+    def from_json_obj(cls, obj: dict[str, Any]) -> ResidualModel:
         try:
             return cls(
                 spec=ContextSpec.from_json_obj(obj["context"]),

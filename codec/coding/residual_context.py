@@ -19,16 +19,17 @@ position of the last sample axis (all frames and leading positions together).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from .context import check_kind, previous_along_last, table_with_prior, write_by_position
-from .tables import FreqTable, TableSet
-from .coder import StreamDecoder, StreamEncoder
 from ..errors import BundleError, InputError
+from .coder import StreamDecoder, StreamEncoder
+from .context import check_kind, previous_along_last, table_with_prior, write_by_position
 from .residual import ResidualEncoding, ResidualModel, check_max_error, prediction, reconstruct
+from .tables import FreqTable, TableSet
 
 KIND = "previous-sample"
 DEFAULT_SIGNED_CLIP = 2
@@ -45,11 +46,15 @@ class ResidualContext:
 
     def __post_init__(self) -> None:
         if self.signed_clip < 0 or self.n_contexts < 1:
-            raise BundleError(f"residual context: signed_clip {self.signed_clip}, n_contexts {self.n_contexts} out of range")
+            raise BundleError(
+                f"residual context: signed_clip {self.signed_clip}, n_contexts {self.n_contexts} out of range"
+            )
         want = self.n_contexts * self.width
         for d, ts in self.tables:
             if len(ts) != want:
-                raise BundleError(f"residual context for max error {d} has {len(ts)} tables, expected {want}; re-run calibration")
+                raise BundleError(
+                    f"residual context for max error {d} has {len(ts)} tables, expected {want}; re-run calibration"
+                )
         ds = [d for d, _ in self.tables]
         if ds != sorted(set(ds)):
             raise BundleError(f"residual context max errors must be distinct and ascending, got {ds}")
@@ -105,7 +110,7 @@ class ResidualContext:
     # ------------------------------------------------------------------ fitting and storage
     @classmethod
     def fit(cls, model: ResidualModel, x_raw: np.ndarray, raw_float: np.ndarray, max_errors: Sequence[int],
-            signed_clip: int = DEFAULT_SIGNED_CLIP, batch_size: int = 1024) -> "ResidualContext":
+            signed_clip: int = DEFAULT_SIGNED_CLIP, batch_size: int = 1024) -> ResidualContext:
         """Count calibration residuals per (prediction bucket, previous q) for every D in max_errors."""
         width = 2 * signed_clip + 1
         n_ctx = model.spec.n_contexts * width
@@ -118,7 +123,11 @@ class ResidualContext:
                 shape = _steps_shape(x_raw[i : i + batch_size].shape)
                 q = q.reshape(shape).astype(np.int64)
                 prev = previous_along_last(q)
-                ids = bucket.reshape(shape).astype(np.int64) * width + np.clip(prev, -signed_clip, signed_clip) + signed_clip
+                ids = (
+                    bucket.reshape(shape).astype(np.int64) * width
+                    + np.clip(prev, -signed_clip, signed_clip)
+                    + signed_clip
+                )
                 parts.append((ids.ravel().astype(np.int32), q.ravel().astype(np.int32)))
                 lo, hi = min(lo, int(q.min())), max(hi, int(q.max()))
             base = model.tables(d)
@@ -127,7 +136,9 @@ class ResidualContext:
                 lo, hi = min(lo, t.lo), max(hi, t.hi)
             hist = np.zeros((n_ctx, hi - lo + 1), dtype=np.int64)
             for ids, q in parts:
-                hist += np.bincount(ids.astype(np.int64) * (hi - lo + 1) + (q - lo), minlength=hist.size).reshape(hist.shape)
+                hist += np.bincount(ids.astype(np.int64) * (hi - lo + 1) + (q - lo), minlength=hist.size).reshape(
+                    hist.shape
+                )
             tables: list[FreqTable] = []
             for k in range(n_ctx):
                 t = base[k // width]
@@ -144,7 +155,7 @@ class ResidualContext:
                 "levels": [{"max_error": d, "tables": ts.to_json_obj()} for d, ts in self.tables]}
 
     @classmethod
-    def from_json_obj(cls, obj: Any, where: str = "entropy.json") -> "ResidualContext":
+    def from_json_obj(cls, obj: Any, where: str = "entropy.json") -> ResidualContext:
         check_kind(obj, KIND, "residual context", where)
         try:
             return cls(int(obj["signed_clip"]), int(obj["n_contexts"]),

@@ -27,9 +27,10 @@ import base64
 import binascii
 import json
 import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import constriction
 import numpy as np
@@ -234,7 +235,7 @@ class TableSet:
         return len(self.tables)
 
     @cached_property
-    def coding_meta(self) -> "_CodingMeta":
+    def coding_meta(self) -> _CodingMeta:
         """Per-table lo / hi / escape index as arrays and the constriction models, built once:
         the coder touches them per group, and attribute lookups per group add up at batch 1."""
         return _CodingMeta(
@@ -266,7 +267,7 @@ class TableSet:
         return json.dumps(self.to_json_obj(), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_json_obj(cls, obj: Any) -> "TableSet":
+    def from_json_obj(cls, obj: Any) -> TableSet:
         """The packed form, or the list form ({"offset", "freqs"} per table) of entropy versions 1-3."""
         try:
             precision = int(obj["precision"])
@@ -281,7 +282,7 @@ class TableSet:
             raise BundleError(f"malformed entropy table set ({exc}); re-run calibration for this bundle") from exc
 
     @classmethod
-    def loads(cls, text: str | bytes) -> "TableSet":
+    def loads(cls, text: str | bytes) -> TableSet:
         try:
             obj = json.loads(text)
         except ValueError as exc:
@@ -305,10 +306,12 @@ def _unpack_tables(packed: Any, precision: int) -> tuple[FreqTable, ...]:
     dtypes = {**PACKED_DTYPES, "freqs": freq_dtype(precision)}
     offsets, sizes, freqs = (_unpack(packed[k], dtypes[k]) for k in ("offsets", "sizes", "freqs"))
     if offsets.size != sizes.size or int(sizes.sum()) != freqs.size:
-        raise ValueError(f"{offsets.size} offsets, {sizes.size} sizes summing to {int(sizes.sum())}, {freqs.size} frequencies")
+        raise ValueError(
+            f"{offsets.size} offsets, {sizes.size} sizes summing to {int(sizes.sum())}, {freqs.size} frequencies"
+        )
     ends = np.cumsum(sizes)
     return tuple(FreqTable(offset=int(o), freqs=freqs[e - n : e], precision=precision)
-                 for o, n, e in zip(offsets.tolist(), sizes.tolist(), ends.tolist()))
+                 for o, n, e in zip(offsets.tolist(), sizes.tolist(), ends.tolist(), strict=True))
 
 
 def as_table_set(tables: TableSet | Iterable[FreqTable]) -> TableSet:

@@ -30,8 +30,10 @@ as for the latent-only levels.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from itertools import pairwise
+from typing import Any
 
 import numpy as np
 
@@ -167,9 +169,11 @@ class TransformResidual:
 
     def __post_init__(self) -> None:
         if self.basis not in BASES:
-            raise BundleError(f"transform residual: unknown basis {self.basis!r} (this latentwire knows {sorted(BASES)})")
+            raise BundleError(
+                f"transform residual: unknown basis {self.basis!r} (this latentwire knows {sorted(BASES)})"
+            )
         steps = tuple(float(s) for s in self.steps)
-        if not steps or any(not s > 0 for s in steps) or any(b <= a for a, b in zip(steps, steps[1:])):
+        if not steps or any(not s > 0 for s in steps) or any(b <= a for a, b in pairwise(steps)):
             raise BundleError(f"transform residual: steps must rise from > 0, got {steps[:4]}...")
         object.__setattr__(self, "steps", steps)
         if len(self.step_tables) != 1 or len(self.class_tables) != self.bands or len(self.coef_tables) != MAX_CLASS:
@@ -201,7 +205,9 @@ class TransformResidual:
         for i, s in enumerate(self.steps):
             if abs(s - step) <= 1e-9 * s:
                 return i
-        raise InputError(f"transform step {step} is not on this bundle's ladder ({self.steps[0]:g}..{self.steps[-1]:g})")
+        raise InputError(
+            f"transform step {step} is not on this bundle's ladder ({self.steps[0]:g}..{self.steps[-1]:g})"
+        )
 
     # ------------------------------------------------------------------ coding
     def quantize(self, coefficients: np.ndarray, step_idx: np.ndarray) -> np.ndarray:
@@ -248,14 +254,15 @@ class TransformResidual:
     @classmethod
     def fit(cls, samples: Sequence[tuple[np.ndarray, float]], *, bands: int = DEFAULT_BANDS,
             steps: Sequence[float] = DEFAULT_STEPS, precision: int = DEFAULT_PRECISION,
-            basis: str = "dct") -> "TransformResidual":
+            basis: str = "dct") -> TransformResidual:
         """Tables from calibration residuals: (residuals (N, C, L) raw units, the step a level codes
         them at) pairs, pooled; every symbol also gets one observation, so nothing is uncodable.
         bands: the DCT's band count; the wavelet's bands follow from the length (wavelet_band_edges)."""
         if basis not in BASES:
             raise InputError(f"transform basis must be one of {sorted(BASES)}, got {basis!r}")
         fwd, _, cut = _BASIS_FUNCTIONS[basis]
-        class_counts = coef_counts = None
+        class_counts: np.ndarray | None = None
+        coef_counts: list[np.ndarray] = []
         step_counts = np.ones(len(steps), dtype=np.int64)
         nb = 0
         for residuals, step in samples:
@@ -277,7 +284,7 @@ class TransformResidual:
                 coef_counts[c - 1] += np.bincount(np.clip(q[per_coef == c], -lim, lim) + lim, minlength=2 * lim + 1)
             near = int(np.argmin([abs(np.log(st / float(step))) for st in steps]))
             step_counts[near] += len(r)
-        if class_counts is None or coef_counts is None:
+        if class_counts is None:
             raise InputError("the transform residual needs calibration residuals for at least one step")
         class_tables = TableSet(tuple(table_from_counts(class_counts[b], 0, precision) for b in range(nb)), precision)
         coef_tables = TableSet(tuple(table_from_counts(coef_counts[c - 1], -(2**c - 1), precision)
@@ -296,8 +303,9 @@ class TransformResidual:
                 "coef_tables": self.coef_tables.to_json_obj()}
 
     @classmethod
-    def from_json_obj(cls, obj: Any, where: str = "entropy.json") -> "TransformResidual":
-        basis = {kind: b for b, kind in BASES.items()}.get(obj.get("kind")) if isinstance(obj, dict) else None
+    def from_json_obj(cls, obj: Any, where: str = "entropy.json") -> TransformResidual:
+        by_kind: dict[Any, str] = {kind: b for b, kind in BASES.items()}
+        basis = by_kind.get(obj.get("kind")) if isinstance(obj, dict) else None
         if basis is None:
             got = obj.get("kind") if isinstance(obj, dict) else None
             raise BundleError(f"{where}: unknown transform residual kind {got!r} (this latentwire knows "

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import InputError
 from .arrays import infer_normalization, load_array, save_array
@@ -17,8 +18,8 @@ from .idx import MNIST_NORMALIZATION, load_idx, load_mnist, mnist_files, read_id
 from .images import PIXEL_NORMALIZATION, ImageFolder, list_images, read_image
 from .sampleset import SampleSet
 from .wfdb import (
-    WfdbHeader,
     SignalSpec,
+    WfdbHeader,
     checksum16,
     decode_212,
     ecg_normalization,
@@ -82,8 +83,9 @@ def _idx(path: Path, labels_path: str | Path | None = None, limit: int | None = 
 def _images(path: Path, size: tuple[int, int] = (64, 64), per_image: int = 8, seed: int = 0,
             mode: str = "RGB", limit: int | None = None, subdirs: Any = None, scale: Any = (1.0, 1.0)) -> SampleSet:
     scale = (float(scale), float(scale)) if isinstance(scale, (int, float)) else tuple(float(v) for v in scale)
-    return ImageFolder(path, mode=mode, subdirs=subdirs).crops(size=tuple(size), per_image=per_image, seed=seed,  # type: ignore[arg-type]
-                                                               limit=limit, scale=scale)  # type: ignore[arg-type]
+    h, w = size
+    return ImageFolder(path, mode=mode, subdirs=subdirs).crops(size=(h, w), per_image=per_image, seed=seed,
+                                                               limit=limit, scale=scale)
 
 
 def _ecg(path: Path, records: Any = None, window: int = 1024, stride: int | None = None,

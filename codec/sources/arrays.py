@@ -38,7 +38,9 @@ def infer_normalization(samples: np.ndarray) -> Normalization:
         raise InputError("cannot infer a normalization from an empty array; pass normalization=")
     if dt.kind in "iu":
         lo, hi = int(samples.min()), int(samples.max())
-        return Normalization(offset=float(lo), scale=float(max(hi - lo, 1)), raw_dtype=dt.name, raw_min=float(lo), raw_max=float(hi))
+        return Normalization(
+            offset=float(lo), scale=float(max(hi - lo, 1)), raw_dtype=dt.name, raw_min=float(lo), raw_max=float(hi)
+        )
     if dt.kind == "f":
         if not np.all(np.isfinite(samples)):
             raise InputError("the array holds NaN or Inf values; clean them before coding")
@@ -136,4 +138,5 @@ def save_array(path: str | Path, samples: SampleSet | np.ndarray, labels: np.nda
         arrays["samples"] = np.asarray(samples)
     if labels is not None:
         arrays["labels"] = np.asarray(labels)
-    np.savez_compressed(Path(path), **arrays)
+    # the keys are array names; mypy matches ** against the stub's allow_pickle: bool as well
+    np.savez_compressed(Path(path), **arrays)  # type: ignore[arg-type]

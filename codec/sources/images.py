@@ -8,8 +8,8 @@ every machine.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -130,8 +130,9 @@ class ImageFolder:
             normalization=PIXEL_NORMALIZATION,
             groups=groups,
             name=f"{self.root.name}-crops{h}x{w}",
-            meta={"source": "images", "folder": str(self.root), "subdirs": self.subdirs, "mode": self.mode, "size": [h, w],
-                  "per_image": per_image, "seed": seed, "scale": [lo, hi], "files": [p.relative_to(self.root).as_posix() for p in paths]},
+            meta={"source": "images", "folder": str(self.root), "subdirs": self.subdirs, "mode": self.mode,
+                  "size": [h, w], "per_image": per_image, "seed": seed, "scale": [lo, hi],
+                  "files": [p.relative_to(self.root).as_posix() for p in paths]},
         )
 
 

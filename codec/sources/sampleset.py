@@ -62,7 +62,7 @@ class SampleSet:
         """float32 (N, *sample_shape) ready for the encoder."""
         return self.normalization.to_model(self.samples)
 
-    def subset(self, idx: np.ndarray | list[int] | slice) -> "SampleSet":
+    def subset(self, idx: np.ndarray | list[int] | slice) -> SampleSet:
         """A new SampleSet of the selected samples (groups/labels follow; arrays are copies)."""
         if isinstance(idx, slice):
             take = lambda a: a[idx].copy()  # noqa: E731
@@ -84,7 +84,7 @@ class SampleSet:
             meta=dict(self.meta),
         )
 
-    def split(self, val_fraction: float = 0.1, seed: int = 0) -> tuple["SampleSet", "SampleSet"]:
+    def split(self, val_fraction: float = 0.1, seed: int = 0) -> tuple[SampleSet, SampleSet]:
         """(train, val). With groups: whole groups go to val (about val_fraction of the groups,
         at least one, never all); without: a random val_fraction of the samples.
 
@@ -121,4 +121,5 @@ class SampleSet:
         if self.labels is not None:
             extra.append("labels")
         tail = (", " + ", ".join(extra)) if extra else ""
-        return f"SampleSet({self.name!r}, n={len(self)}, sample_shape={self.sample_shape}, dtype={self.samples.dtype}{tail})"
+        return (f"SampleSet({self.name!r}, n={len(self)}, sample_shape={self.sample_shape}, "
+                f"dtype={self.samples.dtype}{tail})")

@@ -17,9 +17,9 @@ Samples of all signals sharing a file are interleaved frame by frame.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -251,7 +251,7 @@ def load_record(path: str | Path, verify: bool = True) -> tuple[np.ndarray, Wfdb
         if out is None:
             n = n_file
             out = np.empty((header.n_sig, n), dtype=np.int16)
-        out[idx] = values.reshape(n, k).T
+        out[idx] = values.reshape(n_file, k).T  # n_file == n once the first file set it
     assert out is not None
     if header.n_samples is None:
         header.n_samples = int(out.shape[1])
@@ -298,7 +298,9 @@ def ecg_normalization(header: WfdbHeader) -> Normalization:
                          raw_min=float(first.adc_zero - half), raw_max=float(first.adc_zero + half - 1))
 
 
-def _record_paths(folder_or_files: str | Path | Sequence[str | Path], records: Iterable[str | int] | None) -> list[Path]:
+def _record_paths(
+    folder_or_files: str | Path | Sequence[str | Path], records: Iterable[str | int] | None
+) -> list[Path]:
     if isinstance(folder_or_files, (str, Path)) and Path(folder_or_files).is_dir():
         folder = Path(folder_or_files)
         available = {p.stem: p for p in sorted(folder.glob("*.hea"))}
@@ -314,8 +316,8 @@ def _record_paths(folder_or_files: str | Path | Sequence[str | Path], records: I
     files = [folder_or_files] if isinstance(folder_or_files, (str, Path)) else list(folder_or_files)
     paths = [_header_path(f) for f in files]
     if records is not None:
-        wanted = {str(r) for r in records}
-        paths = [p for p in paths if p.stem in wanted]
+        stems = {str(r) for r in records}
+        paths = [p for p in paths if p.stem in stems]
     return paths
 
 

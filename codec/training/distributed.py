@@ -11,8 +11,9 @@ stopping and best-model choices agree without extra messages; only rank 0 writes
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch

@@ -17,8 +17,9 @@ import shlex
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -93,7 +94,9 @@ def _append_crop(path: Path, spatial_dims: int) -> None:
         helper.make_tensor("crop_axes", TensorProto.INT64, [spatial_dims], axes),
     ])
     g.input.append(helper.make_tensor_value_info("out_size", TensorProto.INT64, [spatial_dims]))
-    g.node.append(helper.make_node("Slice", [padded, "crop_starts", "out_size", "crop_axes"], [out.name], name="crop_to_out_size"))
+    g.node.append(
+        helper.make_node("Slice", [padded, "crop_starts", "out_size", "crop_axes"], [out.name], name="crop_to_out_size")
+    )
     onnx.checker.check_model(model)
     onnx.save(model, str(path), save_as_external_data=False)
 
@@ -152,7 +155,7 @@ def _levels(model: Autoencoder) -> list[dict[str, Any]]:
     return [
         {"gain": [float(v) for v in g], "inverse_gain": [float(v) for v in ig], "pmf": _pmf(model, g),
          "rate_weight": w}
-        for g, ig, w in zip(gains, inverse, model.config.rate_levels)
+        for g, ig, w in zip(gains, inverse, model.config.rate_levels, strict=True)
     ]
 
 
@@ -220,7 +223,9 @@ def export(
     with torch.no_grad():
         y_example = torch.round(model.encode(xt))
     _export_graph(_EncoderGraph(model), xt, "x", "y", _dynamic_spec(model, latent=False), out / bundle_mod.ENCODER)
-    _export_graph(_DecoderGraph(model), y_example, "y_hat", "x_hat", _dynamic_spec(model, latent=True), out / bundle_mod.DECODER)
+    _export_graph(
+        _DecoderGraph(model), y_example, "y_hat", "x_hat", _dynamic_spec(model, latent=True), out / bundle_mod.DECODER
+    )
     if model.spatial_dims:
         _append_crop(out / bundle_mod.DECODER, model.spatial_dims)
 
@@ -240,7 +245,11 @@ def export(
         "name": name or default_name,
         "family": config.family,
         "config": config.to_dict(),
-        "input": {"sample_shape": list(config.sample_shape), "dtype": "float32", "normalization": normalization.to_dict()},
+        "input": {
+            "sample_shape": list(config.sample_shape),
+            "dtype": "float32",
+            "normalization": normalization.to_dict(),
+        },
         "latent": {
             "shape": model.latent_shape(),
             "stride": model.stride,
@@ -251,9 +260,14 @@ def export(
         },
         "quality_levels": [{"name": "q0", "max_error": None}],
         "files": {},
-        "training": {**info.get("training", {}), **(training or {}),
-                     "export": {"command": command if command is not None else shlex.join(["latentwire", *sys.argv[1:]]),
-                                "seconds": round(time.perf_counter() - t0, 2)}},
+        "training": {
+            **info.get("training", {}),
+            **(training or {}),
+            "export": {
+                "command": command if command is not None else shlex.join(["latentwire", *sys.argv[1:]]),
+                "seconds": round(time.perf_counter() - t0, 2),
+            },
+        },
         "metrics": {**info.get("metrics", {}), **(metrics or {}), "parity_max_abs_diff": diff},
     }
     bundle_mod.write_manifest(out, manifest)

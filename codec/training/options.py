@@ -32,8 +32,8 @@ Loss per sample = distortion + rate_weight * bits, where
   bits       = -sum log2 p(y_tilde) under the learned factorized density.
 So rate_weight is "squared model-domain error per bit": at the optimum one more bit buys a drop of
 rate_weight in summed squared error. For MNIST ([0, 1] pixels) 0.01 gives a 784-512-256-32 model
-of ~20 dB PSNR at ~14 bytes per digit after 12 epochs; larger values give smaller, blurrier codes. rate_weight 0 trains a
-plain autoencoder (no quantization noise) and fits the density on the side so the bundle still
+of ~20 dB PSNR at ~14 bytes per digit after 12 epochs; larger values give smaller, blurrier codes.
+rate_weight 0 trains a plain autoencoder (no quantization noise) and fits the density on the side so the bundle still
 gets entropy tables. Validation always rounds the latent, exactly as the codec does, so the
 reported PSNR and bytes/sample are what the exported bundle delivers (before entropy-coder overhead)."""
 
@@ -64,7 +64,9 @@ class TrainOptions:
     checkpoint_minutes: float = 0.0  # also checkpoint mid-epoch this often (0: at epoch ends only); resumes mid-epoch
     out: str | None = None  # directory for checkpoint.pt
     resume: bool = False  # continue from out/checkpoint.pt
-    init_from: str | None = None  # warm start: an earlier run's best weights, or a bundle's; fresh optimizer and schedule
+    init_from: str | None = (
+        None  # warm start: an earlier run's best weights, or a bundle's; fresh optimizer and schedule
+    )
     density_warmup: int = 2000  # --init-from BUNDLE: steps fitting the density to the frozen network first
     progress: bool = True
     command: str = ""  # the command line recorded in the checkpoint and manifest
@@ -93,20 +95,28 @@ def add_train_parser(subparsers: Any, name: str = "train") -> argparse.ArgumentP
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--family", default="dense", choices=list(FAMILIES),
                    help="dense, conv2d (images), conv1d (series), gdn2d (photos: Balle et al.'s GDN transform)")
-    p.add_argument("--layers", type=_int_list, default=None,
-                   help="dense: nodes per encoder layer (default 512,256); conv: channels per stride-2 stage (default 32,64); "
-                        "gdn2d: channels of the stages before the latent's (default 128,128,128: 4 downsamplings)")
+    p.add_argument(
+        "--layers",
+        type=_int_list,
+        default=None,
+        help="dense: nodes per encoder layer (default 512,256); conv: channels per stride-2 stage (default 32,64); "
+        "gdn2d: channels of the stages before the latent's (default 128,128,128: 4 downsamplings)",
+    )
     p.add_argument("--code-size", type=int, default=32, help="dense: latent dims; conv: latent channels")
     p.add_argument("--activation", default="relu", choices=list(ACTIVATIONS))
-    v = p.add_argument_group("autoencoder variant (codec/models/variants.py; weights add to the per-sample summed distortion)")
+    v = p.add_argument_group(
+        "autoencoder variant (codec/models/variants.py; weights add to the per-sample summed distortion)"
+    )
     v.add_argument("--variant", default=None, choices=list(VARIANTS),
                    help="plain (default), denoising, sparse, contractive or vae; implied by the options below")
     v.add_argument("--linear", action="store_true",
                    help="no nonlinearity anywhere (activation and output 'linear'): the autoencoder PCA solves")
     v.add_argument("--corruption", default=None, metavar="mask:P|gaussian:SIGMA",
-                   help="denoising: zero a fraction P of inputs, or add model-domain noise of std SIGMA (default mask:0.3)")
+                   help="denoising: zero a fraction P of inputs, or add model-domain noise of std SIGMA "
+                        "(default mask:0.3)")
     v.add_argument("--sparsity", default=None, metavar="l1:W|kl:RHO[:W]",
-                   help="sparse: W * sum|code|, or W * KL(RHO || mean activity) with activity = code symbol != 0 (default kl:0.05)")
+                   help="sparse: W * sum|code|, or W * KL(RHO || mean activity) with activity = code symbol != 0 "
+                        "(default kl:0.05)")
     v.add_argument("--contractive-weight", type=float, default=None,
                    help="contractive: weight of the encoder Jacobian's squared Frobenius norm (default 0.1)")
     v.add_argument("--beta", type=float, default=None, help="vae: weight of the KL term in nats (default 1)")
@@ -120,9 +130,11 @@ def add_train_parser(subparsers: Any, name: str = "train") -> argparse.ArgumentP
     p.add_argument("--rate-levels", type=_float_list, default=[], metavar="W0,W1,...",
                    help="variable rate: one --rate-weight per quality level, cheapest first (e.g. 0.026,0.013,0.0064); "
                         "each level learns per-channel gains, one network serves all")
-    p.add_argument("--augment", default="", choices=list(AUGMENTS), help="flip: random flips of each training sample (photos); ecg: amplitude scaling, baseline wander "
+    p.add_argument("--augment", default="", choices=list(AUGMENTS),
+                   help="flip: random flips of each training sample (photos); ecg: amplitude scaling, baseline wander "
                         "and noise per window and lead (series in mV)")
-    p.add_argument("--val-limit", type=int, default=None, help="validate on N samples spread evenly over the validation set (each epoch pays for validation)")
+    p.add_argument("--val-limit", type=int, default=None,
+                   help="validate on N samples spread evenly over the validation set (each epoch pays for validation)")
     p.add_argument("--clip-grad", type=float, default=0.0, help="clip the gradient norm (0: off)")
     p.add_argument("--checkpoint-minutes", type=float, default=0.0,
                    help="also checkpoint mid-epoch this often; --resume continues at that batch (long photo runs)")
@@ -144,8 +156,13 @@ def add_train_parser(subparsers: Any, name: str = "train") -> argparse.ArgumentP
                    help="warm start from an earlier run's best weights, or from a bundle directory's graphs (e.g. "
                         "codec/assets/bsds-gdn2d: how a long run continues in a later session; the density is "
                         "refitted first). Same config; fresh optimizer and schedule")
-    p.add_argument("--density-warmup", type=int, default=TrainOptions.density_warmup, metavar="STEPS",
-                   help="with --init-from BUNDLE: batches that fit the density alone before training (default %(default)s)")
+    p.add_argument(
+        "--density-warmup",
+        type=int,
+        default=TrainOptions.density_warmup,
+        metavar="STEPS",
+        help="with --init-from BUNDLE: batches that fit the density alone before training (default %(default)s)",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 

@@ -6,8 +6,8 @@ Loss per sample = distortion + rate_weight * bits, where
   bits       = -sum log2 p(y_tilde) under the learned factorized density.
 So rate_weight is "squared model-domain error per bit": at the optimum one more bit buys a drop of
 rate_weight in summed squared error. For MNIST ([0, 1] pixels) 0.01 gives a 784-512-256-32 model
-of ~20 dB PSNR at ~14 bytes per digit after 12 epochs; larger values give smaller, blurrier codes. rate_weight 0 trains a
-plain autoencoder (no quantization noise) and fits the density on the side so the bundle still
+of ~20 dB PSNR at ~14 bytes per digit after 12 epochs; larger values give smaller, blurrier codes.
+rate_weight 0 trains a plain autoencoder (no quantization noise) and fits the density on the side so the bundle still
 gets entropy tables. Validation always rounds the latent, exactly as the codec does, so the
 reported PSNR and bytes/sample are what the exported bundle delivers (before entropy-coder overhead).
 """
@@ -20,9 +20,10 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,7 @@ import numpy as np
 # batch; passive waiting 0.68 s). Set before torch loads; an explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402
+import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -124,7 +125,8 @@ def distortion(x_hat: torch.Tensor, x: torch.Tensor, loss: str) -> torch.Tensor:
     return per.flatten(1).sum(dim=1)
 
 
-def _batch_loss(model: Any, xb: torch.Tensor, rate_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+def _batch_loss(model: Any, xb: torch.Tensor,
+                rate_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """(mean distortion, mean bits, loss to minimise, mean variant penalty) for one batch."""
     terms = training_loss(model, xb, rate_weight, distortion)
     return terms.distortion, terms.bits, terms.loss, float(terms.penalty)
@@ -136,13 +138,14 @@ def _check_data(config: ModelConfig, train_set: SampleSet, val_set: SampleSet) -
             raise ValueError(f"the {name} set is empty; load more data or change --val-fraction")
         shape = s.sample_shape
         want = config.sample_shape
-        if len(shape) != len(want) or any(w is not None and w != g for w, g in zip(want, shape)):
+        if len(shape) != len(want) or any(w is not None and w != g for w, g in zip(want, shape, strict=True)):
             raise ValueError(f"{name} samples have shape {shape}, the model expects {want}")
     if config.loss == "bce":
         x = train_set.model_domain()
         if float(x.min()) < 0.0 or float(x.max()) > 1.0:
             raise ValueError(
-                f"loss 'bce' needs model-domain data in [0, 1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]; use --loss mse"
+                f"loss 'bce' needs model-domain data in [0, 1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]; "
+                "use --loss mse"
             )
 
 
@@ -282,20 +285,23 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
         # finished run stopped instead of from scratch. The earlier run's command and seconds travel along.
         if warmstart.is_bundle(options.init_from):  # a shipped bundle: the state that outlives a session
             init_info = warmstart.load_bundle_weights(model, options.init_from)
-            bits = warmstart.fit_density(model, x_train, steps=options.density_warmup, batch_size=options.batch_size,
-                                         lr=options.lr * options.density_lr_factor, device=device, seed=options.seed,
-                                         progress=options.progress and main_process)
+            warm_bits = warmstart.fit_density(model, x_train, steps=options.density_warmup,
+                                              batch_size=options.batch_size, lr=options.lr * options.density_lr_factor,
+                                              device=device, seed=options.seed,
+                                              progress=options.progress and main_process)
             if main_process:
                 print(f"warm start from {options.init_from} ({init_info['bundle']}, {init_info['epochs']} epochs, "
                       f"{init_info['seconds']:.0f} s): density refitted in {options.density_warmup} steps, "
-                      f"{bits / 8:.1f} B per sample", file=sys.stderr)
+                      f"{warm_bits / 8:.1f} B per sample", file=sys.stderr)
         else:
             init_ckpt = load_checkpoint(options.init_from)
             if ModelConfig.from_dict(init_ckpt["config"]) != config:
-                raise ValueError(f"--init-from: {options.init_from} was trained with {init_ckpt['config']}, not {config.to_dict()}")
+                raise ValueError(f"--init-from: {options.init_from} was trained with {init_ckpt['config']}, "
+                                 f"not {config.to_dict()}")
             model.load_state_dict(init_ckpt["best_model"] or init_ckpt["model"])
             init_info = {"path": str(options.init_from), "command": init_ckpt.get("command", ""),
-                         "seconds": round(float(init_ckpt.get("seconds", 0.0)), 2), "epochs": int(init_ckpt["epoch"]) + 1}
+                         "seconds": round(float(init_ckpt.get("seconds", 0.0)), 2),
+                         "epochs": int(init_ckpt["epoch"]) + 1}
     if options.resume:
         if ckpt_path is None or not ckpt_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; pass the --out DIR of the earlier run")
@@ -384,7 +390,8 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
             if options.clip_grad > 0:
                 torch.nn.utils.clip_grad_norm_(model.network_parameters(), options.clip_grad)
             optimizer.step()
-            step_loss = float(loss.detach()) if model.levels else float(d.detach() + options.rate_weight * bits.detach() + penalty)
+            step_loss = (float(loss.detach()) if model.levels
+                         else float(d.detach() + options.rate_weight * bits.detach() + penalty))
             run_loss = 0.9 * run_loss + 0.1 * step_loss if k else step_loss
             bar.update(1)
             if k % 10 == 0:
@@ -407,7 +414,8 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
                 scheduler.step(metrics["val_loss"])
             else:
                 scheduler.step()
-        history.append({"epoch": epoch, "train_loss": run_loss, "seconds": seconds_before + time.perf_counter() - t0, **metrics})
+        history.append({"epoch": epoch, "train_loss": run_loss, "seconds": seconds_before + time.perf_counter() - t0,
+                        **metrics})
         if metrics["val_loss"] < best_loss:
             best_loss, stale = metrics["val_loss"], 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -427,7 +435,8 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
     best.eval()
     return TrainResult(
         model=best, config=config, normalization=normalization, best_val_loss=best_loss,
-        val_psnr_db=float(best_metrics["val_psnr_db"]), val_bytes_per_sample=float(best_metrics["val_bytes_per_sample"]),
+        val_psnr_db=float(best_metrics["val_psnr_db"]),
+        val_bytes_per_sample=float(best_metrics["val_bytes_per_sample"]),
         epochs_run=epoch + 1, seconds=seconds, device=device.type, history=history, checkpoint=ckpt_path,
         val_batch=x_val[:VAL_BATCH_KEEP].copy(), data=data_summary, rate_weight=options.rate_weight,
         command=options.command,
@@ -448,7 +457,8 @@ def run(args: argparse.Namespace) -> int:
     layers = args.layers if args.layers is not None else default_layers
     config = ModelConfig(
         family=args.family, sample_shape=sample_shape, code_size=args.code_size, layers=layers,
-        activation="linear" if args.linear else args.activation, loss=args.loss, kernel_size=args.kernel_size, blocks=args.blocks,
+        activation="linear" if args.linear else args.activation, loss=args.loss, kernel_size=args.kernel_size,
+        blocks=args.blocks,
         output_activation="none" if args.linear else args.output_activation, seed=args.seed,
         rate_levels=args.rate_levels, **variant_fields(args),
     )
@@ -457,8 +467,9 @@ def run(args: argparse.Namespace) -> int:
         rate_weight=args.rate_weight, schedule=args.schedule, patience=args.patience, seed=args.seed,
         device=args.device, threads=args.threads, out=args.out, resume=args.resume, init_from=args.init_from,
         density_warmup=args.density_warmup,
-        augment=args.augment, val_limit=args.val_limit, clip_grad=args.clip_grad, checkpoint_minutes=args.checkpoint_minutes,
-        progress=not args.no_progress, command=getattr(args, "command_line", None) or _command_line(),
+        augment=args.augment, val_limit=args.val_limit, clip_grad=args.clip_grad,
+        checkpoint_minutes=args.checkpoint_minutes, progress=not args.no_progress,
+        command=getattr(args, "command_line", None) or _command_line(),
     )
     try:
         result = train(config, train_set, val_set, options)

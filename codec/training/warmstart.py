@@ -74,7 +74,7 @@ def _gdn_params(graph: onnx.GraphProto, values: dict[str, np.ndarray], modules: 
     if len(convs) != len(modules):
         raise ValueError(f"found {len(convs)} GDN convolutions in the graph, the model has {len(modules)} GDN layers")
     params: dict[str, np.ndarray] = {}
-    for node, module in zip(convs, modules):
+    for node, module in zip(convs, modules, strict=True):
         for name, key in ((node.input[1], "gamma"), (node.input[2], "beta")):
             raw = raw_source(name)
             if raw is not None:
@@ -116,7 +116,9 @@ def load_bundle_weights(model: Autoencoder, path: str | Path) -> dict[str, Any]:
                          f"{' ...' if len(missing) > 4 else ''}; warm-start from its run's checkpoint instead")
     for k in wanted:
         if tuple(own[k].shape) != tuple(state[k].shape):
-            raise ValueError(f"--init-from: {k} is {tuple(state[k].shape)} in {d}, the model wants {tuple(own[k].shape)}")
+            raise ValueError(
+                f"--init-from: {k} is {tuple(state[k].shape)} in {d}, the model wants {tuple(own[k].shape)}"
+            )
         own[k] = torch.from_numpy(np.array(state[k], copy=True)).to(own[k].dtype)
     model.load_state_dict(own)
     _check_parity(model, d)
@@ -144,8 +146,10 @@ def _check_parity(model: Autoencoder, d: Path) -> None:
     for what, a, b in (("encoder", y, y_onnx), ("decoder", x_hat, x_onnx)):
         err = float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
         if not math.isfinite(err) or err > _PARITY:
-            raise ValueError(f"--init-from: the weights recovered from {d} do not reproduce its {what} "
-                             f"(relative max error {err:.2e} > {_PARITY:g}); warm-start from its run's checkpoint instead")
+            raise ValueError(
+                f"--init-from: the weights recovered from {d} do not reproduce its {what} "
+                f"(relative max error {err:.2e} > {_PARITY:g}); warm-start from its run's checkpoint instead"
+            )
 
 
 # frames whose latents the density warm-up computes once (then every step only runs the density)

@@ -50,7 +50,7 @@ def test_subscribers_get_the_same_packets_for_fewer_bytes(server, tiny_bundle: P
            [(p.first_seq, p.count, p.quality, p.sample_shape, p.payload, p.model_id) for p in full]
     assert [p.quality for p in small] == [0] * 41 + [1] * 20
     # commit times travel as microsecond deltas on compact records: exact to the microsecond
-    assert max(abs(a.timestamp - b.timestamp) for a, b in zip(small, full)) <= 1e-6
+    assert max(abs(a.timestamp - b.timestamp) for a, b in zip(small, full, strict=True)) <= 1e-6
     assert all(b.timestamp > 1e9 for b in full)
     # 59 one-frame packets follow a packet that set their context (the first of each run at q1 names
     # its quality in one byte): ~20 header bytes and the count/quality/shape fields saved on each
@@ -89,7 +89,7 @@ def test_the_first_record_of_every_stream_is_whole_and_the_rest_compact(server, 
         # compact_records: compact records also leave out the seq that follows and the 9-byte time
         plain, trimmed = records(0, True), records(0, True, trim=True)
         assert [r.payload for r in trimmed] == [r.payload for r in plain]
-        for a, b in zip(plain, trimmed):
+        for a, b in zip(plain, trimmed, strict=True):
             if is_compact(a.payload):
                 assert b.first_seq == 0 and b.timestamp == 0 and b.HasField("timestamp_delta_us")
                 assert a.first_seq > 0 and a.timestamp > 1e9 and a.timestamp_delta_us == 0

@@ -18,8 +18,8 @@ import pytest
 
 from _transport import REPO, digits, free_port, running_server
 from latentwire.client import Client, ConnectError, PublishAborted, PublishAck
-from latentwire.codec.coding import bitstream
 from latentwire.codec.codec import Codec
+from latentwire.codec.coding import bitstream
 from latentwire.codec.errors import InputError
 from latentwire.server.config import ConfigError, Limits
 
@@ -193,8 +193,9 @@ def test_server_checks_edge_packets_against_their_reconstruction_crc(server, tin
     refused = 0
     for _ in range(20):
         garbage = rng.integers(0, 256, size=len(payload), dtype=np.uint8).tobytes()
-        forged = bitstream.write_packet(model_id=codec.model_id, quality=header.quality, sample_shape=header.sample_shape,
-                                        count=header.count, payload=garbage, residual=True, recon_crc=header.recon_crc)
+        forged = bitstream.write_packet(model_id=codec.model_id, quality=header.quality,
+                                        sample_shape=header.sample_shape, count=header.count, payload=garbage,
+                                        residual=True, recon_crc=header.recon_crc)
         with Client(f"127.0.0.1:{server.port}") as c:
             r = c.publish_packets("digits", [forged])
         refused += r.rejected == 8 and r.accepted == 0

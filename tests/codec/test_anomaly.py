@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latentwire.codec.coding import bitstream
 from latentwire.codec.cli import main as cli_main
-from latentwire.codec.coding.bitstream import CodingPath
 from latentwire.codec.codec import Codec
+from latentwire.codec.coding import bitstream
+from latentwire.codec.coding.bitstream import CodingPath
+from latentwire.codec.coding.fallback import compress_raw
+from latentwire.codec.errors import BitstreamError, InputError
+from latentwire.codec.sources import load_mnist, sample_data_root
 
 PATH_LATENT, PATH_RESIDUAL, PATH_LOSSLESS = CodingPath.LATENT, CodingPath.RESIDUAL, CodingPath.LOSSLESS
-from latentwire.codec.errors import BitstreamError, InputError
-from latentwire.codec.coding.fallback import compress_raw
-from latentwire.codec.sources import load_mnist, sample_data_root
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_mixed_stream_sends_anomalies_losslessly_in_order(codec: Codec, digits: 
     assert [b - a for a, b in enc.frames] and enc.frames[0][0] == 0 and enc.frames[-1][1] == len(stream)
     decoded = np.concatenate(codec.decode_many(enc.packets))
     assert decoded.shape == stream.shape
-    for (a, b), packet in zip(enc.frames, enc.packets):
+    for (a, b), packet in zip(enc.frames, enc.packets, strict=True):
         assert codec.path(packet) == (PATH_LOSSLESS if enc.lossless[a] else PATH_LATENT)
         assert bool(enc.lossless[a:b].all()) or not enc.lossless[a:b].any()  # one path per packet
     assert np.array_equal(decoded[enc.lossless], stream[enc.lossless])  # never learned, arrives intact

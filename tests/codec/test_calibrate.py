@@ -11,16 +11,17 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from latentwire.codec.training import export as export_mod, train as train_mod  # noqa: E402
-from latentwire.codec.coding.bitstream import read_packet, write_packet  # noqa: E402
 from latentwire.codec.bundle import Bundle  # noqa: E402
 from latentwire.codec.calibrate import DEFAULT_QUALITY_LADDER, calibrate  # noqa: E402
-from latentwire.codec.errors import InputError, ModelMismatch  # noqa: E402
+from latentwire.codec.coding.bitstream import read_packet, write_packet  # noqa: E402
 from latentwire.codec.coding.payload import CodingTables, PayloadReader, encode_payload  # noqa: E402
 from latentwire.codec.coding.quantize import quantize  # noqa: E402
 from latentwire.codec.coding.residual import reconstruction_crc  # noqa: E402
+from latentwire.codec.errors import InputError, ModelMismatch  # noqa: E402
 from latentwire.codec.runtime import Decoder, Encoder  # noqa: E402
 from latentwire.codec.sources import load_mnist, sample_data_root  # noqa: E402
+from latentwire.codec.training import export as export_mod  # noqa: E402
+from latentwire.codec.training import train as train_mod  # noqa: E402
 
 torch.set_num_threads(1)
 

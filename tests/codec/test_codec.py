@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latentwire.codec.coding.bitstream import write_packet
 from latentwire.codec.codec import Codec
+from latentwire.codec.coding.bitstream import write_packet
+from latentwire.codec.coding.quantize import quantize
 from latentwire.codec.errors import BitstreamError, ChecksumMismatch, InputError, ModelMismatch, TruncatedFrame
 from latentwire.codec.normalization import psnr_db
-from latentwire.codec.coding.quantize import quantize
 from latentwire.codec.sources import load_mnist, sample_data_root
 
 
@@ -114,7 +114,9 @@ def test_bad_quality_and_bad_packets(codec: Codec, digits: np.ndarray) -> None:
     foreign = write_packet(model_id="ab" * 32, quality=0, sample_shape=(1, 28, 28), count=1, payload=b"\x00")
     with pytest.raises(ModelMismatch):
         codec.decode(foreign)
-    unknown_level = write_packet(model_id=codec.model_id, quality=40, sample_shape=(1, 28, 28), count=1, payload=b"\x00")
+    unknown_level = write_packet(
+        model_id=codec.model_id, quality=40, sample_shape=(1, 28, 28), count=1, payload=b"\x00"
+    )
     with pytest.raises(BitstreamError, match="quality 40"):
         codec.decode(unknown_level)
 
@@ -131,7 +133,9 @@ def test_coarser_latent_steps_give_cheaper_levels(tiny_bundle: Path, tmp_path: P
 
     bundle = tmp_path / "stepped"
     shutil.copytree(tiny_bundle, bundle)
-    calibrate(bundle, load_mnist(sample_data_root() / "mnist", split="train").samples, ["s3", "s1.5", None, 16], threads=1)
+    calibrate(
+        bundle, load_mnist(sample_data_root() / "mnist", split="train").samples, ["s3", "s1.5", None, 16], threads=1
+    )
     codec = Codec.load(bundle, provider="cpu", threads=1)
     assert [q.latent_step for q in codec.qualities] == [3.0, 1.5, 1.0, 1.0]
     sizes, psnrs = [], []

@@ -11,10 +11,22 @@ from hypothesis import strategies as st
 
 from latentwire.codec.codec import Codec
 from latentwire.codec.coding import bitstream
-from latentwire.codec.coding.compact import (CompactReader, CompactWriter, RecordClock, StreamContext, compact,
-                                             expand, is_compact)
-from latentwire.codec.errors import (BitstreamError, ChecksumMismatch, CompactFrameNotPacket, MissingStreamContext,
-                                     TruncatedFrame)
+from latentwire.codec.coding.compact import (
+    CompactReader,
+    CompactWriter,
+    RecordClock,
+    StreamContext,
+    compact,
+    expand,
+    is_compact,
+)
+from latentwire.codec.errors import (
+    BitstreamError,
+    ChecksumMismatch,
+    CompactFrameNotPacket,
+    MissingStreamContext,
+    TruncatedFrame,
+)
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,11 @@ import pytest
 
 from latentwire.codec.calibrate import calibrate
 from latentwire.codec.codec import Codec
-from latentwire.codec.coding.context import LatentContext
-from latentwire.codec.coding.tables import TableSet, table_from_counts
 from latentwire.codec.coding.coder import StreamDecoder, StreamEncoder
-from latentwire.codec.errors import BundleError, InputError
+from latentwire.codec.coding.context import LatentContext
 from latentwire.codec.coding.payload import ENTROPY_VERSION_PACKED, CodingTables
+from latentwire.codec.coding.tables import TableSet, table_from_counts
+from latentwire.codec.errors import BundleError, InputError
 from latentwire.codec.sources import load_ecg_windows, sample_data_root
 
 ASSETS = Path(__file__).resolve().parents[2] / "codec" / "assets"

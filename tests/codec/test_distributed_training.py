@@ -27,9 +27,9 @@ def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_two_processes_train_one_model_that_exports_and_decodes(tmp_path: Path) -> None:
     import torch
 
-    from latentwire.codec.training import export
     from latentwire.codec.calibrate import calibrate
     from latentwire.codec.codec import Codec
+    from latentwire.codec.training import export
 
     mnist = sample_data_root() / "mnist"
     done = _torchrun("--data", str(mnist), "--family", "dense", "--layers", "128", "--code-size", "16", "--epochs",

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from latentwire.codec.coding import coder as C
 from latentwire.codec.coding import tables as T
-from latentwire.codec.errors import BitstreamError, BundleError, InputError
 from latentwire.codec.coding.payload import ENTROPY_VERSION_PACKED, CodingTables
 from latentwire.codec.coding.residual import ContextSpec, ResidualModel
+from latentwire.codec.errors import BitstreamError, BundleError, InputError
 from latentwire.codec.sources import load_mnist, sample_data_root
 
 ASSETS = Path(__file__).resolve().parents[2] / "codec" / "assets"
@@ -60,7 +60,9 @@ def test_table_set_canonical_json_round_trip() -> None:
 
 
 def test_table_sets_are_written_packed_and_the_list_form_of_older_bundles_still_reads() -> None:
-    ts = T.TableSet((T.table_from_counts([3, 2, 1], -1), T.table_from_pmf([0.9, 0.1], 4), T.table_from_counts([5] * 40, -20)))
+    ts = T.TableSet(
+        (T.table_from_counts([3, 2, 1], -1), T.table_from_pmf([0.9, 0.1], 4), T.table_from_counts([5] * 40, -20))
+    )
     obj = json.loads(ts.dumps())
     assert set(obj) == {"precision", "packed"} and set(obj["packed"]) == {"offsets", "sizes", "freqs"}
     assert T.TableSet.loads(ts.dumps()) == ts
@@ -152,7 +154,10 @@ def test_random_tables_and_symbols_round_trip(tables, data) -> None:
     ts = T.TableSet(tuple(T.table_from_counts(c, off) for off, c in tables))
     n = data.draw(st.integers(0, 300))
     ids = np.array(data.draw(st.lists(st.integers(0, len(ts) - 1), min_size=n, max_size=n)), dtype=np.int64)
-    syms = np.array(data.draw(st.lists(st.integers(-1100, 1100) | st.integers(INT32_MIN, INT32_MAX), min_size=n, max_size=n)), dtype=np.int32)
+    syms = np.array(
+        data.draw(st.lists(st.integers(-1100, 1100) | st.integers(INT32_MIN, INT32_MAX), min_size=n, max_size=n)),
+        dtype=np.int32,
+    )
     payload = C.encode(syms, ids, ts)
     assert np.array_equal(C.decode(payload, ids, ts), syms)
 
@@ -200,7 +205,9 @@ def test_throughput_report() -> None:
     """Symbols/s for a batch-1024 MNIST-like payload (32 latent tables + 16 residual contexts)."""
     rng = np.random.default_rng(0)
     lat = T.TableSet(tuple(T.table_from_pmf(np.exp(-np.abs(np.arange(-20, 21)) / 2.0) / 4.3, -20) for _ in range(32)))
-    res = T.TableSet(tuple(T.table_from_pmf(np.exp(-np.abs(np.arange(-8, 9)) * (1 + c / 4)) / 3, -8) for c in range(16)))
+    res = T.TableSet(
+        tuple(T.table_from_pmf(np.exp(-np.abs(np.arange(-8, 9)) * (1 + c / 4)) / 3, -8) for c in range(16))
+    )
     n = 1024
     ls = np.clip(np.rint(rng.laplace(0, 2, (n, 32))), -25, 25).astype(np.int32).ravel()
     lid = np.tile(np.arange(32), n)
@@ -249,9 +256,9 @@ def test_tiny_calls_write_and_read_the_same_stream_as_the_vectorised_path(monkey
     monkeypatch.setattr(C, "TINY_CALL_SYMBOLS", 0)  # every call through the vectorised path
     vectorised = stream()
     assert tiny == vectorised
-    assert all(np.array_equal(a, s) for a, (s, _) in zip(read(tiny), calls))
+    assert all(np.array_equal(a, s) for a, (s, _) in zip(read(tiny), calls, strict=True))
     monkeypatch.undo()
-    assert all(np.array_equal(a, s) for a, (s, _) in zip(read(tiny), calls))
+    assert all(np.array_equal(a, s) for a, (s, _) in zip(read(tiny), calls, strict=True))
 
 
 def _trim_by_decoding(data: bytes, calls: list[tuple[np.ndarray, np.ndarray]], tables: T.TableSet) -> bytes:

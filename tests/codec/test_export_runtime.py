@@ -18,13 +18,14 @@ torch = pytest.importorskip("torch")
 from latentwire.codec import bundle as bundle_mod  # noqa: E402
 from latentwire.codec.bundle import Bundle, compute_model_id, finalize, read_manifest, write_manifest  # noqa: E402
 from latentwire.codec.errors import BundleError, InputError  # noqa: E402
-from latentwire.codec.training.export import export  # noqa: E402
-from latentwire.codec.training.models import ModelConfig, build_model  # noqa: E402
 from latentwire.codec.normalization import psnr_db  # noqa: E402
 from latentwire.codec.runtime import Decoder, Encoder  # noqa: E402
 from latentwire.codec.sources import default_data_root, load_ecg_windows, load_mnist, sample_data_root  # noqa: E402
+from latentwire.codec.training import export as export_mod  # noqa: E402
+from latentwire.codec.training import train as train_mod  # noqa: E402
+from latentwire.codec.training.export import export  # noqa: E402
+from latentwire.codec.training.models import ModelConfig, build_model  # noqa: E402
 from latentwire.codec.training.train import TrainOptions, load_checkpoint, train  # noqa: E402
-from latentwire.codec.training import export as export_mod, train as train_mod  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -44,7 +45,8 @@ def dense_bundle(tmp_path_factory) -> Path:
     folder, n = _mnist_folder()
     rc = train_mod.main([
         "--data", str(folder), "--source-option", f"limit={n}", "--family", "dense", "--layers", "256",
-        "--code-size", "24", "--epochs", str(max(4, 10_000 // n)), "--batch-size", "64", "--lr", "3e-3", "--rate-weight", "0.01",
+        "--code-size", "24", "--epochs", str(max(4, 10_000 // n)), "--batch-size", "64", "--lr", "3e-3",
+        "--rate-weight", "0.01",
         "--out", str(work / "run"), "--no-progress", "--threads", "1",
     ])
     assert rc == 0
@@ -100,7 +102,10 @@ def test_end_to_end_runs_without_torch(dense_bundle: Path) -> None:
     untrained_psnr = psnr_db(raw, norm.to_raw(x_hat), norm.peak)
     mean_digit = np.broadcast_to(raw.mean(axis=0, keepdims=True), raw.shape)
     mean_psnr = psnr_db(raw, mean_digit, norm.peak)
-    print(f"\nheld-out PSNR: trained {result['psnr']:.2f} dB, untrained {untrained_psnr:.2f} dB, mean digit {mean_psnr:.2f} dB")
+    print(
+        f"\nheld-out PSNR: trained {result['psnr']:.2f} dB, untrained {untrained_psnr:.2f} dB, "
+        f"mean digit {mean_psnr:.2f} dB"
+    )
     assert result["psnr"] > untrained_psnr + 3.5, (result["psnr"], untrained_psnr)
     assert result["psnr"] > mean_psnr + 1.5, (result["psnr"], mean_psnr)
     assert result["psnr"] > 13.5
@@ -122,7 +127,10 @@ def test_manifest_follows_the_contract(dense_bundle: Path) -> None:
     assert raw["quality_levels"][0] == {"name": "q0", "max_error": None}
     assert raw["metrics"]["parity_max_abs_diff"] <= 1e-4 and raw["metrics"]["val_psnr_db"] > 10
     assert raw["training"]["data"]["n_train"] > 0 and raw["training"]["epochs"] >= 1
-    assert raw["training"]["command"].startswith("latentwire train --data") and "--rate-weight 0.01" in raw["training"]["command"]
+    assert (
+        raw["training"]["command"].startswith("latentwire train --data")
+        and "--rate-weight 0.01" in raw["training"]["command"]
+    )
     assert sorted(p.name for p in dense_bundle.iterdir()) == ["decoder.onnx", "encoder.onnx", "manifest.json"]
     assert raw["model_id"] == compute_model_id(dense_bundle)
     ckpt = load_checkpoint(dense_bundle.parent / "run")
@@ -158,7 +166,9 @@ def test_conv1d_on_mitbih_windows_exports_with_parity(tmp_path: Path) -> None:
     ecg = load_ecg_windows(sample_data_root() / "mitdb", window=1024, limit_per_record=12)
     tr, va = ecg.split(0.25, seed=0)
     config = ModelConfig("conv1d", [2, None], 8, [16, 16, 16], kernel_size=5, blocks=1)
-    result = train(config, tr, va, TrainOptions(epochs=2, batch_size=16, lr=3e-3, rate_weight=0.01, progress=False, threads=1))
+    result = train(
+        config, tr, va, TrainOptions(epochs=2, batch_size=16, lr=3e-3, rate_weight=0.01, progress=False, threads=1)
+    )
     out = export(result, tmp_path / "ecg")
     manifest = Bundle.load(out).manifest
     assert manifest.raw["metrics"]["parity_max_abs_diff"] <= 1e-4

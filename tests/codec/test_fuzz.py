@@ -20,10 +20,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from latentwire.codec.coding import bitstream as B
 from latentwire.codec.bundle import Bundle, Manifest, QualityLevel, read_manifest
 from latentwire.codec.codec import Codec, default_bundle_path
+from latentwire.codec.coding import bitstream as B
 from latentwire.codec.errors import BitstreamError, BundleError, InputError
+
 
 def fast(n: int) -> settings:
     """n examples, each with a 2 s deadline (a hang fails the test), no slowness health checks."""
@@ -81,7 +82,7 @@ def test_iter_packets_on_streams(payloads: list[bytes], tail: bytes) -> None:
     stream = b"".join(pkts) + tail
     got = []
     try:
-        for h, raw in B.iter_packets(stream):
+        for _, raw in B.iter_packets(stream):
             got.append(bytes(raw))
     except BitstreamError:
         assert tail, "only the damaged tail may fail"

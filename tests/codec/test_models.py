@@ -9,9 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from latentwire.codec.sources import load_mnist, sample_data_root  # noqa: E402
 from latentwire.codec.training.models import MODELS, ModelConfig, build_model  # noqa: E402
 from latentwire.codec.training.models.density import FactorizedDensity  # noqa: E402
-from latentwire.codec.sources import load_mnist, sample_data_root  # noqa: E402
 from latentwire.codec.training.train import TrainOptions, load_checkpoint, train  # noqa: E402
 
 torch.set_num_threads(1)
@@ -149,7 +149,9 @@ def test_train_checkpoint_and_resume(tmp_path) -> None:
     assert ckpt["epoch"] == 1 and ckpt["config"] == config.to_dict() and ckpt["command"] == "pytest"
     assert ckpt["data"]["n_train"] == len(tr) and ckpt["normalization"]["scale"] == 255.0
     assert {"optimizer", "scheduler", "model", "best_model", "best_val_loss"} <= set(ckpt)
-    resumed = train(config, tr, va, TrainOptions(epochs=4, batch_size=64, progress=False, threads=1, out=str(tmp_path), resume=True))
+    resumed = train(
+        config, tr, va, TrainOptions(epochs=4, batch_size=64, progress=False, threads=1, out=str(tmp_path), resume=True)
+    )
     assert resumed.epochs_run == 4 and [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
     assert resumed.best_val_loss <= first.best_val_loss
     with pytest.raises(ValueError, match="trained with"):
@@ -165,7 +167,8 @@ def test_init_from_warm_starts_with_a_fresh_schedule(tmp_path) -> None:
                                                 out=str(tmp_path / "a"), command="pytest a"))
     # lr 0: the warm-started weights must come through untouched, and the first run's provenance with them
     warm = train(config, tr, va, TrainOptions(epochs=1, batch_size=64, lr=0.0, progress=False, threads=1,
-                                               out=str(tmp_path / "b"), init_from=str(tmp_path / "a"), command="pytest b"))
+                                               out=str(tmp_path / "b"), init_from=str(tmp_path / "a"),
+                                               command="pytest b"))
     a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
     assert all(torch.equal(a["best_model"][k], b["best_model"][k]) for k in a["best_model"])
     assert b["init_from"]["command"] == "pytest a" and b["init_from"]["epochs"] == 2 and b["init_from"]["seconds"] > 0
@@ -183,7 +186,9 @@ def test_plain_autoencoder_still_fits_a_density() -> None:
     before = build_model(config).density.pmf_tables()
     result = train(config, tr, va, TrainOptions(epochs=2, batch_size=50, rate_weight=0.0, progress=False, threads=1))
     after = result.model.density.pmf_tables()
-    assert before[0] != after[0] or any(len(a) != len(b) or not np.allclose(a, b) for a, b in zip(before[1], after[1]))
+    assert before[0] != after[0] or any(
+        len(a) != len(b) or not np.allclose(a, b) for a, b in zip(before[1], after[1], strict=True)
+    )
     assert np.isfinite(result.val_bytes_per_sample) and np.isfinite(result.val_psnr_db)
 
 
@@ -193,7 +198,12 @@ def test_bce_rejects_data_outside_unit_range() -> None:
     ecg = load_ecg_windows(sample_data_root() / "mitdb", limit_per_record=4)
     tr, va = ecg.split(0.25)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        train(ModelConfig("conv1d", [2, None], 4, [8], loss="bce"), tr, va, TrainOptions(epochs=1, progress=False, threads=1))
+        train(
+            ModelConfig("conv1d", [2, None], 4, [8], loss="bce"),
+            tr,
+            va,
+            TrainOptions(epochs=1, progress=False, threads=1),
+        )
 
 
 def test_cuda_device_is_refused_without_a_gpu() -> None:

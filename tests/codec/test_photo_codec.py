@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from latentwire.codec.codec import Codec
+from latentwire.codec.coding.coder import StreamDecoder, StreamEncoder
 from latentwire.codec.coding.context2d import LatentContext2D, diagonals
 from latentwire.codec.coding.payload import ENTROPY_VERSION_PACKED
 from latentwire.codec.coding.tables import TableSet, table_from_counts
-from latentwire.codec.coding.coder import StreamDecoder, StreamEncoder
 from latentwire.codec.sources import ImageFolder, sample_data_root
 
 PHOTOS = sample_data_root() / "bsds"
@@ -34,8 +34,8 @@ def photo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch")
     import torch
 
-    from latentwire.codec.training import export, train
     from latentwire.codec.calibrate import calibrate
+    from latentwire.codec.training import export, train
 
     torch.set_num_threads(1)
     work = tmp_path_factory.mktemp("photo-bundle")

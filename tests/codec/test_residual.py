@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from latentwire.codec.coding import coder as C
-from latentwire.codec.errors import BundleError, InputError
 from latentwire.codec.coding.residual import (
     ContextSpec,
     ResidualModel,
@@ -17,6 +16,7 @@ from latentwire.codec.coding.residual import (
     reconstruct,
     reconstruction_crc,
 )
+from latentwire.codec.errors import BundleError, InputError
 from latentwire.codec.sources import load_mnist, sample_data_root
 
 
@@ -89,7 +89,7 @@ def test_tables_derive_for_any_d_with_integers_and_are_cached(setup) -> None:
     kmax, counts = model.bin_counts(5)
     assert counts.sum() == model.histograms.sum()  # binning partitions the histogram exactly
     clone = ResidualModel.from_json_obj(model.to_json_obj())
-    assert all(a == b for a, b in zip(clone.tables(5), model.tables(5)))
+    assert all(a == b for a, b in zip(clone.tables(5), model.tables(5), strict=True))
     with pytest.raises(BundleError):
         ResidualModel.from_json_obj({"context": {}, "radius": 1})
 

@@ -8,6 +8,7 @@ each level, and a ladder that really buys fidelity with bytes.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -139,8 +140,8 @@ def test_round_trip_every_level_on_unseen_samples(shipped: tuple[str, Codec]) ->
     first = next((q.index for q in codec.qualities if q.transform_step is not None), len(sizes))
     for part in (slice(0, first), slice(first, len(sizes))):
         sz, ps = sizes[part], psnrs[part]
-        assert all(b >= a for a, b in zip(sz, sz[1:])), f"{name} bytes per level {sizes}"
-        assert all(b >= a - 1e-6 for a, b in zip(ps, ps[1:])), f"{name} PSNR per level {psnrs}"
+        assert all(b >= a for a, b in pairwise(sz)), f"{name} bytes per level {sizes}"
+        assert all(b >= a - 1e-6 for a, b in pairwise(ps)), f"{name} PSNR per level {psnrs}"
     assert sizes[first - 1] > sizes[0] and psnrs[first - 1] == float("inf")  # the first ladder ends lossless
     raw_bytes = sum(r.nbytes for r in batches)
     assert sizes[0] < raw_bytes / 4, f"{name}: latent-only packets {sizes[0]} B vs {raw_bytes} B raw"

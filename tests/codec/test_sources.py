@@ -187,9 +187,9 @@ def test_image_folder_crops_and_images() -> None:
     # every crop is a real window of its image
     crop, img = a.samples[5], imgs[1]
     found = any(
-        np.array_equal(img[:, t : t + 32, l : l + 48], crop)
+        np.array_equal(img[:, t : t + 32, x : x + 48], crop)
         for t in range(img.shape[1] - 31)
-        for l in range(img.shape[2] - 47)
+        for x in range(img.shape[2] - 47)
     )
     assert found
     grey = ImageFolder(BSDS, mode="L").crops(size=(16, 16), per_image=2, seed=0)
@@ -259,7 +259,7 @@ def test_ecg_windows_and_split_by_record() -> None:
     ss = load_ecg_windows(MITDB, window=1024)
     per = {"100": 42, "101": 42, "102": 10, "103": 10}  # floor(n / 1024)
     assert ss.samples.shape == (sum(per.values()), 2, 1024) and ss.samples.dtype == np.int16
-    assert {int(k): v for k, v in per.items()} == dict(zip(*np.unique(ss.groups, return_counts=True)))
+    assert {int(k): v for k, v in per.items()} == dict(zip(*np.unique(ss.groups, return_counts=True), strict=True))
     assert ss.normalization == Normalization(1024.0, 200.0, "int16", 0.0, 2047.0)
     sig, _ = load_record(MITDB / "101")
     first101 = np.flatnonzero(ss.groups == 101)[0]

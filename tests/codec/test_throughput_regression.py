@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latentwire.codec.coding import coder as C
-from latentwire.codec.errors import InputError
-from latentwire.codec.coding import tables as T
 from latentwire.codec.codec import Codec
+from latentwire.codec.coding import coder as C
+from latentwire.codec.coding import tables as T
 from latentwire.codec.coding.payload import CodingTables, PayloadReader, encode_payload
 from latentwire.codec.coding.quantize import channel_index, quantize
 from latentwire.codec.coding.residual import choose_shifts
+from latentwire.codec.errors import InputError
 
 FIXTURE_DIR = Path(__file__).resolve().parents[1] / "data" / "throughput"
 
@@ -151,7 +151,7 @@ def test_codec_round_trip_on_tiny_bundle(tiny_bundle: Path, quality: int) -> Non
     q = min(quality, len(codec.qualities) - 1)
     packets = [codec.encode(raw[:1], q), codec.encode(raw[1:33], q), codec.encode(raw[33:], q)]
     many = codec.decode_many(packets)
-    for p, m in zip(packets, many):
+    for p, m in zip(packets, many, strict=True):
         assert np.array_equal(codec.decode(p), m)
     out = np.concatenate(many)
     assert out.shape == raw.shape and out.dtype == raw.dtype

@@ -17,10 +17,17 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from latentwire.codec.sources import SampleSet, load_mnist, sample_data_root  # noqa: E402
 from latentwire.codec.training.models import ModelConfig, build_model  # noqa: E402
 from latentwire.codec.training.models import variants as V  # noqa: E402
-from latentwire.codec.sources import SampleSet, load_mnist, sample_data_root  # noqa: E402
-from latentwire.codec.training.train import TrainOptions, TrainResult, load_checkpoint, model_from_checkpoint, train, variant_fields  # noqa: E402
+from latentwire.codec.training.train import (  # noqa: E402
+    TrainOptions,
+    TrainResult,
+    load_checkpoint,
+    model_from_checkpoint,
+    train,
+    variant_fields,
+)
 
 torch.set_num_threads(1)
 
@@ -66,7 +73,11 @@ def test_variant_is_recorded_in_the_config_and_rebuilds() -> None:
     again = ModelConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config and again.variant == "sparse" and again.sparsity == "kl:0.05:10"
     # a manifest written before variants existed still rebuilds, as a plain model
-    old = {k: v for k, v in _config().to_dict().items() if k not in ("variant", "corruption", "sparsity", "contractive_weight", "beta")}
+    old = {
+        k: v
+        for k, v in _config().to_dict().items()
+        if k not in ("variant", "corruption", "sparsity", "contractive_weight", "beta")
+    }
     assert ModelConfig.from_dict(old) == _config()
     # defaults fill in; parameters of another variant, and malformed specs, are refused
     assert _config(variant="denoising").corruption == "mask:0.3"
@@ -200,8 +211,8 @@ def test_vae_kl_is_finite_prior_samples_decode_and_the_mean_exports(mnist, tmp_p
     with pytest.raises(ValueError, match="need a VAE"):
         V.prior_samples(build_model(_config()), 2)
 
-    from latentwire.codec.training.export import export
     from latentwire.codec.runtime import Encoder
+    from latentwire.codec.training.export import export
 
     bundle = export(result, tmp_path / "vae")
     y = Encoder(bundle, provider="cpu").encode(mnist[1].model_domain()[:16])

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from latentwire.codec.sources import load_mnist, load_record, parse_header, read_idx, write_idx, write_record
+from latentwire.codec.sources import load_mnist, load_record, read_idx, write_idx, write_record
 from latentwire.codec.sources.idx import mnist_files
 
 HERE = Path(__file__).resolve().parent

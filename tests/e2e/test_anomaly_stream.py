@@ -95,8 +95,12 @@ def test_fallback_channel_sends_anomalies_losslessly(codec: Codec, stream: np.nd
             assert set(paths[~expected_lossless]) == {"residual"}  # the default level has a residual layer
             data = np.stack([f.data for f in frames])
             assert np.array_equal(data[expected_lossless], stream[expected_lossless]), "anomalies arrive intact"
-            assert not np.array_equal(data[~expected_lossless], stream[~expected_lossless]), "digits go through the model"
-            assert scores[anomalous].min() > max(2 * np.median(scores[~anomalous]), np.quantile(scores[~anomalous], 0.9))
+            assert not np.array_equal(data[~expected_lossless], stream[~expected_lossless]), (
+                "digits go through the model"
+            )
+            assert scores[anomalous].min() > max(
+                2 * np.median(scores[~anomalous]), np.quantile(scores[~anomalous], 0.9)
+            )
 
             lossless_count = server.metrics.value("latentwire_frames_path_total", channel="mixed", path="lossless")
             coded = sum(server.metrics.value("latentwire_frames_path_total", channel="mixed", path=p)
@@ -209,7 +213,8 @@ def test_cli_and_config_options(tiny_bundle: Path, tmp_path: Path) -> None:
     args = parser.parse_args(["serve", "--channel", f"a={tiny_bundle}", "--channel", f"b={tiny_bundle}:1",
                               "--fallback", "a", "--anomaly-threshold", "b=1234.5"])
     a, b = config_from_args(args).channels
-    assert (a.fallback, a.anomaly_threshold, b.fallback, b.anomaly_threshold, b.quality) == (True, None, False, 1234.5, 1)
+    got = (a.fallback, a.anomaly_threshold, b.fallback, b.anomaly_threshold, b.quality)
+    assert got == (True, None, False, 1234.5, 1)
     for bad, match in ((["--fallback", "nope"], "not defined"), (["--anomaly-threshold", "a"], "CHANNEL=VALUE"),
                        (["--anomaly-threshold", "a=-1"], ">= 0")):
         with pytest.raises(ConfigError, match=match):
@@ -229,6 +234,6 @@ def test_cli_and_config_options(tiny_bundle: Path, tmp_path: Path) -> None:
     spec = ChannelSpec("a", str(raw), fallback=True)
     with pytest.raises(ConfigError, match="anomaly-threshold a=VALUE"):
         LatentwireServer(ServerConfig(data_dir=str(tmp_path / "d"), channels=(spec,), threads=1))
-    server = LatentwireServer(ServerConfig(data_dir=str(tmp_path / "d"), threads=1,
-                                           channels=(ChannelSpec("a", str(raw), fallback=True, anomaly_threshold=9.0),)))
+    spec = ChannelSpec("a", str(raw), fallback=True, anomaly_threshold=9.0)
+    server = LatentwireServer(ServerConfig(data_dir=str(tmp_path / "d"), threads=1, channels=(spec,)))
     assert server.channels["a"].anomaly_threshold == 9.0

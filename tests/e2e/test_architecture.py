@@ -50,8 +50,13 @@ def test_no_room_reaches_into_another() -> None:
     assert offenders == []
     # and no runtime module reaches up into training/
     runtime = [p for p in _files("codec") if "training" not in p.parts] + _files("server") + _files("client")
-    assert [str(p) for p in runtime if any(m.startswith("latentwire.codec.training") and m != "latentwire.codec.training.options"
-                                           for m in _imports(p))] == []
+    assert [
+        str(p)
+        for p in runtime
+        if any(
+            m.startswith("latentwire.codec.training") and m != "latentwire.codec.training.options" for m in _imports(p)
+        )
+    ] == []
 
 
 def test_the_coding_stages_never_import_the_runtime_above_them() -> None:

@@ -74,7 +74,7 @@ def _finish(proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
         rc = proc.wait(timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        raise AssertionError(f"{proc.args[2]} did not finish:\n{log.read_text()[-3000:]}")
+        raise AssertionError(f"{proc.args[2]} did not finish:\n{log.read_text()[-3000:]}") from None
     assert rc == 0, log.read_text()[-3000:]
 
 

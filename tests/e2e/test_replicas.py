@@ -123,7 +123,8 @@ def test_a_replica_with_another_bundle_refuses_to_start(tiny_bundle: Path, redis
     a = ServerProcess(tiny_bundle, tmp_path / "a", extra=["--store", redis_server.url]).start()
     try:
         done = subprocess.run([sys.executable, "-m", "latentwire.server.main", "--channel", "digits=default",
-                               "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "c"), "--store", redis_server.url],
+                               "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "c"),
+                               "--store", redis_server.url],
                               cwd=REPO, capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and "Traceback" not in done.stderr
         line = done.stderr.strip().splitlines()[-1]

@@ -7,13 +7,12 @@ import grpc
 import numpy as np
 import pytest
 
+from _transport import digits
 from latentwire.codec.codec import Codec
 from latentwire.codec.coding import bitstream
 from latentwire.server.admission import admit_packets, admit_raw
 from latentwire.server.batcher import PacketItem, RawItem
 from latentwire.v1 import latentwire_pb2 as pb
-
-from _transport import digits
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import grpc
 import numpy as np
@@ -26,9 +26,9 @@ import pytest
 
 from _transport import digits, running_server
 from latentwire.client import Client
-from latentwire.codec.coding import bitstream as B
 from latentwire.codec.bundle import Bundle, read_manifest, write_manifest
 from latentwire.codec.codec import Codec, default_bundle_path
+from latentwire.codec.coding import bitstream as B
 from latentwire.codec.errors import BitstreamError, BundleError
 from latentwire.server.config import ChannelSpec, Limits
 from latentwire.v1 import latentwire_pb2 as pb

@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _tmpfs import fill, small_tmpfs
+from _transport import digits
 from latentwire.codec.codec import Codec
 from latentwire.server.batcher import Batcher, PacketItem, QueueFull, RawItem, Stopped, StreamState
 from latentwire.server.main import _encoder
 from latentwire.server.sqlite_store import SqliteStore
 from latentwire.server.store import StoreFull
-
-from _tmpfs import fill, small_tmpfs
-from _transport import digits
 
 
 @pytest.fixture()

@@ -10,8 +10,8 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import grpc
 import numpy as np
@@ -172,7 +172,7 @@ def test_port_goes_away_and_comes_back(tmp_path: Path) -> None:
         p = threading.Thread(target=produce)
         p.start()
         for cut_at in (800, 2000):
-            _wait(lambda: server.channels["digits"].store.next_seq >= cut_at, "publishing progressed")
+            _wait(lambda cut_at=cut_at: server.channels["digits"].store.next_seq >= cut_at, "publishing progressed")
             proxy.cut()
             time.sleep(1.5)
             proxy.restore()
@@ -216,7 +216,7 @@ def test_cancel_and_deadline_leave_nothing_behind(tmp_path: Path) -> None:
         ch = grpc.insecure_channel(target)
         stub = pb_grpc.LatentwireStub(ch)
         outcomes: list[grpc.StatusCode] = []
-        for round_ in range(3):
+        for _ in range(3):
             # mid-stream deadline: one packet per response, read slowly
             call = stub.Subscribe(pb.SubscribeRequest(channel="digits", from_seq=0, max_packets_per_response=1),
                                   timeout=0.5)
@@ -239,7 +239,7 @@ def test_cancel_and_deadline_leave_nothing_behind(tmp_path: Path) -> None:
             # a publisher cancelled mid-stream and one whose request stream stalls past its deadline
             stall = threading.Event()
 
-            def reqs() -> Iterator[pb.PublishRequest]:
+            def reqs(stall: threading.Event = stall) -> Iterator[pb.PublishRequest]:
                 yield pb.PublishRequest(open=pb.PublishOpen(channel="digits"))
                 for i in range(1, 4):
                     a = digits(10)

@@ -21,9 +21,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from _transport import digits, free_port, running_server
 from latentwire.client import Client, ConnectError
-from latentwire.codec.coding.bitstream import peek_header
 from latentwire.codec.bundle import Bundle, compute_model_id
 from latentwire.codec.codec import Codec
+from latentwire.codec.coding.bitstream import peek_header
 from latentwire.codec.errors import BundleError
 from latentwire.server.config import Limits
 from latentwire.v1 import latentwire_pb2 as pb

@@ -25,7 +25,9 @@ from latentwire.server.store import (
 
 
 def _pkt(n: int, size: int = 100, tag: int = 0, scores: bool = False) -> PendingPacket:
-    return PendingPacket(n, "m" * 64, 1, bytes([tag % 256]) * size, tuple(float(i) for i in range(n)) if scores else None)
+    return PendingPacket(
+        n, "m" * 64, 1, bytes([tag % 256]) * size, tuple(float(i) for i in range(n)) if scores else None
+    )
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -158,7 +160,7 @@ def test_concurrent_replica_appends_never_duplicate_a_producer(redis_server) -> 
     wins = []
 
     def commit(s: RedisStore) -> None:
-        for attempt in range(50):
+        for _ in range(50):
             mark = s.producer_next_offset("cam")
             if mark >= 100:
                 return
@@ -261,6 +263,7 @@ def test_a_bound_redis_store_refuses_appends_and_its_tail_notices_a_flush(redis_
     """Redis flushed under a live replica: the append script finds the epoch gone and writes nothing,
     and the tailer of a replica that does not append reports the reset by itself."""
     import redis
+
     from latentwire.server.epoch import settle
     from latentwire.server.redis_store import RedisStore
     from latentwire.server.store import StoreReset
@@ -298,6 +301,7 @@ def test_a_tail_behind_retention_is_no_reset_but_a_log_rolled_back_is(redis_serv
     """Seqs are dense, so the tailer takes a stream that does not go on where it stopped for a reset,
     unless retention trimmed the entries it had not read yet (the head is past them)."""
     import redis
+
     from latentwire.server.epoch import settle
     from latentwire.server.redis_store import RedisStore
 

@@ -27,7 +27,9 @@ class AutoencoderOutput(NamedTuple):
 
 
 def make_activation(name: str) -> nn.Module:
-    return {"relu": nn.ReLU, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh, "linear": nn.Identity}[name]()
+    return {"relu": nn.ReLU, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh, "linear": nn.Identity}[
+        name
+    ]()
 
 
 def make_output_activation(name: str) -> nn.Module:
@@ -134,7 +136,10 @@ class Autoencoder(nn.Module):
     def level_tables(self) -> tuple[np.ndarray, np.ndarray]:
         """float64 (levels, C) gains and inverse gains, as the codec applies them."""
         with torch.no_grad():
-            return (torch.exp(self.log_gain.double()).cpu().numpy(), torch.exp(self.log_inverse_gain.double()).cpu().numpy())
+            return (
+                torch.exp(self.log_gain.double()).cpu().numpy(),
+                torch.exp(self.log_inverse_gain.double()).cpu().numpy(),
+            )
 
     def _forward_levels(self, x: torch.Tensor, y: torch.Tensor, mode: str, level: torch.Tensor) -> AutoencoderOutput:
         """Variable rate: symbols round(y * gain) decoded from symbols * inverse gain; the density
@@ -154,7 +159,9 @@ class Autoencoder(nn.Module):
         width = (1.0 / gain).expand_as(rated)
         return AutoencoderOutput(x_hat, y, self.density.bits(rated / gain, width))
 
-    def forward(self, x: torch.Tensor, quantize: str | None = None, level: torch.Tensor | None = None) -> AutoencoderOutput:
+    def forward(
+        self, x: torch.Tensor, quantize: str | None = None, level: torch.Tensor | None = None
+    ) -> AutoencoderOutput:
         mode = quantize or ("mixed" if self.training else "round")
         y = self.encode(x)
         if self.levels:

@@ -7,6 +7,7 @@ families) each import it, and nothing imports back.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from ..options import ACTIVATIONS, LOSSES, OUTPUT_ACTIVATIONS
@@ -62,7 +63,7 @@ class ModelConfig:
         self.rate_levels = [float(r) for r in self.rate_levels]
         if any(not r > 0 for r in self.rate_levels):
             raise ValueError(f"rate_levels must all be > 0, got {self.rate_levels}")
-        if any(a <= b for a, b in zip(self.rate_levels, self.rate_levels[1:])):
+        if any(a <= b for a, b in pairwise(self.rate_levels)):
             raise ValueError(f"rate_levels go from the cheapest level (largest weight) down, got {self.rate_levels}")
         if len(self.rate_levels) == 1:
             raise ValueError("rate_levels needs two levels or more; one rate is plain --rate-weight")
@@ -85,10 +86,11 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """Inverse of to_dict; keys added later (rate_levels) take their defaults when absent."""
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in d.items()})
+        fields: dict[str, Any] = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in d.items()}
+        return cls(**fields)

@@ -1,8 +1,9 @@
 """Fully convolutional autoencoder shared by the 1-D and 2-D families.
 
 Stride-2 conv stages (conv + activation, no GDN so the ONNX export stays plain) shrink the input
-by s = 2**stages, each optionally followed by `blocks` residual blocks at that resolution; any size is accepted because the encoder pads to a multiple of s (edge
-replication, so the border carries no artificial step) and the decoder's output is cropped back.
+by s = 2**stages, each optionally followed by `blocks` residual blocks at that resolution; any size
+is accepted because the encoder pads to a multiple of s (edge replication, so the border carries no
+artificial step) and the decoder's output is cropped back.
 """
 
 from __future__ import annotations
@@ -15,19 +16,23 @@ from .base import Autoencoder, latent_extent, make_activation, make_output_activ
 from .config import ModelConfig
 
 
-def check_conv_config(model: Autoencoder, config: ModelConfig) -> None:
-    """What every convolutional family needs from its config, with errors that name the fix."""
+def check_conv_config(model: ConvAutoencoder, config: ModelConfig) -> int:
+    """What every convolutional family needs from its config, with errors that name the fix; the
+    (fixed) channel count."""
     ndim = len(config.sample_shape) - 1
-    if ndim != model.ndim or config.sample_shape[0] is None:  # type: ignore[attr-defined]
-        axes = ", ".join("L" if model.ndim == 1 else "HW"[i] for i in range(model.ndim))  # type: ignore[attr-defined]
+    c_in = config.sample_shape[0]
+    if ndim != model.ndim or c_in is None:
+        axes = ", ".join("L" if model.ndim == 1 else "HW"[i] for i in range(model.ndim))
         raise ValueError(
-            f"{model.family} samples are (channels, {axes}) with a fixed channel count, got sample_shape {config.sample_shape}"
+            f"{model.family} samples are (channels, {axes}) with a fixed channel count, "
+            f"got sample_shape {config.sample_shape}"
         )
     if not config.layers:
         raise ValueError(f"{model.family} needs at least one stage in layers (channels per stride-2 stage)")
     k = config.kernel_size
     if k < 1 or k % 2 == 0:
         raise ValueError(f"kernel_size must be odd so stride-2 stages halve sizes exactly, got {k}")
+    return c_in
 
 
 class ResidualBlock(nn.Module):
@@ -50,11 +55,10 @@ class ConvAutoencoder(Autoencoder):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        check_conv_config(self, config)
+        c_in = check_conv_config(self, config)
         k = config.kernel_size
         conv = nn.Conv1d if self.ndim == 1 else nn.Conv2d
         convt = nn.ConvTranspose1d if self.ndim == 1 else nn.ConvTranspose2d
-        c_in = int(config.sample_shape[0])
         act = config.activation
         nb = config.blocks
         enc: list[nn.Module] = []
@@ -65,7 +69,10 @@ class ConvAutoencoder(Autoencoder):
             prev = ch
         enc.append(conv(prev, self.encoder_channels, k, stride=1, padding=k // 2))
         self.encoder = nn.Sequential(*enc)
-        dec: list[nn.Module] = [conv(config.code_size, config.layers[-1], k, stride=1, padding=k // 2), make_activation(act)]
+        dec: list[nn.Module] = [
+            conv(config.code_size, config.layers[-1], k, stride=1, padding=k // 2),
+            make_activation(act),
+        ]
         dec += [ResidualBlock(conv, config.layers[-1], k, act) for _ in range(nb)]
         outs = [*reversed(config.layers[:-1]), c_in]
         prev = config.layers[-1]

@@ -8,6 +8,7 @@ channel-first shape.
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -24,18 +25,20 @@ class DenseAutoencoder(Autoencoder):
         if any(d is None for d in config.sample_shape) or not config.sample_shape:
             raise ValueError(f"dense models need a fixed sample_shape, got {config.sample_shape}")
         if config.blocks:
-            raise ValueError(f"blocks (residual conv blocks) apply to conv families only, got {config.blocks} for dense")
+            raise ValueError(
+                f"blocks (residual conv blocks) apply to conv families only, got {config.blocks} for dense"
+            )
         self.sample_shape = tuple(int(d) for d in config.sample_shape)  # type: ignore[arg-type]
         n_in = math.prod(self.sample_shape)
         widths = [n_in, *config.layers]
         enc: list[nn.Module] = []
-        for a, b in zip(widths[:-1], widths[1:]):
+        for a, b in pairwise(widths):
             enc += [nn.Linear(a, b), make_activation(config.activation)]
         enc.append(nn.Linear(widths[-1], self.encoder_channels))
         self.encoder = nn.Sequential(*enc)
         back = [config.code_size, *reversed(config.layers)]
         dec: list[nn.Module] = []
-        for a, b in zip(back[:-1], back[1:]):
+        for a, b in pairwise(back):
             dec += [nn.Linear(a, b), make_activation(config.activation)]
         dec += [nn.Linear(back[-1], n_in), make_output_activation(config.resolved_output_activation)]
         self.decoder = nn.Sequential(*dec)

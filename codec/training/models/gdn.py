@@ -34,13 +34,13 @@ class _LowerBound(torch.autograd.Function):
     clamp would freeze every gamma entry that touches the bound (most of them start there)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, bound: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, bound: float) -> torch.Tensor:
         ctx.save_for_backward(x)
         ctx.bound = bound
         return x.clamp_min(bound)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
         passes = (x >= ctx.bound) | (grad < 0)
         return grad * passes.to(grad.dtype), None
@@ -81,13 +81,12 @@ class Gdn2dAutoencoder(ConvAutoencoder):
     def __init__(self, config: ModelConfig) -> None:
         # the conv families' checks (channel-first shape, odd kernel, one stage at least), not their layers
         super(ConvAutoencoder, self).__init__(config)
-        check_conv_config(self, config)
+        c_in = check_conv_config(self, config)
         if config.blocks:
             raise ValueError("gdn2d takes no --blocks: GDN stages are its depth")
         if config.activation != "relu":
             raise ValueError("gdn2d's nonlinearity is GDN; leave --activation at its default")
         k, pad = config.kernel_size, config.kernel_size // 2
-        c_in = int(config.sample_shape[0])  # type: ignore[arg-type]
         enc: list[nn.Module] = []
         prev = c_in
         for ch in config.layers:

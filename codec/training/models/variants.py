@@ -59,7 +59,7 @@ class Corruption:
     amount: float
 
     @classmethod
-    def parse(cls, text: str) -> "Corruption":
+    def parse(cls, text: str) -> Corruption:
         kind, _, value = text.partition(":")
         try:
             amount = float(value)
@@ -90,7 +90,7 @@ class Sparsity:
     weight: float
 
     @classmethod
-    def parse(cls, text: str) -> "Sparsity":
+    def parse(cls, text: str) -> Sparsity:
         parts = text.split(":")
         try:
             values = [float(v) for v in parts[1:]]
@@ -132,7 +132,7 @@ def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tenso
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(dim=1)
 
 
-def jacobian_frobenius_sq(model: "Autoencoder", x: torch.Tensor) -> torch.Tensor:
+def jacobian_frobenius_sq(model: Autoencoder, x: torch.Tensor) -> torch.Tensor:
     """Exact ||d encode(x) / d x||_F^2 per sample (N,): one backward pass per code element.
 
     Samples are independent, so the gradient of sum over the batch of code element k gives row k
@@ -154,7 +154,7 @@ def jacobian_estimate(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return g.flatten(1).pow(2).sum(dim=1)
 
 
-def check_variant(config: "ModelConfig") -> None:
+def check_variant(config: ModelConfig) -> None:
     """Refuse a variant parameter that belongs to another variant; fill in the variant's defaults."""
     if config.variant not in VARIANTS:
         raise ValueError(f"variant {config.variant!r} is not one of {VARIANTS}")
@@ -189,15 +189,16 @@ def check_variant(config: "ModelConfig") -> None:
         raise ValueError(f"rate_levels (variable rate) are for plain models, not variant {v!r}")
 
 
-def is_overcomplete(model: "Autoencoder") -> bool:
+def is_overcomplete(model: Autoencoder) -> bool:
     """More code elements than input elements (conv: per input position, code_size / stride^d > C_in)."""
     c = model.config
-    if model.spatial_dims == 0:
-        return c.code_size > math.prod(int(d) for d in c.sample_shape)  # type: ignore[arg-type]
-    return c.code_size > int(c.sample_shape[0]) * model.stride ** model.spatial_dims  # type: ignore[arg-type]
+    if model.spatial_dims == 0:  # dense: every dim is fixed (DenseAutoencoder refuses None)
+        return c.code_size > math.prod(d for d in c.sample_shape if d is not None)
+    c_in = c.sample_shape[0]  # conv: a fixed channel count (check_conv_config)
+    return c_in is not None and c.code_size > c_in * model.stride ** model.spatial_dims
 
 
-def warn_if_unregularized(model: "Autoencoder", rate_weight: float) -> bool:
+def warn_if_unregularized(model: Autoencoder, rate_weight: float) -> bool:
     """Warn (and return True) when an overcomplete code has no regularizer at all.
 
     The rate term counts: with rate_weight > 0 every bit of the code costs, so copying the input
@@ -223,7 +224,7 @@ class LossTerms(NamedTuple):
 
 
 def training_loss(
-    model: "Autoencoder", x: torch.Tensor, rate_weight: float, distortion_fn, generator: torch.Generator | None = None,
+    model: Autoencoder, x: torch.Tensor, rate_weight: float, distortion_fn, generator: torch.Generator | None = None,
 ) -> LossTerms:
     """One batch's loss for the model's variant (see module docstring).
 
@@ -270,7 +271,7 @@ def level_loss_weights(rate_levels: list[float]) -> torch.Tensor:
     return (torch.exp(torch.log(w).mean()) / w).float()
 
 
-def _variable_rate_loss(model: "Autoencoder", x_in: torch.Tensor, x: torch.Tensor, distortion_fn,
+def _variable_rate_loss(model: Autoencoder, x_in: torch.Tensor, x: torch.Tensor, distortion_fn,
                         generator: torch.Generator | None) -> LossTerms:
     """Every sample draws a level at random, so one batch trains every rate."""
     c = model.config
@@ -285,7 +286,7 @@ def _variable_rate_loss(model: "Autoencoder", x_in: torch.Tensor, x: torch.Tenso
 
 
 @torch.no_grad()
-def prior_samples(model: "Autoencoder", n: int, size: tuple[int, ...] | None = None,
+def prior_samples(model: Autoencoder, n: int, size: tuple[int, ...] | None = None,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Decode n draws z ~ N(0, I) (a VAE's prior): new samples shaped (n, *sample_shape).
 
@@ -293,13 +294,15 @@ def prior_samples(model: "Autoencoder", n: int, size: tuple[int, ...] | None = N
     """
     if model.config.variant != "vae":
         raise ValueError(f"prior samples need a VAE (variant 'vae'), this model is {model.config.variant!r}")
-    shape = model.latent_shape()
+    shape = [d for d in model.latent_shape() if d is not None]  # without spatial dims every one is fixed
     if model.spatial_dims:
         if size is None or len(size) != model.spatial_dims:
-            raise ValueError(f"{model.family} prior samples need size: the {model.spatial_dims} spatial extent(s) to generate")
+            raise ValueError(
+                f"{model.family} prior samples need size: the {model.spatial_dims} spatial extent(s) to generate"
+            )
         shape = [model.config.code_size, *(math.ceil(int(s) / model.stride) for s in size)]
     device = next(model.parameters()).device
-    z = torch.randn((n, *shape), generator=generator).to(device)  # type: ignore[misc]
+    z = torch.randn((n, *shape), generator=generator).to(device)
     return model.decode(z, tuple(size) if size is not None else None)
 
 

@@ -5,8 +5,8 @@ latentwire transport API: the source of truth for the server (server/) and clien
 
 Regenerate the Python stubs in this folder with:
   .venv/bin/python -m grpc_tools.protoc -I proto --python_out=proto --grpc_python_out=proto \\
-      --mypy_out=proto proto/latentwire/v1/latentwire.proto
-tests/test_proto.py fails when the committed stubs are stale.
+      --mypy_out=proto --mypy_grpc_out=proto proto/latentwire/v1/latentwire.proto
+tests/server/test_proto.py fails when the committed stubs are stale.
 
 Status codes every method uses:
   INVALID_ARGUMENT   malformed request (missing channel, bad dtype/shape, bad from_seq)

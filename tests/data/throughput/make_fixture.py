@@ -36,7 +36,11 @@ def cases() -> list[tuple[str, str, int, int | None]]:
             out.append((f"digits-n{n}-d{d}", "digits", n, d))
     out += [("digits-tiled-n96-d0", "tiled", 96, 0), ("digits-tiled-n96-d8", "tiled", 96, 8)]
     out += [("spread-n24-dNone", "spread", N, None), ("spread-n1-dNone", "spread", 1, None)]
-    out += [("escapes-n1-dNone", "escapes", 1, None), ("escapes-n8-d0", "escapes", 8, 0), ("escapes-n8-d2", "escapes", 8, 2)]
+    out += [
+        ("escapes-n1-dNone", "escapes", 1, None),
+        ("escapes-n8-d0", "escapes", 8, 0),
+        ("escapes-n8-d2", "escapes", 8, 2),
+    ]
     return out
 
 
