@@ -10,6 +10,8 @@ COMMANDS = (
             "latentwire.codec.training.options:add_export_parser", "latentwire.codec.training.export:run", "train"),
     Command("calibrate", "build a bundle's integer entropy tables and quality levels",
             "latentwire.codec.calibrate:add_parser", "latentwire.codec.calibrate:run"),
+    Command("quantize-exact", "store a bundle's exact integer decoder, the prediction residual levels use",
+            "latentwire.codec.training.quantize_exact:add_parser", "latentwire.codec.training.quantize_exact:run", "train"),
     Command("encode", "encode arrays, images or records into a .lw file",
             "latentwire.codec.files:add_parser", "latentwire.codec.files:run"),
     Command("decode", "decode a .lw file into arrays or PNG images",

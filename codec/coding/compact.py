@@ -41,6 +41,7 @@ MARKER_QUALITY = 0x10  # a quality byte follows the marker (the frame changes th
 CHECK_BYTES = 2
 MICROSECONDS = 1_000_000  # a compact record's commit time travels as a whole number of these after the previous
 _CHECK_MASK = (1 << (8 * CHECK_BYTES)) - 1
+COMPACT_FLAGS = 0x0F  # the flags a marker can carry (its low nibble)
 
 
 def is_compact(data: bytes | bytearray | memoryview) -> bool:
@@ -76,7 +77,8 @@ class StreamContext:
 def compact(packet: bytes | bytearray | memoryview, context: StreamContext | None) -> bytes | None:
     """The compact form of ``packet`` inside a stream at ``context``, or None when it has none:
     no context yet, more than one frame, another model or shape, a custom max_error (its bound
-    lives in the full header), or a lossless fallback packet (sent whole, it is rare)."""
+    lives in the full header), a lossless fallback packet (sent whole, it is rare), or a packet with a
+    flag beyond the marker's four bits (FLAG_EXACT: sent whole, 23 bytes more)."""
     if context is None:
         return None
     header, payload = read_packet(packet)
@@ -86,7 +88,7 @@ def compact(packet: bytes | bytearray | memoryview, context: StreamContext | Non
 def _compact(packet: bytes | bytearray | memoryview, header: PacketHeader, payload: memoryview,
              context: StreamContext) -> bytes | None:
     """``compact`` on a packet already parsed by read_packet."""
-    if (header.count != 1 or header.is_lossless or header.quality == CUSTOM_QUALITY
+    if (header.count != 1 or header.is_lossless or header.quality == CUSTOM_QUALITY or header.flags & ~COMPACT_FLAGS
             or header.model_id_prefix != context.model_id_prefix
             or tuple(header.sample_shape) != context.sample_shape):
         return None
@@ -120,7 +122,7 @@ def expand(data: bytes | bytearray | memoryview, context: StreamContext | None) 
             "packet of the same stream, and this stream has none: send a full packet first (codec/FORMAT.md, "
             "'Compact frames')")
     marker = buf[0]
-    flags = marker & 0x0F
+    flags = marker & COMPACT_FLAGS
     if flags & ~KNOWN_FLAGS:
         raise UnsupportedVersion(f"compact frame with flags 0x{flags:02x}, unknown to this decoder: upgrade latentwire")
     pos = 1
