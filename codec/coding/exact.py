@@ -272,7 +272,7 @@ class IntegerNetwork:
                            tuple(int(d) for d in out["shape"]), int(out["lo"]), int(out["hi"]))
         except BundleError:
             raise
-        except (KeyError, TypeError, ValueError, OSError) as exc:
+        except (KeyError, TypeError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise BundleError(f"{where} is not a readable exact network ({exc!r}); re-run "
                               "`latentwire quantize-exact`") from exc
 

@@ -173,6 +173,7 @@ def quantize_exact(bundle_dir: str | Path, raw: np.ndarray, weight_bits: int = D
     agreement measured on raw[-holdout:]. Recalibrate afterwards: the residual tables follow the
     prediction they are taken against."""
     t0 = time.perf_counter()
+    raw = np.asarray(getattr(raw, "samples", raw))  # a SampleSet or an array
     d = Path(bundle_dir)
     bundle = Bundle.load(d)
     m = bundle.manifest
