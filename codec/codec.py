@@ -3,7 +3,8 @@ client hold.
 
 It strings the stages together in the one direction data flows (normalize -> encoder.onnx ->
 quantize -> entropy code -> packet) and back, and owns the rule that the residual layer is taken
-against the very reconstruction the receiver will compute (the sender runs decoder.onnx too).
+against the very reconstruction the receiver will compute (the sender runs decoder.onnx too, or,
+in a bundle with an exact network, the integer prediction every machine computes alike).
 """
 
 from __future__ import annotations
