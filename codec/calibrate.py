@@ -271,9 +271,9 @@ def calibrate(
     def against(sym: np.ndarray, flt: np.ndarray, sp: LevelSpec) -> np.ndarray:
         if exact is None:
             return flt
-        values = dequantize_scaled(sym, sp.latent_step, _gains(bundle, sp)[1]).reshape(len(sym), -1)
-        return np.concatenate([exact.predict(values[i : i + batch_size]) for i in range(0, len(values), batch_size)]
-                              ).astype(np.float32).reshape(flt.shape)
+        values = dequantize_scaled(sym, sp.latent_step, _gains(bundle, sp)[1])
+        return np.concatenate([exact.predict_frames(values[i : i + batch_size], flt.shape[1:])
+                               for i in range(0, len(values), batch_size)]).astype(np.float32)
 
     res_float = against(symbols, raw_float, reference)
 

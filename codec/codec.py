@@ -125,8 +125,7 @@ class Codec:
         prediction (as float32, which rint and clip leave unchanged) or the float decoder's output."""
         if self.exact is None:
             return self._decode_symbols(self.latent_values(symbols, grid), sample_shape)
-        values = self.latent_values(symbols, grid)
-        return self.exact.predict(values.reshape(values.shape[0], -1)).astype(np.float32)
+        return self.exact.predict_frames(self.latent_values(symbols, grid), tuple(sample_shape)).astype(np.float32)
 
     @cached_property
     def frames(self) -> FramePath:

@@ -28,12 +28,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import numpy as np
 
 from ..bundle import DECODER, EXACT, Bundle, finalize, read_manifest, write_manifest
-from ..coding.exact import Dense, IntegerNetwork, Layer, Lookup, Requant
+from ..coding.exact import Add, Conv1d, Dense, Dilate, IntegerNetwork, Layer, Lookup, Requant, Save
 from ..errors import InputError
 from ..normalization import psnr_db
 from ..runtime import Decoder, Encoder
@@ -41,7 +41,7 @@ from ..runtime import Decoder, Encoder
 MULTIPLIER_BITS = 24
 DEFAULT_WEIGHT_BITS = 16
 DEFAULT_ACT_BITS = 16
-RANGE_MARGIN = 1.25  # activation grids reach this far past the largest calibration pre-activation
+RANGE_MARGIN = 1.25  # default: activation grids reach this far past the largest calibration pre-activation
 INPUT_LIMIT = 1 << 15  # latents are clipped to +-this (far beyond any coded symbol)
 
 ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -53,49 +53,117 @@ ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 @dataclass(frozen=True)
-class FloatLayer:
-    """One Gemm of the float decoder and the activation after it (None for the last)."""
+class Linear:
+    """A Gemm, Conv or ConvTranspose of the float decoder as a stride-1 convolution on channels-last
+    tensors: optional zero dilation, then weight (out, in, k) with pads (a Gemm is k = 1, no pad)."""
 
-    weight: np.ndarray  # float64 (out, in)
+    out: str
+    inp: str
+    weight: np.ndarray  # float64 (out, in, k)
     bias: np.ndarray  # float64 (out,)
-    activation: str | None
+    pad_left: int = 0
+    pad_right: int = 0
+    dilate: int = 1
 
 
-def read_float_layers(decoder_path: Path) -> list[FloatLayer]:
-    """decoder.onnx as a chain Gemm -> activation -> ... -> Gemm (-> Reshape); anything else is refused."""
+@dataclass(frozen=True)
+class Pointwise:
+    out: str
+    inp: str
+    function: str  # a key of ACTIVATIONS
+
+
+@dataclass(frozen=True)
+class Sum:
+    out: str
+    a: str
+    b: str
+
+
+Step = Union[Linear, Pointwise, Sum]
+
+
+def read_graph(decoder_path: Path) -> tuple[list[Step], bool]:
+    """decoder.onnx as steps in graph order, and whether it is a dense graph (Gemm) or a 1-D
+    convolutional one (Conv/ConvTranspose, skip Adds, a final crop). Anything else is refused."""
     import onnx
     from onnx import numpy_helper
 
     graph = onnx.load(str(decoder_path)).graph
     init = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in graph.initializer}
-    layers: list[FloatLayer] = []
+    steps: list[Step] = []
+    dense = conv = False
     for node in graph.node:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type == "Gemm":
+        op, ins, out = node.op_type, list(node.input), node.output[0]
+        if op == "Gemm":
             if attrs.get("transB", 0) != 1 or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 \
                     or attrs.get("beta", 1.0) != 1.0:
                 raise InputError(f"{decoder_path}: Gemm {node.name} has attributes the exact quantizer does not handle")
-            layers.append(FloatLayer(init[node.input[1]], init[node.input[2]], None))
-        elif node.op_type in ACTIVATIONS and layers and layers[-1].activation is None:
-            if node.op_type == "Gelu" and attrs.get("approximate", b"none") not in (b"none", "none"):
+            steps.append(Linear(out, ins[0], init[ins[1]][:, :, None], init[ins[2]]))
+            dense = True
+        elif op in ("Conv", "ConvTranspose"):
+            w, b = init[ins[1]], init[ins[2]] if len(ins) > 2 else np.zeros(init[ins[1]].shape[1 - (op == "Conv")])
+            pads, stride = list(attrs.get("pads", [0, 0])), list(attrs.get("strides", [1]))[0]
+            if w.ndim != 3 or attrs.get("group", 1) != 1 or list(attrs.get("dilations", [1])) != [1] \
+                    or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+                raise InputError(f"{decoder_path}: {op} {node.name} is not a plain 1-D convolution")
+            if op == "Conv":
+                if stride != 1:
+                    raise InputError(f"{decoder_path}: strided Conv {node.name} is not handled by the exact quantizer")
+                steps.append(Linear(out, ins[0], w, b, pads[0], pads[1]))
+            else:  # dilate by the stride, then convolve with the flipped, transposed kernel
+                k = w.shape[2]
+                extra = list(attrs.get("output_padding", [0]))[0]
+                steps.append(Linear(out, ins[0], w.transpose(1, 0, 2)[:, :, ::-1].copy(), b, k - 1 - pads[0],
+                                    k - 1 - pads[1] + extra, stride))
+            conv = True
+        elif op in ACTIVATIONS:
+            if op == "Gelu" and attrs.get("approximate", b"none") not in (b"none", "none"):
                 raise InputError(f"{decoder_path}: tanh-approximated Gelu is not handled by the exact quantizer")
-            layers[-1] = FloatLayer(layers[-1].weight, layers[-1].bias, node.op_type)
-        elif node.op_type != "Reshape":
-            raise InputError(f"{decoder_path}: operator {node.op_type} is not (yet) supported by the exact path; "
-                             "it quantizes dense decoders (Gemm and pointwise activations)")
-    if not layers or layers[-1].activation is not None:
-        raise InputError(f"{decoder_path}: the exact path needs a decoder ending in a linear Gemm")
-    return layers
+            steps.append(Pointwise(out, ins[0], op))
+        elif op == "Add":
+            steps.append(Sum(out, ins[0], ins[1]))
+        elif op == "Slice" and conv and len(ins) >= 3 and not init.get(ins[1], np.ones(1)).any():
+            continue  # the crop to out_size from position 0: predict() crops
+        elif op != "Reshape":
+            raise InputError(f"{decoder_path}: operator {op} is not (yet) supported by the exact path; it quantizes "
+                             "dense and 1-D convolutional decoders (Gemm/Conv/ConvTranspose, pointwise activations, "
+                             "skip additions)")
+    if dense == conv or not steps or not isinstance(steps[-1], Linear):
+        raise InputError(f"{decoder_path}: the exact path needs a dense or a 1-D conv decoder ending in a linear layer")
+    return steps, dense
 
 
-def float_forward(layers: list[FloatLayer], latents: np.ndarray) -> list[np.ndarray]:
-    """Every layer's pre-activation (float64) for the calibration latents."""
-    pre, h = [], latents.astype(np.float64)
-    for layer in layers:
-        z = h @ layer.weight.T + layer.bias
-        pre.append(z)
-        h = ACTIVATIONS[layer.activation](z) if layer.activation else z
-    return pre
+def _linear_float(step: Linear, x: np.ndarray) -> np.ndarray:
+    """The float reference of one Linear on (N, L, C) float64 (or (N, C) for dense)."""
+    if x.ndim == 2:
+        return x @ step.weight[:, :, 0].T + step.bias
+    if step.dilate > 1:
+        up = np.zeros((x.shape[0], (x.shape[1] - 1) * step.dilate + 1, x.shape[2]))
+        up[:, :: step.dilate] = x
+        x = up
+    xp = np.pad(x, ((0, 0), (step.pad_left, step.pad_right), (0, 0)))
+    k = step.weight.shape[2]
+    n = xp.shape[1] - k + 1
+    return sum(xp[:, j : j + n] @ step.weight[:, :, j].T for j in range(k)) + step.bias
+
+
+def pre_activation_ranges(steps: list[Step], latents: np.ndarray, batch: int = 256) -> dict[str, float]:
+    """max |value| of every Linear's output over the calibration latents (float64 forward)."""
+    top: dict[str, float] = {}
+    for i in range(0, len(latents), batch):
+        x = latents[i : i + batch].astype(np.float64)
+        values = {steps[0].inp: x if x.ndim == 2 else x.transpose(0, 2, 1)}  # type: ignore[union-attr]
+        for st in steps:
+            if isinstance(st, Linear):
+                values[st.out] = v = _linear_float(st, values[st.inp])
+                top[st.out] = max(top.get(st.out, 0.0), float(np.abs(v).max()))
+            elif isinstance(st, Pointwise):
+                values[st.out] = ACTIVATIONS[st.function](values[st.inp])
+            else:
+                values[st.out] = values[st.a] + values[st.b]
+    return top
 
 
 def _requant(scale: np.ndarray, lo: int, hi: int) -> Requant:
@@ -106,30 +174,68 @@ def _requant(scale: np.ndarray, lo: int, hi: int) -> Requant:
     return Requant(np.rint(scale * 2.0**shift).astype(np.int64), shift, lo, hi)
 
 
-def build_network(layers: list[FloatLayer], pre: list[np.ndarray], sample_shape: tuple[int, ...], norm_scale: float,
-                  norm_offset: float, raw_min: int, raw_max: int, weight_bits: int, act_bits: int) -> IntegerNetwork:
-    """The integer network for these float layers (pre: their calibration pre-activations)."""
+def build_network(steps: list[Step], dense: bool, ranges: dict[str, float], sample_shape: tuple[int | None, ...],
+                  norm_scale: float, norm_offset: float, raw_min: int, raw_max: int, weight_bits: int,
+                  act_bits: int, margin: float = RANGE_MARGIN) -> IntegerNetwork:
+    """The integer network for these float steps (ranges: each Linear output's max |value|)."""
     wmax = 2 ** (weight_bits - 1) - 1
     half = 2 ** (act_bits - 1)
-    s_a = 1.0
+    grid = {steps[0].inp: 1.0}  # type: ignore[union-attr]  # latents are integers: grid 1
+    consumers: dict[str, list[Step]] = {}
+    for st in steps:
+        for name in ([st.inp] if not isinstance(st, Sum) else [st.a, st.b]):
+            consumers.setdefault(name, []).append(st)
+    slots: dict[str, int] = {}
     out: list[Layer] = []
-    for k, layer in enumerate(layers):
-        last = k == len(layers) - 1
-        s_w = np.abs(layer.weight).max(axis=1) / wmax
+    done: set[str] = set()
+    for k, st in enumerate(steps):
+        if not isinstance(st, Linear):
+            if st.out not in done:
+                raise InputError(f"the exact quantizer cannot place {type(st).__name__} {st.out}: it handles "
+                                 "activations and skip additions right after a linear layer")
+            continue
+        s_x = grid[st.inp]
+        if any(isinstance(c, Sum) for c in consumers.get(st.inp, [])) and st.inp not in slots:
+            slots[st.inp] = len(slots)
+            out.append(Save(slots[st.inp]))
+        if st.dilate > 1:
+            out.append(Dilate(st.dilate))
+        s_w = np.abs(st.weight).max(axis=(1, 2)) / wmax
         s_w[s_w == 0] = 1.0
-        w_q = np.rint(layer.weight / s_w[:, None]).astype(np.int64)
-        bias = layer.bias + (norm_offset / norm_scale if last else 0.0)
-        out.append(Dense(w_q, np.rint(bias / (s_a * s_w)).astype(np.int64)))
+        w_q = np.rint(st.weight / s_w[:, None, None]).astype(np.int64)
+        nxt = consumers.get(st.out, [])
+        last = not nxt
+        bias = st.bias + (norm_offset / norm_scale if last else 0.0)
+        b_q = np.rint(bias / (s_x * s_w)).astype(np.int64)
+        out.append(Dense(w_q[:, :, 0], b_q) if dense else Conv1d(w_q, b_q, st.pad_left, st.pad_right))
         if last:
-            out.append(_requant(s_a * s_w * norm_scale, raw_min, raw_max))
+            out.append(_requant(s_x * s_w * norm_scale, raw_min, raw_max))
             break
-        s = RANGE_MARGIN * float(np.abs(pre[k]).max()) / half
-        out.append(_requant(s_a * s_w / s, -half, half - 1))
-        u = np.arange(-half, half, dtype=np.float64)
-        act = ACTIVATIONS[layer.activation or ""]
-        out.append(Lookup(np.rint(act(u * s) / s).astype(np.int64), -half))
-        s_a = s
-    return IntegerNetwork(-INPUT_LIMIT, INPUT_LIMIT, tuple(out), sample_shape, raw_min, raw_max)
+        if len(nxt) != 1:
+            raise InputError(f"the exact quantizer needs {st.out} to feed one activation or one addition")
+        use = nxt[0]
+        if isinstance(use, Pointwise):
+            s = margin * ranges[st.out] / half
+            out.append(_requant(s_x * s_w / s, -half, half - 1))
+            u = np.arange(-half, half, dtype=np.float64)
+            out.append(Lookup(np.rint(ACTIVATIONS[use.function](u * s) / s).astype(np.int64), -half))
+            grid[use.out] = s
+        elif isinstance(use, Sum):
+            skip = use.a if use.b == st.out else use.b
+            if skip not in slots:
+                raise InputError(f"the exact quantizer needs the skip input {skip} saved before {st.out}")
+            s = grid[skip]  # the branch joins the skip's grid
+            lim = int(math.ceil(margin * ranges[st.out] / s))
+            out.append(_requant(s_x * s_w / s, -lim, lim))
+            out.append(Add(slots[skip]))
+            grid[use.out] = s
+        else:
+            raise InputError(f"the exact quantizer cannot follow {st.out} with another linear layer")
+        done.add(use.out)
+    if dense:
+        return IntegerNetwork(-INPUT_LIMIT, INPUT_LIMIT, tuple(out), sample_shape, raw_min, raw_max)
+    return IntegerNetwork(-INPUT_LIMIT, INPUT_LIMIT, tuple(out), (sample_shape[0], None), raw_min, raw_max,
+                          "channels_first")
 
 
 @dataclass(frozen=True)
@@ -158,9 +264,14 @@ def measure(bundle: Bundle, net: IntegerNetwork, raw: np.ndarray, latents: np.nd
             threads: int | None) -> Agreement:
     norm = bundle.manifest.normalization
     dec = Decoder(bundle, provider="cpu", threads=threads)
-    flt = np.concatenate([np.rint(norm.to_raw_float(dec.decode(latents[i : i + 1024].astype(np.float32))))
-                          for i in range(0, len(latents), 1024)]).astype(np.int64)
-    ex = np.concatenate([net.predict(latents[i : i + 1024]) for i in range(0, len(latents), 1024)]).astype(np.int64)
+    conv = net.layout == "channels_first"
+    size = raw.shape[-1] if conv else None
+    batch = 128 if conv else 1024
+    flt = np.concatenate([np.rint(norm.to_raw_float(dec.decode(latents[i : i + batch].astype(np.float32),
+                                                               (size,) if conv else None)))
+                          for i in range(0, len(latents), batch)]).astype(np.int64)
+    ex = np.concatenate([net.predict(latents[i : i + batch], size) for i in range(0, len(latents), batch)])
+    ex = ex.astype(np.int64).reshape(flt.shape)
     peak = norm.peak
     return Agreement(len(raw), float(np.mean(ex != flt)), int(np.abs(ex - flt).max()), psnr_db(flt, ex, peak),
                      psnr_db(raw, flt, peak), psnr_db(raw, ex, peak))
@@ -168,9 +279,11 @@ def measure(bundle: Bundle, net: IntegerNetwork, raw: np.ndarray, latents: np.nd
 
 def quantize_exact(bundle_dir: str | Path, raw: np.ndarray, weight_bits: int = DEFAULT_WEIGHT_BITS,
                    act_bits: int = DEFAULT_ACT_BITS, holdout: int = 5000, threads: int | None = None,
-                   command: str | None = None, write: bool = True) -> tuple[IntegerNetwork, Agreement]:
-    """Build, measure and (write) store the bundle's exact network: ranges from raw[:-holdout],
-    agreement measured on raw[-holdout:]. Recalibrate afterwards: the residual tables follow the
+                   command: str | None = None, write: bool = True,
+                   range_samples: int | None = None,
+                   margin: float = RANGE_MARGIN) -> tuple[IntegerNetwork, Agreement]:
+    """Build, measure and (write) store the bundle's exact network: ranges from raw[:-holdout]
+    (at most range_samples of them, evenly spread), agreement measured on raw[-holdout:]. Recalibrate afterwards: the residual tables follow the
     prediction they are taken against."""
     t0 = time.perf_counter()
     raw = np.asarray(getattr(raw, "samples", raw))  # a SampleSet or an array
@@ -178,21 +291,25 @@ def quantize_exact(bundle_dir: str | Path, raw: np.ndarray, weight_bits: int = D
     bundle = Bundle.load(d)
     m = bundle.manifest
     norm = m.normalization
-    if m.spatial_dims or m.latent_levels or not norm.is_integer:
-        raise InputError("the exact path quantizes dense decoders of fixed-rate bundles with integer raw samples")
+    if m.spatial_dims > 1 or m.latent_levels or not norm.is_integer:
+        raise InputError("the exact path quantizes dense and 1-D conv decoders of fixed-rate bundles with integer "
+                         "raw samples")
     if len(raw) <= holdout:
         raise InputError(f"need more than {holdout} samples (ranges on the rest, agreement on the last {holdout})")
-    layers = read_float_layers(d / DECODER)
+    steps, dense = read_graph(d / DECODER)
     latents = _latents(bundle, raw, threads)
     fit, held = latents[:-holdout], latents[-holdout:]
-    net = build_network(layers, float_forward(layers, fit), tuple(int(v) for v in m.sample_shape),  # type: ignore[arg-type]
-                        norm.scale, norm.offset, int(norm.raw_min), int(norm.raw_max), weight_bits, act_bits)
+    if range_samples is not None and len(fit) > range_samples:
+        fit = fit[np.linspace(0, len(fit) - 1, range_samples).astype(np.int64)]
+    net = build_network(steps, dense, pre_activation_ranges(steps, fit), tuple(m.sample_shape), norm.scale,
+                        norm.offset, int(norm.raw_min), int(norm.raw_max), weight_bits, act_bits, margin)
     agreement = measure(bundle, net, raw[-holdout:], held, threads)
     if write:
         (d / EXACT).write_bytes(net.to_bytes())
         manifest = read_manifest(d)
         manifest["exact"] = {
-            "file": EXACT, "weight_bits": weight_bits, "act_bits": act_bits,
+            "file": EXACT, "weight_bits": weight_bits, "act_bits": act_bits, "range_samples": len(fit),
+            "range_margin": margin,
             "max_partial_sum_log2": round(math.log2(max(net.max_partial_sum, 1)), 2),  # type: ignore[attr-defined]
             "agreement": agreement.to_dict(),
             "command": command if command is not None else shlex.join(["latentwire", *sys.argv[1:]]),
@@ -213,6 +330,11 @@ def add_parser(subparsers: Any, name: str = "quantize-exact") -> argparse.Argume
     p.add_argument("--weight-bits", type=int, default=DEFAULT_WEIGHT_BITS)
     p.add_argument("--act-bits", type=int, default=DEFAULT_ACT_BITS)
     p.add_argument("--holdout", type=int, default=5000, help="the last this many samples measure the agreement")
+    p.add_argument("--range-margin", type=float, default=RANGE_MARGIN,
+                   help="activation grids span this multiple of the largest pre-activation seen (wider: rarer "
+                        "clipping on unseen data, coarser grid)")
+    p.add_argument("--range-samples", type=int, default=None,
+                   help="activation ranges from at most this many samples (default: all but the holdout)")
     p.add_argument("--limit", type=int, default=None, help="use at most this many samples")
     p.add_argument("--threads", type=int, default=None)
     return p
@@ -222,7 +344,8 @@ def run(args: argparse.Namespace) -> int:
     from ..sources import load_source
 
     raw = load_source(args.data, **dict(args.source_option)).samples[: args.limit]
-    net, agreement = quantize_exact(args.bundle, raw, args.weight_bits, args.act_bits, args.holdout, args.threads)
+    net, agreement = quantize_exact(args.bundle, raw, args.weight_bits, args.act_bits, args.holdout, args.threads,
+                                    range_samples=args.range_samples, margin=args.range_margin)
     print(json.dumps({"bundle": str(args.bundle), "model_id": Bundle.load(args.bundle).model_id,
                       "agreement": agreement.to_dict()}, indent=2))
     return 0
