@@ -4,15 +4,17 @@ A residual is taken against the receiver's prediction, so that prediction must n
 machine: a float decoder rounds differently under another SIMD width, thread count or BLAS, and a
 value near a .5 boundary then moves by one (issue 24: 7 of 1.6 M MNIST values between onnxruntime
 and the onnx reference evaluator). This network has integer weights, integer biases, integer
-activations, and only three operations (codec/FORMAT.md, "Exact prediction"):
+activations, and a handful of operations (codec/FORMAT.md, "Exact prediction"):
 
-  * ``dense``: acc = x @ W.T + b, all integers;
+  * ``dense`` / ``conv1d``: acc = sum of integer products + bias (a 1-D convolution with zero
+    padding; ``dilate`` inserts zeros, so a transposed convolution is dilate + conv1d);
   * ``requant``: u = clip((acc * m_j + 2**(s-1)) >> s, lo, hi) per output channel j: an integer
     multiply and a rounding right shift (round half up; ``>>`` floors, so it is defined on
     negatives too), the integer form of ``acc * scale_j``;
   * ``lookup``: x' = table[u - lo]: any pointwise activation (GELU, ReLU, sigmoid, tanh...) as an
     integer table computed once at quantization time and stored, so no transcendental function is
-    ever evaluated at decode time.
+    ever evaluated at decode time;
+  * ``save`` / ``add``: skip connections, both operands on one integer grid.
 
 Why float64 matmuls: BLAS evaluates ``dense`` fast, in any summation order and blocking, on any
 thread count; for integer-valued float64 operands every partial sum is an integer, and every
@@ -26,16 +28,17 @@ arithmetic is kept for ``requant``, whose products are proved below 2**63 the sa
 
 The output is the integer prediction itself (raw units, already clipped to the raw range), so no
 float rounding boundary exists anywhere. Layer kinds are a closed list checked at load; a new
-kind (conv1d/conv2d as im2col + dense, GDN as an integer sum of squares, exact integer square
-root and rounding division) adds a dataclass here, its bound rule, and a FORMAT.md paragraph.
+kind (conv2d, GDN as an integer sum of squares, exact integer square root and rounding division)
+adds a dataclass here (OP, ARRAYS, SCALARS, bound, __call__), and a FORMAT.md row.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Union
 
@@ -63,6 +66,8 @@ class Dense:
 
     weight: np.ndarray
     bias: np.ndarray
+    _wt: np.ndarray = field(init=False, repr=False)
+    _b: np.ndarray = field(init=False, repr=False)
     OP: ClassVar[str] = "dense"
     ARRAYS: ClassVar[tuple[str, ...]] = ("weight", "bias")
     SCALARS: ClassVar[tuple[str, ...]] = ()
@@ -98,6 +103,8 @@ class Conv1d:
     bias: np.ndarray
     pad_left: int
     pad_right: int
+    _taps: list[np.ndarray] = field(init=False, repr=False)
+    _b: np.ndarray = field(init=False, repr=False)
     OP: ClassVar[str] = "conv1d"
     ARRAYS: ClassVar[tuple[str, ...]] = ("weight", "bias")
     SCALARS: ClassVar[tuple[str, ...]] = ("pad_left", "pad_right")
@@ -293,7 +300,7 @@ class IntegerNetwork:
         last = self.layers[-1]
         if not isinstance(last, Requant) or (last.lo, last.hi) != (self.out_lo, self.out_hi):
             raise BundleError("an exact network ends in a requant clipped to its output range")
-        channels = self.out_shape[0] if self.layout == "channels_first" else int(np.prod(self.out_shape))
+        channels = self.out_shape[0] if self.layout == "channels_first" else math.prod(int(d or 0) for d in self.out_shape)
         if channels != last.multiplier.size:
             raise BundleError(f"exact network output shape {self.out_shape} does not match its "
                               f"{last.multiplier.size} output channels")

@@ -6,12 +6,16 @@ real data before it is stored. Post-training quantization, no fine-tuning: the r
 codes whatever the prediction misses, so a slightly worse prediction costs a few bits, never
 correctness; the measured cost is small (BENCHMARKS.md), which is why no fine-tuning step exists.
 
-Quantization, layer by layer (s_a: the scale of the layer's integer input, 1 for the latents):
+The graph is read as steps (Gemm, Conv, ConvTranspose as dilate + flipped conv, pointwise
+activations, skip Adds, the final crop); activation ranges come from a float64 forward pass of the
+same steps on the calibration latents. Layer by layer (s_a: the scale of the layer's integer
+input, 1 for the latents):
   * weights per output channel j: s_w[j] = max|W_j| / (2**(weight_bits-1) - 1), W_q = round(W / s_w);
     bias b_q = round(b / (s_a * s_w[j])) (for the last layer the normalization's offset is folded in);
   * a hidden layer's pre-activation is requantized to the activation grid s = R / 2**(act_bits-1),
     R = margin * the largest |pre-activation| seen on the calibration data, and the activation is
     a table over that clipped grid mapping u to round(f(u * s) / s) (same grid in and out);
+  * a branch that ends in a skip Add is requantized onto the skip's grid and added in integers;
   * the last layer is requantized straight to raw units (scale: s_a * s_w[j] * normalization.scale)
     and clipped to the raw range: the integer prediction itself.
 Each requant multiplier carries MULTIPLIER_BITS of precision. IntegerNetwork then proves the
@@ -265,12 +269,13 @@ def measure(bundle: Bundle, net: IntegerNetwork, raw: np.ndarray, latents: np.nd
     norm = bundle.manifest.normalization
     dec = Decoder(bundle, provider="cpu", threads=threads)
     conv = net.layout == "channels_first"
-    size = raw.shape[-1] if conv else None
+    size = int(raw.shape[-1])
     batch = 128 if conv else 1024
     flt = np.concatenate([np.rint(norm.to_raw_float(dec.decode(latents[i : i + batch].astype(np.float32),
                                                                (size,) if conv else None)))
                           for i in range(0, len(latents), batch)]).astype(np.int64)
-    ex = np.concatenate([net.predict(latents[i : i + batch], size) for i in range(0, len(latents), batch)])
+    ex = np.concatenate([net.predict(latents[i : i + batch], size if conv else None)
+                         for i in range(0, len(latents), batch)])
     ex = ex.astype(np.int64).reshape(flt.shape)
     peak = norm.peak
     return Agreement(len(raw), float(np.mean(ex != flt)), int(np.abs(ex - flt).max()), psnr_db(flt, ex, peak),

@@ -31,6 +31,7 @@ from latentwire.codec.errors import BitstreamError, BundleError, InputError
 
 ASSETS = Path(__file__).resolve().parents[2] / "codec" / "assets"
 MNIST = ASSETS / "mnist-dense"
+ECG = ASSETS / "ecg-conv1d"
 
 
 def _digits(n: int = 1000) -> np.ndarray:
@@ -79,18 +80,39 @@ def _reference_one(spec: dict, arrays: dict[str, list], x: list[int]) -> list[in
 
 
 def _reference_int64(spec: dict, arrays: dict[str, list], x: np.ndarray) -> np.ndarray:
-    """The same arithmetic with numpy int64 matmuls (numpy's integer loop, never BLAS)."""
+    """The same arithmetic in numpy int64 (matmul and einsum integer loops, never BLAS or floats),
+    convolutions as explicit tap stacks; channels-first networks return their full length."""
+    conv = spec["input"].get("layout", "flat") == "channels_first"
     h = np.clip(x.astype(np.int64), spec["input"]["lo"], spec["input"]["hi"])
+    h = h.transpose(0, 2, 1) if conv else h
+    saved: dict[int, np.ndarray] = {}
     for layer in spec["layers"]:
-        if layer["op"] == "dense":
-            h = h @ np.asarray(arrays[layer["weight"]], dtype=np.int64).T + np.asarray(arrays[layer["bias"]], np.int64)
-        elif layer["op"] == "requant":
+        op = layer["op"]
+        if op in ("dense", "conv1d"):
+            w, b = np.asarray(arrays[layer["weight"]], np.int64), np.asarray(arrays[layer["bias"]], np.int64)
+            if op == "dense":
+                h = h @ w.T + b
+            else:
+                hp = np.pad(h, ((0, 0), (layer["pad_left"], layer["pad_right"]), (0, 0)))
+                k = w.shape[2]
+                n = hp.shape[1] - k + 1
+                taps = np.stack([hp[:, j : j + n] for j in range(k)], axis=-1)  # (N, n, C, K)
+                h = np.einsum("nlck,ock->nlo", taps, w) + b
+        elif op == "dilate":
+            up = np.zeros((h.shape[0], (h.shape[1] - 1) * layer["stride"] + 1, h.shape[2]), np.int64)
+            up[:, :: layer["stride"]] = h
+            h = up
+        elif op == "save":
+            saved[layer["slot"]] = h
+        elif op == "add":
+            h = h + saved[layer["slot"]]
+        elif op == "requant":
             s = layer["shift"]
             h = np.floor_divide(h * np.asarray(arrays[layer["multiplier"]], np.int64) + (1 << s) // 2, 1 << s)
             h = np.clip(h, layer["lo"], layer["hi"])
         else:
             h = np.asarray(arrays[layer["table"]], np.int64)[h - layer["lo"]]
-    return h
+    return h.transpose(0, 2, 1) if conv else h
 
 
 def test_the_runtime_agrees_with_plain_python_integers_on_real_digits(codec: Codec, latents: np.ndarray) -> None:
@@ -291,3 +313,56 @@ def test_quantize_exact_then_calibrate_a_fresh_bundle(tiny_bundle: Path, tmp_pat
         p = c.encode(raw, max_error=e)
         assert c.header(p).has_exact
         assert np.abs(c.decode(p).astype(np.int64) - raw).max() <= e
+
+
+# ------------------------------------------------------------------ the 1-D conv network (ECG)
+
+
+@pytest.fixture(scope="module")
+def ecg() -> Codec:
+    return Codec.load(ECG, provider="cpu", threads=1)
+
+
+def _ecg_windows() -> np.ndarray:
+    with np.load(ASSETS / "ecg_heldout_sample.npz") as z:
+        return z["samples"]
+
+
+def test_the_conv_network_agrees_with_int64_einsum_on_held_out_ecg(ecg: Codec, tmp_path: Path) -> None:
+    raw = _ecg_windows()
+    net = ecg.exact
+    assert net is not None and net.layout == "channels_first"
+    assert {type(layer).__name__ for layer in net.layers} >= {"Conv1d", "Dilate", "Save", "Add", "Lookup"}
+    latents = np.rint(ecg.encoder.encode(ecg.normalization.to_model(raw))).astype(np.int64)
+    spec, arrays = _read_npz(ECG / EXACT)
+    full = net.predict(latents)
+    np.testing.assert_array_equal(_reference_int64(spec, arrays, latents), full)
+    cropped = net.predict(latents, raw.shape[-1])
+    assert np.array_equal(cropped, full[:, :, : raw.shape[-1]]) and cropped.shape == raw.shape
+    flt = np.rint(ecg.normalization.to_raw_float(ecg.decoder.decode(latents.astype(np.float32), (raw.shape[-1],))))
+    assert np.abs(cropped - flt).max() <= 1  # the float graph it came from, to one ADC unit
+    # another process, batch sizes 1 and 7, two BLAS threads: the same integers
+    np.save(tmp_path / "latents.npy", latents)
+    expected = zlib.crc32(np.ascontiguousarray(full, dtype="<i4").tobytes())
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    run = subprocess.run([sys.executable, "-c", _CHILD, str(ECG / EXACT), str(tmp_path / "latents.npy")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert [line.split() for line in run.stdout.strip().splitlines()] == [[b, str(expected)] for b in ("1", "7", "256")]
+
+
+@pytest.mark.parametrize("max_error", [0, 1, 4])
+def test_ecg_residual_levels_round_trip_against_the_exact_prediction(ecg: Codec, max_error: int) -> None:
+    raw = _ecg_windows()
+    packet = ecg.encode(raw, max_error=max_error)
+    assert ecg.header(packet).has_exact
+    decoded = ecg.decode(packet)
+    assert np.abs(decoded.astype(np.int64) - raw).max() == max_error
+    if max_error == 0:
+        assert np.array_equal(decoded, raw)
+    # odd lengths crop the same prediction (the network predicts whole strides)
+    odd = raw[:2, :, :1000]
+    assert np.array_equal(ecg.decode(ecg.encode(odd, max_error=0)), odd)
+    # the transform residual levels still code against the float graph, without the flag
+    level = next(q.index for q in ecg.qualities if q.transform_step is not None)
+    assert not ecg.header(ecg.encode(raw, quality=level)).has_exact
