@@ -300,7 +300,8 @@ class IntegerNetwork:
         last = self.layers[-1]
         if not isinstance(last, Requant) or (last.lo, last.hi) != (self.out_lo, self.out_hi):
             raise BundleError("an exact network ends in a requant clipped to its output range")
-        channels = self.out_shape[0] if self.layout == "channels_first" else math.prod(int(d or 0) for d in self.out_shape)
+        conv = self.layout == "channels_first"
+        channels = self.out_shape[0] if conv else math.prod(int(d or 0) for d in self.out_shape)
         if channels != last.multiplier.size:
             raise BundleError(f"exact network output shape {self.out_shape} does not match its "
                               f"{last.multiplier.size} output channels")
@@ -385,7 +386,8 @@ class IntegerNetwork:
                 arrays[f"{i}.{name}"] = getattr(layer, name)
                 entry[name] = f"{i}.{name}"
             specs.append(entry)
-        spec = {"version": EXACT_VERSION, "input": {"lo": int(self.in_lo), "hi": int(self.in_hi), "layout": self.layout},
+        spec = {"version": EXACT_VERSION,
+                "input": {"lo": int(self.in_lo), "hi": int(self.in_hi), "layout": self.layout},
                 "output": {"shape": list(self.out_shape), "lo": int(self.out_lo), "hi": int(self.out_hi)},
                 "layers": specs}
         arrays["spec"] = np.frombuffer(json.dumps(spec, sort_keys=True).encode(), dtype=np.uint8)

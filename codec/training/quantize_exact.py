@@ -288,8 +288,9 @@ def quantize_exact(bundle_dir: str | Path, raw: np.ndarray, weight_bits: int = D
                    range_samples: int | None = None,
                    margin: float = RANGE_MARGIN) -> tuple[IntegerNetwork, Agreement]:
     """Build, measure and (write) store the bundle's exact network: ranges from raw[:-holdout]
-    (at most range_samples of them, evenly spread), agreement measured on raw[-holdout:]. Recalibrate afterwards: the residual tables follow the
-    prediction they are taken against."""
+    (at most range_samples of them, evenly spread), agreement measured on raw[-holdout:].
+    Recalibrate afterwards: the residual tables follow the prediction they are taken against.
+    """
     t0 = time.perf_counter()
     raw = np.asarray(getattr(raw, "samples", raw))  # a SampleSet or an array
     d = Path(bundle_dir)
