@@ -51,6 +51,7 @@ FLOAT64_EXACT = 1 << 53  # every integer of smaller magnitude is exact in float6
 INT64_SAFE = 1 << 62  # requant products stay below this (int64 holds 2**63 - 1)
 MAX_TABLE = 1 << 20  # a lookup table's entries (4 MiB of int32 at most)
 LAYOUTS = ("flat", "channels_first")
+CONV_CHUNK = 32  # frames per pass of a channels_first network (ECG: ~70 MB of float64 activations)
 
 
 def rounding_shift(x: np.ndarray, shift: int) -> np.ndarray:
@@ -350,6 +351,9 @@ class IntegerNetwork:
                 raise InputError("the exact network takes integer latents (an integer latent step); this level's "
                                  "latents are not integers")
             x = np.rint(x)
+        if not flat and x.shape[0] > CONV_CHUNK:  # bounded memory; exact, so chunking changes nothing
+            return np.concatenate([self.predict(x[i : i + CONV_CHUNK], out_size)
+                                   for i in range(0, x.shape[0], CONV_CHUNK)])
         h = np.clip(x.astype(np.int64), self.in_lo, self.in_hi)
         if not flat:
             h = np.ascontiguousarray(h.transpose(0, 2, 1))

@@ -337,6 +337,8 @@ def test_the_conv_network_agrees_with_int64_einsum_on_held_out_ecg(ecg: Codec, t
     spec, arrays = _read_npz(ECG / EXACT)
     full = net.predict(latents)
     np.testing.assert_array_equal(_reference_int64(spec, arrays, latents), full)
+    many = np.tile(latents, (10, 1, 1))  # 70 frames: predicted in chunks, the same integers
+    assert np.array_equal(net.predict(many), np.tile(full, (10, 1, 1)))
     cropped = net.predict(latents, raw.shape[-1])
     assert np.array_equal(cropped, full[:, :, : raw.shape[-1]]) and cropped.shape == raw.shape
     flt = np.rint(ecg.normalization.to_raw_float(ecg.decoder.decode(latents.astype(np.float32), (raw.shape[-1],))))
