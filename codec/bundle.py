@@ -1,4 +1,5 @@
-"""A codec bundle on disk: manifest.json, encoder.onnx, decoder.onnx, entropy.json.
+"""A codec bundle on disk: manifest.json, encoder.onnx, decoder.onnx, entropy.json, and where
+`latentwire quantize-exact` made one, exact.npz (the integer network residual levels predict from).
 
 The model id is a SHA-256 over everything a receiver needs to decode (decoder graph, entropy
 tables, the decoding fields of the manifest), so sender and receiver can tell from one hash
@@ -26,6 +27,7 @@ MANIFEST = "manifest.json"
 ENCODER = "encoder.onnx"
 DECODER = "decoder.onnx"
 ENTROPY = "entropy.json"
+EXACT = "exact.npz"
 DECODING_FIELDS = ("format_version", "family", "input", "latent", "quality_levels")
 
 
@@ -90,12 +92,20 @@ def _model_id(bundle_dir: Path, manifest: dict[str, Any]) -> str:
     entropy = bundle_dir / ENTROPY
     if entropy.is_file():
         h.update(entropy.read_bytes())
+    if manifest.get("exact"):  # the exact network decides every residual level's prediction
+        exact = bundle_dir / EXACT
+        if not exact.is_file():
+            raise BundleError(f"{exact} is missing but the manifest names an exact network; copy the whole bundle "
+                              "or re-run `latentwire quantize-exact`")
+        h.update(b"exact:" + exact.read_bytes())
     h.update(canonical_json({k: manifest.get(k) for k in DECODING_FIELDS}))
     return h.hexdigest()
 
 
 def compute_model_id(bundle_dir: str | Path) -> str:
-    """SHA-256 of decoder.onnx + entropy.json (if present) + canonical decoding fields."""
+    """SHA-256 of decoder.onnx + entropy.json (if present) + exact.npz (if the manifest names it) +
+    canonical decoding fields. A latentwire that predates exact networks computes another id for
+    such a bundle and refuses it, rather than decoding its residual levels against the float graph."""
     d = Path(bundle_dir)
     return _model_id(d, read_manifest(d))
 
@@ -116,6 +126,8 @@ def finalize(bundle_dir: str | Path) -> str:
         digest = sha256_file(d / ENTROPY)
         files[ENTROPY] = digest
         manifest["entropy"] = {**manifest.get("entropy", {}), "file": ENTROPY, "sha256": digest}
+    if manifest.get("exact"):
+        files[EXACT] = sha256_file(d / EXACT)
     manifest["files"] = files
     manifest["model_id"] = _model_id(d, manifest)
     write_manifest(d, manifest)
@@ -206,6 +218,11 @@ class Manifest:
         """The calibrated anomaly-score quantiles (None before `latentwire calibrate`)."""
         block = self.raw.get("anomaly")
         return AnomalyCalibration.from_dict(block) if block else None
+
+    @property
+    def has_exact(self) -> bool:
+        """The bundle holds an exact network (exact.npz): every residual level predicts from it."""
+        return bool(self.raw.get("exact"))
 
     @property
     def entropy_file(self) -> str | None:

@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import ENTROPY, Bundle, finalize, read_manifest, sha256_file, write_manifest
+from .bundle import ENTROPY, EXACT, Bundle, finalize, read_manifest, sha256_file, write_manifest
 from .coding import transform
 from .coding.context import LatentContext
 from .coding.context2d import LatentContext2D
+from .coding.exact import IntegerNetwork
 from .coding.fallback import DEFAULT_ANOMALY_QUANTILE, AnomalyCalibration, frame_scores
 from .coding.payload import CodingTables, LevelTables, encode_payload
 from .coding.quantize import dequantize_scaled, quantize_scaled
@@ -202,8 +203,8 @@ def calibrate(
     quality_max_errors: Sequence[int | str | None | LevelSpec] | None = None,
     *,
     n_contexts: int = 16,
-    n_shifts: int = 8,
-    guard: float = 0.01,
+    n_shifts: int | None = None,
+    guard: float | None = None,
     precision: int = DEFAULT_PRECISION,
     batch_size: int = 1024,
     provider: str = "cpu",
@@ -270,6 +271,20 @@ def calibrate(
     # the reference grid: the trained one, or a variable-rate bundle's finest level
     reference = LevelSpec(None, 1.0, n_learned - 1 if n_learned else None)
     symbols, raw_float = _forward(enc, dec, bundle, raw, batch_size, reference)
+    # What residuals are taken against: the exact network's integer prediction where the bundle
+    # has one (no float drift, so one bucket grid and no guard band), else the float decoder's.
+    exact = IntegerNetwork.load(bundle.file(EXACT)) if m.has_exact else None
+    n_shifts = (1 if exact else 8) if n_shifts is None else n_shifts
+    guard = (0.0 if exact else 0.01) if guard is None else guard
+
+    def against(sym: np.ndarray, flt: np.ndarray, sp: LevelSpec) -> np.ndarray:
+        if exact is None:
+            return flt
+        values = dequantize_scaled(sym, sp.latent_step, _gains(bundle, sp)[1])
+        return np.concatenate([exact.predict_frames(values[i : i + batch_size], flt.shape[1:])
+                               for i in range(0, len(values), batch_size)]).astype(np.float32)
+
+    res_float = against(symbols, raw_float, reference)
 
     positional = m.spatial_dims > 0 and m.channel_axis % (symbols.ndim - 1) == 0
     if latent_context and not positional:
@@ -292,13 +307,12 @@ def calibrate(
         radius = default_radius(spec)
         hist = np.zeros((spec.n_contexts, 2 * radius + 1), dtype=np.int64)
         for i in range(0, raw.shape[0], batch_size):
-            hist += residual_histograms(spec, raw[i : i + batch_size], raw_float[i : i + batch_size], radius)
+            hist += residual_histograms(spec, raw[i : i + batch_size], res_float[i : i + batch_size], radius)
         residual = ResidualModel(spec, radius, hist, precision)
     rctx = None
     if residual is not None and (positional if residual_context is None else residual_context):
-        rctx = ResidualContext.fit(
-            residual, raw, raw_float, [e for e in levels if e is not None], batch_size=batch_size
-        )
+        rctx = ResidualContext.fit(residual, raw, res_float, [e for e in levels if e is not None],
+                                   batch_size=batch_size)
     specs, tr = _fit_transform(specs, raw, symbols, raw_float, reference, enc, dec, bundle, batch_size,
                                transform_basis)
     steps = sorted({sp.latent_step for sp in specs if sp.latent_step != 1.0})
@@ -346,7 +360,7 @@ def calibrate(
                 rec = float_k
         else:
             payload, info = encode_payload(
-                tables, sym_k, m.channel_axis, x_raw=raw[:k], raw_float=float_k, max_error=e,
+                tables, sym_k, m.channel_axis, x_raw=raw[:k], raw_float=against(sym_k, float_k, sp), max_error=e,
                 latent_step=sp.latent_step, latent_level=sp.latent_level,
             )
             assert info is not None  # encode_payload returns the residual's encoding when given max_error

@@ -3,7 +3,8 @@ client hold.
 
 It strings the stages together in the one direction data flows (normalize -> encoder.onnx ->
 quantize -> entropy code -> packet) and back, and owns the rule that the residual layer is taken
-against the very reconstruction the receiver will compute (the sender runs decoder.onnx too).
+against the very reconstruction the receiver will compute (the sender runs decoder.onnx too, or,
+in a bundle with an exact network, the integer prediction every machine computes alike).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import Bundle, QualityLevel
+from .bundle import EXACT, Bundle, QualityLevel
 from .coding import bitstream, transform
 from .coding.bitstream import CUSTOM_QUALITY, CodingPath
-from .coding.fallback import AnomalyCalibration, compress_raw, decompress_raw, frame_scores
+from .coding.exact import IntegerNetwork
+from .coding.fallback import AnomalyCalibration, ScoredEncoding, compress_raw, decompress_raw, frame_scores
 from .coding.payload import CodingTables, PayloadReader, encode_payload
 from .coding.quantize import dequantize_scaled, quantize_scaled
 from .coding.residual import check_max_error, reconstruction_crc
@@ -29,20 +31,6 @@ from .frame import FramePath
 from .runtime import Decoder, Encoder
 
 DEFAULT_BUNDLE = "default"
-
-
-@dataclass(frozen=True)
-class ScoredEncoding:
-    """encode_scored's result: packets in frame order, and per frame its score and path.
-
-    frames[i] is the (start, stop) slice of the input batch that packets[i] carries.
-    """
-
-    packets: list[bytes]
-    frames: list[tuple[int, int]]
-    scores: np.ndarray  # (N,) float64 anomaly score per frame (codec/fallback.py)
-    lossless: np.ndarray  # (N,) bool: the frame went out through the lossless fallback
-    threshold: float | None
 
 
 def grid_of(level: QualityLevel) -> LatentGrid:
@@ -127,6 +115,18 @@ class Codec:
     @cached_property
     def decoder(self) -> Decoder:
         return Decoder(self.bundle, provider=self._provider, threads=self._threads)
+
+    @cached_property
+    def exact(self) -> IntegerNetwork | None:
+        """exact.npz's integer network, or None: every max-error residual is taken against it (coding/exact.py)."""
+        return IntegerNetwork.load(self.bundle.file(EXACT)) if self.manifest.has_exact else None
+
+    def _residual_prediction(self, symbols: np.ndarray, grid: LatentGrid, sample_shape: Sequence[int]) -> np.ndarray:
+        """What a max-error residual is taken against, in raw units: the exact network's integer
+        prediction (as float32, which rint and clip leave unchanged) or the float decoder's output."""
+        if self.exact is None:
+            return self._decode_symbols(self.latent_values(symbols, grid), sample_shape)
+        return self.exact.predict_frames(self.latent_values(symbols, grid), tuple(sample_shape)).astype(np.float32)
 
     @cached_property
     def frames(self) -> FramePath:
@@ -252,10 +252,10 @@ class Codec:
             payload, info = encode_payload(self.tables, symbols, self.manifest.channel_axis, latent_step=grid.step,
                                            latent_level=grid.level)
         else:
-            if grid == self.reference_grid and reference_raw_float is not None:
+            if grid == self.reference_grid and reference_raw_float is not None and self.exact is None:
                 raw_float = reference_raw_float
             else:
-                raw_float = self._decode_symbols(self.latent_values(symbols, grid), raw.shape[1:])
+                raw_float = self._residual_prediction(symbols, grid, raw.shape[1:])
             payload, info = encode_payload(
                 self.tables, symbols, self.manifest.channel_axis, x_raw=raw, raw_float=raw_float, max_error=bound,
                 latent_step=grid.step, latent_level=grid.level,
@@ -269,6 +269,7 @@ class Codec:
             max_error=bound if q == CUSTOM_QUALITY else None,
             residual=bound is not None,
             recon_crc=info.crc if (info is not None and recon_crc) else None,
+            exact=bound is not None and self.exact is not None,
         )
 
     def _transform_packet(self, raw: np.ndarray, symbols: np.ndarray, raw_float: np.ndarray, q: int, grid: LatentGrid,
@@ -429,6 +430,10 @@ class Codec:
         transform_level = header.quality != CUSTOM_QUALITY and self.qualities[header.quality].transform_step is not None
         if header.has_transform != transform_level:
             raise BitstreamError("packet's transform flag disagrees with its quality level: corrupt or foreign packet")
+        if header.has_exact != (bound is not None and self.manifest.has_exact):
+            how = "exactly" if self.manifest.has_exact else "with the float decoder"
+            raise BitstreamError(f"packet's exact-prediction flag disagrees with the bundle (it predicts {how}): "
+                                 "foreign packet")
         return header, payload, bound, grid
 
     def decode(self, packet: bytes | memoryview) -> np.ndarray:
@@ -452,6 +457,9 @@ class Codec:
             readers[i] = r = PayloadReader(payload, self.tables)
             symbols = r.latents(h.count, self._latent_shape(h.sample_shape), self.manifest.channel_axis, grid.step,
                                 grid.level)
+            if h.has_exact:  # the exact prediction: no decoder.onnx for this packet
+                out[i] = self._finish(r, h, parsed[i][2], self._residual_prediction(symbols, grid, h.sample_shape))
+                continue
             latents[i] = self.latent_values(symbols, grid)
             groups.setdefault(h.sample_shape, []).append(i)
         for shape, idx in groups.items():

@@ -29,7 +29,10 @@ from .bitstream import (
 )
 from .bitstream import (
     CUSTOM_QUALITY,
+    FLAG_EXACT,
     FLAG_RECON_CRC,
+    FLAG_RESIDUAL,
+    FLAG_TRANSFORM,
     KNOWN_FLAGS,
     MAGIC,
     VERSION,
@@ -45,6 +48,11 @@ MARKER_QUALITY = 0x10  # a quality byte follows the marker (the frame changes th
 CHECK_BYTES = 2
 MICROSECONDS = 1_000_000  # a compact record's commit time travels as a whole number of these after the previous
 _CHECK_MASK = (1 << (8 * CHECK_BYTES)) - 1
+COMPACT_FLAGS = 0x0F  # the flags a marker carries (its low nibble)
+# FLAG_EXACT has no bit of its own in the nibble: it travels as FLAG_RESIDUAL | FLAG_TRANSFORM, a
+# pair no packet holds (codec/FORMAT.md, "Compact frames"). A reader that predates it expands such
+# a frame to a header that fails the check (ChecksumMismatch), so it refuses, never misdecodes.
+_EXACT_PAIR = FLAG_RESIDUAL | FLAG_TRANSFORM
 
 
 def is_compact(data: bytes | bytearray | memoryview) -> bool:
@@ -91,14 +99,16 @@ def _compact(packet: bytes | bytearray | memoryview, header: PacketHeader, paylo
              context: StreamContext) -> bytes | None:
     """``compact`` on a packet already parsed by read_packet."""
     if (header.count != 1 or header.is_lossless or header.quality == CUSTOM_QUALITY
+            or header.flags & ~(COMPACT_FLAGS | FLAG_EXACT)
             or header.model_id_prefix != context.model_id_prefix
             or tuple(header.sample_shape) != context.sample_shape):
         return None
     out = bytearray()
+    nibble = (header.flags & COMPACT_FLAGS) | (_EXACT_PAIR if header.flags & FLAG_EXACT else 0)
     if header.quality == context.quality:
-        out.append(MARKER | header.flags)
+        out.append(MARKER | nibble)
     else:
-        out.append(MARKER | MARKER_QUALITY | header.flags)
+        out.append(MARKER | MARKER_QUALITY | nibble)
         out.append(header.quality)
     if header.recon_crc is not None:
         out += struct.pack("<I", header.recon_crc)
@@ -124,9 +134,11 @@ def expand(data: bytes | bytearray | memoryview, context: StreamContext | None) 
             "packet of the same stream, and this stream has none: send a full packet first (codec/FORMAT.md, "
             "'Compact frames')")
     marker = buf[0]
-    flags = marker & 0x0F
+    flags = marker & COMPACT_FLAGS
     if flags & ~KNOWN_FLAGS:
         raise UnsupportedVersion(f"compact frame with flags 0x{flags:02x}, unknown to this decoder: upgrade latentwire")
+    if flags & _EXACT_PAIR == _EXACT_PAIR:
+        flags = (flags & ~FLAG_TRANSFORM) | FLAG_EXACT
     pos = 1
     quality = context.quality
     if marker & MARKER_QUALITY:

@@ -97,3 +97,17 @@ class AnomalyCalibration:
     def from_dict(cls, d: Mapping[str, Any]) -> AnomalyCalibration:
         return cls(str(d["score"]), int(d["n_samples"]), {float(k): float(v) for k, v in d["quantiles"].items()},
                    float(d["threshold_quantile"]))
+
+
+@dataclass(frozen=True)
+class ScoredEncoding:
+    """encode_scored's result: packets in frame order, and per frame its score and path.
+
+    frames[i] is the (start, stop) slice of the input batch that packets[i] carries.
+    """
+
+    packets: list[bytes]
+    frames: list[tuple[int, int]]
+    scores: np.ndarray  # (N,) float64 anomaly score per frame (codec/fallback.py)
+    lossless: np.ndarray  # (N,) bool: the frame went out through the lossless fallback
+    threshold: float | None

@@ -12,9 +12,11 @@ table; one shared table cost about twice the bytes. The tables for ANY D derive,
 arithmetic only, from per-context histograms of r in raw units gathered at calibration.
 
 The cross-provider hazard (documented in FORMAT.md): p and its context come from the receiver's
-float output. If that differs slightly from the sender's (another batch size, CPU vs CUDA), a value
-near a rounding boundary moves p by 1 (that sample's error becomes D+1) and, if the move crosses a
-context-bucket edge, the entropy decoder switches tables and desyncs. Defences:
+float output (unless the bundle has an exact network, coding/exact.py: then raw_float holds its
+integer prediction, which rint and clip leave alone and every machine computes alike). If that
+differs slightly from the sender's (another batch size, CPU vs CUDA), a value near a rounding
+boundary moves p by 1 (that sample's error becomes D+1) and, if the move crosses a context-bucket
+edge, the entropy decoder switches tables and desyncs. Defences:
   * guard bands: the bucket grid can be shifted by s * width/n_shifts; per frame the sender picks
     the first shift for which no sample lies within ``guard`` raw units of a rounding boundary that
     is also a bucket edge, and codes s (about 0.08 bits per frame when s = 0). Float drift below
