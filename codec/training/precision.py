@@ -1,0 +1,68 @@
+"""Training-time arithmetic: bf16 autocast of the transforms and channels-last memory layout.
+
+Why: a training step is the cheapest training time there is (issue 23). On a CPU with AVX-512 BF16
+the analysis/synthesis convolutions run ~2x faster under bf16 autocast, and 2-D convolutions run
+faster on channels-last (NHWC) tensors (benchmarks/train_speed.py, BENCHMARKS.md "Training speed").
+Only the transforms' convolutions change: the model hands the density, the rate term, the loss and
+the optimizer float32 tensors (models/base.py `Autoencoder.network`), GDN's normalizer stays float32
+(models/gdn.py), and export rebuilds a float32, contiguous model from the checkpoint's weights, so
+the ONNX graphs and the runtime never see bf16.
+
+Both settings are training options recorded in the checkpoint (and, through it, the manifest's
+training stages); a resumed run keeps the checkpoint's settings unless the command names others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .models import Autoencoder
+from .options import PRECISIONS  # torch-free, for the CLI
+
+DEFAULT_PRECISION = "fp32"
+DEFAULT_CHANNELS_LAST = False
+
+
+@dataclass(frozen=True)
+class Precision:
+    precision: str = DEFAULT_PRECISION  # "fp32" | "bf16": the transforms' convolutions under autocast
+    channels_last: bool = DEFAULT_CHANNELS_LAST  # NHWC layout for 2-D families' weights and batches
+
+    def summary(self) -> dict[str, Any]:
+        """What the checkpoint's options and the manifest's training block record."""
+        return {"precision": self.precision, "channels_last": self.channels_last}
+
+
+def resolve(precision: str | None, channels_last: bool | None, saved: dict[str, Any] | None = None) -> Precision:
+    """The settings a run trains with: the command's, else a resumed checkpoint's, else the defaults.
+
+    ``saved`` is a resumed checkpoint's options (older checkpoints predate these keys: they trained fp32)."""
+    saved = saved or {}
+    p = precision or saved.get("precision") or DEFAULT_PRECISION
+    if p not in PRECISIONS:
+        raise ValueError(f"precision {p!r} is not one of {', '.join(PRECISIONS)}")
+    cl = channels_last if channels_last is not None else saved.get("channels_last", DEFAULT_CHANNELS_LAST)
+    return Precision(p, bool(cl))
+
+
+def apply(model: Autoencoder, setting: Precision, device: torch.device) -> None:
+    """Put ``model`` (already on ``device``) in the setting's arithmetic; a no-op for fp32 contiguous."""
+    if setting.channels_last:
+        if model.spatial_dims != 2:
+            raise ValueError(f"--channels-last applies to 2-D convolutional families, not {model.family!r} "
+                             f"({model.spatial_dims}-D samples)")
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs omit memory_format
+    if setting.precision == "bf16":
+        if device.type == "cpu" and not torch.backends.mkldnn.is_available():
+            raise ValueError("--precision bf16 needs torch's oneDNN CPU backend, which this torch build lacks")
+        model.compute_dtype = torch.bfloat16
+    else:
+        model.compute_dtype = None
+
+
+def batch_layout(xb: torch.Tensor, setting: Precision) -> torch.Tensor:
+    """A training batch in the layout the model's weights use."""
+    return xb.contiguous(memory_format=torch.channels_last) if setting.channels_last else xb
