@@ -196,6 +196,7 @@ def _command() -> str:
 def _stages(run: Path) -> list[dict[str, Any]]:
     """The chain of warm-started runs behind ``run``, first stage first (each checkpoint names the
     run it started from; a run started from a shipped bundle ends the walk with the bundle's stages)."""
+    from latentwire.codec.training import precision
     from latentwire.codec.training.train import load_checkpoint
 
     chain: list[dict[str, Any]] = []
@@ -204,7 +205,8 @@ def _stages(run: Path) -> list[dict[str, Any]]:
         ck = load_checkpoint(path)
         chain.append({"run": str(path.relative_to(REPO)) if path.is_absolute() else str(path),
                       "command": ck.get("command", ""), "seconds": round(float(ck.get("seconds", 0.0)), 2),
-                      "epochs": int(ck["epoch"]) + 1})
+                      "epochs": int(ck["epoch"]) + 1,
+                      **precision.resolve(None, None, ck.get("options", {})).summary()})  # older runs: fp32
         init = ck.get("init_from")
         if init and init.get("bundle") is not None:  # started from a shipped bundle (warmstart.py): its own record
             # a bundle without stages was one run: named by the folder its command wrote, not the bundle's path

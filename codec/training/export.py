@@ -201,7 +201,7 @@ def export(
                 "command": ckpt.get("command", ""), "seconds": round(float(ckpt.get("seconds", 0.0)), 2),
                 "device": ckpt.get("device", "cpu"), "data": ckpt.get("data", {}), "epochs": int(ckpt["epoch"]) + 1,
                 "rate_weight": ckpt.get("options", {}).get("rate_weight"),
-                **precision.resolve(None, None, ckpt.get("options")).summary(),
+                **precision.resolve(None, None, ckpt.get("options", {})).summary(),
             },
             "metrics": {"val_psnr_db": best.get("val_psnr_db"),
                         "val_bytes_per_sample_estimate": best.get("val_bytes_per_sample")},

@@ -22,30 +22,32 @@ import torch
 from .models import Autoencoder
 from .options import PRECISIONS  # torch-free, for the CLI
 
-DEFAULT_PRECISION = "fp32"
-DEFAULT_CHANNELS_LAST = False
-
 
 @dataclass(frozen=True)
 class Precision:
-    precision: str = DEFAULT_PRECISION  # "fp32" | "bf16": the transforms' convolutions under autocast
-    channels_last: bool = DEFAULT_CHANNELS_LAST  # NHWC layout for 2-D families' weights and batches
+    precision: str = "fp32"  # "fp32" | "bf16": the transforms' convolutions under autocast
+    channels_last: bool = False  # NHWC layout for 2-D families' weights and batches
 
     def summary(self) -> dict[str, Any]:
         """What the checkpoint's options and the manifest's training block record."""
         return {"precision": self.precision, "channels_last": self.channels_last}
 
 
-def resolve(precision: str | None, channels_last: bool | None, saved: dict[str, Any] | None = None) -> Precision:
-    """The settings a run trains with: the command's, else a resumed checkpoint's, else the defaults.
+FP32 = Precision()  # what every checkpoint from before these options trained with
+DEFAULTS: dict[str, Precision] = {}  # family -> the measured fastest setting at equal quality; others FP32
 
-    ``saved`` is a resumed checkpoint's options (older checkpoints predate these keys: they trained fp32)."""
-    saved = saved or {}
-    p = precision or saved.get("precision") or DEFAULT_PRECISION
+
+def resolve(precision: str | None, channels_last: bool | None, saved: dict[str, Any] | None = None,
+            family: str = "") -> Precision:
+    """The settings a run trains with: the command's, else a resumed checkpoint's, else the family's default.
+
+    ``saved`` is a resumed checkpoint's options; one without these keys predates them and trained FP32."""
+    base = DEFAULTS.get(family, FP32) if saved is None else Precision(
+        saved.get("precision") or FP32.precision, bool(saved.get("channels_last", FP32.channels_last)))
+    p = precision or base.precision
     if p not in PRECISIONS:
         raise ValueError(f"precision {p!r} is not one of {', '.join(PRECISIONS)}")
-    cl = channels_last if channels_last is not None else saved.get("channels_last", DEFAULT_CHANNELS_LAST)
-    return Precision(p, bool(cl))
+    return Precision(p, base.channels_last if channels_last is None else bool(channels_last))
 
 
 def apply(model: Autoencoder, setting: Precision, device: torch.device) -> None:

@@ -195,7 +195,8 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
         if ckpt_path is None or not ckpt_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; pass the --out DIR of the earlier run")
         ckpt = load_checkpoint(ckpt_path)
-    setting = precision.resolve(options.precision, options.channels_last, ckpt.get("options"))
+    setting = precision.resolve(options.precision, options.channels_last,
+                                ckpt.get("options", {}) if options.resume else None, config.family)
     options = replace(options, precision=setting.precision, channels_last=setting.channels_last)  # as recorded
     model = build_model(config).to(device)
     precision.apply(model, setting, device)  # before the optimizer: its state follows the weights' layout

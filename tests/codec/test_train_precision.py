@@ -103,3 +103,6 @@ def test_channels_last_is_refused_for_1d_families_and_bad_precisions() -> None:
     assert precision.resolve(None, None, {"precision": "bf16"}) == precision.Precision("bf16", False)
     assert precision.resolve("fp32", None, {"precision": "bf16", "channels_last": True}) == precision.Precision(
         "fp32", True)
+    # a checkpoint from before these options trained fp32, whatever the family's default is now
+    assert precision.resolve(None, None, {}, "gdn2d") == precision.FP32
+    assert precision.resolve(None, None, None, "dense") == precision.FP32
