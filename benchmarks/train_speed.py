@@ -9,11 +9,13 @@ average it ran under, and the table reports medians. A step's time is the loop's
 history["train_step_seconds"] without its first step (oneDNN builds its kernels there).
 
 Then the quality check: from the same start, the same steps (same batches, same seed) in fp32 and in
-the fast setting, scored by the loop's own codec-faithful validation (rounded latents, every rate
+the fast settings, scored by the loop's own codec-faithful validation (rounded latents, every rate
 level); a second fp32 run with another seed (other batch order and noise) gives run-to-run noise.
 
-    python -m benchmarks.train_speed                      # ~25 min on 2 shared cores
-    python -m benchmarks.train_speed --steps 6 --repeats 1 --quality-steps 10 --val-limit 16   # smoke run
+    python -m benchmarks.train_speed                      # ~15-25 min on 2 shared cores
+    python -m benchmarks.train_speed --quality-steps 0 --repeats 5 --out benchmarks/results/train-speed-2.json
+    python -m benchmarks.train_speed --steps 3 --repeats 1 --quality-steps 2 --val-limit 8 --per-image 1 \
+        --density-warmup 20 --out /tmp/smoke.json                                   # smoke run, ~2 min
 """
 
 from __future__ import annotations
@@ -80,18 +82,46 @@ def _quality(history: dict[str, Any], levels: int, pixels: int) -> dict[str, Any
     }
 
 
+def _quality_check(train: Any, config: Any, train_set: Any, val_set: Any, base: Any, fast: list[str], runs: Path,
+                   pixels: int) -> dict[str, Any]:
+    """fp32 and each fast setting from the same start, same batches and seed; fp32 with another seed for the noise."""
+    levels = len(config.rate_levels)
+    quality: dict[str, Any] = {}
+    for label, (prec, cl), seed in (("fp32 seed 0", ("fp32", False), 0),
+                                    *((f"{name} seed 0", SETTINGS[name], 0) for name in fast),
+                                    ("fp32 seed 1", ("fp32", False), 1)):
+        r = train(config, train_set, val_set, replace(
+            base, precision=prec, channels_last=cl, seed=seed, out=str(runs / f"quality-{prec}-{int(cl)}-{seed}")))
+        h = r.history[-1]
+        quality[label] = {**_quality(h, levels, pixels), "load_1min": round(os.getloadavg()[0], 2),
+                          "s_per_step": round(h["train_step_seconds"] / h["train_steps"], 4)}
+        print(f"{label}: {quality[label]}", file=sys.stderr, flush=True)
+    a, c = quality["fp32 seed 0"], quality["fp32 seed 1"]
+
+    def max_abs(x: list[float], y: list[float]) -> float:
+        return round(max(abs(u - v) for u, v in zip(x, y, strict=True)), 5)
+
+    return {
+        "levels": levels, "runs": quality,
+        "vs_fp32_max_abs_psnr_db": {n: max_abs(quality[f"{n} seed 0"]["val_psnr_db"], a["val_psnr_db"]) for n in fast},
+        "vs_fp32_max_abs_bpp": {n: max_abs(quality[f"{n} seed 0"]["val_bpp"], a["val_bpp"]) for n in fast},
+        "seed_noise_max_abs_psnr_db": max_abs(c["val_psnr_db"], a["val_psnr_db"]),
+        "seed_noise_max_abs_bpp": max_abs(c["val_bpp"], a["val_bpp"]),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     from latentwire.codec.sources import load_source
     from latentwire.codec.training.options import add_train_parser
     from latentwire.codec.training.train import config_and_options, train
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=12, help="training steps per speed run (the first is not timed)")
-    p.add_argument("--repeats", type=int, default=2, help="interleaved repeats of every setting")
-    p.add_argument("--quality-steps", type=int, default=40, help="steps of each quality-check run")
-    p.add_argument("--quality-setting", default="bf16 channels-last", choices=list(SETTINGS),
-                   help="the fast setting the quality check compares with fp32")
-    p.add_argument("--val-limit", type=int, default=48, help="validation crops of the quality check (every level)")
+    p.add_argument("--steps", type=int, default=16, help="training steps per speed run (the first is not timed)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every setting")
+    p.add_argument("--quality-steps", type=int, default=60, help="steps of each quality-check run (0: speed only)")
+    p.add_argument("--quality-settings", default="fp32 channels-last,bf16 channels-last",
+                   help="comma-separated settings the quality check compares with fp32")
+    p.add_argument("--val-limit", type=int, default=96, help="validation crops of the quality check (every level)")
     p.add_argument("--per-image", type=int, default=4,
                    help="crops per photo loaded (the recipe's 48 fill 2.8 GB; a few hundred steps need few)")
     p.add_argument("--density-warmup", type=int, default=300,
@@ -143,23 +173,14 @@ def main(argv: list[str] | None = None) -> int:
                       "speedup_vs_fp32": round(fp32 / med, 3), "load_1min": [x["load_1min"] for x in xs],
                       "repeats": xs})
 
-    quality_set = train_set.subset(slice(0, args.quality_steps * batch))
-    levels = len(config.rate_levels)
-    quality: dict[str, Any] = {}
-    fast = SETTINGS[args.quality_setting]
-    for label, (prec, cl), seed in (("fp32 seed 0", ("fp32", False), 0), (f"{args.quality_setting} seed 0", fast, 0),
-                                    ("fp32 seed 1", ("fp32", False), 1)):
-        r = train(config, quality_set, val_set, replace(
-            base, init_from=start, precision=prec, channels_last=cl, seed=seed, val_limit=args.val_limit,
-            out=str(runs / f"quality-{prec}-{int(cl)}-{seed}")))
-        h = r.history[-1]
-        quality[label] = {**_quality(h, levels, pixels), "load_1min": round(os.getloadavg()[0], 2),
-                          "s_per_step": round(h["train_step_seconds"] / h["train_steps"], 4)}
-        print(f"{label}: {quality[label]}", file=sys.stderr, flush=True)
-    a, b, c = (quality[k] for k in quality)
-
-    def max_abs(x: list[float], y: list[float]) -> float:
-        return round(max(abs(u - v) for u, v in zip(x, y, strict=True)), 5)
+    fast = [name for name in args.quality_settings.split(",") if name]
+    if unknown := [name for name in fast if name not in SETTINGS]:
+        p.error(f"--quality-settings: {unknown} not among {list(SETTINGS)}")
+    quality = None
+    if args.quality_steps > 0:
+        quality = _quality_check(train, config, train_set.subset(slice(0, args.quality_steps * batch)), val_set,
+                                 replace(base, init_from=start, val_limit=args.val_limit), fast, runs, pixels)
+        quality = {"steps": args.quality_steps, "val_crops": args.val_limit, **quality}
 
     report = {
         "benchmark": "train_speed",
@@ -169,13 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "init_from": args.init_from,
         "steps_per_run": args.steps, "repeats": args.repeats, "batch_size": batch, "threads": base.threads,
         "speed": table,
-        "quality": {
-            "steps": args.quality_steps, "val_crops": args.val_limit, "levels": levels, "runs": quality,
-            "fast_vs_fp32_max_abs_psnr_db": max_abs(b["val_psnr_db"], a["val_psnr_db"]),
-            "fast_vs_fp32_max_abs_bpp": max_abs(b["val_bpp"], a["val_bpp"]),
-            "seed_noise_max_abs_psnr_db": max_abs(c["val_psnr_db"], a["val_psnr_db"]),
-            "seed_noise_max_abs_bpp": max_abs(c["val_bpp"], a["val_bpp"]),
-        },
+        "quality": quality,
         "seconds": round(time.perf_counter() - t_all, 1),
         "machine": machine_info(),
         "git_commit": git_commit(),
