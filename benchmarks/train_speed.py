@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=16, help="training steps per speed run (the first is not timed)")
+    p.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated settings to time (fp32 among them)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every setting")
     p.add_argument("--quality-steps", type=int, default=60, help="steps of each quality-check run (0: speed only)")
     p.add_argument("--quality-settings", default="fp32 channels-last,bf16 channels-last",
@@ -153,10 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     # BUNDLE does before it trains), saved as a run every setting then starts from with --init-from RUN
     start = _warm_start(config, train_set.model_domain(), base, args.init_from, runs / "start")
 
-    speed: dict[str, list[dict[str, float]]] = {name: [] for name in SETTINGS}
+    timed_settings = [name for name in args.settings.split(",") if name]
+    if "fp32" not in timed_settings or any(name not in SETTINGS for name in timed_settings):
+        p.error(f"--settings: fp32 and any of {list(SETTINGS)[1:]}, got {timed_settings}")
+    speed: dict[str, list[dict[str, float]]] = {name: [] for name in timed_settings}
     speed_set = train_set.subset(slice(0, args.steps * batch))
     for rep in range(args.repeats):
-        for name, (prec, cl) in SETTINGS.items():
+        for name in timed_settings:
+            prec, cl = SETTINGS[name]
             r = train(config, speed_set, val_set, replace(
                 base, init_from=start, precision=prec, channels_last=cl, out=str(runs / f"speed-{rep}")))
             h = r.history[-1]

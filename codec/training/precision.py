@@ -1,8 +1,8 @@
 """Training-time arithmetic: bf16 autocast of the transforms and channels-last memory layout.
 
-Why: a training step is the cheapest training time there is (issue 23). On a CPU with AVX-512 BF16
-the analysis/synthesis convolutions run ~2x faster under bf16 autocast, and 2-D convolutions run
-faster on channels-last (NHWC) tensors (benchmarks/train_speed.py, BENCHMARKS.md "Training speed").
+Why: a faster step is the cheapest training time there is (issue 23). On a CPU with AVX-512 BF16 / AMX
+oneDNN runs bf16 convolutions on NHWC tensors fastest; neither change alone gained as much in the
+photo recipe's loop (benchmarks/train_speed.py, BENCHMARKS.md "Training speed").
 Only the transforms' convolutions change: the model hands the density, the rate term, the loss and
 the optimizer float32 tensors (models/base.py `Autoencoder.network`), GDN's normalizer stays float32
 (models/gdn.py), and export rebuilds a float32, contiguous model from the checkpoint's weights, so
@@ -34,16 +34,33 @@ class Precision:
 
 
 FP32 = Precision()  # what every checkpoint from before these options trained with
-DEFAULTS: dict[str, Precision] = {}  # family -> the measured fastest setting at equal quality; others FP32
+# family -> the measured fastest setting at equal quality (benchmarks/train_speed.py, BENCHMARKS.md "Training
+# speed"): the photo recipe's step is fastest in bf16 channels-last (median 1.3x fp32 on a shared machine, 2.0x
+# over 60-step runs), validation within seed noise. Other families are unmeasured and stay FP32.
+DEFAULTS: dict[str, Precision] = {"gdn2d": Precision("bf16", True)}
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes bf16 in hardware (AVX-512 BF16 / AMX, or a bf16 GPU): elsewhere it is emulated
+    and slower than fp32, so a family's bf16 default falls back to fp32 there."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def resolve(precision: str | None, channels_last: bool | None, saved: dict[str, Any] | None = None,
-            family: str = "") -> Precision:
-    """The settings a run trains with: the command's, else a resumed checkpoint's, else the family's default.
+            family: str = "", device: torch.device | None = None) -> Precision:
+    """The settings a run trains with: the command's, else a resumed checkpoint's, else the family's default
+    (its bf16 only where ``device`` has native bf16).
 
     ``saved`` is a resumed checkpoint's options; one without these keys predates them and trained FP32."""
-    base = DEFAULTS.get(family, FP32) if saved is None else Precision(
-        saved.get("precision") or FP32.precision, bool(saved.get("channels_last", FP32.channels_last)))
+    if saved is None:
+        base = DEFAULTS.get(family, FP32)
+        if base.precision == "bf16" and device is not None and not native_bf16(device):
+            base = Precision(FP32.precision, base.channels_last)
+    else:
+        base = Precision(saved.get("precision") or FP32.precision,
+                         bool(saved.get("channels_last", FP32.channels_last)))
     p = precision or base.precision
     if p not in PRECISIONS:
         raise ValueError(f"precision {p!r} is not one of {', '.join(PRECISIONS)}")

@@ -196,7 +196,7 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; pass the --out DIR of the earlier run")
         ckpt = load_checkpoint(ckpt_path)
     setting = precision.resolve(options.precision, options.channels_last,
-                                ckpt.get("options", {}) if options.resume else None, config.family)
+                                ckpt.get("options", {}) if options.resume else None, config.family, device)
     options = replace(options, precision=setting.precision, channels_last=setting.channels_last)  # as recorded
     model = build_model(config).to(device)
     precision.apply(model, setting, device)  # before the optimizer: its state follows the weights' layout

@@ -60,7 +60,8 @@ def test_bf16_channels_last_trains_records_resumes_and_exports_float32(tmp_path:
     bundle_dir = export(tmp_path / "fast", tmp_path / "bundle-fast", command="pytest export")
     training = read_manifest(bundle_dir)["training"]
     assert training["precision"] == "bf16" and training["channels_last"] is True
-    plain = train(config, tr, va, TrainOptions(epochs=1, batch_size=40, progress=False, threads=1))
+    plain = train(config, tr, va, TrainOptions(epochs=1, batch_size=40, progress=False, threads=1,
+                                               precision="fp32", channels_last=False))
     assert plain.precision == precision.Precision("fp32", False)
     plain_dir = export(plain, tmp_path / "bundle-plain")
     for name in ("encoder.onnx", "decoder.onnx"):
@@ -106,3 +107,8 @@ def test_channels_last_is_refused_for_1d_families_and_bad_precisions() -> None:
     # a checkpoint from before these options trained fp32, whatever the family's default is now
     assert precision.resolve(None, None, {}, "gdn2d") == precision.FP32
     assert precision.resolve(None, None, None, "dense") == precision.FP32
+    cpu = torch.device("cpu")
+    fast = precision.resolve(None, None, None, "gdn2d", cpu)  # the photo family's measured default
+    assert fast == (precision.Precision("bf16", True) if precision.native_bf16(cpu) else precision.Precision(
+        "fp32", True))
+    assert precision.resolve("fp32", False, None, "gdn2d", cpu) == precision.FP32  # the command wins
