@@ -101,6 +101,11 @@ BUNDLES: dict[str, dict[str, Any]] = {
             "--batch-size", "8", "--lr", "2e-4", "--weight-decay", "0", "--schedule", "none", "--patience", "0",
             "--epochs", "1000", "--augment", "flip", "--clip-grad", "1", "--threads", "2",
             "--checkpoint-minutes", "10", "--out", "runs/bsds-gdn",
+            # issue 23: bf16 autocast of the transforms on channels-last tensors, the fastest setting in every run
+            # (median 1.3x the fp32 steps/s over 10 interleaved rounds on a shared machine, 2.0x over 60-step
+            # runs) with validation PSNR and bpp within seed noise (benchmarks/train_speed.py, BENCHMARKS.md);
+            # gdn2d's default since then, named here so the recorded command says so. Earlier stages: fp32.
+            "--precision", "bf16", "--channels-last",
         ],
         # every learned level (latent only), then the finest with 8-bit max errors 4, 2, 0
         "ladder": ("l0", "l1", "l2", "l3", "l4", "l5", "l6", "l7", "l7+4", "l7+2", "l7+0"),
@@ -196,6 +201,7 @@ def _command() -> str:
 def _stages(run: Path) -> list[dict[str, Any]]:
     """The chain of warm-started runs behind ``run``, first stage first (each checkpoint names the
     run it started from; a run started from a shipped bundle ends the walk with the bundle's stages)."""
+    from latentwire.codec.training import precision
     from latentwire.codec.training.train import load_checkpoint
 
     chain: list[dict[str, Any]] = []
@@ -204,7 +210,8 @@ def _stages(run: Path) -> list[dict[str, Any]]:
         ck = load_checkpoint(path)
         chain.append({"run": str(path.relative_to(REPO)) if path.is_absolute() else str(path),
                       "command": ck.get("command", ""), "seconds": round(float(ck.get("seconds", 0.0)), 2),
-                      "epochs": int(ck["epoch"]) + 1})
+                      "epochs": int(ck["epoch"]) + 1,
+                      **precision.resolve(None, None, ck.get("options", {})).summary()})  # older runs: fp32
         init = ck.get("init_from")
         if init and init.get("bundle") is not None:  # started from a shipped bundle (warmstart.py): its own record
             # a bundle without stages was one run: named by the folder its command wrote, not the bundle's path

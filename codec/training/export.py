@@ -30,6 +30,7 @@ from onnx import TensorProto, helper
 from .. import bundle as bundle_mod
 from ..errors import ExportError
 from ..normalization import Normalization
+from . import precision
 from .models import Autoencoder, ModelConfig
 from .options import PARITY_TOLERANCE, add_export_parser
 from .train import TrainResult, load_checkpoint, model_from_checkpoint
@@ -200,6 +201,7 @@ def export(
                 "command": ckpt.get("command", ""), "seconds": round(float(ckpt.get("seconds", 0.0)), 2),
                 "device": ckpt.get("device", "cpu"), "data": ckpt.get("data", {}), "epochs": int(ckpt["epoch"]) + 1,
                 "rate_weight": ckpt.get("options", {}).get("rate_weight"),
+                **precision.resolve(None, None, ckpt.get("options", {})).summary(),
             },
             "metrics": {"val_psnr_db": best.get("val_psnr_db"),
                         "val_bytes_per_sample_estimate": best.get("val_bytes_per_sample")},
@@ -210,6 +212,10 @@ def export(
     if sample_batch is None or len(sample_batch) == 0:
         raise ExportError("export needs a validation sample batch (model domain) for the parity check")
     model = model.to("cpu", torch.float32).eval()
+    # however it trained (training/precision.py), the graphs are float32 and contiguous: the runtime never sees bf16
+    model.compute_dtype = None
+    if model.spatial_dims == 2:
+        model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # stubs omit it
     config: ModelConfig = model.config
     x = np.ascontiguousarray(sample_batch, dtype=np.float32)
     if x.shape[0] < 2:  # a batch of 1 would let the exporter fix the batch axis

@@ -22,6 +22,7 @@ OUTPUT_ACTIVATIONS = ("auto", "sigmoid", "none")
 VARIANTS = ("plain", "denoising", "sparse", "contractive", "vae")
 AUGMENTS = ("", "flip", "ecg")
 SCHEDULES = ("cosine", "plateau", "none")
+PRECISIONS = ("fp32", "bf16")  # training/precision.py: the transforms' arithmetic while training
 PARITY_TOLERANCE = 1e-4  # export: max |torch - onnxruntime| over latents and reconstructions
 
 TRAIN_DESCRIPTION = """`latentwire train`: rate-distortion training of an autoencoder family, with checkpoints.
@@ -68,6 +69,8 @@ class TrainOptions:
         None  # warm start: an earlier run's best weights, or a bundle's; fresh optimizer and schedule
     )
     density_warmup: int = 2000  # --init-from BUNDLE: steps fitting the density to the frozen network first
+    precision: str | None = None  # "fp32" | "bf16" (None: a resumed checkpoint's, else the family's default)
+    channels_last: bool | None = None  # NHWC weights and batches (None: a resumed checkpoint's, else the family's)
     progress: bool = True
     command: str = ""  # the command line recorded in the checkpoint and manifest
 
@@ -163,6 +166,14 @@ def add_train_parser(subparsers: Any, name: str = "train") -> argparse.ArgumentP
         metavar="STEPS",
         help="with --init-from BUNDLE: batches that fit the density alone before training (default %(default)s)",
     )
+    p.add_argument("--precision", default=None, choices=list(PRECISIONS),
+                   help="the transforms' convolutions while training: fp32, or bf16 autocast (density, rate, loss, "
+                        "GDN's normalizer and the optimizer stay float32; export is float32 either way). Default: "
+                        "a resumed run's, else the family's measured best: gdn2d bf16 where the CPU (AVX-512 BF16, "
+                        "AMX) or GPU has native bf16, other families fp32")
+    p.add_argument("--channels-last", default=None, action=argparse.BooleanOptionalAction,
+                   help="2-D families: channels-last (NHWC) weights and batches, faster convolutions on CPU. "
+                        "Default: a resumed run's, else on for gdn2d, off for the others")
     p.add_argument("--no-progress", action="store_true")
     return p
 

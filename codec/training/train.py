@@ -15,13 +15,12 @@ reported PSNR and bytes/sample are what the exported bundle delivers (before ent
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shlex
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +32,14 @@ import numpy as np
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..normalization import Normalization
 from ..sources import SampleSet
-from . import distributed, warmstart
+from . import distributed, precision, warmstart
 from .augment import augment_batch
 from .models import Autoencoder, ModelConfig, build_model
-from .models.variants import (
-    Corruption,
-    level_loss_weights,
-    training_loss,
-    warn_if_unregularized,
-)
+from .models.variants import training_loss, warn_if_unregularized
 from .options import (
     AUGMENTS,
     TrainOptions,
@@ -54,6 +47,7 @@ from .options import (
     add_train_parser,
     variant_fields,
 )
+from .validation import distortion, evaluate
 
 CHECKPOINT = "checkpoint.pt"
 VAL_BATCH_KEEP = 8  # validation samples stored in the checkpoint for export's parity check
@@ -76,6 +70,7 @@ class TrainResult:
     data: dict[str, Any] = field(default_factory=dict)
     rate_weight: float = 0.0
     command: str = ""
+    precision: precision.Precision = field(default_factory=precision.Precision)
 
     def training_summary(self) -> dict[str, Any]:
         """The manifest's "training" block."""
@@ -86,6 +81,7 @@ class TrainResult:
             "data": self.data,
             "epochs": self.epochs_run,
             "rate_weight": self.rate_weight,
+            **self.precision.summary(),
         }
 
     def metrics(self) -> dict[str, float]:
@@ -116,15 +112,6 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def distortion(x_hat: torch.Tensor, x: torch.Tensor, loss: str) -> torch.Tensor:
-    """Per-sample distortion (N,), summed over the sample's elements (see module docstring)."""
-    if loss == "bce":
-        per = F.binary_cross_entropy(x_hat.clamp(0.0, 1.0), x.clamp(0.0, 1.0), reduction="none")
-    else:
-        per = (x_hat - x) ** 2
-    return per.flatten(1).sum(dim=1)
-
-
 def _batch_loss(model: Any, xb: torch.Tensor,
                 rate_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """(mean distortion, mean bits, loss to minimise, mean variant penalty) for one batch."""
@@ -147,74 +134,6 @@ def _check_data(config: ModelConfig, train_set: SampleSet, val_set: SampleSet) -
                 f"loss 'bce' needs model-domain data in [0, 1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]; "
                 "use --loss mse"
             )
-
-
-@torch.no_grad()
-def evaluate(
-    model: Autoencoder, x: np.ndarray, normalization: Normalization, loss: str, rate_weight: float,
-    device: torch.device, batch_size: int = 256, corruption: str = "",
-) -> dict[str, float]:
-    """Codec-faithful validation: rounded latents; PSNR in the raw domain (normalization peak).
-
-    A denoising model is selected on what it is for: val_loss then scores the reconstruction of
-    CORRUPTED validation samples (fixed seed) against the clean ones; PSNR and bytes stay clean.
-    A variable-rate model is validated at every level (val_psnr_db_qK, val_bytes_per_sample_qK);
-    its val_loss is the mean of the levels' losses in the training loss's one currency, and its
-    val_psnr_db / val_bytes_per_sample are those of the middle level.
-    """
-    model.eval()
-    if model.levels:
-        return _evaluate_levels(model, x, normalization, loss, device, batch_size)
-    tot_loss = tot_bits = tot_se = 0.0
-    n = x.shape[0]
-    corrupt = Corruption.parse(corruption) if corruption else None
-    gen = torch.Generator().manual_seed(0)
-    for i in range(0, n, batch_size):
-        xb = torch.from_numpy(x[i : i + batch_size]).to(device)
-        out = model(xb, quantize="round")
-        d = distortion(out.x_hat, xb, loss)
-        if corrupt is not None:
-            d = distortion(model(corrupt.apply(xb, gen), quantize="round").x_hat, xb, loss)
-        tot_loss += float((d + rate_weight * out.bits).sum())
-        tot_bits += float(out.bits.sum())
-        tot_se += _raw_squared_error(normalization, xb, out.x_hat)
-    return {"val_loss": tot_loss / n, "val_psnr_db": _psnr(normalization, tot_se, x.size),
-            "val_bytes_per_sample": tot_bits / n / 8.0}
-
-
-def _raw_squared_error(normalization: Normalization, xb: torch.Tensor, x_hat: torch.Tensor) -> float:
-    raw_ref = normalization.to_raw_float(xb.cpu().numpy())
-    raw_hat = normalization.to_raw_float(x_hat.cpu().numpy())
-    return float(np.sum((raw_ref.astype(np.float64) - raw_hat) ** 2))
-
-
-def _psnr(normalization: Normalization, squared_error: float, count: int) -> float:
-    mse = squared_error / count
-    return float("inf") if mse == 0 else 10.0 * math.log10(normalization.peak**2 / mse)
-
-
-def _evaluate_levels(model: Autoencoder, x: np.ndarray, normalization: Normalization, loss: str,
-                     device: torch.device, batch_size: int) -> dict[str, float]:
-    weights = model.config.rate_levels
-    scales = level_loss_weights(weights)
-    metrics: dict[str, float] = {}
-    losses = []
-    n = x.shape[0]
-    for lv, w in enumerate(weights):
-        tot_loss = tot_bits = tot_se = 0.0
-        for i in range(0, n, batch_size):
-            xb = torch.from_numpy(x[i : i + batch_size]).to(device)
-            out = model(xb, quantize="round", level=torch.full((xb.shape[0],), lv, dtype=torch.long, device=device))
-            d = distortion(out.x_hat, xb, loss)
-            tot_loss += float((scales[lv] * (d + w * out.bits)).sum())
-            tot_bits += float(out.bits.sum())
-            tot_se += _raw_squared_error(normalization, xb, out.x_hat)
-        losses.append(tot_loss / n)
-        metrics[f"val_psnr_db_q{lv}"] = _psnr(normalization, tot_se, x.size)
-        metrics[f"val_bytes_per_sample_q{lv}"] = tot_bits / n / 8.0
-    mid = len(weights) // 2
-    return {"val_loss": float(np.mean(losses)), "val_psnr_db": metrics[f"val_psnr_db_q{mid}"],
-            "val_bytes_per_sample": metrics[f"val_bytes_per_sample_q{mid}"], **metrics}
 
 
 def _make_optimizer(model: Autoencoder, options: TrainOptions) -> torch.optim.Optimizer:
@@ -271,7 +190,16 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
     out_dir = Path(options.out) if options.out else None
     ckpt_path = out_dir / CHECKPOINT if out_dir else None
 
+    ckpt: dict[str, Any] = {}
+    if options.resume:
+        if ckpt_path is None or not ckpt_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; pass the --out DIR of the earlier run")
+        ckpt = load_checkpoint(ckpt_path)
+    setting = precision.resolve(options.precision, options.channels_last,
+                                ckpt.get("options", {}) if options.resume else None, config.family, device)
+    options = replace(options, precision=setting.precision, channels_last=setting.channels_last)  # as recorded
     model = build_model(config).to(device)
+    precision.apply(model, setting, device)  # before the optimizer: its state follows the weights' layout
     net = distributed.wrap(model, ctx, config.variant)  # what the loss calls: DDP across processes
     optimizer = _make_optimizer(model, options)
     scheduler = _make_scheduler(optimizer, options)
@@ -303,9 +231,6 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
                          "seconds": round(float(init_ckpt.get("seconds", 0.0)), 2),
                          "epochs": int(init_ckpt["epoch"]) + 1}
     if options.resume:
-        if ckpt_path is None or not ckpt_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; pass the --out DIR of the earlier run")
-        ckpt = load_checkpoint(ckpt_path)
         if ModelConfig.from_dict(ckpt["config"]) != config:
             raise ValueError(f"--resume: {ckpt_path} was trained with {ckpt['config']}, not {config.to_dict()}")
         model.load_state_dict(ckpt["model"])
@@ -378,9 +303,11 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
             disable=not (options.progress and main_process), leave=True, unit="batch", file=sys.stderr,
         )
         run_loss = float(ckpt.get("run_loss", 0.0)) if next_batch else 0.0
+        t_steps = time.perf_counter()  # the steps alone, without validation: what --precision changes
+        first_step = 0.0
         for k in range(next_batch, len(steps)):
             xb = torch.from_numpy(x_train[steps[k]]).to(device)
-            xb = augment_batch(xb, options.augment, aug_gen)
+            xb = precision.batch_layout(augment_batch(xb, options.augment, aug_gen), setting)
             # the variant (plain, denoising, sparse, contractive, vae) decides the loss; for plain
             # models it is distortion + rate_weight * bits, and with rate_weight 0 `bits` only
             # reaches the density (latents detached in forward).
@@ -390,6 +317,8 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
             if options.clip_grad > 0:
                 torch.nn.utils.clip_grad_norm_(model.network_parameters(), options.clip_grad)
             optimizer.step()
+            if k == next_batch:
+                first_step = time.perf_counter() - t_steps  # oneDNN builds its kernels here; apart in the history
             step_loss = (float(loss.detach()) if model.levels
                          else float(d.detach() + options.rate_weight * bits.detach() + penalty))
             run_loss = 0.9 * run_loss + 0.1 * step_loss if k else step_loss
@@ -399,6 +328,8 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
             if options.checkpoint_minutes > 0 and time.monotonic() - last_save > 60.0 * options.checkpoint_minutes:
                 save(epoch - 1, k + 1, run_loss)
                 last_save = time.monotonic()
+        step_seconds = time.perf_counter() - t_steps
+        steps_run = len(steps) - next_batch
         next_batch = 0
         metrics = evaluate(model, x_val, normalization, config.loss, options.rate_weight, device,
                            batch_size=32 if model.spatial_dims else 256, corruption=config.corruption)
@@ -415,7 +346,8 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
             else:
                 scheduler.step()
         history.append({"epoch": epoch, "train_loss": run_loss, "seconds": seconds_before + time.perf_counter() - t0,
-                        **metrics})
+                        "train_steps": steps_run, "train_step_seconds": step_seconds,
+                        "first_step_seconds": first_step, **metrics})
         if metrics["val_loss"] < best_loss:
             best_loss, stale = metrics["val_loss"], 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -439,18 +371,15 @@ def train(config: ModelConfig, train_set: SampleSet, val_set: SampleSet, options
         val_bytes_per_sample=float(best_metrics["val_bytes_per_sample"]),
         epochs_run=epoch + 1, seconds=seconds, device=device.type, history=history, checkpoint=ckpt_path,
         val_batch=x_val[:VAL_BATCH_KEEP].copy(), data=data_summary, rate_weight=options.rate_weight,
-        command=options.command,
+        command=options.command, precision=setting,
     )
 
 
 # -- CLI ------------------------------------------------------------------------------------------
 
-def run(args: argparse.Namespace) -> int:
-    from ..sources import load_source
-
-    source = load_source(args.data, **dict(args.source_option))
-    train_set, val_set = source.split(args.val_fraction, seed=args.seed)
-    sample_shape: list[int | None] = list(source.sample_shape)
+def config_and_options(args: argparse.Namespace, data_shape: list[int]) -> tuple[ModelConfig, TrainOptions]:
+    """What `latentwire train ARGS` trains (benchmarks/train_speed.py runs the recipes' loops through it)."""
+    sample_shape: list[int | None] = list(data_shape)
     if args.family != "dense":
         sample_shape = [sample_shape[0]] + [None] * (len(sample_shape) - 1)  # fully convolutional: any size
     default_layers = {"dense": [512, 256], "gdn2d": [128, 128, 128]}.get(args.family, [32, 64])
@@ -466,11 +395,20 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         rate_weight=args.rate_weight, schedule=args.schedule, patience=args.patience, seed=args.seed,
         device=args.device, threads=args.threads, out=args.out, resume=args.resume, init_from=args.init_from,
-        density_warmup=args.density_warmup,
+        density_warmup=args.density_warmup, precision=args.precision, channels_last=args.channels_last,
         augment=args.augment, val_limit=args.val_limit, clip_grad=args.clip_grad,
         checkpoint_minutes=args.checkpoint_minutes, progress=not args.no_progress,
         command=getattr(args, "command_line", None) or _command_line(),
     )
+    return config, options
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..sources import load_source
+
+    source = load_source(args.data, **dict(args.source_option))
+    train_set, val_set = source.split(args.val_fraction, seed=args.seed)
+    config, options = config_and_options(args, list(source.sample_shape))
     try:
         result = train(config, train_set, val_set, options)
     finally:

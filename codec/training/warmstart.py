@@ -136,13 +136,17 @@ def _check_parity(model: Autoencoder, d: Path) -> None:
     dec = ort.InferenceSession(str(d / bundle_mod.DECODER), providers=["CPUExecutionProvider"])
     y_onnx = enc.run(None, {enc.get_inputs()[0].name: x})[0]
     model.eval()
-    with torch.no_grad():
-        y = model.encode(torch.from_numpy(x)).numpy()
-        feeds = {dec.get_inputs()[0].name: y_onnx}
-        if len(dec.get_inputs()) > 1:
-            feeds[dec.get_inputs()[1].name] = np.asarray(shape[1:], dtype=np.int64)
-        x_onnx = dec.run(None, feeds)[0]
-        x_hat = model.decode(torch.from_numpy(y_onnx), tuple(shape[1:]) if model.spatial_dims else None).numpy()
+    compute_dtype, model.compute_dtype = model.compute_dtype, None  # the graphs are float32: so is the comparison
+    try:
+        with torch.no_grad():
+            y = model.encode(torch.from_numpy(x)).numpy()
+            feeds = {dec.get_inputs()[0].name: y_onnx}
+            if len(dec.get_inputs()) > 1:
+                feeds[dec.get_inputs()[1].name] = np.asarray(shape[1:], dtype=np.int64)
+            x_onnx = dec.run(None, feeds)[0]
+            x_hat = model.decode(torch.from_numpy(y_onnx), tuple(shape[1:]) if model.spatial_dims else None).numpy()
+    finally:
+        model.compute_dtype = compute_dtype
     for what, a, b in (("encoder", y, y_onnx), ("decoder", x_hat, x_onnx)):
         err = float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
         if not math.isfinite(err) or err > _PARITY:

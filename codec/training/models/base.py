@@ -48,6 +48,9 @@ class Autoencoder(nn.Module):
     """
 
     family: ClassVar[str] = ""
+    # training-time autocast of the transforms (training/precision.py); not config: export and the
+    # runtime rebuild a float32 model from the weights
+    compute_dtype: torch.dtype | None = None
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -78,6 +81,15 @@ class Autoencoder(nn.Module):
         raise NotImplementedError
 
     # -- shared -----------------------------------------------------------------------------
+    def network(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``net(x)``, under autocast to compute_dtype when set; always float32 out, so quantization,
+        the density, the rate term and the loss stay float32 whatever the transforms ran in."""
+        if self.compute_dtype is None:
+            return net(x)
+        with torch.autocast(x.device.type, dtype=self.compute_dtype):
+            out = net(x)
+        return out.float()
+
     @property
     def encoder_channels(self) -> int:
         """Channels the encoder network emits: a VAE also emits a log-variance per code channel."""

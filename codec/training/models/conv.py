@@ -97,7 +97,7 @@ class ConvAutoencoder(Autoencoder):
         pads: list[int] = []
         for n in reversed(x.shape[2:]):
             pads += [0, (-n) % s]
-        return self.encoder(F.pad(x, pads, mode="replicate"))
+        return self.network(self.encoder, F.pad(x, pads, mode="replicate"))
 
     def decode_padded(self, y_hat: torch.Tensor) -> torch.Tensor:
-        return self.decoder(y_hat)
+        return self.network(self.decoder, y_hat)

@@ -47,7 +47,7 @@ class DenseAutoencoder(Autoencoder):
         return [self.config.code_size]
 
     def encode_params(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x.flatten(1))
+        return self.network(self.encoder, x.flatten(1))
 
     def decode_padded(self, y_hat: torch.Tensor) -> torch.Tensor:
-        return self.decoder(y_hat).reshape(-1, *self.sample_shape)
+        return self.network(self.decoder, y_hat).reshape(-1, *self.sample_shape)

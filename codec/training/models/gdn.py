@@ -65,6 +65,14 @@ class GDN(nn.Module):
         self.gamma = nn.Parameter(torch.sqrt(gamma_init * torch.eye(channels) + _PEDESTAL))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            # bf16 training (training/precision.py): the normalizer sums 128 squares and divides by
+            # their root, where bf16's 8-bit mantissa costs accuracy for little time; it stays float32
+            with torch.autocast(x.device.type, enabled=False):
+                return self._normalize(x.float())
+        return self._normalize(x)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
         beta = _non_negative(self.beta, _BETA_MIN)
         gamma = _non_negative(self.gamma, 0.0).reshape(c, c, 1, 1)
