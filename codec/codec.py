@@ -102,9 +102,8 @@ class Codec:
         self.reference_grid = LatentGrid(1.0, len(levels) - 1 if levels else None)
 
     @classmethod
-    def load(
-        cls, bundle: str | Path | Bundle = DEFAULT_BUNDLE, provider: str = "auto", threads: int | None = None
-    ) -> Codec:
+    def load(cls, bundle: str | Path | Bundle = DEFAULT_BUNDLE, provider: str = "auto",
+             threads: int | None = None) -> Codec:
         return cls(resolve_bundle(bundle), provider=provider, threads=threads)
 
     # Sessions are built on first use: a receiver never pays for the encoder graph.
@@ -489,9 +488,8 @@ class Codec:
             )
         return recon.astype(self.raw_dtype)
 
-    def _transform_recon(
-        self, reader: PayloadReader, header: bitstream.PacketHeader, raw_float: np.ndarray
-    ) -> np.ndarray:
+    def _transform_recon(self, reader: PayloadReader, header: bitstream.PacketHeader,
+                         raw_float: np.ndarray) -> np.ndarray:
         tr = self.tables.transform
         if tr is None or raw_float.ndim != 3:
             raise BitstreamError("packet has a transform residual, but this bundle has no transform tables for it")
