@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,6 +31,15 @@ def digits(n: int) -> np.ndarray:
         x = load_source(sample_data_root() / "mnist").samples
     reps = -(-n // x.shape[0])
     return np.ascontiguousarray(np.concatenate([x] * reps)[:n])
+
+
+def wait_until(pred: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    """Poll pred until it holds; TimeoutError naming what was awaited, so a stuck test says why."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} (not within {timeout:g} s)")
+        time.sleep(0.02)
 
 
 def free_port() -> int:

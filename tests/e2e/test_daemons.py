@@ -17,7 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from _transport import REPO, ServerProcess, digits, running_server
+from _transport import REPO, ServerProcess, digits, running_server, wait_until
 from latentwire.client import Client
 from latentwire.codec.codec import Codec
 
@@ -40,14 +40,6 @@ def _state(path: Path, key: str) -> int:
         return int(json.loads(path.read_text()).get(key, 0))
     except (FileNotFoundError, json.JSONDecodeError):
         return 0
-
-
-def _wait(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.05)
 
 
 def _expected(target: str, codec: Codec, n: int) -> np.ndarray:
@@ -89,7 +81,7 @@ def test_receiver_killed_mid_stream_resumes_exactly(tiny_bundle: Path, codec: Co
         recv_args = ["--target", target, "--channel", "digits", "--state", str(recv_state), "--out", str(out),
                      "--until-seq", str(N)]
         receiver = _daemon("receive", *recv_args, log=tmp_path / "recv.log")
-        _wait(lambda: _state(recv_state, "next_seq") > 1500, 60, "receiver made no progress")
+        wait_until(lambda: _state(recv_state, "next_seq") > 1500, "receiver made no progress", timeout=60)
         receiver.kill()  # SIGKILL: no chance to save anything
         receiver.wait(10)
         killed_at = _state(recv_state, "next_seq")
@@ -113,7 +105,7 @@ def test_server_kill9_and_restart_loses_and_duplicates_nothing(tiny_bundle: Path
                          str(send_state), "--rate", "1500", "--frames-per-message", "200", log=tmp_path / "send.log")
         receiver = _daemon("receive", "--target", server.target, "--channel", "digits", "--state", str(recv_state),
                            "--out", str(out), "--until-seq", str(N), log=tmp_path / "recv.log")
-        _wait(lambda: _state(recv_state, "next_seq") > 2500, 60, "receiver made no progress")
+        wait_until(lambda: _state(recv_state, "next_seq") > 2500, "receiver made no progress", timeout=60)
         server.kill9()
         at_kill = _state(send_state, "sent")
         # 1,500 frames/s: ~6.7 s of sending, so a receiver slow to start on a loaded machine still

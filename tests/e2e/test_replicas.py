@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from _redis import RedisServer
-from _transport import REPO, ServerProcess, digits
+from _transport import REPO, ServerProcess, digits, wait_until
 from latentwire.client import Client
 
 N = 4000
@@ -28,14 +28,6 @@ def _daemon(kind: str, *args: str, log: Path) -> subprocess.Popen:
     env = dict(os.environ, LATENTWIRE_CACHE=str(log.parent / "cache"))
     return subprocess.Popen([sys.executable, "-m", f"latentwire.client.{kind}", *args], cwd=REPO, env=env,
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT)
-
-
-def _wait(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.05)
 
 
 def _sent(state: Path) -> int:
@@ -68,7 +60,7 @@ def test_kill9_of_a_replica_mid_stream_loses_and_duplicates_nothing(tiny_bundle:
     receiver = _daemon("receive", "--target", a.target, "--channel", "digits", "--state", str(recv_state),
                        "--out", str(out), log=tmp_path / "recv-a.log")
     try:
-        _wait(lambda: _sent(send_state) > N // 3, 60, "the sender got a third of the frames through A")
+        wait_until(lambda: _sent(send_state) > N // 3, "the sender got a third of the frames through A", timeout=60)
         a.kill9()  # mid-stream: messages in flight on A are committed or not; the producer offsets decide
         sender.wait(60)  # it cannot reach A any more and stops (non-zero)
         receiver.terminate()
@@ -89,7 +81,7 @@ def test_kill9_of_a_replica_mid_stream_loses_and_duplicates_nothing(tiny_bundle:
         assert [int(f.stem) for f in files] == list(range(N))
         got = np.stack([np.load(f) for f in files[:: N // 8]])
         assert got.shape == (8, 1, 28, 28)
-        _wait(lambda: len(seen_b) >= N, 60, "the subscriber on B saw every frame")
+        wait_until(lambda: len(seen_b) >= N, "the subscriber on B saw every frame", timeout=60)
         assert seen_b == list(range(N))  # exactly once, in order, across A's commits and B's
     finally:
         stop.set()
@@ -107,7 +99,7 @@ def test_retention_trims_are_visible_on_both_replicas(tiny_bundle: Path, redis_s
     try:
         with Client(a.target) as ca, Client(b.target) as cb:
             assert ca.publish("digits", digits(1000), frames_per_message=100).accepted == 1000
-            _wait(lambda: ca.channel("digits").first_retained_seq > 0, 30, "a replica trimmed")
+            wait_until(lambda: ca.channel("digits").first_retained_seq > 0, "a replica trimmed", timeout=30)
             info_a, info_b = ca.channel("digits"), cb.channel("digits")
             # whole packets go: at least the 300 newest frames stay, both replicas see the same cut
             assert info_b.first_retained_seq == info_a.first_retained_seq > 0

@@ -13,28 +13,19 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from _redis import RedisServer
-from _transport import REPO, ServerProcess, digits
+from _transport import REPO, ServerProcess, digits, wait_until
 from latentwire.client import ChannelReset, Client
 from latentwire.server.epoch import EPOCH_GAP
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
                                 reason="redis-server is not installed and could not be (the README's test command "
                                        "installs it)")
-
-
-def _wait(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.05)
 
 
 def _serve(bundle: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -79,7 +70,7 @@ def test_redis_restarted_empty_under_a_live_replica(tiny_bundle: Path, tmp_path:
             epoch = c.channel("digits").epoch
             assert len(epoch) == 16
             assert c.publish("digits", digits(500), frames_per_message=50).accepted == 500
-            _wait(lambda: len(seen) >= 500, 30, "the live subscriber got the first 500 frames")
+            wait_until(lambda: len(seen) >= 500, "the live subscriber got the first 500 frames", timeout=30)
             # Redis dies and comes back empty on the same port
             port = redis.port
             os.kill(redis.proc.pid, signal.SIGKILL)

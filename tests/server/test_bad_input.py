@@ -14,7 +14,6 @@ import logging
 import shutil
 import struct
 import threading
-import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import grpc
 import numpy as np
 import pytest
 
-from _transport import digits, running_server
+from _transport import digits, running_server, wait_until
 from latentwire.client import Client
 from latentwire.codec.bundle import Bundle, read_manifest, write_manifest
 from latentwire.codec.codec import Codec, default_bundle_path
@@ -111,7 +110,7 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 
         t = threading.Thread(target=receive, daemon=True)
         t.start()
-        _wait(lambda: sum(p.count for p in e.received) >= 200, "the healthy subscriber got the seed frames")
+        wait_until(lambda: sum(p.count for p in e.received) >= 200, "the healthy subscriber got the seed frames")
         yield e
         e.stop.set()
         t.join(10)
@@ -121,14 +120,6 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     assert "refused" in text
     for tok in TOKENS + ("not-a-known-token-123",):
         assert tok not in text, "tokens are never logged"
-
-
-def _wait(pred: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.01)
 
 
 def _stored(env: Env) -> list[tuple[int, int, bytes]]:
@@ -148,8 +139,8 @@ def nothing_lost_and_others_served(env: Env):
     seq = env.log.next_seq
     r = env.healthy.publish("digits", digits(1))
     assert (r.accepted, r.first_seq) == (1, seq), "the server still takes good frames"
-    _wait(lambda: env.received and env.received[-1].first_seq + env.received[-1].count > seq,
-          "the healthy subscriber kept receiving")
+    wait_until(lambda: env.received and env.received[-1].first_seq + env.received[-1].count > seq,
+               "the healthy subscriber kept receiving")
     assert not env.errors, env.errors
     got = [(p.first_seq, p.count, p.payload) for p in env.received]
     seqs = [s for first, n, _ in got for s in range(first, first + n)]

@@ -10,7 +10,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from _tmpfs import fill, small_tmpfs
-from _transport import digits, free_port, running_server
+from _transport import digits, free_port, running_server, wait_until
 from latentwire.client import Client, PublishAck
 from latentwire.codec.codec import Codec, default_bundle_path
 from latentwire.server.config import BatchPolicy, Limits
@@ -26,14 +26,6 @@ from latentwire.v1 import latentwire_pb2 as pb
 from latentwire.v1 import latentwire_pb2_grpc as pb_grpc
 
 BUNDLE = default_bundle_path()
-
-
-def _wait(pred: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.02)
 
 
 def _port_outside_ephemeral_range() -> int:
@@ -172,7 +164,8 @@ def test_port_goes_away_and_comes_back(tmp_path: Path) -> None:
         p = threading.Thread(target=produce)
         p.start()
         for cut_at in (800, 2000):
-            _wait(lambda cut_at=cut_at: server.channels["digits"].store.next_seq >= cut_at, "publishing progressed")
+            wait_until(lambda cut_at=cut_at: server.channels["digits"].store.next_seq >= cut_at,
+                       "publishing progressed")
             proxy.cut()
             time.sleep(1.5)
             proxy.restore()
@@ -183,8 +176,8 @@ def test_port_goes_away_and_comes_back(tmp_path: Path) -> None:
         assert server.channels["digits"].store.next_seq == n, "no frame committed twice"
         assert seen == list(range(n)), "every frame once, in order, across both cuts"
         # both clients are done: no stream that lived on a reset connection is still held
-        _wait(lambda: server.service._subscribers == 0 and server.service._publishers == 0,
-              "no stale stream left on the server", timeout=10)
+        wait_until(lambda: server.service._subscribers == 0 and server.service._publishers == 0,
+                   "no stale stream left on the server", timeout=10)
         sub.close()
         assert server.metrics.value("latentwire_subscribers", channel="digits") == 0
         proxy.close()
@@ -234,7 +227,7 @@ def test_cancel_and_deadline_leave_nothing_behind(tmp_path: Path) -> None:
                 next(call)
             outcomes.append(e.value.code())
             call = stub.Subscribe(pb.SubscribeRequest(channel="digits", latest=True))
-            _wait(lambda: server.service._subscribers >= 1, "the idle subscriber is open")
+            wait_until(lambda: server.service._subscribers >= 1, "the idle subscriber is open")
             call.cancel()
             # a publisher cancelled mid-stream and one whose request stream stalls past its deadline
             stall = threading.Event()
@@ -261,13 +254,13 @@ def test_cancel_and_deadline_leave_nothing_behind(tmp_path: Path) -> None:
             next(dl)
             dl.cancel()
         assert set(outcomes) == {grpc.StatusCode.DEADLINE_EXCEEDED}
-        _wait(lambda: _state(server) == baseline, f"server state back to baseline {baseline}", timeout=10)
+        wait_until(lambda: _state(server) == baseline, f"server state back to baseline {baseline}", timeout=10)
         # whatever the cancelled publishers got committed is whole and readable, without gaps
         with Client(target, cache_dir=tmp_path / "cache") as c:
             frames = [f.seq for f in c.subscribe("digits", 0, idle_timeout=1)]
         assert frames == list(range(server.channels["digits"].store.next_seq))
         assert 2000 <= len(frames) <= 2000 + 3 * 60
-        _wait(lambda: _state(server) == baseline, "the reader's stream was released too", timeout=10)
+        wait_until(lambda: _state(server) == baseline, "the reader's stream was released too", timeout=10)
         ch.close()
 
 
@@ -394,8 +387,8 @@ def test_a_full_disk_is_resource_exhausted_and_writes_resume(tmp_path: Path, cap
             for t in threads:
                 t.start()
             try:
-                _wait(lambda: server.metrics.value("latentwire_store_state", channel="digits", state="full") == 1,
-                      "the data dir filling up")
+                wait_until(lambda: server.metrics.value("latentwire_store_state", channel="digits", state="full") == 1,
+                           "the data dir filling up")
                 committed = store.next_seq
                 assert 0 < committed < n
                 # a publisher that does not retry sees the status itself: RESOURCE_EXHAUSTED, naming the dir
@@ -450,8 +443,8 @@ def test_redis_down_during_trims_is_one_line_each_way(tmp_path: Path, caplog: py
             time.sleep(3.5)  # three trim ticks with Redis gone
             redis.port = port
             redis.start()  # same port and append-only file
-            _wait(lambda: any("writes go through again" in r.getMessage() for r in caplog.records),
-                  "the reachable-again line", timeout=15)
+            wait_until(lambda: any("writes go through again" in r.getMessage() for r in caplog.records),
+                       "the reachable-again line", timeout=15)
             with Client(target) as c:
                 assert c.publish("digits", digits(10)).first_seq == 10
     finally:

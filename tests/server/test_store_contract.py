@@ -7,11 +7,11 @@ another model, and an outage."""
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from _transport import wait_until
 from latentwire.server.sqlite_store import SqliteStore
 from latentwire.server.store import (
     ChannelMismatch,
@@ -71,7 +71,7 @@ def test_seqs_are_dense_and_reads_resume_anywhere(make_store) -> None:
     # a second handle on the same log (a restart, or another replica) sees the same seqs
     again = make_store()
     assert again.next_seq == 10 and [p.first_seq for p in again.read_from(0)] == [0, 3, 8]
-    _wait(lambda: sum(p.count for p in seen) == 10)
+    wait_until(lambda: sum(p.count for p in seen) == 10, "the follower got all 10 frames")
     assert [p.first_seq for p in seen] == [0, 3, 8]  # every commit, in order, once
 
 
@@ -99,7 +99,7 @@ def test_redis_replicas_share_one_log(redis_server) -> None:
         b.follow(seen_b.extend)
         a.append([_pkt(4)], {"cam": 4})
         b.append([_pkt(2)], {"cam": 6}, expected_offsets={"cam": 4})
-        _wait(lambda: sum(p.count for p in seen_b) == 6)
+        wait_until(lambda: sum(p.count for p in seen_b) == 6, "the other replica got all 6 frames")
         assert [(p.first_seq, p.count) for p in seen_b] == [(0, 4), (4, 2)]  # A's commit reached B's channel
         # a batch deduplicated against a stale offset is refused as a whole, nothing appended
         with pytest.raises(OffsetConflict, match="producer cam is at offset 6"):
@@ -137,18 +137,12 @@ def test_redis_outage_is_unavailable_and_the_tail_resumes(tmp_path: Path) -> Non
         other = RedisStore(redis_server.url, "digits")
         assert [p.first_seq for p in other.append([_pkt(3)])] == [1]
         other.close()
-        _wait(lambda: sum(p.count for p in seen) == 4, timeout=15)  # the tail resumed where it stood
+        # the tail resumed where it stood
+        wait_until(lambda: sum(p.count for p in seen) == 4, "the tail resumed after the outage", timeout=15)
         assert [(p.first_seq, p.count) for p in seen] == [(0, 1), (1, 3)]
     finally:
         store.close()
         redis_server.stop()
-
-
-def _wait(pred, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_concurrent_replica_appends_never_duplicate_a_producer(redis_server) -> None:
@@ -279,7 +273,7 @@ def test_a_bound_redis_store_refuses_appends_and_its_tail_notices_a_flush(redis_
         seen_b: list[StoredPacket] = []
         b.follow(seen_b.extend)
         a.append([_pkt(500)])
-        _wait(lambda: sum(p.count for p in seen_b) == 500)
+        wait_until(lambda: sum(p.count for p in seen_b) == 500, "b followed the first 500 frames")
         redis.Redis.from_url(redis_server.url).flushall()
         with pytest.raises(StoreReset, match=r"the store now holds no epoch \(next seq 0\); the last seq this replica "
                                              r"knew is seq 499"):
@@ -288,7 +282,7 @@ def test_a_bound_redis_store_refuses_appends_and_its_tail_notices_a_flush(redis_
         assert r.xlen(a.k_log) == 0 and not r.exists(a.k_meta)  # nothing written: no seq handed out again
         with pytest.raises(StoreReset):  # sticky: no second try reaches Redis
             a.append([_pkt(1)])
-        _wait(lambda: bool(heard), timeout=5)  # b never appended: its tailer noticed
+        wait_until(lambda: bool(heard), "b's tailer noticed the flush", timeout=5)  # b never appended
         assert b.reset is heard[0] and heard[0].last_seq == 499 and heard[0].found.epoch == ""
         assert [p.first_seq for p in seen_b] == [0]  # nothing delivered after the reset
         assert a.trim() == []
@@ -315,7 +309,7 @@ def test_a_tail_behind_retention_is_no_reset_but_a_log_rolled_back_is(redis_serv
         a.trim()  # b's tailer has not started: the entries it would read first are gone
         seen: list[StoredPacket] = []
         b.follow(seen.extend)
-        _wait(lambda: sum(p.count for p in seen) == 6)
+        wait_until(lambda: sum(p.count for p in seen) == 6, "b delivered the 6 retained frames")
         assert [p.first_seq for p in seen] == [4, 6, 8] and b.reset is None
         # the store goes back (a lagging copy: same epoch, next seq 0) and a replica that knows no better
         # appends 3-frame packets: b must not deliver them as if they followed seq 9
@@ -325,7 +319,7 @@ def test_a_tail_behind_retention_is_no_reset_but_a_log_rolled_back_is(redis_serv
         other = RedisStore(redis_server.url, "digits")
         other.append([_pkt(3) for _ in range(5)])
         other.close()
-        _wait(lambda: b.reset is not None, timeout=5)
+        wait_until(lambda: b.reset is not None, "b noticed the rolled-back log", timeout=5)
         assert b.reset.last_seq == 9 and [p.first_seq for p in seen] == [4, 6, 8]
     finally:
         a.close()
