@@ -15,7 +15,7 @@ from typing import Any
 
 from ..sources import source_option
 
-FAMILIES = ("conv1d", "conv2d", "dense", "gdn2d")  # the model registry's keys (models/registry.py)
+FAMILIES = ("conv1d", "conv2d", "dense", "gdn2d", "hyper2d")  # the model registry's keys (models/registry.py)
 ACTIVATIONS = ("relu", "gelu", "leaky_relu", "tanh", "linear")
 LOSSES = ("mse", "bce")
 OUTPUT_ACTIVATIONS = ("auto", "sigmoid", "none")
@@ -97,13 +97,14 @@ def add_train_parser(subparsers: Any, name: str = "train") -> argparse.ArgumentP
                    help="option for the data loader, e.g. limit=5000, size=64,64 (repeatable)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--family", default="dense", choices=list(FAMILIES),
-                   help="dense, conv2d (images), conv1d (series), gdn2d (photos: Balle et al.'s GDN transform)")
+                   help="dense, conv2d (images), conv1d (series), gdn2d (photos: Balle et al.'s GDN transform), "
+                   "hyper2d (gdn2d with a mean-scale hyperprior)")
     p.add_argument(
         "--layers",
         type=_int_list,
         default=None,
         help="dense: nodes per encoder layer (default 512,256); conv: channels per stride-2 stage (default 32,64); "
-        "gdn2d: channels of the stages before the latent's (default 128,128,128: 4 downsamplings)",
+        "gdn2d, hyper2d: channels of the stages before the latent's (default 128,128,128: 4 downsamplings)",
     )
     p.add_argument("--code-size", type=int, default=32, help="dense: latent dims; conv: latent channels")
     p.add_argument("--activation", default="relu", choices=list(ACTIVATIONS))

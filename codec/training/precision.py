@@ -37,7 +37,7 @@ FP32 = Precision()  # what every checkpoint from before these options trained wi
 # family -> the measured fastest setting at equal quality (benchmarks/train_speed.py, BENCHMARKS.md "Training
 # speed"): the photo recipe's step is fastest in bf16 channels-last (median 1.3x fp32 on a shared machine, 2.0x
 # over 60-step runs), validation within seed noise. Other families are unmeasured and stay FP32.
-DEFAULTS: dict[str, Precision] = {"gdn2d": Precision("bf16", True)}
+DEFAULTS: dict[str, Precision] = {"gdn2d": Precision("bf16", True), "hyper2d": Precision("bf16", True)}
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -382,7 +382,8 @@ def config_and_options(args: argparse.Namespace, data_shape: list[int]) -> tuple
     sample_shape: list[int | None] = list(data_shape)
     if args.family != "dense":
         sample_shape = [sample_shape[0]] + [None] * (len(sample_shape) - 1)  # fully convolutional: any size
-    default_layers = {"dense": [512, 256], "gdn2d": [128, 128, 128]}.get(args.family, [32, 64])
+    photo = [128, 128, 128]
+    default_layers = {"dense": [512, 256], "gdn2d": photo, "hyper2d": photo}.get(args.family, [32, 64])
     layers = args.layers if args.layers is not None else default_layers
     config = ModelConfig(
         family=args.family, sample_shape=sample_shape, code_size=args.code_size, layers=layers,

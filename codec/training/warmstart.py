@@ -17,6 +17,7 @@ The recovered model is checked against both graphs on one input before anything 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ def load_bundle_weights(model: Autoencoder, path: str | Path) -> dict[str, Any]:
     (command, seconds, epochs, earlier stages) for the new run's init_from."""
     d = Path(path)
     manifest = bundle_mod.read_manifest(d)
-    if ModelConfig.from_dict(manifest["config"]) != model.config:
+    if not _same_network(ModelConfig.from_dict(manifest["config"]), model.config):
         raise ValueError(f"--init-from: {d} was trained with {manifest['config']}, not {model.config.to_dict()}")
     gdn = [name for name, m in model.named_modules() if isinstance(m, GDN)]
     state = {**_graph_state(d / bundle_mod.ENCODER, [n for n in gdn if n.startswith("encoder.")]),
@@ -109,7 +110,9 @@ def load_bundle_weights(model: Autoencoder, path: str | Path) -> dict[str, Any]:
         state["log_inverse_gain"] = np.log(np.asarray([lv["inverse_gain"] for lv in levels],
                                                       dtype=np.float64)).astype(np.float32)
     own = model.state_dict()
-    wanted = {k for k in own if not k.startswith("density.")}
+    # what a factorized-prior bundle cannot hold: a hyperprior model's side networks start fresh
+    # and are fitted with the density before the first step (fit_density)
+    wanted = {k for k in own if not k.startswith(("density.", "hyper_analysis.", "hyper_synthesis."))}
     missing = sorted(wanted - state.keys())
     if missing:
         raise ValueError(f"--init-from: {d}'s graphs do not hold {', '.join(missing[:4])}"
@@ -126,6 +129,13 @@ def load_bundle_weights(model: Autoencoder, path: str | Path) -> dict[str, Any]:
     return {"path": str(d), "bundle": manifest.get("name", ""), "model_id": manifest.get("model_id", ""),
             "command": training.get("command", ""), "seconds": round(float(training.get("seconds", 0.0)), 2),
             "epochs": int(training.get("epochs", 0)), "stages": training.get("stages", [])}
+
+
+def _same_network(bundle: ModelConfig, model: ModelConfig) -> bool:
+    """Same config, or a gdn2d bundle whose analysis, synthesis and gains a hyper2d model extends."""
+    if bundle == model:
+        return True
+    return bundle.family == "gdn2d" and model.family == "hyper2d" and replace(bundle, family="hyper2d") == model
 
 
 def _check_parity(model: Autoencoder, d: Path) -> None:
@@ -174,25 +184,28 @@ def fit_density(model: Autoencoder, x: np.ndarray, *, steps: int, batch_size: in
         cached = torch.cat([model.encode(torch.from_numpy(x[np.sort(pick[i : i + batch_size])]).to(device))
                             for i in tqdm(starts, desc="density warm-up: latents", unit="batch", leave=False,
                                           disable=not progress)])
-    opt = torch.optim.Adam(model.density_parameters(), lr=lr)
+    fitted = model.warmup_parameters()
+    opt = torch.optim.Adam(fitted, lr=lr)
+    fitted_ids = {id(p) for p in fitted}
+    frozen = [p for p in model.parameters() if id(p) not in fitted_ids and p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
     model.train()
-
-    def bits_of(y: torch.Tensor, level: torch.Tensor | None) -> torch.Tensor:
-        if level is None:
-            return model.density.bits(model.quantize(y, "noise"))
-        gain, _ = model.level_gains(level)
-        rated = y * gain.detach() + torch.empty_like(y).uniform_(-0.5, 0.5)
-        return model.density.bits(rated / gain.detach(), (1.0 / gain.detach()).expand_as(rated))
+    bits_of = model.warmup_bits
 
     def levels_for(n: int) -> torch.Tensor | None:
         return torch.randint(0, model.levels, (n,), generator=gen).to(device) if model.levels else None
 
     step_batch = max(batch_size, 32)
-    for _ in tqdm(range(steps), desc="density warm-up: fit", unit="step", leave=False, disable=not progress):
-        idx = torch.randint(0, cached.shape[0], (min(step_batch, cached.shape[0]),), generator=gen)
-        loss = bits_of(cached[idx], levels_for(len(idx))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    try:
+        for _ in tqdm(range(steps), desc="density warm-up: fit", unit="step", leave=False, disable=not progress):
+            idx = torch.randint(0, cached.shape[0], (min(step_batch, cached.shape[0]),), generator=gen)
+            loss = bits_of(cached[idx], levels_for(len(idx))).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
     with torch.no_grad():
         return float(bits_of(cached, levels_for(cached.shape[0])).mean())

@@ -122,6 +122,18 @@ class Autoencoder(nn.Module):
     def density_parameters(self) -> list[nn.Parameter]:
         return list(self.density.parameters())
 
+    def warmup_parameters(self) -> list[nn.Parameter]:
+        """What a warm start fits first on cached latents, the network frozen (training/warmstart.py)."""
+        return self.density_parameters()
+
+    def warmup_bits(self, y: torch.Tensor, level: torch.Tensor | None) -> torch.Tensor:
+        """(N,) training-time code length of given latents y, at random noise: the warm-up's loss."""
+        if level is None:
+            return self.density.bits(self.quantize(y, "noise"))
+        gain, _ = self.level_gains(level)
+        rated = y * gain.detach() + torch.empty_like(y).uniform_(-0.5, 0.5)
+        return self.density.bits(rated / gain.detach(), (1.0 / gain.detach()).expand_as(rated))
+
     def network_parameters(self) -> list[nn.Parameter]:
         ids = {id(p) for p in self.density.parameters()}
         return [p for p in self.parameters() if id(p) not in ids]

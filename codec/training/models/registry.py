@@ -10,12 +10,14 @@ from .conv1d import Conv1dAutoencoder
 from .conv2d import Conv2dAutoencoder
 from .dense import DenseAutoencoder
 from .gdn import Gdn2dAutoencoder
+from .hyper import HyperGdn2dAutoencoder
 
 MODELS: dict[str, type[Autoencoder]] = {
     "dense": DenseAutoencoder,
     "conv2d": Conv2dAutoencoder,
     "conv1d": Conv1dAutoencoder,
     "gdn2d": Gdn2dAutoencoder,
+    "hyper2d": HyperGdn2dAutoencoder,
 }
 
 
