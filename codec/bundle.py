@@ -28,6 +28,8 @@ ENCODER = "encoder.onnx"
 DECODER = "decoder.onnx"
 ENTROPY = "entropy.json"
 EXACT = "exact.npz"
+# a hyperprior bundle's exact hyper-synthesis: it picks the latent's coding tables, so it is part of the model id
+HYPER = "hyper.npz"
 DECODING_FIELDS = ("format_version", "family", "input", "latent", "quality_levels")
 
 
@@ -98,13 +100,24 @@ def _model_id(bundle_dir: Path, manifest: dict[str, Any]) -> str:
             raise BundleError(f"{exact} is missing but the manifest names an exact network; copy the whole bundle "
                               "or re-run `latentwire quantize-exact`")
         h.update(b"exact:" + exact.read_bytes())
+    if _names_hyper(manifest):
+        hyper = bundle_dir / HYPER
+        if not hyper.is_file():
+            raise BundleError(f"{hyper} is missing but the manifest names a hyperprior; copy the whole bundle "
+                              "or re-export it")
+        h.update(b"hyper:" + hyper.read_bytes())
     h.update(canonical_json({k: manifest.get(k) for k in DECODING_FIELDS}))
     return h.hexdigest()
 
 
+def _names_hyper(manifest: dict[str, Any]) -> bool:
+    latent = manifest.get("latent")
+    return isinstance(latent, dict) and bool(latent.get("hyper"))
+
+
 def compute_model_id(bundle_dir: str | Path) -> str:
     """SHA-256 of decoder.onnx + entropy.json (if present) + exact.npz (if the manifest names it) +
-    canonical decoding fields. A latentwire that predates exact networks computes another id for
+    hyper.npz (likewise) + canonical decoding fields. A latentwire that predates exact networks computes another id for
     such a bundle and refuses it, rather than decoding its residual levels against the float graph."""
     d = Path(bundle_dir)
     return _model_id(d, read_manifest(d))
@@ -128,6 +141,8 @@ def finalize(bundle_dir: str | Path) -> str:
         manifest["entropy"] = {**manifest.get("entropy", {}), "file": ENTROPY, "sha256": digest}
     if manifest.get("exact"):
         files[EXACT] = sha256_file(d / EXACT)
+    if _names_hyper(manifest):
+        files[HYPER] = sha256_file(d / HYPER)
     manifest["files"] = files
     manifest["model_id"] = _model_id(d, manifest)
     write_manifest(d, manifest)
@@ -223,6 +238,11 @@ class Manifest:
     def has_exact(self) -> bool:
         """The bundle holds an exact network (exact.npz): every residual level predicts from it."""
         return bool(self.raw.get("exact"))
+
+    @property
+    def has_hyper(self) -> bool:
+        """The latent is coded under a mean-scale hyperprior (latent.hyper; hyper.npz picks its tables)."""
+        return bool(self.raw["latent"].get("hyper"))
 
     @property
     def entropy_file(self) -> str | None:

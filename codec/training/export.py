@@ -30,8 +30,9 @@ from onnx import TensorProto, helper
 from .. import bundle as bundle_mod
 from ..errors import ExportError
 from ..normalization import Normalization
-from . import precision
+from . import export_hyper, precision
 from .models import Autoencoder, ModelConfig
+from .models.hyper import HyperGdn2dAutoencoder
 from .options import PARITY_TOLERANCE, add_export_parser
 from .train import TrainResult, load_checkpoint, model_from_checkpoint
 
@@ -47,6 +48,19 @@ class _EncoderGraph(torch.nn.Module):
         return self.model.encode(x)
 
 
+class _HyperEncoderGraph(torch.nn.Module):
+    """A hyperprior model's sender side in one graph: the latent y and the side latent z = h_a(y)
+    (a sender always needs both; one onnxruntime call instead of two)."""
+
+    def __init__(self, model: HyperGdn2dAutoencoder) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.model.encode(x)
+        return y, self.model.hyper_analysis(y)
+
+
 class _DecoderGraph(torch.nn.Module):
     """Decoder up to the padded size; the crop to out_size is appended as an ONNX Slice."""
 
@@ -58,15 +72,16 @@ class _DecoderGraph(torch.nn.Module):
         return self.model.decode_padded(y_hat)
 
 
-def _export_graph(module: torch.nn.Module, example: torch.Tensor, in_name: str, out_name: str,
+def _export_graph(module: torch.nn.Module, example: torch.Tensor, in_name: str, out_name: str | list[str],
                   dynamic: dict[int, Any], path: Path) -> None:
     quiet = logging.getLogger("torch.onnx")  # "torchvision is not installed" and similar chatter
     level = quiet.level
     quiet.setLevel(logging.ERROR)
+    out_names = [out_name] if isinstance(out_name, str) else out_name
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            module, (example,), input_names=[in_name], output_names=[out_name],
+            module, (example,), input_names=[in_name], output_names=out_names,
             dynamic_shapes={"x" if in_name == "x" else "y_hat": dynamic}, dynamo=True,
             external_data=False, verbose=False,
         )
@@ -127,7 +142,10 @@ def parity(model: Autoencoder, out_dir: Path, x: np.ndarray) -> float:
     y_hat = torch.round(y)
     size = tuple(x.shape[2:]) if model.spatial_dims else None
     x_hat = model.decode(y_hat, size)
-    y_ort = enc.run(["y"], {"x": xt.numpy()})[0]
+    hyper = isinstance(model, HyperGdn2dAutoencoder)
+    outs = enc.run(["y", "z"] if hyper else ["y"], {"x": xt.numpy()})
+    y_ort = outs[0]
+    z_diff = float(np.max(np.abs(outs[1] - model.hyper_analysis(y).numpy()))) if hyper else 0.0
     feeds = {"y_hat": y_hat.numpy()}
     if size is not None:
         feeds["out_size"] = np.asarray(size, dtype=np.int64)
@@ -135,7 +153,7 @@ def parity(model: Autoencoder, out_dir: Path, x: np.ndarray) -> float:
     if y_ort.shape != tuple(y.shape) or x_ort.shape != tuple(x_hat.shape):
         raise ExportError(f"onnxruntime shapes y {y_ort.shape}, x_hat {x_ort.shape} differ from torch's "
                           f"{tuple(y.shape)}, {tuple(x_hat.shape)} for input {x.shape}")
-    return max(float(np.max(np.abs(y_ort - y.numpy()))), float(np.max(np.abs(x_ort - x_hat.numpy()))))
+    return max(float(np.max(np.abs(y_ort - y.numpy()))), float(np.max(np.abs(x_ort - x_hat.numpy()))), z_diff)
 
 
 def _second_size(x: np.ndarray) -> np.ndarray:
@@ -158,6 +176,18 @@ def _levels(model: Autoencoder) -> list[dict[str, Any]]:
          "rate_weight": w}
         for g, ig, w in zip(gains, inverse, model.config.rate_levels, strict=True)
     ]
+
+
+def _latent_tables(model: Autoencoder, out: Path, x: np.ndarray) -> dict[str, Any]:
+    """manifest latent.pmf and .levels; a hyperprior model instead gets latent.hyper (z's pmf and the
+    exact hyper-synthesis it writes to hyper.npz) and gain-only levels: its latent's tables are
+    Gaussians chosen per element (coding/gaussian.py), not one pmf per channel."""
+    if not isinstance(model, HyperGdn2dAutoencoder):
+        return {"pmf": _pmf(model), **({"levels": _levels(model)} if model.levels else {})}
+    gains, inverse = model.level_tables()
+    levels = [{"gain": [float(v) for v in g], "inverse_gain": [float(v) for v in ig], "rate_weight": w}
+              for g, ig, w in zip(gains, inverse, model.config.rate_levels, strict=True)]
+    return {"levels": levels, "hyper": export_hyper.write_hyper(model, out, x, _pmf(model))}
 
 
 def export(
@@ -222,13 +252,17 @@ def export(
         x = np.concatenate([x, x])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in (bundle_mod.ENTROPY, bundle_mod.MANIFEST):
+    for stale in (bundle_mod.ENTROPY, bundle_mod.MANIFEST, bundle_mod.HYPER):
         (out / stale).unlink(missing_ok=True)
 
     xt = torch.from_numpy(x)
     with torch.no_grad():
         y_example = torch.round(model.encode(xt))
-    _export_graph(_EncoderGraph(model), xt, "x", "y", _dynamic_spec(model, latent=False), out / bundle_mod.ENCODER)
+    if isinstance(model, HyperGdn2dAutoencoder):
+        _export_graph(_HyperEncoderGraph(model), xt, "x", ["y", "z"], _dynamic_spec(model, latent=False),
+                      out / bundle_mod.ENCODER)
+    else:
+        _export_graph(_EncoderGraph(model), xt, "x", "y", _dynamic_spec(model, latent=False), out / bundle_mod.ENCODER)
     _export_graph(
         _DecoderGraph(model), y_example, "y_hat", "x_hat", _dynamic_spec(model, latent=True), out / bundle_mod.DECODER
     )
@@ -261,8 +295,7 @@ def export(
             "stride": model.stride,
             "channels": config.code_size,
             "channel_axis": 0,
-            "pmf": _pmf(model),
-            **({"levels": _levels(model)} if model.levels else {}),
+            **_latent_tables(model, out, x),
         },
         "quality_levels": [{"name": "q0", "max_error": None}],
         "files": {},

@@ -213,3 +213,48 @@ def test_a_long_run_continues_from_the_shipped_bundle_in_a_later_session(photo_b
     other = build_model(ModelConfig.from_dict({**config.to_dict(), "code_size": 16}))
     with pytest.raises(ValueError, match="--init-from"):
         warmstart.load_bundle_weights(other, photo_bundle)
+
+
+def test_a_hyperprior_model_warm_starts_from_a_factorized_bundle(photo_bundle: Path, tmp_path: Path) -> None:
+    """hyper2d keeps a gdn2d bundle's analysis, synthesis and gains (issue 23: the weights already paid
+    for), and the warm-up fits its fresh side networks so the rate is already below the fresh model's."""
+    import torch
+
+    from latentwire.codec.sources import load_source
+    from latentwire.codec.training import train, warmstart
+    from latentwire.codec.training.models import ModelConfig, build_model
+    from latentwire.codec.training.train import load_checkpoint
+
+    config = ModelConfig.from_dict({**warmstart.bundle_config(photo_bundle).to_dict(), "family": "hyper2d"})
+    gdn = build_model(warmstart.bundle_config(photo_bundle))
+    warmstart.load_bundle_weights(gdn, photo_bundle)
+    hyper = build_model(config)
+    warmstart.load_bundle_weights(hyper, photo_bundle)
+    own = hyper.state_dict()
+    for k, v in gdn.state_dict().items():
+        if not k.startswith("density."):
+            assert torch.equal(own[k], v), k
+    assert any(k.startswith("hyper_synthesis.") for k in own)
+
+    x = load_source(PHOTOS, size=(48, 48), per_image=8).model_domain()
+    level = torch.zeros(len(x), dtype=torch.long)
+    with torch.no_grad():
+        fresh = float(hyper.warmup_bits(hyper.encode(torch.from_numpy(x)), level).mean())
+    encoder_before = {k: v.clone() for k, v in own.items() if k.startswith("encoder.")}
+    warmstart.fit_density(hyper, x, steps=150, batch_size=8, lr=1e-2, device=torch.device("cpu"), progress=False)
+    with torch.no_grad():
+        fitted = float(hyper.warmup_bits(hyper.encode(torch.from_numpy(x)), level).mean())
+    assert fitted < 0.8 * fresh
+    assert all(torch.equal(hyper.state_dict()[k], v) for k, v in encoder_before.items())  # the network stayed frozen
+    assert all(p.requires_grad for p in hyper.parameters())
+
+    assert train.main([
+        "--data", str(PHOTOS), "--source-option", "size=48,48", "--source-option", "per_image=24",
+        "--val-fraction", "0.34", "--family", "hyper2d", "--layers", "8,8,8", "--code-size", "12",
+        "--rate-levels", RATE_LEVELS, "--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--clip-grad", "1",
+        "--init-from", str(photo_bundle), "--density-warmup", "30",
+        "--out", str(tmp_path / "hyper"), "--no-progress", "--threads", "1",
+    ]) == 0
+    ck = load_checkpoint(tmp_path / "hyper")
+    assert ck["config"]["family"] == "hyper2d" and ck["init_from"]["epochs"] == 3
+    assert np.isfinite(ck["history"][0]["val_bytes_per_sample"])
