@@ -84,6 +84,8 @@ class HyperLatentCoding:
         except InputError as exc:
             raise BundleError(f"hyperprior coding: {exc}") from exc
         t = chooser.thresholds
+        if t.size and (int(t.min()) < -(2**31) or int(t.max()) >= 2**31):
+            raise BundleError("hyperprior coding: thresholds leave int32 (the stored form)")
         t.setflags(write=False)
         object.__setattr__(self, "thresholds", t)
         object.__setattr__(self, "_chooser", chooser)
