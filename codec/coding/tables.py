@@ -260,7 +260,7 @@ class TableSet:
             "freqs": np.concatenate([t.freqs for t in self.tables]) if self.tables else np.zeros(0, np.int64),
         }
         dtypes = {**PACKED_DTYPES, "freqs": freq_dtype(self.precision)}
-        return {"precision": self.precision, "packed": {k: _pack(v, dtypes[k]) for k, v in arrays.items()}}
+        return {"precision": self.precision, "packed": {k: pack_array(v, dtypes[k]) for k, v in arrays.items()}}
 
     def dumps(self) -> str:
         """Canonical JSON (sorted keys, no spaces): equal sets give equal bytes (and hashes)."""
@@ -294,17 +294,20 @@ def freq_dtype(precision: int) -> str:
     return "<u2" if precision <= 16 else "<u4"
 
 
-def _pack(values: np.ndarray, dtype: str) -> str:
+def pack_array(values: np.ndarray, dtype: str) -> str:
+    """One integer array in the packed form of entropy.json (little-endian ``dtype``, zlib, base64):
+    shared by every packed section, so all of them read and validate the same way."""
     return base64.b64encode(zlib.compress(values.astype(dtype).tobytes(), _ZLIB_LEVEL)).decode("ascii")
 
 
-def _unpack(text: str, dtype: str) -> np.ndarray:
+def unpack_array(text: str, dtype: str) -> np.ndarray:
+    """The inverse of ``pack_array``, as int64 (raises ValueError, binascii.Error or zlib.error)."""
     return np.frombuffer(zlib.decompress(base64.b64decode(text, validate=True)), dtype=dtype).astype(np.int64)
 
 
 def _unpack_tables(packed: Any, precision: int) -> tuple[FreqTable, ...]:
     dtypes = {**PACKED_DTYPES, "freqs": freq_dtype(precision)}
-    offsets, sizes, freqs = (_unpack(packed[k], dtypes[k]) for k in ("offsets", "sizes", "freqs"))
+    offsets, sizes, freqs = (unpack_array(packed[k], dtypes[k]) for k in ("offsets", "sizes", "freqs"))
     if offsets.size != sizes.size or int(sizes.sum()) != freqs.size:
         raise ValueError(
             f"{offsets.size} offsets, {sizes.size} sizes summing to {int(sizes.sum())}, {freqs.size} frequencies"
