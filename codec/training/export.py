@@ -142,10 +142,11 @@ def parity(model: Autoencoder, out_dir: Path, x: np.ndarray) -> float:
     y_hat = torch.round(y)
     size = tuple(x.shape[2:]) if model.spatial_dims else None
     x_hat = model.decode(y_hat, size)
-    hyper = isinstance(model, HyperGdn2dAutoencoder)
-    outs = enc.run(["y", "z"] if hyper else ["y"], {"x": xt.numpy()})
+    outs = enc.run(["y", "z"] if isinstance(model, HyperGdn2dAutoencoder) else ["y"], {"x": xt.numpy()})
     y_ort = outs[0]
-    z_diff = float(np.max(np.abs(outs[1] - model.hyper_analysis(y).numpy()))) if hyper else 0.0
+    z_diff = 0.0
+    if isinstance(model, HyperGdn2dAutoencoder):
+        z_diff = float(np.max(np.abs(outs[1] - model.hyper_analysis(y).numpy())))
     feeds = {"y_hat": y_hat.numpy()}
     if size is not None:
         feeds["out_size"] = np.asarray(size, dtype=np.int64)

@@ -25,13 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...coding.gaussian import DEFAULT_SCALE_MIN
 from .base import AutoencoderOutput
 from .config import ModelConfig
 from .density import LIKELIHOOD_FLOOR, FactorizedDensity
 from .gdn import Gdn2dAutoencoder
 
-# Scales below this are not told apart by the coder's tables (CompressAI's lower bound, in symbols)
-SCALE_MIN = 0.11
+# Scales below the coder's smallest table are not told apart (CompressAI's lower bound, in symbols)
+SCALE_MIN = DEFAULT_SCALE_MIN
 # log sigma is clamped to this range before exp(): a runaway output cannot make inf or 0 scales
 LOG_SCALE_RANGE = (math.log(SCALE_MIN) - 4.0, math.log(4096.0))
 HYPER_STRIDE = 4  # h_a's two stride-2 convolutions
