@@ -1,0 +1,130 @@
+"""A hyperprior bundle's latents through the codec: y and z in, integer codes out, and back.
+
+Why apart from hyperprior.py: that module codes given integers; this one owns the order of the
+steps around it, which both the sender and the receiver must follow exactly:
+
+  sender:   z_hat = round(z)  ->  (mean_code, scale_code) = h_s(z_hat)  ->  symbols = rint(y*g - mu*g)
+  receiver: z_hat from the stream  ->  the same h_s(z_hat)  ->  symbols from the stream, tables by scale_code
+  both:     y_hat = (symbols + mu*g) * inverse_gain  ->  decoder.onnx
+
+h_s is the exact integer hyper-synthesis (hyper.npz), so the receiver's table choices are the
+sender's on every machine. A bundle trained at one rate has gains of 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import BitstreamError, InputError
+from .coder import StreamDecoder, StreamEncoder
+from .hyperprior import HyperLatentCoding, latent_values, symbols_for
+
+HYPER_STRIDE = 4  # z has a quarter of the latent's resolution (two stride-2 convolutions in h_a)
+# z_hat beyond this is refused by the sender: h_a's outputs are O(10) on real photos, and the
+# exact hyper-synthesis proves its sums for inputs within its declared range
+Z_LIMIT = 1 << 15
+
+
+class HyperSynthesisNet(Protocol):
+    """The exact hyper-synthesis (coding/exact2d.py): integer z_hat -> integer (mean_code, scale_code)."""
+
+    mean_frac_bits: int
+    scale_frac_bits: int
+
+    def __call__(self, z_hat: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True, eq=False)
+class HyperInput:
+    """What the sender's encoder graph gives for N frames: the latent y (N, M, h, w) and z (N, Nz, hz, wz)."""
+
+    y: np.ndarray
+    z: np.ndarray
+
+    def __getitem__(self, frames: slice) -> HyperInput:
+        return HyperInput(self.y[frames], self.z[frames])
+
+
+@dataclass(frozen=True, eq=False)
+class HyperLatents:
+    """One level's integer latents of N frames: what a packet carries (z, symbols) and what both
+    sides compute from z (mean_code, scale_code)."""
+
+    z: np.ndarray  # int32 (N, Nz, hz, wz)
+    symbols: np.ndarray  # int32 (N, M, h, w)
+    mean_code: np.ndarray  # int64 (N, M, h, w), mu = mean_code / 2**mean_frac_bits
+    scale_code: np.ndarray  # int64 (N, M, h, w), log sigma = scale_code / 2**scale_frac_bits
+
+    def __getitem__(self, frames: slice) -> HyperLatents:
+        return HyperLatents(self.z[frames], self.symbols[frames], self.mean_code[frames], self.scale_code[frames])
+
+    @property
+    def count(self) -> int:
+        return int(self.symbols.shape[0])
+
+
+class HyperLatentPath:
+    """The codec's hyperprior stage: coding tables + exact hyper-synthesis + the levels' gains."""
+
+    def __init__(self, coding: HyperLatentCoding, synthesis: HyperSynthesisNet, gains: Sequence[np.ndarray],
+                 inverse_gains: Sequence[np.ndarray]) -> None:
+        if len(gains) != len(inverse_gains):
+            raise InputError(f"{len(gains)} gain vectors but {len(inverse_gains)} inverse gains")
+        if len(gains) != coding.levels and not (not gains and coding.levels == 1):
+            raise InputError(f"the hyperprior tables hold {coding.levels} levels, the bundle {len(gains)}")
+        self.coding = coding
+        self.synthesis = synthesis
+        ones = np.ones(coding.channels, dtype=np.float64)
+        self._gains = [np.asarray(g, dtype=np.float64).reshape(-1) for g in gains] or [ones]
+        self._inverse = [np.asarray(g, dtype=np.float64).reshape(-1) for g in inverse_gains] or [ones]
+
+    def _index(self, level: int | None) -> int:
+        k = 0 if level is None else int(level)
+        if not 0 <= k < len(self._gains):
+            raise InputError(f"latent level {level} does not exist (0..{len(self._gains) - 1})")
+        return k
+
+    def _codes(self, z_hat: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        mean_code, scale_code = self.synthesis(z_hat, size)
+        return np.asarray(mean_code, dtype=np.int64), np.asarray(scale_code, dtype=np.int64)
+
+    def quantize(self, latents: HyperInput, level: int | None) -> HyperLatents:
+        """The sender's integers for one level."""
+        y, z = np.asarray(latents.y), np.asarray(latents.z)
+        if y.ndim != 4 or z.ndim != 4 or z.shape[0] != y.shape[0]:
+            raise InputError(f"hyperprior latents must be y (N, M, h, w) and z (N, Nz, hz, wz), got {y.shape}, "
+                             f"{z.shape}")
+        if not np.all(np.isfinite(z)):
+            raise InputError("side latents z hold NaN or Inf")
+        z_hat = np.rint(z)
+        if z_hat.size and float(np.max(np.abs(z_hat))) >= Z_LIMIT:
+            raise InputError(f"side latent z reaches {float(np.max(np.abs(z_hat))):.0f} (limit {Z_LIMIT}): the input "
+                             "is far from anything the model was trained on")
+        z_int = z_hat.astype(np.int32)
+        mean_code, scale_code = self._codes(z_int, (int(y.shape[2]), int(y.shape[3])))
+        symbols = symbols_for(y, mean_code, self._gains[self._index(level)], self.coding.mean_frac_bits)
+        return HyperLatents(z_int, symbols, mean_code, scale_code)
+
+    def values(self, latents: HyperLatents, level: int | None) -> np.ndarray:
+        """y_hat (N, M, h, w) float32: what decoder.onnx is fed, the same on both sides."""
+        k = self._index(level)
+        return latent_values(latents.symbols, latents.mean_code, self._gains[k], self._inverse[k],
+                             self.coding.mean_frac_bits)
+
+    def write(self, enc: StreamEncoder, latents: HyperLatents, level: int | None) -> None:
+        self.coding.write(enc, latents.z, latents.symbols, latents.scale_code, self._index(level))
+
+    def read(self, dec: StreamDecoder, count: int, latent_shape: tuple[int, ...], level: int | None) -> HyperLatents:
+        """A packet's latents: z, then the exact h_s on it, then y with the tables it picks."""
+        if len(latent_shape) != 3:
+            raise BitstreamError(f"hyperprior latents are (channels, h, w), the packet implies {latent_shape}")
+        _, h, w = (int(d) for d in latent_shape)
+        z_shape = (count, self.coding.z_channels, -(-h // HYPER_STRIDE), -(-w // HYPER_STRIDE))
+        z_hat = self.coding.read_z(dec, z_shape)
+        mean_code, scale_code = self._codes(z_hat, (h, w))
+        symbols = self.coding.read_y(dec, scale_code, self._index(level))
+        return HyperLatents(z_hat, symbols, mean_code, scale_code)
