@@ -21,11 +21,13 @@ from typing import Any
 import numpy as np
 
 from .bundle import ENTROPY, EXACT, Bundle, finalize, read_manifest, sha256_file, write_manifest
+from .calibrate_hyper import hyper_stage
 from .coding import transform
 from .coding.context import LatentContext
 from .coding.context2d import LatentContext2D
 from .coding.exact import IntegerNetwork
 from .coding.fallback import DEFAULT_ANOMALY_QUANTILE, AnomalyCalibration, frame_scores
+from .coding.hyper_latents import HyperInput, HyperLatentPath, concat_latents
 from .coding.payload import CodingTables, LevelTables, encode_payload
 from .coding.quantize import dequantize_scaled, quantize_scaled
 from .coding.residual import ContextSpec, ResidualModel, default_radius, prediction, residual_histograms
@@ -178,23 +180,27 @@ def _gains(bundle: Bundle, spec: LevelSpec) -> tuple[np.ndarray | None, np.ndarr
 
 
 def _forward(enc: Encoder, dec: Decoder, bundle: Bundle, raw: np.ndarray, batch_size: int,
-             spec: LevelSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
+             spec: LevelSpec | None = None, hyper: HyperLatentPath | None = None) -> tuple[Any, np.ndarray]:
     """(symbols, raw_float) for raw samples at a level's latent grid (default: the trained one),
-    in batches, exactly as a sender computes them."""
+    in batches, exactly as a sender computes them (a hyperprior bundle's symbols: HyperLatents)."""
     m = bundle.manifest
     norm = m.normalization
     spec = spec or LevelSpec()
     gain, inverse = _gains(bundle, spec)
-    syms, floats = [], []
+    syms, hyper_syms, floats = [], [], []
     for i in range(0, raw.shape[0], batch_size):
         part = raw[i : i + batch_size]
-        s = quantize_scaled(enc.encode(norm.to_model(part)), spec.latent_step, gain)
-        x_hat = dec.decode(
-            dequantize_scaled(s, spec.latent_step, inverse), tuple(part.shape[2:]) if m.spatial_dims else None
-        )
-        syms.append(s)
+        size = tuple(part.shape[2:]) if m.spatial_dims else None
+        if hyper is not None:
+            h = hyper.quantize(HyperInput(*enc.encode_with_side(norm.to_model(part))), spec.latent_level)
+            hyper_syms.append(h)
+            x_hat = dec.decode(hyper.values(h, spec.latent_level), size)
+        else:
+            s = quantize_scaled(enc.encode(norm.to_model(part)), spec.latent_step, gain)
+            syms.append(s)
+            x_hat = dec.decode(dequantize_scaled(s, spec.latent_step, inverse), size)
         floats.append(norm.to_raw_float(x_hat))
-    return np.concatenate(syms), np.concatenate(floats)
+    return (concat_latents(hyper_syms) if hyper is not None else np.concatenate(syms)), np.concatenate(floats)
 
 
 def calibrate(
@@ -264,13 +270,20 @@ def calibrate(
             f"[{norm.raw_min}, {norm.raw_max}] of the bundle's normalization"
         )
 
-    offsets, probs = m.pmf
-    latent = latent_tables(offsets, probs, precision)
+    hyper = hyper_stage(bundle, precision) if m.has_hyper else None
+    if hyper is not None:
+        if any(sp.latent_step != 1.0 or sp.transform_step is not None for sp in specs):
+            raise InputError("a hyperprior bundle's ladder takes its learned levels (lK, lK+E), not latent steps "
+                             "or transform levels")
+        offsets, probs, latent = [], [], hyper.coding.z_tables
+    else:
+        offsets, probs = m.pmf
+        latent = latent_tables(offsets, probs, precision)
     enc = Encoder(bundle, provider=provider, threads=threads)
     dec = Decoder(bundle, provider=provider, threads=threads)
     # the reference grid: the trained one, or a variable-rate bundle's finest level
     reference = LevelSpec(None, 1.0, n_learned - 1 if n_learned else None)
-    symbols, raw_float = _forward(enc, dec, bundle, raw, batch_size, reference)
+    symbols, raw_float = _forward(enc, dec, bundle, raw, batch_size, reference, hyper)
     # What residuals are taken against: the exact network's integer prediction where the bundle
     # has one (no float drift, so one bucket grid and no guard band), else the float decoder's.
     exact = IntegerNetwork.load(bundle.file(EXACT)) if m.has_exact else None
@@ -289,11 +302,11 @@ def calibrate(
     positional = m.spatial_dims > 0 and m.channel_axis % (symbols.ndim - 1) == 0
     if latent_context and not positional:
         raise InputError("a latent context needs channel-first latents with a position axis (conv families)")
-    use_context = positional if latent_context is None else latent_context
+    use_context = (positional if latent_context is None else latent_context) and hyper is None
     fit_context = LatentContext2D.fit if m.spatial_dims == 2 and symbols.ndim == 4 else LatentContext.fit
     context = fit_context(symbols, latent) if use_context and not n_learned else None
     level_tables = []
-    for k in range(n_learned):
+    for k in range(0 if hyper is not None else n_learned):  # a hyperprior's levels share its Gaussian tables
         lv_offsets, lv_probs = m.level_pmf(k)
         factorized = latent_tables(lv_offsets, lv_probs, precision)
         lv_symbols = (
@@ -324,6 +337,7 @@ def calibrate(
         residual_context=rctx,
         latent_levels=tuple(level_tables),
         transform=tr,
+        hyper=None if hyper is None else hyper.coding,
     )
 
     (d / ENTROPY).write_bytes(tables.dumps())
@@ -344,7 +358,7 @@ def calibrate(
     for i, (e, sp) in enumerate(zip(levels, specs, strict=True)):
         sym_k, float_k = symbols[:k], raw_float[:k]
         if (sp.latent_step, sp.latent_level) != (reference.latent_step, reference.latent_level):
-            sym_k, float_k = _forward(enc, dec, bundle, raw[:k], batch_size, sp)
+            sym_k, float_k = _forward(enc, dec, bundle, raw[:k], batch_size, sp, hyper)
         if sp.transform_step is not None and tr is not None:
             idx = np.full(k, tr.step_index(sp.transform_step), dtype=np.int64)
             qc = tr.quantize(tr.forward(raw[:k].astype(np.float64) - float_k), idx)
@@ -353,7 +367,7 @@ def calibrate(
             rec = tr.reconstruct(float_k, qc, idx, norm.raw_min, norm.raw_max, norm.is_integer)
         elif e is None:
             payload, _ = encode_payload(tables, sym_k, m.channel_axis, latent_step=sp.latent_step,
-                                        latent_level=sp.latent_level)
+                                        latent_level=sp.latent_level, hyper=hyper)
             if norm.is_integer:
                 rec = prediction(float_k, int(norm.raw_min), int(norm.raw_max))
             else:
@@ -361,7 +375,7 @@ def calibrate(
         else:
             payload, info = encode_payload(
                 tables, sym_k, m.channel_axis, x_raw=raw[:k], raw_float=against(sym_k, float_k, sp), max_error=e,
-                latent_step=sp.latent_step, latent_level=sp.latent_level,
+                latent_step=sp.latent_step, latent_level=sp.latent_level, hyper=hyper,
             )
             assert info is not None  # encode_payload returns the residual's encoding when given max_error
             rec = info.recon

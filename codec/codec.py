@@ -15,19 +15,23 @@ from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 
-from .bundle import EXACT, Bundle, QualityLevel
+from .bundle import EXACT, HYPER, Bundle, QualityLevel
 from .coding import bitstream, transform
 from .coding.bitstream import CUSTOM_QUALITY, CodingPath
 from .coding.exact import IntegerNetwork
+from .coding.exact_hyper import ExactHyperSynthesis
 from .coding.fallback import AnomalyCalibration, ScoredEncoding, compress_raw, decompress_raw, frame_scores
+from .coding.hyper_latents import HyperInput, HyperLatentPath, HyperLatents
 from .coding.payload import CodingTables, PayloadReader, encode_payload
 from .coding.quantize import dequantize_scaled, quantize_scaled
 from .coding.residual import check_max_error, reconstruction_crc
 from .errors import BitstreamError, InputError, ReconstructionMismatch
 from .frame import FramePath
+from .raw_input import check_raw_samples
 from .runtime import Decoder, Encoder
 
 DEFAULT_BUNDLE = "default"
@@ -44,22 +48,6 @@ class LatentGrid:
 
     step: float = 1.0
     level: int | None = None
-
-
-def _shape_hint(got: tuple[int, ...], expected: tuple[int | None, ...]) -> str:
-    """The fix for a batch with one axis too few: the batch axis (one sample) or the channel axis."""
-    def fits(shape: tuple[int, ...], want: tuple[int | None, ...]) -> bool:
-        return len(shape) == len(want) and all(w is None or w == g for g, w in zip(shape, want, strict=True))
-
-    if fits(got, expected):
-        return "for a single sample add the batch axis: x[None]"
-    if len(got) == len(expected) and fits(got[1:], expected[1:]) and expected[0] == 1:
-        return "the channel axis is missing (samples are channels first): x[:, None]"
-    if len(got) == len(expected) - 1 and fits(got, expected[1:]) and expected[0] == 1:
-        return "a single sample without its channel axis: x[None, None]"
-    if len(got) == len(expected) + 2 and got[1] == 1:
-        return "one axis too many: x[:, 0] if axis 1 is an extra singleton"
-    return "reshape it to (N, *sample_shape)"
 
 
 def default_bundle_path() -> Path:
@@ -120,12 +108,31 @@ class Codec:
         """exact.npz's integer network, or None: every max-error residual is taken against it (coding/exact.py)."""
         return IntegerNetwork.load(self.bundle.file(EXACT)) if self.manifest.has_exact else None
 
-    def _residual_prediction(self, symbols: np.ndarray, grid: LatentGrid, sample_shape: Sequence[int]) -> np.ndarray:
+    def _residual_prediction(self, symbols: np.ndarray | HyperLatents, grid: LatentGrid,
+                             sample_shape: Sequence[int]) -> np.ndarray:
         """What a max-error residual is taken against, in raw units: the exact network's integer
         prediction (as float32, which rint and clip leave unchanged) or the float decoder's output."""
         if self.exact is None:
             return self._decode_symbols(self.latent_values(symbols, grid), sample_shape)
         return self.exact.predict_frames(self.latent_values(symbols, grid), tuple(sample_shape)).astype(np.float32)
+
+    @cached_property
+    def hyper(self) -> HyperLatentPath | None:
+        """A hyperprior bundle's latent stage (tables, exact hyper-synthesis, gains); None otherwise."""
+        if not self.manifest.has_hyper:
+            return None
+        if self.tables.hyper is None:
+            raise InputError(f"bundle {self.bundle.path} has a hyperprior but entropy.json lacks its tables: "
+                             "re-run `latentwire calibrate` on it")
+        levels = self.manifest.latent_levels
+        return HyperLatentPath(self.tables.hyper, ExactHyperSynthesis.load(self.bundle.file(HYPER)),
+                               [lv.gain for lv in levels], [lv.inverse_gain for lv in levels])
+
+    def _encode_model(self, x: np.ndarray) -> np.ndarray | HyperInput:
+        """encoder.onnx on model-domain x: the latent y, with the side latent z in a hyperprior bundle."""
+        if self.hyper is None:
+            return self.encoder.encode(x, validate=False)
+        return HyperInput(*self.encoder.encode_with_side(x))
 
     @cached_property
     def frames(self) -> FramePath:
@@ -143,36 +150,7 @@ class Codec:
     # ---------------------------------------------------------------- validation
     def validate(self, raw: np.ndarray) -> None:
         """Refuse what the model cannot take, saying what to change (shape, dtype, values)."""
-        if not isinstance(raw, np.ndarray):
-            raise InputError(f"expected a numpy array of raw samples, got {type(raw).__name__}")
-        expected = self.sample_shape
-        if raw.ndim != len(expected) + 1:
-            raise InputError(
-                f"expected a batch of shape (N, {', '.join('*' if d is None else str(d) for d in expected)}), "
-                f"got {raw.shape}; {_shape_hint(raw.shape, expected)}"
-            )
-        for axis, (got, want) in enumerate(zip(raw.shape[1:], expected, strict=True), start=1):
-            if want is not None and got != want:
-                raise InputError(f"sample axis {axis} has size {got}, this model takes {want} (samples are {expected})")
-        if raw.shape[0] == 0:
-            raise InputError("empty batch: pass at least one sample")
-        norm = self.normalization
-        if norm.is_integer:
-            if raw.dtype.kind not in "iu":
-                raise InputError(
-                    f"expected integer raw samples ({self.raw_dtype}), got {raw.dtype}; this model codes "
-                    f"values on the {self.raw_dtype} grid (round and cast with .astype({self.raw_dtype.name}))"
-                )
-        elif raw.dtype.kind != "f":
-            raise InputError(f"expected floating-point raw samples, got {raw.dtype}")
-        elif not np.all(np.isfinite(raw)):
-            bad = np.argwhere(~np.isfinite(raw))[0]
-            raise InputError(f"raw samples contain NaN/Inf (first at index {tuple(int(i) for i in bad)})")
-        lo, hi = raw.min(), raw.max()
-        if lo < norm.raw_min or hi > norm.raw_max:
-            raise InputError(
-                f"raw values span [{lo}, {hi}], outside this model's range [{norm.raw_min:g}, {norm.raw_max:g}]"
-            )
+        check_raw_samples(raw, self.sample_shape, self.normalization, self.raw_dtype)
 
     def _level(self, quality: int | None, max_error: int | None) -> tuple[int, int | None, LatentGrid]:
         if max_error is not None:
@@ -219,7 +197,7 @@ class Codec:
                 raise InputError(f"target_prdn must be > 0 (percent), got {target_prdn}")
             quality = self._transform_level(quality)
         q, bound, grid = self._level(quality, max_error)
-        y = self.encoder.encode(self.normalization.to_model(raw), validate=False)
+        y = self._encode_model(self.normalization.to_model(raw))
         return self._packet(raw, y, q, bound, grid, recon_crc, target_prdn=target_prdn)
 
     def _transform_level(self, quality: int | None) -> int:
@@ -234,7 +212,7 @@ class Codec:
         return int(quality)
 
     def _packet(
-        self, raw: np.ndarray, y: np.ndarray, q: int, bound: int | None, grid: LatentGrid, recon_crc: bool,
+        self, raw: np.ndarray, y: np.ndarray | HyperInput, q: int, bound: int | None, grid: LatentGrid, recon_crc: bool,
         reference_raw_float: np.ndarray | None = None, target_prdn: float | None = None,
     ) -> bytes:
         """Validated raw frames and their continuous latents -> one packet at level (q, bound, grid).
@@ -244,12 +222,14 @@ class Codec:
         symbols = self.quantize_latents(y, grid)
         step = None if q == CUSTOM_QUALITY else self.qualities[q].transform_step
         if step is not None:
+            if isinstance(symbols, HyperLatents):
+                raise InputError("transform residual levels are for series bundles, not hyperprior photo bundles")
             raw_float = (reference_raw_float if grid == self.reference_grid and reference_raw_float is not None
                          else self._decode_symbols(self.latent_values(symbols, grid), raw.shape[1:]))
             return self._transform_packet(raw, symbols, raw_float, q, grid, step, recon_crc, target_prdn)
         if bound is None:
             payload, info = encode_payload(self.tables, symbols, self.manifest.channel_axis, latent_step=grid.step,
-                                           latent_level=grid.level)
+                                           latent_level=grid.level, hyper=self.hyper)
         else:
             if grid == self.reference_grid and reference_raw_float is not None and self.exact is None:
                 raw_float = reference_raw_float
@@ -257,7 +237,7 @@ class Codec:
                 raw_float = self._residual_prediction(symbols, grid, raw.shape[1:])
             payload, info = encode_payload(
                 self.tables, symbols, self.manifest.channel_axis, x_raw=raw, raw_float=raw_float, max_error=bound,
-                latent_step=grid.step, latent_level=grid.level,
+                latent_step=grid.step, latent_level=grid.level, hyper=self.hyper,
             )
         return bitstream.write_packet(
             model_id=self.model_id,
@@ -301,11 +281,11 @@ class Codec:
         return [self.encode(raw[i : i + 1], quality, max_error) for i in range(raw.shape[0])]
 
     # ---------------------------------------------------------------- anomaly score, fallback, features
-    def _latent_only(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _latent_only(self, raw: np.ndarray) -> tuple[np.ndarray | HyperInput, np.ndarray, np.ndarray]:
         """(continuous latents, the decoder's raw-unit float output for round(y), that output on
         the raw grid): the model's own reconstruction at latent step 1, whatever quality is sent."""
         self.validate(raw)
-        y = self.encoder.encode(self.normalization.to_model(raw), validate=False)
+        y = self._encode_model(self.normalization.to_model(raw))
         grid = self.reference_grid
         raw_float = self._decode_symbols(self.latent_values(self.quantize_latents(y, grid), grid), raw.shape[1:])
         return y, raw_float, self._round_raw(raw_float)
@@ -392,12 +372,26 @@ class Codec:
         """Validate a packet (magic, version, CRC, model id) without decoding it."""
         return bitstream.peek_header(packet, expected_model_id=self.model_id)
 
-    def quantize_latents(self, y: np.ndarray, grid: LatentGrid) -> np.ndarray:
-        """Continuous latents -> the integer symbols a level sends: round(y / step), or round(y * gain)."""
+    @overload
+    def quantize_latents(self, y: np.ndarray, grid: LatentGrid) -> np.ndarray: ...
+    @overload
+    def quantize_latents(self, y: HyperInput, grid: LatentGrid) -> HyperLatents: ...
+    def quantize_latents(self, y: np.ndarray | HyperInput, grid: LatentGrid) -> np.ndarray | HyperLatents:
+        """Continuous latents -> the integers a level sends: round(y / step), or round(y * gain), or a
+        hyperprior bundle's z and symbols (with the codes its exact hyper-synthesis derives from z)."""
+        if isinstance(y, HyperInput):
+            if self.hyper is None or grid.step != 1.0:
+                raise InputError("hyperprior latents need a hyperprior bundle's learned levels")
+            return self.hyper.quantize(y, grid.level)
         return quantize_scaled(y, grid.step, None if grid.level is None else self._gains[grid.level])
 
-    def latent_values(self, symbols: np.ndarray, grid: LatentGrid) -> np.ndarray:
-        """Integer symbols -> the latent values decoder.onnx consumes (symbols * step, or * inverse gain)."""
+    def latent_values(self, symbols: np.ndarray | HyperLatents, grid: LatentGrid) -> np.ndarray:
+        """Integer symbols -> the latent values decoder.onnx consumes (symbols * step, or * inverse gain,
+        or a hyperprior's (symbols + mean * gain) * inverse gain)."""
+        if isinstance(symbols, HyperLatents):
+            if self.hyper is None:
+                raise InputError("hyperprior latents need a hyperprior bundle")
+            return self.hyper.values(symbols, grid.level)
         return dequantize_scaled(symbols, grid.step, None if grid.level is None else self._inverse_gains[grid.level])
 
     def _decode_symbols(self, y_hat: np.ndarray, sample_shape: Sequence[int]) -> np.ndarray:
@@ -454,8 +448,12 @@ class Codec:
                 out[i] = decompress_raw(payload, self.raw_dtype, h.count, h.sample_shape)
                 continue
             readers[i] = r = PayloadReader(payload, self.tables)
-            symbols = r.latents(h.count, self._latent_shape(h.sample_shape), self.manifest.channel_axis, grid.step,
-                                grid.level)
+            symbols: np.ndarray | HyperLatents
+            if self.hyper is not None:
+                symbols = r.hyper_latents(self.hyper, h.count, self._latent_shape(h.sample_shape), grid.level)
+            else:
+                symbols = r.latents(h.count, self._latent_shape(h.sample_shape), self.manifest.channel_axis,
+                                    grid.step, grid.level)
             if h.has_exact:  # the exact prediction: no decoder.onnx for this packet
                 out[i] = self._finish(r, h, parsed[i][2], self._residual_prediction(symbols, grid, h.sample_shape))
                 continue

@@ -107,6 +107,15 @@ class Encoder:
             self.validate(x)
         return self.session.run(["y"], {"x": np.ascontiguousarray(x)})[0]
 
+    def encode_with_side(self, x: np.ndarray, *, validate: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(y, z) of a hyperprior bundle, whose encoder graph also emits the side latent z = h_a(y)."""
+        if validate:
+            self.validate(x)
+        if "z" not in {o.name for o in self.session.get_outputs()}:
+            raise BundleError(f"{self.bundle.path}: encoder.onnx has no side latent output z; re-export the bundle")
+        y, z = self.session.run(["y", "z"], {"x": np.ascontiguousarray(x)})
+        return y, z
+
 
 class Decoder:
     """Integer-valued latent (N, *latent_shape) -> x_hat (N, *sample_shape), model domain."""

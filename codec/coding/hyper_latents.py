@@ -30,7 +30,7 @@ Z_LIMIT = 1 << 15
 
 
 class HyperSynthesisNet(Protocol):
-    """The exact hyper-synthesis (coding/exact2d.py): integer z_hat -> integer (mean_code, scale_code)."""
+    """The exact hyper-synthesis (coding/exact_hyper.py): integer z_hat -> integer (mean_code, scale_code)."""
 
     mean_frac_bits: int
     scale_frac_bits: int
@@ -128,3 +128,11 @@ class HyperLatentPath:
         mean_code, scale_code = self._codes(z_hat, (h, w))
         symbols = self.coding.read_y(dec, scale_code, self._index(level))
         return HyperLatents(z_hat, symbols, mean_code, scale_code)
+
+
+def concat_latents(parts: Sequence[HyperLatents]) -> HyperLatents:
+    """Frames of several batches of one size, in order (calibration codes them in batches)."""
+    if not parts:
+        raise InputError("no hyperprior latents to join")
+    return HyperLatents(*(np.concatenate([getattr(p, f) for p in parts])
+                          for f in ("z", "symbols", "mean_code", "scale_code")))

@@ -23,6 +23,8 @@ from .coder import StreamDecoder, StreamEncoder, as_int32
 from .context import LatentContext
 from .context2d import KIND as KIND_2D
 from .context2d import LatentContext2D
+from .hyper_latents import HyperLatentPath, HyperLatents
+from .hyperprior import HyperLatentCoding
 from .quantize import channel_index
 from .residual import ResidualEncoding, ResidualModel
 from .residual_context import ResidualContext
@@ -40,10 +42,14 @@ ENTROPY_VERSION_LEVELS = 3
 # version 4 stores every table set packed (tables.py): what calibration writes from now on; the
 # list form of versions 1-3 still reads, so shipped bundles keep their bytes and model ids
 ENTROPY_VERSION_PACKED = 4
-READABLE_VERSIONS = (ENTROPY_VERSION, ENTROPY_VERSION_CONTEXT, ENTROPY_VERSION_LEVELS, ENTROPY_VERSION_PACKED)
+# version 5 added hyper_latent (hyperprior bundles: z tables, Gaussian tables, their thresholds);
+# written only when present, so every other bundle keeps version 4 and its model id
+ENTROPY_VERSION_HYPER = 5
+READABLE_VERSIONS = (ENTROPY_VERSION, ENTROPY_VERSION_CONTEXT, ENTROPY_VERSION_LEVELS, ENTROPY_VERSION_PACKED,
+                     ENTROPY_VERSION_HYPER)
 # the versions that may hold each later addition
-_CONTEXT_VERSIONS = (ENTROPY_VERSION_CONTEXT, ENTROPY_VERSION_LEVELS, ENTROPY_VERSION_PACKED)
-_LEVELS_VERSIONS = (ENTROPY_VERSION_LEVELS, ENTROPY_VERSION_PACKED)
+_CONTEXT_VERSIONS = (ENTROPY_VERSION_CONTEXT, ENTROPY_VERSION_LEVELS, ENTROPY_VERSION_PACKED, ENTROPY_VERSION_HYPER)
+_LEVELS_VERSIONS = (ENTROPY_VERSION_LEVELS, ENTROPY_VERSION_PACKED, ENTROPY_VERSION_HYPER)
 
 
 AnyLatentContext = LatentContext | LatentContext2D
@@ -106,6 +112,9 @@ class CodingTables:
     latent_levels: tuple[LevelTables, ...] = ()
     # The transform residual's tables and step ladder (levels with a transform step).
     transform: TransformResidual | None = None
+    # Hyperprior bundles: the latent is coded under the hyperprior (hyperprior.py), and ``latent``
+    # holds its side latent z's tables (the same tables as hyper.z_tables).
+    hyper: HyperLatentCoding | None = None
 
     def _level(self, level: int) -> LevelTables:
         if not 0 <= level < len(self.latent_levels):
@@ -140,7 +149,8 @@ class CodingTables:
     def to_json_obj(self) -> dict[str, Any]:
         obj = {
             "format": ENTROPY_FORMAT,
-            "version": ENTROPY_VERSION_PACKED,  # table sets are always written packed
+            # table sets are always written packed
+            "version": ENTROPY_VERSION_PACKED if self.hyper is None else ENTROPY_VERSION_HYPER,
             "precision": self.latent.precision,
             "latent": self.latent.to_json_obj(),
             "residual": None if self.residual is None else self.residual.to_json_obj(),
@@ -155,6 +165,8 @@ class CodingTables:
             obj["latent_levels"] = [lv.to_json_obj() for lv in self.latent_levels]
         if self.transform is not None:
             obj["transform"] = self.transform.to_json_obj()
+        if self.hyper is not None:
+            obj["hyper_latent"] = self.hyper.to_json_obj()
         return obj
 
     def dumps(self) -> bytes:
@@ -194,6 +206,10 @@ class CodingTables:
                               "re-run calibration")
         if rctx is not None and res is None:
             raise BundleError(f"{where} has a residual_context but no residual model; re-run calibration")
+        hyper = obj.get("hyper_latent")
+        if hyper is not None and obj.get("version") != ENTROPY_VERSION_HYPER:
+            raise BundleError(f"{where} has hyperprior tables but entropy format version {obj.get('version')}; "
+                              "re-run calibration")
         return cls(
             latent=latent,
             residual=None if res is None else ResidualModel.from_json_obj(res),
@@ -202,6 +218,7 @@ class CodingTables:
             residual_context=None if rctx is None else ResidualContext.from_json_obj(rctx, where),
             latent_levels=tuple(LevelTables.from_json_obj(lv, where) for lv in levels),
             transform=_transform_from_json(obj, where),
+            hyper=None if hyper is None else HyperLatentCoding.from_json_obj(hyper, where),
         )
 
     @classmethod
@@ -243,7 +260,7 @@ def _by_channel(symbols: np.ndarray, channel_axis: int) -> np.ndarray:
 
 def encode_payload(
     tables: CodingTables,
-    symbols: np.ndarray,
+    symbols: np.ndarray | HyperLatents,
     channel_axis: int,
     *,
     x_raw: np.ndarray | None = None,
@@ -252,22 +269,36 @@ def encode_payload(
     latent_step: float = 1.0,
     latent_level: int | None = None,
     transform: tuple[np.ndarray, np.ndarray] | None = None,
+    hyper: HyperLatentPath | None = None,
 ) -> tuple[bytes, ResidualEncoding | None]:
     """symbols: int32 (N, *latent_shape). With max_error, also the residual of x_raw against the
     decoder output raw_float (both (N, *sample_shape)). Returns (payload, residual info or None).
     latent_level: the learned level of a variable-rate bundle the symbols were quantized at.
     transform: (quantized coefficients (N, C, L), per-frame step indices (N,)) of the transform
-    residual (transform.py), coded after the latents; never with max_error."""
+    residual (transform.py), coded after the latents; never with max_error.
+    A hyperprior bundle passes its HyperLatents as symbols and its latent stage as ``hyper``."""
+    enc = StreamEncoder()
+    if isinstance(symbols, HyperLatents):
+        if hyper is None or latent_step != 1.0:
+            raise InputError("hyperprior latents need the bundle's hyperprior stage and the trained step")
+        hyper.write(enc, symbols, latent_level)
+        return _encode_residuals(enc, tables, x_raw, raw_float, max_error, transform)
     s = np.asarray(symbols)
     if s.ndim < 2:
         raise InputError(f"symbols must be (N, *latent_shape), got shape {s.shape}")
-    enc = StreamEncoder()
     context = tables.context_for(latent_step, latent_level)
     if context is not None:
         _check_context_axis(tuple(s.shape[1:]), channel_axis)
         context.write(enc, s)
     else:
         enc.encode_grouped(list(enumerate(_by_channel(s, channel_axis))), tables.latent_for(latent_step, latent_level))
+    return _encode_residuals(enc, tables, x_raw, raw_float, max_error, transform)
+
+
+def _encode_residuals(enc: StreamEncoder, tables: CodingTables, x_raw: np.ndarray | None,
+                      raw_float: np.ndarray | None, max_error: int | None,
+                      transform: tuple[np.ndarray, np.ndarray] | None) -> tuple[bytes, ResidualEncoding | None]:
+    """The part after the latents: the transform residual or the max-error residual, if any."""
     info = None
     if transform is not None:
         if max_error is not None:
@@ -313,6 +344,13 @@ class PayloadReader:
         # undo _by_channel: (C, N, *rest without C) -> (N, *latent_shape)
         rest = shape[:axis] + shape[axis + 1 :]
         return np.ascontiguousarray(np.moveaxis(flat.reshape((n_channels, count, *rest)), 0, 1 + axis))
+
+    def hyper_latents(self, hyper: HyperLatentPath, count: int, latent_shape: tuple[int, ...],
+                      latent_level: int | None) -> HyperLatents:
+        """A hyperprior bundle's latents (hyper_latents.py), in place of ``latents``."""
+        if count < 1:
+            raise InputError(f"count must be >= 1, got {count}")
+        return hyper.read(self._dec, count, tuple(int(d) for d in latent_shape), latent_level)
 
     def transform(self, count: int, channels: int, length: int) -> tuple[np.ndarray, np.ndarray]:
         """(quantized coefficients (N, C, L), step indices (N,)) of the transform residual."""
