@@ -19,21 +19,18 @@ level-independent (one unit bin), so h_a and h_s are shared by all levels.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...coding.exact_hyper import LOG_SCALE_RANGE, SCALE_MIN
 from .base import AutoencoderOutput
 from .config import ModelConfig
 from .density import LIKELIHOOD_FLOOR, FactorizedDensity
 from .gdn import Gdn2dAutoencoder
 
-# Scales below this are not told apart by the coder's tables (CompressAI's lower bound, in symbols)
-SCALE_MIN = 0.11
-# log sigma is clamped to this range before exp(): a runaway output cannot make inf or 0 scales
-LOG_SCALE_RANGE = (math.log(SCALE_MIN) - 4.0, math.log(4096.0))
+# SCALE_MIN (the smallest scale the coder's tables tell apart) and LOG_SCALE_RANGE (log sigma's clamp)
+# are defined once, in the numpy-only runtime that computes h_s exactly (codec/coding/exact_hyper.py)
 HYPER_STRIDE = 4  # h_a's two stride-2 convolutions
 
 
