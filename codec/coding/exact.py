@@ -65,6 +65,7 @@ from .exact_layers import (
     Lookup,
     Requant,
     Save,
+    TransposedConv2d,
     Weighted,
     rounding_shift,
 )
@@ -162,6 +163,14 @@ class IntegerNetwork:
             prev = layer
         object.__setattr__(self, "max_partial_sum", largest)  # the proof's worst case, reported by the quantizer
         object.__setattr__(self, "_growth", growth)
+        # what runs: each dilate2d right before a conv2d evaluated as one transposed convolution
+        plan: list[Layer | TransposedConv2d] = []
+        for layer in self.layers:
+            if isinstance(layer, Conv2d) and plan and isinstance(plan[-1], Dilate2d):
+                plan[-1] = TransposedConv2d(plan[-1], layer)
+            else:
+                plan.append(layer)
+        object.__setattr__(self, "_plan", tuple(plan))
 
     @property
     def n_in(self) -> int:
@@ -171,7 +180,7 @@ class IntegerNetwork:
     def _run(self, h: np.ndarray) -> np.ndarray:
         """The layers on a channels-last int64 tensor already clipped to the input range."""
         saved: dict[int, np.ndarray] = {}
-        for layer in self.layers:
+        for layer in self._plan:  # type: ignore[attr-defined]
             if isinstance(layer, Save):
                 saved[layer.slot] = h
             elif isinstance(layer, Add):

@@ -189,28 +189,93 @@ class Conv2d:
         return accumulator_bound(self.weight.reshape(*self.weight.shape[:2], -1), self.bias, x_bound)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        n, h, w, c = x.shape
-        _, _, kh, kw = self.weight.shape
-        xp = np.zeros((n, h + self.pad_top + self.pad_bottom, w + self.pad_left + self.pad_right, c), np.float64)
-        xp[:, self.pad_top : self.pad_top + h, self.pad_left : self.pad_left + w] = x
-        ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+        return _conv_im2col(_padded(x, (self.pad_top, self.pad_bottom), (self.pad_left, self.pad_right)), self._wm,
+                            self._b, *self.weight.shape[2:])
+
+
+def _padded(x: np.ndarray, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+    """x (N, H, W, C) as float64 with rows[0] / rows[1] zero rows added above / below and cols[0] /
+    cols[1] zero columns left / right; a negative count drops that many instead."""
+    n, h, w, c = x.shape
+    out = np.zeros((n, h + rows[0] + rows[1], w + cols[0] + cols[1], c), dtype=np.float64)
+    src = x[:, max(0, -rows[0]) : h - max(0, -rows[1]), max(0, -cols[0]) : w - max(0, -cols[1])]
+    if src.size:
+        out[:, max(0, rows[0]) : max(0, rows[0]) + src.shape[1], max(0, cols[0]) : max(0, cols[0]) + src.shape[2]] = src
+    return out
+
+
+def _conv_im2col(xp: np.ndarray, wm: np.ndarray, bias: np.ndarray, kh: int, kw: int) -> np.ndarray:
+    """The valid stride-1 convolution of the padded float64 map xp (N, Hp, Wp, C) with the im2col
+    weight matrix wm (kh * kw * C, out) plus bias, as int64 (N, Hp - kh + 1, Wp - kw + 1, out): im2col
+    chunks of at most IM2COL_BYTES, one BLAS matmul each."""
+    n, hp, wp, c = xp.shape
+    ho, wo = hp - kh + 1, wp - kw + 1
+    if min(ho, wo) < 1:
+        raise InputError(f"a {hp}x{wp} padded map is too small for this exact network's {kh}x{kw} convolutions")
+    out = np.empty((n, ho, wo, wm.shape[1]), dtype=np.int64)
+    rows = max(1, IM2COL_BYTES // (wo * wm.shape[0] * 8))  # output rows per chunk, over all images
+    images = max(1, rows // ho)  # whole images per chunk when they fit, else row blocks of one image
+    step = min(rows, ho)
+    for b0 in range(0, n, images):
+        b1 = min(n, b0 + images)
+        for r0 in range(0, ho, step):
+            r1 = min(ho, r0 + step)
+            cols = np.empty((b1 - b0, r1 - r0, wo, kh, kw, c), dtype=np.float64)
+            for i in range(kh):
+                for j in range(kw):
+                    cols[:, :, :, i, j] = xp[b0:b1, r0 + i : r1 + i, j : j + wo]
+            acc = cols.reshape(-1, wm.shape[0]) @ wm
+            acc += bias
+            out[b0:b1, r0:r1] = acc.reshape(b1 - b0, r1 - r0, wo, -1)
+    return out
+
+
+def _phases(k: int, pad: int, stride: int) -> list[list[int]]:
+    """Per output phase a (positions a, a + stride, ...), the kernel taps of a convolution padded by
+    ``pad`` that meet real samples of a stride-``stride`` zero-inserted axis (the others meet zeros)."""
+    return [[t for t in range(k) if (a + t - pad) % stride == 0] for a in range(stride)]
+
+
+class TransposedConv2d:
+    """``dilate2d`` then ``conv2d``, evaluated phase by phase (an evaluation plan, not a stored kind).
+
+    Of the kernel's taps, only those landing on inserted samples contribute (a quarter, for stride
+    2): output pixels (y, x) with y = a (mod s), x = b (mod s) see the taps of row phase a and
+    column phase b, at consecutive input offsets: a stride-1 convolution of the UNdilated map with
+    that sub-kernel. Each phase is one im2col matmul on 1/s^2 of the work; the zeros skipped add
+    nothing, so the integers are those of dilate2d + conv2d (tests hold it to the literal pair)."""
+
+    def __init__(self, dilate: Dilate2d, conv: Conv2d) -> None:
+        self.stride, self.conv = dilate.stride, conv
+        kh, kw = conv.weight.shape[2:]
+        self.rows, self.cols = _phases(kh, conv.pad_top, self.stride), _phases(kw, conv.pad_left, self.stride)
+        w = conv.weight.transpose(0, 2, 3, 1)  # (out, kh, kw, in): im2col column order
+        self.matrices = {(a, b): np.ascontiguousarray(w[:, ra][:, :, cb].reshape(w.shape[0], -1).T, np.float64)
+                         for a, ra in enumerate(self.rows) for b, cb in enumerate(self.cols) if ra and cb}
+
+    def _axis(self, taps: list[int], a: int, pad: int, n_in: int, n_out: int) -> tuple[int, int]:
+        """(lead, trail) pads of the undilated axis giving phase a's outputs from a stride-1 convolution."""
+        lead = -((a + taps[0] - pad) // self.stride)  # the first tap meets input sample q - lead
+        return lead, len(range(a, n_out, self.stride)) - 1 + len(taps) - n_in - lead
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        n, h, w, _ = x.shape
+        conv, s = self.conv, self.stride
+        kh, kw = conv.weight.shape[2:]
+        ho = (h - 1) * s + 1 + conv.pad_top + conv.pad_bottom - kh + 1
+        wo = (w - 1) * s + 1 + conv.pad_left + conv.pad_right - kw + 1
         if min(ho, wo) < 1:
             raise InputError(f"a {h}x{w} map is too small for this exact network's {kh}x{kw} convolutions")
-        out = np.empty((n, ho, wo, self._wm.shape[1]), dtype=np.int64)
-        rows = max(1, IM2COL_BYTES // (wo * self._wm.shape[0] * 8))  # output rows per chunk, over all images
-        images = max(1, rows // ho)  # whole images per chunk when they fit, else row blocks of one image
-        step = min(rows, ho)
-        for b0 in range(0, n, images):
-            b1 = min(n, b0 + images)
-            for r0 in range(0, ho, step):
-                r1 = min(ho, r0 + step)
-                cols = np.empty((b1 - b0, r1 - r0, wo, kh, kw, c), dtype=np.float64)
-                for i in range(kh):
-                    for j in range(kw):
-                        cols[:, :, :, i, j] = xp[b0:b1, r0 + i : r1 + i, j : j + wo]
-                acc = cols.reshape(-1, self._wm.shape[0]) @ self._wm
-                acc += self._b
-                out[b0:b1, r0:r1] = acc.reshape(b1 - b0, r1 - r0, wo, -1)
+        out = np.empty((n, ho, wo, conv.weight.shape[0]), dtype=np.int64)
+        for a, ra in enumerate(self.rows[: min(s, ho)]):
+            for b, cb in enumerate(self.cols[: min(s, wo)]):
+                if not ra or not cb:  # no tap meets a sample: the bias alone
+                    out[:, a::s, b::s] = conv.bias
+                    continue
+                rows = self._axis(ra, a, conv.pad_top, h, ho)
+                cols = self._axis(cb, b, conv.pad_left, w, wo)
+                out[:, a::s, b::s] = _conv_im2col(_padded(x, rows, cols), self.matrices[a, b], conv._b, len(ra),
+                                                  len(cb))
         return out
 
 

@@ -133,6 +133,32 @@ def test_conv2d_and_dilate2d_agree_with_python_integers(monkeypatch: pytest.Monk
         assert np.array_equal(conv(xd).transpose(0, 3, 1, 2), got)
 
 
+def test_the_phase_by_phase_transposed_convolution_is_the_literal_dilate_then_conv2d() -> None:
+    """The network runs dilate2d + conv2d phase by phase (TransposedConv2d, skipping the zeros): the same
+    integers as the literal pair, for every stride, kernel, pad and map size, tiny maps included."""
+    rng = np.random.default_rng(2)
+    for trial in range(60):
+        s, kh, kw = int(rng.integers(1, 4)), int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        pads = tuple(int(p) for p in rng.integers(0, 6, size=4))
+        h, w = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+        conv = Conv2d(rng.integers(-50, 50, size=(3, 2, kh, kw)), rng.integers(-99, 99, size=3), *pads)
+        x = rng.integers(-9, 9, size=(2, h, w, 2))
+        try:
+            literal = conv(Dilate2d(s)(x))
+        except InputError:  # too small for the kernel: the fused path refuses it too
+            with pytest.raises(InputError, match="too small"):
+                exact_layers.TransposedConv2d(Dilate2d(s), conv)(x)
+            continue
+        fused = exact_layers.TransposedConv2d(Dilate2d(s), conv)(x)
+        assert fused.shape == literal.shape and np.array_equal(fused, literal), (trial, s, kh, kw, pads, h, w)
+        if trial < 6:  # and the literal pair against Python integers
+            dilated = np.zeros((2, (h - 1) * s + 1, (w - 1) * s + 1, 2), np.int64)
+            dilated[:, ::s, ::s] = x
+            want = _python_conv2d(dilated[0].transpose(2, 0, 1).tolist(), conv.weight.tolist(), conv.bias.tolist(),
+                                  pads)  # type: ignore[arg-type]
+            assert fused[0].transpose(2, 0, 1).tolist() == want
+
+
 def test_a_transposed_convolution_is_dilate_then_the_flipped_kernel_as_in_torch() -> None:
     torch = pytest.importorskip("torch")
     from latentwire.codec.training.models.hyper import HyperSynthesis
