@@ -9,7 +9,9 @@ arithmetic and the proof are described in exact.py and codec/FORMAT.md ("Exact p
 The convolutions are float64 BLAS matmuls on integer-valued operands: exact because the proof
 holds, fast because BLAS is. Conv2d builds an im2col matrix (one row per output pixel, one column
 per (tap, input channel)) in chunks of at most IM2COL_BYTES, so a large photo's map never makes a
-huge temporary; each chunk is one matmul.
+huge temporary; each chunk is one matmul. A ``dilate2d`` right before a ``conv2d`` (a transposed
+convolution) runs as one sub-pixel convolution (TransposedConv2d), skipping the products with
+inserted zeros: the stored layers stay the literal pair, the integers are the same.
 """
 
 from __future__ import annotations
@@ -230,53 +232,58 @@ def _conv_im2col(xp: np.ndarray, wm: np.ndarray, bias: np.ndarray, kh: int, kw: 
     return out
 
 
-def _phases(k: int, pad: int, stride: int) -> list[list[int]]:
-    """Per output phase a (positions a, a + stride, ...), the kernel taps of a convolution padded by
-    ``pad`` that meet real samples of a stride-``stride`` zero-inserted axis (the others meet zeros)."""
-    return [[t for t in range(k) if (a + t - pad) % stride == 0] for a in range(stride)]
+def _sub_pixel_taps(k: int, pad: int, stride: int) -> tuple[list[tuple[int, int, int]], int, int]:
+    """On one axis of a stride-``stride`` zero insertion followed by a convolution padded ``pad``
+    before: output s*q + a takes kernel tap t from input sample q + d exactly when a + t - pad =
+    s*d (the other taps meet inserted zeros). Each tap t has one such phase a. Returns (t, a, d)
+    per tap and the smallest and largest d."""
+    taps = []
+    for t in range(k):
+        a = (pad - t) % stride
+        taps.append((t, a, (a + t - pad) // stride))
+    return taps, min(d for _, _, d in taps), max(d for _, _, d in taps)
 
 
 class TransposedConv2d:
-    """``dilate2d`` then ``conv2d``, evaluated phase by phase (an evaluation plan, not a stored kind).
+    """``dilate2d`` then ``conv2d`` as one sub-pixel convolution (an evaluation plan, not a stored kind).
 
-    Of the kernel's taps, only those landing on inserted samples contribute (a quarter, for stride
-    2): output pixels (y, x) with y = a (mod s), x = b (mod s) see the taps of row phase a and
-    column phase b, at consecutive input offsets: a stride-1 convolution of the UNdilated map with
-    that sub-kernel. Each phase is one im2col matmul on 1/s^2 of the work; the zeros skipped add
-    nothing, so the integers are those of dilate2d + conv2d (tests hold it to the literal pair)."""
+    Of the kernel's taps only those landing on inserted samples contribute, at most a quarter for
+    stride 2. Output block q (the s x s pixels s*q + (a, b)) is a convolution of the UNdilated map
+    around q: one im2col row per block, holding the samples at offsets d_min..d_max on each axis,
+    and one weight matrix whose column (a, b, o) holds output channel o's taps of phase (a, b) at
+    their offsets (zeros elsewhere): one BLAS matmul for all s*s phases. Every column holds a subset
+    of the kernel, so its partial sums are sub-sums of conv2d's (the same proof), and the skipped
+    zeros add nothing: the integers are those of dilate2d + conv2d (tests hold it to the literal pair).
+    For 5x5 and stride 2 that is 9 * 4 = 36 tap products per block of 4 outputs instead of 100."""
 
     def __init__(self, dilate: Dilate2d, conv: Conv2d) -> None:
-        self.stride, self.conv = dilate.stride, conv
-        kh, kw = conv.weight.shape[2:]
-        self.rows, self.cols = _phases(kh, conv.pad_top, self.stride), _phases(kw, conv.pad_left, self.stride)
-        w = conv.weight.transpose(0, 2, 3, 1)  # (out, kh, kw, in): im2col column order
-        self.matrices = {(a, b): np.ascontiguousarray(w[:, ra][:, :, cb].reshape(w.shape[0], -1).T, np.float64)
-                         for a, ra in enumerate(self.rows) for b, cb in enumerate(self.cols) if ra and cb}
-
-    def _axis(self, taps: list[int], a: int, pad: int, n_in: int, n_out: int) -> tuple[int, int]:
-        """(lead, trail) pads of the undilated axis giving phase a's outputs from a stride-1 convolution."""
-        lead = -((a + taps[0] - pad) // self.stride)  # the first tap meets input sample q - lead
-        return lead, len(range(a, n_out, self.stride)) - 1 + len(taps) - n_in - lead
+        s, self.conv = dilate.stride, conv
+        self.stride = s
+        o, c, kh, kw = conv.weight.shape
+        rows, self.rmin, rmax = _sub_pixel_taps(kh, conv.pad_top, s)
+        cols, self.cmin, cmax = _sub_pixel_taps(kw, conv.pad_left, s)
+        self.dh, self.dw = rmax - self.rmin + 1, cmax - self.cmin + 1
+        m = np.zeros((self.dh, self.dw, c, s, s, o), dtype=np.float64)
+        for t, a, d in rows:
+            for u, b, e in cols:
+                m[d - self.rmin, e - self.cmin, :, a, b, :] = conv.weight[:, :, t, u].T
+        self.matrix = np.ascontiguousarray(m.reshape(self.dh * self.dw * c, s * s * o))
+        self.bias = np.tile(conv._b, s * s)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         n, h, w, _ = x.shape
         conv, s = self.conv, self.stride
-        kh, kw = conv.weight.shape[2:]
+        o, _, kh, kw = conv.weight.shape
         ho = (h - 1) * s + 1 + conv.pad_top + conv.pad_bottom - kh + 1
         wo = (w - 1) * s + 1 + conv.pad_left + conv.pad_right - kw + 1
         if min(ho, wo) < 1:
             raise InputError(f"a {h}x{w} map is too small for this exact network's {kh}x{kw} convolutions")
-        out = np.empty((n, ho, wo, conv.weight.shape[0]), dtype=np.int64)
-        for a, ra in enumerate(self.rows[: min(s, ho)]):
-            for b, cb in enumerate(self.cols[: min(s, wo)]):
-                if not ra or not cb:  # no tap meets a sample: the bias alone
-                    out[:, a::s, b::s] = conv.bias
-                    continue
-                rows = self._axis(ra, a, conv.pad_top, h, ho)
-                cols = self._axis(cb, b, conv.pad_left, w, wo)
-                out[:, a::s, b::s] = _conv_im2col(_padded(x, rows, cols), self.matrices[a, b], conv._b, len(ra),
-                                                  len(cb))
-        return out
+        qh, qw = -(-ho // s), -(-wo // s)  # output blocks; the last may reach past (ho, wo): cropped
+        xp = _padded(x, (-self.rmin, qh - 1 + self.rmin + self.dh - 1 - (h - 1)),
+                     (-self.cmin, qw - 1 + self.cmin + self.dw - 1 - (w - 1)))
+        acc = _conv_im2col(xp, self.matrix, self.bias, self.dh, self.dw)  # (n, qh, qw, s * s * o)
+        out = acc.reshape(n, qh, qw, s, s, o).transpose(0, 1, 3, 2, 4, 5).reshape(n, qh * s, qw * s, o)
+        return np.ascontiguousarray(out[:, :ho, :wo])
 
 
 @dataclass(frozen=True, eq=False)

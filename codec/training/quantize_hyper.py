@@ -12,8 +12,8 @@ layer's integer input, 1 for z_hat):
   * weights per output channel j: s_w[j] = max|W_j| / (2**(weight_bits-1) - 1), W_q = round(W / s_w);
     bias b_q = round(b / (s_x * s_w[j]));
   * a ReLU layer's output is requantized onto the unsigned grid s = R / (2**act_bits - 1), R =
-    margin * the largest pre-activation seen on the calibration z (a requant clipped at 0 IS the ReLU:
-    rounding is monotone and keeps 0);
+    margin (HYPER_RANGE_MARGIN) * the largest pre-activation seen on the calibration z (a requant
+    clipped at 0 IS the ReLU: rounding is monotone and keeps 0);
   * the last layer is requantized straight onto the fixed output grids: channels < M to mean codes
     (scale s_x * s_w[j] * 2**MEAN_FRAC_BITS), the rest to log-scale codes (2**SCALE_FRAC_BITS).
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,21 +93,22 @@ def conv_steps(h_s: HyperSynthesis) -> list[ConvStep]:
     return steps
 
 
-def relu_ranges(h_s: HyperSynthesis, z_samples: np.ndarray, batch: int = 16) -> list[float]:
+def relu_ranges(h_s: HyperSynthesis, z_samples: Sequence[np.ndarray], batch: int = 16) -> list[float]:
     """The largest pre-activation of each ReLU layer over the calibration z (float64 forward)."""
     net = copy.deepcopy(h_s.net).double().eval().cpu()
     top: list[float] = []
     with torch.no_grad():
-        for i in range(0, len(z_samples), batch):
-            h = torch.from_numpy(np.asarray(z_samples[i : i + batch], dtype=np.float64))
-            k = 0
-            for mod in net:
-                if isinstance(mod, nn.ReLU):
-                    if k == len(top):
-                        top.append(0.0)
-                    top[k] = max(top[k], float(h.max()))
-                    k += 1
-                h = mod(h)
+        for group in z_samples:
+            for i in range(0, len(group), batch):
+                h = torch.from_numpy(np.asarray(group[i : i + batch], dtype=np.float64))
+                k = 0
+                for mod in net:
+                    if isinstance(mod, nn.ReLU):
+                        if k == len(top):
+                            top.append(0.0)
+                        top[k] = max(top[k], float(h.max()))
+                        k += 1
+                    h = mod(h)
     return top
 
 
@@ -122,18 +124,22 @@ def _requant(scale: np.ndarray, lo: int, hi: int, acc_bound: int) -> Requant:
     return Requant(np.rint(scale * 2.0**shift).astype(np.int64), shift, lo, hi)
 
 
-def quantize_hyper_synthesis(h_s: HyperSynthesis, z_samples: np.ndarray, weight_bits: int = DEFAULT_WEIGHT_BITS,
+def quantize_hyper_synthesis(h_s: HyperSynthesis, z_samples: np.ndarray | Sequence[np.ndarray],
+                             weight_bits: int = DEFAULT_WEIGHT_BITS,
                              act_bits: int = DEFAULT_ACT_BITS, margin: float = HYPER_RANGE_MARGIN,
                              input_limit: int = INPUT_LIMIT) -> ExactHyperSynthesis:
-    """The exact integer network of h_s; ReLU ranges calibrated on z_samples (S, N, hz, wz), integer z_hat
-    maps like the decoder sees (round(h_a(y)) on real photos). z_hat is clipped to +-input_limit."""
-    z = np.asarray(z_samples)
-    if z.ndim != 4 or not len(z) or z.shape[1] != h_s.net[0].in_channels:
-        raise InputError(f"z_samples must be (S, {h_s.net[0].in_channels}, hz, wz) with S >= 1, got {z.shape}")
+    """The exact integer network of h_s; ReLU ranges calibrated on z_samples: integer z_hat maps like the
+    decoder sees (round(h_a(y)) on real photos), one array (S, N, hz, wz) or a sequence of them (photos
+    of several sizes). z_hat is clipped to +-input_limit."""
+    groups = [np.asarray(z_samples)] if isinstance(z_samples, np.ndarray) else [np.asarray(g) for g in z_samples]
+    n = h_s.net[0].in_channels
+    if not groups or any(g.ndim != 4 or not len(g) or g.shape[1] != n for g in groups):
+        raise InputError(f"z_samples must be arrays (S, {n}, hz, wz) with S >= 1, got "
+                         f"{[g.shape for g in groups]}")
     if not 2 <= weight_bits <= 24 or not 2 <= act_bits <= 24:
         raise InputError(f"weight and activation bits are 2..24, got {weight_bits} and {act_bits}")
     steps = conv_steps(h_s)
-    ranges = relu_ranges(h_s, z)
+    ranges = relu_ranges(h_s, groups)
     wmax = 2 ** (weight_bits - 1) - 1
     top = 2**act_bits - 1
     s_x = 1.0  # z_hat is integer: grid 1

@@ -133,9 +133,9 @@ def test_conv2d_and_dilate2d_agree_with_python_integers(monkeypatch: pytest.Monk
         assert np.array_equal(conv(xd).transpose(0, 3, 1, 2), got)
 
 
-def test_the_phase_by_phase_transposed_convolution_is_the_literal_dilate_then_conv2d() -> None:
-    """The network runs dilate2d + conv2d phase by phase (TransposedConv2d, skipping the zeros): the same
-    integers as the literal pair, for every stride, kernel, pad and map size, tiny maps included."""
+def test_the_sub_pixel_transposed_convolution_is_the_literal_dilate_then_conv2d() -> None:
+    """The network runs dilate2d + conv2d as one sub-pixel matmul (TransposedConv2d, skipping the zeros):
+    the same integers as the literal pair, for every stride, kernel, pad and map size, tiny maps included."""
     rng = np.random.default_rng(2)
     for trial in range(60):
         s, kh, kw = int(rng.integers(1, 4)), int(rng.integers(1, 6)), int(rng.integers(1, 6))
