@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from latentwire.codec.coding import exact as exact_module
 from latentwire.codec.coding import exact_layers
 from latentwire.codec.coding.exact import IntegerNetwork
 from latentwire.codec.coding.exact_hyper import (
@@ -277,6 +278,9 @@ def test_the_exact_synthesis_agrees_with_int64_numpy_and_the_float_h_s(trained: 
     assert lo <= scale.min() and scale.max() <= hi and lo / 256 >= LOG_SCALE_RANGE[0]
     full_mean, _ = exact(z, (12, 20))
     assert np.array_equal(full_mean[:, :, :, :18], mean)
+    with pytest.MonkeyPatch.context() as mp:  # one image per pass (a big photo's memory bound): the same
+        mp.setattr(exact_module, "MAP_PASS_VALUES", 1)
+        assert all(np.array_equal(a, b) for a, b in zip(exact(z, size), (mean, scale), strict=True))
     agreement = measure_hyper(h_s, exact, z, (12, 20))
     assert agreement.max_abs_mean <= TOLERANCE and agreement.max_abs_log_scale <= TOLERANCE
     # the code the float log sigma rounds to, but where it lies within the quantization error of a tie
