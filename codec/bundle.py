@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .coding.exact_hyper import HYPER_FILE
 from .coding.fallback import AnomalyCalibration
 from .errors import BundleError
 from .normalization import Normalization
@@ -29,7 +30,7 @@ DECODER = "decoder.onnx"
 ENTROPY = "entropy.json"
 EXACT = "exact.npz"
 # a hyperprior bundle's exact hyper-synthesis: it picks the latent's coding tables, so it is part of the model id
-HYPER = "hyper.npz"
+HYPER = HYPER_FILE
 DECODING_FIELDS = ("format_version", "family", "input", "latent", "quality_levels")
 
 

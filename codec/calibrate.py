@@ -271,11 +271,13 @@ def calibrate(
         )
 
     hyper = hyper_stage(bundle, precision) if m.has_hyper else None
+    offsets: list[int] = []
+    probs: list[list[float]] = []
     if hyper is not None:
         if any(sp.latent_step != 1.0 or sp.transform_step is not None for sp in specs):
             raise InputError("a hyperprior bundle's ladder takes its learned levels (lK, lK+E), not latent steps "
                              "or transform levels")
-        offsets, probs, latent = [], [], hyper.coding.z_tables
+        latent = hyper.coding.z_tables
     else:
         offsets, probs = m.pmf
         latent = latent_tables(offsets, probs, precision)

@@ -15,27 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from ..errors import BitstreamError, InputError
 from .coder import StreamDecoder, StreamEncoder
+from .exact_hyper import ExactHyperSynthesis
 from .hyperprior import HyperLatentCoding, latent_values, symbols_for
 
 HYPER_STRIDE = 4  # z has a quarter of the latent's resolution (two stride-2 convolutions in h_a)
 # z_hat beyond this is refused by the sender: h_a's outputs are O(10) on real photos, and the
 # exact hyper-synthesis proves its sums for inputs within its declared range
 Z_LIMIT = 1 << 15
-
-
-class HyperSynthesisNet(Protocol):
-    """The exact hyper-synthesis (coding/exact_hyper.py): integer z_hat -> integer (mean_code, scale_code)."""
-
-    mean_frac_bits: int
-    scale_frac_bits: int
-
-    def __call__(self, z_hat: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,7 +61,7 @@ class HyperLatents:
 class HyperLatentPath:
     """The codec's hyperprior stage: coding tables + exact hyper-synthesis + the levels' gains."""
 
-    def __init__(self, coding: HyperLatentCoding, synthesis: HyperSynthesisNet, gains: Sequence[np.ndarray],
+    def __init__(self, coding: HyperLatentCoding, synthesis: ExactHyperSynthesis, gains: Sequence[np.ndarray],
                  inverse_gains: Sequence[np.ndarray]) -> None:
         if len(gains) != len(inverse_gains):
             raise InputError(f"{len(gains)} gain vectors but {len(inverse_gains)} inverse gains")

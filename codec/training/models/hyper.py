@@ -19,23 +19,19 @@ level-independent (one unit bin), so h_a and h_s are shared by all levels.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...coding.gaussian import DEFAULT_SCALE_MIN
+from ...coding.exact_hyper import LOG_SCALE_RANGE, SCALE_MIN
+from ...coding.hyper_latents import HYPER_STRIDE
 from .base import AutoencoderOutput
 from .config import ModelConfig
 from .density import LIKELIHOOD_FLOOR, FactorizedDensity
 from .gdn import Gdn2dAutoencoder
 
-# Scales below the coder's smallest table are not told apart (CompressAI's lower bound, in symbols)
-SCALE_MIN = DEFAULT_SCALE_MIN
-# log sigma is clamped to this range before exp(): a runaway output cannot make inf or 0 scales
-LOG_SCALE_RANGE = (math.log(SCALE_MIN) - 4.0, math.log(4096.0))
-HYPER_STRIDE = 4  # h_a's two stride-2 convolutions
+# SCALE_MIN (the smallest scale the coder's tables tell apart) and LOG_SCALE_RANGE (log sigma's clamp)
+# are defined once, in the numpy-only runtime that computes h_s exactly (codec/coding/exact_hyper.py)
 
 
 class _LowerBound(torch.autograd.Function):
