@@ -301,11 +301,12 @@ def calibrate(
 
     res_float = against(symbols, raw_float, reference)
 
-    positional = m.spatial_dims > 0 and m.channel_axis % (symbols.ndim - 1) == 0
+    latent_ndim = (symbols.symbols if hyper is not None else symbols).ndim
+    positional = m.spatial_dims > 0 and m.channel_axis % (latent_ndim - 1) == 0
     if latent_context and not positional:
         raise InputError("a latent context needs channel-first latents with a position axis (conv families)")
     use_context = (positional if latent_context is None else latent_context) and hyper is None
-    fit_context = LatentContext2D.fit if m.spatial_dims == 2 and symbols.ndim == 4 else LatentContext.fit
+    fit_context = LatentContext2D.fit if m.spatial_dims == 2 and latent_ndim == 4 else LatentContext.fit
     context = fit_context(symbols, latent) if use_context and not n_learned else None
     level_tables = []
     for k in range(0 if hyper is not None else n_learned):  # a hyperprior's levels share its Gaussian tables
