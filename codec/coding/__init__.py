@@ -1,8 +1,9 @@
 """The coding stages, in the order data flows through them: quantize.py (latents -> integer
 symbols), tables.py (fixed integer frequency tables) and coder.py (range coding with them),
 context.py / context2d.py (tables chosen from already-decoded symbols), residual.py and
-residual_context.py (the max-error layer), exact.py (the integer network residuals
-are taken against where a bundle has one), payload.py (one packet's payload and entropy.json),
+residual_context.py (the max-error layer), exact.py and exact_layers.py (the integer network
+residuals are taken against where a bundle has one), exact_hyper.py (a hyperprior's means and
+scales from that network, 2-D), payload.py (one packet's payload and entropy.json),
 bitstream.py (the versioned, checksummed packet), fallback.py (lossless packets, anomaly scores).
 
 May import numpy, constriction, zstandard and latentwire.codec.errors / normalization; never

@@ -292,6 +292,7 @@ _CHILD = r"""
 import sys, zlib, numpy as np
 from latentwire.codec.coding.exact_hyper import ExactHyperSynthesis
 hs = ExactHyperSynthesis.load(sys.argv[1])
+assert "torch" not in sys.modules  # the receiver's runtime is numpy only
 z = np.load(sys.argv[2])
 for batch in (1, 2, 3):
     parts = [hs(z[i : i + batch], (12, 18)) for i in range(0, len(z), batch)]
