@@ -71,7 +71,7 @@ def test_hinton_784_1000_500_250_30_builds() -> None:
     out = model.eval()(torch.rand(3, 1, 28, 28))
     assert out.x_hat.shape == (3, 1, 28, 28) and out.y.shape == (3, 30) and out.bits.shape == (3,)
     assert model.latent_shape() == [30] and model.stride == 1
-    assert set(MODELS) == {"dense", "conv2d", "conv1d", "gdn2d"}
+    assert set(MODELS) == {"dense", "conv2d", "conv1d", "gdn2d", "hyper2d"}
 
 
 @pytest.mark.parametrize("size", [(28, 28), (37, 53), (5, 3)])
