@@ -110,9 +110,12 @@ def load_bundle_weights(model: Autoencoder, path: str | Path) -> dict[str, Any]:
         state["log_inverse_gain"] = np.log(np.asarray([lv["inverse_gain"] for lv in levels],
                                                       dtype=np.float64)).astype(np.float32)
     own = model.state_dict()
-    # what a factorized-prior bundle cannot hold: a hyperprior model's side networks start fresh
-    # and are fitted with the density before the first step (fit_density)
-    wanted = {k for k in own if not k.startswith(("density.", "hyper_analysis.", "hyper_synthesis."))}
+    # what a bundle's float graphs cannot hold start fresh and are fitted with the density before the
+    # first step (fit_density): a hyperprior's h_s (hyper.npz is its integer form) and, from a
+    # factorized-prior bundle, its h_a (a hyperprior bundle's encoder graph holds h_a's weights)
+    fresh = ("density.", "hyper_synthesis.") + (() if any(k.startswith("hyper_analysis.") for k in state)
+                                                else ("hyper_analysis.",))
+    wanted = {k for k in own if not k.startswith(fresh)}
     missing = sorted(wanted - state.keys())
     if missing:
         raise ValueError(f"--init-from: {d}'s graphs do not hold {', '.join(missing[:4])}"

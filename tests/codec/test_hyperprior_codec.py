@@ -118,3 +118,21 @@ def test_the_manifest_and_model_id_cover_the_exact_hyper_synthesis(hyper_bundle:
     (tampered / "hyper.npz").write_bytes(bytes(data))
     with pytest.raises(BundleError, match="hyper.npz"):
         Codec.load(tampered)
+
+
+def test_a_run_continues_from_the_shipped_hyperprior_bundle(hyper_bundle: Path) -> None:
+    """A later session warm-starts from the committed bundle: analysis, synthesis, gains and h_a come back
+    from the graphs; h_s (stored only as integers) and z's density are fitted again before training."""
+    import torch
+
+    from latentwire.codec.training import warmstart
+    from latentwire.codec.training.models import build_model
+    from latentwire.codec.training.train import load_checkpoint, model_from_checkpoint
+
+    trained = model_from_checkpoint(load_checkpoint(hyper_bundle.parent / "run"))
+    recovered = build_model(warmstart.bundle_config(hyper_bundle))
+    warmstart.load_bundle_weights(recovered, hyper_bundle)
+    own = recovered.state_dict()
+    for k, v in trained.state_dict().items():
+        if k.startswith(("hyper_analysis.", "decoder.0.weight", "log_gain")):
+            assert torch.allclose(own[k], v, atol=1e-6), k
