@@ -429,7 +429,8 @@ def _fit_transform(specs: list[LevelSpec], raw: np.ndarray, symbols: np.ndarray,
                    reference: LevelSpec, enc: Encoder, dec: Decoder, bundle: Bundle,
                    batch_size: int, basis: str = "dct") -> tuple[list[LevelSpec], TransformResidual | None]:
     """The transform residual's tables, fit on each transform level's own residuals at its own
-    step; steps are snapped to the ladder. (specs with snapped steps, tables or None)."""
+    step, and the tables of windows sent alone (the raw windows against the normalization offset)
+    at the same steps; steps are snapped to the ladder. (specs with snapped steps, tables or None)."""
     wanted = [sp for sp in specs if sp.transform_step is not None]
     if not wanted:
         return specs, None
@@ -450,7 +451,9 @@ def _fit_transform(specs: list[LevelSpec], raw: np.ndarray, symbols: np.ndarray,
                 _forward(enc, dec, bundle, raw, batch_size, sp)[1]
             residuals[key] = raw.astype(np.float64) - flt
         pairs.append((residuals[key], sp.transform_step))
-    return snapped, TransformResidual.fit(pairs, basis=basis)
+    alone = [(raw, step) for _, step in pairs]
+    return snapped, TransformResidual.fit(pairs, basis=basis, alone=alone,
+                                          prediction=bundle.manifest.normalization.offset)
 
 
 def _ladder(text: str) -> list[LevelSpec]:

@@ -20,7 +20,7 @@ from typing import overload
 import numpy as np
 
 from .bundle import EXACT, HYPER, Bundle, QualityLevel
-from .coding import bitstream, transform
+from .coding import bitstream
 from .coding.bitstream import CUSTOM_QUALITY, CodingPath
 from .coding.exact import IntegerNetwork
 from .coding.exact_hyper import ExactHyperSynthesis
@@ -29,10 +29,12 @@ from .coding.hyper_latents import HyperInput, HyperLatentPath, HyperLatents
 from .coding.payload import CodingTables, PayloadReader, encode_payload
 from .coding.quantize import dequantize_scaled, quantize_scaled
 from .coding.residual import check_max_error, reconstruction_crc
+from .coding.transform import MODE_LATENT
 from .errors import BitstreamError, InputError, ReconstructionMismatch
 from .frame import FramePath
 from .raw_input import check_raw_samples
 from .runtime import Decoder, Encoder
+from .transform_levels import decode_transform, encode_transform_packet
 
 DEFAULT_BUNDLE = "default"
 
@@ -175,7 +177,7 @@ class Codec:
     # ---------------------------------------------------------------- encode / decode
     def encode(
         self, raw: np.ndarray, quality: int | None = None, max_error: int | None = None, recon_crc: bool = True,
-        target_prdn: float | None = None,
+        target_prdn: float | None = None, transform_mode: str = "auto",
     ) -> bytes:
         """N raw samples -> ONE packet, all frames coded jointly (a packet of one is the compact mode).
 
@@ -184,6 +186,9 @@ class Codec:
         target_prdn (series with a transform residual): each frame gets the coarsest transform step
         that keeps its PRDN (percent, about each channel's own mean) at or below the target; the
         latent part is quality's (default: the first level with a transform residual).
+        transform_mode (transform levels): "auto" sends each window with its latent or, where that
+        costs more, the transform of the window alone (coding/transform_mode.py); "latent" or
+        "alone" sends every window so.
         """
         if max_error is None and target_prdn is None:
             fast = self.frames.encode(raw, self.default_quality if quality is None else quality)
@@ -198,7 +203,7 @@ class Codec:
             quality = self._transform_level(quality)
         q, bound, grid = self._level(quality, max_error)
         y = self._encode_model(self.normalization.to_model(raw))
-        return self._packet(raw, y, q, bound, grid, recon_crc, target_prdn=target_prdn)
+        return self._packet(raw, y, q, bound, grid, recon_crc, target_prdn=target_prdn, transform_mode=transform_mode)
 
     def _transform_level(self, quality: int | None) -> int:
         levels = [lv.index for lv in self.qualities if lv.transform_step is not None]
@@ -213,7 +218,7 @@ class Codec:
 
     def _packet(
         self, raw: np.ndarray, y: np.ndarray | HyperInput, q: int, bound: int | None, grid: LatentGrid, recon_crc: bool,
-        reference_raw_float: np.ndarray | None = None, target_prdn: float | None = None,
+        reference_raw_float: np.ndarray | None = None, target_prdn: float | None = None, transform_mode: str = "auto",
     ) -> bytes:
         """Validated raw frames and their continuous latents -> one packet at level (q, bound, grid).
 
@@ -226,7 +231,8 @@ class Codec:
                 raise InputError("transform residual levels are for series bundles, not hyperprior photo bundles")
             raw_float = (reference_raw_float if grid == self.reference_grid and reference_raw_float is not None
                          else self._decode_symbols(self.latent_values(symbols, grid), raw.shape[1:]))
-            return self._transform_packet(raw, symbols, raw_float, q, grid, step, recon_crc, target_prdn)
+            return encode_transform_packet(self, raw, symbols, raw_float, q, grid, step, recon_crc, target_prdn,
+                                           transform_mode)
         if bound is None:
             payload, info = encode_payload(self.tables, symbols, self.manifest.channel_axis, latent_step=grid.step,
                                            latent_level=grid.level, hyper=self.hyper)
@@ -250,31 +256,6 @@ class Codec:
             recon_crc=info.crc if (info is not None and recon_crc) else None,
             exact=bound is not None and self.exact is not None,
         )
-
-    def _transform_packet(self, raw: np.ndarray, symbols: np.ndarray, raw_float: np.ndarray, q: int, grid: LatentGrid,
-                          step: float, recon_crc: bool, target_prdn: float | None) -> bytes:
-        """A packet whose residual is coded in the transform domain (coding/transform.py)."""
-        tr = self.tables.transform
-        if tr is None or raw.ndim != 3:
-            raise InputError("transform residual levels need series samples (channels, length) and the bundle's "
-                             "transform tables")
-        norm = self.normalization
-        coef = tr.forward(raw.astype(np.float64) - raw_float)
-        if target_prdn is None:
-            idx = np.full(len(raw), tr.step_index(step), dtype=np.int64)
-        else:
-            idx = transform.choose_steps(tr, raw, raw_float, coef, float(target_prdn), norm.raw_min, norm.raw_max,
-                                         norm.is_integer)
-        qc = tr.quantize(coef, idx)
-        payload, _ = encode_payload(self.tables, symbols, self.manifest.channel_axis, latent_step=grid.step,
-                                    latent_level=grid.level, transform=(qc, idx))
-        crc = None
-        if recon_crc and norm.is_integer:
-            rec = tr.reconstruct(raw_float, qc, idx, norm.raw_min, norm.raw_max, True)
-            crc = reconstruction_crc(rec.astype(np.int64))
-        return bitstream.write_packet(model_id=self.model_id, quality=q,
-                                      sample_shape=tuple(int(d) for d in raw.shape[1:]), count=int(raw.shape[0]),
-                                      payload=payload, recon_crc=crc, transform=True)
 
     def encode_frames(self, raw: np.ndarray, quality: int | None = None, max_error: int | None = None) -> list[bytes]:
         """One packet per sample (compact per-frame mode): each frame decodable on its own."""
@@ -442,18 +423,24 @@ class Codec:
         out: list[np.ndarray | None] = [None] * len(parsed)
         readers: list[PayloadReader | None] = [None] * len(parsed)
         latents: list[np.ndarray | None] = [None] * len(parsed)
+        modes: list[np.ndarray | None] = [None] * len(parsed)
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, (h, payload, _, grid) in enumerate(parsed):
             if h.is_lossless:  # lossless fallback: the raw frames themselves, no model involved
                 out[i] = decompress_raw(payload, self.raw_dtype, h.count, h.sample_shape)
                 continue
             readers[i] = r = PayloadReader(payload, self.tables)
+            modes[i] = m = r.modes(h.count) if h.has_modes else None  # then only these frames' latents
+            n = h.count if m is None else int((m == MODE_LATENT).sum())
+            if n == 0:  # every window came without its latent: nothing for decoder.onnx
+                out[i] = self._finish(r, h, None, np.zeros((0, *h.sample_shape)), m)
+                continue
             symbols: np.ndarray | HyperLatents
             if self.hyper is not None:
-                symbols = r.hyper_latents(self.hyper, h.count, self._latent_shape(h.sample_shape), grid.level)
+                symbols = r.hyper_latents(self.hyper, n, self._latent_shape(h.sample_shape), grid.level)
             else:
-                symbols = r.latents(h.count, self._latent_shape(h.sample_shape), self.manifest.channel_axis,
-                                    grid.step, grid.level)
+                symbols = r.latents(n, self._latent_shape(h.sample_shape), self.manifest.channel_axis, grid.step,
+                                    grid.level)
             if h.has_exact:  # the exact prediction: no decoder.onnx for this packet
                 out[i] = self._finish(r, h, parsed[i][2], self._residual_prediction(symbols, grid, h.sample_shape))
                 continue
@@ -464,16 +451,18 @@ class Codec:
             start = 0
             for i in idx:
                 header, _, bound, _ = parsed[i]
-                part = raw_float[start : start + header.count]
-                start += header.count
-                out[i] = self._finish(readers[i], header, bound, part)  # type: ignore[arg-type]
+                n = len(latents[i])  # type: ignore[arg-type]
+                out[i] = self._finish(readers[i], header, bound, raw_float[start : start + n],  # type: ignore[arg-type]
+                                      modes[i])
+                start += n
         return out  # type: ignore[return-value]
 
     def _finish(
-        self, reader: PayloadReader, header: bitstream.PacketHeader, bound: int | None, raw_float: np.ndarray
+        self, reader: PayloadReader, header: bitstream.PacketHeader, bound: int | None, raw_float: np.ndarray,
+        modes: np.ndarray | None = None,
     ) -> np.ndarray:
         if header.has_transform:
-            recon = self._transform_recon(reader, header, raw_float)
+            recon = decode_transform(self, reader, header, raw_float, modes)
         elif bound is None:
             return self._round_raw(raw_float)
         else:
@@ -485,13 +474,3 @@ class Codec:
                 "decode on the provider the sender used (provider='cpu')"
             )
         return recon.astype(self.raw_dtype)
-
-    def _transform_recon(self, reader: PayloadReader, header: bitstream.PacketHeader,
-                         raw_float: np.ndarray) -> np.ndarray:
-        tr = self.tables.transform
-        if tr is None or raw_float.ndim != 3:
-            raise BitstreamError("packet has a transform residual, but this bundle has no transform tables for it")
-        qc, idx = reader.transform(header.count, raw_float.shape[1], raw_float.shape[2])
-        norm = self.normalization
-        rec = tr.reconstruct(raw_float, qc, idx, norm.raw_min, norm.raw_max, norm.is_integer)
-        return rec.astype(np.int64) if norm.is_integer else rec

@@ -19,6 +19,8 @@ from latentwire.codec import baselines
 from latentwire.codec.bundle import QualityLevel
 from latentwire.codec.codec import Codec
 from latentwire.codec.coding import bitstream
+from latentwire.codec.coding.payload import PayloadReader
+from latentwire.codec.coding.transform import MODE_ALONE
 from latentwire.codec.errors import InputError
 from latentwire.codec.normalization import psnr_db
 
@@ -53,6 +55,9 @@ class Point:
     bits_per_value: float | None = None  # ECG: bits per sample (per lead and time step), all bytes counted
     target_prdn: float | None = None  # latentwire rate control: the per-window PRDN asked for
     seconds: float | None = None
+    encode_seconds: float | None = None  # latentwire: of ``seconds``, in Codec.encode / Codec.decode
+    decode_seconds: float | None = None
+    alone_share: float | None = None  # latentwire transform levels: windows sent without their latent
 
     @property
     def lossless(self) -> bool:
@@ -130,12 +135,20 @@ def latentwire_point(
     """Encode in packets of packet_frames, decode every packet, score what the receiver got."""
     t0 = time.perf_counter()
     decoded = np.empty_like(raw)
-    total = payload = 0
+    total = payload = alone = 0
+    spent = [0.0, 0.0]  # encode, decode
     for sl in _chunks(len(raw), packet_frames):
+        t = time.perf_counter()
         packet = codec.encode(raw[sl], quality=quality, max_error=max_error, target_prdn=target_prdn)
+        spent[0] += time.perf_counter() - t
+        header, body = bitstream.read_packet(packet)
         total += len(packet)
-        payload += len(bitstream.read_packet(packet)[1])
+        payload += len(body)
+        if header.has_modes:
+            alone += int((PayloadReader(body, codec.tables).modes(header.count) == MODE_ALONE).sum())
+        t = time.perf_counter()
         decoded[sl] = codec.decode(packet)
+        spent[1] += time.perf_counter() - t
     if max_error is not None:
         setting = f"max_error={max_error} (per-sample bound)"
     elif target_prdn is not None:
@@ -145,9 +158,11 @@ def latentwire_point(
         setting = level_name(level)
         max_error = level.max_error
     mode = "frame" if packet_frames == 1 else f"packet{packet_frames}"
+    transform = target_prdn is not None or (quality is not None and codec.qualities[quality].transform_step is not None)
     return Point("latentwire", setting, mode=mode, quality=quality, max_error=max_error, target_prdn=target_prdn,
                  payload_bytes_per_sample=payload / len(raw), seconds=time.perf_counter() - t0, subset=subset,
-                 **scorer.score(raw, decoded, total))
+                 encode_seconds=spent[0], decode_seconds=spent[1],
+                 alone_share=alone / len(raw) if transform else None, **scorer.score(raw, decoded, total))
 
 
 # ------------------------------------------------------------------------------ classical codecs

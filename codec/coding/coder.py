@@ -436,24 +436,30 @@ def decode(data: bytes | memoryview, table_ids: np.ndarray, tables: TableSet | S
     return StreamDecoder(data).decode(table_ids, tables)
 
 
-def ideal_bits(symbols: np.ndarray, table_ids: np.ndarray, tables: TableSet | Sequence[FreqTable]) -> float:
-    """-sum log2 p under the integer tables, escapes included at their exact fixed cost."""
+def symbol_bits(symbols: np.ndarray, table_ids: np.ndarray, tables: TableSet | Sequence[FreqTable]) -> np.ndarray:
+    """-log2 p of each symbol under its integer table (float64, in the symbols' order), escapes
+    included at their exact fixed cost: what a sender compares when it picks between codings."""
     tables = as_table_set(tables)
-    s = np.asarray(symbols).astype(np.int64)
-    tid = _check_ids(table_ids, s.size, len(tables))
+    s = np.asarray(symbols).astype(np.int64).ravel()
+    tid = _check_ids(np.asarray(table_ids).ravel(), s.size, len(tables))
+    out = np.zeros(s.size, dtype=np.float64)
     if s.size == 0:
-        return 0.0
+        return out
     order, groups = _groups(tid, len(tables))
-    ss = s if order is None else s[order]
-    total = 0.0
+    where = np.arange(s.size) if order is None else order
     for t, a, b in groups:
         tab = tables[t]
-        idx = ss[a:b] - tab.offset
-        out = (idx < 0) | (idx >= tab.n_symbols)
-        idx = np.where(out, tab.escape_index, idx)
-        total += float(tab.cost_bits[idx].sum())
-        if out.any():
-            v = ss[a:b][out]
-            nb = bit_length(fold_escape(v, tab.lo, tab.hi))
-            total += v.size * math.log2(ESC_NBITS_SIZE) + float(np.maximum(nb - 1, 0).sum())
-    return total
+        v = s[where[a:b]]
+        idx = v - tab.offset
+        esc = (idx < 0) | (idx >= tab.n_symbols)
+        bits = tab.cost_bits[np.where(esc, tab.escape_index, idx)]
+        if esc.any():
+            nb = bit_length(fold_escape(v[esc], tab.lo, tab.hi))
+            bits[esc] += math.log2(ESC_NBITS_SIZE) + np.maximum(nb - 1, 0)
+        out[where[a:b]] = bits
+    return out
+
+
+def ideal_bits(symbols: np.ndarray, table_ids: np.ndarray, tables: TableSet | Sequence[FreqTable]) -> float:
+    """-sum log2 p under the integer tables, escapes included at their exact fixed cost."""
+    return float(symbol_bits(symbols, table_ids, tables).sum())

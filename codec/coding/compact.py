@@ -30,6 +30,8 @@ from .bitstream import (
 from .bitstream import (
     CUSTOM_QUALITY,
     FLAG_EXACT,
+    FLAG_LOSSLESS,
+    FLAG_MODES,
     FLAG_RECON_CRC,
     FLAG_RESIDUAL,
     FLAG_TRANSFORM,
@@ -53,6 +55,10 @@ COMPACT_FLAGS = 0x0F  # the flags a marker carries (its low nibble)
 # pair no packet holds (codec/FORMAT.md, "Compact frames"). A reader that predates it expands such
 # a frame to a header that fails the check (ChecksumMismatch), so it refuses, never misdecodes.
 _EXACT_PAIR = FLAG_RESIDUAL | FLAG_TRANSFORM
+# FLAG_MODES travels as the lossless bit: lossless fallback packets are never compact, so the bit is
+# free in a marker. A reader that predates it rebuilds a lossless + transform header, fails the
+# check (ChecksumMismatch) and would refuse that flag pair anyway.
+_MODES_BIT = FLAG_LOSSLESS
 
 
 def is_compact(data: bytes | bytearray | memoryview) -> bool:
@@ -99,12 +105,13 @@ def _compact(packet: bytes | bytearray | memoryview, header: PacketHeader, paylo
              context: StreamContext) -> bytes | None:
     """``compact`` on a packet already parsed by read_packet."""
     if (header.count != 1 or header.is_lossless or header.quality == CUSTOM_QUALITY
-            or header.flags & ~(COMPACT_FLAGS | FLAG_EXACT)
+            or header.flags & ~(COMPACT_FLAGS | FLAG_EXACT | FLAG_MODES)
             or header.model_id_prefix != context.model_id_prefix
             or tuple(header.sample_shape) != context.sample_shape):
         return None
     out = bytearray()
-    nibble = (header.flags & COMPACT_FLAGS) | (_EXACT_PAIR if header.flags & FLAG_EXACT else 0)
+    nibble = ((header.flags & COMPACT_FLAGS) | (_EXACT_PAIR if header.flags & FLAG_EXACT else 0)
+              | (_MODES_BIT if header.flags & FLAG_MODES else 0))
     if header.quality == context.quality:
         out.append(MARKER | nibble)
     else:
@@ -139,6 +146,8 @@ def expand(data: bytes | bytearray | memoryview, context: StreamContext | None) 
         raise UnsupportedVersion(f"compact frame with flags 0x{flags:02x}, unknown to this decoder: upgrade latentwire")
     if flags & _EXACT_PAIR == _EXACT_PAIR:
         flags = (flags & ~FLAG_TRANSFORM) | FLAG_EXACT
+    if flags & _MODES_BIT:
+        flags = (flags & ~_MODES_BIT) | FLAG_MODES
     pos = 1
     quality = context.quality
     if marker & MARKER_QUALITY:

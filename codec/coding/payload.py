@@ -4,7 +4,9 @@ One payload holds, in this order, all frames' latent symbols (frame-major, C ord
 coded with latent table c; or, when the bundle has a latent context model (context.py) and the
 level uses the trained step, position by position along the last latent axis), then - when the
 packet has the residual layer - every frame's bucket-grid shift and every frame's quantized residuals
-(see residual.py). Everything shares one range-coder stream, so a packet of N frames pays the coder's
+(see residual.py), or the transform residual (transform.py). A transform packet with per-window
+modes starts with them, and only the frames that send their latent have latent symbols.
+Everything shares one range-coder stream, so a packet of N frames pays the coder's
 ~1 byte of flush once, not N times.
 The receiver must run decoder.onnx between the two parts: ``PayloadReader`` reads them in turn.
 """
@@ -18,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BundleError, InputError
-from .coder import StreamDecoder, StreamEncoder, as_int32
-from .context import LatentContext
+from ..errors import BitstreamError, BundleError, InputError
+from .coder import StreamDecoder, StreamEncoder, as_int32, symbol_bits
+from .context import LatentContext, previous_along_last
 from .context2d import KIND as KIND_2D
 from .context2d import LatentContext2D
 from .hyper_latents import HyperLatentPath, HyperLatents
@@ -29,7 +31,7 @@ from .quantize import channel_index
 from .residual import ResidualEncoding, ResidualModel
 from .residual_context import ResidualContext
 from .tables import TableSet
-from .transform import TransformResidual
+from .transform import MODE_ALONE, MODE_LATENT, MODE_TABLES, TransformResidual
 
 ENTROPY_FORMAT = "latentwire-entropy"
 ENTROPY_VERSION = 1
@@ -42,14 +44,16 @@ ENTROPY_VERSION_LEVELS = 3
 # version 4 stores every table set packed (tables.py): what calibration writes from now on; the
 # list form of versions 1-3 still reads, so shipped bundles keep their bytes and model ids
 ENTROPY_VERSION_PACKED = 4
-# version 5 added hyper_latent (hyperprior bundles: z tables, Gaussian tables, their thresholds);
-# written only when present, so every other bundle keeps version 4 and its model id
-ENTROPY_VERSION_HYPER = 5
+# version 5 adds either or both of: the transform residual's "alone" tables (windows sent without the
+# latent, per-window modes) and hyper_latent (hyperprior bundles: z tables, Gaussian tables, their
+# thresholds). Written only when one is present, so every other bundle keeps version 4 and its model
+# id, and a latentwire that predates them refuses the bundle instead of failing on its packets
+ENTROPY_VERSION_SECTIONS = 5
 READABLE_VERSIONS = (ENTROPY_VERSION, ENTROPY_VERSION_CONTEXT, ENTROPY_VERSION_LEVELS, ENTROPY_VERSION_PACKED,
-                     ENTROPY_VERSION_HYPER)
+                     ENTROPY_VERSION_SECTIONS)
 # the versions that may hold each later addition
-_CONTEXT_VERSIONS = (ENTROPY_VERSION_CONTEXT, ENTROPY_VERSION_LEVELS, ENTROPY_VERSION_PACKED, ENTROPY_VERSION_HYPER)
-_LEVELS_VERSIONS = (ENTROPY_VERSION_LEVELS, ENTROPY_VERSION_PACKED, ENTROPY_VERSION_HYPER)
+_CONTEXT_VERSIONS = (ENTROPY_VERSION_CONTEXT, ENTROPY_VERSION_LEVELS, ENTROPY_VERSION_PACKED, ENTROPY_VERSION_SECTIONS)
+_LEVELS_VERSIONS = (ENTROPY_VERSION_LEVELS, ENTROPY_VERSION_PACKED, ENTROPY_VERSION_SECTIONS)
 
 
 AnyLatentContext = LatentContext | LatentContext2D
@@ -70,7 +74,11 @@ def _transform_from_json(obj: dict[str, Any], where: str) -> TransformResidual |
             f"{where}: a transform residual needs entropy format version {ENTROPY_VERSION_LEVELS} or later; "
             "re-run calibration"
         )
-    return TransformResidual.from_json_obj(obj["transform"], where)
+    tr = TransformResidual.from_json_obj(obj["transform"], where)
+    if tr.alone is not None and obj.get("version") != ENTROPY_VERSION_SECTIONS:
+        raise BundleError(f"{where}: the transform residual's alone tables need entropy format version "
+                          f"{ENTROPY_VERSION_SECTIONS}; re-run calibration")
+    return tr
 
 
 @dataclass(frozen=True)
@@ -149,8 +157,9 @@ class CodingTables:
     def to_json_obj(self) -> dict[str, Any]:
         obj = {
             "format": ENTROPY_FORMAT,
-            # table sets are always written packed
-            "version": ENTROPY_VERSION_PACKED if self.hyper is None else ENTROPY_VERSION_HYPER,
+            # table sets are always written packed; version 5 only where the alone or hyperprior tables need it
+            "version": ENTROPY_VERSION_SECTIONS if self.hyper is not None or (
+                self.transform is not None and self.transform.alone is not None) else ENTROPY_VERSION_PACKED,
             "precision": self.latent.precision,
             "latent": self.latent.to_json_obj(),
             "residual": None if self.residual is None else self.residual.to_json_obj(),
@@ -207,7 +216,7 @@ class CodingTables:
         if rctx is not None and res is None:
             raise BundleError(f"{where} has a residual_context but no residual model; re-run calibration")
         hyper = obj.get("hyper_latent")
-        if hyper is not None and obj.get("version") != ENTROPY_VERSION_HYPER:
+        if hyper is not None and obj.get("version") != ENTROPY_VERSION_SECTIONS:
             raise BundleError(f"{where} has hyperprior tables but entropy format version {obj.get('version')}; "
                               "re-run calibration")
         return cls(
@@ -269,6 +278,7 @@ def encode_payload(
     latent_step: float = 1.0,
     latent_level: int | None = None,
     transform: tuple[np.ndarray, np.ndarray] | None = None,
+    modes: np.ndarray | None = None,
     hyper: HyperLatentPath | None = None,
 ) -> tuple[bytes, ResidualEncoding | None]:
     """symbols: int32 (N, *latent_shape). With max_error, also the residual of x_raw against the
@@ -276,28 +286,35 @@ def encode_payload(
     latent_level: the learned level of a variable-rate bundle the symbols were quantized at.
     transform: (quantized coefficients (N, C, L), per-frame step indices (N,)) of the transform
     residual (transform.py), coded after the latents; never with max_error.
+    modes: (N,) per-window modes of a transform packet (FLAG_MODES): coded first, then the latents
+    of the MODE_LATENT frames only (symbols of the others are left out), then the transform.
     A hyperprior bundle passes its HyperLatents as symbols and its latent stage as ``hyper``."""
     enc = StreamEncoder()
     if isinstance(symbols, HyperLatents):
-        if hyper is None or latent_step != 1.0:
-            raise InputError("hyperprior latents need the bundle's hyperprior stage and the trained step")
+        if hyper is None or latent_step != 1.0 or modes is not None:
+            raise InputError("hyperprior latents need the bundle's hyperprior stage, the trained step and no modes")
         hyper.write(enc, symbols, latent_level)
-        return _encode_residuals(enc, tables, x_raw, raw_float, max_error, transform)
+        return _encode_residuals(enc, tables, x_raw, raw_float, max_error, transform, None)
     s = np.asarray(symbols)
     if s.ndim < 2:
         raise InputError(f"symbols must be (N, *latent_shape), got shape {s.shape}")
-    context = tables.context_for(latent_step, latent_level)
-    if context is not None:
-        _check_context_axis(tuple(s.shape[1:]), channel_axis)
-        context.write(enc, s)
-    else:
-        enc.encode_grouped(list(enumerate(_by_channel(s, channel_axis))), tables.latent_for(latent_step, latent_level))
-    return _encode_residuals(enc, tables, x_raw, raw_float, max_error, transform)
+    if modes is not None:
+        if transform is None:
+            raise InputError("per-window modes choose how the transform residual is coded: pass transform too")
+        m = np.asarray(modes)
+        if m.shape != (len(s),) or not np.isin(m, (MODE_LATENT, MODE_ALONE)).all():
+            raise InputError(f"modes must be {len(s)} values, each MODE_LATENT or MODE_ALONE")
+        enc.encode_grouped([(0, m.astype(np.int32))], MODE_TABLES)
+        s = s[m == MODE_LATENT]
+    if len(s):
+        _write_latents(enc, tables, s, channel_axis, latent_step, latent_level)
+    return _encode_residuals(enc, tables, x_raw, raw_float, max_error, transform, modes)
 
 
 def _encode_residuals(enc: StreamEncoder, tables: CodingTables, x_raw: np.ndarray | None,
                       raw_float: np.ndarray | None, max_error: int | None,
-                      transform: tuple[np.ndarray, np.ndarray] | None) -> tuple[bytes, ResidualEncoding | None]:
+                      transform: tuple[np.ndarray, np.ndarray] | None,
+                      modes: np.ndarray | None) -> tuple[bytes, ResidualEncoding | None]:
     """The part after the latents: the transform residual or the max-error residual, if any."""
     info = None
     if transform is not None:
@@ -305,7 +322,7 @@ def _encode_residuals(enc: StreamEncoder, tables: CodingTables, x_raw: np.ndarra
             raise InputError("a packet carries the transform residual or the max-error residual, not both")
         if tables.transform is None:
             raise InputError("this bundle has no transform residual tables (calibrate it with a transform level)")
-        tables.transform.write(enc, *transform)
+        tables.transform.write(enc, *transform, modes=modes)
     if max_error is not None:
         if tables.residual is None:
             raise InputError("this bundle has no residual model (non-integer raw data): only latent-only quality")
@@ -316,6 +333,43 @@ def _encode_residuals(enc: StreamEncoder, tables: CodingTables, x_raw: np.ndarra
         else:
             info = tables.residual.write(enc, x_raw, raw_float, max_error)
     return enc.finish(), info
+
+
+def _latent_ids(tables: CodingTables, s: np.ndarray, channel_axis: int, latent_step: float,
+                latent_level: int | None) -> tuple[np.ndarray | None, TableSet]:
+    """(table id of every symbol of s (N, *latent_shape), or None for the factorized tables'
+    channel order, the tables): the one place the latent's table choice is made for the sender."""
+    context = tables.context_for(latent_step, latent_level)
+    if isinstance(context, LatentContext2D):
+        raise InputError("per-symbol costs of 2-D context latents are not implemented (transform levels are 1-D)")
+    if context is not None:
+        _check_context_axis(tuple(s.shape[1:]), channel_axis)
+        return context.table_ids(previous_along_last(s)), context.tables
+    return None, tables.latent_for(latent_step, latent_level)
+
+
+def _write_latents(enc: StreamEncoder, tables: CodingTables, s: np.ndarray, channel_axis: int, latent_step: float,
+                   latent_level: int | None) -> None:
+    context = tables.context_for(latent_step, latent_level)
+    if context is not None:
+        _check_context_axis(tuple(s.shape[1:]), channel_axis)
+        context.write(enc, s)
+    else:
+        enc.encode_grouped(list(enumerate(_by_channel(s, channel_axis))), tables.latent_for(latent_step, latent_level))
+
+
+def latent_frame_bits(tables: CodingTables, symbols: np.ndarray, channel_axis: int, latent_step: float = 1.0,
+                      latent_level: int | None = None) -> np.ndarray:
+    """(N,) ideal bits of each frame's latent symbols under the tables ``encode_payload`` codes them
+    with: what sending the latent costs a window, for the per-window mode choice."""
+    s = np.asarray(symbols)
+    ids, tset = _latent_ids(tables, s, channel_axis, latent_step, latent_level)
+    if ids is None:
+        axis = _channel_axis(tuple(s.shape[1:]), channel_axis)
+        shape = [1] * s.ndim
+        shape[1 + axis] = -1
+        ids = np.broadcast_to(np.arange(s.shape[1 + axis]).reshape(shape), s.shape)
+    return symbol_bits(s.ravel(), np.asarray(ids).ravel(), tset).reshape(len(s), -1).sum(axis=1)
 
 
 class PayloadReader:
@@ -352,11 +406,23 @@ class PayloadReader:
             raise InputError(f"count must be >= 1, got {count}")
         return hyper.read(self._dec, count, tuple(int(d) for d in latent_shape), latent_level)
 
-    def transform(self, count: int, channels: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    def modes(self, count: int) -> np.ndarray:
+        """(count,) per-window modes, read first in a packet with FLAG_MODES."""
+        tr = self._tables.transform
+        if tr is None or tr.alone is None:
+            raise BitstreamError("packet has per-window modes, but this bundle has no tables for windows sent "
+                                 "without the latent: foreign packet")
+        m = self._dec.decode_grouped([(0, count)], MODE_TABLES).astype(np.int64)
+        if not np.isin(m, (MODE_LATENT, MODE_ALONE)).all():
+            raise BitstreamError("packet names a window mode that does not exist: corrupt payload")
+        return m
+
+    def transform(self, count: int, channels: int, length: int,
+                  modes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(quantized coefficients (N, C, L), step indices (N,)) of the transform residual."""
         if self._tables.transform is None:
             raise BundleError("packet has a transform residual but the bundle has no transform tables")
-        return self._tables.transform.read(self._dec, count, channels, length)
+        return self._tables.transform.read(self._dec, count, channels, length, modes)
 
     def residual(self, raw_float: np.ndarray, max_error: int) -> np.ndarray:
         if self._tables.residual is None:

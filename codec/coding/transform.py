@@ -25,126 +25,58 @@ about L / 16. Why both: on the ECG bundle's validation records the wavelet codes
 14.8 % smaller over PRDN 1.4-4.2 % (benchmarks/ecg_basis.py; a QRS complex is a few localized
 coefficients at every scale); the DCT works at any length. Contexts are the decoded classes, integers only:
 decoding is exact on every machine; only the final float addition depends on the decoder graph,
-as for the latent-only levels.
+as for the latent-only levels. The bases themselves live in transform_basis.py.
+
+Per-window modes (FLAG_MODES): a window may go without its latent, as the same transform of the
+raw window against a fixed prediction, coded with its own tables (AloneTables); the packet then
+says each window's mode, and the tables of both modes sit side by side in one coder call
+(table id = mode * count + id). Which mode a window takes is the sender's choice (transform_mode.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import pairwise
 from typing import Any
 
 import numpy as np
 
 from ..errors import BitstreamError, BundleError, InputError
-from .coder import StreamDecoder, StreamEncoder
+from .coder import StreamDecoder, StreamEncoder, symbol_bits
 from .tables import DEFAULT_PRECISION, TableSet, table_from_counts
+from .transform_basis import (
+    BASIS_FUNCTIONS,
+    DEFAULT_BANDS,
+    band_edges,
+    forward,
+    inverse,
+    smooth_span,
+    wavelet_band_edges,
+    wavelet_forward,
+    wavelet_inverse,
+    wavelet_levels,
+    wavelet_sizes,
+)
+
+__all__ = ["BASES", "DEFAULT_BANDS", "DEFAULT_STEPS", "KIND", "KIND_WAVELET", "MAX_CLASS", "MODE_ALONE", "MODE_LATENT",
+           "MODE_TABLES", "AloneTables", "TransformResidual", "band_edges", "choose_steps", "classes", "difference",
+           "forward", "inverse", "prdn_per_frame", "smooth_span", "undifference", "wavelet_band_edges",
+           "wavelet_forward", "wavelet_inverse", "wavelet_levels", "wavelet_sizes"]
 
 KIND = "dct-bands"
 KIND_WAVELET = "cdf97-bands"
 BASES = {"dct": KIND, "cdf97": KIND_WAVELET}  # calibrate's --transform-basis -> entropy.json kind
-WAVELET = "bior4.4"  # CDF 9/7, the JPEG 2000 lossy filter
-WAVELET_MODE = "periodization"  # L samples -> L coefficients when every level halves an even length
 MAX_CLASS = 12  # classes 1..12: |q| < 4096; larger values (only at steps far below the residual) escape
-DEFAULT_BANDS = 16
 # a geometric ladder of quantizer steps, raw units: 2^(i/4) from 0.5 to 512 (41 steps)
 DEFAULT_STEPS = tuple(float(2.0 ** (i / 4.0)) for i in range(-4, 37))
-
-
-def band_edges(length: int, bands: int) -> np.ndarray:
-    """Coefficient index where each band starts, plus the end: bands of (nearly) equal width."""
-    b = max(1, min(int(bands), int(length)))
-    return np.rint(np.linspace(0, length, b + 1)).astype(np.int64)
-
-
-def forward(residual: np.ndarray) -> np.ndarray:
-    """(N, C, L) raw-unit residuals -> orthonormal DCT-II coefficients along L (float64), through
-    one FFT of the even-odd reordered signal (Makhoul 1980): O(L log L), 30x a matrix product at
-    L = 1024, equal to it within 1e-12."""
-    x = np.asarray(residual, dtype=np.float64)
-    n = x.shape[-1]
-    v = np.concatenate([x[..., ::2], x[..., 1::2][..., ::-1]], axis=-1)
-    out = np.real(np.fft.fft(v, axis=-1) * np.exp(-1j * np.pi * np.arange(n) / (2 * n))) * np.sqrt(2.0 / n)
-    out[..., 0] /= np.sqrt(2.0)
-    return out
-
-
-def inverse(coefficients: np.ndarray) -> np.ndarray:
-    """The inverse of ``forward`` (orthonormal DCT-III), same method."""
-    c = np.array(coefficients, dtype=np.float64)
-    n = c.shape[-1]
-    c[..., 0] *= np.sqrt(2.0)
-    c *= np.sqrt(n / 2.0)
-    mirrored = np.concatenate([np.zeros(c.shape[:-1] + (1,)), c[..., :0:-1]], axis=-1)  # X_{n-k}, X_n = 0
-    v = np.real(np.fft.ifft(np.exp(1j * np.pi * np.arange(n) / (2 * n)) * (c - 1j * mirrored), axis=-1))
-    x = np.empty_like(v)
-    half = (n + 1) // 2
-    x[..., ::2] = v[..., :half]
-    x[..., 1::2] = v[..., half:][..., ::-1]
-    return x
-
-
-def _pywt():
-    try:
-        import pywt
-    except ImportError as e:  # a runtime dependency; only the wavelet basis needs it
-        raise InputError("the cdf97 transform basis needs PyWavelets: pip install PyWavelets") from e
-    return pywt
-
-
-def wavelet_levels(length: int) -> int:
-    """Decomposition depth: as deep as the filter allows, but only while every level halves an even
-    length (so periodic extension keeps exactly L coefficients)."""
-    pywt = _pywt()
-    deepest = pywt.dwt_max_level(int(length), pywt.Wavelet(WAVELET).dec_len)
-    k = 0
-    while k < deepest and int(length) % (2 ** (k + 1)) == 0:
-        k += 1
-    if k == 0:
-        raise InputError(f"the cdf97 basis needs a window length divisible by 2 (and >= 20); got {length}")
-    return k
-
-
-def wavelet_sizes(length: int) -> list[int]:
-    """Coefficients per subband, coarsest first (approximation, then details coarse to fine)."""
-    k = wavelet_levels(length)
-    return [length >> k] + [length >> (k - i) for i in range(k)]
-
-
-def wavelet_forward(residual: np.ndarray) -> np.ndarray:
-    """(N, C, L) -> (N, C, L) CDF 9/7 coefficients along L, subbands concatenated coarsest first."""
-    x = np.asarray(residual, dtype=np.float64)
-    pywt = _pywt()
-    parts = pywt.wavedec(x, WAVELET, mode=WAVELET_MODE, level=wavelet_levels(x.shape[-1]), axis=-1)
-    return np.concatenate(parts, axis=-1)
-
-
-def wavelet_inverse(coefficients: np.ndarray) -> np.ndarray:
-    c = np.asarray(coefficients, dtype=np.float64)
-    sizes = wavelet_sizes(c.shape[-1])
-    parts = np.split(c, np.cumsum(sizes)[:-1], axis=-1)
-    return _pywt().waverec(parts, WAVELET, mode=WAVELET_MODE, axis=-1)
-
-
-def wavelet_band_edges(length: int) -> np.ndarray:
-    """Each subband one band, those wider than length / DEFAULT_BANDS cut into equal pieces of about
-    that (a rule of the length alone, so a reader derives the same bands: 18 at L = 1024)."""
-    width = max(1, int(length) // DEFAULT_BANDS)
-    edges = [0]
-    for size in wavelet_sizes(length):
-        pieces = max(1, size // width)
-        edges += (edges[-1] + np.rint(np.linspace(0, size, pieces + 1)[1:])).astype(np.int64).tolist()
-    return np.asarray(edges, dtype=np.int64)
-
-
-def _wavelet_edges(length: int, bands: int) -> np.ndarray:
-    return wavelet_band_edges(length)  # the wavelet's bands follow from the length alone
-
-
-# basis -> (forward, inverse, band edges (length, bands)): the one place a basis is dispatched
-_BASIS_FUNCTIONS = {"dct": (forward, inverse, band_edges),
-                    "cdf97": (wavelet_forward, wavelet_inverse, _wavelet_edges)}
+# Per-window modes (a packet with FLAG_MODES): each frame's latent + transform residual, or the
+# transform of the raw window alone, no latent sent (codec/FORMAT.md)
+MODE_LATENT = 0
+MODE_ALONE = 1
+# the mode symbol's table: equal odds, one bit per window (a table per step would save < 0.1 B)
+MODE_TABLES = TableSet((table_from_counts(np.array([1, 1]), MODE_LATENT),))
 
 
 def classes(q: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -157,6 +89,56 @@ def classes(q: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class AloneTables:
+    """The tables of windows sent without the latent (mode MODE_ALONE): the transform of the raw
+    window against a fixed prediction. A raw window's coarse bands hold the signal itself (the
+    baseline, each beat's full swing), far larger than what a residual leaves there, so it has
+    its own class and coefficient tables. Its smooth span (the wavelet's approximation band) is
+    sent as differences along the window: a slow baseline then costs a few small integers."""
+
+    prediction: float  # raw units: what every sample is predicted as (the normalization offset)
+    class_tables: TableSet  # one per band
+    coef_tables: TableSet  # one per class 1..MAX_CLASS
+
+    def to_json_obj(self) -> dict[str, Any]:
+        return {"prediction": self.prediction, "class_tables": self.class_tables.to_json_obj(),
+                "coef_tables": self.coef_tables.to_json_obj()}
+
+    @classmethod
+    def from_json_obj(cls, obj: Any) -> AloneTables:
+        return cls(float(obj["prediction"]), TableSet.from_json_obj(obj["class_tables"]),
+                   TableSet.from_json_obj(obj["coef_tables"]))
+
+
+def difference(q: np.ndarray, span: int) -> np.ndarray:
+    """q with its first ``span`` coefficients along the last axis sent as differences (first one as is)."""
+    out = np.array(q, dtype=np.int64)
+    if span > 1:
+        out[..., 1:span] = np.diff(q[..., :span], axis=-1)
+    return out
+
+
+def undifference(d: np.ndarray, span: int) -> np.ndarray:
+    """The inverse of ``difference`` (integers: exact)."""
+    out = np.array(d, dtype=np.int64)
+    if span > 1:
+        out[..., :span] = np.cumsum(out[..., :span], axis=-1)
+    return out
+
+
+@dataclass(frozen=True)
+class _Symbols:
+    """What one packet's transform part codes after the step indices, in stream order: the band
+    classes with their table ids, then the coefficients of the live bands with theirs."""
+
+    classes: np.ndarray  # (N, C, B)
+    class_ids: np.ndarray  # (N, C, B)
+    coefs: np.ndarray  # (n_live,)
+    coef_ids: np.ndarray  # (n_live,)
+    coef_frame: np.ndarray  # (n_live,) the frame of each coded coefficient
+
+
+@dataclass(frozen=True)
 class TransformResidual:
     """The tables and ladder of one bundle's transform residual (entropy.json "transform")."""
 
@@ -166,6 +148,7 @@ class TransformResidual:
     class_tables: TableSet  # one per band: classes 0..MAX_CLASS
     coef_tables: TableSet  # one per class 1..MAX_CLASS
     basis: str = "dct"  # "dct" | "cdf97" (BASES)
+    alone: AloneTables | None = None  # windows without the latent (per-window modes), when calibrated
 
     def __post_init__(self) -> None:
         if self.basis not in BASES:
@@ -178,23 +161,53 @@ class TransformResidual:
         object.__setattr__(self, "steps", steps)
         if len(self.step_tables) != 1 or len(self.class_tables) != self.bands or len(self.coef_tables) != MAX_CLASS:
             raise BundleError("transform residual: table counts do not match bands and classes; re-run calibration")
+        a = self.alone
+        if a is not None and (len(a.class_tables) != self.bands or len(a.coef_tables) != MAX_CLASS
+                              or not np.isfinite(a.prediction)):
+            raise BundleError("transform residual: the alone tables do not match bands and classes; re-run calibration")
+
+    @cached_property
+    def _mode_class_tables(self) -> TableSet:
+        """Class tables of both modes, table id = mode * bands + band."""
+        a = self._alone()
+        return TableSet(tuple(self.class_tables) + tuple(a.class_tables), self.class_tables.precision)
+
+    @cached_property
+    def _mode_coef_tables(self) -> TableSet:
+        a = self._alone()
+        return TableSet(tuple(self.coef_tables) + tuple(a.coef_tables), self.coef_tables.precision)
+
+    def _alone(self) -> AloneTables:
+        if self.alone is None:
+            raise BundleError("this bundle's transform residual has no tables for windows sent without the latent; "
+                              "re-run calibration")
+        return self.alone
 
     # ------------------------------------------------------------------ the basis
     def forward(self, residual: np.ndarray) -> np.ndarray:
         """(N, C, L) raw-unit residuals -> coefficients (N, C, L) in this residual's basis."""
-        return _BASIS_FUNCTIONS[self.basis][0](residual)
+        return BASIS_FUNCTIONS[self.basis][0](residual)
 
     def reconstruct(self, raw_float: np.ndarray, q: np.ndarray, step_idx: np.ndarray, raw_min: float,
                     raw_max: float, integer: bool) -> np.ndarray:
-        """The receiver's samples: decoder output + the inverse transform of the dequantized q,
-        clipped (and rounded for integer data)."""
-        back = _BASIS_FUNCTIONS[self.basis][1](self.dequantize(q, step_idx))
+        """The receiver's samples: the prediction (decoder output, or ``prediction`` for windows
+        without the latent) + the inverse transform of the dequantized q, clipped (and rounded
+        for integer data)."""
+        back = BASIS_FUNCTIONS[self.basis][1](self.dequantize(q, step_idx))
         out = np.clip(np.asarray(raw_float, dtype=np.float64) + back, raw_min, raw_max)
         return np.rint(out) if integer else out
 
+    def prediction(self, raw_float: np.ndarray, modes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """(N, *shape) float64 prediction of every frame: the decoder output ``raw_float`` (the
+        latent frames', in order) where modes is MODE_LATENT, the fixed prediction elsewhere."""
+        m = np.asarray(modes)
+        out = np.full((len(m), *shape), self._alone().prediction if (m == MODE_ALONE).any() else 0.0)
+        out[m == MODE_LATENT] = raw_float
+        return out
+
     def edges(self, length: int) -> np.ndarray:
         """Where each band starts, plus the end (``self.bands`` bands at the calibrated length)."""
-        edges = _BASIS_FUNCTIONS[self.basis][2](length, self.bands)
+        edges = BASIS_FUNCTIONS[self.basis][2](length, self.bands)
         if len(edges) - 1 != self.bands:
             raise InputError(f"this transform residual has {self.bands} bands, a length of {length} gives "
                              f"{len(edges) - 1}: code windows of the calibrated length")
@@ -218,79 +231,104 @@ class TransformResidual:
         step = np.asarray(self.steps)[np.asarray(step_idx, dtype=np.int64)]
         return q * step.reshape((-1,) + (1,) * (q.ndim - 1))
 
-    def write(self, enc: StreamEncoder, q: np.ndarray, step_idx: np.ndarray) -> None:
-        """q: int (N, C, L) quantized coefficients; step_idx: (N,) ladder index per frame."""
+    def _symbols(self, q: np.ndarray, modes: np.ndarray | None) -> _Symbols:
+        """The symbols ``write`` codes for q (N, C, L); modes None: the residual's tables alone
+        (table ids as before per-window modes existed), else per frame MODE_LATENT / MODE_ALONE."""
         n, c, length = q.shape
         edges = self.edges(length)
+        alone = np.zeros(n, dtype=bool) if modes is None else np.asarray(modes) == MODE_ALONE
+        q = np.asarray(q, dtype=np.int64)
+        if alone.any():
+            q = q.copy()
+            q[alone] = difference(q[alone], smooth_span(self.basis, length))
+        k = classes(q, edges)  # (N, C, B)
+        nb = k.shape[-1]
+        shift = alone.astype(np.int64)[:, None, None]
+        class_ids = np.broadcast_to(np.arange(nb) + nb * shift, k.shape)
+        per_coef = np.repeat(k, np.diff(edges), axis=-1)  # (N, C, L): each coefficient's class
+        live = per_coef > 0
+        coef_ids = (per_coef - 1 + MAX_CLASS * shift)[live]
+        frame = np.broadcast_to(np.arange(n)[:, None, None], q.shape)[live]
+        return _Symbols(k, class_ids, q[live], coef_ids, frame)
+
+    def _tables_for(self, modes: np.ndarray | None) -> tuple[TableSet, TableSet]:
+        if modes is None:
+            return self.class_tables, self.coef_tables
+        return self._mode_class_tables, self._mode_coef_tables
+
+    def write(self, enc: StreamEncoder, q: np.ndarray, step_idx: np.ndarray, modes: np.ndarray | None = None) -> None:
+        """q: int (N, C, L) quantized coefficients; step_idx: (N,) ladder index per frame; modes:
+        (N,) MODE_LATENT / MODE_ALONE per frame (the packet has per-window modes), or None."""
+        n = q.shape[0]
         idx = np.asarray(step_idx, dtype=np.int64)
         if idx.shape != (n,) or (n and (idx.min() < 0 or idx.max() >= len(self.steps))):
             raise InputError(f"step indices must be {n} values in 0..{len(self.steps) - 1}")
+        if modes is not None and np.asarray(modes).shape != (n,):
+            raise InputError(f"modes must be one per frame ({n}), got shape {np.asarray(modes).shape}")
         enc.encode_grouped([(0, idx.astype(np.int32))], self.step_tables)
-        k = classes(q, edges)  # (N, C, B)
-        nb = k.shape[-1]
-        enc.encode(k.ravel(), np.broadcast_to(np.arange(nb), k.shape).ravel(), self.class_tables)
-        per_coef = np.repeat(k, np.diff(edges), axis=-1)  # (N, C, L): each coefficient's class
-        live = per_coef > 0
-        enc.encode(q[live].astype(np.int32), (per_coef[live] - 1).astype(np.int32), self.coef_tables)
+        sym = self._symbols(q, modes)
+        class_tables, coef_tables = self._tables_for(modes)
+        enc.encode(sym.classes.ravel(), sym.class_ids.ravel(), class_tables)
+        enc.encode(sym.coefs.astype(np.int32), sym.coef_ids.astype(np.int32), coef_tables)
 
-    def read(self, dec: StreamDecoder, n: int, channels: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """(q (N, C, L) int64, step indices (N,)) as written by ``write``."""
+    def frame_bits(self, q: np.ndarray, modes: np.ndarray | None = None) -> np.ndarray:
+        """(N,) ideal bits of each frame's classes and coefficients as ``write`` codes them (the
+        step index, the same whatever the mode, left out): what a sender compares modes by."""
+        n = q.shape[0]
+        sym = self._symbols(q, modes)
+        class_tables, coef_tables = self._tables_for(modes)
+        per_class = symbol_bits(sym.classes.ravel(), sym.class_ids.ravel(), class_tables).reshape(n, -1).sum(axis=1)
+        per_coef = symbol_bits(sym.coefs, sym.coef_ids, coef_tables)
+        return per_class + np.bincount(sym.coef_frame, weights=per_coef, minlength=n)
+
+    def read(self, dec: StreamDecoder, n: int, channels: int, length: int,
+             modes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(q (N, C, L) int64, step indices (N,)) as written by ``write`` (with the same modes)."""
         edges = self.edges(length)
         idx = dec.decode_grouped([(0, n)], self.step_tables).astype(np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self.steps)):
             raise BitstreamError("transform residual names a step that is not on the ladder: corrupt payload")
+        alone = np.zeros(n, dtype=bool) if modes is None else np.asarray(modes) == MODE_ALONE
+        class_tables, coef_tables = self._tables_for(modes)
         nb = len(edges) - 1
-        ids = np.broadcast_to(np.arange(nb), (n, channels, nb)).ravel()
-        k = dec.decode(ids, self.class_tables).astype(np.int64).reshape(n, channels, nb)
+        shift = alone.astype(np.int64)[:, None, None]
+        ids = np.broadcast_to(np.arange(nb) + nb * shift, (n, channels, nb)).ravel()
+        k = dec.decode(ids, class_tables).astype(np.int64).reshape(n, channels, nb)
         if k.size and (k.min() < 0 or k.max() > MAX_CLASS):
             raise BitstreamError("transform residual names a band class that does not exist: corrupt payload")
         per_coef = np.repeat(k, np.diff(edges), axis=-1)
         live = per_coef > 0
         q = np.zeros((n, channels, length), dtype=np.int64)
-        q[live] = dec.decode((per_coef[live] - 1).astype(np.int32), self.coef_tables)
+        q[live] = dec.decode((per_coef - 1 + MAX_CLASS * shift)[live].astype(np.int32), coef_tables)
+        if alone.any():
+            q[alone] = undifference(q[alone], smooth_span(self.basis, length))
         return q, idx
 
     # ------------------------------------------------------------------ fitting and storage
     @classmethod
     def fit(cls, samples: Sequence[tuple[np.ndarray, float]], *, bands: int = DEFAULT_BANDS,
             steps: Sequence[float] = DEFAULT_STEPS, precision: int = DEFAULT_PRECISION,
-            basis: str = "dct") -> TransformResidual:
+            basis: str = "dct", alone: Sequence[tuple[np.ndarray, float]] = (),
+            prediction: float = 0.0) -> TransformResidual:
         """Tables from calibration residuals: (residuals (N, C, L) raw units, the step a level codes
         them at) pairs, pooled; every symbol also gets one observation, so nothing is uncodable.
-        bands: the DCT's band count; the wavelet's bands follow from the length (wavelet_band_edges)."""
+        bands: the DCT's band count; the wavelet's bands follow from the length (wavelet_band_edges).
+        alone: (raw windows (N, C, L), step) pairs to fit the tables of windows sent without the
+        latent against ``prediction`` (per-window modes); none: no such tables."""
         if basis not in BASES:
             raise InputError(f"transform basis must be one of {sorted(BASES)}, got {basis!r}")
-        fwd, _, cut = _BASIS_FUNCTIONS[basis]
-        class_counts: np.ndarray | None = None
-        coef_counts: list[np.ndarray] = []
+        class_tables, coef_tables = _fit_tables(samples, basis, bands, precision, 0.0, False)
         step_counts = np.ones(len(steps), dtype=np.int64)
-        nb = 0
         for residuals, step in samples:
-            r = np.asarray(residuals, dtype=np.float64)
-            if r.ndim != 3:
-                raise InputError(f"transform residuals must be (N, channels, length), got {r.shape}")
-            edges = cut(r.shape[-1], bands)
-            if class_counts is None:
-                nb = len(edges) - 1
-                class_counts = np.ones((nb, MAX_CLASS + 1), dtype=np.int64)
-                coef_counts = [np.ones(2 ** (k + 1) - 1, dtype=np.int64) for k in range(1, MAX_CLASS + 1)]
-            q = np.rint(fwd(r) / float(step)).astype(np.int64)
-            k = classes(q, edges)
-            for b in range(nb):
-                class_counts[b] += np.bincount(k[..., b].ravel(), minlength=MAX_CLASS + 1)
-            per_coef = np.repeat(k, np.diff(edges), axis=-1)
-            for c in range(1, MAX_CLASS + 1):
-                lim = 2**c - 1
-                coef_counts[c - 1] += np.bincount(np.clip(q[per_coef == c], -lim, lim) + lim, minlength=2 * lim + 1)
             near = int(np.argmin([abs(np.log(st / float(step))) for st in steps]))
-            step_counts[near] += len(r)
-        if class_counts is None:
-            raise InputError("the transform residual needs calibration residuals for at least one step")
-        class_tables = TableSet(tuple(table_from_counts(class_counts[b], 0, precision) for b in range(nb)), precision)
-        coef_tables = TableSet(tuple(table_from_counts(coef_counts[c - 1], -(2**c - 1), precision)
-                                     for c in range(1, MAX_CLASS + 1)), precision)
+            step_counts[near] += len(residuals)
         step_tables = TableSet((table_from_counts(step_counts, 0, precision),), precision)
-        return cls(nb, tuple(float(s) for s in steps), step_tables, class_tables, coef_tables, basis)
+        extra = None
+        if alone:
+            fitted = _fit_tables(alone, basis, bands, precision, float(prediction), True)
+            extra = AloneTables(float(prediction), *fitted)
+        return cls(len(class_tables), tuple(float(s) for s in steps), step_tables, class_tables, coef_tables, basis,
+                   extra)
 
     @staticmethod
     def snap(step: float, steps: Sequence[float] = DEFAULT_STEPS) -> float:
@@ -298,9 +336,12 @@ class TransformResidual:
         return float(min(steps, key=lambda s: abs(np.log(s / step))))
 
     def to_json_obj(self) -> dict[str, Any]:
-        return {"kind": BASES[self.basis], "bands": self.bands, "steps": list(self.steps),
-                "step_tables": self.step_tables.to_json_obj(), "class_tables": self.class_tables.to_json_obj(),
-                "coef_tables": self.coef_tables.to_json_obj()}
+        obj = {"kind": BASES[self.basis], "bands": self.bands, "steps": list(self.steps),
+               "step_tables": self.step_tables.to_json_obj(), "class_tables": self.class_tables.to_json_obj(),
+               "coef_tables": self.coef_tables.to_json_obj()}
+        if self.alone is not None:  # absent when not calibrated, so older tables keep their bytes
+            obj["alone"] = self.alone.to_json_obj()
+        return obj
 
     @classmethod
     def from_json_obj(cls, obj: Any, where: str = "entropy.json") -> TransformResidual:
@@ -311,11 +352,45 @@ class TransformResidual:
             raise BundleError(f"{where}: unknown transform residual kind {got!r} (this latentwire knows "
                               f"{sorted(BASES.values())})")
         try:
+            alone = None if obj.get("alone") is None else AloneTables.from_json_obj(obj["alone"])
             return cls(int(obj["bands"]), tuple(float(s) for s in obj["steps"]),
                        TableSet.from_json_obj(obj["step_tables"]), TableSet.from_json_obj(obj["class_tables"]),
-                       TableSet.from_json_obj(obj["coef_tables"]), basis)
+                       TableSet.from_json_obj(obj["coef_tables"]), basis, alone)
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{where}: malformed transform residual ({exc}); re-run calibration") from exc
+
+
+def _fit_tables(samples: Sequence[tuple[np.ndarray, float]], basis: str, bands: int, precision: int,
+                prediction: float, alone: bool) -> tuple[TableSet, TableSet]:
+    """(class tables, coefficient tables) from counts of what ``write`` codes for these
+    (windows, step) pairs, each window less ``prediction``; alone: as windows without the latent."""
+    fwd, _, cut = BASIS_FUNCTIONS[basis]
+    class_counts: np.ndarray | None = None
+    coef_counts = [np.ones(2 ** (k + 1) - 1, dtype=np.int64) for k in range(1, MAX_CLASS + 1)]
+    nb = 0
+    for windows, step in samples:
+        r = np.asarray(windows, dtype=np.float64) - prediction
+        if r.ndim != 3:
+            raise InputError(f"transform residuals must be (N, channels, length), got {r.shape}")
+        edges = cut(r.shape[-1], bands)
+        if class_counts is None:
+            nb = len(edges) - 1
+            class_counts = np.ones((nb, MAX_CLASS + 1), dtype=np.int64)
+        q = np.rint(fwd(r) / float(step)).astype(np.int64)
+        if alone:
+            q = difference(q, smooth_span(basis, r.shape[-1]))
+        k = classes(q, edges)
+        for b in range(nb):
+            class_counts[b] += np.bincount(k[..., b].ravel(), minlength=MAX_CLASS + 1)
+        per_coef = np.repeat(k, np.diff(edges), axis=-1)
+        for c in range(1, MAX_CLASS + 1):
+            lim = 2**c - 1
+            coef_counts[c - 1] += np.bincount(np.clip(q[per_coef == c], -lim, lim) + lim, minlength=2 * lim + 1)
+    if class_counts is None:
+        raise InputError("the transform residual needs calibration residuals for at least one step")
+    return (TableSet(tuple(table_from_counts(class_counts[b], 0, precision) for b in range(nb)), precision),
+            TableSet(tuple(table_from_counts(coef_counts[c - 1], -(2**c - 1), precision)
+                           for c in range(1, MAX_CLASS + 1)), precision))
 
 
 def prdn_per_frame(x: np.ndarray, recon: np.ndarray) -> np.ndarray:

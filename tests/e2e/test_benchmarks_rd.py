@@ -281,6 +281,12 @@ def test_rd_ecg_measures_prdn_both_baselines_and_rate_control(tmp_path: Path) ->
             assert p["cr"] == pytest.approx(11.0 / p["bits_per_value"])
     rc = next(p for p in points if p.get("target_prdn") == 5.0)
     assert rc["prdn_percent"] <= 5.0
+    # transform levels say how many windows went without their latent; every latentwire point its time each way
+    ours = [p for p in points if p["codec"] == "latentwire" and p["mode"] == "packet256"]
+    tx = [p for p in ours if p.get("target_prdn") or "transform step" in p["setting"]]
+    assert len(tx) == 3 and all(0.0 <= p["alone_share"] <= 1.0 for p in tx)
+    assert all("alone_share" not in p for p in ours if p not in tx)
+    assert all(0 < p["encode_seconds"] + p["decode_seconds"] <= p["seconds"] for p in ours)
     subset = [p for p in points if p.get("subset")]
     assert subset and all(p["mode"] == "frame" and "first 8 of" in p["subset"] for p in subset)
     targets = [t["target"] for t in doc["summary"]["targets"]]
