@@ -30,6 +30,7 @@ from .coding.payload import CodingTables, PayloadReader, encode_payload
 from .coding.quantize import dequantize_scaled, quantize_scaled
 from .coding.residual import check_max_error, reconstruction_crc
 from .coding.transform import MODE_LATENT
+from .coding.transform_mode import CHOICES
 from .errors import BitstreamError, InputError, ReconstructionMismatch
 from .frame import FramePath
 from .raw_input import check_raw_samples
@@ -190,6 +191,10 @@ class Codec:
         costs more, the transform of the window alone (coding/transform_mode.py); "latent" or
         "alone" sends every window so.
         """
+        if transform_mode != "auto" and (transform_mode not in CHOICES or max_error is not None or (
+                target_prdn is None and self.qualities[self._level(quality, None)[0]].transform_step is None)):
+            raise InputError(f"transform_mode {transform_mode!r}: one of {CHOICES}, and other than 'auto' only at a "
+                             "transform level (or with target_prdn)")
         if max_error is None and target_prdn is None:
             fast = self.frames.encode(raw, self.default_quality if quality is None else quality)
             if fast is not None:

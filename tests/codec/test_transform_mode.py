@@ -119,6 +119,9 @@ def test_a_window_forced_to_each_mode_round_trips_with_the_expected_error(codec:
     assert _modes(codec, mixed).tolist() == modes.tolist()
     assert np.array_equal(out[modes == 1], expected[modes == 1])
     assert np.array_equal(out[modes == 0], out_lat[modes == 0])  # the latent windows exactly as in the latent packet
+    for quality, mode in ((0, "alone"), (q, "wavelet")):  # a mode only where there is one to force, and a known one
+        with pytest.raises(InputError, match="transform_mode"):
+            codec.encode(windows, quality=quality, transform_mode=mode)
 
 
 def test_a_damaged_mode_flag_is_caught(codec: Codec, windows: np.ndarray) -> None:
