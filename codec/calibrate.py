@@ -32,7 +32,7 @@ from .coding.payload import CodingTables, LevelTables, encode_payload
 from .coding.quantize import dequantize_scaled, quantize_scaled
 from .coding.residual import ContextSpec, ResidualModel, default_radius, prediction, residual_histograms
 from .coding.residual_context import ResidualContext
-from .coding.tables import DEFAULT_PRECISION, TableSet, table_from_pmf
+from .coding.tables import DEFAULT_PRECISION, latent_tables, step_tables
 from .coding.transform import TransformResidual
 from .errors import InputError
 from .normalization import psnr_db
@@ -132,41 +132,6 @@ class CalibrationReport:
     n_samples: int
     levels: tuple[LevelReport, ...]
     seconds: float
-
-
-def latent_tables(pmf_offsets: Sequence[int], pmf_probs: Sequence[Sequence[float]], precision: int) -> TableSet:
-    """Manifest latent.pmf -> one floored integer table per channel (tail mass -> ESCAPE)."""
-    if len(pmf_offsets) != len(pmf_probs) or not pmf_offsets:
-        raise InputError("manifest latent.pmf needs one offset and one probability list per channel")
-    return TableSet(
-        tuple(
-            table_from_pmf(np.asarray(p, dtype=np.float64), int(o), precision)
-            for o, p in zip(pmf_offsets, pmf_probs, strict=True)
-        ),
-        precision=precision,
-    )
-
-
-def step_tables(
-    pmf_offsets: Sequence[int], pmf_probs: Sequence[Sequence[float]], step: float, precision: int
-) -> TableSet:
-    """Tables for symbols round(y / step), integrated from the learned density.
-
-    The manifest holds p_c(j) = P(y in [j-0.5, j+0.5)); within a unit bin the density is taken as
-    flat, so P(round(y/step) = k) is the piecewise-linear CDF's mass over [(k-0.5)step, (k+0.5)step).
-    Computed once here and stored as integers, so receivers never redo this float arithmetic.
-    """
-    tables = []
-    for o, probs in zip(pmf_offsets, pmf_probs, strict=True):
-        p = np.asarray(probs, dtype=np.float64)
-        edges = int(o) - 0.5 + np.arange(p.size + 1)
-        cdf = np.concatenate([[0.0], np.cumsum(p)])
-        k_lo = int(np.floor(edges[0] / step + 0.5))
-        k_hi = int(np.ceil(edges[-1] / step - 0.5))
-        ks = np.arange(k_lo, k_hi + 1)
-        mass = np.interp((ks + 0.5) * step, edges, cdf) - np.interp((ks - 0.5) * step, edges, cdf)
-        tables.append(table_from_pmf(np.maximum(mass, 0.0) / max(mass.sum(), 1e-300), k_lo, precision))
-    return TableSet(tuple(tables), precision=precision)
 
 
 def _gains(bundle: Bundle, spec: LevelSpec) -> tuple[np.ndarray | None, np.ndarray | None]:
