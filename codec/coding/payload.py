@@ -27,6 +27,7 @@ from .hyper_latents import HyperLatentPath, HyperLatents
 from .hyperprior import HyperLatentCoding
 from .quantize import channel_index
 from .residual import ResidualEncoding, ResidualModel
+from .residual_coding import AnyResidualCoding, residual_coding_from_json
 from .residual_context import ResidualContext
 from .tables import TableSet
 from .transform import TransformResidual
@@ -45,11 +46,17 @@ ENTROPY_VERSION_PACKED = 4
 # version 5 added hyper_latent (hyperprior bundles: z tables, Gaussian tables, their thresholds);
 # written only when present, so every other bundle keeps version 4 and its model id
 ENTROPY_VERSION_HYPER = 5
+# version 6 added residual_coding (residual_coding.py: context-coded max-error residuals); written
+# only when present, so bundles without it keep their version and model id
+ENTROPY_VERSION_RESIDUAL_CODING = 6
 READABLE_VERSIONS = (ENTROPY_VERSION, ENTROPY_VERSION_CONTEXT, ENTROPY_VERSION_LEVELS, ENTROPY_VERSION_PACKED,
-                     ENTROPY_VERSION_HYPER)
+                     ENTROPY_VERSION_HYPER, ENTROPY_VERSION_RESIDUAL_CODING)
 # the versions that may hold each later addition
-_CONTEXT_VERSIONS = (ENTROPY_VERSION_CONTEXT, ENTROPY_VERSION_LEVELS, ENTROPY_VERSION_PACKED, ENTROPY_VERSION_HYPER)
-_LEVELS_VERSIONS = (ENTROPY_VERSION_LEVELS, ENTROPY_VERSION_PACKED, ENTROPY_VERSION_HYPER)
+_CONTEXT_VERSIONS = (ENTROPY_VERSION_CONTEXT, ENTROPY_VERSION_LEVELS, ENTROPY_VERSION_PACKED, ENTROPY_VERSION_HYPER,
+                     ENTROPY_VERSION_RESIDUAL_CODING)
+_LEVELS_VERSIONS = (ENTROPY_VERSION_LEVELS, ENTROPY_VERSION_PACKED, ENTROPY_VERSION_HYPER,
+                    ENTROPY_VERSION_RESIDUAL_CODING)
+_HYPER_VERSIONS = (ENTROPY_VERSION_HYPER, ENTROPY_VERSION_RESIDUAL_CODING)
 
 
 AnyLatentContext = LatentContext | LatentContext2D
@@ -115,6 +122,9 @@ class CodingTables:
     # Hyperprior bundles: the latent is coded under the hyperprior (hyperprior.py), and ``latent``
     # holds its side latent z's tables (the same tables as hyper.z_tables).
     hyper: HyperLatentCoding | None = None
+    # Context-coded max-error residuals for the calibrated max errors (residual_coding.py); they take
+    # precedence over residual_context.
+    residual_coding: AnyResidualCoding | None = None
 
     def _level(self, level: int) -> LevelTables:
         if not 0 <= level < len(self.latent_levels):
@@ -150,7 +160,8 @@ class CodingTables:
         obj = {
             "format": ENTROPY_FORMAT,
             # table sets are always written packed
-            "version": ENTROPY_VERSION_PACKED if self.hyper is None else ENTROPY_VERSION_HYPER,
+            "version": (ENTROPY_VERSION_RESIDUAL_CODING if self.residual_coding is not None
+                        else ENTROPY_VERSION_PACKED if self.hyper is None else ENTROPY_VERSION_HYPER),
             "precision": self.latent.precision,
             "latent": self.latent.to_json_obj(),
             "residual": None if self.residual is None else self.residual.to_json_obj(),
@@ -167,6 +178,8 @@ class CodingTables:
             obj["transform"] = self.transform.to_json_obj()
         if self.hyper is not None:
             obj["hyper_latent"] = self.hyper.to_json_obj()
+        if self.residual_coding is not None:
+            obj["residual_coding"] = self.residual_coding.to_json_obj()
         return obj
 
     def dumps(self) -> bytes:
@@ -207,9 +220,13 @@ class CodingTables:
         if rctx is not None and res is None:
             raise BundleError(f"{where} has a residual_context but no residual model; re-run calibration")
         hyper = obj.get("hyper_latent")
-        if hyper is not None and obj.get("version") != ENTROPY_VERSION_HYPER:
+        if hyper is not None and obj.get("version") not in _HYPER_VERSIONS:
             raise BundleError(f"{where} has hyperprior tables but entropy format version {obj.get('version')}; "
                               "re-run calibration")
+        rcoding = obj.get("residual_coding")
+        if rcoding is not None and (obj.get("version") != ENTROPY_VERSION_RESIDUAL_CODING or res is None):
+            raise BundleError(f"{where} has a residual_coding but entropy format version {obj.get('version')} or no "
+                              "residual model; re-run calibration")
         return cls(
             latent=latent,
             residual=None if res is None else ResidualModel.from_json_obj(res),
@@ -219,6 +236,7 @@ class CodingTables:
             latent_levels=tuple(LevelTables.from_json_obj(lv, where) for lv in levels),
             transform=_transform_from_json(obj, where),
             hyper=None if hyper is None else HyperLatentCoding.from_json_obj(hyper, where),
+            residual_coding=None if rcoding is None else residual_coding_from_json(rcoding, where),
         )
 
     @classmethod
@@ -311,7 +329,9 @@ def _encode_residuals(enc: StreamEncoder, tables: CodingTables, x_raw: np.ndarra
             raise InputError("this bundle has no residual model (non-integer raw data): only latent-only quality")
         if x_raw is None or raw_float is None:
             raise InputError("the residual layer needs x_raw and the decoder output raw_float")
-        if tables.residual_context is not None and tables.residual_context.covers(max_error):
+        if tables.residual_coding is not None and tables.residual_coding.covers(max_error):
+            info = tables.residual_coding.write(enc, tables.residual, x_raw, raw_float, max_error)
+        elif tables.residual_context is not None and tables.residual_context.covers(max_error):
             info = tables.residual_context.write(enc, tables.residual, x_raw, raw_float, max_error)
         else:
             info = tables.residual.write(enc, x_raw, raw_float, max_error)
@@ -361,6 +381,9 @@ class PayloadReader:
     def residual(self, raw_float: np.ndarray, max_error: int) -> np.ndarray:
         if self._tables.residual is None:
             raise BundleError("packet has a residual layer but the bundle has no residual model")
+        coding = self._tables.residual_coding
+        if coding is not None and coding.covers(max_error):
+            return coding.read(self._dec, self._tables.residual, raw_float, max_error)
         rctx = self._tables.residual_context
         if rctx is not None and rctx.covers(max_error):
             return rctx.read(self._dec, self._tables.residual, raw_float, max_error)
