@@ -231,8 +231,8 @@ def calibrate(
     None = wherever the latents have a position axis (conv families), False = factorized only.
     residual_context: also fit residual tables that follow the previous residual (residual_context.py)
     for the ladder's max errors; None = for conv families, like latent_context.
-    residual_coding: context-coded residuals (coding/residual_coding.py) for the ladder's max errors and
-    residual_max_errors; None = where the samples suit a kind, False = never.
+    residual_coding: context-coded residuals (coding/residual_coding.py) for the ladder's and residual_max_errors'
+    max errors; None = where the samples suit a kind, False = never.
     transform_basis: the transform residual's basis for tX levels, "dct" or "cdf97" (transform.py).
     command: how this calibration was invoked, recorded with its seconds in the manifest's
     metrics.calibration (a bundle records every stage that made it; default: the CLI's argv).
@@ -489,9 +489,10 @@ def add_parser(subparsers: Any, name: str = "calibrate") -> argparse.ArgumentPar
     p.add_argument("--residual-context", dest="residual_context", action=argparse.BooleanOptionalAction, default=None,
                    help="residual tables that also follow the previous residual, for the ladder's max errors "
                         "(codec/residual_context.py; default: on for conv families)")
-    p.add_argument("--residual-coding", dest="residual_coding", action=argparse.BooleanOptionalAction, default=None,
-                   help="context-coded residuals for the ladder's max errors (codec/coding/residual_coding.py; "
-                        "default: for images and for exact 8-bit predictions)")
+    p.add_argument("--residual-coding", action=argparse.BooleanOptionalAction, default=None,
+                   help="context-coded residuals (coding/residual_coding.py; default: where the data suits a kind)")
+    p.add_argument("--residual-max-errors", type=lambda t: [int(v) for v in t.split(",") if v], default=[],
+                   help="custom max errors (comma list) that get context-coded tables too, e.g. 1,2,4")
     p.add_argument("--transform-basis", choices=sorted(transform.BASES), default="dct",
                    help="basis of the transform residual levels (tX): dct (no extra dependency) or cdf97 "
                         "(the CDF 9/7 wavelet through PyWavelets; smaller on ECG, codec/coding/transform.py)")
@@ -504,7 +505,7 @@ def run(args: argparse.Namespace) -> int:
     samples = load_source(args.data, **dict(args.source_option)).samples[: args.limit]
     report = calibrate(args.bundle, samples, args.levels, threads=args.threads, latent_context=args.latent_context,
                        residual_context=args.residual_context, transform_basis=args.transform_basis,
-                       residual_coding=args.residual_coding)
+                       residual_coding=args.residual_coding, residual_max_errors=args.residual_max_errors)
     print(json.dumps({
         "bundle": str(args.bundle), "model_id": report.model_id, "n_samples": report.n_samples,
         "seconds": round(report.seconds, 2),
