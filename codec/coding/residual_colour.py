@@ -156,17 +156,31 @@ class ResidualColourContext:
                 return lv
         raise BundleError(f"no colour residual tables for max error {max_error}")
 
-    def _ids(self, lv: ColourLevel, parts: list[_Part]) -> list[np.ndarray]:
-        offs = self._offsets(lv)
-        base_e = np.asarray(lv.base_edges, dtype=np.int64)
-        chroma_e = np.asarray(lv.chroma_edges, dtype=np.int64)
+    def _ids(self, lv: ColourLevel, parts: list[_Part], luts: list[np.ndarray] | None = None) -> list[np.ndarray]:
+        """Each part's table ids; luts: ``_class_luts(lv)``, computed once per packet by callers."""
+        luts = self._class_luts(lv) if luts is None else luts
         out = []
         for part in parts:
-            edges, clip = (base_e, self.base_clip) if part.kind == 0 else (chroma_e, self.signed_clip)
-            cls = np.searchsorted(edges, part.activity, side="right")
+            lut = luts[part.kind]
+            ids = lut.take(np.minimum(part.activity, lut.size - 1))
             if part.signed is not None:
-                cls = cls * (2 * clip + 1) + np.clip(part.signed, -clip, clip) + clip
-            out.append(offs[part.kind] + cls)
+                clip = self.base_clip if part.kind == 0 else self.signed_clip
+                ids += np.minimum(np.maximum(part.signed, -clip), clip) + clip
+            out.append(ids)
+        return out
+
+    def _class_luts(self, lv: ColourLevel) -> list[np.ndarray]:
+        """Per kind: the table id (before the signed part) of every activity up to the last edge
+        (larger ones share its class): class_E(a) * (2 clip + 1) + offset, one gather per call."""
+        offs = self._offsets(lv)
+        out = []
+        for kind in range(self.channels):
+            edges = lv.base_edges if kind == 0 else lv.chroma_edges
+            cls = np.searchsorted(np.asarray(edges, dtype=np.int64), np.arange((edges[-1] if edges else 0) + 1),
+                                  side="right").astype(np.int64)
+            if kind == 0 or kind >= 2:
+                cls *= 2 * (self.base_clip if kind == 0 else self.signed_clip) + 1
+            out.append(cls + offs[kind])
         return out
 
     # ------------------------------------------------------------------ coding
@@ -174,10 +188,11 @@ class ResidualColourContext:
               max_error: int) -> ResidualEncoding:
         x, f = model.checked_samples(x_raw, raw_float)
         lv = self._level(check_max_error(max_error))
+        luts = self._class_luts(lv)
 
         def code(parts: list[_Part]) -> list[np.ndarray]:
             syms = [pt.q for pt in parts if pt.q is not None]
-            enc.encode(np.concatenate(syms), np.concatenate(self._ids(lv, parts)), lv.tables)
+            enc.encode(np.concatenate(syms), np.concatenate(self._ids(lv, parts, luts)), lv.tables)
             return syms
 
         recon = self._walk(model, f, x, lv, code)
@@ -186,11 +201,16 @@ class ResidualColourContext:
 
     def read(self, dec: StreamDecoder, model: ResidualModel, raw_float: np.ndarray, max_error: int) -> np.ndarray:
         lv = self._level(check_max_error(max_error))
+        luts = self._class_luts(lv)
 
         def code(parts: list[_Part]) -> list[np.ndarray]:
-            ids = self._ids(lv, parts)
+            ids = self._ids(lv, parts, luts)
             got = dec.decode(np.concatenate(ids), lv.tables)
-            return np.split(got, np.cumsum([a.size for a in ids])[:-1])
+            out, at = [], 0
+            for a in ids:
+                out.append(got[at : at + a.size])
+                at += a.size
+            return out
 
         return self._walk(model, np.asarray(raw_float), None, lv, code)
 
@@ -208,29 +228,29 @@ class ResidualColourContext:
         p = prediction(raw_float, spec.raw_min, spec.raw_max)
         order = self.order
         wp = w + PAD
-        frame = (h + PAD) * wp
-        # state, zero-padded above and left, flat: q of every kind, colour differences k
-        q = np.zeros((c, n * frame), dtype=np.int64)
-        k = np.zeros((c, n * frame), dtype=np.int64)
+        # state, zero-padded above and left, flat: q and |q| of every kind, colour differences k
+        q = np.zeros((c, n * (h + PAD) * wp), dtype=np.int64)
+        aq = np.zeros_like(q)
+        k = np.zeros_like(q)
         pp = np.stack([_padded(p[:, ch]).ravel() for ch in order])
         xs = None if x is None else np.stack([_padded(x[:, ch]).ravel() for ch in order])
-        offs = np.arange(n, dtype=np.int64)[:, None] * frame
+        diagonals = _diagonals(n, h, w)
+        # neighbours in the flat padded layout: L, U first (their signed sum), then UL, LL, UU
+        back = np.array([1, wp, wp + 1, 2, 2 * wp], dtype=np.int64)
+        weights = np.array([2, 2, 1, 1, 1], dtype=np.int64)
         qb, pb = q[0], pp[0]
         for t in range(h + w - 2 + c):
             parts: list[_Part] = []
             where: list[np.ndarray] = []
             for m in range(c):
-                diag = t - m
-                if not 0 <= diag <= h + w - 2:
+                if not 0 <= t - m < len(diagonals):
                     continue
-                rows = np.arange(max(0, diag - w + 1), min(h - 1, diag) + 1, dtype=np.int64)
-                idx = (offs + ((rows + PAD) * wp + (diag - rows + PAD))[None, :]).ravel()
+                idx = diagonals[t - m]
                 where.append(idx)
+                around = idx[:, None] - back
                 if m == 0:
-                    a, b = qb.take(idx - 1), qb.take(idx - wp)
-                    act = 2 * (np.abs(a) + np.abs(b)) + _abs_sum(qb, idx, (wp + 1, 2, 2 * wp))
                     sym = None if xs is None else quantize_residual(xs[0].take(idx), pb.take(idx), lv.max_error)
-                    parts.append(_Part(0, act, a + b, sym))
+                    parts.append(_Part(0, aq[0].take(around) @ weights, qb.take(around[:, :2]).sum(axis=1), sym))
                     continue
                 km = k[m]
                 a, b, ab = km.take(idx - 1), km.take(idx - wp), km.take(idx - wp - 1)
@@ -242,8 +262,7 @@ class ResidualColourContext:
                 if weight:
                     guess = ((MAX_MODEL_WEIGHT - weight) * guess + weight * (pp[m].take(idx) - pb.take(idx))) \
                         // MAX_MODEL_WEIGHT
-                    act = 2 * (_abs_sum(q[m], idx, (1, wp)) + np.abs(qb.take(idx))) \
-                        + _abs_sum(q[m], idx, (wp + 1, 2, 2 * wp))
+                    act = aq[m].take(around) @ weights + 2 * aq[0].take(idx)
                 else:
                     act = np.abs(a - ab) + np.abs(b - ab)
                 sym = None
@@ -255,6 +274,7 @@ class ResidualColourContext:
             for part, idx, qv in zip(parts, where, code(parts), strict=True):
                 qv = qv.astype(np.int64)
                 q[part.kind][idx] = qv
+                aq[part.kind][idx] = np.abs(qv)
                 if part.kind:
                     k[part.kind][idx] += qv * step
         ub = pb + qb * step
@@ -317,12 +337,17 @@ class ResidualColourContext:
             raise BundleError(f"{where}: malformed colour residual coding ({exc}); re-run calibration") from exc
 
 
-def _abs_sum(a: np.ndarray, idx: np.ndarray, back: Sequence[int]) -> np.ndarray:
-    """sum of |a| at idx - b for every b in back (neighbours in the flat padded layout)."""
-    out = np.abs(a.take(idx - back[0]))
-    for b in back[1:]:
-        out += np.abs(a.take(idx - b))
-    return out
+def _diagonals(n: int, h: int, w: int) -> list[np.ndarray]:
+    """Flat padded indices of the pixels of each anti-diagonal i + j = t (t = 0 .. h + w - 2), frame-
+    major, then by ascending row: the order each coding call holds a kind's symbols in."""
+    wp = w + PAD
+    i, j = np.divmod(np.arange(h * w, dtype=np.int64), w)
+    local = (i + PAD) * wp + (j + PAD)
+    frames = np.repeat(np.arange(n, dtype=np.int64), h * w)
+    flat = frames * ((h + PAD) * wp) + np.tile(local, n)
+    diag = np.tile(i + j, n)
+    order = np.lexsort((np.tile(i, n), frames, diag))
+    return np.split(flat[order], np.cumsum(np.bincount(diag, minlength=h + w - 1))[:-1])
 
 
 def _padded(a: np.ndarray) -> np.ndarray:
@@ -349,6 +374,7 @@ class _Recorder:
 
     def __init__(self, shell: ResidualColourContext, level: ColourLevel | None = None, qmax: int = 0) -> None:
         self.shell, self.level, self.qmax = shell, level, qmax
+        self.luts = None if level is None else shell._class_luts(level)
         self.activities: list[list[np.ndarray]] = [[], []]  # base, colour
         self.keys: list[np.ndarray] = []
 
@@ -359,7 +385,7 @@ class _Recorder:
                 self.activities[min(pt.kind, 1)].append(pt.activity)
         else:
             span = 2 * self.qmax + 1
-            for i, q in zip(self.shell._ids(self.level, parts), syms, strict=True):
+            for i, q in zip(self.shell._ids(self.level, parts, self.luts), syms, strict=True):
                 self.keys.append(i.astype(np.int64) * span + q + self.qmax)
         return syms
 
