@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from latentwire.codec.codec import Codec
 from latentwire.codec.coding.coder import StreamDecoder, StreamEncoder
 from latentwire.codec.coding.payload import ENTROPY_VERSION_PACKED, CodingTables, PayloadReader, encode_payload
 from latentwire.codec.coding.residual import ContextSpec, ResidualModel
@@ -426,3 +427,60 @@ def test_calibration_picks_the_kind_by_the_data(photo_setup, digit_setup) -> Non
     assert fit_calibrated(vmodel, dx, df, [None], exact=True) is None
     got = fit_calibrated(vmodel, dx, df, [None, 4], exact=True, extra_max_errors=(1,))
     assert isinstance(got, ResidualValueContext) and [d for d, _ in got.tables] == [1, 4]
+
+
+# ------------------------------------------------------------------ the shipped bundles
+
+_DECODE_ELSEWHERE = r"""
+import sys, numpy as np
+from latentwire.codec.codec import Codec
+codec = Codec.load(sys.argv[1], provider="cpu", threads=int(sys.argv[2]))
+z = np.load(sys.argv[3])
+np.savez(sys.argv[4], **{k: codec.decode(z[k].tobytes()) for k in z.files})
+"""
+
+
+def _shipped_samples(name: str) -> list[np.ndarray]:
+    if name == "bsds-gdn2d":
+        photos = _photos()
+        return photos + [np.ascontiguousarray(photos[2][:, :, :45, :31])]
+    with np.load(ASSETS / "mnist_test_sample.npz") as z:
+        return [z["samples"][:64], z["samples"][64:65]]
+
+
+@pytest.mark.parametrize("name", ["bsds-gdn2d", "mnist-dense"])
+def test_shipped_bundles_code_every_residual_level_with_context_and_decode_alike_elsewhere(
+    name: str, tmp_path: Path
+) -> None:
+    """Every max error the shipped bundle calibrated (ladder and custom) takes the context-coded
+    path; on the shipped samples it round-trips within its bound (lossless bit-exactly), and a
+    fresh process with another thread count decodes the same samples from the same packets."""
+    codec = Codec.load(ASSETS / name, provider="cpu", threads=1)
+    coding = codec.tables.residual_coding
+    assert coding is not None, f"{name}: re-run its calibration (entropy.json has no residual_coding)"
+    levels = [{"quality": q.index} for q in codec.qualities if q.max_error is not None]
+    bounds = [q.max_error for q in codec.qualities if q.max_error is not None]
+    covered = coding.levels if isinstance(coding, ResidualColourContext) else coding.tables
+    custom = sorted({lv.max_error if isinstance(lv, ColourLevel) else lv[0] for lv in covered} - set(bounds))
+    assert all(coding.covers(d) for d in bounds) and custom  # the ladder, and custom max errors too
+    levels += [{"max_error": d} for d in custom]
+    bounds += custom
+    packets, here = {}, {}
+    for li, (kw, bound) in enumerate(zip(levels, bounds, strict=True)):
+        for si, raw in enumerate(_shipped_samples(name)):
+            packet = codec.encode(raw, **kw)
+            out = codec.decode(packet)
+            err = np.abs(out.astype(np.int64) - raw.astype(np.int64))
+            assert err.max() <= bound, (name, kw)
+            if bound == 0:
+                assert np.array_equal(out, raw)
+            key = f"l{li}s{si}"
+            packets[key], here[key] = np.frombuffer(packet, np.uint8), out
+    np.savez(tmp_path / "packets.npz", **packets)
+    run = subprocess.run([sys.executable, "-c", _DECODE_ELSEWHERE, str(ASSETS / name), "2",
+                          str(tmp_path / "packets.npz"), str(tmp_path / "out.npz")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    with np.load(tmp_path / "out.npz") as got:
+        for key, out in here.items():
+            assert np.array_equal(got[key], out), key
