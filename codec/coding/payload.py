@@ -4,7 +4,8 @@ One payload holds, in this order, all frames' latent symbols (frame-major, C ord
 coded with latent table c; or, when the bundle has a latent context model (context.py) and the
 level uses the trained step, position by position along the last latent axis), then - when the
 packet has the residual layer - every frame's bucket-grid shift and every frame's quantized residuals
-(see residual.py). Everything shares one range-coder stream, so a packet of N frames pays the coder's
+(see residual.py), or, for a max error entropy.json's residual_coding covers, that section's context-coded
+residuals (residual_coding.py). Everything shares one range-coder stream, so a packet of N frames pays the coder's
 ~1 byte of flush once, not N times.
 The receiver must run decoder.onnx between the two parts: ``PayloadReader`` reads them in turn.
 """
