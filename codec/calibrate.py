@@ -31,6 +31,7 @@ from .coding.hyper_latents import HyperInput, HyperLatentPath, concat_latents
 from .coding.payload import CodingTables, LevelTables, encode_payload
 from .coding.quantize import dequantize_scaled, quantize_scaled
 from .coding.residual import ContextSpec, ResidualModel, default_radius, prediction, residual_histograms
+from .coding.residual_coding import fit_calibrated
 from .coding.residual_context import ResidualContext
 from .coding.tables import DEFAULT_PRECISION, latent_tables, step_tables
 from .coding.transform import TransformResidual
@@ -184,6 +185,8 @@ def calibrate(
     anomaly_quantile: float = DEFAULT_ANOMALY_QUANTILE,
     latent_context: bool | None = None,
     residual_context: bool | None = None,
+    residual_coding: bool | None = None,
+    residual_max_errors: Sequence[int] = (),
     transform_basis: str = "dct",
     command: str | None = None,
 ) -> CalibrationReport:
@@ -193,6 +196,8 @@ def calibrate(
     None = wherever the latents have a position axis (conv families), False = factorized only.
     residual_context: also fit residual tables that follow the previous residual (residual_context.py)
     for the ladder's max errors; None = for conv families, like latent_context.
+    residual_coding: context-coded residuals (coding/residual_coding.py) for the ladder's and residual_max_errors'
+    max errors; None = where the samples suit a kind, False = never.
     transform_basis: the transform residual's basis for tX levels, "dct" or "cdf97" (transform.py).
     command: how this calibration was invoked, recorded with its seconds in the manifest's
     metrics.calibration (a bundle records every stage that made it; default: the CLI's argv).
@@ -290,8 +295,10 @@ def calibrate(
         for i in range(0, raw.shape[0], batch_size):
             hist += residual_histograms(spec, raw[i : i + batch_size], res_float[i : i + batch_size], radius)
         residual = ResidualModel(spec, radius, hist, precision)
-    rctx = None
-    if residual is not None and (positional if residual_context is None else residual_context):
+    coding = fit_calibrated(residual, raw, res_float, levels, exact=exact is not None, enabled=residual_coding,
+                            extra_max_errors=residual_max_errors)
+    rctx = None  # residual_coding supersedes it
+    if coding is None and residual is not None and (positional if residual_context is None else residual_context):
         rctx = ResidualContext.fit(residual, raw, res_float, [e for e in levels if e is not None],
                                    batch_size=batch_size)
     specs, tr = _fit_transform(specs, raw, symbols, raw_float, reference, enc, dec, bundle, batch_size,
@@ -306,6 +313,7 @@ def calibrate(
         latent_levels=tuple(level_tables),
         transform=tr,
         hyper=None if hyper is None else hyper.coding,
+        residual_coding=coding,
     )
 
     (d / ENTROPY).write_bytes(tables.dumps())
@@ -449,6 +457,10 @@ def add_parser(subparsers: Any, name: str = "calibrate") -> argparse.ArgumentPar
     p.add_argument("--residual-context", dest="residual_context", action=argparse.BooleanOptionalAction, default=None,
                    help="residual tables that also follow the previous residual, for the ladder's max errors "
                         "(codec/residual_context.py; default: on for conv families)")
+    p.add_argument("--residual-coding", action=argparse.BooleanOptionalAction, default=None,
+                   help="context-coded residuals (coding/residual_coding.py; default: where the data suits a kind)")
+    p.add_argument("--residual-max-errors", type=lambda t: [int(v) for v in t.split(",") if v], default=[],
+                   help="custom max errors (comma list) that get context-coded tables too, e.g. 1,2,4")
     p.add_argument("--transform-basis", choices=sorted(transform.BASES), default="dct",
                    help="basis of the transform residual levels (tX): dct (no extra dependency) or cdf97 "
                         "(the CDF 9/7 wavelet through PyWavelets; smaller on ECG, codec/coding/transform.py)")
@@ -460,7 +472,8 @@ def run(args: argparse.Namespace) -> int:
 
     samples = load_source(args.data, **dict(args.source_option)).samples[: args.limit]
     report = calibrate(args.bundle, samples, args.levels, threads=args.threads, latent_context=args.latent_context,
-                       residual_context=args.residual_context, transform_basis=args.transform_basis)
+                       residual_context=args.residual_context, transform_basis=args.transform_basis,
+                       residual_coding=args.residual_coding, residual_max_errors=args.residual_max_errors)
     print(json.dumps({
         "bundle": str(args.bundle), "model_id": report.model_id, "n_samples": report.n_samples,
         "seconds": round(report.seconds, 2),

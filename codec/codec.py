@@ -391,6 +391,11 @@ class Codec:
 
     def _parse(self, packet: bytes | memoryview) -> tuple[bitstream.PacketHeader, memoryview, int | None, LatentGrid]:
         header, payload = bitstream.read_packet(packet, expected_model_id=self.model_id)
+        want = self.manifest.sample_shape
+        if len(header.sample_shape) != len(want) or any(
+                d is not None and got != d for got, d in zip(header.sample_shape, want, strict=False)):
+            raise BitstreamError(f"packet's sample shape {header.sample_shape} does not fit this bundle's "
+                                 f"{tuple(want)} (None: any): corrupt or foreign packet")
         grid = self.reference_grid
         if header.is_lossless:
             return header, payload, None, grid

@@ -4,9 +4,10 @@ One payload holds, in this order, all frames' latent symbols (frame-major, C ord
 coded with latent table c; or, when the bundle has a latent context model (context.py) and the
 level uses the trained step, position by position along the last latent axis), then - when the
 packet has the residual layer - every frame's bucket-grid shift and every frame's quantized residuals
-(see residual.py), or the transform residual (transform.py). A transform packet with per-window
-modes starts with them, and only the frames that send their latent have latent symbols.
-Everything shares one range-coder stream, so a packet of N frames pays the coder's
+(see residual.py), the transform residual (transform.py), or, for a max error entropy.json's
+residual_coding covers, that section's context-coded residuals (residual_coding.py). A transform
+packet with per-window modes starts with them, and only the frames that send their latent have
+latent symbols. Everything shares one range-coder stream, so a packet of N frames pays the coder's
 ~1 byte of flush once, not N times.
 The receiver must run decoder.onnx between the two parts: ``PayloadReader`` reads them in turn.
 """
@@ -29,6 +30,7 @@ from .hyper_latents import HyperLatentPath, HyperLatents
 from .hyperprior import HyperLatentCoding
 from .quantize import channel_index
 from .residual import ResidualEncoding, ResidualModel
+from .residual_coding import AnyResidualCoding, residual_coding_from_json
 from .residual_context import ResidualContext
 from .tables import TableSet
 from .transform import MODE_ALONE, MODE_LATENT, MODE_TABLES, TransformResidual
@@ -49,11 +51,15 @@ ENTROPY_VERSION_PACKED = 4
 # thresholds). Written only when one is present, so every other bundle keeps version 4 and its model
 # id, and a latentwire that predates them refuses the bundle instead of failing on its packets
 ENTROPY_VERSION_SECTIONS = 5
+# version 6 adds residual_coding (residual_coding.py: context-coded max-error residuals); written
+# only when present, so bundles without it keep their version and model id
+ENTROPY_VERSION_RESIDUAL_CODING = 6
 READABLE_VERSIONS = (ENTROPY_VERSION, ENTROPY_VERSION_CONTEXT, ENTROPY_VERSION_LEVELS, ENTROPY_VERSION_PACKED,
-                     ENTROPY_VERSION_SECTIONS)
+                     ENTROPY_VERSION_SECTIONS, ENTROPY_VERSION_RESIDUAL_CODING)
 # the versions that may hold each later addition
-_CONTEXT_VERSIONS = (ENTROPY_VERSION_CONTEXT, ENTROPY_VERSION_LEVELS, ENTROPY_VERSION_PACKED, ENTROPY_VERSION_SECTIONS)
-_LEVELS_VERSIONS = (ENTROPY_VERSION_LEVELS, ENTROPY_VERSION_PACKED, ENTROPY_VERSION_SECTIONS)
+_SECTIONS_VERSIONS = (ENTROPY_VERSION_SECTIONS, ENTROPY_VERSION_RESIDUAL_CODING)
+_CONTEXT_VERSIONS = (ENTROPY_VERSION_CONTEXT, ENTROPY_VERSION_LEVELS, ENTROPY_VERSION_PACKED) + _SECTIONS_VERSIONS
+_LEVELS_VERSIONS = (ENTROPY_VERSION_LEVELS, ENTROPY_VERSION_PACKED) + _SECTIONS_VERSIONS
 
 
 AnyLatentContext = LatentContext | LatentContext2D
@@ -75,7 +81,7 @@ def _transform_from_json(obj: dict[str, Any], where: str) -> TransformResidual |
             "re-run calibration"
         )
     tr = TransformResidual.from_json_obj(obj["transform"], where)
-    if tr.alone is not None and obj.get("version") != ENTROPY_VERSION_SECTIONS:
+    if tr.alone is not None and obj.get("version") not in _SECTIONS_VERSIONS:
         raise BundleError(f"{where}: the transform residual's alone tables need entropy format version "
                           f"{ENTROPY_VERSION_SECTIONS}; re-run calibration")
     return tr
@@ -123,6 +129,9 @@ class CodingTables:
     # Hyperprior bundles: the latent is coded under the hyperprior (hyperprior.py), and ``latent``
     # holds its side latent z's tables (the same tables as hyper.z_tables).
     hyper: HyperLatentCoding | None = None
+    # Context-coded max-error residuals for the calibrated max errors (residual_coding.py); they take
+    # precedence over residual_context.
+    residual_coding: AnyResidualCoding | None = None
 
     def _level(self, level: int) -> LevelTables:
         if not 0 <= level < len(self.latent_levels):
@@ -157,9 +166,11 @@ class CodingTables:
     def to_json_obj(self) -> dict[str, Any]:
         obj = {
             "format": ENTROPY_FORMAT,
-            # table sets are always written packed; version 5 only where the alone or hyperprior tables need it
-            "version": ENTROPY_VERSION_SECTIONS if self.hyper is not None or (
-                self.transform is not None and self.transform.alone is not None) else ENTROPY_VERSION_PACKED,
+            # table sets are always written packed; version 5 or 6 only where a later section needs it
+            "version": (ENTROPY_VERSION_RESIDUAL_CODING if self.residual_coding is not None
+                        else ENTROPY_VERSION_SECTIONS if self.hyper is not None or (
+                            self.transform is not None and self.transform.alone is not None)
+                        else ENTROPY_VERSION_PACKED),
             "precision": self.latent.precision,
             "latent": self.latent.to_json_obj(),
             "residual": None if self.residual is None else self.residual.to_json_obj(),
@@ -176,6 +187,8 @@ class CodingTables:
             obj["transform"] = self.transform.to_json_obj()
         if self.hyper is not None:
             obj["hyper_latent"] = self.hyper.to_json_obj()
+        if self.residual_coding is not None:
+            obj["residual_coding"] = self.residual_coding.to_json_obj()
         return obj
 
     def dumps(self) -> bytes:
@@ -216,9 +229,13 @@ class CodingTables:
         if rctx is not None and res is None:
             raise BundleError(f"{where} has a residual_context but no residual model; re-run calibration")
         hyper = obj.get("hyper_latent")
-        if hyper is not None and obj.get("version") != ENTROPY_VERSION_SECTIONS:
+        if hyper is not None and obj.get("version") not in _SECTIONS_VERSIONS:
             raise BundleError(f"{where} has hyperprior tables but entropy format version {obj.get('version')}; "
                               "re-run calibration")
+        rcoding = obj.get("residual_coding")
+        if rcoding is not None and (obj.get("version") != ENTROPY_VERSION_RESIDUAL_CODING or res is None):
+            raise BundleError(f"{where} has a residual_coding but entropy format version {obj.get('version')} or no "
+                              "residual model; re-run calibration")
         return cls(
             latent=latent,
             residual=None if res is None else ResidualModel.from_json_obj(res),
@@ -228,6 +245,7 @@ class CodingTables:
             latent_levels=tuple(LevelTables.from_json_obj(lv, where) for lv in levels),
             transform=_transform_from_json(obj, where),
             hyper=None if hyper is None else HyperLatentCoding.from_json_obj(hyper, where),
+            residual_coding=None if rcoding is None else residual_coding_from_json(rcoding, where),
         )
 
     @classmethod
@@ -328,7 +346,9 @@ def _encode_residuals(enc: StreamEncoder, tables: CodingTables, x_raw: np.ndarra
             raise InputError("this bundle has no residual model (non-integer raw data): only latent-only quality")
         if x_raw is None or raw_float is None:
             raise InputError("the residual layer needs x_raw and the decoder output raw_float")
-        if tables.residual_context is not None and tables.residual_context.covers(max_error):
+        if tables.residual_coding is not None and tables.residual_coding.covers(max_error):
+            info = tables.residual_coding.write(enc, tables.residual, x_raw, raw_float, max_error)
+        elif tables.residual_context is not None and tables.residual_context.covers(max_error):
             info = tables.residual_context.write(enc, tables.residual, x_raw, raw_float, max_error)
         else:
             info = tables.residual.write(enc, x_raw, raw_float, max_error)
@@ -427,6 +447,9 @@ class PayloadReader:
     def residual(self, raw_float: np.ndarray, max_error: int) -> np.ndarray:
         if self._tables.residual is None:
             raise BundleError("packet has a residual layer but the bundle has no residual model")
+        coding = self._tables.residual_coding
+        if coding is not None and coding.covers(max_error):
+            return coding.read(self._dec, self._tables.residual, raw_float, max_error)
         rctx = self._tables.residual_context
         if rctx is not None and rctx.covers(max_error):
             return rctx.read(self._dec, self._tables.residual, raw_float, max_error)

@@ -373,11 +373,9 @@ class ResidualModel:
 
     # ---- coding
 
-    def encode_residual(
-        self, x_raw: np.ndarray, raw_float: np.ndarray, max_error: int
-    ) -> tuple[np.ndarray, np.ndarray, ResidualEncoding]:
-        """(symbols q (N*P,), table_ids (N*P,), encoding info). The per-frame shifts
-        (``info.shifts``, table id n_contexts) must be coded BEFORE the symbols: ``write`` does both."""
+    def checked_samples(self, x_raw: np.ndarray, raw_float: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(integer raw samples, decoder output) after the checks every residual coder needs: the
+        same (N, ...) shape, integer samples (integer-valued floats accepted) inside the raw range."""
         x = np.asarray(x_raw)
         f = np.asarray(raw_float)
         if x.shape != f.shape or x.ndim < 1:
@@ -392,6 +390,14 @@ class ResidualModel:
                 f"raw samples span [{x.min()}, {x.max()}], outside the model's raw range "
                 f"[{self.spec.raw_min}, {self.spec.raw_max}]"
             )
+        return x, f
+
+    def encode_residual(
+        self, x_raw: np.ndarray, raw_float: np.ndarray, max_error: int
+    ) -> tuple[np.ndarray, np.ndarray, ResidualEncoding]:
+        """(symbols q (N*P,), table_ids (N*P,), encoding info). The per-frame shifts
+        (``info.shifts``, table id n_contexts) must be coded BEFORE the symbols: ``write`` does both."""
+        x, f = self.checked_samples(x_raw, raw_float)
         d = check_max_error(max_error)
         n = x.shape[0]
         fc, pf = _clip_round(f, self.spec.raw_min, self.spec.raw_max)

@@ -92,7 +92,9 @@ def test_packed_photo_tables_are_a_fraction_of_the_list_form_and_code_identicall
     tables = CodingTables.loads(listed)
     packed = tables.dumps()
     again = CodingTables.loads(packed)
-    assert json.loads(packed)["version"] == ENTROPY_VERSION_PACKED and again.dumps() == packed
+    # packed from version 4 on (a bundle with context-coded residuals is version 6)
+    assert json.loads(packed)["version"] == max(json.loads(listed)["version"], ENTROPY_VERSION_PACKED)
+    assert again.dumps() == packed
     if json.loads(listed)["version"] < ENTROPY_VERSION_PACKED:  # the shipped list form, until re-shipped
         assert len(packed) < len(listed) / 4
     level = tables.latent_levels[2].context

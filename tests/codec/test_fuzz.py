@@ -279,3 +279,19 @@ def test_manifest_shape_of_the_wrong_type(real_manifest: dict) -> None:
     m["input"]["sample_shape"] = ["28", 28]
     with pytest.raises(BundleError, match="sample_shape"):
         Manifest.from_dict(m)
+
+
+@pytest.mark.parametrize("quality", [0, 5, 10])
+def test_a_packet_whose_sample_shape_the_bundle_cannot_take_is_refused(codec: Codec, samples: np.ndarray,
+                                                                       quality: int) -> None:
+    """Found by the fuzz test above: a header rewritten to two channels (valid CRC) reached the exact
+    prediction's reshape. The shape is checked against the bundle before any stage runs, on every path."""
+    pkt = codec.encode(samples[:2], quality=quality)
+    h, payload = B.read_packet(pkt)
+    c, *rest = h.sample_shape
+    forged = B.write_packet(model_id=codec.model_id, quality=h.quality, sample_shape=(c + 1, *rest), count=h.count,
+                            payload=bytes(payload), residual=h.has_residual, recon_crc=h.recon_crc,
+                            exact=h.has_exact)
+    with pytest.raises(BitstreamError, match="sample shape"):
+        codec.decode(forged)
+    assert np.array_equal(codec.decode(pkt).shape, (2, *codec.sample_shape))

@@ -15,7 +15,7 @@ import pytest
 from latentwire.codec.codec import Codec
 from latentwire.codec.coding.coder import StreamDecoder, StreamEncoder
 from latentwire.codec.coding.context2d import LatentContext2D, diagonals
-from latentwire.codec.coding.payload import ENTROPY_VERSION_PACKED
+from latentwire.codec.coding.payload import ENTROPY_VERSION_RESIDUAL_CODING
 from latentwire.codec.coding.tables import TableSet, table_from_counts
 from latentwire.codec.sources import ImageFolder, sample_data_root
 
@@ -81,7 +81,10 @@ def test_one_model_serves_every_level_from_cheap_to_near_lossless(photo_bundle: 
     assert len(manifest.latent_levels) == 3
     assert [q.latent_level for q in codec.qualities] == [0, 1, 2, 2, 2, 2]
     assert [q.max_error for q in codec.qualities] == [None, None, None, 4, 2, 0]
-    assert json.loads((photo_bundle / "entropy.json").read_text())["version"] == ENTROPY_VERSION_PACKED
+    # packed tables, and the residual levels' colour-wavefront coding (coding/residual_colour.py)
+    entropy = json.loads((photo_bundle / "entropy.json").read_text())
+    assert entropy["version"] == ENTROPY_VERSION_RESIDUAL_CODING
+    assert entropy["residual_coding"]["kind"] == "colour-wavefront" and "residual_context" not in entropy
     photos = np.stack(_photos())
     sizes, errors = [], []
     for q in codec.qualities:

@@ -1,0 +1,84 @@
+"""entropy.json's ``residual_coding`` section: the context model that codes the max-error residual
+of the levels it calibrated, in place of residual.py's per-bucket tables (and residual_context.py's).
+
+Two kinds, chosen at calibration by the data:
+
+- ``colour-wavefront`` (residual_colour.py): 2-D images (C, H, W) of two or more channels, and
+  single-channel ones without an exact narrow prediction. Codes one base channel against the
+  model and the others as colour differences predicted from decoded neighbours, along
+  anti-diagonals. Its table choices never depend on the prediction, so float bundles may use it.
+- ``prediction-value`` (residual_value.py): samples with an exact integer prediction (exact.npz)
+  and a raw range of at most VALUE_MAX_RANGE values that are not colour images, e.g. MNIST
+  digits: a table per prediction value and slope class, all known before decoding, one coder call.
+
+Both expose ``covers(D)``, ``write(enc, model, x_raw, raw_float, D)`` and
+``read(dec, model, raw_float, D)`` as residual_context.py does; a max error they do not cover
+(a custom one) codes with residual.py's tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import BundleError, InputError
+from .residual import ResidualModel
+from .residual_colour import KIND as COLOUR_KIND
+from .residual_colour import ResidualColourContext
+from .residual_value import KIND as VALUE_KIND
+from .residual_value import ResidualValueContext
+
+AnyResidualCoding = ResidualColourContext | ResidualValueContext
+# prediction-value tables: one per value and slope class, so only for narrow raw ranges (8-bit: 256
+# values x 5 classes; an 11-bit ECG count would ask for 10,240 tables per level)
+VALUE_MAX_RANGE = 1024
+
+
+def residual_coding_from_json(obj: Any, where: str = "entropy.json") -> AnyResidualCoding:
+    kind = obj.get("kind") if isinstance(obj, dict) else None
+    if kind == COLOUR_KIND:
+        return ResidualColourContext.from_json_obj(obj, where)
+    if kind == VALUE_KIND:
+        return ResidualValueContext.from_json_obj(obj, where)
+    raise BundleError(f"{where}: unknown residual coding kind {kind!r} (this latentwire knows {COLOUR_KIND!r} and "
+                      f"{VALUE_KIND!r}): upgrade latentwire or re-run calibration")
+
+
+def residual_coding_kind(sample_shape: Sequence[int | None], exact: bool, model: ResidualModel) -> str | None:
+    """The kind calibration fits for these samples, or None (the older tables stay): colour images
+    take the colour kind, single-channel ones too unless their prediction is exact and narrow
+    (MNIST digits: the prediction's value is what their residual depends on)."""
+    by_value = exact and model.spec.raw_max - model.spec.raw_min + 1 <= VALUE_MAX_RANGE
+    if len(sample_shape) == 3 and (int(sample_shape[0] or 0) >= 2 or not by_value):
+        return COLOUR_KIND
+    return VALUE_KIND if by_value else None
+
+
+def fit_residual_coding(kind: str, model: ResidualModel, x_raw: np.ndarray, raw_float: np.ndarray,
+                        max_errors: Sequence[int]) -> AnyResidualCoding:
+    """Count the calibration residuals for every max error in max_errors (residual_coding_kind's kind)."""
+    if kind == COLOUR_KIND:
+        return ResidualColourContext.fit(model, x_raw, raw_float, max_errors)
+    if kind == VALUE_KIND:
+        return ResidualValueContext.fit(model, x_raw, raw_float, max_errors)
+    raise BundleError(f"unknown residual coding kind {kind!r}")
+
+
+def fit_calibrated(model: ResidualModel | None, x_raw: np.ndarray, raw_float: np.ndarray,
+                   max_errors: Sequence[int | None], *, exact: bool, enabled: bool | None = None,
+                   extra_max_errors: Sequence[int] = ()) -> AnyResidualCoding | None:
+    """What calibration stores for the ladder's max errors (None entries: latent-only levels) plus
+    extra_max_errors (custom ones worth tables): None when disabled (enabled False), without a
+    residual model or max errors, or (enabled None) for samples neither kind fits."""
+    ds = sorted({int(e) for e in [*max_errors, *extra_max_errors] if e is not None})
+    if model is None or enabled is False or not ds:
+        return None
+    kind = residual_coding_kind(tuple(x_raw.shape[1:]), exact, model)
+    if kind is None:
+        if enabled:
+            raise InputError(f"residual coding fits images (C, H, W), or samples with an exact prediction and a raw "
+                             f"range of at most {VALUE_MAX_RANGE} values; these are {tuple(x_raw.shape[1:])}")
+        return None
+    return fit_residual_coding(kind, model, x_raw, raw_float, ds)
