@@ -117,6 +117,10 @@ class Codec:
         prediction (as float32, which rint and clip leave unchanged) or the float decoder's output."""
         if self.exact is None:
             return self._decode_symbols(self.latent_values(symbols, grid), sample_shape)
+        if self.exact.layout == "channels_first_2d":  # a photo network takes the reference level's symbols
+            if grid != self.reference_grid or not isinstance(symbols, np.ndarray):
+                raise InputError("this bundle's exact network predicts from its reference level's symbols only")
+            return self.exact.predict_frames(symbols, tuple(sample_shape)).astype(np.float32)
         return self.exact.predict_frames(self.latent_values(symbols, grid), tuple(sample_shape)).astype(np.float32)
 
     @cached_property

@@ -48,10 +48,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError, InputError
+from .exact_gdn import Igdn
 from .exact_layers import (
     FLOAT64_EXACT,
     INT64_SAFE,
-    KINDS,
     LAYOUT_OF,
     MAX_TABLE,
     WEIGHTED,
@@ -61,7 +61,6 @@ from .exact_layers import (
     Dense,
     Dilate,
     Dilate2d,
-    Layer,
     Lookup,
     Requant,
     Save,
@@ -69,15 +68,19 @@ from .exact_layers import (
     Weighted,
     rounding_shift,
 )
+from .exact_layers import KINDS as _BASE_KINDS
+from .exact_layers import Layer as _BaseLayer
 
 __all__ = ["CONV_CHUNK", "EXACT_VERSION", "FLOAT64_EXACT", "INT64_SAFE", "LAYOUTS", "MAP_PASS_VALUES", "MAX_TABLE",
-           "Add", "Conv1d", "Conv2d", "Dense", "Dilate", "Dilate2d", "IntegerNetwork", "Layer", "Lookup", "Requant",
-           "Save", "read_npz", "rounding_shift", "write_npz"]
+           "Add", "Conv1d", "Conv2d", "Dense", "Dilate", "Dilate2d", "Igdn", "IntegerNetwork", "Layer", "Lookup",
+           "Requant", "Save", "read_npz", "rounding_shift", "write_npz"]
 
 EXACT_VERSION = 1
 LAYOUTS = ("flat", "channels_first", "channels_first_2d")
 CONV_CHUNK = 32  # frames per pass of a channels_first network (ECG: ~70 MB of float64 activations)
 MAP_PASS_VALUES = 1 << 24  # a 2-D pass takes as many images as keep its largest activation under this
+Layer = _BaseLayer | Igdn
+KINDS: dict[str, type] = {**_BASE_KINDS, Igdn.OP: Igdn}
 
 
 def _integers(x: np.ndarray) -> np.ndarray:
@@ -236,6 +239,8 @@ class IntegerNetwork:
         """A batch of latent values as the decoder takes them (N, *latent_shape) -> the prediction
         (N, *sample_shape) int32: what a residual is taken against."""
         v = np.asarray(latent_values)
+        if self.layout == "channels_first_2d":
+            return self.predict_maps(v, (int(sample_shape[1]), int(sample_shape[2]))).astype(np.int32)
         if self.layout == "flat":
             return self.predict(v.reshape(v.shape[0], -1)).reshape(v.shape[0], *sample_shape)
         return self.predict(v, int(sample_shape[-1]))

@@ -46,6 +46,7 @@ from ..runtime import Decoder, Encoder
 MULTIPLIER_BITS = 24
 DEFAULT_WEIGHT_BITS = 16
 DEFAULT_ACT_BITS = 16
+DEFAULT_HOLDOUT = 5000
 RANGE_MARGIN = 1.25  # default: activation grids reach this far past the largest calibration pre-activation
 INPUT_LIMIT = 1 << 15  # latents are clipped to +-this (far beyond any coded symbol)
 
@@ -283,8 +284,8 @@ def measure(bundle: Bundle, net: IntegerNetwork, raw: np.ndarray, latents: np.nd
                      psnr_db(raw, flt, peak), psnr_db(raw, ex, peak))
 
 
-def quantize_exact(bundle_dir: str | Path, raw: np.ndarray, weight_bits: int = DEFAULT_WEIGHT_BITS,
-                   act_bits: int = DEFAULT_ACT_BITS, holdout: int = 5000, threads: int | None = None,
+def quantize_exact(bundle_dir: str | Path, raw: np.ndarray, weight_bits: int | None = None,
+                   act_bits: int | None = None, holdout: int | None = None, threads: int | None = None,
                    command: str | None = None, write: bool = True,
                    range_samples: int | None = None,
                    margin: float = RANGE_MARGIN) -> tuple[IntegerNetwork, Agreement]:
@@ -298,6 +299,22 @@ def quantize_exact(bundle_dir: str | Path, raw: np.ndarray, weight_bits: int = D
     bundle = Bundle.load(d)
     m = bundle.manifest
     norm = m.normalization
+    if m.spatial_dims == 2:  # photos: quantize_exact2d.py (weight and activation bits default there)
+        from .quantize_exact2d import DEFAULT_ACT_BITS as DEFAULT_ACT_BITS_2D
+        from .quantize_exact2d import DEFAULT_WEIGHT_BITS as DEFAULT_WEIGHT_BITS_2D
+        from .quantize_exact2d import HOLDOUT as HOLDOUT_2D
+        from .quantize_exact2d import quantize_exact_2d
+
+        net2, block = quantize_exact_2d(d, raw, weight_bits=weight_bits or DEFAULT_WEIGHT_BITS_2D,
+                                        act_bits=act_bits or DEFAULT_ACT_BITS_2D, holdout=holdout or HOLDOUT_2D,
+                                        threads=threads, margin=margin)
+        if write:
+            _store(d, net2, {**block, "max_partial_sum_log2": round(math.log2(max(net2.max_partial_sum, 1)), 2)},  # type: ignore[attr-defined]
+                   command, t0)
+        return net2, Agreement(**block["agreement"])  # type: ignore[arg-type]
+    weight_bits = weight_bits or DEFAULT_WEIGHT_BITS
+    act_bits = act_bits or DEFAULT_ACT_BITS
+    holdout = holdout or DEFAULT_HOLDOUT
     if m.spatial_dims > 1 or m.latent_levels or not norm.is_integer:
         raise InputError("the exact path quantizes dense and 1-D conv decoders of fixed-rate bundles with integer "
                          "raw samples")
@@ -312,19 +329,22 @@ def quantize_exact(bundle_dir: str | Path, raw: np.ndarray, weight_bits: int = D
                         norm.offset, int(norm.raw_min), int(norm.raw_max), weight_bits, act_bits, margin)
     agreement = measure(bundle, net, raw[-holdout:], held, threads)
     if write:
-        (d / EXACT).write_bytes(net.to_bytes())
-        manifest = read_manifest(d)
-        manifest["exact"] = {
-            "file": EXACT, "weight_bits": weight_bits, "act_bits": act_bits, "range_samples": len(fit),
-            "range_margin": margin,
-            "max_partial_sum_log2": round(math.log2(max(net.max_partial_sum, 1)), 2),  # type: ignore[attr-defined]
-            "agreement": agreement.to_dict(),
-            "command": command if command is not None else shlex.join(["latentwire", *sys.argv[1:]]),
-            "seconds": round(time.perf_counter() - t0, 2),
-        }
-        write_manifest(d, manifest)
-        finalize(d)
+        _store(d, net, {"weight_bits": weight_bits, "act_bits": act_bits, "range_samples": len(fit),
+                        "range_margin": margin,
+                        "max_partial_sum_log2": round(math.log2(max(net.max_partial_sum, 1)), 2),  # type: ignore[attr-defined]
+                        "agreement": agreement.to_dict()}, command, t0)
     return net, agreement
+
+
+def _store(d: Path, net: IntegerNetwork, block: dict[str, Any], command: str | None, t0: float) -> None:
+    """exact.npz and the manifest's `exact` block (the model id then covers the network)."""
+    (d / EXACT).write_bytes(net.to_bytes())
+    manifest = read_manifest(d)
+    manifest["exact"] = {"file": EXACT, **block,
+                         "command": command if command is not None else shlex.join(["latentwire", *sys.argv[1:]]),
+                         "seconds": round(time.perf_counter() - t0, 2)}
+    write_manifest(d, manifest)
+    finalize(d)
 
 
 def add_parser(subparsers: Any, name: str = "quantize-exact") -> argparse.ArgumentParser:
@@ -334,9 +354,11 @@ def add_parser(subparsers: Any, name: str = "quantize-exact") -> argparse.Argume
     p.add_argument("bundle", type=Path, help="a bundle directory (changed in place; recalibrate it afterwards)")
     p.add_argument("--data", required=True, help="raw samples like the training data (any source latentwire reads)")
     p.add_argument("--source-option", action="append", type=source_option, default=[], metavar="KEY=VALUE")
-    p.add_argument("--weight-bits", type=int, default=DEFAULT_WEIGHT_BITS)
-    p.add_argument("--act-bits", type=int, default=DEFAULT_ACT_BITS)
-    p.add_argument("--holdout", type=int, default=5000, help="the last this many samples measure the agreement")
+    p.add_argument("--weight-bits", type=int, default=None,
+                   help=f"default {DEFAULT_WEIGHT_BITS} (photos: quantize_exact2d.py's default)")
+    p.add_argument("--act-bits", type=int, default=None, help=f"default {DEFAULT_ACT_BITS} (photos: as above)")
+    p.add_argument("--holdout", type=int, default=None,
+                   help=f"the last this many samples measure the agreement (default {DEFAULT_HOLDOUT}; photos 8)")
     p.add_argument("--range-margin", type=float, default=RANGE_MARGIN,
                    help="activation grids span this multiple of the largest pre-activation seen (wider: rarer "
                         "clipping on unseen data, coarser grid)")
