@@ -3,6 +3,7 @@
     python -m benchmarks.train_bundles train  [ecg|bsds ...]   # latentwire train (CPU, niced, 1 thread)
     python -m benchmarks.train_bundles ship   [ecg|bsds ...]   # export + calibrate into codec/assets/
     python -m benchmarks.train_bundles calibrate [ecg|bsds ...] # re-calibrate the shipped bundle in place
+    python -m benchmarks.train_bundles exact bsds              # its exact integer decoder (then calibrate)
     python -m benchmarks.train_bundles eval   [ecg|bsds ...]   # held-out figures -> benchmarks/results/
     python -m benchmarks.train_bundles sample                  # codec/assets/ecg_heldout_sample.npz
 
@@ -116,6 +117,8 @@ BUNDLES: dict[str, dict[str, Any]] = {
         "calibrate_threads": 2,  # onnxruntime threads: ship runs after training, on an otherwise idle machine
         # custom max errors with context-coded tables too (issue 24: max error 1 is measured against JPEG-LS NEAR=1)
         "residual_max_errors": (1,),
+        # residual levels predict from an exact integer copy of the decoder (issue 24 part 1)
+        "exact": True,
     },
     "bsds-hyper": {
         # issue 23: the shipped factorized-prior network (bsds-gdn2d) warm-started into a mean-scale hyperprior
@@ -235,6 +238,8 @@ def cmd_ship(keys: Sequence[str]) -> None:
             extra["seconds_total"] = round(sum(st["seconds"] for st in stages), 2)
         out = ASSETS / spec["asset"]
         export(run, out, name=spec["name"], training=extra, command=_command())
+        if spec.get("exact"):
+            cmd_exact([key])
         _calibrate(key, out)
 
 
@@ -426,6 +431,17 @@ def cmd_sample() -> None:
     print(f"wrote {ASSETS / 'ecg_heldout_sample.npz'}: {s.samples[take].shape}")
 
 
+def cmd_exact(keys: Sequence[str]) -> None:
+    """The shipped bundle's exact integer decoder (every residual level predicts from it), built on
+    the training-side calibration crops; recalibrate afterwards, the residual tables follow it."""
+    from latentwire.codec.training.quantize_exact import quantize_exact
+
+    for key in keys:
+        _, agreement = quantize_exact(ASSETS / BUNDLES[key]["asset"], calibration_samples(key),
+                                      threads=BUNDLES[key].get("calibrate_threads", 1), command=_command())
+        print(f"{key}: exact network, agreement with the float graph {agreement.to_dict()}")
+
+
 def cmd_calibrate(keys: Sequence[str]) -> None:
     """New tables for the shipped graphs (e.g. after a coding change): same export, same ladder,
     same training-side samples; the model id changes with the tables."""
@@ -436,7 +452,7 @@ def cmd_calibrate(keys: Sequence[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_bundles", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["train", "ship", "calibrate", "eval", "sample"])
+    p.add_argument("stage", choices=["train", "ship", "exact", "calibrate", "eval", "sample"])
     p.add_argument("which", nargs="*", help="ecg, bsds and/or bsds-hyper (default: ecg and bsds)")
     p.add_argument("--limit", type=int, default=0, help="eval bsds: first N test photos only (0: all 200)")
     args = p.parse_args(argv)
@@ -448,6 +464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd_train(keys)
     elif args.stage == "ship":
         cmd_ship(keys)
+    elif args.stage == "exact":
+        cmd_exact(keys)
     elif args.stage == "calibrate":
         cmd_calibrate(keys)
     elif args.stage == "eval":
