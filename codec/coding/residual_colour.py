@@ -27,6 +27,9 @@ Class = #{edges <= a}; edges are quantiles fitted at calibration per max error, 
 and w are chosen there per max error by the bytes they cost (w = 0 and ``median`` at D = 0,
 ``average`` with some of the model as D grows: BSDS500 validation, D = 4: 3.2 -> 2.4 bits).
 
+Classical frames (``base`` BASE_MED, the ``classic`` tables; residual_classic.py): the same walk
+with p_b replaced by MED of the base's decoded neighbours and w = 0, so no model is involved.
+
 Float decoders (no exact network): every table choice is a function of decoded q, never of p (with
 w = 0 the colour differences are too: u_b cancels). A receiver whose prediction is one unit off at
 a sample therefore never desyncs and no bucket grid or shift is coded. With w = 0 that sample is
