@@ -4,6 +4,7 @@
     python -m benchmarks.train_bundles ship   [ecg|bsds ...]   # export + calibrate into codec/assets/
     python -m benchmarks.train_bundles calibrate [ecg|bsds ...] # re-calibrate the shipped bundle in place
     python -m benchmarks.train_bundles exact bsds              # its exact integer decoder (then calibrate)
+    python -m benchmarks.train_bundles classic [bsds]           # add classical residual tables, nothing else
     python -m benchmarks.train_bundles eval   [ecg|bsds ...]   # held-out figures -> benchmarks/results/
     python -m benchmarks.train_bundles sample                  # codec/assets/ecg_heldout_sample.npz
 
@@ -449,10 +450,40 @@ def cmd_calibrate(keys: Sequence[str]) -> None:
         _calibrate(key, ASSETS / BUNDLES[key]["asset"])
 
 
+def cmd_classic(keys: Sequence[str]) -> None:
+    """Fit the classical residual tables (codec/coding/residual_classic.py) into a shipped bundle whose
+    colour-wavefront residual_coding lacks them, on the samples calibrate uses, and nothing else:
+    they involve no model, so this is what `calibrate` would add, while every latent level and every
+    latent-mode table keep their bytes (only the model id changes, with entropy.json)."""
+    import dataclasses
+
+    from latentwire.codec.bundle import finalize, read_manifest, write_manifest
+    from latentwire.codec.coding.payload import CodingTables
+    from latentwire.codec.coding.residual_coding import with_classic
+    from latentwire.codec.coding.residual_colour import ResidualColourContext
+
+    for key in keys:
+        out = ASSETS / BUNDLES[key]["asset"]
+        tables = CodingTables.load(out)
+        coding = tables.residual_coding
+        if not isinstance(coding, ResidualColourContext) or tables.residual is None:
+            raise SystemExit(f"{key}: no colour-wavefront residual_coding to add classical tables to")
+        t0 = time.perf_counter()
+        x = calibration_samples(key)
+        coding = with_classic(coding, tables.residual, x, np.broadcast_to(np.float32(0), x.shape))
+        (out / "entropy.json").write_bytes(dataclasses.replace(tables, residual_coding=coding).dumps())
+        m = read_manifest(out)
+        m.setdefault("metrics", {}).setdefault("calibration", {})["classic"] = {
+            "command": _command(), "seconds": round(time.perf_counter() - t0, 1)}
+        write_manifest(out, m)
+        print(f"{key}: classical tables for max errors {[lv.max_error for lv in coding.levels]}, model id "
+              f"{finalize(out)[:12]}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_bundles", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["train", "ship", "exact", "calibrate", "eval", "sample"])
+    p.add_argument("stage", choices=["train", "ship", "exact", "calibrate", "classic", "eval", "sample"])
     p.add_argument("which", nargs="*", help="ecg, bsds and/or bsds-hyper (default: ecg and bsds)")
     p.add_argument("--limit", type=int, default=0, help="eval bsds: first N test photos only (0: all 200)")
     args = p.parse_args(argv)
@@ -468,6 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd_exact(keys)
     elif args.stage == "calibrate":
         cmd_calibrate(keys)
+    elif args.stage == "classic":
+        cmd_classic(keys)
     elif args.stage == "eval":
         cmd_eval(keys, args.limit)
     else:

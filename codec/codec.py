@@ -34,6 +34,7 @@ from .coding.transform_mode import CHOICES
 from .errors import BitstreamError, InputError, ReconstructionMismatch
 from .frame import FramePath
 from .raw_input import check_raw_samples
+from .residual_levels import RESIDUAL_CHOICES, encode_residual_packet
 from .runtime import Decoder, Encoder
 from .transform_levels import decode_transform, encode_transform_packet
 
@@ -182,7 +183,7 @@ class Codec:
     # ---------------------------------------------------------------- encode / decode
     def encode(
         self, raw: np.ndarray, quality: int | None = None, max_error: int | None = None, recon_crc: bool = True,
-        target_prdn: float | None = None, transform_mode: str = "auto",
+        target_prdn: float | None = None, transform_mode: str = "auto", residual_mode: str = "auto",
     ) -> bytes:
         """N raw samples -> ONE packet, all frames coded jointly (a packet of one is the compact mode).
 
@@ -193,13 +194,17 @@ class Codec:
         latent part is quality's (default: the first level with a transform residual).
         transform_mode (transform levels): "auto" sends each window with its latent or, where that
         costs more, the transform of the window alone (coding/transform_mode.py); "latent" or
-        "alone" sends every window so.
+        "alone" sends every window so. residual_mode (max-error levels of a bundle with classical
+        residual tables): "auto" sends each frame with its latent or classically, whichever codes
+        smaller (residual_levels.py); "latent" or "classic" sends every frame so.
         """
         if transform_mode != "auto" and (transform_mode not in CHOICES or max_error is not None or (
                 target_prdn is None and self.qualities[self._level(quality, None)[0]].transform_step is None)):
             raise InputError(f"transform_mode {transform_mode!r}: one of {CHOICES}, and other than 'auto' only at a "
                              "transform level (or with target_prdn)")
-        if max_error is None and target_prdn is None:
+        if residual_mode not in RESIDUAL_CHOICES:
+            raise InputError(f"residual_mode must be one of {RESIDUAL_CHOICES}, got {residual_mode!r}")
+        if max_error is None and target_prdn is None and residual_mode == "auto":
             fast = self.frames.encode(raw, self.default_quality if quality is None else quality)
             if fast is not None:
                 return fast
@@ -212,7 +217,8 @@ class Codec:
             quality = self._transform_level(quality)
         q, bound, grid = self._level(quality, max_error)
         y = self._encode_model(self.normalization.to_model(raw))
-        return self._packet(raw, y, q, bound, grid, recon_crc, target_prdn=target_prdn, transform_mode=transform_mode)
+        return self._packet(raw, y, q, bound, grid, recon_crc, target_prdn=target_prdn, transform_mode=transform_mode,
+                            residual_mode=residual_mode)
 
     def _transform_level(self, quality: int | None) -> int:
         levels = [lv.index for lv in self.qualities if lv.transform_step is not None]
@@ -228,6 +234,7 @@ class Codec:
     def _packet(
         self, raw: np.ndarray, y: np.ndarray | HyperInput, q: int, bound: int | None, grid: LatentGrid, recon_crc: bool,
         reference_raw_float: np.ndarray | None = None, target_prdn: float | None = None, transform_mode: str = "auto",
+        residual_mode: str = "auto",
     ) -> bytes:
         """Validated raw frames and their continuous latents -> one packet at level (q, bound, grid).
 
@@ -242,29 +249,16 @@ class Codec:
                          else self._decode_symbols(self.latent_values(symbols, grid), raw.shape[1:]))
             return encode_transform_packet(self, raw, symbols, raw_float, q, grid, step, recon_crc, target_prdn,
                                            transform_mode)
-        if bound is None:
-            payload, info = encode_payload(self.tables, symbols, self.manifest.channel_axis, latent_step=grid.step,
-                                           latent_level=grid.level, hyper=self.hyper)
-        else:
+        if bound is not None:
             if grid == self.reference_grid and reference_raw_float is not None and self.exact is None:
                 raw_float = reference_raw_float
             else:
                 raw_float = self._residual_prediction(symbols, grid, raw.shape[1:])
-            payload, info = encode_payload(
-                self.tables, symbols, self.manifest.channel_axis, x_raw=raw, raw_float=raw_float, max_error=bound,
-                latent_step=grid.step, latent_level=grid.level, hyper=self.hyper,
-            )
-        return bitstream.write_packet(
-            model_id=self.model_id,
-            quality=q,
-            sample_shape=tuple(int(d) for d in raw.shape[1:]),
-            count=int(raw.shape[0]),
-            payload=payload,
-            max_error=bound if q == CUSTOM_QUALITY else None,
-            residual=bound is not None,
-            recon_crc=info.crc if (info is not None and recon_crc) else None,
-            exact=bound is not None and self.exact is not None,
-        )
+            return encode_residual_packet(self, raw, symbols, raw_float, q, bound, grid, recon_crc, residual_mode)
+        payload, _ = encode_payload(self.tables, symbols, self.manifest.channel_axis, latent_step=grid.step,
+                                    latent_level=grid.level, hyper=self.hyper)
+        return bitstream.write_packet(model_id=self.model_id, quality=q, count=int(raw.shape[0]), payload=payload,
+                                      sample_shape=tuple(int(d) for d in raw.shape[1:]))
 
     def encode_frames(self, raw: np.ndarray, quality: int | None = None, max_error: int | None = None) -> list[bytes]:
         """One packet per sample (compact per-frame mode): each frame decodable on its own."""
@@ -444,10 +438,11 @@ class Codec:
                 out[i] = decompress_raw(payload, self.raw_dtype, h.count, h.sample_shape)
                 continue
             readers[i] = r = PayloadReader(payload, self.tables)
-            modes[i] = m = r.modes(h.count) if h.has_modes else None  # then only these frames' latents
+            # then only these frames' latents
+            modes[i] = m = r.modes(h.count, residual=h.has_residual) if h.has_modes else None
             n = h.count if m is None else int((m == MODE_LATENT).sum())
-            if n == 0:  # every window came without its latent: nothing for decoder.onnx
-                out[i] = self._finish(r, h, None, np.zeros((0, *h.sample_shape)), m)
+            if n == 0:  # every frame came without its latent: nothing for decoder.onnx
+                out[i] = self._finish(r, h, parsed[i][2], np.zeros((0, *h.sample_shape)), m)
                 continue
             symbols: np.ndarray | HyperLatents
             if self.hyper is not None:
@@ -456,7 +451,7 @@ class Codec:
                 symbols = r.latents(n, self._latent_shape(h.sample_shape), self.manifest.channel_axis, grid.step,
                                     grid.level)
             if h.has_exact:  # the exact prediction: no decoder.onnx for this packet
-                out[i] = self._finish(r, h, parsed[i][2], self._residual_prediction(symbols, grid, h.sample_shape))
+                out[i] = self._finish(r, h, parsed[i][2], self._residual_prediction(symbols, grid, h.sample_shape), m)
                 continue
             latents[i] = self.latent_values(symbols, grid)
             groups.setdefault(h.sample_shape, []).append(i)
@@ -480,7 +475,7 @@ class Codec:
         elif bound is None:
             return self._round_raw(raw_float)
         else:
-            recon = reader.residual(raw_float, bound)
+            recon = reader.residual(raw_float, bound, modes, tuple(header.sample_shape))
         if header.recon_crc is not None and reconstruction_crc(recon) != header.recon_crc:
             raise ReconstructionMismatch(
                 "the decoded samples differ from what the sender reconstructed (CRC mismatch): this "

@@ -271,11 +271,20 @@ def bsds_jobs(args: argparse.Namespace, codec: Codec, meta: dict[str, Any]) -> l
                     "psnr": "mean of per-image PSNR", "bpp": "mean of per-image bits per pixel",
                     "channels": channels}
 
+    classic: dict[tuple[int | None, int | None], int] = {}  # per level: photos sent classically (no latent)
+
     def lw(q: int | None, e: int | None) -> Callable[[np.ndarray], tuple[int, np.ndarray]]:
         def rt(img: np.ndarray) -> tuple[int, np.ndarray]:
             packet = codec.encode(img[None], quality=q, max_error=e)
+            h = codec.header(packet)  # one frame: modes are signalled only when it went classically
+            classic[(q, e)] = classic.get((q, e), 0) + int(h.has_residual and h.has_modes)
             return len(packet), codec.decode(packet)[0]
         return rt
+
+    def share(point: Point, q: int | None, e: int | None) -> list[Point]:
+        if point.max_error is not None:
+            point.alone_share = classic.get((q, e), 0) / len(images)
+        return [point]
 
     def pil(fmt: str, q: int | None) -> Callable[[np.ndarray], tuple[int, np.ndarray]]:
         return lambda img: baselines.image_roundtrip(img, fmt, q)
@@ -283,12 +292,13 @@ def bsds_jobs(args: argparse.Namespace, codec: Codec, meta: dict[str, Any]) -> l
     jobs = []
     for q in measured_levels(codec, args.levels):
         name = level_name(q)
-        jobs.append(Job(f"latentwire {q.name}", lambda q=q, name=name: [_image_point(
-            "latentwire", name, images, lw(q.index, None), mode="frame", quality=q.index, max_error=q.max_error)], 3))
+        jobs.append(Job(f"latentwire {q.name}", lambda q=q, name=name: share(_image_point(
+            "latentwire", name, images, lw(q.index, None), mode="frame", quality=q.index, max_error=q.max_error),
+            q.index, None), 3))
     if codec.tables.residual is not None:
         for e in latentwire_bounds(codec, args.max_errors, args.near, args.levels):
-            jobs.append(Job(f"latentwire max_error={e}", lambda e=e: [_image_point(
-                "latentwire", f"max_error={e}", images, lw(None, e), mode="frame", max_error=e)], 3))
+            jobs.append(Job(f"latentwire max_error={e}", lambda e=e: share(_image_point(
+                "latentwire", f"max_error={e}", images, lw(None, e), mode="frame", max_error=e), None, e), 3))
     for fmt, qs in (("webp", _webp_qualities(args)), ("jpeg", args.jpeg_qualities)):
         jobs += [Job(f"{fmt} q={q}", lambda fmt=fmt, q=q: [_image_point(fmt, f"q={q}", images, pil(fmt, q))], 2)
                  for q in qs]

@@ -57,7 +57,9 @@ class Point:
     seconds: float | None = None
     encode_seconds: float | None = None  # latentwire: of ``seconds``, in Codec.encode / Codec.decode
     decode_seconds: float | None = None
-    alone_share: float | None = None  # latentwire transform levels: windows sent without their latent
+    # latentwire transform levels: windows sent without their latent; photo max-error levels: photos sent
+    # classically (no latent, codec/coding/residual_classic.py)
+    alone_share: float | None = None
 
     @property
     def lossless(self) -> bool:

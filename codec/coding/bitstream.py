@@ -33,7 +33,9 @@ FLAG_RECON_CRC = 0x02  # a CRC32 of the sender's reconstruction follows the fram
 FLAG_LOSSLESS = 0x04  # lossless fallback: the payload is zstd of the raw frames, no latents (codec/fallback.py)
 FLAG_TRANSFORM = 0x08  # the payload continues with the transform residual (codec/coding/transform.py)
 FLAG_EXACT = 0x10  # the residual was taken against the bundle's exact integer prediction (codec/coding/exact.py)
-FLAG_MODES = 0x20  # per-window modes: some frames carry the transform of the raw window alone, no latent
+# per-frame modes, only with FLAG_TRANSFORM (some windows carry the transform of the raw window alone) or
+# FLAG_RESIDUAL (some frames carry the classical residual, no latent: coding/residual_modes.py)
+FLAG_MODES = 0x20
 KNOWN_FLAGS = FLAG_RESIDUAL | FLAG_RECON_CRC | FLAG_LOSSLESS | FLAG_TRANSFORM | FLAG_EXACT | FLAG_MODES
 # A compact stream frame (codec/coding/compact.py) starts with 0b110xxxxx; "LW" starts with 0x4C
 COMPACT_MARKER_MASK = 0xE0
@@ -95,7 +97,8 @@ class PacketHeader:
 
     @property
     def has_modes(self) -> bool:
-        """The payload starts with per-window modes (a transform packet whose frames do not all send the latent)."""
+        """The payload starts with per-frame modes (a transform or residual packet whose frames do not all send
+        the latent)."""
         return bool(self.flags & FLAG_MODES)
 
     @property
@@ -192,7 +195,7 @@ def write_packet(
     lossless: a fallback packet (FLAG_LOSSLESS); quality must be 0, no residual, no recon CRC.
     transform: the payload holds the transform residual (FLAG_TRANSFORM), never with the max-error one.
     exact: the max-error residual was taken against the exact integer prediction (FLAG_EXACT).
-    modes: the transform payload starts with per-window modes (FLAG_MODES); only with transform.
+    modes: the payload starts with per-frame modes (FLAG_MODES); only with transform or residual.
     """
     prefix = model_id_prefix(model_id)
     q = int(quality)
@@ -202,8 +205,9 @@ def write_packet(
         raise InputError("a packet carries the transform residual or the max-error residual, not both")
     if exact and not residual:
         raise InputError("the exact flag says what a max-error residual was taken against: pass residual=True")
-    if modes and not transform:
-        raise InputError("per-window modes choose how the transform residual is coded: pass transform=True")
+    if modes and not (transform or residual):
+        raise InputError("per-frame modes choose how a transform or max-error residual is coded: pass transform=True "
+                         "or residual=True")
     if q == CUSTOM_QUALITY:
         if max_error is None or not 0 <= int(max_error) <= MAX_MAX_ERROR:
             raise InputError(f"custom quality needs max_error in 0..{MAX_MAX_ERROR}, got {max_error!r}")
@@ -320,8 +324,9 @@ def read_packet(
         raise BitstreamError(f"flags 0x{flags:02x} combine the transform and the max-error residuals: corrupt packet")
     if flags & FLAG_EXACT and not flags & FLAG_RESIDUAL:
         raise BitstreamError(f"flags 0x{flags:02x} set the exact-prediction flag without a residual: corrupt packet")
-    if flags & FLAG_MODES and not flags & FLAG_TRANSFORM:
-        raise BitstreamError(f"flags 0x{flags:02x} set per-window modes without the transform residual: corrupt packet")
+    if flags & FLAG_MODES and not flags & (FLAG_TRANSFORM | FLAG_RESIDUAL):
+        raise BitstreamError(f"flags 0x{flags:02x} set per-frame modes without a transform or max-error residual: "
+                             "corrupt packet")
     _need(buf, pos, MODEL_PREFIX_BYTES, "model id")
     prefix = bytes(buf[pos : pos + MODEL_PREFIX_BYTES])
     pos += MODEL_PREFIX_BYTES

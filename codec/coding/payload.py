@@ -7,8 +7,9 @@ packet has the residual layer - every frame's bucket-grid shift and every frame'
 (see residual.py), the transform residual (transform.py), or, for a max error entropy.json's
 residual_coding covers, that section's context-coded residuals (residual_coding.py). A transform
 packet with per-window modes starts with them, and only the frames that send their latent have
-latent symbols. Everything shares one range-coder stream, so a packet of N frames pays the coder's
-~1 byte of flush once, not N times.
+latent symbols; so does a max-error packet whose frames choose their mode (residual_modes.py:
+then the residual of the latent frames, then that of the classical ones). Everything shares one
+range-coder stream, so a packet of N frames pays the coder's ~1 byte of flush once, not N times.
 The receiver must run decoder.onnx between the two parts: ``PayloadReader`` reads them in turn.
 """
 
@@ -32,6 +33,7 @@ from .quantize import channel_index
 from .residual import ResidualEncoding, ResidualModel
 from .residual_coding import AnyResidualCoding, residual_coding_from_json
 from .residual_context import ResidualContext
+from .residual_modes import check_modes, classic_coding, read_modes, read_residual, write_modes, write_residual
 from .tables import TableSet
 from .transform import MODE_ALONE, MODE_LATENT, MODE_TABLES, TransformResidual
 
@@ -305,7 +307,8 @@ def encode_payload(
     transform: (quantized coefficients (N, C, L), per-frame step indices (N,)) of the transform
     residual (transform.py), coded after the latents; never with max_error.
     modes: (N,) per-window modes of a transform packet (FLAG_MODES): coded first, then the latents
-    of the MODE_LATENT frames only (symbols of the others are left out), then the transform.
+    of the MODE_LATENT frames only (symbols of the others are left out), then the transform; or,
+    with max_error and no transform, per-frame modes of a residual packet (residual_modes.py).
     A hyperprior bundle passes its HyperLatents as symbols and its latent stage as ``hyper``."""
     enc = StreamEncoder()
     if isinstance(symbols, HyperLatents):
@@ -317,12 +320,11 @@ def encode_payload(
     if s.ndim < 2:
         raise InputError(f"symbols must be (N, *latent_shape), got shape {s.shape}")
     if modes is not None:
-        if transform is None:
-            raise InputError("per-window modes choose how the transform residual is coded: pass transform too")
-        m = np.asarray(modes)
-        if m.shape != (len(s),) or not np.isin(m, (MODE_LATENT, MODE_ALONE)).all():
-            raise InputError(f"modes must be {len(s)} values, each MODE_LATENT or MODE_ALONE")
-        enc.encode_grouped([(0, m.astype(np.int32))], MODE_TABLES)
+        if transform is None and (max_error is None or classic_coding(tables.residual_coding, max_error) is None):
+            raise InputError("per-frame modes choose how the transform residual, or a max-error residual the bundle "
+                             "has classical tables for, is coded")
+        m = check_modes(modes, len(s))
+        write_modes(enc, m)
         s = s[m == MODE_LATENT]
     if len(s):
         _write_latents(enc, tables, s, channel_axis, latent_step, latent_level)
@@ -346,7 +348,9 @@ def _encode_residuals(enc: StreamEncoder, tables: CodingTables, x_raw: np.ndarra
             raise InputError("this bundle has no residual model (non-integer raw data): only latent-only quality")
         if x_raw is None or raw_float is None:
             raise InputError("the residual layer needs x_raw and the decoder output raw_float")
-        if tables.residual_coding is not None and tables.residual_coding.covers(max_error):
+        if modes is not None:
+            info = write_residual(enc, tables.residual_coding, tables.residual, x_raw, raw_float, max_error, modes)
+        elif tables.residual_coding is not None and tables.residual_coding.covers(max_error):
             info = tables.residual_coding.write(enc, tables.residual, x_raw, raw_float, max_error)
         elif tables.residual_context is not None and tables.residual_context.covers(max_error):
             info = tables.residual_context.write(enc, tables.residual, x_raw, raw_float, max_error)
@@ -426,8 +430,11 @@ class PayloadReader:
             raise InputError(f"count must be >= 1, got {count}")
         return hyper.read(self._dec, count, tuple(int(d) for d in latent_shape), latent_level)
 
-    def modes(self, count: int) -> np.ndarray:
-        """(count,) per-window modes, read first in a packet with FLAG_MODES."""
+    def modes(self, count: int, residual: bool = False) -> np.ndarray:
+        """(count,) per-window modes, read first in a packet with FLAG_MODES (residual: per-frame
+        modes of a max-error packet, FLAG_RESIDUAL)."""
+        if residual:
+            return read_modes(self._dec, count)
         tr = self._tables.transform
         if tr is None or tr.alone is None:
             raise BitstreamError("packet has per-window modes, but this bundle has no tables for windows sent "
@@ -444,10 +451,15 @@ class PayloadReader:
             raise BundleError("packet has a transform residual but the bundle has no transform tables")
         return self._tables.transform.read(self._dec, count, channels, length, modes)
 
-    def residual(self, raw_float: np.ndarray, max_error: int) -> np.ndarray:
+    def residual(self, raw_float: np.ndarray, max_error: int, modes: np.ndarray | None = None,
+                 sample_shape: tuple[int, ...] = ()) -> np.ndarray:
+        """Every frame's reconstruction; with modes (residual_modes.py) raw_float holds the model's
+        output for the MODE_LATENT frames only, and sample_shape is the packet's."""
         if self._tables.residual is None:
             raise BundleError("packet has a residual layer but the bundle has no residual model")
         coding = self._tables.residual_coding
+        if modes is not None:
+            return read_residual(self._dec, coding, self._tables.residual, raw_float, max_error, modes, sample_shape)
         if coding is not None and coding.covers(max_error):
             return coding.read(self._dec, self._tables.residual, raw_float, max_error)
         rctx = self._tables.residual_context

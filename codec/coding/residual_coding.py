@@ -7,6 +7,8 @@ Two kinds, chosen at calibration by the data:
   single-channel ones without an exact narrow prediction. Codes one base channel against the
   model and the others as colour differences predicted from decoded neighbours, along
   anti-diagonals. Its table choices never depend on the prediction, so float bundles may use it.
+  Calibration also fits its classical tables (``classic``, residual_classic.py): frames sent with
+  no latent, the base channel predicted from its own decoded neighbours (residual_modes.py).
 - ``prediction-value`` (residual_value.py): samples with an exact integer prediction (exact.npz)
   and a raw range of at most VALUE_MAX_RANGE values that are not colour images, e.g. MNIST
   digits: a table per prediction value and slope class, all known before decoding, one coder call.
@@ -18,6 +20,7 @@ Both expose ``covers(D)``, ``write(enc, model, x_raw, raw_float, D)`` and
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +28,7 @@ import numpy as np
 
 from ..errors import BundleError, InputError
 from .residual import ResidualModel
+from .residual_classic import BASE_MED
 from .residual_colour import KIND as COLOUR_KIND
 from .residual_colour import ResidualColourContext
 from .residual_value import KIND as VALUE_KIND
@@ -60,10 +64,21 @@ def fit_residual_coding(kind: str, model: ResidualModel, x_raw: np.ndarray, raw_
                         max_errors: Sequence[int]) -> AnyResidualCoding:
     """Count the calibration residuals for every max error in max_errors (residual_coding_kind's kind)."""
     if kind == COLOUR_KIND:
-        return ResidualColourContext.fit(model, x_raw, raw_float, max_errors)
+        return with_classic(ResidualColourContext.fit(model, x_raw, raw_float, max_errors), model, x_raw, raw_float)
     if kind == VALUE_KIND:
         return ResidualValueContext.fit(model, x_raw, raw_float, max_errors)
     raise BundleError(f"unknown residual coding kind {kind!r}")
+
+
+def with_classic(coding: ResidualColourContext, model: ResidualModel, x_raw: np.ndarray | Sequence[np.ndarray],
+                 raw_float: np.ndarray | Sequence[np.ndarray]) -> ResidualColourContext:
+    """coding with classical tables fit on x_raw for each of its max errors (raw_float gives only
+    shapes: no model is involved), in its layout. Fitting them into a calibrated bundle leaves
+    every other table, and so every packet of its latent levels, as it was."""
+    classic = ResidualColourContext.fit(model, x_raw, raw_float, [lv.max_error for lv in coding.levels],
+                                        base_channel=coding.base_channel, signed_clip=coding.signed_clip,
+                                        base_clip=coding.base_clip, base=BASE_MED)
+    return dataclasses.replace(coding, classic=classic)
 
 
 def fit_calibrated(model: ResidualModel | None, x_raw: np.ndarray, raw_float: np.ndarray,

@@ -27,6 +27,9 @@ Class = #{edges <= a}; edges are quantiles fitted at calibration per max error, 
 and w are chosen there per max error by the bytes they cost (w = 0 and ``median`` at D = 0,
 ``average`` with some of the model as D grows: BSDS500 validation, D = 4: 3.2 -> 2.4 bits).
 
+Classical frames (``base`` BASE_MED, the ``classic`` tables; residual_classic.py): the same walk
+with p_b replaced by MED of the base's decoded neighbours and w = 0, so no model is involved.
+
 Float decoders (no exact network): every table choice is a function of decoded q, never of p (with
 w = 0 the colour differences are too: u_b cancels). A receiver whose prediction is one unit off at
 a sample therefore never desyncs and no bucket grid or shift is coded. With w = 0 that sample is
@@ -54,10 +57,12 @@ from ..errors import BundleError, InputError
 from .coder import StreamDecoder, StreamEncoder
 from .context import check_kind, table_with_prior
 from .residual import ResidualEncoding, ResidualModel, check_max_error, prediction, quantize_residual
+from .residual_classic import BASE_MED, BASE_MODEL, BASES, classic_base, med
 from .tables import FreqTable, TableSet, table_from_counts
 
 KIND = "colour-wavefront"
 VERSION = 1
+VERSION_CLASSIC = 2  # adds ``classic``: the tables of frames sent without a latent (residual_classic.py)
 PREDICTORS = ("median", "average")
 MAX_MODEL_WEIGHT = 8  # model_weight is in eighths
 DEFAULT_SIGNED_CLIP = 3
@@ -65,6 +70,7 @@ DEFAULT_BASE_CLIP = 2
 DEFAULT_CLASSES = 12  # activity classes per kind, before equal quantiles merge
 # (predictor, model_weight) pairs calibration tries per max error
 CANDIDATES = (("median", 0), ("average", 0), ("average", 2), ("average", 4))
+CLASSIC_CANDIDATES = (("median", 0), ("average", 0))  # no model in the classical mode
 PRIOR_OBSERVATIONS = 64
 PAD = 2  # zero rows above and columns left of the image: the furthest neighbour is two away
 # pixels of the first calibration images that fit the edges and choose the predictor
@@ -117,12 +123,21 @@ class ResidualColourContext:
     signed_clip: int
     base_clip: int
     levels: tuple[ColourLevel, ...]  # max error ascending
+    base: str = BASE_MODEL  # BASE_MED: the classical mode's coding (no model anywhere)
+    classic: ResidualColourContext | None = None  # the classical mode's coding, if calibrated
 
     def __post_init__(self) -> None:
         if (self.channels < 1 or not 0 <= self.base_channel < self.channels or self.signed_clip < 0
-                or self.base_clip < 0):
+                or self.base_clip < 0 or self.base not in BASES):
             raise BundleError(f"colour residual coding: channels {self.channels}, base {self.base_channel}, clips "
-                              f"{self.signed_clip}/{self.base_clip} out of range; re-run calibration")
+                              f"{self.signed_clip}/{self.base_clip} or base {self.base!r} out of range; re-run "
+                              "calibration")
+        cl = self.classic
+        if (self.base == BASE_MED and (cl is not None or any(lv.model_weight for lv in self.levels))) or (
+                cl is not None and (cl.base != BASE_MED or (cl.channels, cl.base_channel, cl.signed_clip, cl.base_clip)
+                                    != (self.channels, self.base_channel, self.signed_clip, self.base_clip))):
+            raise BundleError("colour residual coding: the classical tables must share the layout and use no model "
+                              "weight; re-run calibration")
         ds = [lv.max_error for lv in self.levels]
         if ds != sorted(set(ds)):
             raise BundleError(f"colour residual coding: max errors must be distinct and ascending, got {ds}")
@@ -249,16 +264,14 @@ class ResidualColourContext:
                 where.append(idx)
                 around = idx[:, None] - back
                 if m == 0:
+                    if self.base == BASE_MED:  # predicted from this frame's decoded base (residual_classic.py)
+                        pb[idx] = classic_base(pb, qb, step, idx, wp)
                     sym = None if xs is None else quantize_residual(xs[0].take(idx), pb.take(idx), lv.max_error)
                     parts.append(_Part(0, aq[0].take(around) @ weights, qb.take(around[:, :2]).sum(axis=1), sym))
                     continue
                 km = k[m]
                 a, b, ab = km.take(idx - 1), km.take(idx - wp), km.take(idx - wp - 1)
-                if lv.predictor == "median":
-                    hi, lo = np.maximum(a, b), np.minimum(a, b)
-                    guess = np.where(ab >= hi, lo, np.where(ab <= lo, hi, a + b - ab))
-                else:
-                    guess = (a + b) // 2
+                guess = med(a, b, ab) if lv.predictor == "median" else (a + b) // 2
                 if weight:
                     guess = ((MAX_MODEL_WEIGHT - weight) * guess + weight * (pp[m].take(idx) - pb.take(idx))) \
                         // MAX_MODEL_WEIGHT
@@ -289,15 +302,19 @@ class ResidualColourContext:
     def fit(cls, model: ResidualModel, x_raw: np.ndarray | Sequence[np.ndarray],
             raw_float: np.ndarray | Sequence[np.ndarray], max_errors: Sequence[int], *, base_channel: int = 1,
             signed_clip: int = DEFAULT_SIGNED_CLIP, base_clip: int = DEFAULT_BASE_CLIP,
-            classes: int = DEFAULT_CLASSES, candidates: Sequence[tuple[str, int]] = CANDIDATES,
-            batch_size: int = 16) -> ResidualColourContext:
+            classes: int = DEFAULT_CLASSES, candidates: Sequence[tuple[str, int]] | None = None,
+            batch_size: int = 16, base: str = BASE_MODEL) -> ResidualColourContext:
         """Per D: on the first SELECT_PIXELS pixels, fit edges and tables for every candidate
         (predictor, model_weight) and keep the one whose tables code those pixels in the fewest bits;
         then count its tables over every image. x_raw / raw_float: (N, C, H, W), or sequences of
-        (1, C, H, W) images of any sizes."""
+        (1, C, H, W) images of any sizes. base BASE_MED: the classical mode's tables (residual_classic.py;
+        raw_float then only gives shapes), with CLASSIC_CANDIDATES unless candidates are given."""
         batches = _batches(x_raw, raw_float, batch_size)
         channels = batches[0][0].shape[1]
-        shell = cls(channels, base_channel if base_channel < channels else 0, int(signed_clip), int(base_clip), ())
+        shell = cls(channels, base_channel if base_channel < channels else 0, int(signed_clip), int(base_clip), (),
+                    base)
+        if candidates is None:
+            candidates = CLASSIC_CANDIDATES if base == BASE_MED else CANDIDATES
         first, pixels = [], 0
         for pair in batches:
             first.append(pair)
@@ -312,29 +329,44 @@ class ResidualColourContext:
             if len(first) < len(batches):
                 best = _fit_level(shell, model, batches, best.rule(), classes, edges_from=best)[0]
             levels.append(best)
-        return cls(shell.channels, shell.base_channel, shell.signed_clip, shell.base_clip, tuple(levels))
+        return cls(shell.channels, shell.base_channel, shell.signed_clip, shell.base_clip, tuple(levels), base)
 
     def to_json_obj(self) -> dict[str, Any]:
-        return {"kind": KIND, "version": VERSION, "channels": self.channels, "base_channel": self.base_channel,
-                "signed_clip": self.signed_clip, "base_clip": self.base_clip,
-                "levels": [{"max_error": lv.max_error, "predictor": lv.predictor, "model_weight": lv.model_weight,
-                            "base_edges": list(lv.base_edges), "chroma_edges": list(lv.chroma_edges),
-                            "tables": lv.tables.to_json_obj()} for lv in self.levels]}
+        """Version 1 without classical tables (so such bundles keep their bytes), else version 2."""
+        obj = {"kind": KIND, "version": VERSION if self.classic is None else VERSION_CLASSIC,
+               "channels": self.channels, "base_channel": self.base_channel, "signed_clip": self.signed_clip,
+               "base_clip": self.base_clip, "levels": [_level_obj(lv) for lv in self.levels]}
+        if self.classic is not None:
+            obj["classic"] = {"levels": [_level_obj(lv) for lv in self.classic.levels]}
+        return obj
 
     @classmethod
     def from_json_obj(cls, obj: Any, where: str = "entropy.json") -> ResidualColourContext:
         check_kind(obj, KIND, "residual coding", where)
-        if obj.get("version") != VERSION:
-            raise BundleError(f"{where}: colour residual coding version {obj.get('version')!r}; this latentwire "
-                              f"reads {VERSION}: upgrade latentwire or re-run calibration")
+        version = obj.get("version")
+        if version not in (VERSION, VERSION_CLASSIC) or (version == VERSION_CLASSIC) != ("classic" in obj):
+            raise BundleError(f"{where}: colour residual coding version {version!r} (classical tables: "
+                              f"{'classic' in obj}); this latentwire reads {VERSION} (without) and {VERSION_CLASSIC} "
+                              "(with): upgrade latentwire or re-run calibration")
         try:
-            levels = tuple(ColourLevel(int(e["max_error"]), str(e["predictor"]), int(e["model_weight"]),
-                                       tuple(int(v) for v in e["base_edges"]), tuple(int(v) for v in e["chroma_edges"]),
-                                       TableSet.from_json_obj(e["tables"])) for e in obj["levels"])
-            return cls(int(obj["channels"]), int(obj["base_channel"]), int(obj["signed_clip"]), int(obj["base_clip"]),
-                       levels)
+            layout = (int(obj["channels"]), int(obj["base_channel"]), int(obj["signed_clip"]), int(obj["base_clip"]))
+            classic = None
+            if "classic" in obj:
+                classic = cls(*layout, tuple(_level_from(e) for e in obj["classic"]["levels"]), BASE_MED)
+            return cls(*layout, tuple(_level_from(e) for e in obj["levels"]), classic=classic)
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{where}: malformed colour residual coding ({exc}); re-run calibration") from exc
+
+
+def _level_obj(lv: ColourLevel) -> dict[str, Any]:
+    return {"max_error": lv.max_error, "predictor": lv.predictor, "model_weight": lv.model_weight,
+            "base_edges": list(lv.base_edges), "chroma_edges": list(lv.chroma_edges), "tables": lv.tables.to_json_obj()}
+
+
+def _level_from(e: Any) -> ColourLevel:
+    return ColourLevel(int(e["max_error"]), str(e["predictor"]), int(e["model_weight"]),
+                       tuple(int(v) for v in e["base_edges"]), tuple(int(v) for v in e["chroma_edges"]),
+                       TableSet.from_json_obj(e["tables"]))
 
 
 def _diagonals(n: int, h: int, w: int) -> list[np.ndarray]:

@@ -85,6 +85,9 @@ def test_one_model_serves_every_level_from_cheap_to_near_lossless(photo_bundle: 
     entropy = json.loads((photo_bundle / "entropy.json").read_text())
     assert entropy["version"] == ENTROPY_VERSION_RESIDUAL_CODING
     assert entropy["residual_coding"]["kind"] == "colour-wavefront" and "residual_context" not in entropy
+    # with classical tables (frames sent without a latent, residual_classic.py) for every max error
+    rc = entropy["residual_coding"]
+    assert rc["version"] == 2 and [lv["max_error"] for lv in rc["classic"]["levels"]] == [0, 2, 4]
     photos = np.stack(_photos())
     sizes, errors = [], []
     for q in codec.qualities:

@@ -148,7 +148,7 @@ def test_a_damaged_mode_flag_is_caught(codec: Codec, windows: np.ndarray) -> Non
     body = bytes(bad[:-4])
     with pytest.raises(BitstreamError):
         codec.decode(body + struct.pack("<I", zlib.crc32(body) & 0xFFFFFFFF))
-    with pytest.raises(BitstreamError, match="modes without the transform"):  # the flag without its level
+    with pytest.raises(BitstreamError, match="modes without a transform"):  # the flag without its level
         bad = bytearray(bitstream.write_packet(model_id=codec.model_id, quality=0, sample_shape=h.sample_shape,
                                                count=1, payload=b"\x00"))
         bad[3] |= bitstream.FLAG_MODES
