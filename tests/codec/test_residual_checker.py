@@ -244,3 +244,18 @@ def test_the_digit_bundle_streams_from_before_the_checkerboard_decode_as_they_di
         for packet, name in zip(packets, names, strict=True):
             assert np.array_equal(old.decode(packet), z[name]), name
         assert np.array_equal(z["q10"], s["samples"][:16])
+
+
+def test_the_shipped_digit_bundle_codes_its_residuals_on_the_checkerboard() -> None:
+    """The shipped sample round-trips at max errors 0, 1, 2, 4 (lossless bit-exactly) through the
+    checkerboard tables, in a packet of 64 digits and one digit alone."""
+    codec = Codec.load(ASSETS / "mnist-dense", provider="cpu", threads=1)
+    coding = codec.tables.residual_coding
+    assert isinstance(coding, ResidualCheckerContext) and all(coding.covers(d) for d in MAX_ERRORS)
+    with np.load(ASSETS / "mnist_test_sample.npz") as z:
+        samples = [z["samples"][100:164], z["samples"][7:8]]
+    for d in MAX_ERRORS:
+        for raw in samples:
+            out = codec.decode(codec.encode(raw, max_error=d))
+            err = np.abs(out.astype(np.int64) - raw.astype(np.int64)).max()
+            assert err <= d and (d > 0 or np.array_equal(out, raw))
