@@ -55,7 +55,7 @@ MIN_CONTEXT_OBSERVATIONS = 256
 SELECT_FRAMES = 8192
 MAX_TABLES_PER_LEVEL = 1 << 16
 
-Coder = Callable[[np.ndarray | None, np.ndarray], np.ndarray]
+Coder = Callable[[np.ndarray | None, np.ndarray, TableSet], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,16 @@ class CheckerLevel:
     def n_classes(self) -> int:
         """White classes per prediction value: class_E(m) * 5 + z."""
         return (len(self.edges) + 1) * COUNTS
+
+    def first_tables(self, n: int) -> TableSet:
+        """The first n tables as a set of their own, kept: the black call's ids all lie below
+        n_values, so it writes the same stream with them, and a set of at most 256 tables lets
+        the coder sort its ids as bytes."""
+        got = self.__dict__.get("_first")
+        if not isinstance(got, TableSet) or len(got) != min(n, len(self.tables)):
+            got = TableSet(self.tables.tables[:n], precision=self.tables.precision)
+            object.__setattr__(self, "_first", got)
+        return got
 
 
 @dataclass(frozen=True)
@@ -134,9 +144,9 @@ class ResidualCheckerContext:
         x, f = model.checked_samples(x_raw, raw_float)
         lv = self._level(check_max_error(max_error))
 
-        def code(q: np.ndarray | None, ids: np.ndarray) -> np.ndarray:
+        def code(q: np.ndarray | None, ids: np.ndarray, tables: TableSet) -> np.ndarray:
             assert q is not None
-            enc.encode(q, ids, lv.tables)
+            enc.encode(q, ids, tables)
             return q
 
         recon = self._walk(model, f, x, lv, code)
@@ -145,12 +155,12 @@ class ResidualCheckerContext:
 
     def read(self, dec: StreamDecoder, model: ResidualModel, raw_float: np.ndarray, max_error: int) -> np.ndarray:
         lv = self._level(check_max_error(max_error))
-        return self._walk(model, np.asarray(raw_float), None, lv, lambda _q, ids: dec.decode(ids, lv.tables))
+        return self._walk(model, np.asarray(raw_float), None, lv, lambda _q, ids, tables: dec.decode(ids, tables))
 
     def _walk(self, model: ResidualModel, raw_float: np.ndarray, x: np.ndarray | None, lv: CheckerLevel,
               code: Coder) -> np.ndarray:
-        """Both passes (module docstring); ``code(q or None, table ids)`` codes the sender's q or
-        decodes them. Returns the reconstruction, raw_float's shape."""
+        """Both passes (module docstring); ``code(q or None, table ids, tables)`` codes the sender's
+        q or decodes them. Returns the reconstruction, raw_float's shape."""
         if (model.spec.raw_min, model.spec.raw_max) != (self.raw_min, self.raw_max):
             raise BundleError(f"checkerboard residual coding covers raw range [{self.raw_min}, {self.raw_max}] but "
                               f"the residual model [{model.spec.raw_min}, {model.spec.raw_max}]; re-run calibration")
@@ -163,11 +173,12 @@ class ResidualCheckerContext:
         d = lv.max_error
         pb = p.take(grid.black, axis=1)
         qb = code(None if xs is None else quantize_residual(xs.take(grid.black, axis=1), pb, d).ravel(),
-                  self._value(pb).ravel()).reshape(pb.shape)
+                  self._value(pb).ravel(), lv.first_tables(self.n_values)).reshape(pb.shape)
         rb = reconstruct(pb, qb, d, self.raw_min, self.raw_max)
         pw, cls = self.white_context(grid, p.take(grid.white, axis=1), pb, rb, lv)
         ids = lv.context_map.take(self._value(pw) * np.int32(lv.n_classes) + cls)
-        qw = code(None if xs is None else quantize_residual(xs.take(grid.white, axis=1), pw, d).ravel(), ids.ravel())
+        qw = code(None if xs is None else quantize_residual(xs.take(grid.white, axis=1), pw, d).ravel(), ids.ravel(),
+                  lv.tables)
         recon = np.empty(p.shape, dtype=np.int32)
         recon[:, grid.black] = rb
         recon[:, grid.white] = reconstruct(pw, qw.reshape(pw.shape), d, self.raw_min, self.raw_max)
@@ -179,18 +190,31 @@ class ResidualCheckerContext:
         the planes' prediction at their white pixels and prediction and reconstruction at the
         black ones."""
         planes = p_black.shape[0]
-        pad = np.zeros((planes, 1), dtype=np.int32)  # the slot of neighbours outside the image
-        e = np.concatenate([r_black - p_black, pad], axis=1).take(grid.near, axis=1)
-        r = np.concatenate([r_black - np.int32(self.raw_min), pad], axis=1).take(grid.near, axis=1)
+        # int16 holds every sum below when the raw range is narrow (less memory traffic than int32)
+        dt = np.int16 if (self.raw_max - self.raw_min) * 4 * WEIGHT_ONE < 1 << 15 else np.int32
+        pad = np.zeros((planes, 1), dtype=dt)  # the slot of neighbours outside the image
+        r = np.concatenate([(r_black - np.int32(self.raw_min)).astype(dt), pad], axis=1).take(grid.near, axis=1)
+        r = r.reshape(planes, 4, -1)
         pw = p_white
         if lv.weight:
-            total = e.reshape(planes, 4, -1).sum(axis=1, dtype=np.int32)
-            pw = np.clip(pw + (np.int32(lv.weight) * total) // np.int32(WEIGHT_ONE), self.raw_min, self.raw_max)
-        r4 = r.reshape(planes, 4, -1)
-        m = r4.max(axis=1)
-        z = (r4 > np.int32(lv.max_error)).sum(axis=1, dtype=np.int32)
-        cls = _class_lut(lv.edges).take(np.minimum(m, lv.edges[-1] if lv.edges else 0)) * np.int32(COUNTS) + z
-        return pw.astype(np.int32, copy=False), cls
+            e = np.concatenate([(r_black - p_black).astype(dt), pad], axis=1).take(grid.near, axis=1)
+            e = e.reshape(planes, 4, -1)
+            total = e[:, 0] + e[:, 1]  # slices and adds: a reduction over the middle axis is slower
+            total += e[:, 2]
+            total += e[:, 3]
+            total *= dt(lv.weight)
+            pw = np.clip(pw + total // dt(WEIGHT_ONE), self.raw_min, self.raw_max)
+        m = np.maximum(np.maximum(r[:, 0], r[:, 1]), np.maximum(r[:, 2], r[:, 3]))
+        d = dt(min(lv.max_error, np.iinfo(dt).max))  # r <= raw_max - raw_min: a larger D counts none
+        z = (r[:, 0] > d).astype(dt)
+        z += r[:, 1] > d
+        z += r[:, 2] > d
+        z += r[:, 3] > d
+        lut = _class_lut(lv.edges).astype(dt)
+        cls = lut.take(np.minimum(m, dt(lut.size - 1)))
+        cls *= dt(COUNTS)
+        cls += z
+        return pw.astype(np.int32, copy=False), cls.astype(np.int32)
 
     # ------------------------------------------------------------------ fitting and storage
     @classmethod
@@ -234,7 +258,7 @@ class ResidualCheckerContext:
         white = np.zeros(n_white * width, dtype=np.int64)
         keys: list[np.ndarray] = []
 
-        def code(q: np.ndarray | None, ids: np.ndarray) -> np.ndarray:
+        def code(q: np.ndarray | None, ids: np.ndarray, _tables: TableSet) -> np.ndarray:
             assert q is not None
             keys.append(ids.astype(np.int64) * width + q + qmax)
             return q
