@@ -58,10 +58,11 @@ MAX_TABLES_PER_LEVEL = 1 << 16
 Coder = Callable[[np.ndarray | None, np.ndarray, TableSet], np.ndarray]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CheckerLevel:
     """One max error: the bias weight w, the edges E of m, each white context's table id, and the
-    tables (n_values black ones, one per prediction value, then the white contexts' own)."""
+    tables (n_values black ones, one per prediction value, then the white contexts' own). Compared
+    by identity (an array field); compare to_json_obj() for content."""
 
     max_error: int
     weight: int
