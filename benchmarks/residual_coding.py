@@ -9,7 +9,8 @@ bundle's own prediction (its reference level):
   with residual_context.py's previous-sample tables (what the photo bundle shipped for its ladder);
   after: the colour wavefront.
 - mnist: fit on the first 55,000 training digits, measured on the last 5,000 in packets of 256.
-  Before: residual.py's bucket tables (what the digit bundle shipped); after: prediction-value.
+  Before: prediction-value (residual_value.py, what the digit bundle shipped until the
+  checkerboard); after: value-checkerboard (residual_checker.py).
 
 Reported per max error: the residual part's bits per pixel (photos) or bytes per digit, the
 latent part for scale, and seconds per photo / digits per second of the residual stage alone,
@@ -35,6 +36,7 @@ from latentwire.codec.codec import Codec
 from latentwire.codec.coding.coder import StreamDecoder, StreamEncoder
 from latentwire.codec.coding.payload import encode_payload
 from latentwire.codec.coding.residual import ContextSpec, ResidualModel
+from latentwire.codec.coding.residual_checker import ResidualCheckerContext
 from latentwire.codec.coding.residual_colour import ResidualColourContext
 from latentwire.codec.coding.residual_context import ResidualContext
 from latentwire.codec.coding.residual_value import ResidualValueContext
@@ -137,21 +139,25 @@ def run_mnist(bundle: Path, data: Path, repeats: int, packet: int) -> dict[str, 
                               fit_x, fit_f)
     ds = MAX_ERRORS["mnist"]
     t0 = time.perf_counter()
-    new = ResidualValueContext.fit(model, fit_x, fit_f, ds)
+    old = ResidualValueContext.fit(model, fit_x, fit_f, ds)
+    old_fit = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    new = ResidualCheckerContext.fit(model, fit_x, fit_f, ds)
     new_fit = time.perf_counter() - t0
     batches = [(x[i : i + packet], fv[i : i + packet]) for i in range(0, len(x), packet)]
     rows = []
     for d in ds:
-        ob, oe, od = _measure(batches, d, lambda e, xx, ff, dd: model.write(e, xx, ff, dd),
-                              lambda r, ff, dd: model.read(r, ff, dd), repeats)
+        ob, oe, od = _measure(batches, d, lambda e, xx, ff, dd: old.write(e, model, xx, ff, dd),
+                              lambda r, ff, dd: old.read(r, model, ff, dd), repeats)
         nb, ne, nd = _measure(batches, d, lambda e, xx, ff, dd: new.write(e, model, xx, ff, dd),
                               lambda r, ff, dd: new.read(r, model, ff, dd), repeats)
         rows.append({"max_error": d, "before_bytes_per_digit": round(ob / len(x), 2),
                      "after_bytes_per_digit": round(nb / len(x), 2), "change_percent": round(100 * (nb / ob - 1), 1),
+                     "after_weight": new._level(d).weight, "after_tables": len(new._level(d).tables),
                      "digits_per_second_before": [round(len(x) / oe), round(len(x) / od)],
                      "digits_per_second_after": [round(len(x) / ne), round(len(x) / nd)]})
         print(rows[-1], flush=True)
-    return {"fit": {"digits": len(fit_x), "seconds_after": round(new_fit, 1)},
+    return {"fit": {"digits": len(fit_x), "seconds_before": round(old_fit, 1), "seconds_after": round(new_fit, 1)},
             "measured": {"digits": len(x), "packet": packet, "latent_bytes_per_digit": round(latent / len(x), 2)},
             "levels": rows}
 

@@ -9,9 +9,13 @@ Two kinds, chosen at calibration by the data:
   anti-diagonals. Its table choices never depend on the prediction, so float bundles may use it.
   Calibration also fits its classical tables (``classic``, residual_classic.py): frames sent with
   no latent, the base channel predicted from its own decoded neighbours (residual_modes.py).
-- ``prediction-value`` (residual_value.py): samples with an exact integer prediction (exact.npz)
-  and a raw range of at most VALUE_MAX_RANGE values that are not colour images, e.g. MNIST
-  digits: a table per prediction value and slope class, all known before decoding, one coder call.
+- ``value-checkerboard`` (residual_checker.py): single-channel images (1, H, W) with an exact
+  integer prediction (exact.npz) and a raw range of at most VALUE_MAX_RANGE values, e.g. MNIST
+  digits: a table per prediction value for the black pixels of a checkerboard, then per value and
+  decoded-neighbour class for the white ones, two coder calls.
+- ``prediction-value`` (residual_value.py): other samples with such a prediction that are not
+  colour images (1-D ones), and digit bundles calibrated before the checkerboard: a table per
+  prediction value and slope class, all known before decoding, one coder call.
 
 Both expose ``covers(D)``, ``write(enc, model, x_raw, raw_float, D)`` and
 ``read(dec, model, raw_float, D)`` as residual_context.py does; a max error they do not cover
@@ -28,13 +32,15 @@ import numpy as np
 
 from ..errors import BundleError, InputError
 from .residual import ResidualModel
+from .residual_checker import KIND as CHECKER_KIND
+from .residual_checker import ResidualCheckerContext
 from .residual_classic import BASE_MED
 from .residual_colour import KIND as COLOUR_KIND
 from .residual_colour import ResidualColourContext
 from .residual_value import KIND as VALUE_KIND
 from .residual_value import ResidualValueContext
 
-AnyResidualCoding = ResidualColourContext | ResidualValueContext
+AnyResidualCoding = ResidualColourContext | ResidualValueContext | ResidualCheckerContext
 # prediction-value tables: one per value and slope class, so only for narrow raw ranges (8-bit: 256
 # values x 5 classes; an 11-bit ECG count would ask for 10,240 tables per level)
 VALUE_MAX_RANGE = 1024
@@ -46,17 +52,22 @@ def residual_coding_from_json(obj: Any, where: str = "entropy.json") -> AnyResid
         return ResidualColourContext.from_json_obj(obj, where)
     if kind == VALUE_KIND:
         return ResidualValueContext.from_json_obj(obj, where)
-    raise BundleError(f"{where}: unknown residual coding kind {kind!r} (this latentwire knows {COLOUR_KIND!r} and "
-                      f"{VALUE_KIND!r}): upgrade latentwire or re-run calibration")
+    if kind == CHECKER_KIND:
+        return ResidualCheckerContext.from_json_obj(obj, where)
+    raise BundleError(f"{where}: unknown residual coding kind {kind!r} (this latentwire knows {COLOUR_KIND!r}, "
+                      f"{VALUE_KIND!r} and {CHECKER_KIND!r}): upgrade latentwire or re-run calibration")
 
 
 def residual_coding_kind(sample_shape: Sequence[int | None], exact: bool, model: ResidualModel) -> str | None:
     """The kind calibration fits for these samples, or None (the older tables stay): colour images
     take the colour kind, single-channel ones too unless their prediction is exact and narrow
-    (MNIST digits: the prediction's value is what their residual depends on)."""
+    (MNIST digits: the prediction's value is what their residual depends on, and then their
+    decoded neighbours: the checkerboard); other exact narrow samples the prediction-value kind."""
     by_value = exact and model.spec.raw_max - model.spec.raw_min + 1 <= VALUE_MAX_RANGE
     if len(sample_shape) == 3 and (int(sample_shape[0] or 0) >= 2 or not by_value):
         return COLOUR_KIND
+    if len(sample_shape) == 3 and by_value:
+        return CHECKER_KIND
     return VALUE_KIND if by_value else None
 
 
@@ -67,6 +78,8 @@ def fit_residual_coding(kind: str, model: ResidualModel, x_raw: np.ndarray, raw_
         return with_classic(ResidualColourContext.fit(model, x_raw, raw_float, max_errors), model, x_raw, raw_float)
     if kind == VALUE_KIND:
         return ResidualValueContext.fit(model, x_raw, raw_float, max_errors)
+    if kind == CHECKER_KIND:
+        return ResidualCheckerContext.fit(model, x_raw, raw_float, max_errors)
     raise BundleError(f"unknown residual coding kind {kind!r}")
 
 

@@ -24,6 +24,7 @@ from latentwire.codec.codec import Codec
 from latentwire.codec.coding.coder import StreamDecoder, StreamEncoder
 from latentwire.codec.coding.payload import ENTROPY_VERSION_SECTIONS, CodingTables, PayloadReader, encode_payload
 from latentwire.codec.coding.residual import ContextSpec, ResidualModel
+from latentwire.codec.coding.residual_checker import ResidualCheckerContext
 from latentwire.codec.coding.residual_coding import fit_calibrated, residual_coding_from_json, residual_coding_kind
 from latentwire.codec.coding.residual_colour import ColourLevel, ResidualColourContext
 from latentwire.codec.coding.residual_value import ResidualValueContext
@@ -419,14 +420,16 @@ def test_calibration_picks_the_kind_by_the_data(photo_setup, digit_setup) -> Non
     vmodel, _, dx, df = digit_setup
     assert residual_coding_kind((3, None, None), False, model) == "colour-wavefront"
     assert residual_coding_kind((3, 64, 64), True, model) == "colour-wavefront"
-    assert residual_coding_kind((1, 28, 28), True, vmodel) == "prediction-value"
+    assert residual_coding_kind((1, 28, 28), True, vmodel) == "value-checkerboard"
     assert residual_coding_kind((1, 28, 28), False, vmodel) == "colour-wavefront"
     assert residual_coding_kind((2, 1024), True, ResidualModel.fit(ContextSpec(0, 2047), dx[:1], df[:1])) is None
     assert residual_coding_kind((2, 1024), True, vmodel) == "prediction-value"
     assert fit_calibrated(vmodel, dx, df, [None, 4], exact=True, enabled=False) is None
     assert fit_calibrated(vmodel, dx, df, [None], exact=True) is None
     got = fit_calibrated(vmodel, dx, df, [None, 4], exact=True, extra_max_errors=(1,))
-    assert isinstance(got, ResidualValueContext) and [d for d, _ in got.tables] == [1, 4]
+    assert isinstance(got, ResidualCheckerContext) and [lv.max_error for lv in got.levels] == [1, 4]
+    got = fit_calibrated(vmodel, dx.reshape(len(dx), 1, -1), df.reshape(len(df), 1, -1), [4], exact=True)
+    assert isinstance(got, ResidualValueContext) and [d for d, _ in got.tables] == [4]
 
 
 # ------------------------------------------------------------------ the shipped bundles
@@ -460,8 +463,8 @@ def test_shipped_bundles_code_every_residual_level_with_context_and_decode_alike
     assert coding is not None, f"{name}: re-run its calibration (entropy.json has no residual_coding)"
     levels = [{"quality": q.index} for q in codec.qualities if q.max_error is not None]
     bounds = [q.max_error for q in codec.qualities if q.max_error is not None]
-    covered = coding.levels if isinstance(coding, ResidualColourContext) else coding.tables
-    custom = sorted({lv.max_error if isinstance(lv, ColourLevel) else lv[0] for lv in covered} - set(bounds))
+    covered = coding.levels if isinstance(coding, ResidualColourContext | ResidualCheckerContext) else coding.tables
+    custom = sorted({lv[0] if isinstance(lv, tuple) else lv.max_error for lv in covered} - set(bounds))
     assert all(coding.covers(d) for d in bounds) and custom  # the ladder, and custom max errors too
     levels += [{"max_error": d} for d in custom]
     bounds += custom
