@@ -187,8 +187,9 @@ def test_exact_photo_levels_round_trip_the_same_in_another_process(exact_bundle:
     assert np.array_equal(np.load(tmp_path / "out.npy"), np.concatenate(decoded))
 
 
-def test_a_network_that_is_not_a_gdn_decoder_is_refused(tmp_path: Path) -> None:
+def test_too_few_crops_are_refused_and_change_nothing(tmp_path: Path) -> None:
     shutil.copytree(SHIPPED, tmp_path / "b")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
     with pytest.raises(InputError, match="equal-size image crops"):
         quantize_exact(tmp_path / "b", _crops()[:2], holdout=2)
-    assert not (tmp_path / "b" / "exact.npz").exists()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()} == before  # nothing written
