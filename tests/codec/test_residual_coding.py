@@ -421,7 +421,9 @@ def test_calibration_picks_the_kind_by_the_data(photo_setup, digit_setup) -> Non
     assert residual_coding_kind((3, 64, 64), True, model) == "colour-wavefront"
     assert residual_coding_kind((1, 28, 28), True, vmodel) == "prediction-value"
     assert residual_coding_kind((1, 28, 28), False, vmodel) == "colour-wavefront"
-    assert residual_coding_kind((2, 1024), True, ResidualModel.fit(ContextSpec(0, 2047), dx[:1], df[:1])) is None
+    wide = ResidualModel.fit(ContextSpec(0, 2047), dx[:1], df[:1])
+    assert residual_coding_kind((2, 1024), True, wide) == "series-context"
+    assert residual_coding_kind((2, 1024), False, wide) is None
     assert residual_coding_kind((2, 1024), True, vmodel) == "prediction-value"
     assert fit_calibrated(vmodel, dx, df, [None, 4], exact=True, enabled=False) is None
     assert fit_calibrated(vmodel, dx, df, [None], exact=True) is None
