@@ -11,6 +11,7 @@ their bytes and their decoding.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -366,12 +367,17 @@ def test_both_kinds_decode_alike_in_another_process(photo_setup, digit_setup, tm
             assert np.array_equal(np.load(tmp_path / f"recon{i}.npy"), rec)
 
 
+ECG_V5_SHA256 = "acfeb688bb96c0d05663726ad8871640c9f58e5791032cff4bdb3e5206770961"
+
+
 def test_old_entropy_files_keep_their_bytes_and_their_decoding() -> None:
-    """A bundle calibrated before residual_coding (version 5, the ECG bundle's) loads, writes back
-    the same bytes, and its residual levels code exactly as residual_context.py / residual.py do."""
-    path = ASSETS / "ecg-conv1d" / "entropy.json"
-    data = path.read_bytes()
-    tables = CodingTables.load(path)
+    """A bundle calibrated before residual_coding (version 5: the ECG bundle's until it got its
+    series-context section, the rest of the file unchanged) loads, writes back the same bytes, and its
+    residual levels code exactly as residual_context.py / residual.py do."""
+    shipped = CodingTables.load(ASSETS / "ecg-conv1d" / "entropy.json")
+    data = dataclasses.replace(shipped, residual_coding=None).dumps()
+    assert hashlib.sha256(data).hexdigest() == ECG_V5_SHA256  # the file the bundle shipped before
+    tables = CodingTables.loads(data)
     assert tables.residual_coding is None and json.loads(data)["version"] == ENTROPY_VERSION_SECTIONS
     assert tables.dumps() == data
     assert tables.residual is not None and tables.residual_context is not None
