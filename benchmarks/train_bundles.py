@@ -480,10 +480,45 @@ def cmd_classic(keys: Sequence[str]) -> None:
               f"{finalize(out)[:12]}")
 
 
+def cmd_series(keys: Sequence[str]) -> None:
+    """Fit the series-context residual coding (codec/coding/residual_series.py) into a shipped series
+    bundle with an exact network, on the windows calibrate uses against the exact prediction it
+    uses, for the ladder's max errors, and nothing else (the latent tables and residual model keep
+    their bytes; only the model id changes, with entropy.json)."""
+    import dataclasses
+
+    from latentwire.codec.bundle import finalize, read_manifest, write_manifest
+    from latentwire.codec.codec import Codec
+    from latentwire.codec.coding.residual_series_fit import fit
+
+    for key in keys:
+        out = ASSETS / BUNDLES[key]["asset"]
+        codec = Codec.load(out, threads=1)
+        tables = codec.tables
+        if codec.exact is None or tables.residual is None:
+            raise SystemExit(f"{key}: series residual coding needs an exact network and a residual model")
+        t0 = time.perf_counter()
+        x = calibration_samples(key)
+        ds = sorted({lv.max_error for lv in codec.qualities if lv.max_error is not None})
+        _, _, grid = codec._level(None, ds[0])
+        pred = []
+        for i in range(0, len(x), 256):  # the exact prediction of every max-error level (the reference grid)
+            sym = codec.quantize_latents(codec._encode_model(codec.normalization.to_model(x[i : i + 256])), grid)
+            pred.append(codec._residual_prediction(sym, grid, x.shape[1:]))
+        coding = fit(tables.residual, x, np.concatenate(pred), ds, log=True)
+        (out / "entropy.json").write_bytes(dataclasses.replace(tables, residual_coding=coding).dumps())
+        m = read_manifest(out)
+        m.setdefault("metrics", {}).setdefault("calibration", {})["series"] = {
+            "command": _command(), "seconds": round(time.perf_counter() - t0, 1)}
+        write_manifest(out, m)
+        print(f"{key}: series residual coding for max errors {ds}, model id {finalize(out)[:12]}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_bundles", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["train", "ship", "exact", "calibrate", "classic", "eval", "sample"])
+    p.add_argument("stage", choices=["train", "ship", "exact", "calibrate", "classic", "series", "eval",
+                                                    "sample"])
     p.add_argument("which", nargs="*", help="ecg, bsds and/or bsds-hyper (default: ecg and bsds)")
     p.add_argument("--limit", type=int, default=0, help="eval bsds: first N test photos only (0: all 200)")
     args = p.parse_args(argv)
@@ -501,6 +536,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd_calibrate(keys)
     elif args.stage == "classic":
         cmd_classic(keys)
+    elif args.stage == "series":
+        cmd_series(keys)
     elif args.stage == "eval":
         cmd_eval(keys, args.limit)
     else:

@@ -1,7 +1,7 @@
 """entropy.json's ``residual_coding`` section: the context model that codes the max-error residual
 of the levels it calibrated, in place of residual.py's per-bucket tables (and residual_context.py's).
 
-Two kinds, chosen at calibration by the data:
+Four kinds, chosen at calibration by the data:
 
 - ``colour-wavefront`` (residual_colour.py): 2-D images (C, H, W) of two or more channels, and
   single-channel ones without an exact narrow prediction. Codes one base channel against the
@@ -17,7 +17,12 @@ Two kinds, chosen at calibration by the data:
   colour images (1-D ones), and digit bundles calibrated before the checkerboard: a table per
   prediction value and slope class, all known before decoding, one coder call.
 
-Both expose ``covers(D)``, ``write(enc, model, x_raw, raw_float, D)`` and
+- ``series-context`` (residual_series.py): 1-D multichannel series (C, T) with an exact integer
+  prediction and a raw range too wide for prediction-value, e.g. ECG counts: each sample predicted
+  from the model AND the window's decoded error history, coded in time order with an activity
+  context (residual_series_fit.py fits it).
+
+All expose ``covers(D)``, ``write(enc, model, x_raw, raw_float, D)`` and
 ``read(dec, model, raw_float, D)`` as residual_context.py does; a max error they do not cover
 (a custom one) codes with residual.py's tables.
 """
@@ -37,10 +42,13 @@ from .residual_checker import ResidualCheckerContext
 from .residual_classic import BASE_MED
 from .residual_colour import KIND as COLOUR_KIND
 from .residual_colour import ResidualColourContext
+from .residual_series import KIND as SERIES_KIND
+from .residual_series import ResidualSeriesContext
+from .residual_series_fit import fit as fit_series
 from .residual_value import KIND as VALUE_KIND
 from .residual_value import ResidualValueContext
 
-AnyResidualCoding = ResidualColourContext | ResidualValueContext | ResidualCheckerContext
+AnyResidualCoding = ResidualColourContext | ResidualValueContext | ResidualCheckerContext | ResidualSeriesContext
 # prediction-value tables: one per value and slope class, so only for narrow raw ranges (8-bit: 256
 # values x 5 classes; an 11-bit ECG count would ask for 10,240 tables per level)
 VALUE_MAX_RANGE = 1024
@@ -54,21 +62,28 @@ def residual_coding_from_json(obj: Any, where: str = "entropy.json") -> AnyResid
         return ResidualValueContext.from_json_obj(obj, where)
     if kind == CHECKER_KIND:
         return ResidualCheckerContext.from_json_obj(obj, where)
+    if kind == SERIES_KIND:
+        return ResidualSeriesContext.from_json_obj(obj, where)
     raise BundleError(f"{where}: unknown residual coding kind {kind!r} (this latentwire knows {COLOUR_KIND!r}, "
-                      f"{VALUE_KIND!r} and {CHECKER_KIND!r}): upgrade latentwire or re-run calibration")
+                      f"{VALUE_KIND!r}, {CHECKER_KIND!r} and {SERIES_KIND!r}): upgrade latentwire or re-run "
+                      "calibration")
 
 
 def residual_coding_kind(sample_shape: Sequence[int | None], exact: bool, model: ResidualModel) -> str | None:
     """The kind calibration fits for these samples, or None (the older tables stay): colour images
     take the colour kind, single-channel ones too unless their prediction is exact and narrow
     (MNIST digits: the prediction's value is what their residual depends on, and then their
-    decoded neighbours: the checkerboard); other exact narrow samples the prediction-value kind."""
+    decoded neighbours: the checkerboard); other exact narrow samples the prediction-value kind;
+    exact series (C, T) of a wider range the series kind (ECG counts: the model's error history
+    predicts)."""
     by_value = exact and model.spec.raw_max - model.spec.raw_min + 1 <= VALUE_MAX_RANGE
     if len(sample_shape) == 3 and (int(sample_shape[0] or 0) >= 2 or not by_value):
         return COLOUR_KIND
     if len(sample_shape) == 3 and by_value:
         return CHECKER_KIND
-    return VALUE_KIND if by_value else None
+    if by_value:
+        return VALUE_KIND
+    return SERIES_KIND if exact and len(sample_shape) == 2 else None
 
 
 def fit_residual_coding(kind: str, model: ResidualModel, x_raw: np.ndarray, raw_float: np.ndarray,
@@ -80,6 +95,8 @@ def fit_residual_coding(kind: str, model: ResidualModel, x_raw: np.ndarray, raw_
         return ResidualValueContext.fit(model, x_raw, raw_float, max_errors)
     if kind == CHECKER_KIND:
         return ResidualCheckerContext.fit(model, x_raw, raw_float, max_errors)
+    if kind == SERIES_KIND:
+        return fit_series(model, x_raw, raw_float, max_errors)
     raise BundleError(f"unknown residual coding kind {kind!r}")
 
 
@@ -106,7 +123,8 @@ def fit_calibrated(model: ResidualModel | None, x_raw: np.ndarray, raw_float: np
     kind = residual_coding_kind(tuple(x_raw.shape[1:]), exact, model)
     if kind is None:
         if enabled:
-            raise InputError(f"residual coding fits images (C, H, W), or samples with an exact prediction and a raw "
-                             f"range of at most {VALUE_MAX_RANGE} values; these are {tuple(x_raw.shape[1:])}")
+            raise InputError(f"residual coding fits images (C, H, W), samples with an exact prediction and a raw "
+                             f"range of at most {VALUE_MAX_RANGE} values, or series (C, T) with an exact prediction; "
+                             f"these are {tuple(x_raw.shape[1:])}")
         return None
     return fit_residual_coding(kind, model, x_raw, raw_float, ds)

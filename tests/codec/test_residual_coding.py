@@ -11,6 +11,7 @@ their bytes and their decoding.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -367,12 +368,17 @@ def test_both_kinds_decode_alike_in_another_process(photo_setup, digit_setup, tm
             assert np.array_equal(np.load(tmp_path / f"recon{i}.npy"), rec)
 
 
+ECG_V5_SHA256 = "acfeb688bb96c0d05663726ad8871640c9f58e5791032cff4bdb3e5206770961"
+
+
 def test_old_entropy_files_keep_their_bytes_and_their_decoding() -> None:
-    """A bundle calibrated before residual_coding (version 5, the ECG bundle's) loads, writes back
-    the same bytes, and its residual levels code exactly as residual_context.py / residual.py do."""
-    path = ASSETS / "ecg-conv1d" / "entropy.json"
-    data = path.read_bytes()
-    tables = CodingTables.load(path)
+    """A bundle calibrated before residual_coding (version 5: the ECG bundle's until it got its
+    series-context section, the rest of the file unchanged) loads, writes back the same bytes, and its
+    residual levels code exactly as residual_context.py / residual.py do."""
+    shipped = CodingTables.load(ASSETS / "ecg-conv1d" / "entropy.json")
+    data = dataclasses.replace(shipped, residual_coding=None).dumps()
+    assert hashlib.sha256(data).hexdigest() == ECG_V5_SHA256  # the file the bundle shipped before
+    tables = CodingTables.loads(data)
     assert tables.residual_coding is None and json.loads(data)["version"] == ENTROPY_VERSION_SECTIONS
     assert tables.dumps() == data
     assert tables.residual is not None and tables.residual_context is not None
@@ -422,7 +428,9 @@ def test_calibration_picks_the_kind_by_the_data(photo_setup, digit_setup) -> Non
     assert residual_coding_kind((3, 64, 64), True, model) == "colour-wavefront"
     assert residual_coding_kind((1, 28, 28), True, vmodel) == "value-checkerboard"
     assert residual_coding_kind((1, 28, 28), False, vmodel) == "colour-wavefront"
-    assert residual_coding_kind((2, 1024), True, ResidualModel.fit(ContextSpec(0, 2047), dx[:1], df[:1])) is None
+    wide = ResidualModel.fit(ContextSpec(0, 2047), dx[:1], df[:1])
+    assert residual_coding_kind((2, 1024), True, wide) == "series-context"
+    assert residual_coding_kind((2, 1024), False, wide) is None
     assert residual_coding_kind((2, 1024), True, vmodel) == "prediction-value"
     assert fit_calibrated(vmodel, dx, df, [None, 4], exact=True, enabled=False) is None
     assert fit_calibrated(vmodel, dx, df, [None], exact=True) is None

@@ -1,0 +1,196 @@
+"""Series-context residual coding (codec/coding/residual_series.py) of the shipped ECG bundle's
+max-error levels: round trips, a plain-Python reference of every prediction, table id and coder
+call, another process decoding the same packets, the fit, and older entropy files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from latentwire.codec.bundle import finalize
+from latentwire.codec.codec import Codec
+from latentwire.codec.coding.coder import StreamDecoder, StreamEncoder
+from latentwire.codec.coding.payload import CodingTables
+from latentwire.codec.coding.residual import ContextSpec, ResidualModel
+from latentwire.codec.coding.residual_coding import residual_coding_from_json
+from latentwire.codec.coding.residual_series import ResidualSeriesContext, SeriesLevel, walk
+from latentwire.codec.coding.residual_series_fit import activities, fit, simulate
+from latentwire.codec.errors import BundleError
+
+ASSETS = Path(__file__).resolve().parents[2] / "codec" / "assets"
+BUNDLE = ASSETS / "ecg-conv1d"
+MAX_ERRORS = (0, 1, 2, 4)
+
+
+@pytest.fixture(scope="module")
+def codec() -> Codec:
+    return Codec.load(BUNDLE, provider="cpu", threads=1)
+
+
+@pytest.fixture(scope="module")
+def windows() -> np.ndarray:
+    with np.load(ASSETS / "ecg_heldout_sample.npz") as z:
+        return z["samples"][:4]
+
+
+def _series(codec: Codec) -> ResidualSeriesContext:
+    coding = codec.tables.residual_coding
+    assert isinstance(coding, ResidualSeriesContext)
+    return coding
+
+
+def _synthetic(n: int, length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """ECG-like (N, 2, T) counts and a prediction whose error comes in runs, as the model's does."""
+    rng = np.random.default_rng(seed)
+    base = 1000 + np.cumsum(rng.integers(-4, 5, (n, 2, length)), axis=-1)
+    err = np.zeros(base.shape, dtype=np.int64)
+    for t in range(1, length):
+        err[..., t] = (3 * err[..., t - 1]) // 4 + rng.integers(-6, 7, (n, 2))
+    x = np.clip(base + err, 0, 2047)
+    return x, np.clip(base, 0, 2047)
+
+
+def _reference(lv: SeriesLevel, p: np.ndarray, x: np.ndarray, lo: int, hi: int) -> list[tuple[list[int], list[int]]]:
+    """Plain Python ints: per coder call, (table ids, q) in the documented order."""
+    n, ch, length = p.shape
+    pl, xl = p.tolist(), x.tolist()
+    e = [[[0] * length for _ in range(ch)] for _ in range(n)]
+    q = [[[0] * length for _ in range(ch)] for _ in range(n)]
+    step = 2 * lv.max_error + 1
+
+    def at(a: list[int], t: int) -> int:
+        return a[t] if t >= 0 else 0
+
+    calls = []
+    for t in range(length + ch - 1):
+        ids, qs = [], []
+        for c in range(ch):
+            s = t - c
+            if not 0 <= s < length:
+                continue
+            for i in range(n):
+                acc = sum(a * at(e[i][c], s - k) for k, a in enumerate(lv.own[c], start=1))
+                if c:
+                    acc += lv.cross[c][0] * e[i][c - 1][s] + lv.cross[c][1] * at(e[i][c - 1], s - 1)
+                guess = pl[i][c][s] + acc // (1 << lv.shift)
+                act = sum(w * abs(at(q[i][c], s - k)) for k, w in zip(range(1, 5), (2, 1, 1, 1), strict=True))
+                if c:
+                    act += 2 * abs(q[i][c - 1][s])
+                left, right = pl[i][c][max(s - 1, 0)], pl[i][c][min(s + 1, length - 1)]
+                act += lv.slope_weight * abs(right - left) // 16
+                ids.append(lv.offsets[c] + sum(1 for edge in lv.edges[c] if edge <= act))
+                r = xl[i][c][s] - guess
+                qv = (abs(r) + lv.max_error) // step * (1 if r >= 0 else -1)
+                qs.append(qv)
+                q[i][c][s] = qv
+                e[i][c][s] = min(max(guess + qv * step, lo), hi) - pl[i][c][s]
+        calls.append((ids, qs))
+    return calls
+
+
+def test_the_shipped_ecg_sample_round_trips_through_series_coding(codec: Codec, windows: np.ndarray) -> None:
+    coding = _series(codec)
+    assert all(coding.covers(d) for d in MAX_ERRORS)
+    for d in MAX_ERRORS:
+        packet = codec.encode(windows, max_error=d)
+        out = codec.decode(packet)
+        assert int(np.abs(out.astype(np.int64) - windows).max()) <= d
+        if d == 0:
+            assert np.array_equal(out, windows)
+
+
+def _check_level(lv: SeriesLevel, p: np.ndarray, x: np.ndarray) -> None:
+    got: list[tuple[list[int], list[int]]] = []
+
+    def code(ids: np.ndarray, q: np.ndarray | None) -> np.ndarray:
+        assert q is not None
+        got.append((ids.tolist(), q.tolist()))
+        return q
+
+    recon, q = walk(lv, p, x, 0, 2047, code)
+    assert got == _reference(lv, p, x, 0, 2047), lv.max_error
+    assert int(np.abs(recon - x).max()) <= lv.max_error
+    # the fit's vectorised activity is the walk's
+    act = activities(q, p, lv.slope_weight)
+    luts = lv.class_luts()
+    ids = np.concatenate([luts[c].take(np.minimum(act[:, c, t - c], luts[c].size - 1))
+                          for t in range(x.shape[2] + 1) for c in range(2) if 0 <= t - c < x.shape[2]])
+    assert ids.tolist() == [i for call in got for i in call[0]]
+    enc = StreamEncoder()
+
+    def put(ids: np.ndarray, q: np.ndarray | None) -> np.ndarray:
+        assert q is not None
+        enc.encode(q, ids, lv.tables)
+        return q
+
+    walk(lv, p, x, 0, 2047, put)
+    dec = StreamDecoder(enc.finish())
+    back, _ = walk(lv, p, None, 0, 2047, lambda ids, _q: dec.decode(ids, lv.tables))
+    assert np.array_equal(back, recon)
+
+
+def test_every_prediction_table_id_and_call_matches_a_plain_python_reference(codec: Codec) -> None:
+    """The shipped levels and one with every term switched on, on a few short synthetic windows."""
+    x, p = _synthetic(3, 40, seed=1)
+    levels = [_series(codec).level(d) for d in MAX_ERRORS]
+    levels.append(dataclasses.replace(levels[1], own=((40, -9), (33, 5)), cross=((), (7, -3)), slope_weight=8))
+    for lv in levels:
+        _check_level(lv, p, x)
+
+
+def test_another_process_decodes_the_same(codec: Codec, windows: np.ndarray, tmp_path: Path) -> None:
+    packets = {d: codec.encode(windows, max_error=d) for d in MAX_ERRORS}
+    for d, pk in packets.items():
+        (tmp_path / f"{d}.lw").write_bytes(pk)
+    script = ("import sys, numpy as np\nfrom latentwire.codec.codec import Codec\n"
+              f"c = Codec.load({str(BUNDLE)!r}, provider='cpu', threads=1)\n"
+              f"np.savez(sys.argv[1], **{{str(d): c.decode(open(f'{tmp_path}/{{d}}.lw', 'rb').read()) "
+              f"for d in {list(MAX_ERRORS)}}})\n")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "out.npz")], check=True, timeout=120)
+    with np.load(tmp_path / "out.npz") as z:
+        for d, pk in packets.items():
+            assert np.array_equal(z[str(d)], codec.decode(pk)), d
+
+
+def test_the_fit_carries_the_error_where_it_comes_in_runs() -> None:
+    x, p = _synthetic(24, 256, seed=2)
+    model = ResidualModel.fit(ContextSpec(0, 2047), x[:4], p[:4].astype(np.float32))
+    ctx = fit(model, x, p.astype(np.float32), [0, 2])
+    for lv in ctx.levels:
+        assert lv.own[0][0] > 0 and len(lv.tables) == lv.offsets[-1]
+        zero = dataclasses.replace(lv, own=((0,), (0,)), cross=((), (0, 0)))
+        assert np.abs(simulate(lv, p, x, 0, 2047)).sum() < np.abs(simulate(zero, p, x, 0, 2047)).sum()
+    assert ResidualSeriesContext.from_json_obj(json.loads(json.dumps(ctx.to_json_obj()))) == ctx
+    bad = ctx.to_json_obj()
+    bad["levels"][0]["edges"] = [[3, 2], []]
+    with pytest.raises(BundleError, match="rise"):
+        residual_coding_from_json(bad)
+    bad = ctx.to_json_obj()
+    bad["version"] = 9
+    with pytest.raises(BundleError, match="version"):
+        residual_coding_from_json(bad)
+
+
+def test_an_entropy_file_without_series_coding_still_codes_with_its_tables(codec: Codec, windows: np.ndarray,
+                                                                          tmp_path: Path) -> None:
+    """The bundle's previous-sample tables stay in entropy.json: without the section (an older
+    file) the same bundle codes its max errors with them, and the packets differ."""
+    old_dir = tmp_path / "ecg-old"
+    shutil.copytree(BUNDLE, old_dir)
+    tables = CodingTables.load(BUNDLE / "entropy.json")
+    assert tables.residual_context is not None
+    (old_dir / "entropy.json").write_bytes(dataclasses.replace(tables, residual_coding=None).dumps())
+    finalize(old_dir)
+    old = Codec.load(old_dir, provider="cpu", threads=1)
+    assert old.tables.residual_coding is None and old.model_id != codec.model_id
+    for d in (0, 2):
+        packet = old.encode(windows, max_error=d)
+        assert int(np.abs(old.decode(packet).astype(np.int64) - windows).max()) <= d
+        assert len(packet) > len(codec.encode(windows, max_error=d))
