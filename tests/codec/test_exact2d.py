@@ -10,7 +10,6 @@ tolerance of the float h_s, and files or weights the proof cannot vouch for refu
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _exact_reference import int64_forward, read_exact
 from latentwire.codec.coding import exact as exact_module
 from latentwire.codec.coding import exact_layers
 from latentwire.codec.coding.exact import IntegerNetwork
@@ -62,46 +62,10 @@ def _python_conv2d(x: list, w: list, b: list, pads: tuple[int, int, int, int]) -
               + b[o] for xx in range(wo)] for y in range(ho)] for o in range(len(w))]
 
 
-def _int64_forward(spec: dict, arrays: dict[str, np.ndarray], z: np.ndarray) -> np.ndarray:
-    """A stored channels_first_2d network on (B, C, H, W) in int64 numpy: each conv2d a sum over taps of
-    integer einsums (numpy's integer loops: no BLAS, no floats), channels first throughout."""
-    h = np.clip(z.astype(np.int64), spec["input"]["lo"], spec["input"]["hi"])
-    for layer in spec["layers"]:
-        op = layer["op"]
-        if op == "dilate2d":
-            s = layer["stride"]
-            up = np.zeros((*h.shape[:2], (h.shape[2] - 1) * s + 1, (h.shape[3] - 1) * s + 1), np.int64)
-            up[:, :, ::s, ::s] = h
-            h = up
-        elif op == "conv2d":
-            w = arrays[layer["weight"]].astype(np.int64)
-            hp = np.pad(h, ((0, 0), (0, 0), (layer["pad_top"], layer["pad_bottom"]),
-                            (layer["pad_left"], layer["pad_right"])))
-            kh, kw = w.shape[2:]
-            ho, wo = hp.shape[2] - kh + 1, hp.shape[3] - kw + 1
-            acc = np.zeros((h.shape[0], w.shape[0], ho, wo), np.int64)
-            for i in range(kh):
-                for j in range(kw):
-                    acc += np.einsum("nchw,oc->nohw", hp[:, :, i : i + ho, j : j + wo], w[:, :, i, j])
-            h = acc + arrays[layer["bias"]].astype(np.int64)[None, :, None, None]
-        elif op == "requant":
-            s = layer["shift"]
-            m = arrays[layer["multiplier"]].astype(np.int64)[None, :, None, None]
-            h = np.clip(np.floor_divide(h * m + (1 << s) // 2, 1 << s), layer["lo"], layer["hi"])
-        else:
-            raise AssertionError(f"the reference does not know {op}")
-    return h
-
-
-def _read(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        return json.loads(bytes(z["spec"]).decode()), {k: z[k] for k in z.files if k != "spec"}
-
-
 def _reference(data: bytes, z: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """What a hyper.npz means, per codec/FORMAT.md: the network, cropped, split, scale codes clipped."""
-    spec, arrays = _read(data)
-    out = _int64_forward(spec, arrays, z)[:, :, : size[0], : size[1]]
+    spec, arrays = read_exact(data)
+    out = int64_forward(spec, arrays, z)[:, :, : size[0], : size[1]]
     hyper, m = spec["hyper"], out.shape[1] // 2
     return out[:, :m], np.clip(out[:, m:], hyper["scale_code_lo"], hyper["scale_code_hi"])
 
@@ -343,7 +307,7 @@ def test_the_stored_synthesis_is_byte_stable_and_malformed_files_are_refused(exa
     data = exact.to_bytes()
     again = ExactHyperSynthesis.from_bytes(data)
     assert again.to_bytes() == data
-    spec, arrays = _read(data)
+    spec, arrays = read_exact(data)
     assert spec["hyper"] == {"version": 1, "mean_frac_bits": 8, "scale_frac_bits": 8,
                              "scale_code_lo": scale_code_range()[0], "scale_code_hi": scale_code_range()[1]}
     from latentwire.codec.coding.exact import write_npz

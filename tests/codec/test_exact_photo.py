@@ -8,7 +8,6 @@ any batch size, and decode to the same bytes in another process with another thr
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _exact_reference import int64_forward, read_exact
 from latentwire.codec.calibrate import calibrate
 from latentwire.codec.codec import Codec, LatentGrid
 from latentwire.codec.coding import bitstream
@@ -99,42 +99,8 @@ def test_the_integer_network_follows_the_float_decoder(exact_bundle: tuple[Path,
 
 
 def _int64_reference(data: bytes, symbols: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """What exact.npz means, evaluated independently: channels first, int64 einsums per tap, the
-    inverse GDN with math.isqrt on Python integers; cropped to size."""
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        spec, arrays = json.loads(bytes(z["spec"]).decode()), {k: z[k] for k in z.files if k != "spec"}
-    h = np.clip(symbols.astype(np.int64), spec["input"]["lo"], spec["input"]["hi"])
-    for layer in spec["layers"]:
-        op = layer["op"]
-        if op == "dilate2d":
-            s = layer["stride"]
-            up = np.zeros((*h.shape[:2], (h.shape[2] - 1) * s + 1, (h.shape[3] - 1) * s + 1), np.int64)
-            up[:, :, ::s, ::s] = h
-            h = up
-        elif op == "conv2d":
-            w = arrays[layer["weight"]].astype(np.int64)
-            hp = np.pad(h, ((0, 0), (0, 0), (layer["pad_top"], layer["pad_bottom"]),
-                            (layer["pad_left"], layer["pad_right"])))
-            ho, wo = hp.shape[2] - w.shape[2] + 1, hp.shape[3] - w.shape[3] + 1
-            acc = np.zeros((h.shape[0], w.shape[0], ho, wo), np.int64)
-            for i in range(w.shape[2]):
-                for j in range(w.shape[3]):
-                    acc += np.einsum("nchw,oc->nohw", hp[:, :, i : i + ho, j : j + wo], w[:, :, i, j])
-            h = acc + arrays[layer["bias"]].astype(np.int64)[None, :, None, None]
-        elif op == "requant":
-            s, m = layer["shift"], arrays[layer["multiplier"]].astype(np.int64)[None, :, None, None]
-            h = np.clip(np.floor_divide(h * m + (1 << s) // 2, 1 << s), layer["lo"], layer["hi"])
-        elif op == "igdn":
-            g, b = arrays[layer["gamma"]].astype(object), arrays[layer["beta"]].astype(object)
-            acc = np.einsum("nchw,oc->nohw", (h * h).astype(object), g) + b[None, :, None, None]
-            y = h.astype(object) * np.vectorize(math.isqrt, otypes=[object])(acc)
-            p, s = layer["pre_shift"], layer["shift"]
-            y = (y + (1 << p) // 2) // (1 << p)
-            m = arrays[layer["multiplier"]].astype(object)[None, :, None, None]
-            h = np.clip(((y * m + (1 << s) // 2) // (1 << s)).astype(np.int64), layer["lo"], layer["hi"])
-        else:
-            raise AssertionError(f"the reference does not know {op}")
-    return h[:, :, : size[0], : size[1]]
+    """What exact.npz means, evaluated independently (tests/_exact_reference.py), cropped to size."""
+    return int64_forward(*read_exact(data), symbols)[:, :, : size[0], : size[1]]
 
 
 def test_the_stored_network_equals_an_independent_int64_evaluation(exact_bundle: tuple[Path, object]) -> None:
