@@ -34,6 +34,10 @@ if TYPE_CHECKING:  # the Codec owns these levels; the import is for types only
     from .codec import Codec, LatentGrid
 
 RESIDUAL_CHOICES = ("auto", "latent", "classic")  # per frame by bytes, or every frame one way
+# "auto" on a packet of more frames than this chooses once for the whole packet (two whole encodes)
+# instead of per frame: per-frame trials cost two one-frame encodes each, ~30x a packet of 256
+# digits' own encode, which a sender at thousands of frames per second cannot pay
+PER_FRAME_TRIALS = 16
 
 
 def choose_modes(codec: Codec, raw: np.ndarray, symbols: np.ndarray, raw_float: np.ndarray, bound: int,
@@ -79,6 +83,12 @@ def encode_residual_packet(codec: Codec, raw: np.ndarray, symbols: np.ndarray | 
         if len(raw) == 1:  # the trial payloads are the packet's own
             won, (payload, info) = _trial(codec, raw, symbols, raw_float, bound, grid)
             return _packet(codec, raw, quality, bound, recon_crc, payload, info, won == MODE_CLASSIC)
+        if len(raw) > PER_FRAME_TRIALS:  # the whole packet one way: the smaller of the two (classical on a tie)
+            lat = _payload(codec, raw, symbols, raw_float, bound, grid, None)
+            cla = _payload(codec, raw, symbols, raw_float, bound, grid, np.full(len(raw), MODE_CLASSIC))
+            classical = len(cla[0]) <= len(lat[0])
+            payload, info = cla if classical else lat
+            return _packet(codec, raw, quality, bound, recon_crc, payload, info, classical)
         modes = choose_modes(codec, raw, symbols, raw_float, bound, grid)
         if not (modes == MODE_CLASSIC).any():  # nothing to signal: the layout without modes
             modes = None

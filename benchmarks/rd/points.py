@@ -57,7 +57,7 @@ class Point:
     seconds: float | None = None
     encode_seconds: float | None = None  # latentwire: of ``seconds``, in Codec.encode / Codec.decode
     decode_seconds: float | None = None
-    # latentwire transform levels: windows sent without their latent; photo max-error levels: photos sent
+    # latentwire transform levels: windows sent without their latent; max-error levels: frames sent
     # classically (no latent, codec/coding/residual_classic.py)
     alone_share: float | None = None
 
@@ -146,8 +146,9 @@ def latentwire_point(
         header, body = bitstream.read_packet(packet)
         total += len(packet)
         payload += len(body)
-        if header.has_modes:
-            alone += int((PayloadReader(body, codec.tables).modes(header.count) == MODE_ALONE).sum())
+        if header.has_modes:  # windows sent alone (transform levels) or frames sent classically (residual levels)
+            modes = PayloadReader(body, codec.tables).modes(header.count, residual=header.has_residual)
+            alone += int((modes == MODE_ALONE).sum())
         t = time.perf_counter()
         decoded[sl] = codec.decode(packet)
         spent[1] += time.perf_counter() - t
@@ -164,7 +165,8 @@ def latentwire_point(
     return Point("latentwire", setting, mode=mode, quality=quality, max_error=max_error, target_prdn=target_prdn,
                  payload_bytes_per_sample=payload / len(raw), seconds=time.perf_counter() - t0, subset=subset,
                  encode_seconds=spent[0], decode_seconds=spent[1],
-                 alone_share=alone / len(raw) if transform else None, **scorer.score(raw, decoded, total))
+                 alone_share=alone / len(raw) if transform or alone else None,  # residual levels: when some went
+                 **scorer.score(raw, decoded, total))
 
 
 # ------------------------------------------------------------------------------ classical codecs

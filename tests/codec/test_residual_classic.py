@@ -27,7 +27,7 @@ from latentwire.codec.coding.residual_classic import BASE_MED, MODE_CLASSIC, MOD
 from latentwire.codec.coding.residual_coding import with_classic
 from latentwire.codec.coding.residual_colour import ColourLevel, ResidualColourContext
 from latentwire.codec.errors import BitstreamError, BundleError, ChecksumMismatch, InputError
-from latentwire.codec.residual_levels import choose_modes
+from latentwire.codec.residual_levels import PER_FRAME_TRIALS, choose_modes
 from latentwire.codec.sources import list_images, read_image, sample_data_root
 
 ASSETS = Path(__file__).resolve().parents[2] / "codec" / "assets"
@@ -156,6 +156,11 @@ def test_the_sender_keeps_the_smaller_mode_per_frame(codec: Codec) -> None:
     assert np.abs(out.astype(np.int64) - frames).max() <= 2
     assert len(packet) < len(other.encode(frames, **kw, residual_mode="latent"))
     assert not other.header(other.encode(frames[[0, 2]], **kw)).has_modes  # photos only: the old layout
+    many = frames[np.arange(PER_FRAME_TRIALS + 1) % 3]  # past the per-frame trials: one choice per packet
+    sizes = {m: len(other.encode(many, **kw, residual_mode=m)) for m in ("latent", "classic")}
+    whole = other.encode(many, **kw)
+    assert len(whole) == min(sizes.values()) and other.header(whole).has_modes == (sizes["classic"] <= sizes["latent"])
+    assert np.abs(other.decode(whole).astype(np.int64) - many).max() <= 2
     with pytest.raises(InputError, match="residual_mode"):
         other.encode(frames, **kw, residual_mode="jpeg-ls")
     with pytest.raises(InputError, match="classical residual tables"):  # no tables for max error 3
