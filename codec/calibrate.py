@@ -265,10 +265,9 @@ def calibrate(
     def against(sym: np.ndarray, flt: np.ndarray, sp: LevelSpec) -> np.ndarray:
         if exact is None:
             return flt
-        if exact.layout == "channels_first_2d":  # a photo network takes the reference level's symbols
-            return np.concatenate([exact.predict_frames(sym[i : i + batch_size], flt.shape[1:])
-                                   for i in range(0, len(sym), batch_size)]).astype(np.float32)
-        values = dequantize_scaled(sym, sp.latent_step, _gains(bundle, sp)[1])
+        # a photo network takes the reference level's symbols themselves (its inverse gains are in it)
+        values = sym if exact.layout == "channels_first_2d" else dequantize_scaled(sym, sp.latent_step,
+                                                                                   _gains(bundle, sp)[1])
         return np.concatenate([exact.predict_frames(values[i : i + batch_size], flt.shape[1:])
                                for i in range(0, len(values), batch_size)]).astype(np.float32)
 

@@ -165,7 +165,7 @@ def latentwire_point(
     return Point("latentwire", setting, mode=mode, quality=quality, max_error=max_error, target_prdn=target_prdn,
                  payload_bytes_per_sample=payload / len(raw), seconds=time.perf_counter() - t0, subset=subset,
                  encode_seconds=spent[0], decode_seconds=spent[1],
-                 alone_share=alone / len(raw) if transform or alone else None,  # residual levels: when some went
+                 alone_share=alone / len(raw) if transform or alone else None,  # residual levels: any sent classically
                  **scorer.score(raw, decoded, total))
 
 

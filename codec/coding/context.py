@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -170,6 +170,22 @@ def check_kind(obj: Any, kind: str, what: str, where: str) -> None:
     if not isinstance(obj, dict) or obj.get("kind") != kind:
         got = obj.get("kind") if isinstance(obj, dict) else None
         raise BundleError(f"{where}: unknown {what} kind {got!r} (this latentwire knows {kind!r})")
+
+
+class _CodedLevel(Protocol):
+    @property
+    def max_error(self) -> int: ...
+
+
+LevelT = TypeVar("LevelT", bound=_CodedLevel)
+
+
+def level_for(levels: Sequence[LevelT], max_error: int, what: str) -> LevelT:
+    """The level of a context-coded residual kind (residual_coding.py) that codes max_error."""
+    for lv in levels:
+        if lv.max_error == max_error:
+            return lv
+    raise BundleError(f"no {what} tables for max error {max_error}")
 
 
 def context_ids(prev: np.ndarray, channels: int, signed_clip: int, activity_edges: Sequence[int]) -> np.ndarray:

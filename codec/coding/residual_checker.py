@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import BundleError, InputError
 from .coder import StreamDecoder, StreamEncoder
-from .context import check_kind, table_with_prior
+from .context import check_kind, level_for, table_with_prior
 from .residual import ResidualEncoding, ResidualModel, check_max_error, prediction, quantize_residual, reconstruct
 from .tables import FreqTable, TableSet, pack_array, unpack_array
 
@@ -129,10 +129,7 @@ class ResidualCheckerContext:
         return any(lv.max_error == max_error for lv in self.levels)
 
     def _level(self, max_error: int) -> CheckerLevel:
-        for lv in self.levels:
-            if lv.max_error == max_error:
-                return lv
-        raise BundleError(f"no checkerboard residual tables for max error {max_error}")
+        return level_for(self.levels, max_error, "checkerboard residual")
 
     def _value(self, p: np.ndarray) -> np.ndarray:
         v = p - np.int32(self.raw_min)

@@ -55,7 +55,7 @@ import numpy as np
 
 from ..errors import BundleError, InputError
 from .coder import StreamDecoder, StreamEncoder
-from .context import check_kind, table_with_prior
+from .context import check_kind, level_for, table_with_prior
 from .residual import ResidualEncoding, ResidualModel, check_max_error, prediction, quantize_residual
 from .residual_classic import BASE_MED, BASE_MODEL, BASES, classic_base, med
 from .tables import FreqTable, TableSet, table_from_counts
@@ -166,10 +166,7 @@ class ResidualColourContext:
         return any(lv.max_error == max_error for lv in self.levels)
 
     def _level(self, max_error: int) -> ColourLevel:
-        for lv in self.levels:
-            if lv.max_error == max_error:
-                return lv
-        raise BundleError(f"no colour residual tables for max error {max_error}")
+        return level_for(self.levels, max_error, "colour residual")
 
     def _ids(self, lv: ColourLevel, parts: list[_Part], luts: list[np.ndarray] | None = None) -> list[np.ndarray]:
         """Each part's table ids; luts: ``_class_luts(lv)``, computed once per packet by callers."""

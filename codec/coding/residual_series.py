@@ -40,7 +40,7 @@ import numpy as np
 
 from ..errors import BundleError, InputError
 from .coder import StreamDecoder, StreamEncoder
-from .context import check_kind, table_with_prior
+from .context import check_kind, level_for, table_with_prior
 from .residual import ResidualEncoding, ResidualModel, check_max_error, prediction, quantize_residual
 from .tables import TableSet, table_from_counts
 
@@ -208,10 +208,7 @@ class ResidualSeriesContext:
         return any(lv.max_error == max_error for lv in self.levels)
 
     def level(self, max_error: int) -> SeriesLevel:
-        for lv in self.levels:
-            if lv.max_error == max_error:
-                return lv
-        raise BundleError(f"no series residual tables for max error {max_error}")
+        return level_for(self.levels, max_error, "series residual")
 
     def _prediction(self, model: ResidualModel, raw_float: np.ndarray, lv: SeriesLevel) -> np.ndarray:
         if (model.spec.raw_min, model.spec.raw_max) != (self.raw_min, self.raw_max):
