@@ -1,6 +1,8 @@
-"""Max-error residual levels of the ECG bundle before and after series-context residual coding, on
-the held-out MIT-BIH records 117-124: whole packets of `--packet` windows (bytes as sent, header,
-latents and CRC included) in bits per sample, and the residual stage's own encode/decode time.
+"""Max-error residual levels of the ECG bundle before and after a change of its residual coding
+(series-context, then its classical windows), on the held-out MIT-BIH records 117-124: whole
+packets of `--packet` windows (bytes as sent, header, latents and CRC included; every packet
+decoded whole and its max error checked) in bits per sample, how many windows went classical,
+and the latent mode's residual stage's own encode/decode time.
 
 The two bundles share the encoder and exact network (only entropy.json differs), so the exact
 prediction of every window is computed once and both code against it. Usage:
@@ -21,7 +23,9 @@ from benchmarks.common import machine_info, write_result
 from benchmarks.exact import ECG_HELDOUT
 from latentwire.codec.codec import Codec
 from latentwire.codec.coding.coder import StreamDecoder, StreamEncoder
-from latentwire.codec.residual_levels import encode_residual_packet
+from latentwire.codec.coding.residual_classic import MODE_CLASSIC
+from latentwire.codec.coding.residual_modes import classic_coding
+from latentwire.codec.residual_levels import encode_residual_packet, series_modes
 from latentwire.codec.sources import load_ecg_windows
 
 MAX_ERRORS = (0, 1, 2, 4)
@@ -83,8 +87,16 @@ def main(argv: list[str] | None = None) -> int:
         row: dict[str, object] = {"max_error": d}
         for name, codec in codecs.items():
             q, bound, g = codec._level(None, d)
-            n_bytes = sum(len(encode_residual_packet(codec, raw, sym, pred, q, int(bound or 0), g, True))
-                          for raw, sym, pred in parts)
+            n_bytes, classical, worst = 0, 0, 0
+            for raw, sym, pred in parts:
+                assert isinstance(sym, np.ndarray)
+                packet = encode_residual_packet(codec, raw, sym, pred, q, int(bound or 0), g, True)
+                n_bytes += len(packet)
+                worst = max(worst, int(np.abs(codec.decode(packet).astype(np.int64) - raw).max()))
+                if classic_coding(codec.tables.residual_coding, d) is not None:
+                    classical += int((series_modes(codec, raw, sym, pred, int(bound or 0), g) == MODE_CLASSIC).sum())
+            if worst > d:
+                raise AssertionError(f"{name}: max error {d} broken ({worst}) by a whole packet's decode")
             enc_s = dec_s = 0.0
             ok = True
             for raw, _, pred in parts:
@@ -93,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             row[name] = {"bits_per_sample": round(8 * n_bytes / (len(x) * samples), 4),
                          "bytes_per_window": round(n_bytes / len(x), 2),
                          "residual_encode_ms_per_window": round(1000 * enc_s / len(x), 3),
-                         "residual_decode_ms_per_window": round(1000 * dec_s / len(x), 3), "decodes": ok}
+                         "residual_decode_ms_per_window": round(1000 * dec_s / len(x), 3), "decodes": ok,
+                         "classical_windows": classical}
         print(row, flush=True)
         rows.append(row)
     if args.out:

@@ -451,8 +451,9 @@ def cmd_calibrate(keys: Sequence[str]) -> None:
 
 
 def cmd_classic(keys: Sequence[str]) -> None:
-    """Fit the classical residual tables (codec/coding/residual_classic.py) into a shipped bundle whose
-    colour-wavefront residual_coding lacks them, on the samples calibrate uses, and nothing else:
+    """Fit the classical residual tables (photos: codec/coding/residual_classic.py; series: the
+    model-free levels of residual_series.py) into a shipped bundle whose colour-wavefront or
+    series-context residual_coding lacks them, on the samples calibrate uses, and nothing else:
     they involve no model, so this is what `calibrate` would add, while every latent level and every
     latent-mode table keep their bytes (only the model id changes, with entropy.json)."""
     import dataclasses
@@ -461,13 +462,14 @@ def cmd_classic(keys: Sequence[str]) -> None:
     from latentwire.codec.coding.payload import CodingTables
     from latentwire.codec.coding.residual_coding import with_classic
     from latentwire.codec.coding.residual_colour import ResidualColourContext
+    from latentwire.codec.coding.residual_series import ResidualSeriesContext
 
     for key in keys:
         out = ASSETS / BUNDLES[key]["asset"]
         tables = CodingTables.load(out)
         coding = tables.residual_coding
-        if not isinstance(coding, ResidualColourContext) or tables.residual is None:
-            raise SystemExit(f"{key}: no colour-wavefront residual_coding to add classical tables to")
+        if not isinstance(coding, (ResidualColourContext, ResidualSeriesContext)) or tables.residual is None:
+            raise SystemExit(f"{key}: no colour-wavefront or series-context residual_coding to add classical tables to")
         t0 = time.perf_counter()
         x = calibration_samples(key)
         coding = with_classic(coding, tables.residual, x, np.broadcast_to(np.float32(0), x.shape))
@@ -476,8 +478,8 @@ def cmd_classic(keys: Sequence[str]) -> None:
         m.setdefault("metrics", {}).setdefault("calibration", {})["classic"] = {
             "command": _command(), "seconds": round(time.perf_counter() - t0, 1)}
         write_manifest(out, m)
-        print(f"{key}: classical tables for max errors {[lv.max_error for lv in coding.levels]}, model id "
-              f"{finalize(out)[:12]}")
+        fitted = [lv.max_error for lv in (coding.classic or coding).levels]
+        print(f"{key}: classical tables for max errors {fitted}, model id {finalize(out)[:12]}")
 
 
 def cmd_series(keys: Sequence[str]) -> None:

@@ -13,10 +13,14 @@ mode won every photo at max errors 0 and 1, 22 at 2 and 14 at 4; bits per pixel 
 7.23 / 5.85 / 4.18 (every photo with its latent, l7) to 8.81 / 6.41 / 5.20 / 3.87 (JPEG-LS after
 a reversible colour transform: 9.55 lossless). Coding each frame both ways costs a second residual
 pass at the sender (the receiver decodes one).
+
+Series bundles (residual_series.py's classical levels: the walk on the raw signal, no model) choose
+per window by ideal bits and squared error instead, at any packet size (``series_modes``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,10 +28,11 @@ import numpy as np
 from .coding import bitstream
 from .coding.bitstream import CUSTOM_QUALITY
 from .coding.hyper_latents import HyperLatents
-from .coding.payload import encode_payload
+from .coding.payload import encode_payload, latent_frame_bits
 from .coding.residual import ResidualEncoding
 from .coding.residual_classic import MODE_CLASSIC, MODE_LATENT
 from .coding.residual_modes import classic_coding
+from .coding.residual_series import ResidualSeriesContext
 from .errors import InputError
 
 if TYPE_CHECKING:  # the Codec owns these levels; the import is for types only
@@ -47,6 +52,33 @@ def choose_modes(codec: Codec, raw: np.ndarray, symbols: np.ndarray, raw_float: 
     residuals and the coder's flush are counted as a packet of that frame alone would spend them."""
     return np.array([_trial(codec, raw[i : i + 1], symbols[i : i + 1], raw_float[i : i + 1], bound, grid)[0]
                      for i in range(len(raw))], dtype=np.int64)
+
+
+def rd_weight(max_error: int) -> float:
+    """Bits one unit of squared error is worth at max error D: the slope dR/dMSE = 1 / (2 ln 2 MSE)
+    of a uniform quantizer at high rate, at its own MSE (2D + 1)^2 / 12. At D = 0 nothing is lost
+    and only bits count; at large D a classical window, whose error spreads over the whole bound,
+    must save bits for it (ECG at max error 40: bytes alone chose classical windows with 4x the
+    PRD of the latent ones)."""
+    return 6.0 / (math.log(2.0) * (2 * max_error + 1) ** 2)
+
+
+def series_modes(codec: Codec, raw: np.ndarray, symbols: np.ndarray, raw_float: np.ndarray, bound: int,
+                 grid: LatentGrid) -> np.ndarray:
+    """(N,) per window of a series packet, the mode of lower cost bits + rd_weight(D) * squared error
+    (classical on ties): the latent's bits plus its residual's against the classical residual's.
+    The series walks are vectorised over the packet's windows, so every window chooses alone at
+    any packet size, for about two more residual walks at the sender."""
+    tables = codec.tables
+    coding, model = tables.residual_coding, tables.residual
+    classic = classic_coding(coding, bound)
+    assert isinstance(coding, ResidualSeriesContext) and isinstance(classic, ResidualSeriesContext) and model
+    weight = rd_weight(bound)
+    bits, sse = coding.frame_costs(model, raw, raw_float, bound)
+    latent = bits + weight * sse + latent_frame_bits(tables, symbols, codec.manifest.channel_axis, grid.step,
+                                                     grid.level)
+    bits, sse = classic.frame_costs(model, raw, np.zeros(raw.shape, dtype=np.float32), bound)
+    return np.where(bits + weight * sse <= latent, MODE_CLASSIC, MODE_LATENT).astype(np.int64)
 
 
 def _trial(codec: Codec, raw: np.ndarray, symbols: np.ndarray, raw_float: np.ndarray, bound: int,
@@ -78,6 +110,11 @@ def encode_residual_packet(codec: Codec, raw: np.ndarray, symbols: np.ndarray | 
     modes = None
     if can and mode == "classic":
         modes = np.full(len(raw), MODE_CLASSIC, dtype=np.int64)
+    elif can and mode == "auto" and isinstance(codec.tables.residual_coding, ResidualSeriesContext):
+        assert not isinstance(symbols, HyperLatents)
+        modes = series_modes(codec, raw, symbols, raw_float, bound, grid)
+        if not (modes == MODE_CLASSIC).any():
+            modes = None
     elif can and mode == "auto":
         assert not isinstance(symbols, HyperLatents)
         if len(raw) == 1:  # the trial payloads are the packet's own

@@ -20,7 +20,8 @@ Four kinds, chosen at calibration by the data:
 - ``series-context`` (residual_series.py): 1-D multichannel series (C, T) with an exact integer
   prediction and a raw range too wide for prediction-value, e.g. ECG counts: each sample predicted
   from the model AND the window's decoded error history, coded in time order with an activity
-  context (residual_series_fit.py fits it).
+  context (residual_series_fit.py fits it). Calibration also fits its classical levels: the same
+  walk on the raw signal with no model, for frames sent without a latent (residual_modes.py).
 
 All expose ``covers(D)``, ``write(enc, model, x_raw, raw_float, D)`` and
 ``read(dec, model, raw_float, D)`` as residual_context.py does; a max error they do not cover
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -49,9 +50,14 @@ from .residual_value import KIND as VALUE_KIND
 from .residual_value import ResidualValueContext
 
 AnyResidualCoding = ResidualColourContext | ResidualValueContext | ResidualCheckerContext | ResidualSeriesContext
+ClassicCapable = TypeVar("ClassicCapable", ResidualColourContext, ResidualSeriesContext)  # kinds with classical frames
 # prediction-value tables: one per value and slope class, so only for narrow raw ranges (8-bit: 256
 # values x 5 classes; an 11-bit ECG count would ask for 10,240 tables per level)
 VALUE_MAX_RANGE = 1024
+# series classical levels only up to this max error: a classical window's error spreads over the
+# whole bound, so beyond it (ECG: max error 12 and up, held-out and validation records alike) it
+# trades PRD for bytes and a level could cost as much as the coarser one with a worse PRD
+SERIES_CLASSIC_MAX_ERROR = 8
 
 
 def residual_coding_from_json(obj: Any, where: str = "entropy.json") -> AnyResidualCoding:
@@ -96,18 +102,23 @@ def fit_residual_coding(kind: str, model: ResidualModel, x_raw: np.ndarray, raw_
     if kind == CHECKER_KIND:
         return ResidualCheckerContext.fit(model, x_raw, raw_float, max_errors)
     if kind == SERIES_KIND:
-        return fit_series(model, x_raw, raw_float, max_errors)
+        return with_classic(fit_series(model, x_raw, raw_float, max_errors), model, x_raw, raw_float)
     raise BundleError(f"unknown residual coding kind {kind!r}")
 
 
-def with_classic(coding: ResidualColourContext, model: ResidualModel, x_raw: np.ndarray | Sequence[np.ndarray],
-                 raw_float: np.ndarray | Sequence[np.ndarray]) -> ResidualColourContext:
+def with_classic(coding: ClassicCapable, model: ResidualModel, x_raw: np.ndarray | Sequence[np.ndarray],
+                 raw_float: np.ndarray | Sequence[np.ndarray]) -> ClassicCapable:
     """coding with classical tables fit on x_raw for each of its max errors (raw_float gives only
     shapes: no model is involved), in its layout. Fitting them into a calibrated bundle leaves
     every other table, and so every packet of its latent levels, as it was."""
-    classic = ResidualColourContext.fit(model, x_raw, raw_float, [lv.max_error for lv in coding.levels],
-                                        base_channel=coding.base_channel, signed_clip=coding.signed_clip,
-                                        base_clip=coding.base_clip, base=BASE_MED)
+    ds = [lv.max_error for lv in coding.levels]
+    if isinstance(coding, ResidualSeriesContext):  # the walk on the raw signal (p the midpoint)
+        ds = [d for d in ds if d <= SERIES_CLASSIC_MAX_ERROR]
+        x = np.asarray(x_raw)
+        series = fit_series(model, x, np.full(x.shape, float(coding.midpoint), dtype=np.float32), ds)
+        return dataclasses.replace(coding, classic=dataclasses.replace(series, model_free=True))
+    classic = ResidualColourContext.fit(model, x_raw, raw_float, ds, base_channel=coding.base_channel,
+                                        signed_clip=coding.signed_clip, base_clip=coding.base_clip, base=BASE_MED)
     return dataclasses.replace(coding, classic=classic)
 
 

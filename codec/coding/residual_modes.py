@@ -2,10 +2,11 @@
 
 A packet with FLAG_RESIDUAL and FLAG_MODES (codec/FORMAT.md, "Per-frame modes of residual
 packets") codes, in its one range-coder stream: each frame's mode (MODE_LATENT or MODE_CLASSIC,
-the transform levels' mode table), the latents of the MODE_LATENT frames only, the colour-
-wavefront residual of those frames against the model's prediction, then the residual of the
-MODE_CLASSIC frames with the bundle's classical tables (residual_classic.py: no model). Each
-group keeps its frame order; the receiver puts the frames back where the modes say.
+the transform levels' mode table), the latents of the MODE_LATENT frames only, the residual of
+those frames against the model's prediction (colour wavefront for photos, the series walk for
+series), then the residual of the MODE_CLASSIC frames with the bundle's classical tables (photos:
+residual_classic.py; series: residual_series.py's model-free levels). Each group keeps its frame
+order; the receiver puts the frames back where the modes say.
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ from .coder import StreamDecoder, StreamEncoder
 from .residual import ResidualEncoding, ResidualModel
 from .residual_classic import MODE_CLASSIC, MODE_LATENT, MODE_TABLES
 from .residual_colour import ResidualColourContext
+from .residual_series import ResidualSeriesContext
 
 MODES = (MODE_LATENT, MODE_CLASSIC)
+CLASSIC_KINDS = (ResidualColourContext, ResidualSeriesContext)
 
 
-def classic_coding(coding: object, max_error: int) -> ResidualColourContext | None:
+def classic_coding(coding: object, max_error: int) -> ResidualColourContext | ResidualSeriesContext | None:
     """The classical tables that code max error D, or None where the bundle has none for it (the
-    latent mode's colour-wavefront tables must cover D too: a packet may hold either kind)."""
-    if not isinstance(coding, ResidualColourContext) or coding.classic is None:
+    latent mode's tables must cover D too: a packet may hold either kind). Photos: the colour
+    wavefront's classical tables; series: the series walk's classical levels."""
+    if not isinstance(coding, CLASSIC_KINDS) or coding.classic is None:
         return None
     return coding.classic if coding.classic.covers(max_error) and coding.covers(max_error) else None
 
@@ -54,7 +58,7 @@ def write_residual(enc: StreamEncoder, coding: object, model: ResidualModel, x_r
     classic = classic_coding(coding, max_error)
     x = np.asarray(x_raw)
     m = check_modes(modes, len(x))
-    if classic is None or not isinstance(coding, ResidualColourContext):
+    if classic is None or not isinstance(coding, CLASSIC_KINDS):
         raise InputError(f"this bundle has no classical residual tables for max error {max_error} (recalibrate it)")
     lat = m == MODE_LATENT
     f = np.asarray(raw_float)
@@ -73,7 +77,7 @@ def read_residual(dec: StreamDecoder, coding: object, model: ResidualModel, raw_
                   modes: np.ndarray, sample_shape: tuple[int, ...]) -> np.ndarray:
     """The reconstruction of every frame; raw_float: the model's output for the MODE_LATENT frames."""
     classic = classic_coding(coding, max_error)
-    if classic is None or not isinstance(coding, ResidualColourContext):
+    if classic is None or not isinstance(coding, CLASSIC_KINDS):
         raise BitstreamError(f"packet has per-frame modes at max error {max_error}, but this bundle has no classical "
                              "residual tables for it: foreign packet")
     lat = modes == MODE_LATENT

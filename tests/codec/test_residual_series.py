@@ -19,7 +19,8 @@ from latentwire.codec.codec import Codec
 from latentwire.codec.coding.coder import StreamDecoder, StreamEncoder
 from latentwire.codec.coding.payload import CodingTables
 from latentwire.codec.coding.residual import ContextSpec, ResidualModel
-from latentwire.codec.coding.residual_coding import residual_coding_from_json
+from latentwire.codec.coding.residual_coding import SERIES_CLASSIC_MAX_ERROR, residual_coding_from_json
+from latentwire.codec.coding.residual_modes import classic_coding
 from latentwire.codec.coding.residual_series import ResidualSeriesContext, SeriesLevel, walk
 from latentwire.codec.coding.residual_series_fit import activities, fit, simulate
 from latentwire.codec.errors import BundleError
@@ -194,3 +195,110 @@ def test_an_entropy_file_without_series_coding_still_codes_with_its_tables(codec
         packet = old.encode(windows, max_error=d)
         assert int(np.abs(old.decode(packet).astype(np.int64) - windows).max()) <= d
         assert len(packet) > len(codec.encode(windows, max_error=d))
+
+
+# ------------------------------------------------------------------ classical windows (no model)
+
+def _classic(codec: Codec) -> ResidualSeriesContext:
+    classic = _series(codec).classic
+    assert classic is not None and classic.model_free, "re-run python -m benchmarks.train_bundles classic ecg"
+    return classic
+
+
+class _NoModel:
+    def decode(self, *args: object, **kwargs: object) -> np.ndarray:
+        raise AssertionError("a classical window must not run the model")
+
+    def predict_frames(self, *args: object, **kwargs: object) -> np.ndarray:
+        raise AssertionError("a classical window must not run the exact network")
+
+
+def test_classical_levels_walk_the_raw_signal_as_the_plain_python_reference(codec: Codec) -> None:
+    """The classical levels are the same walk with p the raw range's midpoint: every prediction,
+    table id and call as the reference computes them, on the shipped levels."""
+    classic = _classic(codec)
+    x, _ = _synthetic(3, 40, seed=3)
+    assert classic.midpoint == 1023
+    for d in MAX_ERRORS:
+        _check_level(classic.level(d), np.full(x.shape, classic.midpoint, dtype=np.int64), x)
+
+
+def test_classical_windows_round_trip_without_the_model(codec: Codec, windows: np.ndarray) -> None:
+    """Forced classical: lossless bit-exact and every max error kept, decoded by a codec whose
+    decoder and exact network refuse to run; FLAG_MODES with FLAG_RESIDUAL is set."""
+    blind = Codec.load(BUNDLE, provider="cpu", threads=1)
+    blind.decoder = _NoModel()  # type: ignore[assignment]
+    blind.exact = _NoModel()  # type: ignore[assignment]
+    for d in MAX_ERRORS:
+        packet = codec.encode(windows, max_error=d, residual_mode="classic")
+        h = codec.header(packet)
+        assert h.has_modes and h.has_residual
+        out = blind.decode(packet)
+        assert int(np.abs(out.astype(np.int64) - windows).max()) <= d
+        if d == 0:
+            assert np.array_equal(out, windows)
+
+
+def test_each_window_takes_the_mode_of_lower_rate_distortion_cost(codec: Codec, windows: np.ndarray) -> None:
+    """series_modes compares, per window, latent bits + the latent mode's residual bits + weighted
+    squared error with the classical residual's (frame_costs: bits the coder then spends, to within
+    its flush, and the reconstruction's error), at every packet size; at D = 0 that is bytes alone
+    and the auto packet is no larger than either forced one; windows decode as each mode codes
+    them alone."""
+    from latentwire.codec.coding.payload import latent_frame_bits
+    from latentwire.codec.coding.residual_classic import MODE_CLASSIC, MODE_LATENT
+    from latentwire.codec.residual_levels import rd_weight, series_modes
+
+    noise = np.clip(windows[:1] + np.random.default_rng(4).integers(-300, 301, windows[:1].shape), 0, 2047)
+    frames = np.concatenate([windows, noise]).astype(windows.dtype)
+    coding, classic, model = _series(codec), _classic(codec), codec.tables.residual
+    assert model is not None
+    for d in (0, 2):
+        q, bound, grid = codec._level(None, d)
+        symbols = codec.quantize_latents(codec._encode_model(codec.normalization.to_model(frames)), grid)
+        assert isinstance(symbols, np.ndarray)
+        pred = codec._residual_prediction(symbols, grid, frames.shape[1:])
+        bits, sse = coding.frame_costs(model, frames, pred, d)
+        lat = (latent_frame_bits(codec.tables, symbols, codec.manifest.channel_axis, grid.step, grid.level)
+               + bits + rd_weight(d) * sse)
+        alone, alone_sse = classic.frame_costs(model, frames, np.zeros(frames.shape, np.float32), d)
+        modes = series_modes(codec, frames, symbols, pred, d, grid)
+        assert modes.tolist() == np.where(alone + rd_weight(d) * alone_sse <= lat, MODE_CLASSIC, MODE_LATENT).tolist()
+        enc = StreamEncoder()
+        info = classic.write(enc, model, frames, np.zeros(frames.shape, np.float32), d)
+        assert abs(8 * len(enc.finish()) - alone.sum()) <= 64
+        err = (info.recon.astype(np.int64) - frames).reshape(len(frames), -1)
+        assert alone_sse.tolist() == (err * err).sum(axis=1).tolist()
+        auto = codec.encode(frames, max_error=d)
+        forced = {m: codec.encode(frames, max_error=d, residual_mode=m) for m in ("latent", "classic")}
+        if d == 0:
+            assert rd_weight(0) * alone_sse.sum() == 0 and len(auto) <= min(len(p) for p in forced.values())
+        out = codec.decode(auto)
+        assert int(np.abs(out.astype(np.int64) - frames).max()) <= d
+        for i, m in enumerate(modes):
+            one = codec.encode(frames[i : i + 1], max_error=d, residual_mode="classic" if m else "latent")
+            assert np.array_equal(out[i : i + 1], codec.decode(one))
+    assert len(set(modes.tolist())) == 2, "both modes exercised (the noisy window goes classical)"
+
+
+def test_classical_levels_are_versioned_in_entropy_json(codec: Codec) -> None:
+    """Version 2 of series-context holds ``classic``; a version that disagrees with the content is
+    refused (so an older latentwire refuses the new bundle), classical levels must use no model,
+    and the shipped file writes back to its own bytes."""
+    data = (BUNDLE / "entropy.json").read_bytes()
+    assert codec.tables.dumps() == data
+    obj = json.loads(data)["residual_coding"]
+    # classical levels up to SERIES_CLASSIC_MAX_ERROR only (beyond it a classical window buys bytes with PRD)
+    assert obj["version"] == 2 and [lv["max_error"] for lv in obj["classic"]["levels"]] == [
+        lv["max_error"] for lv in obj["levels"] if lv["max_error"] <= SERIES_CLASSIC_MAX_ERROR]
+    assert not _series(codec).classic.covers(12) and classic_coding(_series(codec), 12) is None  # type: ignore[union-attr]
+    for change in (lambda o: o.update(version=1), lambda o: o.pop("classic")):
+        bad = json.loads(json.dumps(obj))
+        change(bad)
+        with pytest.raises(BundleError, match="version"):
+            residual_coding_from_json(bad)
+    coding = _series(codec)
+    with pytest.raises(BundleError, match="no model"):
+        dataclasses.replace(coding, classic=dataclasses.replace(_classic(codec), model_free=False))
+    plain = dataclasses.replace(coding, classic=None).to_json_obj()
+    assert plain["version"] == 1 and "classic" not in plain
