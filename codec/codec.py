@@ -34,7 +34,7 @@ from .coding.transform_mode import CHOICES
 from .errors import BitstreamError, InputError, ReconstructionMismatch
 from .frame import FramePath
 from .raw_input import check_raw_samples
-from .residual_levels import RESIDUAL_CHOICES, encode_residual_packet
+from .residual_levels import PER_FRAME_TRIALS, RESIDUAL_CHOICES, encode_residual_packet
 from .runtime import Decoder, Encoder
 from .transform_levels import decode_transform, encode_transform_packet
 
@@ -79,6 +79,7 @@ class Codec:
         self._provider = provider
         self._threads = threads
         self.tables = CodingTables.load(bundle.file("entropy.json"))
+        self.per_frame_trials = PER_FRAME_TRIALS  # residual_levels.py: photo packets choose per frame up to this size
         self.qualities = list(self.manifest.quality_levels)
         if not self.qualities:
             raise InputError(f"bundle {bundle.path} has no quality levels: run `latentwire calibrate` on it")
@@ -196,7 +197,8 @@ class Codec:
         costs more, the transform of the window alone (coding/transform_mode.py); "latent" or
         "alone" sends every window so. residual_mode (max-error levels of a bundle with classical
         residual tables): "auto" sends each frame with its latent or classically, whichever codes
-        smaller (residual_levels.py); "latent" or "classic" sends every frame so.
+        smaller (photos; series weigh squared error too: residual_levels.py); "latent" or
+        "classic" sends every frame so.
         """
         if transform_mode != "auto" and (transform_mode not in CHOICES or max_error is not None or (
                 target_prdn is None and self.qualities[self._level(quality, None)[0]].transform_step is None)):

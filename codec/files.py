@@ -20,6 +20,7 @@ from tqdm import tqdm
 from .codec import Codec
 from .coding.bitstream import iter_packets
 from .errors import LatentwireError
+from .residual_levels import RESIDUAL_CHOICES
 from .sources import ImageFolder, load_source, read_image, source_option
 from .sources.images import IMAGE_SUFFIXES
 
@@ -54,13 +55,13 @@ def input_batches(codec: Codec, path: Path, batch: int, options: dict[str, Any])
 
 def encode_file(
     codec: Codec, source: Path, out: Path, quality: int | None, max_error: int | None, batch: int,
-    options: dict[str, Any], progress: bool = True,
+    options: dict[str, Any], progress: bool = True, residual_mode: str = "auto",
 ) -> dict[str, Any]:
     count, batches = input_batches(codec, source, batch, options)
     written = raw_bytes = packets = 0
     with open(out, "wb") as f, tqdm(total=count, unit="frame", desc="encode", disable=not progress) as bar:
         for raw in batches:
-            packet = codec.encode(raw, quality=quality, max_error=max_error)
+            packet = codec.encode(raw, quality=quality, max_error=max_error, residual_mode=residual_mode)
             f.write(packet)
             written += len(packet)
             raw_bytes += raw.nbytes
@@ -125,6 +126,9 @@ def add_parser(subparsers: Any, name: str) -> argparse.ArgumentParser:
             "--max-error", type=int, default=None, help="near-lossless: max absolute error per sample, raw units"
         )
         p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="frames per packet (coded jointly)")
+        p.add_argument("--residual-mode", choices=RESIDUAL_CHOICES, default="auto",
+                       help="max-error levels of a bundle with classical tables: each frame with its latent or "
+                            "classical, whichever costs less (auto), or every frame one way")
         p.add_argument("--source-option", action="append", type=source_option, default=[], metavar="KEY=VALUE")
     else:
         p = subparsers.add_parser("decode", help="decode a .lw file into arrays or PNG images")
@@ -141,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
         codec = Codec.load(args.bundle, provider=args.provider)
         if args.command == "encode":
             result = encode_file(codec, args.input, args.out, args.quality, args.max_error, args.batch,
-                                 dict(args.source_option), progress=not args.no_progress)
+                                 dict(args.source_option), progress=not args.no_progress,
+                                 residual_mode=args.residual_mode)
         else:
             result = decode_file(codec, args.input, args.out, progress=not args.no_progress)
     except LatentwireError as exc:

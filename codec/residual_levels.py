@@ -20,7 +20,9 @@ per window by ideal bits and squared error instead, at any packet size (``series
 
 from __future__ import annotations
 
+import logging
 import math
+import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -39,10 +41,14 @@ if TYPE_CHECKING:  # the Codec owns these levels; the import is for types only
     from .codec import Codec, LatentGrid
 
 RESIDUAL_CHOICES = ("auto", "latent", "classic")  # per frame by bytes, or every frame one way
-# "auto" on a packet of more frames than this chooses once for the whole packet (two whole encodes)
-# instead of per frame: per-frame trials cost two one-frame encodes each, ~30x a packet of 256
-# digits' own encode, which a sender at thousands of frames per second cannot pay
+# "auto" on a photo packet of more frames than this chooses once for the whole packet (two whole
+# encodes) instead of per frame: per-frame trials cost two one-frame encodes each, ~30x a packet of
+# 256 digits' own encode, which a sender at thousands of frames per second cannot pay. The default
+# of Codec.per_frame_trials; set it higher to buy per-frame choices with sender time (logged once
+# per codec when a packet passes it)
 PER_FRAME_TRIALS = 16
+log = logging.getLogger(__name__)
+_TOLD: weakref.WeakSet[Codec] = weakref.WeakSet()  # codecs whose sender was told about per_frame_trials
 
 
 def choose_modes(codec: Codec, raw: np.ndarray, symbols: np.ndarray, raw_float: np.ndarray, bound: int,
@@ -120,7 +126,12 @@ def encode_residual_packet(codec: Codec, raw: np.ndarray, symbols: np.ndarray | 
         if len(raw) == 1:  # the trial payloads are the packet's own
             won, (payload, info) = _trial(codec, raw, symbols, raw_float, bound, grid)
             return _packet(codec, raw, quality, bound, recon_crc, payload, info, won == MODE_CLASSIC)
-        if len(raw) > PER_FRAME_TRIALS:  # the whole packet one way: the smaller of the two (classical on a tie)
+        if len(raw) > codec.per_frame_trials:  # the whole packet one way: the smaller of the two (classical on a tie)
+            if codec not in _TOLD:
+                log.info("residual_mode auto: a packet of %d frames is over per_frame_trials (%d): its frames take one "
+                         "mode together (raise Codec.per_frame_trials to choose per frame)", len(raw),
+                         codec.per_frame_trials)
+                _TOLD.add(codec)
             lat = _payload(codec, raw, symbols, raw_float, bound, grid, None)
             cla = _payload(codec, raw, symbols, raw_float, bound, grid, np.full(len(raw), MODE_CLASSIC))
             classical = len(cla[0]) <= len(lat[0])

@@ -378,3 +378,31 @@ def test_classic_and_mixed_packets_decode_alike_in_another_process(codec: Codec,
     with np.load(tmp_path / "out.npz") as got:
         for key, out in here.items():
             assert np.array_equal(got[key], out), key
+
+
+def test_per_frame_trials_is_a_setting_and_the_sender_is_told_when_a_packet_passes_it(
+        codec: Codec, caplog: pytest.LogCaptureFixture) -> None:
+    """Codec.per_frame_trials: over it, "auto" takes one mode for the whole packet, logged once per
+    codec (not per packet); at or under it, each frame its own."""
+    other = _noise_codec(codec)
+    photo = _photos()[0]
+    noise = np.random.default_rng(9).integers(0, 256, photo.shape).astype(np.uint8)
+    frames = np.concatenate([photo, noise, photo, noise])
+    kw = _kw(codec, 2)
+
+    def modes(packet: bytes) -> list[int]:
+        if not other.header(packet).has_modes:
+            return [MODE_LATENT] * len(frames)
+        return PayloadReader(bitstream.read_packet(packet)[1], other.tables).modes(len(frames), residual=True).tolist()
+
+    assert other.per_frame_trials == PER_FRAME_TRIALS
+    other.per_frame_trials = 3
+    with caplog.at_level("INFO", logger="latentwire.codec.residual_levels"):
+        whole = [other.encode(frames, **kw) for _ in range(2)]
+    assert sum("per_frame_trials (3)" in r.getMessage() for r in caplog.records) == 1
+    assert all(len(set(modes(p))) == 1 for p in whole)
+    other.per_frame_trials = 4
+    per_frame = other.encode(frames, **kw)
+    assert modes(per_frame) == [MODE_LATENT, MODE_CLASSIC, MODE_LATENT, MODE_CLASSIC]
+    assert len(per_frame) < len(whole[0])
+    assert np.abs(other.decode(per_frame).astype(np.int64) - frames).max() <= 2
