@@ -21,7 +21,6 @@ per window by ideal bits and squared error instead, at any packet size (``series
 from __future__ import annotations
 
 import logging
-import math
 import weakref
 from typing import TYPE_CHECKING
 
@@ -35,6 +34,7 @@ from .coding.residual import ResidualEncoding
 from .coding.residual_classic import MODE_CLASSIC, MODE_LATENT
 from .coding.residual_modes import classic_coding
 from .coding.residual_series import ResidualSeriesContext
+from .coding.transform_mode import LAMBDA_PER_STEP2
 from .errors import InputError
 
 if TYPE_CHECKING:  # the Codec owns these levels; the import is for types only
@@ -61,12 +61,12 @@ def choose_modes(codec: Codec, raw: np.ndarray, symbols: np.ndarray, raw_float: 
 
 
 def rd_weight(max_error: int) -> float:
-    """Bits one unit of squared error is worth at max error D: the slope dR/dMSE = 1 / (2 ln 2 MSE)
-    of a uniform quantizer at high rate, at its own MSE (2D + 1)^2 / 12. At D = 0 nothing is lost
-    and only bits count; at large D a classical window, whose error spreads over the whole bound,
-    must save bits for it (ECG at max error 40: bytes alone chose classical windows with 4x the
-    PRD of the latent ones)."""
-    return 6.0 / (math.log(2.0) * (2 * max_error + 1) ** 2)
+    """Bits one unit of squared error is worth at max error D: 1 / lambda with the transform levels'
+    lambda = (ln 2 / 6) step^2 (coding/transform_mode.py), step = 2D + 1: the slope of a uniform
+    quantizer at high rate, at its own MSE. At D = 0 nothing is lost and only bits count; at large
+    D a classical window, whose error spreads over the whole bound, must save bits for it (ECG at
+    max error 40: bytes alone chose classical windows with 4x the PRD of the latent ones)."""
+    return 1.0 / (LAMBDA_PER_STEP2 * (2 * max_error + 1) ** 2)
 
 
 def series_modes(codec: Codec, raw: np.ndarray, symbols: np.ndarray, raw_float: np.ndarray, bound: int,
