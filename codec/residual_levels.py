@@ -40,7 +40,7 @@ from .errors import InputError
 if TYPE_CHECKING:  # the Codec owns these levels; the import is for types only
     from .codec import Codec, LatentGrid
 
-RESIDUAL_CHOICES = ("auto", "latent", "classic")  # per frame by bytes, or every frame one way
+RESIDUAL_CHOICES = ("auto", "latent", "classic")  # per frame by cost (series_modes, _trial), or every frame one way
 # "auto" on a photo packet of more frames than this chooses once for the whole packet (two whole
 # encodes) instead of per frame: per-frame trials cost two one-frame encodes each, ~30x a packet of
 # 256 digits' own encode, which a sender at thousands of frames per second cannot pay. The default
