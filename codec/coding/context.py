@@ -172,6 +172,17 @@ def check_kind(obj: Any, kind: str, what: str, where: str) -> None:
         raise BundleError(f"{where}: unknown {what} kind {got!r} (this latentwire knows {kind!r})")
 
 
+def classic_version(obj: dict[str, Any], version: int, version_classic: int, what: str, where: str) -> bool:
+    """Whether a residual-coding section holds classical levels (``classic``): version_classic says
+    it does, version that it does not, and a reader refuses any other version or a version that
+    disagrees with the content (so one that knows only ``version`` refuses the newer section)."""
+    v, has = obj.get("version"), "classic" in obj
+    if v not in (version, version_classic) or (v == version_classic) != has:
+        raise BundleError(f"{where}: {what} version {v!r} (classical levels: {has}); this latentwire reads "
+                          f"{version} (without) and {version_classic} (with): upgrade latentwire or re-run calibration")
+    return has
+
+
 class _CodedLevel(Protocol):
     @property
     def max_error(self) -> int: ...

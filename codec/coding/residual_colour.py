@@ -55,7 +55,7 @@ import numpy as np
 
 from ..errors import BundleError, InputError
 from .coder import StreamDecoder, StreamEncoder
-from .context import check_kind, level_for, table_with_prior
+from .context import check_kind, classic_version, level_for, table_with_prior
 from .residual import ResidualEncoding, ResidualModel, check_max_error, prediction, quantize_residual
 from .residual_classic import BASE_MED, BASE_MODEL, BASES, classic_base, med
 from .tables import FreqTable, TableSet, table_from_counts
@@ -340,15 +340,11 @@ class ResidualColourContext:
     @classmethod
     def from_json_obj(cls, obj: Any, where: str = "entropy.json") -> ResidualColourContext:
         check_kind(obj, KIND, "residual coding", where)
-        version = obj.get("version")
-        if version not in (VERSION, VERSION_CLASSIC) or (version == VERSION_CLASSIC) != ("classic" in obj):
-            raise BundleError(f"{where}: colour residual coding version {version!r} (classical tables: "
-                              f"{'classic' in obj}); this latentwire reads {VERSION} (without) and {VERSION_CLASSIC} "
-                              "(with): upgrade latentwire or re-run calibration")
+        has_classic = classic_version(obj, VERSION, VERSION_CLASSIC, "colour residual coding", where)
         try:
             layout = (int(obj["channels"]), int(obj["base_channel"]), int(obj["signed_clip"]), int(obj["base_clip"]))
             classic = None
-            if "classic" in obj:
+            if has_classic:
                 classic = cls(*layout, tuple(_level_from(e) for e in obj["classic"]["levels"]), BASE_MED)
             return cls(*layout, tuple(_level_from(e) for e in obj["levels"]), classic=classic)
         except (KeyError, TypeError, ValueError) as exc:

@@ -46,7 +46,7 @@ import numpy as np
 
 from ..errors import BundleError, InputError
 from .coder import StreamDecoder, StreamEncoder, symbol_bits
-from .context import check_kind, level_for, table_with_prior
+from .context import check_kind, classic_version, level_for, table_with_prior
 from .residual import ResidualEncoding, ResidualModel, check_max_error, prediction, quantize_residual
 from .tables import TableSet, table_from_counts
 
@@ -292,15 +292,11 @@ class ResidualSeriesContext:
     @classmethod
     def from_json_obj(cls, obj: Any, where: str = "entropy.json") -> ResidualSeriesContext:
         check_kind(obj, KIND, "residual coding", where)
-        version = obj.get("version")
-        if version not in (VERSION, VERSION_CLASSIC) or (version == VERSION_CLASSIC) != ("classic" in obj):
-            raise BundleError(f"{where}: series-context residual coding version {version!r} (classical levels: "
-                              f"{'classic' in obj}); this latentwire reads {VERSION} (without) and {VERSION_CLASSIC} "
-                              "(with): upgrade latentwire or re-run calibration")
+        has_classic = classic_version(obj, VERSION, VERSION_CLASSIC, "series-context residual coding", where)
         try:
             span = (int(obj["raw_min"]), int(obj["raw_max"]))
             classic = None
-            if "classic" in obj:
+            if has_classic:
                 classic = cls(*span, tuple(SeriesLevel.from_json_obj(lv) for lv in obj["classic"]["levels"]),
                               model_free=True)
             return cls(*span, tuple(SeriesLevel.from_json_obj(lv) for lv in obj["levels"]), classic=classic)
