@@ -23,15 +23,21 @@ import numpy as np
 from benchmarks.common import git_commit, machine_info, write_result
 
 
-def validation_crops(command: str) -> np.ndarray:
-    """The run's validation crops (raw uint8), from its recorded `latentwire train` command."""
-    from latentwire.codec.sources import load_source
+def train_args(command: str) -> argparse.Namespace:
+    """A run's recorded `latentwire train` command, parsed as `latentwire train` parsed it."""
     from latentwire.codec.training.options import add_train_parser
 
     parser = argparse.ArgumentParser()
     add_train_parser(parser.add_subparsers(dest="command"))
     argv = shlex.split(command)
-    args = parser.parse_args(argv[argv.index("train"):])
+    return parser.parse_args(argv[argv.index("train"):])
+
+
+def validation_crops(command: str) -> np.ndarray:
+    """The run's validation crops (raw uint8), from its recorded `latentwire train` command."""
+    from latentwire.codec.sources import load_source
+
+    args = train_args(command)
     source = load_source(args.data, **dict(args.source_option))
     _, val = source.split(args.val_fraction, seed=args.seed)
     raw = val.samples

@@ -23,6 +23,7 @@ import numpy as np
 
 from benchmarks.bdrate import bd_rate
 from benchmarks.common import git_commit, machine_info, write_result
+from benchmarks.photo_curve import train_args
 
 WEBP_QUALITIES = (5, 15, 30, 50, 70, 85, 95)
 
@@ -31,12 +32,8 @@ def validation_photos(command: str) -> list[Path]:
     """The photos a run's group split held out of training, from its recorded `latentwire train` command."""
     from latentwire.codec.sources import ImageFolder
     from latentwire.codec.sources.sampleset import SampleSet
-    from latentwire.codec.training.options import add_train_parser
 
-    parser = argparse.ArgumentParser()
-    add_train_parser(parser.add_subparsers(dest="command"))
-    argv = shlex.split(command)
-    args = parser.parse_args(argv[argv.index("train"):])
+    args = train_args(command)
     options = dict(args.source_option)
     subdirs = options.get("subdirs")
     folder = ImageFolder(args.data, subdirs=[subdirs] if isinstance(subdirs, str) else subdirs)

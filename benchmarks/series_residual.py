@@ -22,10 +22,11 @@ import numpy as np
 from benchmarks.common import machine_info, write_result
 from benchmarks.exact import ECG_HELDOUT
 from latentwire.codec.codec import Codec
+from latentwire.codec.coding import bitstream
 from latentwire.codec.coding.coder import StreamDecoder, StreamEncoder
+from latentwire.codec.coding.payload import PayloadReader
 from latentwire.codec.coding.residual_classic import MODE_CLASSIC
-from latentwire.codec.coding.residual_modes import classic_coding
-from latentwire.codec.residual_levels import encode_residual_packet, series_modes
+from latentwire.codec.residual_levels import encode_residual_packet
 from latentwire.codec.sources import load_ecg_windows
 
 MAX_ERRORS = (0, 1, 2, 4)
@@ -93,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
                 packet = encode_residual_packet(codec, raw, sym, pred, q, int(bound or 0), g, True)
                 n_bytes += len(packet)
                 worst = max(worst, int(np.abs(codec.decode(packet).astype(np.int64) - raw).max()))
-                if classic_coding(codec.tables.residual_coding, d) is not None:
-                    classical += int((series_modes(codec, raw, sym, pred, int(bound or 0), g) == MODE_CLASSIC).sum())
+                if codec.header(packet).has_modes:  # what the packet says it sent, not a second choice
+                    modes = PayloadReader(bitstream.read_packet(packet)[1], codec.tables).modes(len(raw), residual=True)
+                    classical += int((modes == MODE_CLASSIC).sum())
             if worst > d:
                 raise AssertionError(f"{name}: max error {d} broken ({worst}) by a whole packet's decode")
             enc_s = dec_s = 0.0
