@@ -155,6 +155,9 @@ BUNDLES: dict[str, dict[str, Any]] = {
         # the in-sample per-level figures on 48 of the 300 crops: each level re-runs both graphs on what it
         # measures (300 crops x 11 levels: ~15 min of 2 CPUs), and the held-out figures are what count
         "calibrate_measure": 48,
+        "residual_max_errors": (1,),
+        # residual levels predict from an exact integer copy of the decoder, fed y_hat * gain on the mean's grid
+        "exact": True,
     },
 }
 

@@ -27,7 +27,7 @@ from .coding.context import LatentContext
 from .coding.context2d import LatentContext2D
 from .coding.exact import IntegerNetwork
 from .coding.fallback import DEFAULT_ANOMALY_QUANTILE, AnomalyCalibration, frame_scores
-from .coding.hyper_latents import HyperInput, HyperLatentPath, concat_latents
+from .coding.hyper_latents import HyperInput, HyperLatentPath, HyperLatents, concat_latents
 from .coding.payload import CodingTables, LevelTables, encode_payload
 from .coding.quantize import dequantize_scaled, quantize_scaled
 from .coding.residual import ContextSpec, ResidualModel, default_radius, prediction, residual_histograms
@@ -262,12 +262,18 @@ def calibrate(
     n_shifts = (1 if exact else 8) if n_shifts is None else n_shifts
     guard = (0.0 if exact else 0.01) if guard is None else guard
 
-    def against(sym: np.ndarray, flt: np.ndarray, sp: LevelSpec) -> np.ndarray:
+    def against(sym: np.ndarray | HyperLatents, flt: np.ndarray, sp: LevelSpec) -> np.ndarray:
         if exact is None:
             return flt
-        # a photo network takes the reference level's symbols themselves (its inverse gains are in it)
-        values = sym if exact.layout == "channels_first_2d" else dequantize_scaled(sym, sp.latent_step,
-                                                                                   _gains(bundle, sp)[1])
+        # a photo network takes the reference level's symbols themselves (its inverse gains are in it), or
+        # under a hyperprior y_hat * gain on the mean's grid
+        if isinstance(sym, HyperLatents):
+            if hyper is None:
+                raise InputError("hyperprior latents need a hyperprior bundle")
+            values = hyper.exact_input(sym, sp.latent_level)
+        else:
+            values = sym if exact.layout == "channels_first_2d" else dequantize_scaled(sym, sp.latent_step,
+                                                                                       _gains(bundle, sp)[1])
         return np.concatenate([exact.predict_frames(values[i : i + batch_size], flt.shape[1:])
                                for i in range(0, len(values), batch_size)]).astype(np.float32)
 

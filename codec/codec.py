@@ -31,7 +31,7 @@ from .coding.quantize import dequantize_scaled, quantize_scaled
 from .coding.residual import check_max_error, reconstruction_crc
 from .coding.transform import MODE_LATENT
 from .coding.transform_mode import CHOICES
-from .errors import BitstreamError, InputError, ReconstructionMismatch
+from .errors import BitstreamError, BundleError, InputError, ReconstructionMismatch
 from .frame import FramePath
 from .raw_input import check_raw_samples
 from .residual_levels import PER_FRAME_TRIALS, RESIDUAL_CHOICES, encode_residual_packet
@@ -111,7 +111,12 @@ class Codec:
     @cached_property
     def exact(self) -> IntegerNetwork | None:
         """exact.npz's integer network, or None: every max-error residual is taken against it (coding/exact.py)."""
-        return IntegerNetwork.load(self.bundle.file(EXACT)) if self.manifest.has_exact else None
+        if not self.manifest.has_exact:
+            return None
+        if self.hyper is not None and self.manifest.raw["exact"].get("input_frac_bits") != self.hyper.input_frac_bits:
+            raise BundleError(f"{self.bundle.path}: its exact network was not built for hyperprior inputs on a grid of "
+                              f"2**-{self.hyper.input_frac_bits} (re-run `latentwire quantize-exact`)")
+        return IntegerNetwork.load(self.bundle.file(EXACT))
 
     def _residual_prediction(self, symbols: np.ndarray | HyperLatents, grid: LatentGrid,
                              sample_shape: Sequence[int]) -> np.ndarray:
@@ -120,8 +125,12 @@ class Codec:
         if self.exact is None:
             return self._decode_symbols(self.latent_values(symbols, grid), sample_shape)
         if self.exact.layout == "channels_first_2d":  # a photo network takes the reference level's symbols
-            if grid != self.reference_grid or not isinstance(symbols, np.ndarray):
+            if grid != self.reference_grid:
                 raise InputError("this bundle's exact network predicts from its reference level's symbols only")
+            if isinstance(symbols, HyperLatents):  # y_hat * gain on a fixed grid: the mean is part of it
+                if self.hyper is None:
+                    raise InputError("hyperprior latents need a hyperprior bundle")
+                symbols = self.hyper.exact_input(symbols, grid.level)
             return self.exact.predict_frames(symbols, tuple(sample_shape)).astype(np.float32)
         return self.exact.predict_frames(self.latent_values(symbols, grid), tuple(sample_shape)).astype(np.float32)
 

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 _TOLD: weakref.WeakSet[Codec] = weakref.WeakSet()  # codecs whose sender was told about per_frame_trials
 
 
-def choose_modes(codec: Codec, raw: np.ndarray, symbols: np.ndarray, raw_float: np.ndarray, bound: int,
+def choose_modes(codec: Codec, raw: np.ndarray, symbols: np.ndarray | HyperLatents, raw_float: np.ndarray, bound: int,
                  grid: LatentGrid) -> np.ndarray:
     """(N,) MODE_LATENT / MODE_CLASSIC: per frame, the mode whose one-frame payload is not larger
     (classical on ties). One-frame payloads are exact trial encodes, so each frame's latent, both
@@ -87,7 +87,7 @@ def series_modes(codec: Codec, raw: np.ndarray, symbols: np.ndarray, raw_float: 
     return np.where(bits + weight * sse <= latent, MODE_CLASSIC, MODE_LATENT).astype(np.int64)
 
 
-def _trial(codec: Codec, raw: np.ndarray, symbols: np.ndarray, raw_float: np.ndarray, bound: int,
+def _trial(codec: Codec, raw: np.ndarray, symbols: np.ndarray | HyperLatents, raw_float: np.ndarray, bound: int,
            grid: LatentGrid) -> tuple[int, tuple[bytes, ResidualEncoding | None]]:
     """One frame coded both ways -> (the mode that won, its payload and residual info)."""
     lat = _payload(codec, raw, symbols, raw_float, bound, grid, None)
@@ -106,13 +106,13 @@ def encode_residual_packet(codec: Codec, raw: np.ndarray, symbols: np.ndarray | 
                            quality: int, bound: int, grid: LatentGrid, recon_crc: bool, mode: str = "auto") -> bytes:
     """One packet at max error ``bound``: raw (N, *sample_shape), the latents' symbols and the
     prediction for them (raw units). mode: RESIDUAL_CHOICES ("classic" needs the bundle's
-    classical tables for bound; hyperprior latents always go with their latent)."""
+    classical tables for bound)."""
     if mode not in RESIDUAL_CHOICES:
         raise InputError(f"residual_mode must be one of {RESIDUAL_CHOICES}, got {mode!r}")
-    can = classic_coding(codec.tables.residual_coding, bound) is not None and not isinstance(symbols, HyperLatents)
+    can = classic_coding(codec.tables.residual_coding, bound) is not None
     if mode == "classic" and not can:
-        raise InputError(f"this bundle has no classical residual tables for max error {bound} (or codes hyperprior "
-                         "latents): residual_mode 'classic' needs them (recalibrate it)")
+        raise InputError(f"this bundle has no classical residual tables for max error {bound}: residual_mode "
+                         "'classic' needs them (recalibrate it)")
     modes = None
     if can and mode == "classic":
         modes = np.full(len(raw), MODE_CLASSIC, dtype=np.int64)
@@ -122,7 +122,6 @@ def encode_residual_packet(codec: Codec, raw: np.ndarray, symbols: np.ndarray | 
         if not (modes == MODE_CLASSIC).any():
             modes = None
     elif can and mode == "auto":
-        assert not isinstance(symbols, HyperLatents)
         if len(raw) == 1:  # the trial payloads are the packet's own
             won, (payload, info) = _trial(codec, raw, symbols, raw_float, bound, grid)
             return _packet(codec, raw, quality, bound, recon_crc, payload, info, won == MODE_CLASSIC)

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import BitstreamError, InputError
 from .coder import StreamDecoder, StreamEncoder
 from .exact_hyper import ExactHyperSynthesis
-from .hyperprior import HyperLatentCoding, latent_values, symbols_for
+from .hyperprior import HyperLatentCoding, exact_input, latent_values, symbols_for
 
 HYPER_STRIDE = 4  # z has a quarter of the latent's resolution (two stride-2 convolutions in h_a)
 # z_hat beyond this is refused by the sender: h_a's outputs are O(10) on real photos, and the
@@ -50,7 +50,8 @@ class HyperLatents:
     mean_code: np.ndarray  # int64 (N, M, h, w), mu = mean_code / 2**mean_frac_bits
     scale_code: np.ndarray  # int64 (N, M, h, w), log sigma = scale_code / 2**scale_frac_bits
 
-    def __getitem__(self, frames: slice) -> HyperLatents:
+    def __getitem__(self, frames: slice | np.ndarray) -> HyperLatents:
+        """Some frames: a slice, or a boolean mask over them (the latent frames of a packet with modes)."""
         return HyperLatents(self.z[frames], self.symbols[frames], self.mean_code[frames], self.scale_code[frames])
 
     @property
@@ -105,6 +106,16 @@ class HyperLatentPath:
         k = self._index(level)
         return latent_values(latents.symbols, latents.mean_code, self._gains[k], self._inverse[k],
                              self.coding.mean_frac_bits)
+
+    @property
+    def input_frac_bits(self) -> int:
+        """The fractional bits of exact_input's grid: the mean's."""
+        return self.coding.mean_frac_bits
+
+    def exact_input(self, latents: HyperLatents, level: int | None) -> np.ndarray:
+        """The exact decoder's integer input (hyperprior.exact_input): y_hat * gain on a fixed grid."""
+        return exact_input(latents.symbols, latents.mean_code, self._gains[self._index(level)],
+                           self.coding.mean_frac_bits)
 
     def write(self, enc: StreamEncoder, latents: HyperLatents, level: int | None) -> None:
         self.coding.write(enc, latents.z, latents.symbols, latents.scale_code, self._index(level))

@@ -287,6 +287,20 @@ def _same_shape(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return arr
 
 
+def exact_input(symbols: np.ndarray, mean_code: np.ndarray, gain: np.ndarray, frac_bits: int) -> np.ndarray:
+    """What a hyperprior bundle's exact decoder takes (int64, the shape of symbols): y_hat * gain on
+    the mean's grid, symbols * 2**F + rint(mean_code * gain).
+
+    The float64 product of two exact operands is correctly rounded by IEEE 754 and rint is exact,
+    so every machine computes the same integers; the exact network folds inverse_gain / 2**F into
+    its first layer (training/quantize_exact2d.py). A coarser grid saves accumulator bits but not
+    enough: 1/16 of a symbol moved 10 % of a photo's predicted values, against 0.9 % at 1/256."""
+    s = _integers(symbols, "symbols")
+    g = _channel_vector(gain, s.shape, "gain")
+    mean = np.rint(_mean(mean_code, s.shape, frac_bits) * g * float(1 << frac_bits))
+    return s.astype(np.int64) * (1 << frac_bits) + mean.astype(np.int64)
+
+
 def _mean(mean_code: np.ndarray, shape: tuple[int, ...], frac_bits: int) -> np.ndarray:
     """mu = mean_code / 2**frac_bits in float64: exact (a power-of-two scaling of an integer < 2**53)."""
     code = _integers(mean_code, "mean_code")

@@ -311,22 +311,27 @@ def encode_payload(
     with max_error and no transform, per-frame modes of a residual packet (residual_modes.py).
     A hyperprior bundle passes its HyperLatents as symbols and its latent stage as ``hyper``."""
     enc = StreamEncoder()
+    s: np.ndarray | HyperLatents
     if isinstance(symbols, HyperLatents):
-        if hyper is None or latent_step != 1.0 or modes is not None:
-            raise InputError("hyperprior latents need the bundle's hyperprior stage, the trained step and no modes")
-        hyper.write(enc, symbols, latent_level)
-        return _encode_residuals(enc, tables, x_raw, raw_float, max_error, transform, None)
-    s = np.asarray(symbols)
-    if s.ndim < 2:
-        raise InputError(f"symbols must be (N, *latent_shape), got shape {s.shape}")
+        if hyper is None or latent_step != 1.0:
+            raise InputError("hyperprior latents need the bundle's hyperprior stage and the trained step")
+        s = symbols
+    else:
+        s = np.asarray(symbols)
+        if s.ndim < 2:
+            raise InputError(f"symbols must be (N, *latent_shape), got shape {s.shape}")
     if modes is not None:
         if transform is None and (max_error is None or classic_coding(tables.residual_coding, max_error) is None):
             raise InputError("per-frame modes choose how the transform residual, or a max-error residual the bundle "
                              "has classical tables for, is coded")
-        m = check_modes(modes, len(s))
+        m = check_modes(modes, s.count if isinstance(s, HyperLatents) else len(s))
         write_modes(enc, m)
         s = s[m == MODE_LATENT]
-    if len(s):
+    if isinstance(s, HyperLatents):
+        if s.count:
+            assert hyper is not None  # checked above
+            hyper.write(enc, s, latent_level)
+    elif len(s):
         _write_latents(enc, tables, s, channel_axis, latent_step, latent_level)
     return _encode_residuals(enc, tables, x_raw, raw_float, max_error, transform, modes)
 

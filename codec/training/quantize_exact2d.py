@@ -9,7 +9,9 @@ coding/exact_gdn.py.
 
 The network takes the REFERENCE level's integer symbols (the level every residual is coded at):
 that level's inverse gain is folded into the first layer's weights, so no fractional latent ever
-enters it. Post-training quantization as in quantize_exact.py (per-output-channel weights,
+enters it. Under a hyperprior (hyper2d) it takes y_hat * gain on the mean's grid instead
+(coding/hyperprior.exact_input): the predicted mean is part of y_hat, and it is not an integer.
+Post-training quantization as in quantize_exact.py (per-output-channel weights,
 activation grids from the largest value seen on calibration crops times a margin; ranges are read
 from onnxruntime with the intermediate tensors exposed); the inverse GDN's gamma takes one scale
 for the whole matrix so its sum of squares lies on one grid. Each requant multiplier gets as many
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bundle import Bundle
 from ..coding.exact import Conv2d, Dilate2d, Igdn, IntegerNetwork, Layer, Requant
 from ..coding.exact_layers import accumulator_bound
 from ..errors import InputError
@@ -159,12 +162,16 @@ def _multiplier(real: np.ndarray, product_bits: int) -> tuple[np.ndarray, int]:
 
 def build_network_2d(steps: list[Step2d], ranges: dict[str, float], inverse_gain: np.ndarray, norm: Normalization,
                      channels: int, weight_bits: int = DEFAULT_WEIGHT_BITS, act_bits: int = DEFAULT_ACT_BITS,
-                     gamma_bits: int = DEFAULT_GAMMA_BITS, margin: float = RANGE_MARGIN) -> IntegerNetwork:
-    """The integer network for these steps, taking symbols whose latent values are symbols * inverse_gain."""
+                     gamma_bits: int = DEFAULT_GAMMA_BITS, margin: float = RANGE_MARGIN,
+                     input_frac_bits: int = 0) -> IntegerNetwork:
+    """The integer network for these steps, taking integers x whose latent values are
+    x * inverse_gain / 2**input_frac_bits (symbols, or a hyperprior's fixed-point y_hat * gain)."""
     wmax = 2 ** (weight_bits - 1) - 1
     half = 2 ** (act_bits - 1)
-    s_x = 1.0  # the grid of the current integer tensor (symbols: 1)
-    x_bound = [INPUT_LIMIT] * int(inverse_gain.size)
+    s_x = 1.0  # the grid of the current integer tensor (the input's: 1)
+    inverse_gain = inverse_gain / float(1 << input_frac_bits)
+    in_limit = INPUT_LIMIT << input_frac_bits  # the same range of latent values either way
+    x_bound = [in_limit] * int(inverse_gain.size)
     layers: list[Layer] = []
     for i, st in enumerate(steps):
         last = i == len(steps) - 1
@@ -205,7 +212,7 @@ def build_network_2d(steps: list[Step2d], ranges: dict[str, float], inverse_gain
             m, sh = _multiplier(real * 2.0**pre, y_bits - pre)
             layers.append(Igdn(g_q, b_q, m, pre, sh, -half, half - 1))
             s_x = s_o
-    return IntegerNetwork(-INPUT_LIMIT, INPUT_LIMIT, tuple(layers), (channels, None, None), int(norm.raw_min),
+    return IntegerNetwork(-in_limit, in_limit, tuple(layers), (channels, None, None), int(norm.raw_min),
                           int(norm.raw_max), "channels_first_2d")
 
 
@@ -216,16 +223,16 @@ def quantize_exact_2d(bundle_dir: str | Path, raw: np.ndarray, weight_bits: int 
     """A gdn2d bundle's exact network for its reference (finest) level, built from raw[:-holdout]
     (equal-size RGB crops) and measured against the float graph on raw[-holdout:]: the network and
     the manifest's `exact` block (quantize_exact.quantize_exact writes both)."""
-    from ..bundle import DECODER, Bundle
-    from ..coding.quantize import dequantize_scaled, quantize_scaled
+    from ..bundle import DECODER
     from ..normalization import psnr_db
-    from ..runtime import Decoder, Encoder
+    from ..runtime import Decoder
 
     d = Path(bundle_dir)
     bundle = Bundle.load(d)
     m = bundle.manifest
-    if m.family != "gdn2d" or not m.latent_levels or m.has_hyper or not m.normalization.is_integer:
-        raise InputError("the 2-D exact path quantizes variable-rate gdn2d bundles with integer raw samples")
+    if m.family not in ("gdn2d", "hyper2d") or not m.latent_levels or not m.normalization.is_integer:
+        raise InputError("the 2-D exact path quantizes variable-rate gdn2d and hyper2d bundles with integer raw "
+                         "samples")
     ref = len(m.latent_levels) - 1
     off = [q.name for q in m.quality_levels if q.max_error is not None and q.latent_level != ref]
     if off:
@@ -234,22 +241,17 @@ def quantize_exact_2d(bundle_dir: str | Path, raw: np.ndarray, weight_bits: int 
     if raw.ndim != 4 or len(raw) <= holdout:
         raise InputError(f"need more than {holdout} equal-size image crops (N, C, H, W); got {raw.shape}")
     size = (int(raw.shape[2]), int(raw.shape[3]))
-    gain = m.latent_levels[ref].gain.reshape(1, -1, 1, 1)
-    inverse = m.latent_levels[ref].inverse_gain.reshape(1, -1, 1, 1)
-    enc = Encoder(bundle, provider="cpu", threads=threads)
-    symbols = np.concatenate([quantize_scaled(enc.encode(m.normalization.to_model(raw[i : i + batch])), gain=gain)
-                              for i in range(0, len(raw), batch)]).astype(np.int64)
-    values = dequantize_scaled(symbols, inverse_gain=inverse)
+    inputs, values, frac_bits = _reference_inputs(bundle, raw, ref, batch, threads)
     steps = read_graph_2d(d / DECODER)
     ranges = tensor_ranges(d / DECODER, steps, values[:-holdout], size, batch)
     net = build_network_2d(steps, ranges, m.latent_levels[ref].inverse_gain.astype(np.float64).ravel(),
-                           m.normalization, int(raw.shape[1]), weight_bits, act_bits, gamma_bits, margin)
+                           m.normalization, int(raw.shape[1]), weight_bits, act_bits, gamma_bits, margin, frac_bits)
     dec = Decoder(bundle, provider="cpu", threads=threads)
     norm = m.normalization
     held = raw[-holdout:]
     flt = np.concatenate([np.rint(np.clip(norm.to_raw_float(dec.decode(values[-holdout:][i : i + batch], size)),
                                           norm.raw_min, norm.raw_max)) for i in range(0, holdout, batch)])
-    ex = np.concatenate([net.predict_maps(symbols[-holdout:][i : i + batch], size) for i in range(0, holdout, batch)])
+    ex = np.concatenate([net.predict_maps(inputs[-holdout:][i : i + batch], size) for i in range(0, holdout, batch)])
     agreement = {"n_samples": holdout, "values_differing": round(float(np.mean(ex != flt)), 5),
                  "max_abs_difference": int(np.abs(ex - flt).max()),
                  "psnr_exact_vs_float_db": round(psnr_db(flt, ex, norm.peak), 3),
@@ -258,4 +260,37 @@ def quantize_exact_2d(bundle_dir: str | Path, raw: np.ndarray, weight_bits: int 
     block: dict[str, object] = {"weight_bits": weight_bits, "act_bits": act_bits, "gamma_bits": gamma_bits,
                                 "latent_level": ref, "range_samples": len(raw) - holdout, "crop": list(size),
                                 "range_margin": margin, "agreement": agreement}
+    if m.has_hyper:  # the codec checks the input grid it builds against this
+        block["input_frac_bits"] = frac_bits
     return net, block
+
+
+def _reference_inputs(bundle: Bundle, raw: np.ndarray, ref: int, batch: int,
+                      threads: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """The exact network's integer inputs for raw at level ref, the latent values decoder.onnx takes
+    for the same crops, and the inputs' fractional bits: symbols (0), or under a hyperprior the
+    fixed-point y_hat * gain of hyperprior.exact_input, which carries the predicted mean."""
+    from ..bundle import HYPER
+    from ..coding.exact_hyper import ExactHyperSynthesis
+    from ..coding.hyperprior import exact_input, latent_values, symbols_for
+    from ..coding.quantize import dequantize_scaled, quantize_scaled
+    from ..runtime import Encoder
+
+    m = bundle.manifest
+    level = m.latent_levels[ref]
+    enc = Encoder(bundle, provider="cpu", threads=threads)
+    chunks = [m.normalization.to_model(raw[i : i + batch]) for i in range(0, len(raw), batch)]
+    if not m.has_hyper:
+        symbols = np.concatenate([quantize_scaled(enc.encode(x), gain=level.gain.reshape(1, -1, 1, 1))
+                                  for x in chunks]).astype(np.int64)
+        return symbols, dequantize_scaled(symbols, inverse_gain=level.inverse_gain.reshape(1, -1, 1, 1)), 0
+    synthesis = ExactHyperSynthesis.load(bundle.file(HYPER))
+    frac = synthesis.mean_frac_bits
+    inputs, values = [], []
+    for x in chunks:
+        y, z = enc.encode_with_side(x)
+        mean_code, _ = synthesis(np.rint(z).astype(np.int32), (int(y.shape[2]), int(y.shape[3])))
+        symbols = symbols_for(y, mean_code, level.gain, frac)
+        inputs.append(exact_input(symbols, mean_code, level.gain, frac))
+        values.append(latent_values(symbols, mean_code, level.gain, level.inverse_gain, frac))
+    return np.concatenate(inputs), np.concatenate(values), frac

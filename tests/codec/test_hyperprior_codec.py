@@ -13,9 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _exact_reference import int64_forward, read_exact
 from latentwire.codec.codec import Codec
+from latentwire.codec.coding import bitstream
+from latentwire.codec.coding.payload import encode_payload
+from latentwire.codec.coding.residual_classic import MODE_CLASSIC, MODE_LATENT
 from latentwire.codec.errors import BundleError
 from latentwire.codec.sources import ImageFolder, sample_data_root
+from latentwire.codec.training.quantize_exact import quantize_exact
 
 PHOTOS = sample_data_root() / "bsds"
 RATE_LEVELS = "0.05,0.01,0.002"
@@ -47,8 +52,9 @@ def hyper_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]) == 0
     bundle = work / "bundle"
     assert export.main([str(work / "run"), "--out", str(bundle), "--name", "tiny-hyper"]) == 0
-    calibrate(bundle, load_source(PHOTOS, size=(64, 64), per_image=8), ["l0", "l1", "l2", "l2+4", "l2+0"],
-              threads=1)
+    crops = load_source(PHOTOS, size=(64, 64), per_image=8)
+    quantize_exact(bundle, crops.samples, holdout=2, threads=1, command="test")  # residual levels predict exactly
+    calibrate(bundle, crops, ["l0", "l1", "l2", "l2+4", "l2+0"], threads=1)
     return bundle
 
 
@@ -66,6 +72,8 @@ def test_every_level_round_trips_with_monotone_bytes_and_quality(hyper_bundle: P
             psnrs.append(10 * np.log10(255.0**2 / max(mse, 1e-9)))
         assert sizes == sorted(sizes), sizes
         assert psnrs[2] > psnrs[0], psnrs
+        assert not bitstream.peek_header(codec.encode(photo[None], quality=2)).has_exact
+        assert bitstream.peek_header(codec.encode(photo[None], quality=3)).has_exact
         near = codec.decode(codec.encode(photo[None], quality=3))
         assert int(np.max(np.abs(near.astype(np.int64) - photo))) <= 4
         assert np.array_equal(codec.decode(codec.encode(photo[None], quality=4))[0], photo)
@@ -136,3 +144,105 @@ def test_a_run_continues_from_the_shipped_hyperprior_bundle(hyper_bundle: Path) 
     for k, v in trained.state_dict().items():
         if k.startswith(("hyper_analysis.", "decoder.0.weight", "log_gain")):
             assert torch.allclose(own[k], v, atol=1e-6), k
+
+
+def _python_exact_input(symbols: np.ndarray, mean_code: np.ndarray, gain: np.ndarray, frac: int) -> np.ndarray:
+    """hyperprior.exact_input in exact rationals: symbols * 2**F + the float64 product mean * gain
+    (Fraction -> float rounds correctly, as IEEE 754 multiplication must), scaled and rounded half to even."""
+    from fractions import Fraction
+
+    out = np.empty(symbols.shape, dtype=np.int64)
+    for idx in np.ndindex(*symbols.shape):
+        product = float(Fraction(int(mean_code[idx]), 1 << frac) * Fraction(float(gain[idx[1]])))
+        out[idx] = int(symbols[idx]) * (1 << frac) + round(Fraction(product) * (1 << frac))
+    return out
+
+
+def test_the_exact_decoder_takes_y_hat_times_gain_on_the_means_grid(hyper_bundle: Path) -> None:
+    """Residual levels predict from the exact network fed y_hat * gain on the mean's grid: those
+    integers and the network's output match independent evaluations, whatever the batch."""
+    codec = Codec.load(hyper_bundle, provider="cpu", threads=1)
+    assert codec.hyper is not None and codec.exact is not None
+    block = json.loads((hyper_bundle / "manifest.json").read_text())["exact"]
+    frac = codec.hyper.input_frac_bits
+    assert block["input_frac_bits"] == frac == 8 and block["max_partial_sum_log2"] < 53
+    assert block["agreement"]["max_abs_difference"] <= 2
+    photos = np.stack(_photos())[:, :, :40, :48]
+    grid = codec.reference_grid
+    latents = codec.quantize_latents(codec._encode_model(codec.manifest.normalization.to_model(photos)), grid)
+    x = codec.hyper.exact_input(latents, grid.level)
+    gain = codec.manifest.latent_levels[grid.level].gain
+    assert np.array_equal(x, _python_exact_input(latents.symbols, latents.mean_code, gain, frac))
+    assert np.any(x % (1 << frac))  # the mean really enters at its own resolution
+    got = codec.exact.predict_maps(x, (40, 48))
+    reference = int64_forward(*read_exact((hyper_bundle / "exact.npz").read_bytes()), x)[:, :, :40, :48]
+    assert np.array_equal(got, reference)
+    assert np.array_equal(got[1:], codec.exact.predict_maps(x[1:], (40, 48)))
+    assert np.array_equal(codec._residual_prediction(latents, grid, (3, 40, 48)), got.astype(np.float32))
+
+
+def test_an_exact_network_built_for_another_input_grid_is_refused(hyper_bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from latentwire.codec.bundle import finalize
+
+    bad = tmp_path / "bad"
+    shutil.copytree(hyper_bundle, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    del manifest["exact"]["input_frac_bits"]  # as a symbols-fed (gdn2d-style) network would be described
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    finalize(bad)
+    codec = Codec.load(bad, provider="cpu", threads=1)
+    photo = _photos()[0][None]
+    assert codec.decode(codec.encode(photo, quality=1)).shape == photo.shape  # latent levels need no exact network
+    with pytest.raises(BundleError, match="input"):
+        codec.encode(photo, quality=4)
+
+
+class _NoModel:
+    def decode(self, *args: object, **kwargs: object) -> np.ndarray:
+        raise AssertionError("a classical frame must not run the model")
+
+    def predict_frames(self, *args: object, **kwargs: object) -> np.ndarray:
+        raise AssertionError("a classical frame must not run the exact network")
+
+
+def test_residual_frames_may_go_classical_without_z_or_y(hyper_bundle: Path) -> None:
+    """A hyperprior bundle's max-error packets choose per frame like any photo bundle's: classical
+    frames carry neither z nor y and decode without the model; mixed packets decode each frame as
+    it would alone; auto is never larger than either mode alone."""
+    codec = Codec.load(hyper_bundle, provider="cpu", threads=1)
+    blind = Codec.load(hyper_bundle, provider="cpu", threads=1)
+    blind.decoder = _NoModel()  # type: ignore[assignment]
+    blind.exact = _NoModel()  # type: ignore[assignment]
+    photos = np.stack(_photos())
+    flat = np.full_like(photos[:1], 128)  # a flat frame: classical costs almost nothing, the latent does not
+    for q in (3, 4):
+        bound = codec.qualities[q].max_error
+        assert bound is not None
+        classic = codec.encode(photos, quality=q, residual_mode="classic")
+        h = codec.header(classic)
+        assert h.has_modes and h.has_residual and h.has_exact
+        out = blind.decode(classic)
+        assert int(np.abs(out.astype(np.int64) - photos).max()) <= bound
+        latent = codec.encode(photos, quality=q, residual_mode="latent")
+        assert not codec.header(latent).has_modes
+        auto = codec.encode(photos, quality=q)
+        assert len(auto) <= min(len(classic), len(latent))
+        # a packet of both modes, the second frame with its z and y: it decodes as that frame alone
+        mixed = np.concatenate([flat, photos[:1]])
+        grid = codec.reference_grid
+        latents = codec.quantize_latents(codec._encode_model(codec.manifest.normalization.to_model(mixed)), grid)
+        pred = codec._residual_prediction(latents, grid, mixed.shape[1:])
+        payload, _ = encode_payload(codec.tables, latents, 0, x_raw=mixed, raw_float=pred, max_error=bound,
+                                    latent_level=grid.level, hyper=codec.hyper,
+                                    modes=np.array([MODE_CLASSIC, MODE_LATENT]))
+        both = bitstream.write_packet(model_id=codec.model_id, quality=q, sample_shape=mixed.shape[1:],
+                                      count=2, payload=payload, residual=True, exact=True, modes=True)
+        back = codec.decode(both)
+        assert int(np.abs(back.astype(np.int64) - mixed).max()) <= bound
+        alone = codec.encode(photos[:1], quality=q, residual_mode="latent")
+        assert np.array_equal(back[1:], codec.decode(alone))
+        assert len(both) > len(alone)  # the classical frame's bytes, and no latent of its own
+        if bound == 0:
+            assert np.array_equal(out, photos) and np.array_equal(back, mixed)
