@@ -132,8 +132,8 @@ BUNDLES: dict[str, dict[str, Any]] = {
         # shipped bundle: the command below with --init-from codec/assets/bsds-hyper2d and a new --out (h_a and
         # the transforms come back from the graphs, h_s and z's density are refitted first). Stages 3 and 4
         # (session 11) went on from stage 2 at lr 3e-5 (runs/bsds-hyper256-lr3e5), then 1e-5 (the run below):
-        # -2.8 % BD-rate vs bsds-gdn2d on whole validation photos (benchmarks/photo_select.py). Not shipped
-        # until its residual levels predict exactly (BENCHMARKS.md "Photo hyperprior").
+        # -2.8 % BD-rate vs bsds-gdn2d on whole validation photos (benchmarks/photo_select.py). Shipped in
+        # session 12, once its residual levels predicted exactly (BENCHMARKS.md "Photo hyperprior").
         "run": "runs/bsds-hyper256-lr1e5",
         "asset": "bsds-hyper2d",
         "name": "photos-rgb-hyper2d-192-vr8",

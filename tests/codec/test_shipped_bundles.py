@@ -22,8 +22,11 @@ from latentwire.codec.sources import list_images, read_image, sample_data_root
 ASSETS = Path(__file__).resolve().parents[2] / "codec" / "assets"
 # what a package download may carry per bundle: the ECG bundle is held to ~3 MB; the photo bundle
 # (a 128-channel GDN network: 2 x 6 MB of float32 weights, and 2.8 MB of packed tables: eight rate
-# levels of 2-D context tables, 192 channels x 81 contexts each) and the dense MNIST bundle only to a ceiling
-MAX_BUNDLE_BYTES = {"ecg-conv1d": 3_000_000, "bsds-gdn2d": 20_000_000, "mnist-dense": 10_000_000}
+# levels of 2-D context tables, 192 channels x 81 contexts each) and the dense MNIST bundle only to a ceiling.
+# The hyperprior photo bundle carries h_a in its encoder (4 MB of float32) and h_s as integers (4 MB); what
+# a receiver fetches of it (decoder, hyper-synthesis, exact decoder, tables) is ~14 MB
+MAX_BUNDLE_BYTES = {"ecg-conv1d": 3_000_000, "bsds-gdn2d": 20_000_000, "bsds-hyper2d": 24_000_000,
+                    "mnist-dense": 10_000_000}
 
 
 def _ecg_samples() -> list[np.ndarray]:
@@ -48,6 +51,7 @@ def _mnist_samples() -> list[np.ndarray]:
 SHIPPED = {
     "ecg-conv1d": ("conv1d", _ecg_samples),
     "bsds-gdn2d": ("gdn2d", _bsds_samples),
+    "bsds-hyper2d": ("hyper2d", _bsds_samples),
     "mnist-dense": ("dense", _mnist_samples),
 }
 
@@ -103,6 +107,9 @@ def test_training_block_records_how_it_was_made(shipped: tuple[str, Codec]) -> N
     if name == "bsds-gdn2d":
         assert data["subdirs"] == ["train", "val"]  # test/ stays unseen
         assert "subdirs=train,val" in training["command"]
+    if name == "bsds-hyper2d":  # bsds500/test stays unseen in every stage
+        assert data["subdirs"] == ["bsds500/train", "bsds500/val", "photos-train/urban100"]
+        assert all("test" not in st["command"] for st in training["stages"])
     # a warm-started bundle lists every stage behind it, each named by the run folder its command wrote
     stages = training.get("stages", [])
     for st in stages:
