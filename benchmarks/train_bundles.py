@@ -508,12 +508,7 @@ def cmd_series(keys: Sequence[str]) -> None:
         t0 = time.perf_counter()
         x = calibration_samples(key)
         ds = sorted({lv.max_error for lv in codec.qualities if lv.max_error is not None})
-        _, _, grid = codec._level(None, ds[0])
-        pred = []
-        for i in range(0, len(x), 256):  # the exact prediction of every max-error level (the reference grid)
-            sym = codec.quantize_latents(codec._encode_model(codec.normalization.to_model(x[i : i + 256])), grid)
-            pred.append(codec._residual_prediction(sym, grid, x.shape[1:]))
-        coding = fit(tables.residual, x, np.concatenate(pred), ds, log=True)
+        coding = fit(tables.residual, x, _exact_prediction(codec, x), ds, log=True)
         (out / "entropy.json").write_bytes(dataclasses.replace(tables, residual_coding=coding).dumps())
         m = read_manifest(out)
         m.setdefault("metrics", {}).setdefault("calibration", {})["series"] = {
@@ -522,11 +517,55 @@ def cmd_series(keys: Sequence[str]) -> None:
         print(f"{key}: series residual coding for max errors {ds}, model id {finalize(out)[:12]}")
 
 
+def _exact_prediction(codec: Any, x: np.ndarray) -> np.ndarray:
+    """The exact network's prediction of x on the reference grid (every max-error and exact
+    transform level codes there), in batches of 256 windows."""
+    grid = codec.reference_grid
+    pred = []
+    for i in range(0, len(x), 256):
+        sym = codec.quantize_latents(codec._encode_model(codec.normalization.to_model(x[i : i + 256])), grid)
+        pred.append(codec._residual_prediction(sym, grid, x.shape[1:]))
+    return np.concatenate(pred)
+
+
+def cmd_transform(keys: Sequence[str]) -> None:
+    """Refit a shipped series bundle's wavelet transform tables against its exact network's
+    prediction and mark them exact (transform.KIND_WAVELET_EXACT: the levels then reconstruct from
+    that prediction and the integer inverse wavelet), on the windows calibrate uses, at the
+    ladder's steps; every other table keeps its bytes (only the model id changes)."""
+    import dataclasses
+
+    from latentwire.codec.bundle import finalize, read_manifest, write_manifest
+    from latentwire.codec.codec import Codec
+    from latentwire.codec.coding.transform import TransformResidual
+
+    for key in keys:
+        out = ASSETS / BUNDLES[key]["asset"]
+        codec = Codec.load(out, threads=1)
+        tr = codec.tables.transform
+        if codec.exact is None or tr is None or tr.basis != "cdf97":
+            raise SystemExit(f"{key}: exact transform levels need an exact network and wavelet transform tables")
+        t0 = time.perf_counter()
+        x = calibration_samples(key)
+        residual = x.astype(np.float64) - _exact_prediction(codec, x)
+        steps = [q.transform_step for q in codec.qualities if q.transform_step is not None]
+        fitted = TransformResidual.fit([(residual, st) for st in steps], bands=tr.bands, steps=tr.steps,
+                                       precision=tr.step_tables.precision, basis=tr.basis,
+                                       alone=[(x, st) for st in steps] if tr.alone is not None else (),
+                                       prediction=tr.alone.prediction if tr.alone is not None else 0.0, exact=True)
+        (out / "entropy.json").write_bytes(dataclasses.replace(codec.tables, transform=fitted).dumps())
+        m = read_manifest(out)
+        m.setdefault("metrics", {}).setdefault("calibration", {})["exact_transform"] = {
+            "command": _command(), "seconds": round(time.perf_counter() - t0, 1)}
+        write_manifest(out, m)
+        print(f"{key}: exact wavelet transform tables for {len(steps)} levels, model id {finalize(out)[:12]}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_bundles", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["train", "ship", "exact", "calibrate", "classic", "series", "eval",
-                                                    "sample"])
+    p.add_argument("stage", choices=["train", "ship", "exact", "calibrate", "classic", "series", "transform",
+                                      "eval", "sample"])
     p.add_argument("which", nargs="*", help="ecg, bsds and/or bsds-hyper (default: ecg and bsds)")
     p.add_argument("--limit", type=int, default=0, help="eval bsds: first N test photos only (0: all 200)")
     args = p.parse_args(argv)
@@ -546,6 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd_classic(keys)
     elif args.stage == "series":
         cmd_series(keys)
+    elif args.stage == "transform":
+        cmd_transform(keys)
     elif args.stage == "eval":
         cmd_eval(keys, args.limit)
     else:

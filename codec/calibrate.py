@@ -309,8 +309,9 @@ def calibrate(
     if coding is None and residual is not None and (positional if residual_context is None else residual_context):
         rctx = ResidualContext.fit(residual, raw, res_float, [e for e in levels if e is not None],
                                    batch_size=batch_size)
-    specs, tr = _fit_transform(specs, raw, symbols, raw_float, reference, enc, dec, bundle, batch_size,
-                               transform_basis)
+    exact_tr = exact is not None and transform_basis == "cdf97"  # the wavelet's levels reconstruct exactly too
+    specs, tr = _fit_transform(specs, raw, symbols, res_float if exact_tr else raw_float, reference, enc, dec, bundle,
+                               batch_size, transform_basis, exact_tr)
     steps = sorted({sp.latent_step for sp in specs if sp.latent_step != 1.0})
     tables = CodingTables(
         latent=latent,
@@ -344,6 +345,7 @@ def calibrate(
         if (sp.latent_step, sp.latent_level) != (reference.latent_step, reference.latent_level):
             sym_k, float_k = _forward(enc, dec, bundle, raw[:k], batch_size, sp, hyper)
         if sp.transform_step is not None and tr is not None:
+            float_k = against(sym_k, float_k, sp) if tr.exact else float_k
             idx = np.full(k, tr.step_index(sp.transform_step), dtype=np.int64)
             qc = tr.quantize(tr.forward(raw[:k].astype(np.float64) - float_k), idx)
             payload, _ = encode_payload(tables, sym_k, m.channel_axis, latent_step=sp.latent_step,
@@ -408,7 +410,8 @@ def calibrate(
 
 def _fit_transform(specs: list[LevelSpec], raw: np.ndarray, symbols: np.ndarray, raw_float: np.ndarray,
                    reference: LevelSpec, enc: Encoder, dec: Decoder, bundle: Bundle,
-                   batch_size: int, basis: str = "dct") -> tuple[list[LevelSpec], TransformResidual | None]:
+                   batch_size: int, basis: str = "dct", exact: bool = False) -> tuple[list[LevelSpec],
+                                                                                       TransformResidual | None]:
     """The transform residual's tables, fit on each transform level's own residuals at its own
     step, and the tables of windows sent alone (the raw windows against the normalization offset)
     at the same steps; steps are snapped to the ladder. (specs with snapped steps, tables or None)."""
@@ -428,13 +431,15 @@ def _fit_transform(specs: list[LevelSpec], raw: np.ndarray, symbols: np.ndarray,
             continue
         key = (sp.latent_step, sp.latent_level)
         if key not in residuals:
+            if exact and key != (reference.latent_step, reference.latent_level):
+                raise InputError("exact transform levels code at the reference latent grid")
             flt = raw_float if key == (reference.latent_step, reference.latent_level) else \
                 _forward(enc, dec, bundle, raw, batch_size, sp)[1]
             residuals[key] = raw.astype(np.float64) - flt
         pairs.append((residuals[key], sp.transform_step))
     alone = [(raw, step) for _, step in pairs]
     return snapped, TransformResidual.fit(pairs, basis=basis, alone=alone,
-                                          prediction=bundle.manifest.normalization.offset)
+                                          prediction=bundle.manifest.normalization.offset, exact=exact)
 
 
 def _ladder(text: str) -> list[LevelSpec]:

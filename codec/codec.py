@@ -36,7 +36,7 @@ from .frame import FramePath
 from .raw_input import check_raw_samples
 from .residual_levels import PER_FRAME_TRIALS, RESIDUAL_CHOICES, encode_residual_packet
 from .runtime import Decoder, Encoder
-from .transform_levels import decode_transform, encode_transform_packet
+from .transform_levels import decode_transform, encode_transform_packet, exact_transform
 
 DEFAULT_BUNDLE = "default"
 
@@ -256,10 +256,8 @@ class Codec:
         if step is not None:
             if isinstance(symbols, HyperLatents):
                 raise InputError("transform residual levels are for series bundles, not hyperprior photo bundles")
-            raw_float = (reference_raw_float if grid == self.reference_grid and reference_raw_float is not None
-                         else self._decode_symbols(self.latent_values(symbols, grid), raw.shape[1:]))
-            return encode_transform_packet(self, raw, symbols, raw_float, q, grid, step, recon_crc, target_prdn,
-                                           transform_mode)
+            return encode_transform_packet(self, raw, symbols, reference_raw_float, q, grid, step, recon_crc,
+                                           target_prdn, transform_mode)
         if bound is not None:
             if grid == self.reference_grid and reference_raw_float is not None and self.exact is None:
                 raw_float = reference_raw_float
@@ -461,7 +459,7 @@ class Codec:
             else:
                 symbols = r.latents(n, self._latent_shape(h.sample_shape), self.manifest.channel_axis, grid.step,
                                     grid.level)
-            if h.has_exact:  # the exact prediction: no decoder.onnx for this packet
+            if h.has_exact or (h.has_transform and exact_transform(self)):  # no decoder.onnx for this packet
                 out[i] = self._finish(r, h, parsed[i][2], self._residual_prediction(symbols, grid, h.sample_shape), m)
                 continue
             latents[i] = self.latent_values(symbols, grid)

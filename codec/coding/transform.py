@@ -25,7 +25,10 @@ about L / 16. Why both: on the ECG bundle's validation records the wavelet codes
 14.8 % smaller over PRDN 1.4-4.2 % (benchmarks/ecg_basis.py; a QRS complex is a few localized
 coefficients at every scale); the DCT works at any length. Contexts are the decoded classes, integers only:
 decoding is exact on every machine; only the final float addition depends on the decoder graph,
-as for the latent-only levels. The bases themselves live in transform_basis.py.
+as for the latent-only levels, unless the tables are exact (KIND_WAVELET_EXACT, for bundles with
+an exact network): then the prediction is that network's and the inverse wavelet is integer
+(transform_basis.wavelet_inverse_fixed), so the samples too are the same on every machine. The
+bases themselves live in transform_basis.py.
 
 Per-window modes (FLAG_MODES): a window may go without its latent, as the same transform of the
 raw window against a fixed prediction, coded with its own tables (AloneTables); the packet then
@@ -49,6 +52,7 @@ from .tables import DEFAULT_PRECISION, TableSet, table_from_counts
 from .transform_basis import (
     BASIS_FUNCTIONS,
     DEFAULT_BANDS,
+    FIXED_LIMIT,
     band_edges,
     forward,
     inverse,
@@ -56,6 +60,7 @@ from .transform_basis import (
     wavelet_band_edges,
     wavelet_forward,
     wavelet_inverse,
+    wavelet_inverse_fixed,
     wavelet_levels,
     wavelet_sizes,
 )
@@ -68,6 +73,12 @@ __all__ = ["BASES", "DEFAULT_BANDS", "DEFAULT_STEPS", "KIND", "KIND_WAVELET", "M
 KIND = "dct-bands"
 KIND_WAVELET = "cdf97-bands"
 BASES = {"dct": KIND, "cdf97": KIND_WAVELET}  # calibrate's --transform-basis -> entropy.json kind
+# the same wavelet levels reconstructed exactly (a bundle with an exact network): the prediction is
+# the exact network's and the inverse wavelet_inverse_fixed's, on a grid of 2**-EXACT_FRAC_BITS raw
+# units; a kind of its own, so a latentwire that predates it refuses the tables instead of decoding
+# them with the float inverse
+KIND_WAVELET_EXACT = "cdf97-bands-exact"
+EXACT_FRAC_BITS = 12
 MAX_CLASS = 12  # classes 1..12: |q| < 4096; larger values (only at steps far below the residual) escape
 # a geometric ladder of quantizer steps, raw units: 2^(i/4) from 0.5 to 512 (41 steps)
 DEFAULT_STEPS = tuple(float(2.0 ** (i / 4.0)) for i in range(-4, 37))
@@ -149,6 +160,7 @@ class TransformResidual:
     coef_tables: TableSet  # one per class 1..MAX_CLASS
     basis: str = "dct"  # "dct" | "cdf97" (BASES)
     alone: AloneTables | None = None  # windows without the latent (per-window modes), when calibrated
+    exact: bool = False  # KIND_WAVELET_EXACT: the exact prediction and inverse (cdf97 only)
 
     def __post_init__(self) -> None:
         if self.basis not in BASES:
@@ -159,6 +171,8 @@ class TransformResidual:
         if not steps or any(not s > 0 for s in steps) or any(b <= a for a, b in pairwise(steps)):
             raise BundleError(f"transform residual: steps must rise from > 0, got {steps[:4]}...")
         object.__setattr__(self, "steps", steps)
+        if self.exact and self.basis != "cdf97":
+            raise BundleError(f"transform residual: only the cdf97 basis has an exact inverse, not {self.basis!r}")
         if len(self.step_tables) != 1 or len(self.class_tables) != self.bands or len(self.coef_tables) != MAX_CLASS:
             raise BundleError("transform residual: table counts do not match bands and classes; re-run calibration")
         a = self.alone
@@ -192,8 +206,13 @@ class TransformResidual:
                     raw_max: float, integer: bool) -> np.ndarray:
         """The receiver's samples: the prediction (decoder output, or ``prediction`` for windows
         without the latent) + the inverse transform of the dequantized q, clipped (and rounded
-        for integer data)."""
-        back = BASIS_FUNCTIONS[self.basis][1](self.dequantize(q, step_idx))
+        for integer data). Exact tables: raw_float must be the exact prediction (integers, or the
+        alone windows' stored constant), and the inverse is integer (wavelet_inverse_fixed), so the
+        one float addition and the rounding give the same samples on every machine."""
+        if self.exact:
+            back = wavelet_inverse_fixed(self._dequantize_fixed(q, step_idx)) * 2.0**-EXACT_FRAC_BITS
+        else:
+            back = BASIS_FUNCTIONS[self.basis][1](self.dequantize(q, step_idx))
         out = np.clip(np.asarray(raw_float, dtype=np.float64) + back, raw_min, raw_max)
         return np.rint(out) if integer else out
 
@@ -230,6 +249,18 @@ class TransformResidual:
     def dequantize(self, q: np.ndarray, step_idx: np.ndarray) -> np.ndarray:
         step = np.asarray(self.steps)[np.asarray(step_idx, dtype=np.int64)]
         return q * step.reshape((-1,) + (1,) * (q.ndim - 1))
+
+    def _dequantize_fixed(self, q: np.ndarray, step_idx: np.ndarray) -> np.ndarray:
+        """q * step on the exact grid: each step rounded onto 2**-EXACT_FRAC_BITS (a power-of-two
+        scaling of the stored float64, then rint: the same integer everywhere), times q in int64."""
+        fixed = np.rint(np.asarray(self.steps) * 2.0**EXACT_FRAC_BITS).astype(np.int64)
+        qq = np.asarray(q, dtype=np.int64)
+        if qq.size and int(np.abs(qq).max()) >= 1 << 24:
+            raise BitstreamError("transform coefficient beyond any residual's range: corrupt or foreign packet")
+        out = qq * fixed[np.asarray(step_idx, dtype=np.int64)].reshape((-1,) + (1,) * (qq.ndim - 1))
+        if out.size and int(np.abs(out).max()) >= FIXED_LIMIT:
+            raise BitstreamError("transform coefficient beyond the exact inverse's range: corrupt or foreign packet")
+        return out
 
     def _symbols(self, q: np.ndarray, modes: np.ndarray | None) -> _Symbols:
         """The symbols ``write`` codes for q (N, C, L); modes None: the residual's tables alone
@@ -309,7 +340,7 @@ class TransformResidual:
     def fit(cls, samples: Sequence[tuple[np.ndarray, float]], *, bands: int = DEFAULT_BANDS,
             steps: Sequence[float] = DEFAULT_STEPS, precision: int = DEFAULT_PRECISION,
             basis: str = "dct", alone: Sequence[tuple[np.ndarray, float]] = (),
-            prediction: float = 0.0) -> TransformResidual:
+            prediction: float = 0.0, exact: bool = False) -> TransformResidual:
         """Tables from calibration residuals: (residuals (N, C, L) raw units, the step a level codes
         them at) pairs, pooled; every symbol also gets one observation, so nothing is uncodable.
         bands: the DCT's band count; the wavelet's bands follow from the length (wavelet_band_edges).
@@ -328,7 +359,7 @@ class TransformResidual:
             fitted = _fit_tables(alone, basis, bands, precision, float(prediction), True)
             extra = AloneTables(float(prediction), *fitted)
         return cls(len(class_tables), tuple(float(s) for s in steps), step_tables, class_tables, coef_tables, basis,
-                   extra)
+                   extra, exact)
 
     @staticmethod
     def snap(step: float, steps: Sequence[float] = DEFAULT_STEPS) -> float:
@@ -336,7 +367,8 @@ class TransformResidual:
         return float(min(steps, key=lambda s: abs(np.log(s / step))))
 
     def to_json_obj(self) -> dict[str, Any]:
-        obj = {"kind": BASES[self.basis], "bands": self.bands, "steps": list(self.steps),
+        obj = {"kind": KIND_WAVELET_EXACT if self.exact else BASES[self.basis], "bands": self.bands,
+               "steps": list(self.steps),
                "step_tables": self.step_tables.to_json_obj(), "class_tables": self.class_tables.to_json_obj(),
                "coef_tables": self.coef_tables.to_json_obj()}
         if self.alone is not None:  # absent when not calibrated, so older tables keep their bytes
@@ -346,16 +378,17 @@ class TransformResidual:
     @classmethod
     def from_json_obj(cls, obj: Any, where: str = "entropy.json") -> TransformResidual:
         by_kind: dict[Any, str] = {kind: b for b, kind in BASES.items()}
-        basis = by_kind.get(obj.get("kind")) if isinstance(obj, dict) else None
+        by_kind[KIND_WAVELET_EXACT] = "cdf97"
+        kind = obj.get("kind") if isinstance(obj, dict) else None
+        basis = by_kind.get(kind)
         if basis is None:
-            got = obj.get("kind") if isinstance(obj, dict) else None
-            raise BundleError(f"{where}: unknown transform residual kind {got!r} (this latentwire knows "
-                              f"{sorted(BASES.values())})")
+            raise BundleError(f"{where}: unknown transform residual kind {kind!r} (this latentwire knows "
+                              f"{sorted(by_kind)})")
         try:
             alone = None if obj.get("alone") is None else AloneTables.from_json_obj(obj["alone"])
             return cls(int(obj["bands"]), tuple(float(s) for s in obj["steps"]),
                        TableSet.from_json_obj(obj["step_tables"]), TableSet.from_json_obj(obj["class_tables"]),
-                       TableSet.from_json_obj(obj["coef_tables"]), basis, alone)
+                       TableSet.from_json_obj(obj["coef_tables"]), basis, alone, kind == KIND_WAVELET_EXACT)
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{where}: malformed transform residual ({exc}); re-run calibration") from exc
 

@@ -91,6 +91,48 @@ def wavelet_inverse(coefficients: np.ndarray) -> np.ndarray:
     return _pywt().waverec(parts, WAVELET, mode=WAVELET_MODE, axis=-1)
 
 
+# The CDF 9/7 synthesis filters (PyWavelets' bior4.4 rec_lo and rec_hi) on a grid of 2**-TAP_BITS, as
+# (offset, tap): a periodized inverse level puts coefficient k's tap j at sample 2k + j (mod its
+# length). Fixed integers, so the exact inverse below is the same on every machine and every
+# PyWavelets; tests/codec/test_transform_exact.py checks them against the library's filters.
+TAP_BITS = 20
+SYNTHESIS_LO = ((-3, -67674), (-2, -42666), (-1, 438402), (0, 826787), (1, 438402), (2, -42666), (3, -67674))
+SYNTHESIS_HI = ((-3, -39666), (-2, -25008), (-1, 115998), (0, 395736), (1, -894119), (2, 395736), (3, 115998),
+                (4, -25008), (5, -39666))
+# |coefficient| on the fixed-point grid an exact inverse accepts: every tap product and the sums of
+# one level stay far below 2**63 (2**36 * 2**20 * 16 taps = 2**60)
+FIXED_LIMIT = 1 << 36
+
+
+def wavelet_inverse_fixed(coefficients: np.ndarray) -> np.ndarray:
+    """The inverse of ``wavelet_forward`` in integers: (N, C, L) int64 coefficients on a fixed-point
+    grid -> samples on the same grid (int64). Each level is the periodized synthesis with the integer
+    taps above, then a rounding shift by TAP_BITS (floor(v / 2**20 + 1/2)), so every machine computes
+    the same integers; it follows PyWavelets' float inverse to within 2**-19 of the coefficients'
+    size per level (codec/coding/transform.py's exact levels: 2**-12 raw units, 1e-4 of a raw unit)."""
+    c = np.asarray(coefficients)
+    if c.dtype.kind not in "iu":
+        raise InputError(f"the exact inverse takes integer coefficients, got {c.dtype}")
+    c = c.astype(np.int64)
+    if c.size and int(np.abs(c).max()) >= FIXED_LIMIT:
+        raise InputError("transform coefficient beyond the exact inverse's range (2**36 on its grid)")
+    sizes = wavelet_sizes(c.shape[-1])
+    a = c[..., : sizes[0]]
+    start = sizes[0]
+    for size in sizes[1:]:
+        d = c[..., start : start + size]
+        start += size
+        m = 2 * size
+        out = np.zeros(a.shape[:-1] + (m,), dtype=np.int64)
+        for part, taps in ((a, SYNTHESIS_LO), (d, SYNTHESIS_HI)):
+            up = np.zeros_like(out)
+            up[..., 0::2] = part
+            for offset, tap in taps:
+                out += tap * np.roll(up, offset, axis=-1)
+        a = (out + (1 << (TAP_BITS - 1))) >> TAP_BITS
+    return a
+
+
 def wavelet_band_edges(length: int) -> np.ndarray:
     """Each subband one band, those wider than length / DEFAULT_BANDS cut into equal pieces of about
     that (a rule of the length alone, so a reader derives the same bands: 18 at L = 1024)."""

@@ -30,6 +30,7 @@ from latentwire.codec.coding.residual_coding import fit_calibrated, residual_cod
 from latentwire.codec.coding.residual_colour import ColourLevel, ResidualColourContext
 from latentwire.codec.coding.residual_value import ResidualValueContext
 from latentwire.codec.coding.tables import TableSet, table_from_counts
+from latentwire.codec.coding.transform import TransformResidual
 from latentwire.codec.errors import BundleError
 from latentwire.codec.sources import list_images, load_mnist, read_image, sample_data_root
 
@@ -368,6 +369,7 @@ def test_both_kinds_decode_alike_in_another_process(photo_setup, digit_setup, tm
             assert np.array_equal(np.load(tmp_path / f"recon{i}.npy"), rec)
 
 
+ECG_V6 = Path(__file__).resolve().parents[1] / "data" / "ecg-v6"
 ECG_V5_SHA256 = "acfeb688bb96c0d05663726ad8871640c9f58e5791032cff4bdb3e5206770961"
 
 
@@ -376,7 +378,10 @@ def test_old_entropy_files_keep_their_bytes_and_their_decoding() -> None:
     series-context section, the rest of the file unchanged) loads, writes back the same bytes, and its
     residual levels code exactly as residual_context.py / residual.py do."""
     shipped = CodingTables.load(ASSETS / "ecg-conv1d" / "entropy.json")
-    data = dataclasses.replace(shipped, residual_coding=None).dumps()
+    # and before its wavelet levels became exact (tests/data/ecg-v6: the float levels' transform section)
+    float_transform = TransformResidual.from_json_obj(json.loads((ECG_V6 / "transform.json").read_text()))
+    assert not float_transform.exact and shipped.transform is not None and shipped.transform.exact
+    data = dataclasses.replace(shipped, residual_coding=None, transform=float_transform).dumps()
     assert hashlib.sha256(data).hexdigest() == ECG_V5_SHA256  # the file the bundle shipped before
     tables = CodingTables.loads(data)
     assert tables.residual_coding is None and json.loads(data)["version"] == ENTROPY_VERSION_SECTIONS

@@ -71,7 +71,9 @@ def test_the_basis_is_named_in_the_tables(ecg: tuple[Codec, np.ndarray]) -> None
     codec, _ = ecg
     tr = codec.tables.transform
     kind = json.loads((codec.bundle.path / "entropy.json").read_text())["transform"]["kind"]
-    assert kind == T.BASES[tr.basis]
+    # the shipped model has an exact network: its wavelet levels reconstruct exactly, the DCT's in float
+    assert tr.exact == (tr.basis == "cdf97")
+    assert kind == (T.KIND_WAVELET_EXACT if tr.exact else T.BASES[tr.basis])
     assert T.TransformResidual.from_json_obj(tr.to_json_obj()) == tr
     with pytest.raises(Exception, match="unknown transform residual kind"):
         T.TransformResidual.from_json_obj({**tr.to_json_obj(), "kind": "haar-bands"})
