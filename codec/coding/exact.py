@@ -64,6 +64,7 @@ from .exact_layers import (
     Lookup,
     Requant,
     Save,
+    TransposedConv1d,
     TransposedConv2d,
     Weighted,
     rounding_shift,
@@ -166,11 +167,13 @@ class IntegerNetwork:
             prev = layer
         object.__setattr__(self, "max_partial_sum", largest)  # the proof's worst case, reported by the quantizer
         object.__setattr__(self, "_growth", growth)
-        # what runs: each dilate2d right before a conv2d evaluated as one transposed convolution
-        plan: list[Layer | TransposedConv2d] = []
+        # what runs: each dilate(2d) right before a conv1d (conv2d) evaluated as one transposed convolution
+        plan: list[Layer | TransposedConv1d | TransposedConv2d] = []
         for layer in self.layers:
             if isinstance(layer, Conv2d) and plan and isinstance(plan[-1], Dilate2d):
                 plan[-1] = TransposedConv2d(plan[-1], layer)
+            elif isinstance(layer, Conv1d) and plan and isinstance(plan[-1], Dilate):
+                plan[-1] = TransposedConv1d(plan[-1], layer)
             else:
                 plan.append(layer)
         object.__setattr__(self, "_plan", tuple(plan))

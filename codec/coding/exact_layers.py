@@ -136,16 +136,21 @@ class Conv1d:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         n, length, c = x.shape
-        xp = np.zeros((n, length + self.pad_left + self.pad_right, c), dtype=np.float64)
-        xp[:, self.pad_left : self.pad_left + length] = x
-        out_len = xp.shape[1] - len(self._taps) + 1
+        padded = length + self.pad_left + self.pad_right
+        out_len = padded - len(self._taps) + 1
         if out_len < 1:
             raise InputError(f"a latent of length {length} is too short for this exact network's convolutions")
-        acc = xp[:, :out_len] @ self._taps[0]
+        # the frames' padded rows back to back, then one matrix product per tap over all of them: row
+        # i * padded + t of the sum is frame i's output t for t < out_len (its taps stay inside the
+        # frame); the rows after are dropped. Exact sums, so the blocking changes nothing
+        xp = np.zeros((n * padded + len(self._taps) - 1, c), dtype=np.float64)
+        xp[: n * padded].reshape(n, padded, c)[:, self.pad_left : self.pad_left + length] = x
+        rows = n * padded
+        acc = xp[:rows] @ self._taps[0]
         for k in range(1, len(self._taps)):
-            acc += xp[:, k : k + out_len] @ self._taps[k]
+            acc += xp[k : k + rows] @ self._taps[k]
         acc += self._b
-        return acc.astype(np.int64)
+        return acc.reshape(n, padded, -1)[:, :out_len].astype(np.int64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -284,6 +289,47 @@ class TransposedConv2d:
         acc = _conv_im2col(xp, self.matrix, self.bias, self.dh, self.dw)  # (n, qh, qw, s * s * o)
         out = acc.reshape(n, qh, qw, s, s, o).transpose(0, 1, 3, 2, 4, 5).reshape(n, qh * s, qw * s, o)
         return np.ascontiguousarray(out[:, :ho, :wo])
+
+
+class TransposedConv1d:
+    """``dilate`` then ``conv1d`` as one sub-sample convolution (an evaluation plan, like
+    TransposedConv2d): output s*q + a takes tap t from input sample q + d where a + t - pad = s*d,
+    so per offset d one (in, s * out) matrix whose column (a, o) holds phase a's tap at d, and
+    ceil(k / s) matrix products over the UNdilated frames instead of k over the dilated ones. The
+    columns hold subsets of the kernel, so the partial sums are sub-sums of conv1d's (the same
+    proof), and the skipped zeros add nothing: the integers are those of dilate + conv1d."""
+
+    def __init__(self, dilate: Dilate, conv: Conv1d) -> None:
+        s, self.conv, self.stride = dilate.stride, conv, dilate.stride
+        o, c, k = conv.weight.shape
+        taps, self.dmin, dmax = _sub_pixel_taps(k, conv.pad_left, s)
+        m = np.zeros((dmax - self.dmin + 1, c, s, o), dtype=np.float64)
+        for t, a, d in taps:
+            m[d - self.dmin, :, a, :] = conv.weight[:, :, t].T
+        self.mats = [np.ascontiguousarray(part.reshape(c, s * o)) for part in m]
+        self.bias = np.tile(conv._b, s)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        n, length, c = x.shape
+        conv, s = self.conv, self.stride
+        o, _, k = conv.weight.shape
+        out_len = (length - 1) * s + 1 + conv.pad_left + conv.pad_right - k + 1
+        if out_len < 1:
+            raise InputError(f"a latent of length {length} is too short for this exact network's convolutions")
+        q = -(-out_len // s)  # output blocks of s samples; the last may reach past out_len: cropped
+        before = max(0, -self.dmin)
+        size = before + length + max(0, q - 1 + self.dmin + len(self.mats) - 1 - (length - 1))
+        shift = self.dmin + before  # row of block 0's first tap within its frame
+        # frames back to back (as Conv1d does): row i * size + j holds frame i's padded sample j
+        xp = np.zeros((n * size + shift + len(self.mats), c), dtype=np.float64)
+        xp[: n * size].reshape(n, size, c)[:, before : before + length] = x
+        rows = n * size
+        acc = xp[shift : shift + rows] @ self.mats[0]
+        for d in range(1, len(self.mats)):
+            acc += xp[shift + d : shift + d + rows] @ self.mats[d]
+        acc += self.bias
+        out = acc.reshape(n, size, s * o)[:, :q].reshape(n, q * s, o)[:, :out_len]
+        return np.ascontiguousarray(out).astype(np.int64)
 
 
 @dataclass(frozen=True, eq=False)

@@ -351,3 +351,33 @@ def test_bit_widths_whose_sums_could_round_are_refused_by_the_quantizer(trained:
         quantize_hyper_synthesis(h_s, z, weight_bits=24, act_bits=24)
     narrow = quantize_hyper_synthesis(h_s, z, weight_bits=8, act_bits=8)  # allowed, and coarser
     assert narrow.network.max_partial_sum < exact_layers.FLOAT64_EXACT  # type: ignore[attr-defined]
+
+
+def test_the_sub_sample_transposed_convolution_is_the_literal_dilate_then_conv1d() -> None:
+    """1-D networks (ECG) run dilate + conv1d as one sub-sample convolution (TransposedConv1d): the
+    same integers as the literal pair and as Python integers, for every stride, kernel, pad and length."""
+    rng = np.random.default_rng(3)
+    for trial in range(80):
+        s, k = int(rng.integers(1, 4)), int(rng.integers(1, 8))
+        pads = (int(rng.integers(0, k + 1)), int(rng.integers(0, k + 2)))
+        length = int(rng.integers(1, 9))
+        conv = exact_layers.Conv1d(rng.integers(-50, 50, size=(3, 2, k)), rng.integers(-99, 99, size=3), *pads)
+        x = rng.integers(-9, 9, size=(2, length, 2))
+        try:
+            literal = conv(exact_layers.Dilate(s)(x))
+        except InputError:  # too short for the kernel: the fused path refuses it too
+            with pytest.raises(InputError, match="too short"):
+                exact_layers.TransposedConv1d(exact_layers.Dilate(s), conv)(x)
+            continue
+        fused = exact_layers.TransposedConv1d(exact_layers.Dilate(s), conv)(x)
+        assert fused.shape == literal.shape and np.array_equal(fused, literal), (trial, s, k, pads, length)
+        padded = []  # frame 0, per input channel: pads, then the samples with s - 1 zeros between them
+        for ch in range(2):
+            dilated = [0] * ((length - 1) * s + 1)
+            for j in range(length):
+                dilated[j * s] = int(x[0, j, ch])
+            padded.append([0] * pads[0] + dilated + [0] * pads[1])
+        for t in range(fused.shape[1]):  # output channel 0
+            want = int(conv.bias[0]) + sum(int(conv.weight[0, ch, i]) * padded[ch][t + i]
+                                           for ch in range(2) for i in range(k))
+            assert int(fused[0, t, 0]) == want
