@@ -29,6 +29,7 @@ from onnx import numpy_helper
 from tqdm import tqdm
 
 from .. import bundle as bundle_mod
+from .half_encoder import HALF_SUFFIX
 from .models import Autoencoder, ModelConfig
 from .models.gdn import _PEDESTAL, GDN
 
@@ -89,6 +90,8 @@ def _gdn_params(graph: onnx.GraphProto, values: dict[str, np.ndarray], modules: 
 def _graph_state(path: Path, modules: list[str]) -> dict[str, np.ndarray]:
     graph = onnx.load(str(path)).graph
     values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for name in [n for n in values if n.endswith(HALF_SUFFIX)]:  # weights stored in float16 (half_encoder.py)
+        values[name[: -len(HALF_SUFFIX)]] = values.pop(name).astype(np.float32)
     state = {k: v for k, v in values.items() if k.startswith(_PREFIX)}
     state.update(_gdn_params(graph, values, modules))
     return {k[len(_PREFIX):]: v for k, v in state.items()}

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from _exact_reference import int64_forward, read_exact
+from _no_model import NoModel
 from latentwire.codec.codec import Codec
 from latentwire.codec.coding import bitstream
 from latentwire.codec.coding.payload import encode_payload
@@ -199,22 +200,14 @@ def test_an_exact_network_built_for_another_input_grid_is_refused(hyper_bundle: 
         codec.encode(photo, quality=4)
 
 
-class _NoModel:
-    def decode(self, *args: object, **kwargs: object) -> np.ndarray:
-        raise AssertionError("a classical frame must not run the model")
-
-    def predict_frames(self, *args: object, **kwargs: object) -> np.ndarray:
-        raise AssertionError("a classical frame must not run the exact network")
-
-
 def test_residual_frames_may_go_classical_without_z_or_y(hyper_bundle: Path) -> None:
     """A hyperprior bundle's max-error packets choose per frame like any photo bundle's: classical
     frames carry neither z nor y and decode without the model; mixed packets decode each frame as
     it would alone; auto is never larger than either mode alone."""
     codec = Codec.load(hyper_bundle, provider="cpu", threads=1)
     blind = Codec.load(hyper_bundle, provider="cpu", threads=1)
-    blind.decoder = _NoModel()  # type: ignore[assignment]
-    blind.exact = _NoModel()  # type: ignore[assignment]
+    blind.decoder = NoModel("a classical frame")  # type: ignore[assignment]
+    blind.exact = NoModel("a classical frame")  # type: ignore[assignment]
     photos = np.stack(_photos())
     flat = np.full_like(photos[:1], 128)  # a flat frame: classical costs almost nothing, the latent does not
     for q in (3, 4):
@@ -246,3 +239,40 @@ def test_residual_frames_may_go_classical_without_z_or_y(hyper_bundle: Path) -> 
         assert len(both) > len(alone)  # the classical frame's bytes, and no latent of its own
         if bound == 0:
             assert np.array_equal(out, photos) and np.array_equal(back, mixed)
+
+
+def test_the_encoder_stored_in_float16_halves_it_and_changes_no_receiver(hyper_bundle: Path, tmp_path: Path) -> None:
+    """half_encoder.py: the sender's weights in float16 (+ casts) take half the bytes; the model id,
+    the decoder side and every receiver's decoding stay as they were; y moves by ~1e-3 of its size;
+    a later session still warm-starts from the bundle."""
+    import shutil
+
+    import torch
+
+    from latentwire.codec.training import warmstart
+    from latentwire.codec.training.half_encoder import halve_bundle_encoder
+    from latentwire.codec.training.models import build_model
+    from latentwire.codec.training.train import load_checkpoint, model_from_checkpoint
+
+    half = tmp_path / "half"
+    shutil.copytree(hyper_bundle, half)
+    codec = Codec.load(hyper_bundle, provider="cpu", threads=1)
+    photos = np.stack(_photos())
+    report = halve_bundle_encoder(half, codec.normalization.to_model(photos), "test", min_elements=64)
+    assert report.tensors > 0 and report.bytes_after < report.bytes_before  # (graph structure dominates this tiny one)
+    assert 0 < report.max_relative_change < 1e-2
+    halved = Codec.load(half, provider="cpu", threads=1)
+    assert halved.model_id == codec.model_id  # the id covers what receivers compute with, not encoder.onnx
+    assert json.loads((half / "manifest.json").read_text())["training"]["encoder_float16"]["tensors"] == report.tensors
+    for q in (1, 4):  # packets of the halved sender decode with the original bundle, losslessly at q4
+        packet = halved.encode(photos, quality=q)
+        assert np.array_equal(codec.decode(packet), halved.decode(packet))
+    assert np.array_equal(codec.decode(halved.encode(photos, quality=4)), photos)
+    model = build_model(warmstart.bundle_config(half))
+    warmstart.load_bundle_weights(model, half)  # reads the float16 weights back (its parity check included)
+    own = model.state_dict()
+    trained = model_from_checkpoint(load_checkpoint(hyper_bundle.parent / "run")).state_dict()
+    halved_keys = [k for k, v in trained.items() if k.startswith("hyper_analysis.") and v.numel() >= 64]
+    assert halved_keys
+    for k in halved_keys:  # exactly the float16 rounding of the trained weights
+        assert own[k].dtype == torch.float32 and torch.equal(own[k], trained[k].half().float()), k

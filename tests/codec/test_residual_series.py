@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _no_model import NoModel
 from latentwire.codec.bundle import finalize
 from latentwire.codec.codec import Codec
 from latentwire.codec.coding.coder import StreamDecoder, StreamEncoder
@@ -205,14 +206,6 @@ def _classic(codec: Codec) -> ResidualSeriesContext:
     return classic
 
 
-class _NoModel:
-    def decode(self, *args: object, **kwargs: object) -> np.ndarray:
-        raise AssertionError("a classical window must not run the model")
-
-    def predict_frames(self, *args: object, **kwargs: object) -> np.ndarray:
-        raise AssertionError("a classical window must not run the exact network")
-
-
 def test_classical_levels_walk_the_raw_signal_as_the_plain_python_reference(codec: Codec) -> None:
     """The classical levels are the same walk with p the raw range's midpoint: every prediction,
     table id and call as the reference computes them, on the shipped levels."""
@@ -227,8 +220,8 @@ def test_classical_windows_round_trip_without_the_model(codec: Codec, windows: n
     """Forced classical: lossless bit-exact and every max error kept, decoded by a codec whose
     decoder and exact network refuse to run; FLAG_MODES with FLAG_RESIDUAL is set."""
     blind = Codec.load(BUNDLE, provider="cpu", threads=1)
-    blind.decoder = _NoModel()  # type: ignore[assignment]
-    blind.exact = _NoModel()  # type: ignore[assignment]
+    blind.decoder = NoModel("a classical window")  # type: ignore[assignment]
+    blind.exact = NoModel("a classical window")  # type: ignore[assignment]
     for d in MAX_ERRORS:
         packet = codec.encode(windows, max_error=d, residual_mode="classic")
         h = codec.header(packet)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _no_model import NoModel
 from latentwire.codec.calibrate import calibrate
 from latentwire.codec.codec import Codec
 from latentwire.codec.coding import transform as T
@@ -89,17 +90,12 @@ def exact_ecg(tmp_path_factory: pytest.TempPathFactory) -> tuple[Codec, np.ndarr
     return Codec.load(d, provider="cpu", threads=1), load_ecg_windows(MITDB, records=["102"], window=1024).samples
 
 
-class _NoFloatDecoder:
-    def decode(self, *args: object, **kwargs: object) -> np.ndarray:
-        raise AssertionError("an exact transform level must not run decoder.onnx")
-
-
 def test_exact_wavelet_packets_decode_from_the_exact_prediction_alone(exact_ecg: tuple[Codec, np.ndarray]) -> None:
     codec, windows = exact_ecg
     tr = codec.tables.transform
     assert tr is not None and tr.exact and codec.exact is not None
     blind = Codec.load(codec.bundle.path, provider="cpu", threads=2)
-    blind.decoder = _NoFloatDecoder()  # type: ignore[assignment]
+    blind.decoder = NoModel("an exact transform level")  # type: ignore[assignment]
     x = windows[:6]
     grid = codec.reference_grid
     symbols = codec.quantize_latents(codec.encoder.encode(codec.normalization.to_model(x)), grid)
