@@ -164,7 +164,9 @@ def test_ecg_bundle_reaches_diagnostic_fidelity_cheaply() -> None:
     x = raw.astype(np.float64)
     denom = float(((x - 1024.0) ** 2).sum())
     best_cr = 0.0
-    for q in codec.qualities:
+    # max errors below 8 cost more bytes than max error 8 (the ladder is monotone, tested above), so
+    # they cannot raise the best CR; each takes ~2 s of one-window packets (three series walks apiece)
+    for q in [q for q in codec.qualities if q.max_error is None or q.max_error >= 8]:
         packets = codec.encode_frames(raw, quality=q.index)  # one packet per window, as streamed
         out = np.concatenate([codec.decode(p) for p in packets])
         prd = 100 * np.sqrt(float(((x - out) ** 2).sum()) / denom)
