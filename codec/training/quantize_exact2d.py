@@ -269,28 +269,26 @@ def _reference_inputs(bundle: Bundle, raw: np.ndarray, ref: int, batch: int,
                       threads: int | None) -> tuple[np.ndarray, np.ndarray, int]:
     """The exact network's integer inputs for raw at level ref, the latent values decoder.onnx takes
     for the same crops, and the inputs' fractional bits: symbols (0), or under a hyperprior the
-    fixed-point y_hat * gain of hyperprior.exact_input, which carries the predicted mean."""
-    from ..bundle import HYPER
-    from ..coding.exact_hyper import ExactHyperSynthesis
-    from ..coding.hyperprior import exact_input, latent_values, symbols_for
+    fixed-point y_hat * gain of hyperprior.exact_input, which carries the predicted mean (computed
+    by the hyperprior stage calibration builds, as the sender and receiver will)."""
+    from ..calibrate_hyper import hyper_stage
+    from ..coding.hyper_latents import HyperInput
     from ..coding.quantize import dequantize_scaled, quantize_scaled
+    from ..coding.tables import DEFAULT_PRECISION
     from ..runtime import Encoder
 
     m = bundle.manifest
-    level = m.latent_levels[ref]
     enc = Encoder(bundle, provider="cpu", threads=threads)
     chunks = [m.normalization.to_model(raw[i : i + batch]) for i in range(0, len(raw), batch)]
     if not m.has_hyper:
+        level = m.latent_levels[ref]
         symbols = np.concatenate([quantize_scaled(enc.encode(x), gain=level.gain.reshape(1, -1, 1, 1))
                                   for x in chunks]).astype(np.int64)
         return symbols, dequantize_scaled(symbols, inverse_gain=level.inverse_gain.reshape(1, -1, 1, 1)), 0
-    synthesis = ExactHyperSynthesis.load(bundle.file(HYPER))
-    frac = synthesis.mean_frac_bits
+    hyper = hyper_stage(bundle, DEFAULT_PRECISION)  # exact_input and values do not depend on the tables
     inputs, values = [], []
     for x in chunks:
-        y, z = enc.encode_with_side(x)
-        mean_code, _ = synthesis(np.rint(z).astype(np.int32), (int(y.shape[2]), int(y.shape[3])))
-        symbols = symbols_for(y, mean_code, level.gain, frac)
-        inputs.append(exact_input(symbols, mean_code, level.gain, frac))
-        values.append(latent_values(symbols, mean_code, level.gain, level.inverse_gain, frac))
-    return np.concatenate(inputs), np.concatenate(values), frac
+        latents = hyper.quantize(HyperInput(*enc.encode_with_side(x)), ref)
+        inputs.append(hyper.exact_input(latents, ref))
+        values.append(hyper.values(latents, ref))
+    return np.concatenate(inputs), np.concatenate(values), hyper.input_frac_bits
