@@ -5,6 +5,7 @@
     python -m benchmarks.train_bundles calibrate [ecg|bsds ...] # re-calibrate the shipped bundle in place
     python -m benchmarks.train_bundles exact bsds              # its exact integer decoder (then calibrate)
     python -m benchmarks.train_bundles classic [bsds]           # add classical residual tables, nothing else
+    python -m benchmarks.train_bundles hyper-tables bsds-hyper  # refit the hyperprior's latent tables, nothing else
     python -m benchmarks.train_bundles eval   [ecg|bsds ...]   # held-out figures -> benchmarks/results/
     python -m benchmarks.train_bundles sample                  # codec/assets/ecg_heldout_sample.npz
 
@@ -581,11 +582,44 @@ def cmd_transform(keys: Sequence[str]) -> None:
         print(f"{key}: exact wavelet transform tables for {len(steps)} levels, model id {finalize(out)[:12]}")
 
 
+def cmd_hyper_tables(keys: Sequence[str]) -> None:
+    """Refit a shipped hyperprior bundle's latent tables on the samples calibrate uses, as calibrate
+    now does (calibrate_hyper.fit_tables), without re-running the rest of calibration: every other
+    table keeps its bytes, and the sender's float16 encoder gives the symbols it will send."""
+    import dataclasses
+
+    from latentwire.codec.bundle import Bundle, finalize, read_manifest, write_manifest
+    from latentwire.codec.calibrate_hyper import fit_tables, hyper_stage
+    from latentwire.codec.codec import Codec
+
+    for key in keys:
+        out = ASSETS / BUNDLES[key]["asset"]
+        codec = Codec.load(out, threads=BUNDLES[key].get("calibrate_threads", 1))
+        shipped = codec.tables.hyper
+        if codec.hyper is None or shipped is None:
+            raise SystemExit(f"{key}: not a hyperprior bundle")
+        t0 = time.perf_counter()
+        stage = hyper_stage(Bundle.load(out), shipped.gaussian.precision)  # the model's tables: the prior
+        if not np.array_equal(stage.coding.thresholds, shipped.thresholds):
+            raise SystemExit(f"{key}: the stored thresholds differ from the model's; run calibrate instead")
+        x = calibration_samples(key)
+        step = BUNDLES[key].get("calibrate_batch", 1024)
+        fitted = fit_tables(stage, (codec._encode_model(codec.normalization.to_model(x[i : i + step]))
+                                    for i in range(0, len(x), step))).coding
+        tables = dataclasses.replace(codec.tables, hyper=fitted, latent=fitted.z_tables)
+        (out / "entropy.json").write_bytes(tables.dumps())
+        m = read_manifest(out)
+        m.setdefault("metrics", {}).setdefault("calibration", {})["hyper_tables"] = {
+            "command": _command(), "seconds": round(time.perf_counter() - t0, 1), "samples": len(x)}
+        write_manifest(out, m)
+        print(f"{key}: hyperprior tables refit on {len(x)} crops, model id {finalize(out)[:12]}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_bundles", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=["train", "ship", "exact", "calibrate", "classic", "series", "transform",
-                                      "half", "eval", "sample"])
+                                      "half", "hyper-tables", "eval", "sample"])
     p.add_argument("which", nargs="*", help="ecg, bsds and/or bsds-hyper (default: ecg and bsds)")
     p.add_argument("--limit", type=int, default=0, help="eval bsds: first N test photos only (0: all 200)")
     args = p.parse_args(argv)
@@ -609,6 +643,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd_transform(keys)
     elif args.stage == "half":
         cmd_half(keys)
+    elif args.stage == "hyper-tables":
+        cmd_hyper_tables(keys)
     elif args.stage == "eval":
         cmd_eval(keys, args.limit)
     else:

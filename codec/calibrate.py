@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .bundle import ENTROPY, EXACT, Bundle, finalize, read_manifest, sha256_file, write_manifest
-from .calibrate_hyper import hyper_stage
+from .calibrate_hyper import fit_tables, hyper_stage
 from .coding import transform
 from .coding.context import LatentContext
 from .coding.context2d import LatentContext2D
@@ -247,12 +247,15 @@ def calibrate(
         if any(sp.latent_step != 1.0 or sp.transform_step is not None for sp in specs):
             raise InputError("a hyperprior bundle's ladder takes its learned levels (lK, lK+E), not latent steps "
                              "or transform levels")
-        latent = hyper.coding.z_tables
     else:
         offsets, probs = m.pmf
         latent = latent_tables(offsets, probs, precision)
     enc = Encoder(bundle, provider=provider, threads=threads)
     dec = Decoder(bundle, provider=provider, threads=threads)
+    if hyper is not None:  # the tables' frequencies refit on these samples' own symbols, every level
+        hyper = fit_tables(hyper, (HyperInput(*enc.encode_with_side(norm.to_model(raw[i : i + batch_size])))
+                                   for i in range(0, raw.shape[0], batch_size)))
+        latent = hyper.coding.z_tables
     # the reference grid: the trained one, or a variable-rate bundle's finest level
     reference = LevelSpec(None, 1.0, n_learned - 1 if n_learned else None)
     symbols, raw_float = _forward(enc, dec, bundle, raw, batch_size, reference, hyper)

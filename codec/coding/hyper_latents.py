@@ -74,6 +74,10 @@ class HyperLatentPath:
         self._gains = [np.asarray(g, dtype=np.float64).reshape(-1) for g in gains] or [ones]
         self._inverse = [np.asarray(g, dtype=np.float64).reshape(-1) for g in inverse_gains] or [ones]
 
+    def with_coding(self, coding: HyperLatentCoding) -> HyperLatentPath:
+        """The same stage with other tables (calibration refits them)."""
+        return HyperLatentPath(coding, self.synthesis, self._gains, self._inverse)
+
     def _index(self, level: int | None) -> int:
         k = 0 if level is None else int(level)
         if not 0 <= k < len(self._gains):
@@ -86,6 +90,19 @@ class HyperLatentPath:
 
     def quantize(self, latents: HyperInput, level: int | None) -> HyperLatents:
         """The sender's integers for one level."""
+        y, z_int, mean_code, scale_code = self._side(latents)
+        symbols = symbols_for(y, mean_code, self._gains[self._index(level)], self.coding.mean_frac_bits)
+        return HyperLatents(z_int, symbols, mean_code, scale_code)
+
+    def quantize_levels(self, latents: HyperInput) -> list[HyperLatents]:
+        """Every level's integers for the same frames, level 0 first: z and the hyper-synthesis do not
+        depend on the level, so they are computed once (calibration counts every level's symbols)."""
+        y, z_int, mean_code, scale_code = self._side(latents)
+        return [HyperLatents(z_int, symbols_for(y, mean_code, g, self.coding.mean_frac_bits), mean_code, scale_code)
+                for g in self._gains]
+
+    def _side(self, latents: HyperInput) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(y, z_hat int32, mean_code, scale_code): the level-free part of ``quantize``."""
         y, z = np.asarray(latents.y), np.asarray(latents.z)
         if y.ndim != 4 or z.ndim != 4 or z.shape[0] != y.shape[0]:
             raise InputError(f"hyperprior latents must be y (N, M, h, w) and z (N, Nz, hz, wz), got {y.shape}, "
@@ -98,8 +115,7 @@ class HyperLatentPath:
                              "is far from anything the model was trained on")
         z_int = z_hat.astype(np.int32)
         mean_code, scale_code = self._codes(z_int, (int(y.shape[2]), int(y.shape[3])))
-        symbols = symbols_for(y, mean_code, self._gains[self._index(level)], self.coding.mean_frac_bits)
-        return HyperLatents(z_int, symbols, mean_code, scale_code)
+        return y, z_int, mean_code, scale_code
 
     def values(self, latents: HyperLatents, level: int | None) -> np.ndarray:
         """y_hat (N, M, h, w) float32: what decoder.onnx is fed, the same on both sides."""

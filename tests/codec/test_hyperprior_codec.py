@@ -276,3 +276,58 @@ def test_the_encoder_stored_in_float16_halves_it_and_changes_no_receiver(hyper_b
     assert halved_keys
     for k in halved_keys:  # exactly the float16 rounding of the trained weights
         assert own[k].dtype == torch.float32 and torch.equal(own[k], trained[k].half().float()), k
+
+
+def test_calibration_refits_the_latent_tables_to_the_samples_symbols(hyper_bundle: Path) -> None:
+    """calibrate_hyper.fit_tables: every table keeps the model's span and thresholds, its frequencies
+    follow an independent count of the calibration crops' symbols at every level, and those crops
+    cost fewer bits than under the model's own Gaussian tables."""
+    from latentwire.codec.bundle import Bundle
+    from latentwire.codec.calibrate_hyper import hyper_stage
+    from latentwire.codec.sources import load_source
+
+    codec = Codec.load(hyper_bundle, threads=1)
+    assert codec.hyper is not None and codec.tables.hyper is not None
+    fitted = codec.tables.hyper
+    model = hyper_stage(Bundle.load(hyper_bundle), fitted.gaussian.precision).coding
+    assert np.array_equal(fitted.thresholds, model.thresholds)
+    for a, b in [*zip(fitted.gaussian.tables, model.gaussian.tables, strict=True),
+                 *zip(fitted.z_tables.tables, model.z_tables.tables, strict=True)]:
+        assert (a.lo, a.hi) == (b.lo, b.hi)
+    assert codec.tables.latent.to_json_obj() == fitted.z_tables.to_json_obj()  # z's tables, stored once each way
+
+    crops = load_source(PHOTOS, size=(64, 64), per_image=8).samples  # what the fixture calibrated on
+    inputs = codec._encode_model(codec.normalization.to_model(crops))
+    counts: dict[tuple[int, int], int] = {}
+    for level in range(codec.hyper.coding.levels):
+        lat = codec.hyper.quantize(inputs, level)
+        ids = fitted.table_ids(lat.scale_code, level)
+        for k, s in zip(ids.ravel().tolist(), lat.symbols.ravel().tolist(), strict=True):
+            counts[(k, s)] = counts.get((k, s), 0) + 1
+        got, before = (c.ideal_bits(lat.z, lat.symbols, lat.scale_code, level) for c in (fitted, model))
+        assert got.y_bits < before.y_bits and got.z_bits < before.z_bits
+    per_table: dict[int, int] = {}
+    for (k, _), n in counts.items():
+        per_table[k] = per_table.get(k, 0) + n
+    busiest = max(per_table, key=per_table.__getitem__)
+    table = fitted.gaussian.tables[busiest]
+    total = 1 << table.precision
+    for s in range(table.lo, table.hi + 1):  # the data's share, to within the model's 64 observations
+        share = counts.get((busiest, s), 0) / per_table[busiest]
+        assert abs(int(table.freqs[s - table.lo]) / total - share) < 64 / per_table[busiest] + 2 / total
+
+
+def test_refit_tables_count_symbols_outside_a_span_for_the_escape() -> None:
+    from latentwire.codec.calibrate_hyper import PRIOR_OBSERVATIONS, _Counts
+    from latentwire.codec.coding.tables import TableSet, table_from_counts
+
+    prior = TableSet((table_from_counts([1, 2, 1], -1, 16, escape_count=1),))
+    counts = _Counts(prior)
+    counts.add(np.array([-9, 0, 0, 0, 5, 1] * 1000), np.zeros(6000, dtype=np.int64))
+    table = counts.tables().tables[0]
+    freqs = table.freqs.astype(np.float64) / (1 << 16)
+    assert (table.lo, table.hi) == (-1, 1)
+    prior_share = prior.tables[0].freqs.astype(np.float64) / (1 << 16)
+    seen = np.array([0, 3000, 1000, 2000])  # -1, 0, 1, then the escapes: -9 and 5
+    expected = (seen + PRIOR_OBSERVATIONS * prior_share) / (6000 + PRIOR_OBSERVATIONS)
+    assert np.abs(freqs - expected).max() < 1e-4
