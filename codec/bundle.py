@@ -32,6 +32,9 @@ EXACT = "exact.npz"
 # a hyperprior bundle's exact hyper-synthesis: it picks the latent's coding tables, so it is part of the model id
 HYPER = HYPER_FILE
 DECODING_FIELDS = ("format_version", "family", "input", "latent", "quality_levels")
+# latent.residual_step: the latent step every max-error level (custom ones too) predicts from, when
+# calibration chose one coarser than the trained grid (ladder.residual_grid); a decoding field
+RESIDUAL_STEP = "residual_step"
 
 
 def sha256_file(path: Path) -> str:
@@ -244,6 +247,11 @@ class Manifest:
     def has_hyper(self) -> bool:
         """The latent is coded under a mean-scale hyperprior (latent.hyper; hyper.npz picks its tables)."""
         return bool(self.raw["latent"].get("hyper"))
+
+    @property
+    def residual_step(self) -> float:
+        """The latent step the max-error levels predict from (1.0: the trained grid)."""
+        return float(self.raw["latent"].get(RESIDUAL_STEP, 1.0))
 
     @property
     def entropy_file(self) -> str | None:

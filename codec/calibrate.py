@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import ENTROPY, EXACT, Bundle, finalize, read_manifest, sha256_file, write_manifest
+from .bundle import ENTROPY, EXACT, RESIDUAL_STEP, Bundle, finalize, read_manifest, sha256_file, write_manifest
 from .calibrate_hyper import fit_tables, hyper_stage
 from .coding import transform
 from .coding.context import LatentContext
@@ -36,85 +36,11 @@ from .coding.residual_context import ResidualContext
 from .coding.tables import DEFAULT_PRECISION, latent_tables, step_tables
 from .coding.transform import TransformResidual
 from .errors import InputError
+from .ladder import DEFAULT_QUALITY_LADDER, VARIABLE_RATE_RESIDUALS, LevelSpec, default_ladder, residual_grid
 from .normalization import psnr_db
 from .runtime import Decoder, Encoder
 from .sources import source_option
 from .sources.sampleset import SampleSet
-
-# Raw-unit max errors. On MNIST (8-bit) with a ~22 dB autoencoder this spans ~22 dB (q0, latent
-# only) -> ~27 -> ~33 -> ~39 -> ~46 dB -> lossless (measured figures land in metrics.calibration).
-DEFAULT_QUALITY_LADDER: tuple[int | None, ...] = (None, 32, 16, 8, 3, 0)
-# Variable-rate bundles: every learned level latent only, then the residual layer on the finest
-# level for near-lossless and lossless (photos: max error 4 is above ~40 dB).
-VARIABLE_RATE_RESIDUALS: tuple[int, ...] = (4, 2, 0)
-
-
-def default_ladder(latent_levels: int) -> list[LevelSpec]:
-    """The ladder calibrate uses when none is given: DEFAULT_QUALITY_LADDER, or for a bundle with
-    learned levels l0..lK latent only and then lK with each of VARIABLE_RATE_RESIDUALS."""
-    if not latent_levels:
-        return [LevelSpec.parse(v) for v in DEFAULT_QUALITY_LADDER]
-    top = latent_levels - 1
-    return ([LevelSpec(None, 1.0, k) for k in range(latent_levels)]
-            + [LevelSpec(e, 1.0, top) for e in VARIABLE_RATE_RESIDUALS])
-
-
-@dataclass(frozen=True)
-class LevelSpec:
-    """One rung of the quality ladder: the latent's quantization step (1.0: the trained integer
-    grid; coarser steps are the cheap levels) or learned level, and at most one residual: the
-    max-error layer (max_error, raw units) or the transform residual (transform_step, raw units)."""
-
-    max_error: int | None = None
-    latent_step: float = 1.0
-    latent_level: int | None = None  # learned level of a variable-rate bundle (then step is 1)
-    transform_step: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_error is not None and self.transform_step is not None:
-            raise InputError("a level has a max error or a transform step, not both")
-
-    @classmethod
-    def parse(cls, value: int | str | None | LevelSpec) -> LevelSpec:
-        """Parts joined by "+": "none" (latent only), N (max error N), "sX" (latent step X), "lK"
-        (learned level K of a variable-rate bundle), "tX" (transform residual at step X):
-        24, "s2+24", "l3", "l3+4", "t8", "l2+t16"."""
-        if isinstance(value, LevelSpec):
-            return value
-        if value is None or isinstance(value, (int, np.integer)):
-            return cls(None if value is None else int(value))
-        step, level, bound, tstep = 1.0, None, None, None
-        for part in str(value).strip().lower().split("+"):
-            if part in ("", "none"):
-                continue
-            try:
-                if part[0] == "s":
-                    step = float(part[1:])
-                    if not step > 0:
-                        raise InputError(f"latent step must be > 0, got {part!r}")
-                elif part[0] == "l":
-                    level = int(part[1:])
-                    if level < 0:
-                        raise InputError(f"latent level must be >= 0, got {part!r}")
-                elif part[0] == "t":
-                    tstep = float(part[1:])
-                    if not tstep > 0:
-                        raise InputError(f"transform step must be > 0, got {part!r}")
-                else:
-                    bound = int(part)
-            except ValueError:
-                raise InputError(f"bad level part {part!r} (none, N, sX, lK, tX)") from None
-        return cls(bound, step, level, tstep)
-
-    def to_manifest(self, index: int) -> dict[str, Any]:
-        entry: dict[str, Any] = {"name": f"q{index}", "max_error": self.max_error}
-        if self.latent_step != 1.0:  # omitted at 1.0 so ladders without steps keep their bytes
-            entry["latent_step"] = self.latent_step
-        if self.latent_level is not None:
-            entry["latent_level"] = self.latent_level
-        if self.transform_step is not None:
-            entry["transform_step"] = self.transform_step
-        return entry
 
 
 @dataclass(frozen=True)
@@ -280,7 +206,9 @@ def calibrate(
         return np.concatenate([exact.predict_frames(values[i : i + batch_size], flt.shape[1:])
                                for i in range(0, len(values), batch_size)]).astype(np.float32)
 
-    res_float = against(symbols, raw_float, reference)
+    ref_float = against(symbols, raw_float, reference)
+    grid = residual_grid(specs, reference)  # max-error levels on a coarser latent step fit against its prediction
+    res_float = ref_float if grid == reference else against(*_forward(enc, dec, bundle, raw, batch_size, grid), grid)
 
     latent_ndim = (symbols.symbols if hyper is not None else symbols).ndim
     positional = m.spatial_dims > 0 and m.channel_axis % (latent_ndim - 1) == 0
@@ -313,7 +241,7 @@ def calibrate(
         rctx = ResidualContext.fit(residual, raw, res_float, [e for e in levels if e is not None],
                                    batch_size=batch_size)
     exact_tr = exact is not None and transform_basis == "cdf97"  # the wavelet's levels reconstruct exactly too
-    specs, tr = _fit_transform(specs, raw, symbols, res_float if exact_tr else raw_float, reference, enc, dec, bundle,
+    specs, tr = _fit_transform(specs, raw, symbols, ref_float if exact_tr else raw_float, reference, enc, dec, bundle,
                                batch_size, transform_basis, exact_tr)
     steps = sorted({sp.latent_step for sp in specs if sp.latent_step != 1.0})
     tables = CodingTables(
@@ -331,6 +259,9 @@ def calibrate(
     (d / ENTROPY).write_bytes(tables.dumps())
     manifest = read_manifest(d)
     manifest["quality_levels"] = [sp.to_manifest(i) for i, sp in enumerate(specs)]
+    manifest["latent"].pop(RESIDUAL_STEP, None)  # absent at step 1, so earlier bundles keep their model ids
+    if grid.latent_step != reference.latent_step:
+        manifest["latent"][RESIDUAL_STEP] = grid.latent_step
     manifest["entropy"] = {"file": ENTROPY, "sha256": sha256_file(d / ENTROPY)}
     # Anomaly threshold: quantiles of the latent-only reconstruction error on these (training)
     # samples; the sender's lossless fallback compares each frame's score with it. Not a decoding

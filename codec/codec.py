@@ -93,6 +93,8 @@ class Codec:
         # The model's own reconstruction (scores, custom max errors): the trained grid, or in a
         # variable-rate bundle its finest learned level (it was never trained at gain 1).
         self.reference_grid = LatentGrid(1.0, len(levels) - 1 if levels else None)
+        # what every max-error level predicts from: a coarser step where calibration chose one (ladder.py)
+        self.residual_grid = LatentGrid(self.manifest.residual_step, self.reference_grid.level)
 
     @classmethod
     def load(cls, bundle: str | Path | Bundle = DEFAULT_BUNDLE, provider: str = "auto",
@@ -174,7 +176,7 @@ class Codec:
         if max_error is not None:
             if self.tables.residual is None:
                 raise InputError("this bundle has no residual model, so max_error is not available")
-            return CUSTOM_QUALITY, check_max_error(int(max_error)), self.reference_grid
+            return CUSTOM_QUALITY, check_max_error(int(max_error)), self.residual_grid
         q = self.default_quality if quality is None else int(quality)
         if not 0 <= q < len(self.qualities):
             raise InputError(f"quality {q} does not exist: this bundle has levels 0..{len(self.qualities) - 1}")
@@ -403,7 +405,7 @@ class Codec:
                 d is not None and got != d for got, d in zip(header.sample_shape, want, strict=False)):
             raise BitstreamError(f"packet's sample shape {header.sample_shape} does not fit this bundle's "
                                  f"{tuple(want)} (None: any): corrupt or foreign packet")
-        grid = self.reference_grid
+        grid = self.residual_grid  # a custom max error's (a lossless-fallback packet has no latent)
         if header.is_lossless:
             return header, payload, None, grid
         if header.quality == CUSTOM_QUALITY:

@@ -314,6 +314,23 @@ def test_quantize_exact_then_calibrate_a_fresh_bundle(tiny_bundle: Path, tmp_pat
         assert c.header(p).has_exact
         assert np.abs(c.decode(p).astype(np.int64) - raw).max() <= e
 
+    # max-error levels on a coarser latent step (ladder.residual_grid): the manifest names it, custom
+    # max errors use it too, and a ladder that mixes grids for its residual levels is refused
+    with pytest.raises(InputError, match="one latent grid"):
+        calibrate(bundle, train, [None, "s2+4", 0], threads=1)
+    calibrate(bundle, train, ["s2", "s2+4", "s2+0"], threads=1)
+    c2 = Codec.load(bundle, provider="cpu", threads=1)
+    assert Bundle.load(bundle).manifest.raw["latent"]["residual_step"] == 2.0 and c2.model_id != c.model_id
+    assert c2.residual_grid.step == 2.0 and c2.reference_grid.step == 1.0
+    latent_only = len(c2.encode(raw, quality=0))  # step 2, no residual
+    for q, e in ((1, 4), (2, 0)):
+        ladder, custom = c2.encode(raw, quality=q), c2.encode(raw, max_error=e)
+        assert np.array_equal(c2.decode(ladder), c2.decode(custom))  # the same grid, the same residual
+        assert np.abs(c2.decode(custom).astype(np.int64) - raw).max() <= e and len(custom) > latent_only
+    calibrate(bundle, train, [None, 4, 0], threads=1)  # back at step 1: the key is gone, the id is the first one
+    assert "residual_step" not in Bundle.load(bundle).manifest.raw["latent"]
+    assert Codec.load(bundle, provider="cpu", threads=1).model_id == c.model_id
+
 
 # ------------------------------------------------------------------ the 1-D conv network (ECG)
 
