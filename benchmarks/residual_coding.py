@@ -49,8 +49,8 @@ Reader = Callable[[StreamDecoder, np.ndarray, int], np.ndarray]
 
 
 def _predict(codec: Codec, raw: np.ndarray) -> tuple[np.ndarray, int]:
-    """(what residuals are taken against at the reference level, latent payload bytes)."""
-    grid = codec.reference_grid
+    """(what residuals are taken against: the max-error levels' latent grid, latent payload bytes)."""
+    grid = codec.residual_grid
     symbols = codec.quantize_latents(codec._encode_model(codec.normalization.to_model(raw)), grid)
     latent, _ = encode_payload(codec.tables, symbols, codec.manifest.channel_axis, latent_step=grid.step,
                                latent_level=grid.level, hyper=codec.hyper)

@@ -37,9 +37,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # the package loads lazily here: `train` needs no onnxruntime session
+    from latentwire.codec.codec import Codec, LatentGrid
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LATENTWIRE_DATA", REPO.parent / "shared" / "data"))
@@ -529,7 +532,7 @@ def cmd_series(keys: Sequence[str]) -> None:
         t0 = time.perf_counter()
         x = calibration_samples(key)
         ds = sorted({lv.max_error for lv in codec.qualities if lv.max_error is not None})
-        coding = fit(tables.residual, x, _exact_prediction(codec, x), ds, log=True)
+        coding = fit(tables.residual, x, _exact_prediction(codec, x, codec.residual_grid), ds, log=True)
         (out / "entropy.json").write_bytes(dataclasses.replace(tables, residual_coding=coding).dumps())
         m = read_manifest(out)
         m.setdefault("metrics", {}).setdefault("calibration", {})["series"] = {
@@ -538,10 +541,9 @@ def cmd_series(keys: Sequence[str]) -> None:
         print(f"{key}: series residual coding for max errors {ds}, model id {finalize(out)[:12]}")
 
 
-def _exact_prediction(codec: Any, x: np.ndarray) -> np.ndarray:
-    """The exact network's prediction of x on the reference grid (every max-error and exact
-    transform level codes there), in batches of 256 windows."""
-    grid = codec.reference_grid
+def _exact_prediction(codec: Codec, x: np.ndarray, grid: LatentGrid) -> np.ndarray:
+    """The exact network's prediction of x on a latent grid (the max-error levels': residual_grid;
+    the exact transform levels': reference_grid), in batches of 256 windows."""
     pred = []
     for i in range(0, len(x), 256):
         sym = codec.quantize_latents(codec._encode_model(codec.normalization.to_model(x[i : i + 256])), grid)
@@ -568,7 +570,7 @@ def cmd_transform(keys: Sequence[str]) -> None:
             raise SystemExit(f"{key}: exact transform levels need an exact network and wavelet transform tables")
         t0 = time.perf_counter()
         x = calibration_samples(key)
-        residual = x.astype(np.float64) - _exact_prediction(codec, x)
+        residual = x.astype(np.float64) - _exact_prediction(codec, x, codec.reference_grid)
         steps = [q.transform_step for q in codec.qualities if q.transform_step is not None]
         fitted = TransformResidual.fit([(residual, st) for st in steps], bands=tr.bands, steps=tr.steps,
                                        precision=tr.step_tables.precision, basis=tr.basis,
@@ -591,6 +593,7 @@ def cmd_hyper_tables(keys: Sequence[str]) -> None:
     from latentwire.codec.bundle import Bundle, finalize, read_manifest, write_manifest
     from latentwire.codec.calibrate_hyper import fit_tables, hyper_stage
     from latentwire.codec.codec import Codec
+    from latentwire.codec.coding.hyper_latents import HyperInput
 
     for key in keys:
         out = ASSETS / BUNDLES[key]["asset"]
@@ -604,8 +607,8 @@ def cmd_hyper_tables(keys: Sequence[str]) -> None:
             raise SystemExit(f"{key}: the stored thresholds differ from the model's; run calibrate instead")
         x = calibration_samples(key)
         step = BUNDLES[key].get("calibrate_batch", 1024)
-        fitted = fit_tables(stage, (codec._encode_model(codec.normalization.to_model(x[i : i + step]))
-                                    for i in range(0, len(x), step))).coding
+        fitted = fit_tables(stage, (HyperInput(*codec.encoder.encode_with_side(codec.normalization.to_model(
+            x[i : i + step]))) for i in range(0, len(x), step))).coding
         tables = dataclasses.replace(codec.tables, hyper=fitted, latent=fitted.z_tables)
         (out / "entropy.json").write_bytes(tables.dumps())
         m = read_manifest(out)
