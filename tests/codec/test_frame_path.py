@@ -65,17 +65,24 @@ def test_same_bytes_and_samples_as_the_general_path(which: str, request: pytest.
             assert np.array_equal(fast.decode(packet), general.decode(packet))
 
 
+def _finest_latent_only(codec: Codec) -> int:
+    """The default bundle's finest latent-only level (the fast path's)."""
+    return max(q.index for q in codec.qualities if q.max_error is None and q.transform_step is None)
+
+
 def test_what_it_declines_takes_the_general_path(tmp_path: Path) -> None:
     codec = Codec.load("default", provider="cpu", threads=1)
     x = _digits(3)
     residual = codec.default_quality
     assert codec.qualities[residual].max_error is not None and residual not in codec.frames.levels
     assert codec.frames.encode(x[:1], residual) is None
-    assert codec.frames.encode(x[:2], 2) is None  # a batch
-    assert codec.frames.encode(x[:1].astype(np.int16), 2) is None  # another dtype: the general path explains
+    latent = _finest_latent_only(codec)
+    assert latent in codec.frames.levels
+    assert codec.frames.encode(x[:2], latent) is None  # a batch
+    assert codec.frames.encode(x[:1].astype(np.int16), latent) is None  # another dtype: the general path explains
     with pytest.raises(InputError, match="integer raw samples|uint8"):
-        codec.encode(x[:1].astype(np.float32), quality=2)
-    packet = codec.encode(x[:1], quality=2)
+        codec.encode(x[:1].astype(np.float32), quality=latent)
+    packet = codec.encode(x[:1], quality=latent)
     assert codec.frames.decode(memoryview(packet)) is None
     damaged = bytearray(packet)
     damaged[-6] ^= 0x01
@@ -89,12 +96,13 @@ def test_what_it_declines_takes_the_general_path(tmp_path: Path) -> None:
 def test_threads_keep_their_own_buffers() -> None:
     codec = Codec.load("default", provider="cpu", threads=1)
     x = _digits(64)
-    expected = [codec.encode(x[i : i + 1], quality=2) for i in range(64)]
+    latent = _finest_latent_only(codec)
+    expected = [codec.encode(x[i : i + 1], quality=latent) for i in range(64)]
     got: dict[int, list[bytes]] = {}
     decoded: dict[int, bool] = {}
 
     def work(t: int) -> None:
-        got[t] = [codec.encode(x[i : i + 1], quality=2) for i in range(64)]
+        got[t] = [codec.encode(x[i : i + 1], quality=latent) for i in range(64)]
         decoded[t] = all(np.array_equal(codec.decode(p), codec.decode_many([p])[0]) for p in got[t])
 
     threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
