@@ -391,8 +391,8 @@ def add_parser(subparsers: Any, name: str = "calibrate") -> argparse.ArgumentPar
     p.add_argument("--source-option", action="append", type=source_option, default=[], metavar="KEY=VALUE")
     p.add_argument("--levels", type=_ladder, default=None,
                    help="quality ladder: 'sX' = latent only at quantization step X, 'none' = latent only, "
-                        "N = residual with max error N (raw units), 'sX+N' both (every max-error level on one "
-                        "step; custom max errors use it too); e.g. s4,s2,none,96,48,16,0. "
+                        "N = residual with max error N (raw units), 'sX+N' both (when every max-error level "
+                        "names one step, custom max errors use it too); e.g. s4,s2,none,96,48,16,0. "
                         "Variable-rate bundles: 'lK' = learned level K, 'lK+N' with max error N. Default: "
                         f"{','.join('none' if v is None else str(v) for v in DEFAULT_QUALITY_LADDER)}, or for a "
                         f"variable-rate bundle every learned level then the finest with max errors "

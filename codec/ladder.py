@@ -91,19 +91,16 @@ class LevelSpec:
 
 
 def residual_grid(specs: Sequence[LevelSpec], reference: LevelSpec) -> LevelSpec:
-    """The one latent grid every max-error level of the ladder predicts from (custom max errors
-    too): the reference grid when the ladder has none. A coarser latent step can pay at the
-    residual levels: the latent costs less and the residual's tables are fit against that
-    grid's prediction (MNIST: step 2 saves ~2 B per digit at every max error). Residual levels
-    on several grids are refused: their context tables are fit against one prediction."""
+    """The latent grid calibration fits the residual tables against and custom max errors use: the
+    one step every max-error level of the ladder shares, else the reference grid (as before such
+    ladders existed). A coarser latent step can pay at the residual levels: the latent costs less
+    and the residual's tables are fit against that grid's prediction (MNIST: step 2 saves ~2 B per
+    digit at every max error). A ladder whose residual levels sit on several grids, or on another
+    learned level than the finest (an exact photo network's only input), keeps the reference grid:
+    its context tables are fit against one prediction."""
     grids = {(sp.latent_step, sp.latent_level) for sp in specs if sp.max_error is not None}
-    if len(grids) > 1:
-        raise InputError(f"every max-error level must use one latent grid (their residual tables are fit against "
-                         f"one prediction), got steps/levels {sorted(grids, key=str)}")
-    if not grids:
-        return LevelSpec(None, reference.latent_step, reference.latent_level)
-    step, level = grids.pop()
-    if level != reference.latent_level:
-        raise InputError(f"max-error levels predict from the finest learned level l{reference.latent_level} "
-                         f"(its exact network's input), not l{level}")
-    return LevelSpec(None, step, level)
+    if len(grids) == 1:
+        step, level = grids.pop()
+        if level == reference.latent_level:
+            return LevelSpec(None, step, level)
+    return LevelSpec(None, reference.latent_step, reference.latent_level)
