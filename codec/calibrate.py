@@ -72,9 +72,11 @@ def _gains(bundle: Bundle, spec: LevelSpec) -> tuple[np.ndarray | None, np.ndarr
 
 
 def _forward(enc: Encoder, dec: Decoder, bundle: Bundle, raw: np.ndarray, batch_size: int,
-             spec: LevelSpec | None = None, hyper: HyperLatentPath | None = None) -> tuple[Any, np.ndarray]:
+             spec: LevelSpec | None = None, hyper: HyperLatentPath | None = None,
+             keep: list[HyperInput] | None = None) -> tuple[Any, np.ndarray]:
     """(symbols, raw_float) for raw samples at a level's latent grid (default: the trained one),
-    in batches, exactly as a sender computes them (a hyperprior bundle's symbols: HyperLatents)."""
+    in batches, exactly as a sender computes them (a hyperprior bundle's symbols: HyperLatents);
+    ``keep`` collects a hyperprior encoder's outputs, batch by batch, for fitting its tables."""
     m = bundle.manifest
     norm = m.normalization
     spec = spec or LevelSpec()
@@ -84,7 +86,10 @@ def _forward(enc: Encoder, dec: Decoder, bundle: Bundle, raw: np.ndarray, batch_
         part = raw[i : i + batch_size]
         size = tuple(part.shape[2:]) if m.spatial_dims else None
         if hyper is not None:
-            h = hyper.quantize(HyperInput(*enc.encode_with_side(norm.to_model(part))), spec.latent_level)
+            latents = HyperInput(*enc.encode_with_side(norm.to_model(part)))
+            if keep is not None:
+                keep.append(latents)
+            h = hyper.quantize(latents, spec.latent_level)
             hyper_syms.append(h)
             x_hat = dec.decode(hyper.values(h, spec.latent_level), size)
         else:
@@ -178,13 +183,14 @@ def calibrate(
         latent = latent_tables(offsets, probs, precision)
     enc = Encoder(bundle, provider=provider, threads=threads)
     dec = Decoder(bundle, provider=provider, threads=threads)
-    if hyper is not None:  # the tables' frequencies refit on these samples' own symbols, every level
-        hyper = fit_tables(hyper, (HyperInput(*enc.encode_with_side(norm.to_model(raw[i : i + batch_size])))
-                                   for i in range(0, raw.shape[0], batch_size)))
-        latent = hyper.coding.z_tables
     # the reference grid: the trained one, or a variable-rate bundle's finest level
     reference = LevelSpec(None, 1.0, n_learned - 1 if n_learned else None)
-    symbols, raw_float = _forward(enc, dec, bundle, raw, batch_size, reference, hyper)
+    encoded: list[HyperInput] = []  # (quantize and values do not depend on the tables refit below)
+    symbols, raw_float = _forward(enc, dec, bundle, raw, batch_size, reference, hyper, keep=encoded)
+    if hyper is not None:  # the tables' frequencies refit on these samples' own symbols, every level
+        hyper = fit_tables(hyper, encoded)
+        latent = hyper.coding.z_tables
+    del encoded
     # What residuals are taken against: the exact network's integer prediction where the bundle
     # has one (no float drift, so one bucket grid and no guard band), else the float decoder's.
     exact = IntegerNetwork.load(bundle.file(EXACT)) if m.has_exact else None
