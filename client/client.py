@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -81,7 +81,8 @@ class Client:
             self._channel = grpc.insecure_channel(target, opts)
         self.stub = pb_grpc.LatentwireStub(self._channel)
         self._connected = threading.Event()
-        self.bundles = BundleCache(Path(cache_dir) if cache_dir else default_cache_dir(), self._chunks, self.log)
+        self.bundles = BundleCache(Path(cache_dir) if cache_dir else default_cache_dir(), self._chunks, self._files,
+                                   self.log)
         self._subscriber = Subscriber(self.stub, self._metadata, self.bundles.codec, self.log)
 
     @property
@@ -143,26 +144,32 @@ class Client:
         raise KeyError(f"no channel {name!r} on {self.target}: it has {[c.name for c in found]}")
 
     # ------------------------------------------------------------------ bundles
-    def _chunks(self, model_id: str) -> Iterator[pb.BundleChunk]:
-        return self.stub.DownloadBundle(pb.DownloadBundleRequest(model_id=model_id), metadata=self._metadata)
+    def _chunks(self, model_id: str, files: Sequence[str]) -> Iterator[pb.BundleChunk]:
+        return self.stub.DownloadBundle(pb.DownloadBundleRequest(model_id=model_id, files=files),
+                                        metadata=self._metadata)
+
+    def _files(self, model_id: str) -> list[str]:
+        return [f.name for f in self.stub.GetModel(pb.GetModelRequest(model_id=model_id), **self._unary()).files]
 
     def _full_id(self, model_id: str) -> str:
         return model_id if len(model_id) == 64 else self.model(model_id).model_id
 
     def fetch_decoder(self, model_id: str, cache_dir: str | Path | None = None) -> Path:
-        """Download (or reuse from the cache) the bundle of model_id; returns its verified folder
-        (BundleError if it does not verify, leaving nothing in the cache)."""
+        """Download (or reuse from the cache) what a receiver needs of model_id's bundle: every
+        file but encoder.onnx; returns its verified folder (BundleError if it does not verify,
+        leaving nothing in the cache)."""
         return self.bundles.fetch(self._full_id(model_id), cache_dir)
 
-    def codec(self, model_id: str, cache_dir: str | Path | None = None) -> Codec:
-        """A Codec for model_id (fetched, verified, loaded once per Client)."""
-        return self.bundles.codec(self._full_id(model_id), cache_dir)
+    def codec(self, model_id: str, cache_dir: str | Path | None = None, encoder: bool = False) -> Codec:
+        """A Codec for model_id (fetched, verified, loaded once per Client). It decodes; with
+        ``encoder`` it encodes too (the bundle's encoder.onnx is then fetched as well)."""
+        return self.bundles.codec(self._full_id(model_id), cache_dir, encoder)
 
     def embed(self, model_id: str, frames: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Latent codes (N, *latent_shape) float32 of raw frames (N, *sample_shape): the model's
         features before quantization (Codec.embed), computed here with the bundle's encoder.onnx.
         model_id: the full id or a unique prefix of >= 8 hex digits (ChannelInfo.model_id)."""
-        codec = self.codec(model_id)
+        codec = self.codec(model_id, encoder=True)
         arr = np.asarray(frames)
         return codec.embed(arr[None] if arr.ndim == len(codec.sample_shape) else arr, batch_size)
 
@@ -226,7 +233,7 @@ class Client:
         compact: with encode_at_edge and one frame per message, frames after a stream's first go out
         as compact stream frames (codec/FORMAT.md) when the server takes them: 20 bytes less each."""
         info = self.channel(channel)
-        codec = self.codec(info.model_id) if encode_at_edge else None
+        codec = self.codec(info.model_id, encoder=True) if encode_at_edge else None
         session = self._session(channel, quality, producer_id, window, max_retries, max_backoff, on_ack, compact)
         q = info.quality if quality is None else quality
         return session.run(frame_messages(frames, len(info.sample_shape), frames_per_message, codec, q, start_offset,

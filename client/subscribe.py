@@ -59,7 +59,7 @@ class Subscriber:
     """The subscribe side of a Client: one stub, the codecs it decodes with, a logger."""
 
     def __init__(self, stub: pb_grpc.LatentwireStub, metadata: tuple[tuple[str, str], ...],
-                 codec_for: Callable[[str, str | Path | None], Codec], log: logging.Logger) -> None:
+                 codec_for: Callable[[str, str | Path | None, bool], Codec], log: logging.Logger) -> None:
         self.stub, self.metadata, self.codec_for, self.log = stub, metadata, codec_for, log
         # responses read ahead on a helper thread (bounded: a slow consumer still pushes back on the
         # server through gRPC flow control), and the most frames decoded in one call (1024:
@@ -166,14 +166,14 @@ class Subscriber:
         for packets, wire in responses:
             if len(packets) == 1 and not denoise:
                 p = packets[0]
-                yield packets, [self.codec_for(p.model_id, cache_dir).decode(p.payload)], wire
+                yield packets, [self.codec_for(p.model_id, cache_dir, False).decode(p.payload)], wire
                 continue
             arrays: list[np.ndarray] = [np.empty(0)] * len(packets)
             by_model: dict[str, list[int]] = {}
             for i, p in enumerate(packets):
                 by_model.setdefault(p.model_id, []).append(i)
             for model_id, idx in by_model.items():
-                codec = self.codec_for(model_id, cache_dir)
+                codec = self.codec_for(model_id, cache_dir, denoise)  # denoise runs the encoder
                 decoded = codec.decode_many([packets[i].payload for i in idx])
                 if denoise:
                     decoded = denoised(codec, [packets[i] for i in idx], decoded)

@@ -319,11 +319,16 @@ class Bundle:
     def file(self, name: str) -> Path:
         p = self.path / name
         if not p.is_file():
+            if name == ENCODER:
+                raise BundleError(f"{p} is missing: this is a receiver's copy of the bundle, which decodes but "
+                                  "cannot encode; fetch the whole bundle to encode, embed or denoise")
             raise BundleError(f"{p} is missing from the bundle; copy the whole directory or re-export it")
         return p
 
     @classmethod
-    def load(cls, path: str | Path, verify: bool = True) -> Bundle:
+    def load(cls, path: str | Path, verify: bool = True, require_encoder: bool = True) -> Bundle:
+        """require_encoder=False admits a receiver's copy: everything but encoder.onnx (which, where
+        present, must still match its hash)."""
         d = Path(path)
         if not d.is_dir():
             raise BundleError(f"{d} is not a directory; a bundle is the folder `latentwire export --out` wrote")
@@ -331,16 +336,25 @@ class Bundle:
         manifest = Manifest.from_dict(raw, str(d / MANIFEST))
         bundle = cls(d, manifest)
         if verify:
-            bundle.verify()
+            bundle.verify(require_encoder)
         return bundle
 
-    def verify(self) -> None:
-        """Files exist, hash to what the manifest says, and the model id matches the content."""
+    @property
+    def has_encoder(self) -> bool:
+        return (self.path / ENCODER).is_file()
+
+    def verify(self, require_encoder: bool = True) -> None:
+        """Files exist, hash to what the manifest says, and the model id matches the content.
+
+        Why the encoder may be left out: the model id covers only what decoding needs, so a
+        receiver can hold (and verify) a bundle without the sender's graph, a third of the bytes."""
         raw = self.manifest.raw
         files = raw.get("files")
         if not isinstance(files, dict) or ENCODER not in files or DECODER not in files:
             raise BundleError(f"{self.path / MANIFEST} has no file hashes; run bundle.finalize on it (export does)")
         for name, expected in sorted(files.items()):
+            if name == ENCODER and not require_encoder and not self.has_encoder:
+                continue
             actual = sha256_file(self.file(name))
             if actual != expected:
                 raise BundleError(

@@ -124,10 +124,16 @@ class LatentwireService(pb_grpc.LatentwireServicer):
     ) -> Iterator[pb.BundleChunk]:
         self._check(context)
         m = self._model(context, request.model_id)
+        wanted = set(request.files)
+        unknown = sorted(wanted - {f.name for f in m.files})
+        if unknown:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"bundle {m.model_id[:12]}... has no file {', '.join(unknown)}; its files: "
+                          f"{', '.join(f.name for f in m.files)}")
         # a chunk plus its fields must fit the configured message limit (1 MiB chunks failed with
         # RESOURCE_EXHAUSTED under max_message_bytes <= 1 MiB)
         chunk_bytes = max(1024, min(CHUNK_BYTES, self.config.limits.max_message_bytes // 2))
-        for f in m.files:
+        for f in (f for f in m.files if not wanted or f.name in wanted):
             with open(m.path / f.name, "rb") as fh:
                 offset = 0
                 while True:

@@ -218,7 +218,39 @@ def test_model_metadata_and_verified_download(tiny_bundle: Path, tmp_path: Path)
             assert info.bundle_size == sum(f[1] for f in info.files) > 0
             path = c.fetch_decoder(model_id)
             assert compute_model_id(path) == model_id, "the downloaded decoder hashes to its id"
+            # a receiver's copy: everything but the sender's graph, verified without it
+            assert not (path / "encoder.onnx").exists() and (path / "decoder.onnx").is_file()
+            assert Bundle.load(path, verify=True, require_encoder=False).model_id == model_id
+            with pytest.raises(BundleError, match="receiver's copy"):
+                Bundle.load(path, verify=True)
+            receiver = c.codec(model_id)
+            x = digits(8)
+            assert receiver.decode(Codec.load(served).encode(x)).shape == x.shape
+            with pytest.raises(BundleError, match="receiver's copy"):
+                receiver.encode(x)
+            # asking for an encoder fetches just that file into the same folder, hash-checked
+            decoder_mtime = (path / "decoder.onnx").stat().st_mtime_ns
+            assert c.codec(model_id, encoder=True) is receiver
             assert Bundle.load(path, verify=True).model_id == model_id
+            assert (path / "decoder.onnx").stat().st_mtime_ns == decoder_mtime
+            assert receiver.decode(receiver.encode(x)).shape == x.shape
+            with pytest.raises(grpc.RpcError) as e:
+                list(c.stub.DownloadBundle(pb.DownloadBundleRequest(model_id=model_id, files=["weights.bin"])))
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "weights.bin" in str(e.value.details())
+            # an encoder that the server vouches for but the manifest does not is refused, and the
+            # receiver's copy stays as it was
+            other = tmp_path / "cache3"
+            copy = c.bundles.fetch(model_id, other)
+            enc = served / "encoder.onnx"
+            bad = enc.read_bytes()[:-10] + bytes(10)
+            enc.write_bytes(bad)
+            for m in server.models.values():
+                for i, f in enumerate(m.files):
+                    if f.name == "encoder.onnx":
+                        m.files[i] = type(f)(f.name, len(bad), hashlib.sha256(bad).hexdigest())
+            with pytest.raises(BundleError, match="encoder.onnx"):
+                c.bundles.fetch(model_id, other, encoder=True)
+            assert not (copy / "encoder.onnx").exists() and [p.name for p in other.iterdir()] == [model_id]
 
             # tamper with the served decoder after the server loaded it: the client must refuse
             dec = served / "decoder.onnx"
