@@ -1,0 +1,241 @@
+"""How much a checkerboard context model would save on top of the shipped hyperprior (issue 23).
+
+Why: bsds-hyper2d codes every latent element with the Gaussian its exact hyper-synthesis picks,
+so neighbouring elements of y say nothing about each other. A checkerboard context (He et al.,
+CVPR 2021) codes the "anchor" half of y (i + j even) as now, then predicts each other element's
+mean and scale from its decoded anchor neighbours together with the hyperprior's; it needs two
+coding passes and, to stay exact on every machine, one more integer network. Before building
+that, this probe trains the context and entropy-parameter networks on the shipped bundle's FROZEN
+latents (the encoder, h_s and the decoder stay as shipped, so nothing but y's rate can change)
+and measures y's ideal code length on whole validation photos at every level, with and without
+the context. Training only these small networks on cached latents costs minutes, not the days
+the transforms took.
+
+    python -m benchmarks.photo_checkerboard --data ../shared/data --minutes 20 \
+        --out benchmarks/results/photo-checkerboard.json
+
+Rates are the model's ideal bits (discretized Gaussians, the codec's symbols), which the codec's
+fitted tables track within ~1-3 %; z's bits are the same in both columns and counted in bpp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import git_commit, machine_info, write_result
+
+CROP = 256
+
+
+def _photos(root: Path, split: str) -> list[Path]:
+    return sorted((root / "bsds500" / split).glob("*.jpg"))
+
+
+def _load(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB")).transpose(2, 0, 1).copy()
+
+
+def _latents(codec: Any, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(y, mu, log sigma) float32 (N, M, h, w), exactly what the codec codes y with; z's bits."""
+    from latentwire.codec.coding.hyper_latents import HyperInput
+
+    stage = codec.hyper
+    y, z_int, mean_code, scale_code = stage._side(HyperInput(*codec.encoder.encode_with_side(
+        codec.normalization.to_model(raw))))
+    syn = stage.synthesis
+    rows = stage.coding.ideal_bits(z_int, np.zeros_like(y, dtype=np.int32), scale_code, 0).z_bits
+    return (y.astype(np.float32), syn.means(mean_code).astype(np.float32),
+            syn.log_scales(scale_code).astype(np.float32), int(round(rows)))
+
+
+def training_latents(codec: Any, root: Path, crops: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Random 256 x 256 crops of the training photos (bsds500 train + photos-train), encoded."""
+    rng = np.random.default_rng(seed)
+    files = _photos(root, "train") + sorted((root / "photos-train").rglob("*.png")) + sorted(
+        (root / "photos-train").rglob("*.jpg"))
+    ys: list[np.ndarray] = []
+    mus: list[np.ndarray] = []
+    sigmas: list[np.ndarray] = []
+    while len(ys) < crops:
+        img = _load(files[int(rng.integers(len(files)))])
+        _, h, w = img.shape
+        if h < CROP or w < CROP:  # most of the ImageNet sample is smaller
+            continue
+        i, j = int(rng.integers(h - CROP + 1)), int(rng.integers(w - CROP + 1))
+        y, mu, ls, _ = _latents(codec, img[None, :, i : i + CROP, j : j + CROP])
+        ys.append(y)
+        mus.append(mu)
+        sigmas.append(ls)
+        if len(ys) % 100 == 0:
+            print(f"  encoded {len(ys)}/{crops} training crops", file=sys.stderr, flush=True)
+    return np.concatenate(ys), np.concatenate(mus), np.concatenate(sigmas)
+
+
+def build_context(m: int) -> Any:
+    import torch
+    from torch import nn
+
+    class Checkerboard(nn.Module):
+        """He et al.'s checkerboard context + entropy parameters, on top of a frozen hyperprior:
+        anchors keep (mu, sigma); the rest get them from a 5x5 convolution over decoded anchors
+        and the hyperprior's (mu, log sigma), through three 1x1 convolutions."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.context = nn.Conv2d(m, 2 * m, 5, padding=2)
+            self.params = nn.Sequential(
+                nn.Conv2d(4 * m + 1, 3 * m, 1), nn.ReLU(), nn.Conv2d(3 * m, 3 * m, 1), nn.ReLU(),
+                nn.Conv2d(3 * m, 2 * m, 1))
+
+        def forward(self, y_hat: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor,
+                    log_gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            anchors = _anchor_mask(y_hat)
+            ctx = self.context(y_hat * anchors)
+            level = log_gain.expand(-1, 1, *y_hat.shape[2:])
+            d = self.params(torch.cat([ctx, mu, log_sigma, level], 1))
+            new_mu = mu + d[:, :m]
+            new_ls = (log_sigma + d[:, m:]).clamp(-4.0, 8.0)
+            keep = anchors.bool()
+            return torch.where(keep, mu, new_mu), torch.where(keep, log_sigma, new_ls)
+
+    return Checkerboard()
+
+
+def _anchor_mask(t: Any) -> Any:
+    import torch
+
+    h, w = t.shape[2:]
+    ii = torch.arange(h).view(h, 1)
+    jj = torch.arange(w).view(1, w)
+    return ((ii + jj) % 2 == 0).to(t.dtype).view(1, 1, h, w)
+
+
+def level_bits(model: Any, y: Any, mu: Any, log_sigma: Any, gain: Any, mode: str) -> tuple[Any, Any]:
+    """(bits without context, bits with it) per sample at one level's gain (M,): mode "round" (the
+    coder's symbols), "ste" (the same, trainable) or "noise" (the usual uniform-noise proxy)."""
+    import torch
+
+    from latentwire.codec.training.models.hyper import gaussian_bits
+
+    g = gain.view(1, -1, 1, 1)
+
+    def rate(m_: torch.Tensor, ls: torch.Tensor, hat: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        scaled = y * g - m_ * g
+        if mode == "noise":
+            sym = scaled + torch.empty_like(scaled).uniform_(-0.5, 0.5)
+        else:  # "round", or "ste": rounded forward, identity backward (what the coder sees, trainable)
+            sym = scaled + (torch.round(scaled) - scaled).detach()
+        bits = gaussian_bits(sym, torch.exp(ls) * g).flatten(1).sum(1)
+        return bits, (torch.round(scaled) + m_ * g) / g
+
+    base, y_hat = rate(mu, log_sigma, True)
+    if model is None:
+        return base, base
+    log_gain = torch.log(gain.mean()).view(1, 1, 1, 1).expand(y.shape[0], 1, 1, 1)
+    cm, cls = model(y_hat, mu, log_sigma, log_gain)
+    ctx, _ = rate(cm, cls, False)
+    return base, ctx
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.photo_checkerboard", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", default="codec/assets/bsds-hyper2d")
+    p.add_argument("--data", default="../shared/data")
+    p.add_argument("--crops", type=int, default=600, help="training crops (256 x 256)")
+    p.add_argument("--val", type=int, default=30, help="whole bsds500/val photos to measure on")
+    p.add_argument("--minutes", type=float, default=20.0, help="training time")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--mode", choices=["ste", "noise"], default="ste", help="the training rate's quantization proxy")
+    p.add_argument("--held-out", type=int, default=100, help="training-source crops kept out of training, measured")
+    p.add_argument("--save", default="", help="write the trained context model's state here")
+    p.add_argument("--out", default="benchmarks/results/photo-checkerboard.json")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from latentwire.codec.codec import Codec
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    codec = Codec.load(args.bundle, threads=args.threads)
+    stage = codec.hyper
+    if stage is None:
+        raise SystemExit(f"{args.bundle} is not a hyperprior bundle")
+    gains = [torch.tensor(g, dtype=torch.float32) for g in stage._gains]
+    root = Path(args.data)
+    t0 = time.perf_counter()
+    y, mu, ls = (torch.from_numpy(a) for a in training_latents(codec, root, args.crops + args.held_out, 0))
+    print(f"cached {len(y)} crops' latents in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    hy, hmu, hls = y[: args.held_out], mu[: args.held_out], ls[: args.held_out]
+    y, mu, ls = y[args.held_out :], mu[args.held_out :], ls[args.held_out :]
+    model = build_context(int(y.shape[1]))
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    curve: list[dict[str, float]] = []
+    t1 = time.perf_counter()
+    step = 0
+    rng = np.random.default_rng(1)
+    while time.perf_counter() - t1 < args.minutes * 60:
+        idx = torch.from_numpy(rng.integers(len(y), size=args.batch))
+        level = int(rng.integers(len(gains)))
+        base, ctx = level_bits(model, y[idx], mu[idx], ls[idx], gains[level], args.mode)
+        loss = ctx.mean() / (y.shape[2] * y.shape[3] * 16 * 16)  # bits per pixel
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % 50 == 0:
+            saving = float(1 - ctx.detach().sum() / base.sum())
+            curve.append({"step": step, "seconds": round(time.perf_counter() - t1, 1), "train_saving": saving})
+            print(f"  step {step}: {time.perf_counter() - t1:.0f} s, y bits {saving:+.2%} saved on this batch "
+                  f"(level {level})", file=sys.stderr, flush=True)
+
+    model.eval()
+    per_level = [{"base_bits": 0.0, "context_bits": 0.0} for _ in gains]
+    pixels = 0
+    z_bits = 0
+    with torch.no_grad():
+        for f in _photos(root, "val")[: args.val]:
+            img = _load(f)[None]
+            vy, vmu, vls, zb = _latents(codec, img)
+            pixels += img.shape[2] * img.shape[3]
+            z_bits += zb
+            for k, g in enumerate(gains):
+                base, ctx = level_bits(model, *(torch.from_numpy(a) for a in (vy, vmu, vls)), g, "round")
+                per_level[k]["base_bits"] += float(base.sum())
+                per_level[k]["context_bits"] += float(ctx.sum())
+        held = []
+        for g in gains:
+            base, ctx = level_bits(model, hy, hmu, hls, g, "round")
+            held.append(float(1 - ctx.sum() / base.sum()))
+        print("held-out training-source crops, y bits saved per level: " + ", ".join(f"{v:+.2%}" for v in held))
+    if args.save:
+        torch.save(model.state_dict(), args.save)
+    rows = []
+    for k, r in enumerate(per_level):
+        rows.append({"level": k, "bpp_without": (r["base_bits"] + z_bits) / pixels,
+                     "bpp_with": (r["context_bits"] + z_bits) / pixels,
+                     "saving": 1 - (r["context_bits"] + z_bits) / (r["base_bits"] + z_bits)})
+        print(f"q{k}: {rows[-1]['bpp_without']:.4f} -> {rows[-1]['bpp_with']:.4f} bpp ({-rows[-1]['saving']:+.2%})")
+    report = {"benchmark": "photo_checkerboard", "bundle": args.bundle, "model_id": codec.model_id,
+              "command": " ".join(["python -m benchmarks.photo_checkerboard", *(argv or sys.argv[1:])]),
+              "training_crops": int(len(y)), "validation_photos": args.val, "steps": step,
+              "train_minutes": args.minutes, "batch": args.batch, "lr": args.lr, "mode": args.mode, "levels": rows,
+              "held_out_y_saving": held, "curve": curve,
+              "machine": machine_info(), "commit": git_commit()}
+    print(f"wrote {write_result(args.out, report)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
