@@ -79,7 +79,9 @@ def training_latents(codec: Any, root: Path, crops: int, seed: int) -> tuple[np.
     return np.concatenate(ys), np.concatenate(mus), np.concatenate(sigmas)
 
 
-def build_context(m: int) -> Any:
+def build_context(m: int, kind: str = "network") -> Any:
+    """"network": He et al.'s; "depthwise": each channel's own 3 x 3 anchor neighbours, linearly
+    (a context cheap to make exact: does the cross-channel network pay?)."""
     import torch
     from torch import nn
 
@@ -96,16 +98,37 @@ def build_context(m: int) -> Any:
                 nn.Conv2d(3 * m, 2 * m, 1))
 
         def forward(self, y_hat: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor,
-                    log_gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                    gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             anchors = _anchor_mask(y_hat)
             ctx = self.context(y_hat * anchors)
-            level = log_gain.expand(-1, 1, *y_hat.shape[2:])
+            level = torch.log(gain.mean()).view(1, 1, 1, 1).expand(y_hat.shape[0], 1, *y_hat.shape[2:])
             d = self.params(torch.cat([ctx, mu, log_sigma, level], 1))
             new_mu = mu + d[:, :m]
             new_ls = (log_sigma + d[:, m:]).clamp(-4.0, 8.0)
             keep = anchors.bool()
             return torch.where(keep, mu, new_mu), torch.where(keep, log_sigma, new_ls)
 
+    class Depthwise(nn.Module):
+        """Per channel: the mean moves by a 3 x 3 filter of the anchors' residuals (in symbols), the
+        log-scale by one of their log-magnitudes."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.mean = nn.Conv2d(m, m, 3, padding=1, groups=m, bias=False)
+            self.scale = nn.Conv2d(m, m, 3, padding=1, groups=m)
+            for w in (self.mean.weight, self.scale.weight, self.scale.bias):
+                nn.init.zeros_(w)
+
+        def forward(self, y_hat: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor,
+                    gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            anchors = _anchor_mask(y_hat)
+            r = (y_hat - mu) * anchors * gain
+            keep = anchors.bool()
+            return (torch.where(keep, mu, mu + self.mean(r) / gain),
+                    torch.where(keep, log_sigma, log_sigma + self.scale(torch.log1p(r.abs()))))
+
+    if kind == "depthwise":
+        return Depthwise()
     return Checkerboard()
 
 
@@ -139,8 +162,7 @@ def level_bits(model: Any, y: Any, mu: Any, log_sigma: Any, gain: Any, mode: str
     base, y_hat = rate(mu, log_sigma, True)
     if model is None:
         return base, base
-    log_gain = torch.log(gain.mean()).view(1, 1, 1, 1).expand(y.shape[0], 1, 1, 1)
-    cm, cls = model(y_hat, mu, log_sigma, log_gain)
+    cm, cls = model(y_hat, mu, log_sigma, g)
     ctx, _ = rate(cm, cls, False)
     return base, ctx
 
@@ -188,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=["ste", "noise"], default="ste", help="the training rate's quantization proxy")
     p.add_argument("--held-out", type=int, default=100, help="training-source crops kept out of training, measured")
     p.add_argument("--save", default="", help="write the trained context model's state here")
+    p.add_argument("--context", choices=["network", "depthwise"], default="network")
     p.add_argument("--out", default="benchmarks/results/photo-checkerboard.json")
     args = p.parse_args(argv)
 
@@ -208,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cached {len(y)} crops' latents in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     hy, hmu, hls = y[: args.held_out], mu[: args.held_out], ls[: args.held_out]
     y, mu, ls = y[args.held_out :], mu[args.held_out :], ls[args.held_out :]
-    model = build_context(int(y.shape[1]))
+    model = build_context(int(y.shape[1]), args.context)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     curve: list[dict[str, float]] = []
     t1 = time.perf_counter()
@@ -259,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"benchmark": "photo_checkerboard", "bundle": args.bundle, "model_id": codec.model_id,
               "command": " ".join(["python -m benchmarks.photo_checkerboard", *(argv or sys.argv[1:])]),
               "training_crops": int(len(y)), "validation_photos": args.val, "steps": step,
-              "train_minutes": args.minutes, "batch": args.batch, "lr": args.lr, "mode": args.mode, "levels": rows,
+              "train_minutes": args.minutes, "batch": args.batch, "lr": args.lr, "mode": args.mode,
+              "context": args.context, "levels": rows,
               "held_out_y_saving": held, "curve": curve,
               "machine": machine_info(), "commit": git_commit()}
     print(f"wrote {write_result(args.out, report)} and {plot(report, Path(args.out).with_suffix('.png'))}")
