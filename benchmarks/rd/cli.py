@@ -124,7 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     reused: list[Point] = []
     if args.reuse_baselines:
         reused = reuse_baselines(Path(args.reuse_baselines), meta)
-        jobs = [j for j in jobs if j.label.startswith("latentwire")]
+        # PCA depends on the samples, not on the bundle: reused where the file has it, else measured
+        has_pca = any(p.codec == "pca" for p in reused)
+        jobs = [j for j in jobs if j.label.startswith("latentwire") or (j.label.startswith("pca") and not has_pca)]
     t0 = time.perf_counter()
     points = run_jobs(jobs, show=args.progress) + reused
     meta["seconds"] = round(time.perf_counter() - t0, 1)

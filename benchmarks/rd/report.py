@@ -303,9 +303,16 @@ def reuse_baselines(path: Path, meta: dict[str, Any]) -> list[Point]:
     old = doc["meta"]
 
     def samples(d: dict[str, Any] | None) -> dict[str, Any]:  # what identifies the samples, not the fits
-        return {k: v for k, v in (d or {}).items() if k not in ("pca_fit", "baseline_fit", "dct_fit")}
+        out = {k: v for k, v in (d or {}).items() if k not in ("pca_fit", "baseline_fit", "dct_fit")}
+        if "folder" in out:  # the same folder, however it was spelled
+            out["folder"] = str(Path(out["folder"]).resolve())
+        return out
 
-    if old["dataset"] != meta["dataset"] or samples(old.get("data")) != samples(meta.get("data")):
+    # keys one run's layout has and the other's lacks (an older file) are not compared, but the
+    # folder and the sample count always are
+    a, b = samples(old.get("data")), samples(meta.get("data"))
+    shared = (a.keys() & b.keys()) | {"folder", "n_samples"}
+    if old["dataset"] != meta["dataset"] or any(a.get(k) != b.get(k) for k in shared):
         raise InputError(f"{path} was measured on other samples ({old.get('data')}); run the baselines again")
     meta["baselines_from"] = {"file": str(path), "date": old["date"], "command": old["command"],
                               "git_commit": old.get("git_commit")}

@@ -194,6 +194,26 @@ def test_rd_script_end_to_end_on_the_shipped_sample(tiny_bundle: Path, tmp_path:
         assert png.stat().st_size > 1000
 
 
+def test_reused_baselines_are_matched_by_samples_not_by_how_the_folder_is_spelled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks.rd.points import Point
+    from benchmarks.rd.report import reuse_baselines
+
+    (tmp_path / "mnist").mkdir()
+    monkeypatch.chdir(tmp_path)
+    points = [Point("pca", "k=8 step=1", 10.0, 20.0).to_dict(), Point("latentwire", "q0", 5.0, 21.0).to_dict()]
+    old = tmp_path / "old.json"  # an older layout: an absolute folder, a split key the new one lacks
+    old.write_text(json.dumps({"meta": {"dataset": "mnist", "date": "d", "command": "c", "data": {
+        "folder": str(tmp_path / "mnist"), "split": "test", "n_samples": 10, "pca_fit": "train (60000)"}},
+        "points": points}))
+    meta = {"dataset": "mnist", "data": {"folder": "mnist", "n_samples": 10, "sample_shape": [1, 28, 28]}}
+    assert [p.codec for p in reuse_baselines(old, meta)] == ["pca"]
+    for other in ({"folder": "elsewhere", "n_samples": 10}, {"folder": "mnist", "n_samples": 11},
+                  {"folder": "mnist", "n_samples": 10, "split": "train"}):
+        with pytest.raises(InputError, match="other samples"):
+            reuse_baselines(old, {"dataset": "mnist", "data": other})
+
+
 def test_ecg_held_out_records_come_from_the_manifest() -> None:
     avail = [str(r) for r in range(100, 125)]
     assert rd.heldout_records({"training": {"data": {"test_records": [117, 119]}}}, avail)[0] == ["117", "119"]
