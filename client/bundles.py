@@ -17,14 +17,14 @@ import hashlib
 import logging
 import os
 import shutil
+import tempfile
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from latentwire.codec.bundle import ENCODER, MANIFEST, Bundle, sha256_file
+from latentwire.codec.bundle import ENCODER, MANIFEST, Bundle
 from latentwire.codec.codec import Codec
 from latentwire.codec.errors import BundleError
 from latentwire.v1 import latentwire_pb2 as pb
@@ -66,6 +66,23 @@ class BundleCache:
         """The verified folder of model_id (full 64-digit id), downloading what it lacks: every file
         but the encoder, and the encoder too when ``encoder``; raises BundleError otherwise, leaving
         nothing unverified in the cache."""
+        return self._fetch(model_id, cache_dir, encoder).path
+
+    def codec(self, model_id: str, cache_dir: str | Path | None = None, encoder: bool = False) -> Codec:
+        """A Codec for model_id (fetched, verified, loaded once per cache object); ``encoder``: one
+        that can encode too (its encoder.onnx fetched if the cached copy lacks it)."""
+        with self._lock:
+            c = self._codecs.get(model_id)
+        if c is None:
+            c = Codec.load(self._fetch(model_id, cache_dir, encoder))
+            with self._lock:
+                self._codecs[model_id] = c
+        elif encoder and not c.bundle.has_encoder:
+            self._add_encoder(c.bundle)
+        return c
+
+    def _fetch(self, model_id: str, cache_dir: str | Path | None, encoder: bool) -> Bundle:
+        """fetch's verified Bundle, so that loading a Codec from it does not hash every file again."""
         cache = Path(cache_dir) if cache_dir else self.root
         cache.mkdir(parents=True, exist_ok=True)
         final = cache / model_id
@@ -78,11 +95,11 @@ class BundleCache:
             if cached is not None and cached.model_id == model_id:
                 if encoder and not cached.has_encoder:
                     self._add_encoder(cached)  # a refused encoder leaves the verified copy as it is
-                return final
+                return cached
             shutil.rmtree(final, ignore_errors=True)
         names = [] if encoder else [n for n in self._files_of(model_id) if n != ENCODER]
         with self._partial(cache, model_id) as tmp:
-            self._download(model_id, tmp, names)
+            self._download(model_id, Path(tmp), names)
             bundle = Bundle.load(tmp, verify=True, require_encoder=encoder)
             if bundle.model_id != model_id:
                 raise BundleError(
@@ -95,40 +112,29 @@ class BundleCache:
                 if not final.is_dir():  # another process raced us to it
                     raise
                 if encoder:
-                    return self.fetch(model_id, cache_dir, encoder)  # the racer's copy may lack the encoder
-        return final
+                    return self._fetch(model_id, cache_dir, encoder)  # the racer's copy may lack the encoder
+        return Bundle(final, bundle.manifest)
 
-    def codec(self, model_id: str, cache_dir: str | Path | None = None, encoder: bool = False) -> Codec:
-        """A Codec for model_id (fetched, verified, loaded once per cache object); ``encoder``: one
-        that can encode too (its encoder.onnx fetched if the cached copy lacks it)."""
-        with self._lock:
-            c = self._codecs.get(model_id)
-        if c is None:
-            c = Codec.load(Bundle.load(self.fetch(model_id, cache_dir, encoder), verify=True, require_encoder=encoder))
-            with self._lock:
-                self._codecs[model_id] = c
-        elif encoder and not c.bundle.has_encoder:
-            self.fetch(model_id, c.bundle.path.parent, encoder=True)
-        return c
-
-    def _partial(self, cache: Path, model_id: str) -> _Partial:
-        return _Partial(cache / f".partial-{model_id[:16]}-{uuid.uuid4().hex[:8]}")
+    @staticmethod
+    def _partial(cache: Path, model_id: str) -> tempfile.TemporaryDirectory[str]:
+        """A private download folder, removed on the way out unless a verified download was renamed
+        away by then."""
+        return tempfile.TemporaryDirectory(prefix=f".partial-{model_id[:16]}-", dir=cache, ignore_cleanup_errors=True)
 
     def _add_encoder(self, bundle: Bundle) -> None:
         """encoder.onnx into a verified receiver's copy: checked against the manifest's hash, then
         renamed in, so the folder never holds an unverified encoder."""
         expected = bundle.manifest.raw["files"][ENCODER]
         with self._partial(bundle.path.parent, bundle.model_id) as tmp:
-            self._download(bundle.model_id, tmp, [ENCODER])
-            got = tmp / ENCODER
-            actual = sha256_file(got)
+            actual = self._download(bundle.model_id, Path(tmp), [ENCODER])[ENCODER]
             if actual != expected:
                 raise BundleError(f"the server sent an encoder.onnx with sha256 {actual[:12]}... for "
                                   f"{bundle.model_id[:12]}..., whose manifest says {expected[:12]}...: refusing it")
-            os.replace(got, bundle.path / ENCODER)
+            os.replace(Path(tmp) / ENCODER, bundle.path / ENCODER)
         self._log.info("fetched encoder.onnx for bundle %s", bundle.model_id[:12])
 
-    def _download(self, model_id: str, into: Path, names: Sequence[str]) -> None:
+    def _download(self, model_id: str, into: Path, names: Sequence[str]) -> dict[str, str]:
+        """Each file's sha256 (hex), once every one has matched what the server announced."""
         files: dict[str, _Download] = {}
         try:
             for chunk in self._chunks(model_id, names):
@@ -158,19 +164,5 @@ class BundleCache:
                     f"downloaded {name} is {f.written} bytes with sha256 {f.digest.hexdigest()[:12]}..., the server "
                     f"announced {f.size} bytes / {f.sha256[:12]}...: the transfer was corrupted; retry"
                 )
+        return {name: f.sha256 for name, f in files.items()}
 
-
-class _Partial:
-    """A private download folder, removed on the way out whatever happened (a verified download
-    has been renamed away by then)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> Path:
-        self.path.mkdir()
-        return self.path
-
-    def __exit__(self, *exc: object) -> None:
-        if self.path.exists():
-            shutil.rmtree(self.path, ignore_errors=True)
