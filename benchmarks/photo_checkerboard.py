@@ -48,12 +48,12 @@ def _latents(codec: Any, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     from latentwire.codec.coding.hyper_latents import HyperInput
 
     stage = codec.hyper
-    y, z_int, mean_code, scale_code = stage._side(HyperInput(*codec.encoder.encode_with_side(
-        codec.normalization.to_model(raw))))
+    encoded = HyperInput(*codec.encoder.encode_with_side(codec.normalization.to_model(raw)))
+    h = stage.quantize(encoded, 0)  # z and the exact h_s's codes do not depend on the level
     syn = stage.synthesis
-    rows = stage.coding.ideal_bits(z_int, np.zeros_like(y, dtype=np.int32), scale_code, 0).z_bits
-    return (y.astype(np.float32), syn.means(mean_code).astype(np.float32),
-            syn.log_scales(scale_code).astype(np.float32), int(round(rows)))
+    z_bits = stage.coding.ideal_bits(h.z, h.symbols, h.scale_code, 0).z_bits
+    return (np.asarray(encoded.y, dtype=np.float32), syn.means(h.mean_code).astype(np.float32),
+            syn.log_scales(h.scale_code).astype(np.float32), int(round(z_bits)))
 
 
 def training_latents(codec: Any, root: Path, crops: int, seed: int) -> tuple[np.ndarray, ...]:
@@ -150,7 +150,7 @@ def level_bits(model: Any, y: Any, mu: Any, log_sigma: Any, gain: Any, mode: str
 
     g = gain.view(1, -1, 1, 1)
 
-    def rate(m_: torch.Tensor, ls: torch.Tensor, hat: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def rate(m_: torch.Tensor, ls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scaled = y * g - m_ * g
         if mode == "noise":
             sym = scaled + torch.empty_like(scaled).uniform_(-0.5, 0.5)
@@ -159,11 +159,11 @@ def level_bits(model: Any, y: Any, mu: Any, log_sigma: Any, gain: Any, mode: str
         bits = gaussian_bits(sym, torch.exp(ls) * g).flatten(1).sum(1)
         return bits, (torch.round(scaled) + m_ * g) / g
 
-    base, y_hat = rate(mu, log_sigma, True)
+    base, y_hat = rate(mu, log_sigma)
     if model is None:
         return base, base
     cm, cls = model(y_hat, mu, log_sigma, g)
-    ctx, _ = rate(cm, cls, False)
+    ctx, _ = rate(cm, cls)
     return base, ctx
 
 
@@ -221,10 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     codec = Codec.load(args.bundle, threads=args.threads)
-    stage = codec.hyper
-    if stage is None:
+    if codec.hyper is None:
         raise SystemExit(f"{args.bundle} is not a hyperprior bundle")
-    gains = [torch.tensor(g, dtype=torch.float32) for g in stage._gains]
+    gains = [torch.tensor(lv.gain, dtype=torch.float32) for lv in codec.manifest.latent_levels]
+    if not gains:
+        raise SystemExit(f"{args.bundle} has no rate levels to measure")
     root = Path(args.data)
     t0 = time.perf_counter()
     y, mu, ls = (torch.from_numpy(a) for a in training_latents(codec, root, args.crops + args.held_out, 0))
