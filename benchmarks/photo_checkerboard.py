@@ -38,9 +38,9 @@ def _photos(root: Path, split: str) -> list[Path]:
 
 
 def _load(path: Path) -> np.ndarray:
-    from PIL import Image
+    from latentwire.codec.training.checkerboard import load_photo
 
-    return np.asarray(Image.open(path).convert("RGB")).transpose(2, 0, 1).copy()
+    return load_photo(path)
 
 
 def _latents(codec: Any, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -58,55 +58,22 @@ def _latents(codec: Any, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
 
 def training_latents(codec: Any, root: Path, crops: int, seed: int) -> tuple[np.ndarray, ...]:
     """Random 256 x 256 crops of the training photos (bsds500 train + photos-train), encoded."""
-    rng = np.random.default_rng(seed)
-    files = _photos(root, "train") + sorted((root / "photos-train").rglob("*.png")) + sorted(
-        (root / "photos-train").rglob("*.jpg"))
-    ys: list[np.ndarray] = []
-    mus: list[np.ndarray] = []
-    sigmas: list[np.ndarray] = []
-    while len(ys) < crops:
-        img = _load(files[int(rng.integers(len(files)))])
-        _, h, w = img.shape
-        if h < CROP or w < CROP:  # most of the ImageNet sample is smaller
-            continue
-        i, j = int(rng.integers(h - CROP + 1)), int(rng.integers(w - CROP + 1))
-        y, mu, ls, _ = _latents(codec, img[None, :, i : i + CROP, j : j + CROP])
-        ys.append(y)
-        mus.append(mu)
-        sigmas.append(ls)
-        if len(ys) % 100 == 0:
-            print(f"  encoded {len(ys)}/{crops} training crops", file=sys.stderr, flush=True)
-    return np.concatenate(ys), np.concatenate(mus), np.concatenate(sigmas)
+    from latentwire.codec.training.checkerboard import crop_latents, photo_files
+
+    def encode(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return _latents(codec, raw)[:3]
+
+    files = photo_files([root / "bsds500" / "train", root / "photos-train"])
+    return tuple(t.numpy() for t in crop_latents(encode, files, crops, CROP, seed))
 
 
 def build_context(m: int, kind: str = "network") -> Any:
-    """"network": He et al.'s; "depthwise": each channel's own 3 x 3 anchor neighbours, linearly
-    (a context cheap to make exact: does the cross-channel network pay?)."""
+    """"network": He et al.'s (what `latentwire train-context` ships); "depthwise": each channel's own
+    3 x 3 anchor neighbours, linearly (a context cheap to make exact: does the cross-channel network pay?)."""
     import torch
     from torch import nn
 
-    class Checkerboard(nn.Module):
-        """He et al.'s checkerboard context + entropy parameters, on top of a frozen hyperprior:
-        anchors keep (mu, sigma); the rest get them from a 5x5 convolution over decoded anchors
-        and the hyperprior's (mu, log sigma), through three 1x1 convolutions."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.context = nn.Conv2d(m, 2 * m, 5, padding=2)
-            self.params = nn.Sequential(
-                nn.Conv2d(4 * m + 1, 3 * m, 1), nn.ReLU(), nn.Conv2d(3 * m, 3 * m, 1), nn.ReLU(),
-                nn.Conv2d(3 * m, 2 * m, 1))
-
-        def forward(self, y_hat: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor,
-                    gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            anchors = _anchor_mask(y_hat)
-            ctx = self.context(y_hat * anchors)
-            level = torch.log(gain.mean()).view(1, 1, 1, 1).expand(y_hat.shape[0], 1, *y_hat.shape[2:])
-            d = self.params(torch.cat([ctx, mu, log_sigma, level], 1))
-            new_mu = mu + d[:, :m]
-            new_ls = (log_sigma + d[:, m:]).clamp(-4.0, 8.0)
-            keep = anchors.bool()
-            return torch.where(keep, mu, new_mu), torch.where(keep, log_sigma, new_ls)
+    from latentwire.codec.training.checkerboard import CheckerboardContext, anchor_mask_t
 
     class Depthwise(nn.Module):
         """Per channel: the mean moves by a 3 x 3 filter of the anchors' residuals (in symbols), the
@@ -121,7 +88,7 @@ def build_context(m: int, kind: str = "network") -> Any:
 
         def forward(self, y_hat: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor,
                     gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            anchors = _anchor_mask(y_hat)
+            anchors = anchor_mask_t(y_hat)
             r = (y_hat - mu) * anchors * gain
             keep = anchors.bool()
             return (torch.where(keep, mu, mu + self.mean(r) / gain),
@@ -129,42 +96,14 @@ def build_context(m: int, kind: str = "network") -> Any:
 
     if kind == "depthwise":
         return Depthwise()
-    return Checkerboard()
-
-
-def _anchor_mask(t: Any) -> Any:
-    import torch
-
-    h, w = t.shape[2:]
-    ii = torch.arange(h).view(h, 1)
-    jj = torch.arange(w).view(1, w)
-    return ((ii + jj) % 2 == 0).to(t.dtype).view(1, 1, h, w)
+    return CheckerboardContext(m)
 
 
 def level_bits(model: Any, y: Any, mu: Any, log_sigma: Any, gain: Any, mode: str) -> tuple[Any, Any]:
-    """(bits without context, bits with it) per sample at one level's gain (M,): mode "round" (the
-    coder's symbols), "ste" (the same, trainable) or "noise" (the usual uniform-noise proxy)."""
-    import torch
+    """(bits without context, bits with it) per sample at one level's gain (M,)."""
+    from latentwire.codec.training.checkerboard import context_bits
 
-    from latentwire.codec.training.models.hyper import gaussian_bits
-
-    g = gain.view(1, -1, 1, 1)
-
-    def rate(m_: torch.Tensor, ls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scaled = y * g - m_ * g
-        if mode == "noise":
-            sym = scaled + torch.empty_like(scaled).uniform_(-0.5, 0.5)
-        else:  # "round", or "ste": rounded forward, identity backward (what the coder sees, trainable)
-            sym = scaled + (torch.round(scaled) - scaled).detach()
-        bits = gaussian_bits(sym, torch.exp(ls) * g).flatten(1).sum(1)
-        return bits, (torch.round(scaled) + m_ * g) / g
-
-    base, y_hat = rate(mu, log_sigma)
-    if model is None:
-        return base, base
-    cm, cls = model(y_hat, mu, log_sigma, g)
-    ctx, _ = rate(cm, cls)
-    return base, ctx
+    return context_bits(model, y, mu, log_sigma, gain, mode)
 
 
 def plot(report: dict[str, Any], path: Path) -> Path:
@@ -232,26 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cached {len(y)} crops' latents in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     hy, hmu, hls = y[: args.held_out], mu[: args.held_out], ls[: args.held_out]
     y, mu, ls = y[args.held_out :], mu[args.held_out :], ls[args.held_out :]
-    model = build_context(int(y.shape[1]), args.context)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    curve: list[dict[str, float]] = []
-    t1 = time.perf_counter()
-    step = 0
-    rng = np.random.default_rng(1)
-    while time.perf_counter() - t1 < args.minutes * 60:
-        idx = torch.from_numpy(rng.integers(len(y), size=args.batch))
-        level = int(rng.integers(len(gains)))
-        base, ctx = level_bits(model, y[idx], mu[idx], ls[idx], gains[level], args.mode)
-        loss = ctx.mean() / (y.shape[2] * y.shape[3] * 16 * 16)  # bits per pixel
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step += 1
-        if step % 50 == 0:
-            saving = float(1 - ctx.detach().sum() / base.sum())
-            curve.append({"step": step, "seconds": round(time.perf_counter() - t1, 1), "train_saving": saving})
-            print(f"  step {step}: {time.perf_counter() - t1:.0f} s, y bits {saving:+.2%} saved on this batch "
-                  f"(level {level})", file=sys.stderr, flush=True)
+    from latentwire.codec.training.checkerboard import train_context
+
+    model, points = train_context(y, mu, ls, gains, args.minutes, args.batch, args.lr, args.mode,
+                                  model=build_context(int(y.shape[1]), args.context),
+                                  log=lambda line: print("  " + line, file=sys.stderr, flush=True))
+    curve = [vars(p) for p in points]
+    step = points[-1].step if points else 0
 
     model.eval()
     per_level = [{"base_bits": 0.0, "context_bits": 0.0} for _ in gains]

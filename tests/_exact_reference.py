@@ -54,3 +54,43 @@ def int64_forward(spec: dict, arrays: dict[str, np.ndarray], z: np.ndarray) -> n
         else:
             raise AssertionError(f"the reference does not know {op}")
     return h
+
+
+def int64_flat_forward(spec: dict, arrays: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """A flat network (dense and requant layers) on (N, C) integers, numpy's int64 matmul (no floats)."""
+    h = np.clip(x.astype(np.int64), spec["input"]["lo"], spec["input"]["hi"])
+    for layer in spec["layers"]:
+        if layer["op"] == "dense":
+            h = h @ arrays[layer["weight"]].astype(np.int64).T + arrays[layer["bias"]].astype(np.int64)
+        elif layer["op"] == "requant":
+            s = layer["shift"]
+            h = np.clip(np.floor_divide(h * arrays[layer["multiplier"]].astype(np.int64) + (1 << s) // 2, 1 << s),
+                        layer["lo"], layer["hi"])
+        else:
+            raise AssertionError(f"the flat reference does not know {layer['op']}")
+    return h
+
+
+def checkerboard_deltas(context: dict, arrays: dict[str, np.ndarray], anchors: np.ndarray, mean_code: np.ndarray,
+                        scale_code: np.ndarray, level: int) -> np.ndarray:
+    """codec/FORMAT.md's checkerboard step, element by element: for each non-anchor (b, i, j) the anchor
+    values at the 12 offsets (di, dj), |di|, |dj| <= 2, di + dj odd (row-major), zero off the map."""
+    b, m, h, w = anchors.shape
+    taps = [(di, dj) for di in range(-2, 3) for dj in range(-2, 3) if (di + dj) % 2]
+    limit = context["anchor"]["input"]["hi"]
+    out = np.zeros((b, 2 * m, h, w), np.int64)
+    for n in range(b):
+        for i in range(h):
+            for j in range(w):
+                if (i + j) % 2 == 0:
+                    continue
+                v = []
+                for di, dj in taps:
+                    ii, jj = i + di, j + dj
+                    inside = 0 <= ii < h and 0 <= jj < w
+                    v.append(anchors[n, :, ii, jj] if inside else np.zeros(m, np.int64))
+                feats = int64_flat_forward(context["anchor"], arrays, np.concatenate(v)[None])[0]
+                x = np.concatenate([feats, np.clip(mean_code[n, :, i, j], -limit, limit), scale_code[n, :, i, j],
+                                    [context["level_codes"][level]]])
+                out[n, :, i, j] = int64_flat_forward(context["params"], arrays, x[None])[0]
+    return out

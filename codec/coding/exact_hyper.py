@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import BundleError, InputError
 from .exact import IntegerNetwork, read_npz, write_npz
+from .exact_checkerboard import ExactCheckerboard
 from .exact_layers import Dilate2d
 from .gaussian import DEFAULT_SCALE_MIN
 
@@ -48,6 +49,7 @@ SCALE_FRAC_BITS = 8  # log sigma's grid: sigma steps of 0.4 %
 MEAN_LIMIT = 1 << 15  # |mu| in symbols; the mean code is clipped to +-MEAN_LIMIT * 2**MEAN_FRAC_BITS
 MAX_FRAC_BITS = 16
 HYPER_VERSION = 1
+CONTEXT_HYPER_VERSION = 2  # hyper.npz also holds a checkerboard context (exact_checkerboard.py)
 HYPER_FILE = "hyper.npz"
 
 
@@ -59,13 +61,15 @@ def scale_code_range(scale_frac_bits: int = SCALE_FRAC_BITS) -> tuple[int, int]:
 
 @dataclass(frozen=True, eq=False)
 class ExactHyperSynthesis:
-    """h_s as an exact integer network: ``(z_hat, size) -> (mean_code, scale_code)``."""
+    """h_s as an exact integer network: ``(z_hat, size) -> (mean_code, scale_code)``; with a checkerboard
+    context (optional), the non-anchor elements' codes are then refined from the decoded anchors."""
 
     network: IntegerNetwork
     mean_frac_bits: int = MEAN_FRAC_BITS
     scale_frac_bits: int = SCALE_FRAC_BITS
     scale_code_lo: int = scale_code_range()[0]
     scale_code_hi: int = scale_code_range()[1]
+    context: ExactCheckerboard | None = None
 
     def __post_init__(self) -> None:
         net = self.network
@@ -82,6 +86,9 @@ class ExactHyperSynthesis:
         if not net.out_lo <= self.scale_code_lo < self.scale_code_hi <= net.out_hi:
             raise BundleError(f"exact hyper-synthesis scale codes [{self.scale_code_lo}, {self.scale_code_hi}] must "
                               f"lie inside its output range [{net.out_lo}, {net.out_hi}]")
+        if self.context is not None and self.context.channels != self.latent_channels:
+            raise BundleError(f"the checkerboard context has {self.context.channels} channels, h_s "
+                              f"{self.latent_channels}")
 
     @property
     def stride(self) -> int:
@@ -116,6 +123,19 @@ class ExactHyperSynthesis:
         scale = np.clip(out[:, m:], self.scale_code_lo, self.scale_code_hi)
         return np.ascontiguousarray(out[:, :m]), np.ascontiguousarray(scale)
 
+    def refine(self, anchors: np.ndarray, mean_code: np.ndarray, scale_code: np.ndarray,
+               level: int) -> tuple[np.ndarray, np.ndarray]:
+        """The checkerboard step: h_s's codes with the non-anchor elements' replaced by the context's
+        prediction from the anchors' y_hat codes (exact_checkerboard.anchor_codes). Needs a context."""
+        if self.context is None:
+            raise InputError("this hyper-synthesis has no checkerboard context")
+        d = self.context.deltas(anchors, mean_code, scale_code, level)
+        m = self.latent_channels
+        limit = MEAN_LIMIT << self.mean_frac_bits
+        mean = np.clip(np.asarray(mean_code, dtype=np.int64) + d[:, :m], -limit, limit)
+        scale = np.clip(np.asarray(scale_code, dtype=np.int64) + d[:, m:], self.scale_code_lo, self.scale_code_hi)
+        return mean, scale
+
     def means(self, mean_code: np.ndarray) -> np.ndarray:
         """mu in symbols (float64, exact: a code over a power of two)."""
         return np.asarray(mean_code, dtype=np.float64) / (1 << self.mean_frac_bits)
@@ -131,6 +151,10 @@ class ExactHyperSynthesis:
         spec["hyper"] = {"version": HYPER_VERSION, "mean_frac_bits": self.mean_frac_bits,
                          "scale_frac_bits": self.scale_frac_bits,
                          "scale_code_lo": self.scale_code_lo, "scale_code_hi": self.scale_code_hi}
+        if self.context is not None:
+            context, more = self.context.to_spec()
+            spec["hyper"].update(version=CONTEXT_HYPER_VERSION, context=context)
+            arrays = {**arrays, **more}
         return write_npz(spec, arrays)
 
     @classmethod
@@ -140,13 +164,20 @@ class ExactHyperSynthesis:
             hyper = spec.get("hyper")
             if not isinstance(hyper, dict):
                 raise BundleError(f"{where}: an exact network without a hyper block is not a hyper-synthesis")
-            if hyper.get("version") != HYPER_VERSION:
+            if hyper.get("version") not in (HYPER_VERSION, CONTEXT_HYPER_VERSION):
                 raise BundleError(f"{where}: exact hyper-synthesis version {hyper.get('version')!r} is not supported "
-                                  f"(this latentwire reads {HYPER_VERSION}); upgrade latentwire")
+                                  f"(this latentwire reads {HYPER_VERSION} and {CONTEXT_HYPER_VERSION}); upgrade "
+                                  "latentwire")
+            if (hyper["version"] == CONTEXT_HYPER_VERSION) != isinstance(hyper.get("context"), dict):
+                raise BundleError(f"{where}: hyper-synthesis version {hyper['version']} and its checkerboard "
+                                  "context block disagree (version 2 has one, version 1 none)")
             fields = ("mean_frac_bits", "scale_frac_bits", "scale_code_lo", "scale_code_hi")
             if any(not isinstance(hyper.get(k), int) or isinstance(hyper.get(k), bool) for k in fields):
                 raise BundleError(f"{where}: the hyper block needs integer {', '.join(fields)}")
-            return cls(IntegerNetwork.from_spec(spec, arrays, where), *(hyper[k] for k in fields))
+            context = (ExactCheckerboard.from_spec(hyper["context"], arrays, where)
+                       if isinstance(hyper.get("context"), dict) else None)
+            return cls(IntegerNetwork.from_spec(spec, arrays, where), hyper["mean_frac_bits"], hyper["scale_frac_bits"],
+                       hyper["scale_code_lo"], hyper["scale_code_hi"], context)
         except BundleError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError, OSError, EOFError, zipfile.BadZipFile) as exc:

@@ -9,6 +9,12 @@ steps around it, which both the sender and the receiver must follow exactly:
 
 h_s is the exact integer hyper-synthesis (hyper.npz), so the receiver's table choices are the
 sender's on every machine. A bundle trained at one rate has gains of 1.
+
+With a checkerboard context in hyper.npz (exact_checkerboard.py), y goes in two halves:
+
+  sender:   symbols as above  ->  the anchors' y_hat codes  ->  the context refines the other
+            elements' (mean_code, scale_code)  ->  their symbols again around the new means
+  receiver: the anchors' symbols (h_s's tables)  ->  the same context  ->  the rest (the new tables)
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import numpy as np
 
 from ..errors import BitstreamError, InputError
 from .coder import StreamDecoder, StreamEncoder
+from .exact_checkerboard import anchor_codes, anchor_mask
 from .exact_hyper import ExactHyperSynthesis
 from .hyperprior import HyperLatentCoding, exact_input, latent_values, symbols_for
 
@@ -78,6 +85,21 @@ class HyperLatentPath:
         """The same stage with other tables (calibration refits them)."""
         return HyperLatentPath(coding, self.synthesis, self._gains, self._inverse)
 
+    def with_synthesis(self, synthesis: ExactHyperSynthesis) -> HyperLatentPath:
+        """The same stage with another exact synthesis (a checkerboard context added or removed)."""
+        return HyperLatentPath(self.coding, synthesis, self._gains, self._inverse)
+
+    @property
+    def gains(self) -> list[np.ndarray]:
+        """Each level's channel gains (M,), float64; [ones] for a single-rate bundle."""
+        return list(self._gains)
+
+    def prior_codes(self, latents: HyperInput) -> tuple[np.ndarray, np.ndarray]:
+        """h_s's (mean_code, scale_code) for these frames, before any checkerboard refinement (what a
+        context trains on)."""
+        _, _, mean_code, scale_code = self._side(latents)
+        return mean_code, scale_code
+
     def _index(self, level: int | None) -> int:
         k = 0 if level is None else int(level)
         if not 0 <= k < len(self._gains):
@@ -91,15 +113,35 @@ class HyperLatentPath:
     def quantize(self, latents: HyperInput, level: int | None) -> HyperLatents:
         """The sender's integers for one level."""
         y, z_int, mean_code, scale_code = self._side(latents)
-        symbols = symbols_for(y, mean_code, self._gains[self._index(level)], self.coding.mean_frac_bits)
-        return HyperLatents(z_int, symbols, mean_code, scale_code)
+        return self._level(y, z_int, mean_code, scale_code, self._index(level))
 
     def quantize_levels(self, latents: HyperInput) -> list[HyperLatents]:
         """Every level's integers for the same frames, level 0 first: z and the hyper-synthesis do not
         depend on the level, so they are computed once (calibration counts every level's symbols)."""
         y, z_int, mean_code, scale_code = self._side(latents)
-        return [HyperLatents(z_int, symbols_for(y, mean_code, g, self.coding.mean_frac_bits), mean_code, scale_code)
-                for g in self._gains]
+        return [self._level(y, z_int, mean_code, scale_code, k) for k in range(len(self._gains))]
+
+    def _level(self, y: np.ndarray, z_int: np.ndarray, mean_code: np.ndarray, scale_code: np.ndarray,
+               k: int) -> HyperLatents:
+        """One level's symbols around h_s's means; with a context, the non-anchors' again around its."""
+        g = self._gains[k]
+        symbols = symbols_for(y, mean_code, g, self.coding.mean_frac_bits)
+        if self.synthesis.context is None:
+            return HyperLatents(z_int, symbols, mean_code, scale_code)
+        mean_code, scale_code = self._refine(symbols, mean_code, scale_code, k)
+        return HyperLatents(z_int, symbols_for(y, mean_code, g, self.coding.mean_frac_bits), mean_code, scale_code)
+
+    def _refine(self, symbols: np.ndarray, mean_code: np.ndarray, scale_code: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The context's codes from the anchors' symbols (the other elements' symbols are not read)."""
+        g = self._gains[k]
+        anchors = anchor_codes(exact_input(symbols, mean_code, g, self.coding.mean_frac_bits), g)
+        return self.synthesis.refine(anchors, mean_code, scale_code, k)
+
+    @property
+    def has_context(self) -> bool:
+        """y is coded in two checkerboard halves (hyper.npz holds a context)."""
+        return self.synthesis.context is not None
 
     def _side(self, latents: HyperInput) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(y, z_hat int32, mean_code, scale_code): the level-free part of ``quantize``."""
@@ -134,7 +176,8 @@ class HyperLatentPath:
                            self.coding.mean_frac_bits)
 
     def write(self, enc: StreamEncoder, latents: HyperLatents, level: int | None) -> None:
-        self.coding.write(enc, latents.z, latents.symbols, latents.scale_code, self._index(level))
+        first = anchor_mask(*latents.symbols.shape[2:]) if self.has_context else None
+        self.coding.write(enc, latents.z, latents.symbols, latents.scale_code, self._index(level), first)
 
     def read(self, dec: StreamDecoder, count: int, latent_shape: tuple[int, ...], level: int | None) -> HyperLatents:
         """A packet's latents: z, then the exact h_s on it, then y with the tables it picks."""
@@ -144,7 +187,14 @@ class HyperLatentPath:
         z_shape = (count, self.coding.z_channels, -(-h // HYPER_STRIDE), -(-w // HYPER_STRIDE))
         z_hat = self.coding.read_z(dec, z_shape)
         mean_code, scale_code = self._codes(z_hat, (h, w))
-        symbols = self.coding.read_y(dec, scale_code, self._index(level))
+        k = self._index(level)
+        if not self.has_context:
+            return HyperLatents(z_hat, self.coding.read_y(dec, scale_code, k), mean_code, scale_code)
+        first = np.broadcast_to(anchor_mask(h, w), scale_code.shape)
+        symbols = np.zeros(scale_code.shape, dtype=np.int32)
+        symbols[first] = self.coding.read_y(dec, scale_code, k, first)
+        mean_code, scale_code = self._refine(symbols, mean_code, scale_code, k)
+        symbols[~first] = self.coding.read_y(dec, scale_code, k, ~first)
         return HyperLatents(z_hat, symbols, mean_code, scale_code)
 
 

@@ -133,8 +133,11 @@ class HyperLatentCoding:
 
     # ------------------------------------------------------------------ coding
     def write(self, enc: StreamEncoder, z_hat: np.ndarray, y_symbols: np.ndarray, scale_code: np.ndarray,
-              level: int) -> None:
-        """z_hat (B, N, hz, wz), then y_symbols (B, M, h, w) with the tables scale_code (B, M, h, w) picks.
+              level: int, first: np.ndarray | None = None) -> None:
+        """z_hat (B, N, hz, wz), then y_symbols (B, M, h, w) with the tables scale_code (B, M, h, w) picks;
+        with ``first`` (a bool mask broadcasting to y's shape: a checkerboard's anchors), y in two
+        calls: the elements it marks, then the rest, so the receiver can decode the first part before
+        it knows the second part's tables.
 
         Everything is checked before the first symbol is coded, so a refusal leaves ``enc`` as it was."""
         rows = self._z_rows(z_hat)
@@ -143,8 +146,10 @@ class HyperLatentCoding:
             raise InputError(f"y_symbols must be (B, M, h, w) with z's batch {np.shape(z_hat)[0]}, got {s.shape}")
         s32 = as_int32(s)
         ids = self.table_ids(_same_shape(scale_code, s.shape), level)
+        parts = [np.ones(s.shape, dtype=bool)] if first is None else _halves(first, s.shape)
         enc.encode_grouped(list(enumerate(rows)), self.z_tables)
-        enc.encode(s32.ravel(), ids.ravel(), self.gaussian)
+        for part in parts:
+            enc.encode(s32[part], ids[part], self.gaussian)
 
     def read_z(self, dec: StreamDecoder, shape: Sequence[int]) -> np.ndarray:
         """z_hat (B, N, hz, wz) int32; run the exact hyper-synthesis on it before ``read_y``."""
@@ -153,11 +158,14 @@ class HyperLatentCoding:
         flat = dec.decode_grouped([(c, per) for c in range(n)], self.z_tables)
         return np.ascontiguousarray(np.moveaxis(flat.reshape((n, b, *rest)), 0, 1))
 
-    def read_y(self, dec: StreamDecoder, scale_code: np.ndarray, level: int) -> np.ndarray:
-        """y's symbols, int32 of scale_code's shape (B, M, h, w)."""
+    def read_y(self, dec: StreamDecoder, scale_code: np.ndarray, level: int,
+               where: np.ndarray | None = None) -> np.ndarray:
+        """y's symbols, int32 of scale_code's shape (B, M, h, w); with ``where`` (a bool mask of that
+        shape) only the elements it marks, in C order (one of ``write``'s two calls)."""
         code = np.asarray(scale_code)
-        ids = self.table_ids(code, level)
-        return dec.decode(ids.ravel(), self.gaussian).reshape(code.shape)
+        if where is None:
+            return dec.decode(self.table_ids(code, level).ravel(), self.gaussian).reshape(code.shape)
+        return dec.decode(self.table_ids(code, level)[where], self.gaussian)
 
     def ideal_bits(self, z_hat: np.ndarray, y_symbols: np.ndarray, scale_code: np.ndarray,
                    level: int) -> HyperLatentBits:
@@ -278,6 +286,12 @@ def _integers(a: np.ndarray, name: str) -> np.ndarray:
     if arr.size and arr.dtype.kind not in "iu":
         raise InputError(f"{name} must be integers, got dtype {arr.dtype}")
     return arr
+
+
+def _halves(first: np.ndarray, shape: tuple[int, ...]) -> list[np.ndarray]:
+    """The two coding calls' masks (first, then the rest) of a y shaped ``shape``."""
+    mask = np.broadcast_to(np.asarray(first, dtype=bool), shape)
+    return [mask, ~mask]
 
 
 def _same_shape(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

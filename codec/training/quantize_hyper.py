@@ -115,7 +115,7 @@ def relu_ranges(h_s: HyperSynthesis, z_samples: Sequence[np.ndarray], batch: int
     return top
 
 
-def _requant(scale: np.ndarray, lo: int, hi: int, acc_bound: int) -> Requant:
+def requant_for(scale: np.ndarray, lo: int, hi: int, acc_bound: int) -> Requant:
     """u = clip(round(acc * scale)) as a requant whose products stay below 2**61 for |acc| <= acc_bound."""
     bits = min(MULTIPLIER_BITS, int(math.floor(math.log2((INT64_SAFE // 2) / max(acc_bound, 1)))))
     if bits < MIN_MULTIPLIER_BITS:
@@ -160,13 +160,13 @@ def quantize_hyper_synthesis(h_s: HyperSynthesis, z_samples: np.ndarray | Sequen
         acc_bound = max(conv.bound(x_bound))
         if st.relu:
             s = margin * max(ranges[k], 1e-6) / top
-            layers.append(_requant(s_x * s_w / s, 0, top, acc_bound))
+            layers.append(requant_for(s_x * s_w / s, 0, top, acc_bound))
             s_x, x_bound = s, [top] * conv.weight.shape[0]
         else:
             m = h_s.m
             grid = np.concatenate([np.full(m, 2.0**MEAN_FRAC_BITS), np.full(m, 2.0**SCALE_FRAC_BITS)])
             limit = MEAN_LIMIT << MEAN_FRAC_BITS
-            layers.append(_requant(s_x * s_w * grid, -limit, limit, acc_bound))
+            layers.append(requant_for(s_x * s_w * grid, -limit, limit, acc_bound))
     net = IntegerNetwork(-int(input_limit), int(input_limit), tuple(layers), (2 * h_s.m, None, None),
                          -(MEAN_LIMIT << MEAN_FRAC_BITS), MEAN_LIMIT << MEAN_FRAC_BITS, "channels_first_2d")
     return ExactHyperSynthesis(net, MEAN_FRAC_BITS, SCALE_FRAC_BITS, *scale_code_range(SCALE_FRAC_BITS))
