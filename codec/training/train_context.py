@@ -78,6 +78,9 @@ def add_parser(subparsers: Any, name: str = "train-context") -> argparse.Argumen
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--init", type=Path, default=None, help="start from this saved float state")
+    p.add_argument("--init-from-bundle", action="store_true",
+                   help="start from the bundle's own context, dequantized (a later session resumes so; the "
+                        "manifest keeps the earlier stage)")
     p.add_argument("--save-state", type=Path, default=None, help="write the trained float state here")
     p.add_argument("--weight-bits", type=int, default=None, help="exact weights' bits (default: checkerboard.py's)")
     p.add_argument("--act-bits", type=int, default=None, help="exact activations' bits (default: checkerboard.py's)")
@@ -97,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         CONTEXT_WEIGHT_BITS,
         CheckerboardContext,
         crop_latents,
+        dequantize_context,
         photo_files,
         quantize_context,
         train_context,
@@ -125,8 +129,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"encoded {len(y)} training crops in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     gains = [torch.from_numpy(g.astype(np.float32)) for g in plain.gains]
     model = CheckerboardContext(int(y.shape[1]))
+    if args.init is not None and args.init_from_bundle:
+        raise InputError("give --init or --init-from-bundle, not both")
     if args.init is not None:
         model.load_state_dict(torch.load(args.init, weights_only=True))
+    earlier = None
+    if args.init_from_bundle:
+        if stage.synthesis.context is None:
+            raise InputError(f"{args.bundle} has no checkerboard context to start from")
+        model = dequantize_context(stage.synthesis.context)
+        earlier = read_manifest(args.bundle)["latent"]["hyper"].get("context")
     model, curve = train_context(y, mu, ls, gains, args.minutes, args.batch, args.lr, model=model,
                                  log=lambda s: print("  " + s, file=sys.stderr, flush=True))
     if args.save_state is not None:
@@ -140,12 +152,15 @@ def run(args: argparse.Namespace) -> int:
     (args.bundle / HYPER).write_bytes(synthesis.to_bytes())
     manifest = read_manifest(args.bundle)
     block = {"kind": "checkerboard", "crops": len(y), "crop": args.crop, "steps": curve[-1].step if curve else 0,
-             "train_minutes": args.minutes, "init": str(args.init) if args.init else None,
+             "train_minutes": args.minutes,
+             "init": "the bundle's own context" if args.init_from_bundle else str(args.init) if args.init else None,
              "weight_bits": weight_bits, "act_bits": act_bits, "range_margin": margin,
              "validation": {"photos": len(val), "folder": str(args.val),
                             "levels": [{**asdict(r), "saving": round(r.saving, 5)} for r in rows]},
-             "curve": [asdict(c) for c in curve[:: max(1, len(curve) // 50)]],
+             "curve": [asdict(c) for c in curve[:: max(1, len(curve) // 20)]],
              "command": shlex.join(["latentwire", *sys.argv[1:]]), "seconds": round(time.perf_counter() - t0, 1)}
+    if earlier is not None:  # the stage this one continued from, without its curve
+        block["earlier"] = {k: v for k, v in earlier.items() if k != "curve"}
     manifest["latent"]["hyper"]["context"] = block
     write_manifest(args.bundle, manifest)
     model_id = finalize(args.bundle)

@@ -447,3 +447,29 @@ def test_a_context_block_that_disagrees_with_its_version_is_refused(context_bund
     spec["hyper"]["context"]["level_codes"] = spec["hyper"]["context"]["level_codes"][:1] + [1.5]
     with pytest.raises(BundleError, match="level codes"):
         ExactHyperSynthesis.from_bytes(write_npz(spec, arrays))
+
+
+def test_a_later_session_resumes_the_context_from_the_bundle(context_bundle: Path, tmp_path: Path) -> None:
+    """The float state stays on the machine that trained it; --init-from-bundle dequantizes the shipped
+    integer networks instead, and requantized at the same bits they compute (almost) the same codes."""
+    import shutil
+
+    from latentwire.codec import cli
+    from latentwire.codec.coding.exact_checkerboard import anchor_codes
+
+    again = tmp_path / "again"
+    shutil.copytree(context_bundle, again)
+    assert cli.main(["train-context", str(again), "--init-from-bundle", "--data", str(PHOTOS), "--val", str(PHOTOS),
+                     "--crops", "12", "--crop", "32", "--minutes", "0", "--threads", "1"]) == 0
+    block = json.loads((again / "manifest.json").read_text())["latent"]["hyper"]["context"]
+    assert block["init"] == "the bundle's own context" and block["earlier"]["steps"] > 0
+    old, new = (Codec.load(b, provider="cpu", threads=1).hyper for b in (context_bundle, again))
+    assert old is not None and new is not None and old.synthesis.context and new.synthesis.context
+    photos = np.stack(_photos())
+    encoded = Codec.load(context_bundle, provider="cpu", threads=1)._encode_model(
+        Codec.load(context_bundle).manifest.normalization.to_model(photos))
+    mean_code, scale_code = old.prior_codes(encoded)
+    a = anchor_codes(old.exact_input(old.quantize(encoded, 1), 1), old.gains[1])
+    d_old = old.synthesis.context.deltas(a, mean_code, scale_code, 1)
+    d_new = new.synthesis.context.deltas(a, mean_code, scale_code, 1)
+    assert np.mean(np.abs(d_old - d_new) > 2) < 0.05 and np.any(d_old)
