@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -72,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="latentwire")
     _load(cmd.parser)(parser.add_subparsers(dest="command", required=True), cmd.name)
     args = parser.parse_args(argv)
+    # what a stage records as its command in a manifest: this call's own arguments, which sys.argv
+    # is not when main() runs in-process (tests, scripts)
+    args.invocation = shlex.join(["latentwire", *argv])
     try:
         run = _load(cmd.run)
     except ModuleNotFoundError as exc:

@@ -158,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
              "validation": {"photos": len(val), "folder": str(args.val),
                             "levels": [{**asdict(r), "saving": round(r.saving, 5)} for r in rows]},
              "curve": [asdict(c) for c in curve[:: max(1, len(curve) // 20)]],
-             "command": shlex.join(["latentwire", *sys.argv[1:]]), "seconds": round(time.perf_counter() - t0, 1)}
+             "command": getattr(args, "invocation", None) or shlex.join(["latentwire", *sys.argv[1:]]),
+             "seconds": round(time.perf_counter() - t0, 1)}
     if earlier is not None:  # the stage this one continued from, without its curve
         block["earlier"] = {k: v for k, v in earlier.items() if k != "curve"}
     manifest["latent"]["hyper"]["context"] = block

@@ -359,7 +359,8 @@ def test_the_context_is_stored_measured_and_covered_by_the_model_id(hyper_bundle
     from latentwire.codec.bundle import Bundle
 
     block = json.loads((context_bundle / "manifest.json").read_text())["latent"]["hyper"]["context"]
-    assert block["kind"] == "checkerboard" and block["steps"] > 0 and block["command"].startswith("latentwire ")
+    assert block["kind"] == "checkerboard" and block["steps"] > 0
+    assert block["command"].startswith("latentwire train-context ") and "--minutes 0.1" in block["command"]
     assert len(block["validation"]["levels"]) == 3 and block["seconds"] > 0
     spec, _ = read_exact((context_bundle / "hyper.npz").read_bytes())
     assert spec["hyper"]["version"] == 2 and len(spec["hyper"]["context"]["level_codes"]) == 3
