@@ -99,13 +99,6 @@ def build_context(m: int, kind: str = "network") -> Any:
     return CheckerboardContext(m)
 
 
-def level_bits(model: Any, y: Any, mu: Any, log_sigma: Any, gain: Any, mode: str) -> tuple[Any, Any]:
-    """(bits without context, bits with it) per sample at one level's gain (M,)."""
-    from latentwire.codec.training.checkerboard import context_bits
-
-    return context_bits(model, y, mu, log_sigma, gain, mode)
-
-
 def plot(report: dict[str, Any], path: Path) -> Path:
     """Saving per level on the validation photos (and held-out crops), and the training curve."""
     import matplotlib
@@ -171,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cached {len(y)} crops' latents in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     hy, hmu, hls = y[: args.held_out], mu[: args.held_out], ls[: args.held_out]
     y, mu, ls = y[args.held_out :], mu[args.held_out :], ls[args.held_out :]
-    from latentwire.codec.training.checkerboard import train_context
+    from latentwire.codec.training.checkerboard import context_bits, train_context
 
     model, points = train_context(y, mu, ls, gains, args.minutes, args.batch, args.lr, args.mode,
                                   model=build_context(int(y.shape[1]), args.context),
@@ -190,12 +183,12 @@ def main(argv: list[str] | None = None) -> int:
             pixels += img.shape[2] * img.shape[3]
             z_bits += zb
             for k, g in enumerate(gains):
-                base, ctx = level_bits(model, *(torch.from_numpy(a) for a in (vy, vmu, vls)), g, "round")
+                base, ctx = context_bits(model, *(torch.from_numpy(a) for a in (vy, vmu, vls)), g, "round")
                 per_level[k]["base_bits"] += float(base.sum())
                 per_level[k]["context_bits"] += float(ctx.sum())
         held = []
         for g in gains:
-            base, ctx = level_bits(model, hy, hmu, hls, g, "round")
+            base, ctx = context_bits(model, hy, hmu, hls, g, "round")
             held.append(float(1 - ctx.sum() / base.sum()))
         print("held-out training-source crops, y bits saved per level: " + ", ".join(f"{v:+.2%}" for v in held))
     if args.save:

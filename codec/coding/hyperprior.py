@@ -146,9 +146,12 @@ class HyperLatentCoding:
             raise InputError(f"y_symbols must be (B, M, h, w) with z's batch {np.shape(z_hat)[0]}, got {s.shape}")
         s32 = as_int32(s)
         ids = self.table_ids(_same_shape(scale_code, s.shape), level)
-        parts = [np.ones(s.shape, dtype=bool)] if first is None else _halves(first, s.shape)
         enc.encode_grouped(list(enumerate(rows)), self.z_tables)
-        for part in parts:
+        if first is None:
+            enc.encode(s32.ravel(), ids.ravel(), self.gaussian)
+            return
+        mask = np.broadcast_to(np.asarray(first, dtype=bool), s.shape)
+        for part in (mask, ~mask):
             enc.encode(s32[part], ids[part], self.gaussian)
 
     def read_z(self, dec: StreamDecoder, shape: Sequence[int]) -> np.ndarray:
@@ -286,12 +289,6 @@ def _integers(a: np.ndarray, name: str) -> np.ndarray:
     if arr.size and arr.dtype.kind not in "iu":
         raise InputError(f"{name} must be integers, got dtype {arr.dtype}")
     return arr
-
-
-def _halves(first: np.ndarray, shape: tuple[int, ...]) -> list[np.ndarray]:
-    """The two coding calls' masks (first, then the rest) of a y shaped ``shape``."""
-    mask = np.broadcast_to(np.asarray(first, dtype=bool), shape)
-    return [mask, ~mask]
 
 
 def _same_shape(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

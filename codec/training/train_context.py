@@ -18,6 +18,7 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ class LevelSaving:
         return 1.0 - self.bits_with / self.bits_without
 
 
-def _encoder(codec: Codec) -> Any:
+def _encoder(codec: Codec) -> Callable[[np.ndarray], HyperInput]:
     def encode(raw: np.ndarray) -> HyperInput:
         return HyperInput(*codec.encoder.encode_with_side(codec.normalization.to_model(raw)))
     return encode
