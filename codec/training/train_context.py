@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         CONTEXT_RANGE_MARGIN,
         CONTEXT_WEIGHT_BITS,
         CheckerboardContext,
+        balance_context,
         crop_latents,
         dequantize_context,
         photo_files,
@@ -139,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         if stage.synthesis.context is None:
             raise InputError(f"{args.bundle} has no checkerboard context to start from")
         model = dequantize_context(stage.synthesis.context)
+        if args.minutes > 0:
+            balance_context(model)
         earlier = read_manifest(args.bundle)["latent"]["hyper"].get("context")
     model, curve = train_context(y, mu, ls, gains, args.minutes, args.batch, args.lr, model=model,
                                  log=lambda s: print("  " + s, file=sys.stderr, flush=True))
