@@ -20,9 +20,11 @@ from .datasets import bsds_jobs, ecg_jobs, mnist_jobs
 from .points import Point, run_jobs
 from .report import (
     bd_rates,
+    format_ratios,
     format_table,
     plot,
     prd_interval_db,
+    rate_ratios_at_levels,
     reuse_baselines,
     run_metadata,
     targets_bsds,
@@ -144,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.dataset == "bsds":
         summary["bd_rate_percent_vs_latent_only"] = bd_latent = bd_rates(points, interval, lw_mode, latent_only=True)
         summary["targets"] = targets_bsds(bd, bd_latent)
+    if args.dataset != "ecg":
+        summary["rate_ratio_at_levels"] = rate_ratios_at_levels(points, lw_mode, latent_only=args.dataset == "bsds")
     values = None if args.dataset == "bsds" else int(meta["values_per_sample"])
     rows = bounded_rows(points, args.near, values, lw_mode)
     summary["bounded_error_table"] = [r.to_dict() for r in rows]
@@ -167,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 print(f"BD-rate ({label}) latentwire vs {name}: {r['value']:+.1f}% over {r['lo']:.2f}-{r['hi']:.2f} dB"
                       + (" (clipped to the overlap)" if r["clipped"] else ""))
+    if summary.get("rate_ratio_at_levels"):
+        print(format_ratios(summary["rate_ratio_at_levels"]))
     for t in summary.get("targets", []):
         print(f"[{'MET' if t['met'] else 'NOT MET'}] {t['target']}: {t['measured']}")
     if args.plot:

@@ -69,6 +69,37 @@ def bd_rates(points: list[Point], interval: tuple[float, float] | None, lw_mode:
     return out
 
 
+def rate_ratios_at_levels(points: list[Point], lw_mode: str | None, latent_only: bool = False) -> dict[str, Any]:
+    """Per latentwire point, its bytes over each lossy baseline's bytes at the same PSNR (PCHIP on
+    the baseline's front; None outside its range): where a BD-rate is won or lost, level by level."""
+    sel = [p for p in points if p.codec == "latentwire" and not p.lossless and p.subset is None
+           and p.target_prdn is None and p.mode != NEAR_LOSSLESS
+           and (lw_mode is None or p.mode is None or p.mode.startswith(lw_mode))
+           and not (latent_only and p.max_error is not None)]
+    out: dict[str, Any] = {}
+    for name in sorted({p.codec for p in points
+                        if p.codec != "latentwire" and not p.lossless and p.mode != NEAR_LOSSLESS}):
+        rates, dbs = curve(points, name, None)
+        rows = []
+        for p in sorted(sel, key=lambda q: q.psnr_db):
+            mine = p.bpp if p.bpp is not None else p.bytes_per_sample
+            theirs = bdrate.rate_at_psnr(rates, dbs, p.psnr_db)
+            rows.append({"setting": p.setting, "psnr_db": round(p.psnr_db, 3), "rate": mine,
+                         "baseline_rate": theirs, "ratio": None if theirs is None else round(mine / theirs, 4)})
+        out[name] = rows
+    return out
+
+
+def format_ratios(ratios: dict[str, Any]) -> str:
+    """One line per baseline: latentwire's bytes over the baseline's at each level's PSNR."""
+    lines = []
+    for name, rows in ratios.items():
+        cells = [f"{r['setting'].split()[0]} {r['psnr_db']:.2f} dB "
+                 + ("n/a" if r["ratio"] is None else f"{(r['ratio'] - 1) * 100:+.1f}%") for r in rows]
+        lines.append(f"bytes vs {name} at equal PSNR: " + ", ".join(cells))
+    return "\n".join(lines)
+
+
 def _lw_bytes_for(points: list[Point], target_db: float, mode: str) -> float | None:
     """Bytes latentwire needs for >= target_db: interpolated on its front, the cheapest point beyond
     its range (a cheaper point with more PSNR, or the lossless level)."""

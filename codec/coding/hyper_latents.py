@@ -165,6 +165,13 @@ class HyperLatentPath:
         return latent_values(latents.symbols, latents.mean_code, self._gains[k], self._inverse[k],
                              self.coding.mean_frac_bits)
 
+    def unrounded_values(self, y: np.ndarray, level: int | None) -> np.ndarray:
+        """y * gain * inverse gain: what decoder.onnx would be fed at a level if nothing were rounded,
+        the transforms' own quality ceiling there (benchmarks.photo_ceiling)."""
+        k = self._index(level)
+        return (np.asarray(y, dtype=np.float64) * (self._gains[k] * self._inverse[k]).reshape(1, -1, 1, 1)).astype(
+            np.float32)
+
     @property
     def input_frac_bits(self) -> int:
         """The fractional bits of exact_input's grid: the mean's."""

@@ -15,7 +15,7 @@ import pytest
 
 from _exact_reference import int64_forward, read_exact
 from _no_model import NoModel
-from latentwire.codec.codec import Codec
+from latentwire.codec.codec import Codec, grid_of
 from latentwire.codec.coding import bitstream
 from latentwire.codec.coding.payload import encode_payload
 from latentwire.codec.coding.residual_classic import MODE_CLASSIC, MODE_LATENT
@@ -180,6 +180,22 @@ def test_the_exact_decoder_takes_y_hat_times_gain_on_the_means_grid(hyper_bundle
     assert np.array_equal(got, reference)
     assert np.array_equal(got[1:], codec.exact.predict_maps(x[1:], (40, 48)))
     assert np.array_equal(codec._residual_prediction(latents, grid, (3, 40, 48)), got.astype(np.float32))
+
+
+def test_the_unrounded_ceiling_is_what_each_level_rounds(hyper_bundle: Path) -> None:
+    """benchmarks.photo_ceiling feeds the decoder y * gain * inverse gain: each level's y_hat is that
+    value rounded on the level's grid, so the two differ by at most half an inverse gain."""
+    codec = Codec.load(hyper_bundle, provider="cpu", threads=1)
+    assert codec.hyper is not None
+    photos = np.stack(_photos())[:, :, :48, :48]
+    side = codec._encode_model(codec.manifest.normalization.to_model(photos))
+    for k, level in enumerate(codec.manifest.latent_levels):
+        latents = codec.quantize_latents(side, grid_of(codec.manifest.quality_levels[k]))
+        assert latents.symbols.shape == side.y.shape
+        unrounded = codec.hyper.unrounded_values(side.y, k)
+        half = 0.5 * np.abs(np.asarray(level.inverse_gain)).reshape(1, -1, 1, 1) + 1e-4
+        assert np.all(np.abs(codec.hyper.values(latents, k) - unrounded) <= half)
+        assert not np.array_equal(codec.hyper.values(latents, k), unrounded)
 
 
 def test_an_exact_network_built_for_another_input_grid_is_refused(hyper_bundle: Path, tmp_path: Path) -> None:
@@ -474,3 +490,37 @@ def test_a_later_session_resumes_the_context_from_the_bundle(context_bundle: Pat
     d_old = old.synthesis.context.deltas(a, mean_code, scale_code, 1)
     d_new = new.synthesis.context.deltas(a, mean_code, scale_code, 1)
     assert np.mean(np.abs(d_old - d_new) > 2) < 0.05 and np.any(d_old)
+
+
+def test_a_resumed_context_is_balanced_for_training_without_changing_it(context_bundle: Path) -> None:
+    """dequantize_context keeps the integer networks' unit scales (weights ~1e-5 next to ~1e2), which
+    Adam's per-weight steps wreck; balance_context equalizes each hidden unit's in and out norms and
+    computes the same function."""
+    import torch
+
+    from latentwire.codec.training.checkerboard import balance_context, dequantize_context
+
+    stage = Codec.load(context_bundle, provider="cpu", threads=1).hyper
+    assert stage is not None and stage.synthesis.context is not None
+    model = dequantize_context(stage.synthesis.context).double()
+    balanced = dequantize_context(stage.synthesis.context).double()
+    balance_context(balanced)
+    m = model.m
+    torch.manual_seed(0)
+    y, mu, ls = torch.randn(2, m, 6, 6).double() * 3, torch.randn(2, m, 6, 6).double(), torch.randn(2, m, 6, 6).double()
+    gain = torch.full((m,), 2.0).double()
+    for a, b in zip(model(y, mu, ls, gain), balanced(y, mu, ls, gain), strict=True):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-9) and not torch.equal(a, mu)
+    convs = [balanced.context, *(c for c in balanced.params if isinstance(c, torch.nn.Conv2d))]
+    for into, out in zip(convs, convs[1:], strict=False):
+        units = into.weight.shape[0]
+        w_in = into.weight.reshape(units, -1).norm(dim=1)
+        w_out = out.weight[:, :units].reshape(out.weight.shape[0], units, -1).norm(dim=(0, 2))
+        live = (w_in > 0) & (w_out > 0)
+        assert live.any() and torch.allclose(w_in[live], w_out[live], rtol=1e-5)
+
+    def spread(net: torch.nn.Module) -> float:  # largest over smallest layer's mean |weight|
+        means = [float(c.weight.detach().abs().mean()) for c in [net.context, *net.params] if isinstance(c, torch.nn.Conv2d)]
+        return max(means) / min(means)
+
+    assert spread(balanced) < spread(model) / 10
