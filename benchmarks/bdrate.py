@@ -37,7 +37,8 @@ def pareto_front(rates: ArrayLike, psnrs: ArrayLike) -> tuple[np.ndarray, np.nda
     keep = np.isfinite(r) & np.isfinite(p) & (r > 0)
     r, p = r[keep], p[keep]
     order = np.lexsort((-p, r))  # by rate, best PSNR first among equal rates
-    front_r, front_p = [], []
+    front_r: list[float] = []
+    front_p: list[float] = []
     for ri, pi in zip(r[order], p[order], strict=True):
         if not front_p or pi > front_p[-1]:
             if front_r and ri == front_r[-1]:
@@ -197,7 +198,7 @@ def rate_at_psnr(rates: ArrayLike, psnrs: ArrayLike, target_db: float) -> float 
         return None
     if r.size == 1:
         return float(r[0])
-    return float(10.0 ** Pchip.fit(p, np.log10(r))(target_db)[0])
+    return float(10.0 ** Pchip.fit(p, np.log10(r))([target_db])[0])
 
 
 def psnr_at_rate(rates: ArrayLike, psnrs: ArrayLike, rate: float) -> float | None:

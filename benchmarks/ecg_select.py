@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cal, val = split.cal, split.val
     norm = Bundle.load(args.bundles[0]).manifest.normalization
     wavelet = wavelet_rows(cal, val, norm.offset, norm.raw_min, norm.raw_max)
-    candidates = []
+    candidates: list[dict[str, Any]] = []
     for bundle in args.bundles:
         m = read_manifest(bundle)
         rows = measure(bundle, cal, val, split.ladder, "cdf97", include_latent=True)

@@ -49,6 +49,7 @@ def run(bundle: str, n_train: int = 10000, n_test: int = 10000, png: Path | None
     code_tr = embed_samples(codec, train.samples).reshape(len(train), -1)
     code_te = embed_samples(codec, test.samples).reshape(len(test), -1)
     k = code_tr.shape[1]
+    assert train.labels is not None and test.labels is not None, "MNIST loads with its labels"
     pix_tr = train.samples.reshape(len(train), -1) / 255.0
     pix_te = test.samples.reshape(len(test), -1) / 255.0
     mean = pix_tr.mean(axis=0)

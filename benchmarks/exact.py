@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -95,8 +96,8 @@ def main() -> None:
                     "machine": machine_info(), "bundles": {}}
     for name, path in (("float", args.float_bundle), ("exact", args.exact_bundle)):
         codec = Codec.load(path, provider="cpu", threads=1)
-        entry = {"path": str(path), "model_id": codec.model_id[:12], "levels": _levels(codec, raw, args.packet,
-                                                                                          args.repeats)}
+        entry: dict[str, Any] = {"path": str(path), "model_id": codec.model_id[:12],
+                                 "levels": _levels(codec, raw, args.packet, args.repeats)}
         if codec.exact is not None:
             y = np.rint(codec.encoder.encode(codec.normalization.to_model(raw))).astype(np.float32)
             flt = np.rint(codec._decode_symbols(y, raw.shape[1:])).astype(np.int64)

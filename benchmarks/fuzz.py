@@ -175,7 +175,7 @@ class Targets:
         custom = int(r.integers(0, 80)) if r.random() < 0.3 else None
         q = None if custom is not None else int(r.integers(0, len(self.codec.qualities)))
         y = self.codec.decode(self.codec.encode(x, quality=q, max_error=custom))
-        bound = custom if custom is not None else self.codec.qualities[q].max_error
+        bound = custom if q is None else self.codec.qualities[q].max_error
         assert y.shape == x.shape and y.dtype == x.dtype
         if bound is not None:
             err = int(np.abs(x.astype(np.int32) - y.astype(np.int32)).max())

@@ -47,6 +47,12 @@ DEFAULT_OUT = RESULTS / "memory.json"
 TARGET_MB = {"server": 50.0, "sender": 10.0, "receiver": 10.0}
 
 
+
+def _started(pid: int | None) -> int:
+    if pid is None:
+        raise RuntimeError("a benchmark process has no pid: it was never started")
+    return pid
+
 def growth(frames: np.ndarray, rss: np.ndarray, warm_at: int) -> dict[str, Any]:
     """RSS figures (MB) of one process from its samples; `warm_at`: frames delivered at warm-up."""
     mb = rss / 2**20
@@ -129,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         time.sleep(0.3)
         t0 = time.monotonic()
         tx_conn.send(("sat", mode, mode.channel, args.frames, args.batch, None, False))
-        pids = {"server": server.pid, "sender": tx.pid, "receiver": rx.pid}
+        pids = {name: _started(p.pid) for name, p in (("server", server), ("sender", tx), ("receiver", rx))}
         tx_result = rx_result = None
         while rx_result is None:
             now = time.monotonic() - t0

@@ -84,6 +84,7 @@ def build_context(m: int, kind: str = "network") -> Any:
             self.mean = nn.Conv2d(m, m, 3, padding=1, groups=m, bias=False)
             self.scale = nn.Conv2d(m, m, 3, padding=1, groups=m)
             for w in (self.mean.weight, self.scale.weight, self.scale.bias):
+                assert w is not None
                 nn.init.zeros_(w)
 
         def forward(self, y_hat: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor,
@@ -183,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             pixels += img.shape[2] * img.shape[3]
             z_bits += zb
             for k, g in enumerate(gains):
-                base, ctx = context_bits(model, *(torch.from_numpy(a) for a in (vy, vmu, vls)), g, "round")
+                tvy, tvmu, tvls = (torch.from_numpy(a) for a in (vy, vmu, vls))
+                base, ctx = context_bits(model, tvy, tvmu, tvls, g, "round")
                 per_level[k]["base_bits"] += float(base.sum())
                 per_level[k]["context_bits"] += float(ctx.sum())
         held = []

@@ -160,10 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "shipped, tables on 128x128 crops x4": single(sym["crops128x4"], val, False),
             "shipped, tables on 320x320 crops x1": single(sym["crops320x1"], val, False),
         }
-        row = {"level": lv, "bytes_per_val_photo": {k: b / 8 / len(val) for k, b in bits.items()}}
-        base = row["bytes_per_val_photo"]["shipped"]
+        per_photo = {k: b / 8 / len(val) for k, b in bits.items()}
+        row = {"level": lv, "bytes_per_val_photo": per_photo}
+        base = per_photo["shipped"]
         print(f"l{lv}: " + " | ".join(f"{k} {b:.0f} B ({100 * (b / base - 1):+.1f} %)"
-                                      for k, b in row["bytes_per_val_photo"].items()), flush=True)
+                                      for k, b in per_photo.items()), flush=True)
         rows.append(row)
     report = {"benchmark": "photo_context", "command": "python -m benchmarks.photo_context",
               "started": started.isoformat(), "git_commit": git_commit(), "machine": machine_info(),

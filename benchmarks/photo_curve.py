@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = validation_crops(str(ckpt["command"]))
     pixels = raw.shape[2] * raw.shape[3]
     print(f"{len(raw)} validation crops of {raw.shape[2]}x{raw.shape[3]}", file=sys.stderr)
-    result = {
+    result: dict[str, Any] = {
         "run": {"path": args.run, "command": ckpt["command"], "config": ckpt["config"],
                 "init_from": ckpt.get("init_from"), "epochs": run_points(ckpt["history"], pixels)},
         "reference": {"name": Path(args.reference).name, "points": bundle_points(args.reference, raw, args.threads)},

@@ -13,6 +13,7 @@ import io
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import zstandard
@@ -94,9 +95,10 @@ def _timed(fn: Callable[[], object], n: int, min_time: float) -> float:
 
 
 def bench_single(codec: Codec, frames: Sequence[np.ndarray], quality: int, residual_quality: int | None,
-                 repeat: int, min_time: float, tick: Callable[[], None] = lambda: None) -> SingleFrameResult:
+                 repeat: int, min_time: float, tick: Callable[[], object] = lambda: None) -> SingleFrameResult:
     """frames: K arrays of shape (1, *sample_shape) (sizes may differ for any-size bundles)."""
-    res = SingleFrameResult(frames=len(frames), sample_shapes=sorted({tuple(f.shape[1:]) for f in frames}),  # type: ignore[arg-type]
+    shapes = [list(s) for s in sorted({tuple(f.shape[1:]) for f in frames})]
+    res = SingleFrameResult(frames=len(frames), sample_shapes=shapes,
                             quality=quality, residual_quality=residual_quality,
                             settings={"latentwire": f"q{quality}" + (f", residual q{residual_quality}"
                                                                      if residual_quality is not None else ""),
@@ -107,8 +109,8 @@ def bench_single(codec: Codec, frames: Sequence[np.ndarray], quality: int, resid
             continue
         packets = [codec.encode(f, quality=q) for f in frames]
         res.bytes_per_frame[name] = float(np.mean([len(p) for p in packets]))
-        ops[f"{name}_enc"] = lambda q=q: [codec.encode(f, quality=q) for f in frames]
-        ops[f"{name}_dec"] = lambda packets=packets: [codec.decode(p) for p in packets]
+        ops[f"{name}_enc"] = partial(lambda q: [codec.encode(f, quality=q) for f in frames], q)
+        ops[f"{name}_dec"] = partial(lambda packets: [codec.decode(p) for p in packets], packets)
     images = all(f.dtype == np.uint8 and f.ndim == 4 and f.shape[1] in (1, 3) for f in frames)
     baselines = [("webp", WEBP), ("jpeg", JPEG)] if images else []
     for name, opts in baselines:

@@ -236,9 +236,9 @@ class Soak:
                         yield pb.PublishRequest(open=pb.PublishOpen(channel="digits", producer_id="cancelled"))
                         hold.wait(5)
 
-                    call = stub.Publish(reqs())
-                    next(call)
-                    call.cancel()
+                    publish = stub.Publish(reqs())
+                    next(publish)
+                    publish.cancel()
                     hold.set()
                     self.faults["cancelled_publish"] += 1
                 else:

@@ -142,7 +142,8 @@ class Bench:
         cpu1, t1 = sum(cpu_seconds(s.pid) for s in self.servers), time.monotonic()
         parts = [subscriber_bytes(b, server_socket_bytes(s.port), publisher=(i == 0))
                  for i, (b, s) in enumerate(zip(sock0, self.servers, strict=True))]
-        tcp = None if any(p is None for p in parts) else sum(parts)  # type: ignore[misc]
+        counted = [p for p in parts if p is not None]
+        tcp = sum(counted) if len(counted) == len(parts) else None
         done.set()
         sampler.join()
         return summarize(mode, n_sub, phase, frames, batch, rate, base, tx, rx, t0, t_end,

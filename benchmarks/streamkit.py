@@ -309,7 +309,7 @@ def receiver_main(conn: Any, target: str, cache_dir: str, progress: Any = None) 
                 elif b.first_seq < expected:
                     dup += expected - b.first_seq
                 stop_at = min(b.end_seq, end)
-                if times is not None and stop_at > b.first_seq:
+                if times is not None and commits is not None and stop_at > b.first_seq:
                     lo = max(b.first_seq, start)
                     times[lo - start : stop_at - start] = t
                     # commit stamps are wall-clock (time.time() on the server): same machine, same clock

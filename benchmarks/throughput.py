@@ -45,6 +45,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,7 @@ def raw_batch(codec: Codec, n: int) -> np.ndarray:
         raise InputError(f"bundle sample shape {shape} has free dims; this benchmark needs fixed ones")
     norm = codec.normalization
     rng = np.random.default_rng(0)
-    x = rng.uniform(norm.raw_min, norm.raw_max, size=(n, *shape))
+    x = rng.uniform(norm.raw_min, norm.raw_max, size=(n, *(int(d) for d in shape if d is not None)))
     return (np.rint(x) if norm.is_integer else x).astype(codec.raw_dtype)
 
 
@@ -210,7 +211,7 @@ def bench_batch(codec: Codec, spin: dict[str, ort.InferenceSession], batch: int,
         "dec_res": lambda: codec.decode(pres),
     }
     for name, session in spin.items():
-        ops[name] = lambda session=session: session.run(["y"], {"x": x})
+        ops[name] = partial(lambda session: session.run(["y"], {"x": x}), session)
     res = BatchResult(
         batch=batch,
         raw_bytes_per_sample=int(raw[0].nbytes),

@@ -197,6 +197,7 @@ def _ecg_split() -> dict[str, Any]:
 
     windows = load_ecg_windows(DATA / "mitdb", records=ECG_TRAIN_RECORDS)
     train, val = windows.split(0.1, seed=0)
+    assert train.groups is not None and val.groups is not None, "ECG windows are grouped by record"
     return {
         "train_records": sorted(int(g) for g in np.unique(train.groups)),
         "val_records": sorted(int(g) for g in np.unique(val.groups)),
@@ -510,7 +511,9 @@ def cmd_classic(keys: Sequence[str]) -> None:
             raise SystemExit(f"{key}: no colour-wavefront or series-context residual_coding to add classical tables to")
         t0 = time.perf_counter()
         x = calibration_samples(key)
-        coding = with_classic(coding, tables.residual, x, np.broadcast_to(np.float32(0), x.shape))
+        zero = np.broadcast_to(np.float32(0), x.shape)
+        coding = (with_classic(coding, tables.residual, x, zero) if isinstance(coding, ResidualColourContext)
+                  else with_classic(coding, tables.residual, x, zero))  # one call per kind: a constrained TypeVar
         (out / "entropy.json").write_bytes(dataclasses.replace(tables, residual_coding=coding).dumps())
         m = read_manifest(out)
         m.setdefault("metrics", {}).setdefault("calibration", {})["classic"] = {

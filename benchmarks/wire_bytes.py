@@ -42,17 +42,17 @@ def measure(target: str, modes: Sequence[Any], sizes: Sequence[int], frames: np.
                                 "subscriber_bytes_per_frame_without_compact"] = _subscriber_bytes(
                                     client, mode.channel, r.first_seq, r.accepted, sub_compact)
                 rows.append(row)
-    for mode in {r["mode"] for r in rows}:
-        mine = {r["frames_per_message"]: r for r in rows if r["mode"] == mode}
+    for name in {row["mode"] for row in rows}:
+        mine = {row["frames_per_message"]: row for row in rows if row["mode"] == name}
         if 256 in mine:
-            for r in mine.values():
-                r["over_256_bytes"] = r["bytes_per_frame"] - mine[256]["bytes_per_frame"]
+            for row in mine.values():
+                row["over_256_bytes"] = row["bytes_per_frame"] - mine[256]["bytes_per_frame"]
     return rows
 
 
 def _subscriber_bytes(client: Client, channel: str, first_seq: int | None, frames: int, compact: bool) -> float:
     """Subscribe response bytes per frame for the ``frames`` frames from ``first_seq``."""
-    wire = got = 0
+    wire, got = 0.0, 0
     for batch in client.subscribe_batches(channel, first_seq, idle_timeout=1.0, compact=compact):
         take = min(len(batch.frames), frames - got)
         wire += batch.wire_bytes if take == len(batch.frames) else batch.wire_bytes * take / len(batch.frames)

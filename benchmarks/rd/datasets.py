@@ -9,6 +9,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +104,9 @@ def mnist_jobs(args: argparse.Namespace, codec: Codec, meta: dict[str, Any]) -> 
     max_errors = latentwire_bounds(codec, args.max_errors, args.near, args.levels)
     jobs = latentwire_jobs(codec, raw, scorer, args.batch, max_errors, args.compact_levels, args.compact_limit,
                            levels=args.levels)
-    jobs += [Job(f"webp q={q}", lambda q=q: [image_codec_point(raw, "webp", q, scorer)], 3)
+    jobs += [Job(f"webp q={q}", partial(lambda q: [image_codec_point(raw, "webp", q, scorer)], q), 3)
              for q in _webp_qualities(args)]
-    jobs += [Job(f"jpeg q={q}", lambda q=q: [image_codec_point(raw, "jpeg", q, scorer)], 1)
+    jobs += [Job(f"jpeg q={q}", partial(lambda q: [image_codec_point(raw, "jpeg", q, scorer)], q), 1)
              for q in args.jpeg_qualities]
     jobs += [
         Job("png", lambda: [image_codec_point(raw, "png", None, scorer)], 1),
@@ -191,6 +192,8 @@ def ecg_jobs(args: argparse.Namespace, codec: Codec, meta: dict[str, Any]) -> li
     leads = int(shape[0]) if len(shape) == 2 and shape[0] is not None else raw.shape[1]
     raw = np.ascontiguousarray(raw[:, :leads])  # one-lead models get lead 0 (MLII)
     raw = _limit(raw, args.limit)
+    if ecg.groups is None:
+        raise InputError("ECG windows load grouped by record; these have no groups")
     groups = ecg.groups[: len(raw)]
     fs = int(ecg.meta["fs"])
     codecs.require("soundfile")
@@ -264,7 +267,10 @@ def bsds_jobs(args: argparse.Namespace, codec: Codec, meta: dict[str, Any]) -> l
     """Whole photos of any size from a folder (default: BSDS500's test split, else the shipped
     sample), one packet per photo, like one image file per photo for the image codecs."""
     folder = data_folder(args, "bsds500/test", "bsds")
-    channels = int(codec.sample_shape[0])
+    first = codec.sample_shape[0]
+    if first is None:
+        raise InputError(f"a photo bundle fixes its channel count; this one's sample shape is {codec.sample_shape}")
+    channels = int(first)
     images = ImageFolder(folder, mode="L" if channels == 1 else "RGB").images(args.limit)
     shapes = sorted({tuple(i.shape[1:]) for i in images})
     meta["data"] = {"folder": str(folder), "n_images": len(images), "shapes": [list(s) for s in shapes],
@@ -292,16 +298,16 @@ def bsds_jobs(args: argparse.Namespace, codec: Codec, meta: dict[str, Any]) -> l
     jobs = []
     for q in measured_levels(codec, args.levels):
         name = level_name(q)
-        jobs.append(Job(f"latentwire {q.name}", lambda q=q, name=name: share(_image_point(
+        jobs.append(Job(f"latentwire {q.name}", partial(lambda q, name: share(_image_point(
             "latentwire", name, images, lw(q.index, None), mode="frame", quality=q.index, max_error=q.max_error),
-            q.index, None), 3))
+            q.index, None), q, name), 3))
     if codec.tables.residual is not None:
         for e in latentwire_bounds(codec, args.max_errors, args.near, args.levels):
-            jobs.append(Job(f"latentwire max_error={e}", lambda e=e: share(_image_point(
-                "latentwire", f"max_error={e}", images, lw(None, e), mode="frame", max_error=e), None, e), 3))
+            jobs.append(Job(f"latentwire max_error={e}", partial(lambda e: share(_image_point(
+                "latentwire", f"max_error={e}", images, lw(None, e), mode="frame", max_error=e), None, e), e), 3))
     for fmt, qs in (("webp", _webp_qualities(args)), ("jpeg", args.jpeg_qualities)):
-        jobs += [Job(f"{fmt} q={q}", lambda fmt=fmt, q=q: [_image_point(fmt, f"q={q}", images, pil(fmt, q))], 2)
-                 for q in qs]
+        jobs += [Job(f"{fmt} q={q}", partial(lambda fmt, q: [_image_point(fmt, f"q={q}", images, pil(fmt, q))],
+                                             fmt, q), 2) for q in qs]
     jobs += _photo_baseline_jobs(args, images, channels)
     return jobs
 
@@ -310,11 +316,11 @@ def _photo_baseline_jobs(args: argparse.Namespace, images: list[np.ndarray], cha
     """AVIF and JPEG XL sweeps, and the lossless and near-lossless codecs, on the same photos."""
     codecs.require("imagecodecs")
     lossless: dict[str, Any] = {"max_error": 0}
-    jobs = [Job(f"avif q={q}", lambda q=q: [_image_point(
+    jobs = [Job(f"avif q={q}", partial(lambda q: [_image_point(
         "avif", f"q={q} speed={args.avif_speed} {args.avif_chroma}", images,
-        codecs.avif(q, args.avif_speed, args.avif_chroma), quality=q)], 2) for q in args.avif_qualities]
-    jobs += [Job(f"jpegxl d={d:g}", lambda d=d: [_image_point(
-        "jpegxl", f"distance={d:g} effort={args.jxl_effort}", images, codecs.jpegxl(d, args.jxl_effort))], 2)
+        codecs.avif(q, args.avif_speed, args.avif_chroma), quality=q)], q), 2) for q in args.avif_qualities]
+    jobs += [Job(f"jpegxl d={d:g}", partial(lambda d: [_image_point(
+        "jpegxl", f"distance={d:g} effort={args.jxl_effort}", images, codecs.jpegxl(d, args.jxl_effort))], d), 2)
         for d in args.jxl_distances]
     jobs += [
         Job("png", lambda: [_image_point("png", "lossless", images,
@@ -327,11 +333,12 @@ def _photo_baseline_jobs(args: argparse.Namespace, images: list[np.ndarray], cha
     ]
     transforms: tuple[str, ...] = codecs.JPEGLS_TRANSFORMS if channels == 3 else ("rgb",)
     for t in transforms:
-        jobs.append(Job(f"jpeg-ls {t}", lambda t=t: [_image_point(
-            "jpeg-ls", f"lossless {t}" if channels == 3 else "lossless", images, codecs.jpegls(0, t), **lossless)], 1))
-    jobs += [Job(f"jpeg-ls NEAR={n}", lambda n=n: [_image_point(
+        jobs.append(Job(f"jpeg-ls {t}", partial(lambda t: [_image_point(
+            "jpeg-ls", f"lossless {t}" if channels == 3 else "lossless", images, codecs.jpegls(0, t), **lossless)],
+            t), 1))
+    jobs += [Job(f"jpeg-ls NEAR={n}", partial(lambda n: [_image_point(
         "jpeg-ls", f"NEAR={n}" + (" rgb" if channels == 3 else ""), images, codecs.jpegls(n),
-        mode=codecs.NEAR_LOSSLESS, max_error=n)], 1) for n in args.near]
+        mode=codecs.NEAR_LOSSLESS, max_error=n)], n), 1) for n in args.near]
     return jobs
 
 

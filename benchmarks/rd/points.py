@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -316,19 +317,19 @@ def latentwire_jobs(codec: Codec, raw: np.ndarray, scorer: Scorer, batch: int, m
                     target_prdns: Sequence[float] = (), levels: Sequence[int] | None = None) -> list[Job]:
     jobs = []
     for q in measured_levels(codec, levels):
-        jobs.append(Job(f"latentwire {q.name}", lambda q=q: [latentwire_point(codec, raw, scorer, quality=q.index,
-                                                                               packet_frames=batch)], 2))
+        jobs.append(Job(f"latentwire {q.name}", partial(lambda q: [latentwire_point(
+            codec, raw, scorer, quality=q.index, packet_frames=batch)], q), 2))
     if codec.tables.residual is not None:
         for e in max_errors:
-            jobs.append(Job(f"latentwire max_error={e}", lambda e=e: [latentwire_point(
-                codec, raw, scorer, max_error=e, packet_frames=batch)], 2))
+            jobs.append(Job(f"latentwire max_error={e}", partial(lambda e: [latentwire_point(
+                codec, raw, scorer, max_error=e, packet_frames=batch)], e), 2))
     if codec.tables.transform is not None:
         for t in target_prdns:
-            jobs.append(Job(f"latentwire target PRDN {t:g}%", lambda t=t: [latentwire_point(
-                codec, raw, scorer, target_prdn=t, packet_frames=batch)], 3))
+            jobs.append(Job(f"latentwire target PRDN {t:g}%", partial(lambda t: [latentwire_point(
+                codec, raw, scorer, target_prdn=t, packet_frames=batch)], t), 3))
     sub = raw if compact_limit is None else raw[:compact_limit]
     subset = None if len(sub) == len(raw) else f"first {len(sub)} of {len(raw)} samples"
     for q in codec.qualities[:compact_levels]:
-        jobs.append(Job(f"latentwire {q.name} per-frame", lambda q=q: [latentwire_point(
-            codec, sub, scorer, quality=q.index, packet_frames=1, subset=subset)], 4))
+        jobs.append(Job(f"latentwire {q.name} per-frame", partial(lambda q: [latentwire_point(
+            codec, sub, scorer, quality=q.index, packet_frames=1, subset=subset)], q), 4))
     return jobs

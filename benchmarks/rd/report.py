@@ -172,9 +172,12 @@ def targets_mnist(points: list[Point], codec: Codec, batch: int, bd: dict[str, A
 
 
 def _best_cr(points: list[Point], codec: str, limit: float, metric: str = "prd") -> Point | None:
+    def within(p: Point) -> bool:
+        value = p.prd_percent if metric == "prd" else p.prdn_percent
+        return value is not None and value <= limit
+
     ok = [p for p in points if p.codec == codec and (p.mode is None or p.mode.startswith("packet")) and p.subset is None
-          and (p.prd_percent if metric == "prd" else p.prdn_percent) is not None
-          and (p.prd_percent if metric == "prd" else p.prdn_percent) <= limit]
+          and within(p)]
     return max(ok, key=lambda p: p.cr or 0.0, default=None)
 
 
@@ -267,6 +270,11 @@ def format_table(points: list[Point]) -> str:
     return "\n".join(lines)
 
 
+def _rate(p: Point, img: bool) -> float:
+    """The plot's x: bits per pixel for images, else bytes per sample."""
+    return p.bpp if img and p.bpp is not None else p.bytes_per_sample
+
+
 def plot(points: list[Point], path: Path, title: str) -> Path | None:
     """PSNR vs bytes per sample (log x), next to the JSON; skipped (None) without matplotlib."""
     try:
@@ -291,17 +299,17 @@ def plot(points: list[Point], path: Path, title: str) -> Path | None:
         series.setdefault((p.codec, kind), []).append(p)
     for (name, mode), pts in sorted(series.items()):
         pts.sort(key=lambda p: p.bytes_per_sample)
-        x = [p.bpp if img else p.bytes_per_sample for p in pts]
-        y = [p.prdn_percent if ecg else p.psnr_db for p in pts]
+        x = [_rate(p, img) for p in pts]
+        y = [math.nan if p.prdn_percent is None else p.prdn_percent for p in pts] if ecg else [p.psnr_db for p in pts]
         color, marker = styles.get(name, ("C7", "x"))
         label = name + (f" ({mode})" if mode else "") + (" front" if name == "pca" else "")
         ax.plot(x, y, marker=marker, color=color, markersize=4, label=label,
                 linestyle="--" if mode in ("frame", "target PRDN") else "-", alpha=0.6 if mode == "frame" else 1.0)
     lossless = sorted((p for p in points if p.lossless and p.subset is None and (img or p.mode != "frame")),
-                      key=lambda p: p.bpp if img else p.bytes_per_sample)
+                      key=lambda p: _rate(p, img))
     for p in lossless:  # one line for latentwire's; the rest in a box, so the labels do not pile up
         if p.codec == "latentwire":
-            ax.axvline(p.bpp if img else p.bytes_per_sample, color="C3", linewidth=0.8, linestyle=":")
+            ax.axvline(_rate(p, img), color="C3", linewidth=0.8, linestyle=":")
     if lossless:
         unit = "bpp" if img else "B"
         text = "lossless:\n" + "\n".join(
