@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import git_commit, machine_info, write_result
-from benchmarks.photo_select import _psnr
+from latentwire.codec.normalization import psnr_db
 
 DEFAULT_BUNDLE = "codec/assets/bsds-hyper2d"
 DEFAULT_PHOTOS = "../shared/data/bsds500/val"
@@ -52,6 +52,8 @@ def measure(bundle: str, photos: list[tuple[str, np.ndarray]], threads: int) -> 
         raise SystemExit(f"benchmarks.photo_ceiling: {bundle} is not a hyperprior bundle")
     levels = len(hyper.gains)
     pixels = sum(x.shape[1] * x.shape[2] for _, x in photos)
+    norm = codec.normalization
+    peak = norm.peak
     bits = np.zeros(levels)
     coded = np.zeros((levels, len(photos)))
     ceiling = np.zeros((levels, len(photos)))
@@ -60,9 +62,10 @@ def measure(bundle: str, photos: list[tuple[str, np.ndarray]], threads: int) -> 
         for k in range(levels):
             packet = codec.encode(raw[None], quality=k)
             bits[k] += 8 * len(packet)
-            coded[k, i] = _psnr(codec.decode(packet)[0], raw)
+            coded[k, i] = psnr_db(raw, codec.decode(packet)[0], peak)
             x_hat = codec.decoder.decode(hyper.unrounded_values(y, k), out_size=raw.shape[1:])
-            ceiling[k, i] = _psnr(np.clip(np.rint(codec.normalization.to_raw_float(x_hat)), 0, 255)[0], raw)
+            unrounded = np.clip(np.rint(norm.to_raw_float(x_hat)), norm.raw_min, norm.raw_max)[0]
+            ceiling[k, i] = psnr_db(raw, unrounded, peak)
         print(f"  {i + 1}/{len(photos)} photos", file=sys.stderr, flush=True)
     return [{"level": k, "bpp": round(float(bits[k] / pixels), 4), "psnr_db": round(float(coded[k].mean()), 3),
              "ceiling_db": round(float(ceiling[k].mean()), 3),

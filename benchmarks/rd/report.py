@@ -38,14 +38,20 @@ def prd_interval_db(lo_percent: float, hi_percent: float) -> tuple[float, float]
     return -20.0 * math.log10(hi_percent / 100.0), -20.0 * math.log10(lo_percent / 100.0)
 
 
+def curve_points(points: list[Point], codec: str, mode_prefix: str | None = "packet",
+                 latent_only: bool = False) -> list[Point]:
+    """The codec's whole-set points of the given packet mode, no subset rows, no rate-controlled rows
+    (they are their own curve); latent_only: no max-error levels."""
+    return [p for p in points if p.codec == codec and not p.lossless and p.subset is None and p.target_prdn is None
+            and p.mode != NEAR_LOSSLESS
+            and (mode_prefix is None or p.mode is None or p.mode.startswith(mode_prefix))
+            and not (latent_only and p.max_error is not None)]
+
+
 def curve(points: list[Point], codec: str, mode_prefix: str | None = "packet",
           metric: str = "psnr", latent_only: bool = False) -> tuple[list[float], list[float]]:
-    """The codec's (rate, quality) points: whole-set points of the given packet mode, no subset
-    rows, no rate-controlled rows (they are their own curve); latent_only: no max-error levels."""
-    sel = [p for p in points if p.codec == codec and not p.lossless and p.subset is None and p.target_prdn is None
-           and p.mode != NEAR_LOSSLESS
-           and (mode_prefix is None or p.mode is None or p.mode.startswith(mode_prefix))
-           and not (latent_only and p.max_error is not None)]
+    """The codec's (rate, quality) points (curve_points)."""
+    sel = curve_points(points, codec, mode_prefix, latent_only)
     x = [p.bpp if p.bpp is not None else p.bytes_per_sample for p in sel]
     return x, [quality(p, metric) for p in sel]
 
@@ -72,10 +78,7 @@ def bd_rates(points: list[Point], interval: tuple[float, float] | None, lw_mode:
 def rate_ratios_at_levels(points: list[Point], lw_mode: str | None, latent_only: bool = False) -> dict[str, Any]:
     """Per latentwire point, its bytes over each lossy baseline's bytes at the same PSNR (PCHIP on
     the baseline's front; None outside its range): where a BD-rate is won or lost, level by level."""
-    sel = [p for p in points if p.codec == "latentwire" and not p.lossless and p.subset is None
-           and p.target_prdn is None and p.mode != NEAR_LOSSLESS
-           and (lw_mode is None or p.mode is None or p.mode.startswith(lw_mode))
-           and not (latent_only and p.max_error is not None)]
+    sel = curve_points(points, "latentwire", lw_mode, latent_only)
     out: dict[str, Any] = {}
     for name in sorted({p.codec for p in points
                         if p.codec != "latentwire" and not p.lossless and p.mode != NEAR_LOSSLESS}):

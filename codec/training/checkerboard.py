@@ -194,7 +194,7 @@ def quantize_context(model: CheckerboardContext, y: torch.Tensor, mu: torch.Tens
 
     s_x = np.concatenate([np.full(2 * m, s_ctx), np.full(m, 2.0**-MEAN_FRAC_BITS),
                           np.full(m, 2.0**-SCALE_FRAC_BITS), [2.0**-SCALE_FRAC_BITS]])
-    convs = [mod for mod in model.params if isinstance(mod, nn.Conv2d)]
+    convs = _param_convs(model)
     layers: list[Layer] = []
     x_bound = [INPUT_LIMIT] * len(s_x)
     limit = MEAN_LIMIT << MEAN_FRAC_BITS
@@ -284,7 +284,7 @@ def dequantize_context(exact: ExactCheckerboard) -> CheckerboardContext:
         return out
 
     anchor, params = pairs(exact.anchor), pairs(exact.params)
-    convs = [mod for mod in model.params if isinstance(mod, nn.Conv2d)]
+    convs = _param_convs(model)
     if len(anchor) != 1 or len(params) != len(convs):
         raise InputError(f"a checkerboard context is 1 anchor layer and {len(convs)} parameter layers")
     (first, r), = anchor
@@ -318,7 +318,7 @@ def balance_context(model: CheckerboardContext) -> None:
     the shipped bundle unbalanced spent ten times the bits of no context at all after 50 steps
     (balanced: it saved 6.9 %, as the bundle does). Only for training: requantized as it stands,
     the dequantized model reproduces the integer networks more closely."""
-    convs = [model.context] + [mod for mod in model.params if isinstance(mod, nn.Conv2d)]
+    convs = [model.context, *_param_convs(model)]
     with torch.no_grad():
         for _ in range(BALANCE_SWEEPS):  # a unit's out-weights are the next units' in-weights: sweep to a fixpoint
             worst = 0.0
@@ -335,6 +335,11 @@ def balance_context(model: CheckerboardContext) -> None:
                 worst = max(worst, float(torch.log(s).abs().max()))
             if worst < BALANCE_TOLERANCE:
                 break
+
+
+def _param_convs(model: CheckerboardContext) -> list[nn.Conv2d]:
+    """The parameter network's convolutions, input side first (its ReLUs between them)."""
+    return [mod for mod in model.params if isinstance(mod, nn.Conv2d)]
 
 
 def _set_bias(mod: nn.Conv2d, value: np.ndarray) -> None:
