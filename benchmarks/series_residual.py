@@ -2,7 +2,7 @@
 (series-context, then its classical windows), on the held-out MIT-BIH records 117-124: whole
 packets of `--packet` windows (bytes as sent, header, latents and CRC included; every packet
 decoded whole and its max error checked) in bits per sample, how many windows went classical,
-and the latent mode's residual stage's own encode/decode time.
+the latent mode's residual stage's own encode/decode time, and FLAC on the same windows.
 
 The two bundles share the encoder and exact network (only entropy.json differs), so the exact
 prediction of every window is computed once and both code against it. Usage:
@@ -21,6 +21,7 @@ import numpy as np
 
 from benchmarks.common import machine_info, write_result
 from benchmarks.exact import ECG_HELDOUT
+from benchmarks.rd.codecs import flac_roundtrip
 from latentwire.codec.codec import Codec
 from latentwire.codec.coding import bitstream
 from latentwire.codec.coding.coder import StreamDecoder, StreamEncoder
@@ -60,6 +61,15 @@ def _residual_seconds(codec: Codec, x: np.ndarray, pred: np.ndarray, d: int) -> 
     return t1 - t0, t2 - t1, bool(np.array_equal(back, info.recon))
 
 
+def _flac_bits(x: np.ndarray, groups: np.ndarray, fs: int) -> dict[str, float]:
+    """FLAC (level 8) on the same windows, bits per sample: each record's selected windows joined in
+    order (whole records when the stride is 1) and each window alone."""
+    joined = sum(flac_roundtrip(np.concatenate(list(x[groups == g]), axis=-1), fs)[0]
+                 for g in dict.fromkeys(groups.tolist()))
+    alone = sum(flac_roundtrip(w, fs)[0] for w in x)
+    return {"records_joined": round(8 * joined / x.size, 4), "per_window": round(8 * alone / x.size, 4)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--before", required=True)
@@ -68,10 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--packet", type=int, default=256)
     ap.add_argument("--stride", type=int, default=1, help="every k-th window only (a shared machine)")
     ap.add_argument("--limit", type=int, default=0, help="first N windows only (0: all)")
+    ap.add_argument("--max-errors", default=",".join(map(str, MAX_ERRORS)))
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
-    x = load_ecg_windows(Path(args.data), records=ECG_HELDOUT).samples[:: args.stride]
-    x = x[: args.limit] if args.limit else x
+    windows = load_ecg_windows(Path(args.data), records=ECG_HELDOUT)
+    assert windows.groups is not None  # load_ecg_windows groups by record
+    x, groups = windows.samples[:: args.stride], windows.groups[:: args.stride]
+    x, groups = (x[: args.limit], groups[: args.limit]) if args.limit else (x, groups)
+    flac = _flac_bits(x, groups, int(windows.meta["fs"]))
+    print(f"FLAC in the same run: {flac}", flush=True)
     codecs = {name: Codec.load(path, threads=1) for name, path in (("before", args.before), ("after", args.after))}
     ref = codecs["after"]
     t0 = time.perf_counter()
@@ -84,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(x)} windows, latents and exact prediction in {time.perf_counter() - t0:.0f} s", flush=True)
     samples = x[0].size
     rows = []
-    for d in MAX_ERRORS:
+    for d in (int(v) for v in args.max_errors.split(",")):
         row: dict[str, object] = {"max_error": d}
         for name, codec in codecs.items():
             q, bound, g = codec._level(None, d)
@@ -114,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         write_result(args.out, {"benchmark": "series_residual", "records": ECG_HELDOUT, "windows": len(x),
                                 "stride": args.stride, "packet": args.packet, "samples_per_window": samples,
-                                "levels": rows, "flac_bits_per_sample": {"whole_records": 4.076, "per_window": 4.507},
+                                "levels": rows, "flac_bits_per_sample": flac,
                                 "machine": machine_info()})
     return 0
 

@@ -20,6 +20,7 @@ from latentwire.codec.codec import Codec
 from latentwire.codec.coding.coder import StreamDecoder, StreamEncoder
 from latentwire.codec.coding.payload import CodingTables
 from latentwire.codec.coding.residual import ContextSpec, ResidualModel
+from latentwire.codec.coding.residual_adapt import AdaptStage
 from latentwire.codec.coding.residual_coding import SERIES_CLASSIC_MAX_ERROR, residual_coding_from_json
 from latentwire.codec.coding.residual_modes import classic_coding
 from latentwire.codec.coding.residual_series import ResidualSeriesContext, SeriesLevel, walk
@@ -60,15 +61,23 @@ def _synthetic(n: int, length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _reference(lv: SeriesLevel, p: np.ndarray, x: np.ndarray, lo: int, hi: int) -> list[tuple[list[int], list[int]]]:
-    """Plain Python ints: per coder call, (table ids, q) in the documented order."""
+    """Plain Python ints: per coder call, (table ids, q) in the documented order, with the NLMS
+    cascade as residual_adapt.py's docstring writes it."""
     n, ch, length = p.shape
     pl, xl = p.tolist(), x.tolist()
     e = [[[0] * length for _ in range(ch)] for _ in range(n)]
     q = [[[0] * length for _ in range(ch)] for _ in range(n)]
     step = 2 * lv.max_error + 1
+    # per stage: inputs v[i][c][t] and weights w[i][c][k]
+    v = [[[[0] * length for _ in range(ch)] for _ in range(n)] for _ in lv.adapt]
+    w = [[[[0] * (st.order + (2 if c else 0)) for c in range(ch)] for _ in range(n)] for st in lv.adapt]
+    lim, wlim = 1 << 20, 1 << 24
 
     def at(a: list[int], t: int) -> int:
         return a[t] if t >= 0 else 0
+
+    def clip(a: int, m: int) -> int:
+        return min(max(a, -m), m)
 
     calls = []
     for t in range(length + ch - 1):
@@ -81,7 +90,16 @@ def _reference(lv: SeriesLevel, p: np.ndarray, x: np.ndarray, lo: int, hi: int) 
                 acc = sum(a * at(e[i][c], s - k) for k, a in enumerate(lv.own[c], start=1))
                 if c:
                     acc += lv.cross[c][0] * e[i][c - 1][s] + lv.cross[c][1] * at(e[i][c - 1], s - 1)
-                guess = pl[i][c][s] + acc // (1 << lv.shift)
+                fixed = guess = pl[i][c][s] + acc // (1 << lv.shift)
+                phis, fs = [], []
+                for j, st in enumerate(lv.adapt):
+                    phi = [at(v[j][i][c], s - k) for k in range(1, st.order + 1)]
+                    if c:
+                        phi += [v[j][i][c - 1][s], at(v[j][i][c - 1], s - 1)]
+                    f = sum(a * b for a, b in zip(w[j][i][c], phi, strict=True)) // (1 << 16)
+                    phis.append(phi)
+                    fs.append(f)
+                    guess += f
                 act = sum(w * abs(at(q[i][c], s - k)) for k, w in zip(range(1, 5), (2, 1, 1, 1), strict=True))
                 if c:
                     act += 2 * abs(q[i][c - 1][s])
@@ -92,7 +110,16 @@ def _reference(lv: SeriesLevel, p: np.ndarray, x: np.ndarray, lo: int, hi: int) 
                 qv = (abs(r) + lv.max_error) // step * (1 if r >= 0 else -1)
                 qs.append(qv)
                 q[i][c][s] = qv
-                e[i][c][s] = min(max(guess + qv * step, lo), hi) - pl[i][c][s]
+                recon = min(max(guess + qv * step, lo), hi)
+                e[i][c][s] = recon - pl[i][c][s]
+                u = clip(recon - fixed, lim)
+                for j, st in enumerate(lv.adapt):
+                    v[j][i][c][s] = u
+                    err = clip(u - fs[j], lim)
+                    energy = sum(a * a for a in phis[j]) + 1
+                    w[j][i][c] = [clip(a + st.mu * err * b * 64 // energy, wlim) for a, b in zip(w[j][i][c], phis[j],
+                                                                                                strict=True)]
+                    u = err
         calls.append((ids, qs))
     return calls
 
@@ -143,6 +170,8 @@ def test_every_prediction_table_id_and_call_matches_a_plain_python_reference(cod
     x, p = _synthetic(3, 40, seed=1)
     levels = [_series(codec).level(d) for d in MAX_ERRORS]
     levels.append(dataclasses.replace(levels[1], own=((40, -9), (33, 5)), cross=((), (7, -3)), slope_weight=8))
+    cascade = (AdaptStage(8, 70),), (AdaptStage(3, 900), AdaptStage(2, 1000))  # fast steps: weights move a lot
+    levels += [dataclasses.replace(lv, adapt=st) for lv in (levels[0], levels[-1]) for st in cascade]
     for lv in levels:
         _check_level(lv, p, x)
 
@@ -178,6 +207,37 @@ def test_the_fit_carries_the_error_where_it_comes_in_runs() -> None:
     bad["version"] = 9
     with pytest.raises(BundleError, match="version"):
         residual_coding_from_json(bad)
+
+
+def test_the_fit_adapts_where_each_window_needs_its_own_predictor() -> None:
+    """Windows whose error alternates in some and persists in others: no fixed predictor suits
+    both, the NLMS cascade learns each; the fit keeps it at D = 0 (it costs >= 10 % fewer bits), the
+    level round-trips, and entropy.json says version 3 (a version-2 reader would drop the stages)."""
+    rng = np.random.default_rng(5)
+    n, length = 24, 384
+    sign = np.where(np.arange(n) % 2, 0.9, -0.9)[:, None]
+    err = np.zeros((n, 2, length))
+    for t in range(1, length):
+        err[..., t] = sign * err[..., t - 1] + rng.normal(0, 6, (n, 2))
+    x = np.clip(1023 + np.rint(err), 0, 2047).astype(np.int64)
+    p = np.full(x.shape, 1023.0, dtype=np.float32)
+    model = ResidualModel.fit(ContextSpec(0, 2047), x[:4], p[:4])
+    ctx = fit(model, x, p, [0, 8])
+    lossless = ctx.level(0)
+    assert lossless.adapt
+    fixed = dataclasses.replace(ctx, levels=tuple(dataclasses.replace(lv, adapt=()) for lv in ctx.levels))
+    assert ctx.frame_costs(model, x, p, 0)[0].sum() < 0.9 * fixed.frame_costs(model, x, p, 0)[0].sum()
+    _check_level(lossless, np.full(x.shape, 1023, dtype=np.int64)[:3, :, :60], x[:3, :, :60])
+    obj = json.loads(json.dumps(ctx.to_json_obj()))
+    assert obj["version"] == 3 and ResidualSeriesContext.from_json_obj(obj) == ctx
+    assert fixed.to_json_obj()["version"] == 1
+    obj["version"] = 2
+    with pytest.raises(BundleError, match="version"):
+        residual_coding_from_json(obj)
+    obj["version"] = 3
+    obj["levels"][0]["adapt"] = [[0, 70]]
+    with pytest.raises(BundleError, match="order"):
+        residual_coding_from_json(obj)
 
 
 def test_an_entropy_file_without_series_coding_still_codes_with_its_tables(codec: Codec, windows: np.ndarray,
@@ -274,24 +334,30 @@ def test_each_window_takes_the_mode_of_lower_rate_distortion_cost(codec: Codec, 
     assert len(set(modes.tolist())) == 2, "both modes exercised (the noisy window goes classical)"
 
 
-def test_classical_levels_are_versioned_in_entropy_json(codec: Codec) -> None:
-    """Version 2 of series-context holds ``classic``; a version that disagrees with the content is
-    refused (so an older latentwire refuses the new bundle), classical levels must use no model,
-    and the shipped file writes back to its own bytes."""
+def test_classical_and_adaptive_levels_are_versioned_in_entropy_json(codec: Codec) -> None:
+    """Version 2 of series-context holds ``classic``, version 3 adaptive stages (the shipped file);
+    a version that disagrees with the content is refused (so an older latentwire refuses the new
+    bundle), classical levels must use no model, and the shipped file writes back to its own bytes."""
     data = (BUNDLE / "entropy.json").read_bytes()
     assert codec.tables.dumps() == data
     obj = json.loads(data)["residual_coding"]
     # classical levels up to SERIES_CLASSIC_MAX_ERROR only (beyond it a classical window buys bytes with PRD)
-    assert obj["version"] == 2 and [lv["max_error"] for lv in obj["classic"]["levels"]] == [
+    assert obj["version"] == 3 and [lv["max_error"] for lv in obj["classic"]["levels"]] == [
         lv["max_error"] for lv in obj["levels"] if lv["max_error"] <= SERIES_CLASSIC_MAX_ERROR]
+    assert "adapt" in obj["levels"][0] and "adapt" in obj["classic"]["levels"][0]  # lossless adapts, both modes
     assert not _series(codec).classic.covers(12) and classic_coding(_series(codec), 12) is None  # type: ignore[union-attr]
-    for change in (lambda o: o.update(version=1), lambda o: o.pop("classic")):
+    for version in (1, 2):
         bad = json.loads(json.dumps(obj))
-        change(bad)
+        bad["version"] = version
         with pytest.raises(BundleError, match="version"):
             residual_coding_from_json(bad)
     coding = _series(codec)
     with pytest.raises(BundleError, match="no model"):
         dataclasses.replace(coding, classic=dataclasses.replace(_classic(codec), model_free=False))
-    plain = dataclasses.replace(coding, classic=None).to_json_obj()
+    fixed = tuple(dataclasses.replace(lv, adapt=()) for lv in coding.levels)
+    plain = dataclasses.replace(coding, levels=fixed, classic=None).to_json_obj()
     assert plain["version"] == 1 and "classic" not in plain
+    classic = _classic(codec)
+    two = dataclasses.replace(coding, levels=fixed, classic=dataclasses.replace(
+        classic, levels=tuple(dataclasses.replace(lv, adapt=()) for lv in classic.levels))).to_json_obj()
+    assert two["version"] == 2
