@@ -30,8 +30,8 @@ time t were decoded one call before channel c's. T + C - 1 calls per packet, non
 
 A level may also carry an NLMS cascade (``adapt``, residual_adapt.py): integer filters that learn,
 window by window, what the fixed coefficients leave (a record's own noise colour and lead
-coupling); their sum is added to the guess above. Lossless on held-out MIT-BIH records it codes
-the classical walk in about 6.5 % fewer bits (BENCHMARKS.md).
+coupling); their sum is added to the guess above. On held-out MIT-BIH records it takes lossless
+from 4.04 to 3.79 bits/sample and max error 1-4 down 5-9 % (BENCHMARKS.md, session 17).
 
 Classical frames (``classic``, issue 24 part 3): the same walk with no model at all, p the constant
 midpoint of the raw range, so e is the signal itself and the carried term an integer LPC of its
