@@ -228,6 +228,12 @@ def test_the_fit_adapts_where_each_window_needs_its_own_predictor() -> None:
     fixed = dataclasses.replace(ctx, levels=tuple(dataclasses.replace(lv, adapt=()) for lv in ctx.levels))
     assert ctx.frame_costs(model, x, p, 0)[0].sum() < 0.9 * fixed.frame_costs(model, x, p, 0)[0].sum()
     _check_level(lossless, np.full(x.shape, 1023, dtype=np.int64)[:3, :, :60], x[:3, :, :60])
+    # each window's filters are its own: a window walks alike alone and in any batch
+    pi = np.full(x.shape, 1023, dtype=np.int64)
+    together = simulate(lossless, pi, x, 0, 2047)
+    for i in (0, 7, n - 1):
+        assert np.array_equal(simulate(lossless, pi[i : i + 1], x[i : i + 1], 0, 2047)[0], together[i])
+    assert np.array_equal(simulate(lossless, pi[5:9], x[5:9], 0, 2047), together[5:9])
     obj = json.loads(json.dumps(ctx.to_json_obj()))
     assert obj["version"] == 3 and ResidualSeriesContext.from_json_obj(obj) == ctx
     assert fixed.to_json_obj()["version"] == 1
