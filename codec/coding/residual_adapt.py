@@ -87,13 +87,19 @@ class Cascade:
     def update(self, c: int, u: int, v0: np.ndarray) -> None:
         """Channel c at row u decoded: v0 = recon - fixed prediction. Records every stage's input
         and moves its weights, with the features and predictions of channel c's last ``predict``."""
-        v = np.clip(v0, -VALUE_LIMIT, VALUE_LIMIT)
+        v = _clip(v0.astype(np.int64), VALUE_LIMIT)
         for s, st in enumerate(self.stages):
             self.hist[s][c, u] = v
             phi, f = self._phi[c][s], self._f[c][s]
-            err = np.clip(v - f, -VALUE_LIMIT, VALUE_LIMIT)
+            err = _clip(v - f, VALUE_LIMIT)
             energy = (phi * phi).sum(axis=0) + 1
-            step = (st.mu * err * phi) << (WEIGHT_BITS - MU_BITS)
             w = self.weights[s][c]
-            np.clip(w + step // energy, -WEIGHT_LIMIT, WEIGHT_LIMIT, out=w)
+            w += phi * ((st.mu * err) << (WEIGHT_BITS - MU_BITS)) // energy  # = floor(mu err phi 2^6 / energy)
+            _clip(w, WEIGHT_LIMIT)
             v = err
+
+
+def _clip(a: np.ndarray, limit: int) -> np.ndarray:
+    """a clipped to [-limit, limit] in place (np.clip's wrapper costs more than the work here)."""
+    np.maximum(a, -limit, out=a)
+    return np.minimum(a, limit, out=a)
