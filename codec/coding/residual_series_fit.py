@@ -4,9 +4,12 @@ activity edges that cost the fewest bits on the calibration windows, and the tab
 
 Candidates per max error: no carried error (the model alone), and least-squares LPC predictors of
 orders ORDERS on the lossless error x - p, with and without the cross terms from the channel coded
-just before (coefficients rounded to multiples of 2^-SHIFT). The prediction does not depend on the
-tables, so each candidate's q comes from one walk; edges are activity quantiles; the candidate with
-the fewest ideal bits under its own integer tables wins.
+just before (coefficients rounded to multiples of 2^-SHIFT); and each of those again with each
+NLMS cascade of ADAPT_CANDIDATES on top (residual_adapt.py): the fixed predictor that is best alone
+is not always best under a cascade (on ECG, e[t-1] beats the least-squares order 2 once a cascade
+adapts). The prediction does not depend on the tables, so each candidate's q comes from one walk;
+edges are activity quantiles; the candidate with the fewest ideal bits under its own integer tables
+wins.
 """
 
 from __future__ import annotations
