@@ -21,7 +21,8 @@ import numpy as np
 
 from benchmarks.common import machine_info, write_result
 from benchmarks.exact import ECG_HELDOUT
-from benchmarks.rd.codecs import flac_roundtrip
+from benchmarks.rd.codecs import flac_points
+from benchmarks.rd.points import Scorer
 from latentwire.codec.codec import Codec
 from latentwire.codec.coding import bitstream
 from latentwire.codec.coding.coder import StreamDecoder, StreamEncoder
@@ -61,13 +62,13 @@ def _residual_seconds(codec: Codec, x: np.ndarray, pred: np.ndarray, d: int) -> 
     return t1 - t0, t2 - t1, bool(np.array_equal(back, info.recon))
 
 
-def _flac_bits(x: np.ndarray, groups: np.ndarray, fs: int) -> dict[str, float]:
-    """FLAC (level 8) on the same windows, bits per sample: each record's selected windows joined in
-    order (whole records when the stride is 1) and each window alone."""
-    joined = sum(flac_roundtrip(np.concatenate(list(x[groups == g]), axis=-1), fs)[0]
-                 for g in dict.fromkeys(groups.tolist()))
-    alone = sum(flac_roundtrip(w, fs)[0] for w in x)
-    return {"records_joined": round(8 * joined / x.size, 4), "per_window": round(8 * alone / x.size, 4)}
+def _flac_bits(x: np.ndarray, groups: np.ndarray, fs: int, peak: float) -> dict[str, float]:
+    """FLAC on the same windows, bits per sample, as benchmarks.rd measures it: each record's
+    selected windows joined in order (whole records when the stride is 1) and each window alone."""
+    points = flac_points(x, groups, Scorer(peak=peak, bits_per_value=11.0), fs)
+    assert all(pt.lossless and pt.bits_per_value is not None for pt in points)
+    joined, alone = (round(float(pt.bits_per_value or 0.0), 4) for pt in points)
+    return {"records_joined": joined, "per_window": alone}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     assert windows.groups is not None  # load_ecg_windows groups by record
     x, groups = windows.samples[:: args.stride], windows.groups[:: args.stride]
     x, groups = (x[: args.limit], groups[: args.limit]) if args.limit else (x, groups)
-    flac = _flac_bits(x, groups, int(windows.meta["fs"]))
+    flac = _flac_bits(x, groups, int(windows.meta["fs"]), float(windows.normalization.peak))
     print(f"FLAC in the same run: {flac}", flush=True)
     codecs = {name: Codec.load(path, threads=1) for name, path in (("before", args.before), ("after", args.after))}
     ref = codecs["after"]

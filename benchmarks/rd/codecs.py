@@ -183,7 +183,7 @@ def zstd_batch_point(raw: np.ndarray, scorer: Scorer, batch: int) -> Point:
     return _batch_point(raw, scorer, "zstd", f"level={ZSTD_LEVEL}", batch, cctx.compress, dctx.decompress)
 
 
-def flac_roundtrip(series: np.ndarray, fs: int) -> tuple[int, np.ndarray]:
+def _flac_roundtrip(series: np.ndarray, fs: int) -> tuple[int, np.ndarray]:
     """(leads, T) int16 -> one FLAC file of all leads: (bytes, decoded (leads, T))."""
     sf = require("soundfile")
     buf = io.BytesIO()
@@ -204,14 +204,14 @@ def flac_points(raw: np.ndarray, groups: np.ndarray, scorer: Scorer, fs: int) ->
     for g in dict.fromkeys(groups.tolist()):
         idx = np.flatnonzero(groups == g)
         series = np.concatenate(list(raw[idx]), axis=-1)  # (leads, n * window), windows are consecutive
-        n, dec = flac_roundtrip(series, fs)
+        n, dec = _flac_roundtrip(series, fs)
         total += n
         decoded[idx] = np.stack(np.split(dec, len(idx), axis=-1))
     out.append(Point("flac", "whole records", seconds=time.perf_counter() - t0, **scorer.score(raw, decoded, total)))
     t0 = time.perf_counter()
     total = 0
     for i, w in enumerate(raw):
-        n, decoded[i] = flac_roundtrip(w, fs)
+        n, decoded[i] = _flac_roundtrip(w, fs)
         total += n
     seconds = time.perf_counter() - t0
     out.append(Point("flac", "each window alone", seconds=seconds, **scorer.score(raw, decoded, total)))
